@@ -1,0 +1,15 @@
+//! Types shared by the kernel programs (`agent-ebpf`) and the agent.
+//!
+//! Everything here is `#[repr(C)]` plain data with explicit padding, because the same bytes
+//! are written by BPF and read by userspace through map syscalls: a hidden padding byte would
+//! make two identical flows hash to different keys.
+#![no_std]
+
+pub mod counters;
+pub mod flow;
+
+#[cfg(feature = "user")]
+mod user;
+
+pub use counters::Counter;
+pub use flow::{Direction, FlowKey, FlowStats, MAX_FLOWS};

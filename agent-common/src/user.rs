@@ -1,0 +1,9 @@
+//! Userspace-only impls: aya `Pod` so the types can be map keys and values.
+
+use crate::{FlowKey, FlowStats};
+
+// SAFETY: both are #[repr(C)] with only integer fields and explicit padding, so every bit
+// pattern is valid and there are no uninitialised bytes.
+unsafe impl aya::Pod for FlowKey {}
+// SAFETY: see above.
+unsafe impl aya::Pod for FlowStats {}

@@ -1,0 +1,83 @@
+//! TC classifier entry points: thin wrappers that never influence the packet's fate.
+
+use agent_common::{Counter, Direction, FlowStats};
+use aya_ebpf::{
+    bindings::TC_ACT_UNSPEC, helpers::bpf_ktime_get_ns, macros::classifier, programs::TcContext,
+};
+
+use crate::{
+    maps::{bump, FLOWS},
+    parse::{parse, Outcome, Parsed},
+};
+
+/// Attached at TC ingress of pod veths and uplinks.
+#[classifier]
+pub fn tf_ingress(ctx: TcContext) -> i32 {
+    observe(&ctx, Direction::Ingress);
+    TC_ACT_UNSPEC
+}
+
+/// Attached at TC egress of pod veths and uplinks.
+#[classifier]
+pub fn tf_egress(ctx: TcContext) -> i32 {
+    observe(&ctx, Direction::Egress);
+    TC_ACT_UNSPEC
+}
+
+/// Does nothing: the benchmark's floor (dispatch plus kernel stats cost).
+#[classifier]
+pub fn tf_noop(_ctx: TcContext) -> i32 {
+    TC_ACT_UNSPEC
+}
+
+#[inline(always)]
+fn observe(ctx: &TcContext, dir: Direction) {
+    bump(Counter::Packets);
+    match parse(ctx) {
+        Outcome::Flow(p) => record(ctx, dir, p),
+        Outcome::NotIp => bump(Counter::NonIp),
+        Outcome::Unparsable => bump(Counter::Unparsable),
+    }
+}
+
+#[inline(always)]
+fn record(ctx: &TcContext, dir: Direction, mut p: Parsed) {
+    let skb = ctx.skb.skb;
+    // SAFETY: `skb` is the context pointer the kernel passed in; these UAPI fields are readable.
+    let (ifindex, len, gso_segs) = unsafe { ((*skb).ifindex, (*skb).len, (*skb).gso_segs) };
+    p.key.ifindex = ifindex;
+    p.key.direction = dir as u8;
+    // A GSO super-packet stands for `segs` wire packets, each carrying its own copy of the
+    // IP + transport headers; count them the way the wire will see them.
+    let segs = if gso_segs > 1 { gso_segs as u64 } else { 1 };
+    let l3_len = (len as u64).saturating_sub(p.l3_off as u64);
+    let bytes = l3_len + (segs - 1) * p.hdr_len as u64;
+    // SAFETY: helper without preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+
+    if let Some(stats) = FLOWS.get_ptr_mut(&p.key) {
+        // SAFETY: per-CPU value, only this CPU writes it while the program runs.
+        let s = unsafe { &mut *stats };
+        if s.packets == 0 {
+            s.first_seen_ns = now;
+        }
+        s.packets += segs;
+        s.bytes += bytes;
+        s.last_seen_ns = now;
+        s.tcp_flags |= p.tcp_flags;
+        return;
+    }
+    let fresh = FlowStats {
+        packets: segs,
+        bytes,
+        first_seen_ns: now,
+        last_seen_ns: now,
+        tcp_flags: p.tcp_flags,
+        _pad: [0; 7],
+    };
+    // BPF_ANY on a per-CPU LRU map writes only this CPU's slot if another CPU inserted the
+    // key meanwhile, so a race cannot overwrite another CPU's counts.
+    if FLOWS.insert(&p.key, &fresh, 0).is_err() {
+        bump(Counter::InsertFailures);
+    }
+}

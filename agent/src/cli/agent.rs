@@ -1,0 +1,246 @@
+//! `tenantflow agent`: the long-running observer.
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use anyhow::Context as _;
+use clap::Args;
+use futures::StreamExt;
+use tracing::{info, warn};
+
+use crate::{
+    datapath::{
+        self, AttachMode, Attachments, DatapathError, Harvester, Link, LinkEvent, Programs,
+        Selector,
+    },
+    export::{self, AgentMetrics, Shared},
+    flow::{monotonic_ns, FlowTable, FlowView, WallClock},
+    shutdown,
+};
+
+/// Input the user must fix (exit code 64).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
+#[derive(Debug, Clone, Args)]
+pub struct AgentArgs {
+    /// Uplink interface (repeatable). Default: the interface(s) of the default route.
+    #[arg(long = "uplink", value_name = "IFACE")]
+    pub uplinks: Vec<String>,
+    /// Glob for host-side pod interfaces (repeatable). Veths enslaved to a bridge are
+    /// always observed.
+    #[arg(long = "pod-iface", value_name = "GLOB", default_values_t = datapath_defaults())]
+    pub pod_patterns: Vec<String>,
+    /// How to hook into TC: tcx needs kernel 6.6; netlink (clsact) works everywhere.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub attach_mode: AttachMode,
+    /// How often the kernel flow map is read.
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    pub harvest_interval: Duration,
+    /// A flow silent this long is finished and leaves the table.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    pub idle_timeout: Duration,
+    /// Address for /metrics, /healthz, /readyz and /flows.
+    #[arg(long, default_value = "0.0.0.0:9990")]
+    pub listen: SocketAddr,
+}
+
+fn datapath_defaults() -> Vec<String> {
+    datapath::DEFAULT_POD_PATTERNS
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+}
+
+pub fn run(args: AgentArgs) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    rt.block_on(run_async(args))
+}
+
+async fn run_async(args: AgentArgs) -> anyhow::Result<()> {
+    if args.harvest_interval.is_zero() {
+        return Err(
+            UsageError("--harvest-interval must be greater than 0 (e.g. 1s)".into()).into(),
+        );
+    }
+    let listener = export::bind(args.listen).await.map_err(|e| {
+        UsageError(format!(
+            "--listen {}: cannot bind ({e}); pick a free address, e.g. --listen 127.0.0.1:9991",
+            args.listen
+        ))
+    })?;
+    let mut loaded = datapath::load(Programs::Observers)?;
+    let mode = args.attach_mode.resolve(loaded.tcx_available);
+    if mode == AttachMode::Tcx && !loaded.tcx_available {
+        return Err(UsageError(
+            "--attach-mode tcx needs kernel 6.6 or later: use --attach-mode auto".into(),
+        )
+        .into());
+    }
+    let uplinks = resolve_uplinks(&args.uplinks).await?;
+    let selector = Selector::new(uplinks, &args.pod_patterns)
+        .map_err(|e| UsageError(format!("--pod-iface: invalid glob ({e})")))?;
+    info!(uplinks = ?selector.uplinks(), ?mode, "starting");
+
+    let (initial, mut events) = datapath::watch_links().await?;
+    let mut attachments = Attachments::new(mode);
+    if let Err(e) = attach_initial(&mut loaded.ebpf, &mut attachments, &selector, &initial) {
+        let qdiscs = attachments.detach_all(&mut loaded.ebpf);
+        datapath::remove_clsact(&qdiscs).await;
+        return Err(e.into());
+    }
+
+    let shared = Arc::new(Shared::new(AgentMetrics::new(mode_name(mode))));
+    shared
+        .metrics
+        .flow_map_capacity
+        .set(agent_common::MAX_FLOWS as i64);
+    let mut harvester = Harvester::new(&mut loaded.ebpf, args.idle_timeout)?;
+    publish_attachments(&shared, &attachments);
+    let server = tokio::spawn(export::serve(listener, shared.clone()));
+    shared.set_ready(true);
+    info!(listen = %args.listen, interfaces = attachments.len(), "ready");
+
+    let mut table = FlowTable::new();
+    let mut tick = tokio::time::interval(args.harvest_interval);
+    let signal = shutdown::signalled();
+    tokio::pin!(signal);
+    let outcome = loop {
+        tokio::select! {
+            s = &mut signal => {
+                info!(signal = s.unwrap_or("signal"), "shutting down");
+                break Ok(());
+            }
+            ev = events.next() => match ev {
+                Some(ev) => {
+                    on_link_event(&mut loaded.ebpf, &mut attachments, &selector, ev);
+                    publish_attachments(&shared, &attachments);
+                }
+                None => break Err(anyhow::anyhow!("rtnetlink link event stream ended")),
+            },
+            _ = tick.tick() => {
+                harvest_once(&mut harvester, &mut table, &attachments, &shared, args.idle_timeout);
+            }
+        }
+    };
+    shared.set_ready(false);
+    server.abort();
+    let qdiscs = attachments.detach_all(&mut loaded.ebpf);
+    datapath::remove_clsact(&qdiscs).await;
+    info!("detached from all interfaces");
+    outcome
+}
+
+fn mode_name(mode: AttachMode) -> &'static str {
+    match mode {
+        AttachMode::Tcx => "tcx",
+        AttachMode::Netlink => "netlink",
+        AttachMode::Auto => "auto",
+    }
+}
+
+async fn resolve_uplinks(given: &[String]) -> anyhow::Result<Vec<String>> {
+    let links = datapath::list_links().await?;
+    for name in given {
+        if !links.iter().any(|l| l.name == *name) {
+            return Err(DatapathError::UnknownInterface { name: name.clone() }.into());
+        }
+    }
+    if !given.is_empty() {
+        return Ok(given.to_vec());
+    }
+    let found = datapath::default_route_interfaces().await?;
+    if found.is_empty() {
+        return Err(DatapathError::NoUplink.into());
+    }
+    Ok(found)
+}
+
+fn attach_initial(
+    ebpf: &mut aya::Ebpf,
+    attachments: &mut Attachments,
+    selector: &Selector,
+    links: &[Link],
+) -> Result<(), DatapathError> {
+    for link in links {
+        if let Some(role) = selector.role(link) {
+            attachments.attach(ebpf, link.index, &link.name, role)?;
+        }
+    }
+    Ok(())
+}
+
+fn on_link_event(
+    ebpf: &mut aya::Ebpf,
+    attachments: &mut Attachments,
+    selector: &Selector,
+    ev: LinkEvent,
+) {
+    match ev {
+        LinkEvent::Up(link) => {
+            if let Some(role) = selector.role(&link) {
+                // A veth can vanish between the event and the attach (pod churn): not fatal.
+                if let Err(e) = attachments.attach(ebpf, link.index, &link.name, role) {
+                    warn!(iface = link.name, error = %e, "could not attach");
+                }
+            }
+        }
+        LinkEvent::Removed { index } => {
+            attachments.forget(ebpf, index);
+        }
+    }
+}
+
+fn publish_attachments(shared: &Shared, attachments: &Attachments) {
+    let pods = attachments
+        .iter()
+        .filter(|(_, a)| a.role == datapath::Role::Pod)
+        .count();
+    let m = &shared.metrics.attached_interfaces;
+    m.with_label_values(&["pod"]).set(pods as i64);
+    m.with_label_values(&["uplink"])
+        .set((attachments.len() - pods) as i64);
+}
+
+fn harvest_once(
+    harvester: &mut Harvester,
+    table: &mut FlowTable,
+    attachments: &Attachments,
+    shared: &Shared,
+    idle: Duration,
+) {
+    let timer = shared.metrics.harvest_duration.start_timer();
+    let now = monotonic_ns();
+    let harvest = match harvester.harvest(now) {
+        Ok(h) => h,
+        Err(e) => {
+            shared.metrics.harvest_errors.inc();
+            warn!(error = %e, "harvest failed");
+            return;
+        }
+    };
+    shared
+        .metrics
+        .flow_map_entries
+        .set(harvest.flows.len() as i64);
+    shared.metrics.observe_kernel(harvest.counters);
+    table.apply(&harvest.flows, &harvest.removed);
+    table.expire(now, idle.as_nanos() as u64);
+    shared.metrics.tracked_flows.set(table.len() as i64);
+    let clock = WallClock::now();
+    let views = table
+        .iter()
+        .map(|(k, e)| {
+            let iface = attachments
+                .get(k.ifindex)
+                .map(|a| (a.name.as_str(), a.role));
+            FlowView::new(k, e, iface, &clock)
+        })
+        .collect();
+    shared.publish(views);
+    timer.observe_duration();
+}

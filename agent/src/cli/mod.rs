@@ -1,0 +1,52 @@
+//! Command-line interface: `agent` runs the observer, `flows` queries a running one.
+
+mod agent;
+mod flows;
+
+use clap::{Parser, Subcommand};
+
+pub use agent::AgentArgs;
+pub use flows::FlowsArgs;
+
+use crate::{datapath::DatapathError, logging::LogArgs};
+
+/// Exit code for bad input (BSD EX_USAGE): the user must change something.
+pub const EXIT_USAGE: i32 = 64;
+
+/// tenantflow: see every flow a Kubernetes node carries and whose it was.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+pub struct Cli {
+    #[command(flatten)]
+    pub log: LogArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Load the eBPF programs, attach to the node's interfaces and export flows.
+    Agent(AgentArgs),
+    /// Show flows from a running agent.
+    Flows(FlowsArgs),
+}
+
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Agent(args) => agent::run(args),
+        Command::Flows(args) => flows::run(args),
+    }
+}
+
+/// 64 for input the user must fix, 1 for everything else.
+pub fn exit_code(e: &anyhow::Error) -> i32 {
+    if e.chain().any(|c| {
+        c.downcast_ref::<DatapathError>()
+            .is_some_and(DatapathError::is_usage)
+            || c.downcast_ref::<agent::UsageError>().is_some()
+    }) {
+        EXIT_USAGE
+    } else {
+        1
+    }
+}

@@ -1,0 +1,82 @@
+//! Every way the datapath can fail, each with the fix a user needs.
+
+use std::io;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DatapathError {
+    /// The kernel refused BPF because the process lacks privileges.
+    #[error(
+        "loading eBPF programs was refused ({source}): run as root, or grant CAP_BPF, \
+         CAP_NET_ADMIN and CAP_PERFMON (see deploy/ for the DaemonSet securityContext)"
+    )]
+    Permission {
+        #[source]
+        source: aya::EbpfError,
+    },
+    /// The kernel is older than the oldest one the programs are verified on.
+    #[error(
+        "kernel {found} is older than {min}, the oldest kernel tenantflow supports: \
+         move the node to a newer image (AKS node images ship 5.15 or later)"
+    )]
+    KernelTooOld { found: String, min: String },
+    /// The running kernel version could not be determined.
+    #[error("cannot read the kernel version ({0}): is /proc mounted?")]
+    KernelVersion(String),
+    /// The object or a program in it failed to load (verifier rejection and the like).
+    #[error("loading program {program}: {source}")]
+    Load {
+        program: &'static str,
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+    /// The embedded object itself could not be parsed or its maps created.
+    #[error("loading the eBPF object: {0}")]
+    Object(#[source] aya::EbpfError),
+    /// A map the agent relies on is missing from the object (build mismatch).
+    #[error("map {0} missing from the eBPF object: rebuild the agent")]
+    MissingMap(&'static str),
+    /// A map operation failed.
+    #[error("map {map}: {source}")]
+    Map {
+        map: &'static str,
+        #[source]
+        source: aya::maps::MapError,
+    },
+    /// A configured interface does not exist.
+    #[error(
+        "interface {name:?} does not exist in this network namespace: check --uplink \
+         (list interfaces with `ip -br link`), or omit it to use the default-route interface"
+    )]
+    UnknownInterface { name: String },
+    /// No uplink was given and none could be found from the routing table.
+    #[error(
+        "no default route found to pick the uplink from: pass --uplink <interface> \
+         (the node's interface towards the VNet, e.g. eth0)"
+    )]
+    NoUplink,
+    /// Attaching to an interface failed.
+    #[error("attaching to {iface} ({direction}): {source}")]
+    Attach {
+        iface: String,
+        direction: &'static str,
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+    /// rtnetlink failed (listing links or routes, or subscribing to link events).
+    #[error("rtnetlink {what}: {source}")]
+    Netlink {
+        what: &'static str,
+        #[source]
+        source: io::Error,
+    },
+}
+
+impl DatapathError {
+    /// Errors caused by what the user asked for rather than by the machine.
+    pub fn is_usage(&self) -> bool {
+        matches!(
+            self,
+            DatapathError::UnknownInterface { .. } | DatapathError::NoUplink
+        )
+    }
+}

@@ -1,0 +1,136 @@
+//! Load the embedded eBPF object after probing that this kernel can run it.
+
+use aya::{programs::SchedClassifier, util::KernelVersion, Ebpf};
+use tracing::{debug, info, warn};
+
+use super::DatapathError;
+
+/// Oldest kernel the programs are verified on: the oldest AKS node image (Ubuntu 22.04).
+pub const MIN_KERNEL: (u8, u8) = (5, 15);
+
+/// Names of the classifier programs in the object.
+pub(crate) const PROG_INGRESS: &str = "tf_ingress";
+pub(crate) const PROG_EGRESS: &str = "tf_egress";
+pub(crate) const PROG_NOOP: &str = "tf_noop";
+
+/// A loaded object plus what the start-up probes found.
+pub struct Loaded {
+    pub ebpf: Ebpf,
+    pub kernel: KernelVersion,
+    /// tcx links (>= 6.6) are owned by the agent's file descriptors, so they vanish with the
+    /// process; legacy clsact filters persist and must be cleaned up explicitly.
+    pub tcx_available: bool,
+    pub btf_present: bool,
+}
+
+/// Which programs to load: the agent needs the two observers, the benchmark only the no-op.
+#[derive(Clone, Copy, Debug)]
+pub enum Programs {
+    Observers,
+    Noop,
+}
+
+/// Probe the kernel, raise the memlock limit where that still matters, and load programs.
+pub fn load(programs: Programs) -> Result<Loaded, DatapathError> {
+    let kernel =
+        KernelVersion::current().map_err(|e| DatapathError::KernelVersion(e.to_string()))?;
+    check_kernel(kernel)?;
+    raise_memlock();
+    let btf_present = std::path::Path::new("/sys/kernel/btf/vmlinux").exists();
+    let tcx_available = kernel >= KernelVersion::new(6, 6, 0);
+    info!(
+        kernel = %fmt_kernel(kernel),
+        tcx_available,
+        btf_present,
+        "kernel probed"
+    );
+
+    let mut ebpf = aya::Ebpf::load(aya::include_bytes_aligned!(concat!(
+        env!("OUT_DIR"),
+        "/tenantflow"
+    )))
+    .map_err(|e| match &e {
+        aya::EbpfError::MapError(aya::maps::MapError::CreateError { io_error, .. })
+            if io_error.kind() == std::io::ErrorKind::PermissionDenied =>
+        {
+            DatapathError::Permission { source: e }
+        }
+        _ => DatapathError::Object(e),
+    })?;
+    let names: &[&'static str] = match programs {
+        Programs::Observers => &[PROG_INGRESS, PROG_EGRESS],
+        Programs::Noop => &[PROG_NOOP],
+    };
+    for &name in names {
+        let prog: &mut SchedClassifier = ebpf
+            .program_mut(name)
+            .ok_or(DatapathError::MissingMap(name))?
+            .try_into()
+            .map_err(|source| DatapathError::Load {
+                program: name,
+                source,
+            })?;
+        prog.load().map_err(|source| DatapathError::Load {
+            program: name,
+            source,
+        })?;
+        debug!(program = name, "loaded");
+    }
+    Ok(Loaded {
+        ebpf,
+        kernel,
+        tcx_available,
+        btf_present,
+    })
+}
+
+/// Pure so the refusal can be tested without an old kernel.
+pub fn check_kernel(kernel: KernelVersion) -> Result<(), DatapathError> {
+    let min = KernelVersion::new(MIN_KERNEL.0, MIN_KERNEL.1, 0);
+    if kernel < min {
+        return Err(DatapathError::KernelTooOld {
+            found: fmt_kernel(kernel),
+            min: fmt_kernel(min),
+        });
+    }
+    Ok(())
+}
+
+fn fmt_kernel(k: KernelVersion) -> String {
+    let code = k.code();
+    format!("{}.{}.{}", code >> 16, (code >> 8) & 0xff, code & 0xff)
+}
+
+/// Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK; newer ones use memcg and may
+/// refuse the raise in a container. Either way failure is not fatal: the load will say.
+fn raise_memlock() {
+    let rlim = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: plain syscall with a valid pointer to a stack value.
+    let ret = unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &rlim) };
+    if ret != 0 {
+        warn!(
+            error = %std::io::Error::last_os_error(),
+            "could not raise RLIMIT_MEMLOCK (fine on kernels >= 5.11, which account BPF memory to the cgroup)"
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refuses_kernels_older_than_5_15_and_names_both_versions() {
+        let err = check_kernel(KernelVersion::new(5, 10, 209)).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "kernel 5.10.209 is older than 5.15.0, the oldest kernel tenantflow supports: \
+             move the node to a newer image (AKS node images ship 5.15 or later)"
+        );
+        assert!(check_kernel(KernelVersion::new(5, 15, 0)).is_ok());
+        assert!(check_kernel(KernelVersion::new(6, 8, 0)).is_ok());
+    }
+}

@@ -1,0 +1,142 @@
+//! The agent's own health metrics. Names are a public interface (alerts use them).
+
+use prometheus::{Histogram, HistogramOpts, IntCounter, IntGauge, IntGaugeVec, Opts, Registry};
+
+use crate::datapath::KernelCounters;
+
+pub struct AgentMetrics {
+    pub registry: Registry,
+    pub attached_interfaces: IntGaugeVec,
+    pub flow_map_entries: IntGauge,
+    pub flow_map_capacity: IntGauge,
+    pub tracked_flows: IntGauge,
+    pub harvest_duration: Histogram,
+    pub harvest_errors: IntCounter,
+    kernel_packets: IntCounter,
+    kernel_insert_failures: IntCounter,
+    kernel_unparsable: IntCounter,
+    kernel_non_ip: IntCounter,
+    last_kernel: std::sync::Mutex<KernelCounters>,
+}
+
+fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
+    let c = IntCounter::new(name, help).expect("static metric definition");
+    r.register(Box::new(c.clone()))
+        .expect("metric registered once");
+    c
+}
+
+fn gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
+    let g = IntGauge::new(name, help).expect("static metric definition");
+    r.register(Box::new(g.clone()))
+        .expect("metric registered once");
+    g
+}
+
+impl AgentMetrics {
+    /// Registers every metric once; the definitions are static, so failure is a bug.
+    pub fn new(attach_mode: &str) -> Self {
+        let r = Registry::new();
+        let build = IntGaugeVec::new(
+            Opts::new("tenantflow_build_info", "Agent build; always 1."),
+            &["version", "attach_mode"],
+        )
+        .expect("static metric definition");
+        r.register(Box::new(build.clone()))
+            .expect("metric registered once");
+        build
+            .with_label_values(&[env!("CARGO_PKG_VERSION"), attach_mode])
+            .set(1);
+        let attached_interfaces = IntGaugeVec::new(
+            Opts::new(
+                "tenantflow_attached_interfaces",
+                "Interfaces the observers are attached to, by role (uplink, pod).",
+            ),
+            &["role"],
+        )
+        .expect("static metric definition");
+        r.register(Box::new(attached_interfaces.clone()))
+            .expect("metric registered once");
+        let harvest_duration = Histogram::with_opts(
+            HistogramOpts::new(
+                "tenantflow_harvest_duration_seconds",
+                "Time to read and fold the kernel flow map once.",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+            ]),
+        )
+        .expect("static metric definition");
+        r.register(Box::new(harvest_duration.clone()))
+            .expect("metric registered once");
+        Self {
+            attached_interfaces,
+            flow_map_entries: gauge(
+                &r,
+                "tenantflow_flow_map_entries",
+                "Entries in the kernel flow map at the last harvest.",
+            ),
+            flow_map_capacity: gauge(
+                &r,
+                "tenantflow_flow_map_capacity",
+                "Capacity of the kernel flow map (LRU beyond this).",
+            ),
+            tracked_flows: gauge(
+                &r,
+                "tenantflow_tracked_flows",
+                "Flows held in the agent's flow table.",
+            ),
+            harvest_duration,
+            harvest_errors: counter(
+                &r,
+                "tenantflow_harvest_errors_total",
+                "Harvests that failed to read the kernel map.",
+            ),
+            kernel_packets: counter(
+                &r,
+                "tenantflow_datapath_packets_total",
+                "Packets the kernel programs inspected.",
+            ),
+            kernel_insert_failures: counter(
+                &r,
+                "tenantflow_datapath_insert_failures_total",
+                "Flow-map inserts the kernel refused (packet still passed, not counted).",
+            ),
+            kernel_unparsable: counter(
+                &r,
+                "tenantflow_datapath_unparsable_packets_total",
+                "IP packets whose headers could not be parsed.",
+            ),
+            kernel_non_ip: counter(
+                &r,
+                "tenantflow_datapath_non_ip_packets_total",
+                "Non-IP frames seen (ARP and the like).",
+            ),
+            last_kernel: std::sync::Mutex::new(KernelCounters::default()),
+            registry: r,
+        }
+    }
+
+    /// Kernel counters are cumulative; Prometheus counters advance by the difference.
+    pub fn observe_kernel(&self, now: KernelCounters) {
+        let mut last = self.last_kernel.lock().unwrap_or_else(|p| p.into_inner());
+        self.kernel_packets
+            .inc_by(now.packets.saturating_sub(last.packets));
+        self.kernel_insert_failures
+            .inc_by(now.insert_failures.saturating_sub(last.insert_failures));
+        self.kernel_unparsable
+            .inc_by(now.unparsable.saturating_sub(last.unparsable));
+        self.kernel_non_ip
+            .inc_by(now.non_ip.saturating_sub(last.non_ip));
+        *last = now;
+    }
+
+    /// Text exposition of everything registered.
+    pub fn render(&self) -> String {
+        let mut buf = String::new();
+        prometheus::TextEncoder::new()
+            .encode_utf8(&self.registry.gather(), &mut buf)
+            .expect("encoding to a String cannot fail");
+        buf
+    }
+}

@@ -1,0 +1,10 @@
+//! tenantflow: a node-level eBPF flow observer for multi-tenant Kubernetes.
+//!
+//! Data flows one way: `datapath` (kernel maps) → `flow` (table) → `export` (metrics, API).
+
+pub mod cli;
+pub mod datapath;
+pub mod export;
+pub mod flow;
+pub mod logging;
+pub mod shutdown;
