@@ -1,1 +1,73 @@
-fn main() {}
+//! `cargo xtask …`: set up the machine, run the lab and demo, the tests, the benchmark.
+
+mod bench;
+mod demo;
+mod test;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+use xtask::{lab, setup};
+
+#[derive(Parser)]
+#[command(about = "tenantflow developer tasks")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install what this machine needs (apt packages, nightly rust-src, bpf-linker).
+    Setup,
+    /// Bring the netns lab up or down, or show it.
+    Lab {
+        #[command(subcommand)]
+        action: LabAction,
+        /// Name prefix of every namespace the lab creates.
+        #[arg(long, default_value = "tf", global = true)]
+        prefix: String,
+    },
+    /// Lab, agent on node 1, traffic, and a live flow table. Ctrl-C tears it all down.
+    Demo(demo::DemoArgs),
+    /// The whole test suite: unit, privileged end-to-end, lint.
+    Test(test::TestArgs),
+    /// Per-packet cost and throughput against a baseline, in one run.
+    Bench(bench::BenchArgs),
+    /// Exact lab traffic (run inside a namespace with `ip netns exec`).
+    #[command(subcommand, hide = true)]
+    Traffic(xtask::traffic::TrafficCmd),
+}
+
+#[derive(Subcommand)]
+enum LabAction {
+    Up,
+    Down,
+    Status,
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().command {
+        Cmd::Setup => setup::setup(),
+        Cmd::Lab { action, prefix } => {
+            let topo = lab::Topology::standard(&prefix);
+            match action {
+                LabAction::Up => {
+                    xtask::exec::require_root("the lab")?;
+                    setup::setup()?;
+                    lab::up(&topo)?;
+                    print!("{}", lab::status(&topo)?);
+                }
+                LabAction::Down => {
+                    let n = lab::down(&prefix)?;
+                    println!("lab {prefix:?}: removed {n} namespaces");
+                }
+                LabAction::Status => print!("{}", lab::status(&topo)?),
+            }
+            Ok(())
+        }
+        Cmd::Demo(args) => demo::run(args),
+        Cmd::Test(args) => test::run(args),
+        Cmd::Bench(args) => bench::run(args),
+        Cmd::Traffic(cmd) => xtask::traffic::run(cmd),
+    }
+}

@@ -2,6 +2,7 @@
 
 mod agent;
 mod flows;
+mod hooks;
 
 use clap::{Parser, Subcommand};
 
@@ -29,12 +30,15 @@ pub enum Command {
     Agent(AgentArgs),
     /// Show flows from a running agent.
     Flows(FlowsArgs),
+    /// List the tcx programs attached to each interface in this network namespace.
+    Hooks(hooks::HooksArgs),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Agent(args) => agent::run(args),
         Command::Flows(args) => flows::run(args),
+        Command::Hooks(args) => hooks::run(args),
     }
 }
 

@@ -52,8 +52,6 @@ pub struct Attached {
     pub role: Role,
     ingress: SchedClassifierLinkId,
     egress: SchedClassifierLinkId,
-    /// We added the clsact qdisc, so a clean exit removes it again.
-    added_qdisc: bool,
 }
 
 /// The set of interfaces the observers are attached to, keyed by ifindex.
@@ -102,13 +100,10 @@ impl Attachments {
         if self.by_index.contains_key(&index) {
             return Ok(());
         }
-        let added_qdisc = match self.mode {
-            AttachMode::Netlink => {
-                remove_stale_filters(name);
-                add_clsact(name)?
-            }
-            _ => false,
-        };
+        if self.mode == AttachMode::Netlink {
+            remove_stale_filters(name);
+            add_clsact(name)?;
+        }
         let ingress = attach_one(ebpf, PROG_INGRESS, name, TcAttachType::Ingress, self.mode)?;
         let egress = match attach_one(ebpf, PROG_EGRESS, name, TcAttachType::Egress, self.mode) {
             Ok(id) => id,
@@ -130,7 +125,6 @@ impl Attachments {
                 role,
                 ingress,
                 egress,
-                added_qdisc,
             },
         );
         Ok(())
@@ -151,8 +145,8 @@ impl Attachments {
         Some(gone.name)
     }
 
-    /// Detach from every interface (clean shutdown). Returns the ifindexes whose clsact
-    /// qdisc we added, for [`remove_clsact`].
+    /// Detach from every interface (clean shutdown). In netlink mode returns the ifindexes
+    /// whose clsact qdisc may now be empty, for [`remove_clsact`].
     pub fn detach_all(&mut self, ebpf: &mut Ebpf) -> Vec<u32> {
         let all = std::mem::take(&mut self.by_index);
         let mut qdiscs = Vec::new();
@@ -164,7 +158,7 @@ impl Attachments {
                     }
                 }
             }
-            if a.added_qdisc {
+            if self.mode == AttachMode::Netlink {
                 qdiscs.push(index);
             }
         }
@@ -216,11 +210,11 @@ fn attach_one(
         })
 }
 
-/// Returns whether the qdisc was added by us (false: it already existed).
-fn add_clsact(iface: &str) -> Result<bool, DatapathError> {
+/// Add the clsact qdisc unless it is already there (another tool's, or a predecessor's).
+fn add_clsact(iface: &str) -> Result<(), DatapathError> {
     match tc::qdisc_add_clsact(iface) {
-        Ok(()) => Ok(true),
-        Err(tc::TcError::NetlinkError(e)) if e.raw_os_error() == Some(libc::EEXIST) => Ok(false),
+        Ok(()) => Ok(()),
+        Err(tc::TcError::NetlinkError(e)) if e.raw_os_error() == Some(libc::EEXIST) => Ok(()),
         Err(e) => Err(DatapathError::Attach {
             iface: iface.to_owned(),
             direction: "clsact qdisc",
@@ -246,7 +240,8 @@ fn remove_stale_filters(iface: &str) {
     }
 }
 
-/// Remove the clsact qdiscs the agent added, so a legacy-mode run leaves no trace.
+/// Remove clsact qdiscs that hold no filter any more, so a legacy-mode run leaves no
+/// trace even after a SIGKILLed predecessor; a qdisc with someone else's filters stays.
 pub async fn remove_clsact(indexes: &[u32]) {
     if indexes.is_empty() {
         return;
@@ -257,6 +252,17 @@ pub async fn remove_clsact(indexes: &[u32]) {
     };
     tokio::spawn(conn);
     for &index in indexes {
+        match filters_left(&handle, index).await {
+            Ok(0) => {}
+            Ok(n) => {
+                debug!(index, filters = n, "clsact qdisc still in use, kept");
+                continue;
+            }
+            Err(e) => {
+                debug!(index, error = %e, "cannot list filters (interface may be gone)");
+                continue;
+            }
+        }
         let mut req = handle.qdisc().del(index as i32);
         req.message_mut().header.parent = TcHandle::CLSACT;
         req.message_mut().header.handle = TcHandle::from(0xFFFF_0000u32);
@@ -264,4 +270,23 @@ pub async fn remove_clsact(indexes: &[u32]) {
             debug!(index, error = %e, "clsact qdisc not removed (interface may be gone)");
         }
     }
+}
+
+async fn filters_left(handle: &rtnetlink::Handle, index: u32) -> Result<usize, rtnetlink::Error> {
+    use futures::TryStreamExt;
+    let ingress: Vec<_> = handle
+        .traffic_filter(index as i32)
+        .get()
+        .ingress()
+        .execute()
+        .try_collect()
+        .await?;
+    let egress: Vec<_> = handle
+        .traffic_filter(index as i32)
+        .get()
+        .egress()
+        .execute()
+        .try_collect()
+        .await?;
+    Ok(ingress.len() + egress.len())
 }

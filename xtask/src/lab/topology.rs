@@ -1,0 +1,207 @@
+//! The lab as data: which namespaces, addresses and pods exist. Pure, so tests can ask for
+//! addresses without touching the machine.
+//!
+//! Shape (kubenet on AKS): each node has a bridge `cbr0` with its own pod /24, an uplink
+//! `eth0` on the shared VNet segment, routes to the other node's pod CIDR, and iptables
+//! MASQUERADE for pod traffic leaving the cluster CIDR. The VNet namespace is the Azure
+//! fabric: it routes to an "internet" host and answers for IMDS and the wireserver.
+
+/// Cluster-wide pod CIDR (kubenet default on AKS).
+pub const POD_CIDR: &str = "10.244.0.0/16";
+pub const POD_CIDR6: &str = "fd00:244::/48";
+/// Service CIDR (AKS default).
+pub const SERVICE_CIDR: &str = "10.0.0.0/16";
+/// VNet router (Azure fabric) on the node subnet.
+pub const VNET_GW: &str = "10.224.0.1";
+pub const VNET_GW6: &str = "fd00:224::1";
+/// The "internet" host outside the VNet.
+pub const INTERNET_HOST: &str = "203.0.113.10";
+pub const INTERNET_GW: &str = "203.0.113.1";
+/// Azure platform endpoints, answered by the fabric namespace.
+pub const IMDS: &str = "169.254.169.254";
+pub const WIRESERVER: &str = "168.63.129.16";
+
+/// One node of the lab cluster (1-based).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Node {
+    pub n: u8,
+    pub name: String,
+}
+
+impl Node {
+    pub fn ip(&self) -> String {
+        format!("10.224.0.{}", 3 + self.n)
+    }
+    pub fn ip6(&self) -> String {
+        format!("fd00:224::{}", 3 + self.n)
+    }
+    pub fn pod_cidr(&self) -> String {
+        format!("10.244.{}.0/24", self.n)
+    }
+    pub fn pod_cidr6(&self) -> String {
+        format!("fd00:244:{}::/64", self.n)
+    }
+    pub fn pod_gw(&self) -> String {
+        format!("10.244.{}.1", self.n)
+    }
+    pub fn pod_gw6(&self) -> String {
+        format!("fd00:244:{}::1", self.n)
+    }
+}
+
+/// A pod: its own network namespace with `eth0`, host side `veth<idx>` on its node.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Pod {
+    pub name: String,
+    pub namespace: String,
+    pub node: u8,
+    /// Host index within the node's pod CIDR (also names the host-side veth).
+    pub idx: u8,
+    pub labels: Vec<(String, String)>,
+}
+
+impl Pod {
+    pub fn ip(&self) -> String {
+        format!("10.244.{}.{}", self.node, self.idx)
+    }
+    pub fn ip6(&self) -> String {
+        format!("fd00:244:{}::{}", self.node, self.idx)
+    }
+    /// Host-side interface name on the node.
+    pub fn host_iface(&self) -> String {
+        format!("veth{}", self.idx)
+    }
+}
+
+/// A ClusterIP Service programmed kube-proxy style (iptables DNAT, random split).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Service {
+    pub name: String,
+    pub namespace: String,
+    pub vip: String,
+    pub port: u16,
+    pub target_port: u16,
+    /// Names of the backend pods.
+    pub backends: Vec<String>,
+}
+
+/// Namespaces, tenants and pods of the lab.
+#[derive(Clone, Debug)]
+pub struct Topology {
+    pub prefix: String,
+    pub nodes: Vec<Node>,
+    pub pods: Vec<Pod>,
+    pub services: Vec<Service>,
+    /// Kubernetes namespace → tenant label (platform namespaces carry none).
+    pub namespaces: Vec<(String, Option<String>)>,
+}
+
+fn pod(name: &str, namespace: &str, node: u8, idx: u8, app: &str) -> Pod {
+    Pod {
+        name: name.into(),
+        namespace: namespace.into(),
+        node,
+        idx,
+        labels: vec![("app".into(), app.into())],
+    }
+}
+
+impl Topology {
+    /// The standard lab: two tenants (alpha: two namespaces, beta: one), kube-system, and
+    /// an egress gateway, spread over two nodes.
+    pub fn standard(prefix: &str) -> Self {
+        let nodes = (1..=2)
+            .map(|n| Node {
+                n,
+                name: format!("{prefix}-node{n}"),
+            })
+            .collect();
+        let pods = vec![
+            pod("web-1", "alpha-web", 1, 10, "web"),
+            pod("jobs-1", "alpha-jobs", 1, 11, "jobs"),
+            pod("api-1", "beta-api", 1, 12, "api"),
+            pod("coredns-1", "kube-system", 1, 13, "coredns"),
+            pod("egress-gw-1", "egress-system", 1, 14, "egress-gateway"),
+            pod("web-2", "alpha-web", 2, 10, "web"),
+            pod("api-2", "beta-api", 2, 12, "api"),
+            pod("coredns-2", "kube-system", 2, 13, "coredns"),
+        ];
+        let services = vec![Service {
+            name: "web".into(),
+            namespace: "alpha-web".into(),
+            vip: "10.0.0.10".into(),
+            port: 80,
+            target_port: 8080,
+            backends: vec!["web-1".into(), "web-2".into()],
+        }];
+        let namespaces = vec![
+            ("alpha-web".into(), Some("alpha".into())),
+            ("alpha-jobs".into(), Some("alpha".into())),
+            ("beta-api".into(), Some("beta".into())),
+            ("kube-system".into(), None),
+            ("egress-system".into(), None),
+        ];
+        Self {
+            prefix: prefix.into(),
+            nodes,
+            pods,
+            services,
+            namespaces,
+        }
+    }
+
+    pub fn vnet_ns(&self) -> String {
+        format!("{}-vnet", self.prefix)
+    }
+    pub fn internet_ns(&self) -> String {
+        format!("{}-inet", self.prefix)
+    }
+    pub fn node(&self, n: u8) -> &Node {
+        &self.nodes[(n - 1) as usize]
+    }
+    pub fn node_ns(&self, n: u8) -> String {
+        self.node(n).name.clone()
+    }
+    pub fn pod(&self, name: &str) -> &Pod {
+        self.pods
+            .iter()
+            .find(|p| p.name == name)
+            .unwrap_or_else(|| panic!("no pod {name} in the lab topology"))
+    }
+    pub fn pod_ns(&self, pod: &Pod) -> String {
+        format!("{}-n{}-{}", self.prefix, pod.node, pod.name)
+    }
+    /// Every network namespace, in creation order.
+    pub fn all_netns(&self) -> Vec<String> {
+        let mut v = vec![self.vnet_ns(), self.internet_ns()];
+        v.extend(self.nodes.iter().map(|n| n.name.clone()));
+        v.extend(self.pods.iter().map(|p| self.pod_ns(p)));
+        v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_follow_the_kubenet_plan() {
+        let t = Topology::standard("tf");
+        let web2 = t.pod("web-2");
+        assert_eq!(web2.ip(), "10.244.2.10");
+        assert_eq!(web2.ip6(), "fd00:244:2::10");
+        assert_eq!(web2.host_iface(), "veth10");
+        assert_eq!(t.node(1).ip(), "10.224.0.4");
+        assert_eq!(t.pod_ns(web2), "tf-n2-web-2");
+        assert_eq!(t.all_netns().len(), 2 + 2 + 8);
+    }
+
+    #[test]
+    fn two_tenants_three_namespaces_plus_platform() {
+        let t = Topology::standard("x");
+        let tenants: std::collections::BTreeSet<_> =
+            t.namespaces.iter().filter_map(|(_, t)| t.clone()).collect();
+        assert_eq!(tenants.into_iter().collect::<Vec<_>>(), ["alpha", "beta"]);
+        assert_eq!(t.namespaces.iter().filter(|(_, t)| t.is_some()).count(), 3);
+    }
+}

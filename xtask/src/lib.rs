@@ -1,0 +1,7 @@
+//! Developer tasks for tenantflow, also used as a library by the privileged tests (the lab).
+//! No product logic lives here.
+
+pub mod exec;
+pub mod lab;
+pub mod setup;
+pub mod traffic;

@@ -1,0 +1,164 @@
+//! `cargo xtask setup`: everything a fresh Debian/Ubuntu machine (as root) needs, installed
+//! idempotently. A second run only checks and returns.
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{bail, Context as _, Result};
+
+use crate::exec::{output, run, run_visible};
+
+/// Debian packages the lab, tests, demo and benchmark use.
+pub const APT_PACKAGES: &[&str] = &[
+    "iproute2",     // ip, tc: namespaces, veths, bridges
+    "iptables",     // kube-proxy DNAT and MASQUERADE in the lab
+    "iputils-ping", // ICMP in tests and the demo
+    "iperf3",       // load tests and the benchmark
+    "bpftool",      // kernel BPF run-time stats, leftover checks
+    "conntrack",    // inspecting the NAT table by hand
+    "procps",       // sysctl
+];
+
+const BPF_LINKER_VERSION: &str = "0.13.0";
+
+pub fn setup() -> Result<()> {
+    apt()?;
+    rust_src()?;
+    bpf_linker()?;
+    eprintln!("setup: done");
+    Ok(())
+}
+
+fn missing_packages() -> Vec<&'static str> {
+    APT_PACKAGES
+        .iter()
+        .copied()
+        .filter(|p| {
+            !output("dpkg-query", &["-W", "-f=${Status}", p])
+                .map(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
+                .unwrap_or(false)
+        })
+        .collect()
+}
+
+fn apt() -> Result<()> {
+    let missing = missing_packages();
+    if missing.is_empty() {
+        eprintln!("setup: apt packages present");
+        return Ok(());
+    }
+    eprintln!("setup: installing {}", missing.join(" "));
+    run_visible(Command::new("apt-get").args(["update", "-q"]))?;
+    run_visible(
+        Command::new("apt-get")
+            .args(["install", "-y", "-q", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )
+}
+
+fn rust_src() -> Result<()> {
+    let installed = run(
+        "rustup",
+        &["component", "list", "--toolchain", "nightly", "--installed"],
+    )
+    .context("the nightly toolchain is needed to build the eBPF programs")?;
+    if installed.lines().any(|l| l.starts_with("rust-src")) {
+        eprintln!("setup: nightly rust-src present");
+        return Ok(());
+    }
+    eprintln!("setup: adding rust-src to nightly");
+    run_visible(Command::new("rustup").args([
+        "component",
+        "add",
+        "rust-src",
+        "--toolchain",
+        "nightly",
+    ]))
+}
+
+fn cargo_home() -> PathBuf {
+    std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var("HOME").unwrap_or_else(|_| "/root".into())).join(".cargo")
+        })
+}
+
+/// bpf-linker must be built against the same LLVM major as nightly rustc. We link it
+/// against nightly's own libLLVM, so no apt LLVM is needed and the versions always match.
+fn bpf_linker() -> Result<()> {
+    let bin = cargo_home().join("bin/bpf-linker");
+    if let Ok(v) = run(bin.to_str().unwrap_or("bpf-linker"), &["--version"]) {
+        if v.contains(BPF_LINKER_VERSION) {
+            eprintln!("setup: bpf-linker {BPF_LINKER_VERSION} present");
+            return Ok(());
+        }
+    }
+    let sysroot = run("rustc", &["+nightly", "--print", "sysroot"])?;
+    let lib_dir = Path::new(sysroot.trim()).join("lib");
+    let libllvm = std::fs::read_dir(&lib_dir)
+        .with_context(|| format!("reading {}", lib_dir.display()))?
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .find(|n| n.starts_with("libLLVM.so.") || (n.starts_with("libLLVM-") && n.ends_with(".so")))
+        .context("nightly toolchain has no libLLVM shared library")?;
+    let major = llvm_major(&libllvm)
+        .with_context(|| format!("cannot tell the LLVM version of {libllvm}"))?;
+    if major != 22 {
+        bail!(
+            "nightly rustc uses LLVM {major}, but bpf-linker {BPF_LINKER_VERSION} is built here \
+             for LLVM 22: update BPF_LINKER_VERSION/feature in xtask/src/setup.rs"
+        );
+    }
+    let prefix = cargo_home().join("tenantflow-llvm22");
+    let prefix_lib = prefix.join("lib");
+    std::fs::create_dir_all(&prefix_lib)?;
+    for name in ["libLLVM.so".to_owned(), libllvm.clone()] {
+        let link = prefix_lib.join(&name);
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(lib_dir.join(&libllvm), &link)
+            .with_context(|| format!("linking {}", link.display()))?;
+    }
+    eprintln!(
+        "setup: building bpf-linker {BPF_LINKER_VERSION} against nightly's LLVM {major} (~2 min)"
+    );
+    run_visible(
+        Command::new("cargo")
+            .args([
+                "+nightly",
+                "install",
+                &format!("bpf-linker@{BPF_LINKER_VERSION}"),
+                "--locked",
+            ])
+            .args(["--no-default-features", "--features", "llvm-22", "--force"])
+            .arg("--root")
+            .arg(cargo_home())
+            .env("LLVM_PREFIX", &prefix),
+    )
+}
+
+/// `libLLVM.so.22.1-rust-…` or `libLLVM-22-rust-….so` → 22.
+fn llvm_major(file: &str) -> Option<u32> {
+    let rest = file
+        .strip_prefix("libLLVM.so.")
+        .or_else(|| file.strip_prefix("libLLVM-"))?;
+    rest.split(|c: char| !c.is_ascii_digit())
+        .next()?
+        .parse()
+        .ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::llvm_major;
+
+    #[test]
+    fn reads_llvm_major_from_both_library_names() {
+        assert_eq!(llvm_major("libLLVM.so.22.1-rust-1.97.0-nightly"), Some(22));
+        assert_eq!(llvm_major("libLLVM-22-rust-1.97.0-nightly.so"), Some(22));
+        assert_eq!(llvm_major("libfoo.so"), None);
+    }
+}

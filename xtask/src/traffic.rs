@@ -1,0 +1,231 @@
+//! Exact, small traffic for the lab: every byte and datagram is known in advance, so tests
+//! can assert what the observer must have counted. Runs inside a namespace via `ip netns exec`.
+
+use std::{
+    io::{Read, Write},
+    net::{Shutdown, SocketAddr, TcpListener, TcpStream, UdpSocket},
+    time::Duration,
+};
+
+use anyhow::{Context as _, Result};
+use clap::Subcommand;
+
+#[derive(Debug, Subcommand)]
+pub enum TrafficCmd {
+    /// Send COUNT datagrams of SIZE payload bytes to TO.
+    UdpSend {
+        to: SocketAddr,
+        count: u32,
+        size: usize,
+        /// Source address:port (fixes the 5-tuple).
+        #[arg(long)]
+        bind: Option<SocketAddr>,
+        /// Pause between datagrams, in microseconds.
+        #[arg(long, default_value_t = 0)]
+        gap_us: u64,
+    },
+    /// Receive COUNT datagrams on BIND (or until TIMEOUT_MS of silence); print how many.
+    UdpRecv {
+        bind: SocketAddr,
+        count: u32,
+        #[arg(long, default_value_t = 3000)]
+        timeout_ms: u64,
+    },
+    /// Accept CONNS connections on BIND; from each read to EOF, answer REPLY bytes, close.
+    TcpServe {
+        bind: SocketAddr,
+        reply: usize,
+        #[arg(long, default_value_t = 1)]
+        conns: u32,
+    },
+    /// Connect to TO, send BYTES, half-close, read the answer to EOF; print bytes read.
+    TcpSend {
+        to: SocketAddr,
+        bytes: usize,
+        #[arg(long)]
+        bind: Option<SocketAddr>,
+        /// Keep the connection open this long (ms) before sending (for mid-flow starts).
+        #[arg(long, default_value_t = 0)]
+        hold_ms: u64,
+    },
+    /// Accept connections on BIND and relay each to TO (an egress gateway or proxy).
+    Relay {
+        bind: SocketAddr,
+        to: SocketAddr,
+        #[arg(long, default_value_t = 1)]
+        conns: u32,
+    },
+}
+
+pub fn run(cmd: TrafficCmd) -> Result<()> {
+    match cmd {
+        TrafficCmd::UdpSend {
+            to,
+            count,
+            size,
+            bind,
+            gap_us,
+        } => {
+            let local = bind.unwrap_or_else(|| unspecified(&to));
+            let sock = UdpSocket::bind(local).with_context(|| format!("bind {local}"))?;
+            let payload = vec![0x5au8; size];
+            for _ in 0..count {
+                sock.send_to(&payload, to)
+                    .with_context(|| format!("send to {to}"))?;
+                if gap_us > 0 {
+                    std::thread::sleep(Duration::from_micros(gap_us));
+                }
+            }
+            Ok(())
+        }
+        TrafficCmd::UdpRecv {
+            bind,
+            count,
+            timeout_ms,
+        } => {
+            let sock = UdpSocket::bind(bind).with_context(|| format!("bind {bind}"))?;
+            sock.set_read_timeout(Some(Duration::from_millis(timeout_ms)))?;
+            let mut buf = vec![0u8; 65536];
+            let mut got = 0u32;
+            while got < count {
+                match sock.recv_from(&mut buf) {
+                    Ok(_) => got += 1,
+                    Err(_) => break,
+                }
+            }
+            println!("{got}");
+            Ok(())
+        }
+        TrafficCmd::TcpServe { bind, reply, conns } => {
+            let listener = TcpListener::bind(bind).with_context(|| format!("bind {bind}"))?;
+            for _ in 0..conns {
+                let (mut s, _) = listener.accept()?;
+                let mut sink = Vec::new();
+                s.read_to_end(&mut sink)?;
+                s.write_all(&vec![0xa5u8; reply])?;
+                s.shutdown(Shutdown::Write)?;
+                // Wait for the peer's close so our FIN is acknowledged before we exit.
+                let _ = s.read(&mut [0u8; 1]);
+                println!("{}", sink.len());
+            }
+            Ok(())
+        }
+        TrafficCmd::TcpSend {
+            to,
+            bytes,
+            bind,
+            hold_ms,
+        } => {
+            let mut s = connect(to, bind)?;
+            std::thread::sleep(Duration::from_millis(hold_ms));
+            s.write_all(&vec![0x5au8; bytes])?;
+            s.shutdown(Shutdown::Write)?;
+            let mut answer = Vec::new();
+            s.read_to_end(&mut answer)?;
+            println!("{}", answer.len());
+            Ok(())
+        }
+        TrafficCmd::Relay { bind, to, conns } => {
+            let listener = TcpListener::bind(bind).with_context(|| format!("bind {bind}"))?;
+            for _ in 0..conns {
+                let (mut client, _) = listener.accept()?;
+                let mut upstream =
+                    TcpStream::connect(to).with_context(|| format!("connect {to}"))?;
+                let mut req = Vec::new();
+                client.read_to_end(&mut req)?;
+                upstream.write_all(&req)?;
+                upstream.shutdown(Shutdown::Write)?;
+                let mut resp = Vec::new();
+                upstream.read_to_end(&mut resp)?;
+                client.write_all(&resp)?;
+                client.shutdown(Shutdown::Write)?;
+                let _ = client.read(&mut [0u8; 1]);
+            }
+            Ok(())
+        }
+    }
+}
+
+fn unspecified(to: &SocketAddr) -> SocketAddr {
+    if to.is_ipv4() {
+        "0.0.0.0:0".parse().expect("literal")
+    } else {
+        "[::]:0".parse().expect("literal")
+    }
+}
+
+/// Connect, optionally from a fixed source address:port (std has no bind-before-connect).
+fn connect(to: SocketAddr, bind: Option<SocketAddr>) -> Result<TcpStream> {
+    let Some(local) = bind else {
+        return TcpStream::connect(to).with_context(|| format!("connect {to}"));
+    };
+    let domain = if to.is_ipv4() {
+        libc::AF_INET
+    } else {
+        libc::AF_INET6
+    };
+    // SAFETY: plain socket syscalls on a descriptor we own; addresses are valid sockaddrs.
+    unsafe {
+        let fd = libc::socket(domain, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        anyhow::ensure!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
+        let s = <TcpStream as std::os::fd::FromRawFd>::from_raw_fd(fd);
+        let one: libc::c_int = 1;
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_REUSEADDR,
+            (&one as *const libc::c_int).cast(),
+            4,
+        );
+        let (la, ll) = sockaddr(local);
+        anyhow::ensure!(
+            libc::bind(fd, la.as_ptr().cast(), ll) == 0,
+            "bind {local}: {}",
+            std::io::Error::last_os_error()
+        );
+        let (ra, rl) = sockaddr(to);
+        anyhow::ensure!(
+            libc::connect(fd, ra.as_ptr().cast(), rl) == 0,
+            "connect {to}: {}",
+            std::io::Error::last_os_error()
+        );
+        Ok(s)
+    }
+}
+
+fn sockaddr(a: SocketAddr) -> (Vec<u8>, libc::socklen_t) {
+    match a {
+        SocketAddr::V4(v4) => {
+            let sin = libc::sockaddr_in {
+                sin_family: libc::AF_INET as u16,
+                sin_port: v4.port().to_be(),
+                sin_addr: libc::in_addr {
+                    s_addr: u32::from_ne_bytes(v4.ip().octets()),
+                },
+                sin_zero: [0; 8],
+            };
+            let bytes = unsafe_bytes(&sin);
+            (bytes, std::mem::size_of::<libc::sockaddr_in>() as u32)
+        }
+        SocketAddr::V6(v6) => {
+            let sin6 = libc::sockaddr_in6 {
+                sin6_family: libc::AF_INET6 as u16,
+                sin6_port: v6.port().to_be(),
+                sin6_flowinfo: 0,
+                sin6_addr: libc::in6_addr {
+                    s6_addr: v6.ip().octets(),
+                },
+                sin6_scope_id: 0,
+            };
+            let bytes = unsafe_bytes(&sin6);
+            (bytes, std::mem::size_of::<libc::sockaddr_in6>() as u32)
+        }
+    }
+}
+
+fn unsafe_bytes<T>(v: &T) -> Vec<u8> {
+    // SAFETY: T is a plain C sockaddr struct; reading its bytes is always valid.
+    unsafe {
+        std::slice::from_raw_parts((v as *const T).cast::<u8>(), std::mem::size_of::<T>()).to_vec()
+    }
+}
