@@ -1,1 +1,119 @@
+//! Helpers for the privileged end-to-end tests. Tests panic with clear messages; every
+//! namespace a test makes carries its own prefix and is removed by a guard on drop.
 
+pub mod agent;
+pub mod netns_http;
+pub mod snmp;
+
+use std::{
+    path::PathBuf,
+    process::Command,
+    time::{Duration, Instant},
+};
+
+pub use agent::Agent;
+pub use xtask::lab::{LabGuard, Topology};
+
+/// Privileged tests must fail, never skip, when they cannot run (CI runs as root).
+pub fn require_root() {
+    assert!(
+        xtask::exec::is_root(),
+        "this test needs root (network namespaces, iptables, BPF): run `cargo xtask test` as root"
+    );
+}
+
+/// A lab prefix unique to this test and process, short enough for netns names.
+pub fn prefix(tag: &str) -> String {
+    format!("t{tag}{}", std::process::id() % 100_000)
+}
+
+/// Root, then a fresh standard lab for this test.
+pub fn lab(tag: &str) -> LabGuard {
+    require_root();
+    LabGuard::up(Topology::standard(&prefix(tag))).expect("lab up")
+}
+
+fn target_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/debug")
+}
+
+/// The agent binary under test (`cargo xtask test` builds it first).
+pub fn agent_bin() -> PathBuf {
+    let p = std::env::var_os("TENANTFLOW_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| target_dir().join("tenantflow"));
+    assert!(
+        p.exists(),
+        "agent binary {} missing: build it with `cargo build -p tenantflow` (cargo xtask test does)",
+        p.display()
+    );
+    p
+}
+
+/// The traffic generator; cargo builds this package's binaries before its integration tests.
+fn traffic_bin() -> PathBuf {
+    let p = target_dir().join("tf-traffic");
+    assert!(
+        p.exists(),
+        "{} missing: run the tests through cargo",
+        p.display()
+    );
+    p
+}
+
+/// Run the exact traffic generator inside `ns`; returns its stdout.
+pub fn traffic(ns: &str, args: &[&str]) -> String {
+    let out = Command::new("ip")
+        .args(["netns", "exec", ns])
+        .arg(traffic_bin())
+        .args(args)
+        .output()
+        .expect("spawn tf-traffic");
+    assert!(
+        out.status.success(),
+        "tf-traffic {args:?} in {ns} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Start the traffic generator in the background (servers); the child is returned.
+pub fn traffic_bg(ns: &str, args: &[&str]) -> std::process::Child {
+    let child = Command::new("ip")
+        .args(["netns", "exec", ns])
+        .arg(traffic_bin())
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn tf-traffic");
+    // Give the server time to bind before a client connects.
+    std::thread::sleep(Duration::from_millis(150));
+    child
+}
+
+/// Wait for a background generator and return its stdout.
+pub fn finish(child: std::process::Child) -> String {
+    let out = child.wait_with_output().expect("wait tf-traffic");
+    assert!(out.status.success(), "background tf-traffic failed");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Run a command inside `ns`, panicking with its stderr on failure.
+pub fn in_ns(ns: &str, args: &[&str]) -> String {
+    xtask::exec::in_ns(ns, args).unwrap_or_else(|e| panic!("{e:#}"))
+}
+
+/// Poll `f` until it returns Some or `timeout` passes. Used only to wait for the agent's
+/// next harvest; the assertion that follows is always exact.
+pub fn eventually<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if start.elapsed() > timeout {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

@@ -1,0 +1,154 @@
+//! A running agent inside a node namespace, stopped (SIGTERM, then SIGKILL) on drop.
+
+use std::{
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+use serde_json::Value;
+
+use crate::{agent_bin, eventually, netns_http};
+
+/// Where the agent listens inside its namespace.
+pub const LISTEN: &str = "127.0.0.1:9990";
+
+pub struct Agent {
+    pub ns: String,
+    child: Option<Child>,
+    pub log: std::path::PathBuf,
+}
+
+impl Agent {
+    /// Start `tenantflow agent` in `ns` with a 200 ms harvest and wait until /readyz is 200.
+    pub fn start(ns: &str, extra: &[&str]) -> Self {
+        let log = std::env::temp_dir().join(format!("{ns}-agent.log"));
+        let logf = std::fs::File::create(&log).expect("agent log file");
+        let child = Command::new("ip")
+            .args(["netns", "exec", ns])
+            .arg(agent_bin())
+            .args(["agent", "--listen", LISTEN, "--harvest-interval", "200ms"])
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(logf)
+            .spawn()
+            .expect("spawn agent");
+        let mut agent = Agent {
+            ns: ns.to_owned(),
+            child: Some(child),
+            log,
+        };
+        let ready = eventually(Duration::from_secs(20), || {
+            if let Some(status) = agent.exited() {
+                panic!("agent exited early ({status}):\n{}", agent.log_text());
+            }
+            matches!(agent.get("/readyz"), Ok((200, _))).then_some(())
+        });
+        assert!(
+            ready.is_some(),
+            "agent never became ready:\n{}",
+            agent.log_text()
+        );
+        agent
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
+    }
+
+    pub fn get(&self, path: &str) -> std::io::Result<(u16, String)> {
+        netns_http::get(&self.ns, LISTEN, path)
+    }
+
+    /// The agent's /flows (optionally with a query string) as JSON values.
+    pub fn flows(&self, query: &str) -> Vec<Value> {
+        let (status, body) = self.get(&format!("/flows{query}")).expect("GET /flows");
+        assert_eq!(status, 200, "/flows{query}: {body}");
+        serde_json::from_str(&body).expect("/flows JSON")
+    }
+
+    /// Value of one metric sample line from /metrics (exact label match), if present.
+    pub fn metric(&self, name_and_labels: &str) -> Option<f64> {
+        let (_, body) = self.get("/metrics").ok()?;
+        body.lines()
+            .find_map(|l| l.strip_prefix(name_and_labels)?.trim().parse().ok())
+    }
+
+    /// Send `sig` and wait for exit; returns the exit code.
+    pub fn stop_with(&mut self, sig: i32) -> Option<i32> {
+        let mut child = self.child.take()?;
+        // `ip netns exec` execs the agent, so the child pid is the agent's.
+        // SAFETY: signalling our own child process.
+        unsafe { libc::kill(child.id() as i32, sig) };
+        let waited = eventually(Duration::from_secs(10), || child.try_wait().ok().flatten());
+        match waited {
+            Some(status) => status.code(),
+            None => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("agent did not exit after signal {sig}");
+            }
+        }
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.stop_with(libc::SIGTERM);
+    }
+}
+
+/// Find the one flow at (`iface`, `hook`) matching `pred`, waiting for the harvest to
+/// reach `want` (packets, bytes); returns what was last seen for the exact assertion.
+pub fn wait_flow(
+    agent: &Agent,
+    iface: &str,
+    hook: &str,
+    pred: impl Fn(&Value) -> bool,
+    want: (u64, u64),
+) -> (u64, u64) {
+    wait_flow_until(agent, iface, hook, pred, |seen| seen == want)
+}
+
+/// As [`wait_flow`], when only the packet count is known in advance.
+pub fn wait_packets(
+    agent: &Agent,
+    iface: &str,
+    hook: &str,
+    pred: impl Fn(&Value) -> bool,
+    packets: u64,
+) -> u64 {
+    wait_flow_until(agent, iface, hook, pred, |seen| seen.0 == packets).0
+}
+
+fn wait_flow_until(
+    agent: &Agent,
+    iface: &str,
+    hook: &str,
+    pred: impl Fn(&Value) -> bool,
+    done: impl Fn((u64, u64)) -> bool,
+) -> (u64, u64) {
+    let mut last = (0, 0);
+    eventually(Duration::from_secs(5), || {
+        let flows = agent.flows(&format!("?iface={iface}"));
+        let hits: Vec<&Value> = flows
+            .iter()
+            .filter(|f| f["hook"] == hook && pred(f))
+            .collect();
+        assert!(
+            hits.len() <= 1,
+            "more than one flow matched at {iface}/{hook}: {hits:#?}"
+        );
+        last = hits
+            .first()
+            .map(|f| (f["packets"].as_u64().unwrap(), f["bytes"].as_u64().unwrap()))
+            .unwrap_or((0, 0));
+        done(last).then_some(())
+    });
+    last
+}

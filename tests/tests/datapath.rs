@@ -1,0 +1,320 @@
+//! Known exchanges through the lab produce exactly the expected packets and bytes per flow,
+//! at the pod veth and at the node uplink, for IPv4 and IPv6; late veths are picked up;
+//! nothing is dropped under load.
+
+use std::time::Duration;
+
+use serde_json::Value;
+use tenantflow_tests::{
+    agent::{wait_flow, wait_packets},
+    eventually, finish, in_ns, lab, snmp, traffic, traffic_bg, Agent,
+};
+
+/// Predicate for one direction of a 5-tuple as the /flows API reports it.
+fn tuple(
+    proto: &'static str,
+    src: String,
+    sport: Option<u16>,
+    dst: String,
+    dport: u16,
+) -> impl Fn(&Value) -> bool {
+    move |f| {
+        f["proto"] == proto
+            && f["src"] == src.as_str()
+            && f["dst"] == dst.as_str()
+            && f["dst_port"] == dport
+            && sport.is_none_or(|p| f["src_port"] == p)
+    }
+}
+
+/// IP bytes of `segs` TCP segments carrying `payload` bytes: one SYN or SYN-ACK with a
+/// 40-byte TCP header, the rest 32 bytes (timestamps on, as Linux defaults).
+fn tcp_bytes(segs: u64, payload: u64, ip_hdr: u64) -> u64 {
+    segs * ip_hdr + 40 + (segs - 1) * 32 + payload
+}
+
+fn exchanges(v6: bool) {
+    let lab = lab(if v6 { "x6" } else { "x4" });
+    let t = &lab.topo;
+    let (web1, web2) = (t.pod("web-1"), t.pod("web-2"));
+    let (a, b) = if v6 {
+        (web1.ip6(), web2.ip6())
+    } else {
+        (web1.ip(), web2.ip())
+    };
+    let ip_hdr: u64 = if v6 { 40 } else { 20 };
+    let sock = |ip: &str, port: u16| {
+        if v6 {
+            format!("[{ip}]:{port}")
+        } else {
+            format!("{ip}:{port}")
+        }
+    };
+    let (ns1, ns2) = (t.pod_ns(web1), t.pod_ns(web2));
+    for ns in [&ns1, &ns2] {
+        assert_eq!(
+            in_ns(ns, &["sysctl", "-n", "net.ipv4.tcp_timestamps"]).trim(),
+            "1"
+        );
+    }
+    let agent = Agent::start(&t.node_ns(1), &[]);
+    let veth = web1.host_iface();
+
+    // UDP: 5 datagrams of 100 bytes.
+    let rx = traffic_bg(&ns2, &["udp-recv", &sock(&b, 5000), "5"]);
+    traffic(
+        &ns1,
+        &[
+            "udp-send",
+            &sock(&b, 5000),
+            "5",
+            "100",
+            "--bind",
+            &sock(&a, 4000),
+        ],
+    );
+    assert_eq!(finish(rx).trim(), "5");
+    let udp = (5, 5 * (ip_hdr + 8 + 100));
+    let fwd = tuple("udp", a.clone(), Some(4000), b.clone(), 5000);
+    assert_eq!(
+        wait_flow(&agent, &veth, "ingress", &fwd, udp),
+        udp,
+        "UDP at pod veth"
+    );
+    assert_eq!(
+        wait_flow(&agent, "eth0", "egress", &fwd, udp),
+        udp,
+        "UDP at uplink"
+    );
+
+    // ICMP echo: 3 requests and 3 replies of 56 payload bytes.
+    let ping = if v6 { "-6" } else { "-4" };
+    in_ns(
+        &ns1,
+        &[
+            "ping", ping, "-c", "3", "-i", "0.2", "-s", "56", "-W", "2", &b,
+        ],
+    );
+    let (proto, req_type, rep_type) = if v6 {
+        ("icmpv6", 128u16, 129u16)
+    } else {
+        ("icmp", 8, 0)
+    };
+    let icmp = (3, 3 * (ip_hdr + 8 + 56));
+    let req = tuple(proto, a.clone(), None, b.clone(), req_type << 8);
+    let rep = tuple(proto, b.clone(), None, a.clone(), rep_type << 8);
+    assert_eq!(
+        wait_flow(&agent, &veth, "ingress", &req, icmp),
+        icmp,
+        "echo requests at pod veth"
+    );
+    assert_eq!(
+        wait_flow(&agent, &veth, "egress", &rep, icmp),
+        icmp,
+        "echo replies at pod veth"
+    );
+    assert_eq!(
+        wait_flow(&agent, "eth0", "egress", &req, icmp),
+        icmp,
+        "echo requests at uplink"
+    );
+    assert_eq!(
+        wait_flow(&agent, "eth0", "ingress", &rep, icmp),
+        icmp,
+        "echo replies at uplink"
+    );
+
+    // TCP: 1000 bytes up, 3000 down; the endpoints' own kernels say how many segments.
+    let (c0, s0) = (snmp::read(&ns1), snmp::read(&ns2));
+    let srv = traffic_bg(&ns2, &["tcp-serve", &sock(&b, 7000), "3000"]);
+    let got = traffic(
+        &ns1,
+        &[
+            "tcp-send",
+            &sock(&b, 7000),
+            "1000",
+            "--bind",
+            &sock(&a, 7001),
+        ],
+    );
+    assert_eq!(got.trim(), "3000");
+    assert_eq!(finish(srv).trim(), "1000");
+    std::thread::sleep(Duration::from_millis(300));
+    let up_segs = snmp::delta(&c0, &snmp::read(&ns1), "Tcp:OutSegs");
+    let down_segs = snmp::delta(&s0, &snmp::read(&ns2), "Tcp:OutSegs");
+    let up = (up_segs, tcp_bytes(up_segs, 1000, ip_hdr));
+    let down = (down_segs, tcp_bytes(down_segs, 3000, ip_hdr));
+    let c2s = tuple("tcp", a.clone(), Some(7001), b.clone(), 7000);
+    let s2c = tuple("tcp", b.clone(), Some(7000), a.clone(), 7001);
+    assert_eq!(
+        wait_flow(&agent, &veth, "ingress", &c2s, up),
+        up,
+        "TCP up at pod veth"
+    );
+    assert_eq!(
+        wait_flow(&agent, &veth, "egress", &s2c, down),
+        down,
+        "TCP down at pod veth"
+    );
+    assert_eq!(
+        wait_flow(&agent, "eth0", "egress", &c2s, up),
+        up,
+        "TCP up at uplink"
+    );
+    assert_eq!(
+        wait_flow(&agent, "eth0", "ingress", &s2c, down),
+        down,
+        "TCP down at uplink"
+    );
+}
+
+#[test]
+fn ipv4_exchanges_are_counted_exactly_at_pod_veth_and_uplink() {
+    exchanges(false);
+}
+
+#[test]
+fn ipv6_exchanges_are_counted_exactly_at_pod_veth_and_uplink() {
+    exchanges(true);
+}
+
+#[test]
+fn pod_veth_created_after_start_is_attached_counted_and_forgotten() {
+    let lab = lab("lv");
+    let t = &lab.topo;
+    let node = t.node_ns(1);
+    let agent = Agent::start(&node, &[]);
+    let pods = r#"tenantflow_attached_interfaces{role="pod"}"#;
+    assert_eq!(agent.metric(pods), Some(5.0));
+
+    let late = format!("{}-late", t.prefix);
+    xtask::exec::run("ip", &["netns", "add", &late]).unwrap();
+    xtask::exec::run(
+        "ip",
+        &[
+            "-n", &node, "link", "add", "veth50", "type", "veth", "peer", "name", "eth0", "netns",
+            &late,
+        ],
+    )
+    .unwrap();
+    xtask::exec::run(
+        "ip",
+        &["-n", &node, "link", "set", "veth50", "master", "cbr0", "up"],
+    )
+    .unwrap();
+    xtask::exec::run(
+        "ip",
+        &["-n", &late, "addr", "add", "10.244.1.50/24", "dev", "eth0"],
+    )
+    .unwrap();
+    xtask::exec::run("ip", &["-n", &late, "link", "set", "eth0", "up"]).unwrap();
+    let attached = eventually(Duration::from_secs(5), || {
+        (agent.metric(pods) == Some(6.0)).then_some(())
+    });
+    assert!(
+        attached.is_some(),
+        "veth50 was not attached:\n{}",
+        agent.log_text()
+    );
+
+    let web1 = t.pod("web-1").ip();
+    let rx = traffic_bg(
+        &t.pod_ns(t.pod("web-1")),
+        &["udp-recv", &format!("{web1}:5300"), "4"],
+    );
+    traffic(
+        &late,
+        &[
+            "udp-send",
+            &format!("{web1}:5300"),
+            "4",
+            "50",
+            "--bind",
+            "10.244.1.50:5301",
+        ],
+    );
+    assert_eq!(finish(rx).trim(), "4");
+    let want = (4, 4 * (20 + 8 + 50));
+    let f = tuple("udp", "10.244.1.50".into(), Some(5301), web1, 5300);
+    assert_eq!(wait_flow(&agent, "veth50", "ingress", &f, want), want);
+
+    xtask::exec::run("ip", &["netns", "del", &late]).unwrap();
+    let forgotten = eventually(Duration::from_secs(5), || {
+        (agent.metric(pods) == Some(5.0)).then_some(())
+    });
+    assert!(
+        forgotten.is_some(),
+        "veth50 was not forgotten:\n{}",
+        agent.log_text()
+    );
+}
+
+#[test]
+fn observer_drops_nothing_under_iperf3_load() {
+    let lab = lab("ld");
+    let t = &lab.topo;
+    let (web1, web2) = (t.pod("web-1"), t.pod("web-2"));
+    let (ns1, ns2) = (t.pod_ns(web1), t.pod_ns(web2));
+    let agent = Agent::start(&t.node_ns(1), &[]);
+    let before = snmp::read(&ns2);
+    let server = std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &ns2,
+            "iperf3",
+            "-s",
+            "-1",
+            "-B",
+            &web2.ip(),
+            "-p",
+            "5201",
+        ])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("iperf3 server (cargo xtask setup installs iperf3)");
+    std::thread::sleep(Duration::from_millis(300));
+    in_ns(
+        &ns1,
+        &[
+            "iperf3",
+            "-c",
+            &web2.ip(),
+            "-p",
+            "5201",
+            "-u",
+            "-b",
+            "20M",
+            "-l",
+            "64",
+            "-t",
+            "2",
+            "--cport",
+            "5202",
+        ],
+    );
+    let out = server.wait_with_output().expect("iperf3 server");
+    assert!(out.status.success());
+    std::thread::sleep(Duration::from_millis(300));
+    let after = snmp::read(&ns2);
+    // Every datagram that reached web-2's UDP layer, delivered or refused by a full buffer.
+    let arrived = ["Udp:InDatagrams", "Udp:InErrors", "Udp:NoPorts"]
+        .iter()
+        .map(|k| snmp::delta(&before, &after, k))
+        .sum::<u64>();
+    assert!(
+        arrived > 10_000,
+        "iperf3 produced too little load to mean anything: {arrived}"
+    );
+    let f = tuple("udp", web1.ip(), Some(5202), web2.ip(), 5201);
+    let seen_veth = wait_packets(&agent, &web1.host_iface(), "ingress", &f, arrived);
+    let seen_uplink = wait_packets(&agent, "eth0", "egress", &f, arrived);
+    assert_eq!(
+        seen_veth, arrived,
+        "packets seen at the hooked veth vs arrived at the receiver"
+    );
+    assert_eq!(
+        seen_uplink, arrived,
+        "packets seen at the hooked uplink vs arrived at the receiver"
+    );
+}
