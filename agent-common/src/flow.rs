@@ -16,10 +16,12 @@ pub enum Direction {
 
 /// One flow as seen at one observation point (interface + direction).
 ///
-/// Addresses are stored as 16 bytes for both families (IPv4 in the first four bytes) so one
-/// map serves both. For ICMP/ICMPv6 `src_port` carries the echo identifier and `dst_port`
+/// Addresses are stored as two u64 holding the address bytes in network order (IPv4 in the
+/// first four bytes) so one map serves both families. Aligned u64s, not byte arrays: the
+/// BPF backend turns byte arrays into byte-at-a-time copies and out-of-line memset calls,
+/// which measured more than the map lookup itself. For ICMP/ICMPv6 `src_port` carries the echo identifier and `dst_port`
 /// carries `type << 8 | code`, so echo request and reply stay distinct flows.
-#[repr(C)]
+#[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct FlowKey {
     pub ifindex: u32,
@@ -30,15 +32,34 @@ pub struct FlowKey {
     /// IP protocol number of the transport header (after IPv6 extension headers).
     pub proto: u8,
     pub _pad0: u8,
-    pub src_addr: [u8; 16],
-    pub dst_addr: [u8; 16],
+    pub src_addr: [u64; 2],
+    pub dst_addr: [u64; 2],
     pub src_port: u16,
     pub dst_port: u16,
     pub _pad1: u32,
 }
 
+impl FlowKey {
+    /// Address bytes in network order (IPv4 in the first four).
+    pub fn addr_bytes(words: &[u64; 2]) -> [u8; 16] {
+        let mut out = [0u8; 16];
+        out[..8].copy_from_slice(&words[0].to_ne_bytes());
+        out[8..].copy_from_slice(&words[1].to_ne_bytes());
+        out
+    }
+
+    /// Inverse of [`FlowKey::addr_bytes`].
+    pub fn addr_words(bytes: &[u8; 16]) -> [u64; 2] {
+        let mut a = [0u8; 8];
+        let mut b = [0u8; 8];
+        a.copy_from_slice(&bytes[..8]);
+        b.copy_from_slice(&bytes[8..]);
+        [u64::from_ne_bytes(a), u64::from_ne_bytes(b)]
+    }
+}
+
 /// Counters for one [`FlowKey`], one copy per CPU (summed by the agent).
-#[repr(C)]
+#[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FlowStats {
     /// Wire packets: a GSO super-packet counts as its segment count.
@@ -46,10 +67,13 @@ pub struct FlowStats {
     /// IP bytes (IP header + payload) as they would appear on the wire, GSO segments
     /// included; link-layer headers excluded so a flow counts the same on every hop.
     pub bytes: u64,
-    /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC) of the first and last packet on this CPU.
+    /// `bpf_ktime_get_coarse_ns()` (CLOCK_MONOTONIC_COARSE, jiffy resolution) of the first
+    /// and last packet on this CPU.
     pub first_seen_ns: u64,
     pub last_seen_ns: u64,
     /// OR of TCP flags seen (FIN=0x01 SYN=0x02 RST=0x04 PSH=0x08 ACK=0x10 URG=0x20 ...).
     pub tcp_flags: u8,
-    pub _pad: [u8; 7],
+    pub _pad0: u8,
+    pub _pad1: u16,
+    pub _pad2: u32,
 }

@@ -1,17 +1,18 @@
 //! Header parsing with direct packet access.
 //!
 //! Every read goes through [`ptr_at`], which proves to the verifier that the bytes lie inside
-//! `[data, data_end)`. Direct access measured ~40% cheaper per packet than `bpf_skb_load_bytes`.
+//! `[data, data_end)`. Headers are read through 16-bit word views: with Ethernet's 14-byte
+//! header every IP/TCP/UDP field is 2-byte aligned when the frame start is (skb headroom,
+//! VLAN and tunnel pops are all even), so the BPF backend emits word loads instead of
+//! splitting byte-array headers into single-byte loads, which measured ~50 ns/packet more.
+//! The verifier forbids checking the pointer's alignment; on x86-64 and arm64 the JIT's
+//! loads are correct at any alignment, so an odd frame would cost speed, not correctness.
+//! Words keep network byte order; userspace decodes them.
 
 use agent_common::FlowKey;
 use aya_ebpf::programs::TcContext;
 use core::mem;
-use network_types::{
-    eth::EthHdr,
-    ip::{Ipv4Hdr, Ipv6Hdr},
-    tcp::TcpHdr,
-    udp::UdpHdr,
-};
+use network_types::eth::EthHdr;
 
 const ETH_P_IP: u16 = 0x0800;
 const ETH_P_IPV6: u16 = 0x86DD;
@@ -26,6 +27,45 @@ const IPPROTO_ICMPV6: u8 = 58;
 const IPPROTO_DSTOPTS: u8 = 60;
 /// Extension headers walked before giving up; real traffic rarely has more than two.
 const MAX_IPV6_EXT: usize = 6;
+
+/// IPv4 header as 16-bit words (RFC 791 layout).
+#[repr(C)]
+struct Ip4 {
+    vihl_tos: u16,
+    tot_len: u16,
+    id: u16,
+    frag: u16,
+    ttl_proto: u16,
+    check: u16,
+    src: [u16; 2],
+    dst: [u16; 2],
+}
+
+/// IPv6 fixed header as 16-bit words (RFC 8200 layout).
+#[repr(C)]
+struct Ip6 {
+    vtc_flow: [u16; 2],
+    payload_len: u16,
+    next_hop: u16,
+    src: [u16; 8],
+    dst: [u16; 8],
+}
+
+/// Four in-memory 16-bit words as one u64 with the same in-memory bytes (little-endian).
+#[inline(always)]
+fn join(w: &[u16]) -> u64 {
+    w[0] as u64 | (w[1] as u64) << 16 | (w[2] as u64) << 32 | (w[3] as u64) << 48
+}
+
+/// First byte / second byte of a word as it lies in memory (little-endian host).
+#[inline(always)]
+fn lo(w: u16) -> u8 {
+    w as u8
+}
+#[inline(always)]
+fn hi(w: u16) -> u8 {
+    (w >> 8) as u8
+}
 
 /// What the parser learned beyond the key: needed to size GSO super-packets.
 pub struct Parsed {
@@ -54,16 +94,11 @@ fn ptr_at<T>(ctx: &TcContext, off: usize) -> Option<*const T> {
 }
 
 #[inline(always)]
-fn be16(b: [u8; 2]) -> u16 {
-    u16::from_be_bytes(b)
-}
-
-#[inline(always)]
 pub fn parse(ctx: &TcContext) -> Outcome {
     let Some(eth) = ptr_at::<EthHdr>(ctx, 0) else {
         return Outcome::Unparsable;
     };
-    // SAFETY: bounds checked by ptr_at.
+    // SAFETY: bounds checked by ptr_at; EthHdr is 2-aligned and so is the frame.
     let ether_type = u16::from_be(unsafe { (*eth).ether_type });
     let mut key = FlowKey {
         ifindex: 0,
@@ -71,23 +106,20 @@ pub fn parse(ctx: &TcContext) -> Outcome {
         family: 0,
         proto: 0,
         _pad0: 0,
-        src_addr: [0; 16],
-        dst_addr: [0; 16],
+        src_addr: [0; 2],
+        dst_addr: [0; 2],
         src_port: 0,
         dst_port: 0,
         _pad1: 0,
     };
     let l3_off = EthHdr::LEN;
-    let (l4_off, has_l4) = match ether_type {
-        ETH_P_IP => match parse_ipv4(ctx, l3_off, &mut key) {
-            Some(v) => v,
-            None => return Outcome::Unparsable,
-        },
-        ETH_P_IPV6 => match parse_ipv6(ctx, l3_off, &mut key) {
-            Some(v) => v,
-            None => return Outcome::Unparsable,
-        },
+    let parsed = match ether_type {
+        ETH_P_IP => parse_ipv4(ctx, l3_off, &mut key),
+        ETH_P_IPV6 => parse_ipv6(ctx, l3_off, &mut key),
         _ => return Outcome::NotIp,
+    };
+    let Some((l4_off, has_l4)) = parsed else {
+        return Outcome::Unparsable;
     };
     let mut parsed = Parsed {
         key,
@@ -104,55 +136,51 @@ pub fn parse(ctx: &TcContext) -> Outcome {
 /// Returns (transport offset, whether a transport header follows: false for non-first fragments).
 #[inline(always)]
 fn parse_ipv4(ctx: &TcContext, off: usize, key: &mut FlowKey) -> Option<(usize, bool)> {
-    let ip = ptr_at::<Ipv4Hdr>(ctx, off)?;
-    // SAFETY: bounds checked by ptr_at.
+    let ip = ptr_at::<Ip4>(ctx, off)?;
+    // SAFETY: bounds checked by ptr_at; 2-aligned (see module doc).
     let ip = unsafe { &*ip };
-    let ihl = ((ip.vihl & 0x0f) as usize) * 4;
-    if ihl < Ipv4Hdr::LEN {
+    let ihl = ((lo(ip.vihl_tos) & 0x0f) as usize) * 4;
+    if ihl < mem::size_of::<Ip4>() {
         return None;
     }
     key.family = 4;
-    key.proto = ip.proto as u8;
-    key.src_addr[..4].copy_from_slice(&ip.src_addr);
-    key.dst_addr[..4].copy_from_slice(&ip.dst_addr);
-    let frag_off = be16(ip.frags) & 0x1fff;
+    key.proto = hi(ip.ttl_proto);
+    key.src_addr[0] = ip.src[0] as u64 | (ip.src[1] as u64) << 16;
+    key.dst_addr[0] = ip.dst[0] as u64 | (ip.dst[1] as u64) << 16;
+    let frag_off = u16::from_be(ip.frag) & 0x1fff;
     Some((off + ihl, frag_off == 0))
 }
 
 #[inline(always)]
 fn parse_ipv6(ctx: &TcContext, off: usize, key: &mut FlowKey) -> Option<(usize, bool)> {
-    let ip = ptr_at::<Ipv6Hdr>(ctx, off)?;
-    // SAFETY: bounds checked by ptr_at.
+    let ip = ptr_at::<Ip6>(ctx, off)?;
+    // SAFETY: bounds checked by ptr_at; 2-aligned (see module doc).
     let ip = unsafe { &*ip };
     key.family = 6;
-    key.src_addr = ip.src_addr;
-    key.dst_addr = ip.dst_addr;
-    let mut next = ip.next_hdr as u8;
-    let mut cur = off + Ipv6Hdr::LEN;
+    key.src_addr = [join(&ip.src[..4]), join(&ip.src[4..])];
+    key.dst_addr = [join(&ip.dst[..4]), join(&ip.dst[4..])];
+    let mut next = lo(ip.next_hop);
+    let mut cur = off + mem::size_of::<Ip6>();
     for _ in 0..MAX_IPV6_EXT {
         match next {
             IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS => {
-                let ext = ptr_at::<[u8; 2]>(ctx, cur)?;
-                // SAFETY: bounds checked by ptr_at.
-                let [nh, len] = unsafe { *ext };
-                next = nh;
-                cur += (len as usize + 1) * 8;
+                // SAFETY: bounds checked by ptr_at; extension headers are 8-byte multiples.
+                let w = unsafe { *ptr_at::<u16>(ctx, cur)? };
+                next = lo(w);
+                cur += (hi(w) as usize + 1) * 8;
             }
             IPPROTO_AH => {
-                let ext = ptr_at::<[u8; 2]>(ctx, cur)?;
-                // SAFETY: bounds checked by ptr_at.
-                let [nh, len] = unsafe { *ext };
-                next = nh;
-                cur += (len as usize + 2) * 4;
+                // SAFETY: as above.
+                let w = unsafe { *ptr_at::<u16>(ctx, cur)? };
+                next = lo(w);
+                cur += (hi(w) as usize + 2) * 4;
             }
             IPPROTO_FRAGMENT => {
-                let ext = ptr_at::<[u8; 4]>(ctx, cur)?;
-                // SAFETY: bounds checked by ptr_at.
-                let frag = unsafe { *ext };
-                next = frag[0];
+                // SAFETY: as above; [next header, reserved, offset+flags].
+                let w = unsafe { *ptr_at::<[u16; 2]>(ctx, cur)? };
+                next = lo(w[0]);
                 cur += 8;
-                let frag_off = u16::from_be_bytes([frag[2], frag[3]]) >> 3;
-                if frag_off != 0 {
+                if u16::from_be(w[1]) >> 3 != 0 {
                     key.proto = next;
                     return Some((cur, false));
                 }
@@ -170,33 +198,28 @@ fn parse_ipv6(ctx: &TcContext, off: usize, key: &mut FlowKey) -> Option<(usize, 
 fn parse_l4(ctx: &TcContext, off: usize, p: &mut Parsed) -> Option<()> {
     match p.key.proto {
         IPPROTO_TCP => {
-            let tcp = ptr_at::<TcpHdr>(ctx, off)?;
-            // SAFETY: bounds checked by ptr_at.
-            let tcp = unsafe { &*tcp };
-            p.key.src_port = be16(tcp.source);
-            p.key.dst_port = be16(tcp.dest);
-            let raw = ptr_at::<[u8; 14]>(ctx, off)?;
-            // SAFETY: bounds checked by ptr_at; byte 12 = data offset, byte 13 = flags.
-            let raw = unsafe { *raw };
-            p.tcp_flags = raw[13];
-            p.hdr_len += ((raw[12] >> 4) as usize) * 4;
+            // SAFETY: bounds checked by ptr_at; words 0-1 ports, word 6 = data offset | flags.
+            let tcp = unsafe { *ptr_at::<[u16; 7]>(ctx, off)? };
+            p.key.src_port = u16::from_be(tcp[0]);
+            p.key.dst_port = u16::from_be(tcp[1]);
+            p.tcp_flags = hi(tcp[6]);
+            p.hdr_len += ((lo(tcp[6]) >> 4) as usize) * 4;
         }
         IPPROTO_UDP => {
-            let udp = ptr_at::<UdpHdr>(ctx, off)?;
-            // SAFETY: bounds checked by ptr_at.
-            let udp = unsafe { &*udp };
-            p.key.src_port = be16(udp.src);
-            p.key.dst_port = be16(udp.dst);
-            p.hdr_len += UdpHdr::LEN;
+            // SAFETY: bounds checked by ptr_at; source port, destination port.
+            let udp = unsafe { *ptr_at::<[u16; 4]>(ctx, off)? };
+            p.key.src_port = u16::from_be(udp[0]);
+            p.key.dst_port = u16::from_be(udp[1]);
+            p.hdr_len += 8;
         }
         IPPROTO_ICMP | IPPROTO_ICMPV6 => {
-            // type, code, checksum, identifier: the id keeps concurrent pings apart.
-            let icmp = ptr_at::<[u8; 6]>(ctx, off)?;
-            // SAFETY: bounds checked by ptr_at.
-            let icmp = unsafe { *icmp };
-            p.key.dst_port = u16::from_be_bytes([icmp[0], icmp[1]]);
-            if is_echo(p.key.proto, icmp[0]) {
-                p.key.src_port = u16::from_be_bytes([icmp[4], icmp[5]]);
+            // SAFETY: bounds checked by ptr_at; type|code, checksum, identifier.
+            let icmp = unsafe { *ptr_at::<[u16; 3]>(ctx, off)? };
+            let ty = lo(icmp[0]);
+            p.key.dst_port = u16::from_be(icmp[0]);
+            // The identifier keeps concurrent pings apart; only echo messages carry one.
+            if is_echo(p.key.proto, ty) {
+                p.key.src_port = u16::from_be(icmp[2]);
             }
             p.hdr_len += 8;
         }

@@ -1,6 +1,279 @@
-use anyhow::Result;
-#[derive(clap::Args)]
-pub struct BenchArgs {}
-pub fn run(_a: BenchArgs) -> Result<()> {
+//! `cargo xtask bench`: per-packet cost from kernel BPF run-time stats and TCP throughput,
+//! for three configurations alternated on the same lab path (web-1 → web-2, crossing
+//! node 1's pod veth and uplink): no program, a no-op program (the floor), the agent.
+
+use std::{
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+use anyhow::{bail, Context as _, Result};
+use clap::Args;
+use serde_json::Value;
+use xtask::{
+    exec,
+    lab::{LabGuard, Topology},
+    setup,
+};
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Rounds; each runs every configuration once, in alternation.
+    #[arg(long, default_value_t = 5)]
+    pub rounds: usize,
+    /// Seconds per iperf3 run.
+    #[arg(long, default_value_t = 4)]
+    pub seconds: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Config {
+    Baseline,
+    Floor,
+    Agent,
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct Sample {
+    ns_per_run: Option<f64>,
+    udp_pps: f64,
+    tcp_bps: f64,
+}
+
+struct Bench {
+    lab: LabGuard,
+    agent_bin: String,
+    seconds: u64,
+}
+
+pub fn run(args: BenchArgs) -> Result<()> {
+    exec::require_root("the benchmark")?;
+    setup::setup()?;
+    exec::run_visible(Command::new("cargo").args([
+        "build",
+        "-q",
+        "--release",
+        "-p",
+        "tenantflow",
+    ]))?;
+    let agent_bin = std::env::current_dir()?.join("target/release/tenantflow");
+    let prev_stats = exec::run("sysctl", &["-n", "kernel.bpf_stats_enabled"])?;
+    exec::run("sysctl", &["-qw", "kernel.bpf_stats_enabled=1"])?;
+    let bench = Bench {
+        lab: LabGuard::up(Topology::standard("bench"))?,
+        agent_bin: agent_bin.to_string_lossy().into_owned(),
+        seconds: args.seconds,
+    };
+    let result = bench.rounds(args.rounds);
+    let _ = exec::run(
+        "sysctl",
+        &[
+            "-qw",
+            &format!("kernel.bpf_stats_enabled={}", prev_stats.trim()),
+        ],
+    );
+    let samples = result?;
+    report(&samples);
     Ok(())
+}
+
+impl Bench {
+    fn rounds(&self, rounds: usize) -> Result<Vec<(Config, Sample)>> {
+        let mut out = Vec::new();
+        for r in 1..=rounds {
+            for cfg in [Config::Baseline, Config::Floor, Config::Agent] {
+                let s = self.one(cfg)?;
+                eprintln!(
+                    "bench: round {r} {cfg:?}: ns/run={} udp_pps={:.0} tcp_gbps={:.3}",
+                    s.ns_per_run.map_or("-".into(), |v| format!("{v:.1}")),
+                    s.udp_pps,
+                    s.tcp_bps / 1e9
+                );
+                out.push((cfg, s));
+            }
+        }
+        Ok(out)
+    }
+
+    fn one(&self, cfg: Config) -> Result<Sample> {
+        let t = &self.lab.topo;
+        let node = t.node_ns(1);
+        let mut agent = match cfg {
+            Config::Baseline => None,
+            Config::Floor => Some(self.start_agent(&["--bench-noop"])?),
+            Config::Agent => Some(self.start_agent(&[])?),
+        };
+        let ids = if agent.is_some() {
+            self.prog_ids(&node)?
+        } else {
+            vec![]
+        };
+        let before = run_stats(&ids)?;
+        let udp_pps = self.iperf(&["-u", "-b", "0", "-l", "64"])?;
+        let after = run_stats(&ids)?;
+        let tcp_bps = self.iperf(&[])?;
+        if let Some(a) = agent.as_mut() {
+            // SAFETY: signalling our own child.
+            unsafe { libc::kill(a.id() as i32, libc::SIGTERM) };
+            a.wait()?;
+        }
+        let ns_per_run = (!ids.is_empty()).then(|| {
+            let runs = (after.1 - before.1).max(1) as f64;
+            (after.0 - before.0) as f64 / runs
+        });
+        Ok(Sample {
+            ns_per_run,
+            udp_pps,
+            tcp_bps,
+        })
+    }
+
+    fn start_agent(&self, extra: &[&str]) -> Result<Child> {
+        let node = self.lab.topo.node_ns(1);
+        let child = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &node,
+                &self.agent_bin,
+                "agent",
+                "--listen",
+                "127.0.0.1:9990",
+            ])
+            .args(extra)
+            .stderr(Stdio::null())
+            .spawn()?;
+        for _ in 0..100 {
+            if exec::in_ns(&node, &[&self.agent_bin, "hooks", "--iface", "eth0"])?
+                .lines()
+                .count()
+                == 3
+            {
+                return Ok(child);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        bail!("agent did not attach within 5 s")
+    }
+
+    /// Programs on the measured path: veth10 (web-1's host side) and the uplink.
+    fn prog_ids(&self, node: &str) -> Result<Vec<String>> {
+        let out = exec::in_ns(node, &[&self.agent_bin, "hooks"])?;
+        let mut ids: Vec<String> = out
+            .lines()
+            .skip(1)
+            .filter(|l| l.starts_with("veth10\t") || l.starts_with("eth0\t"))
+            .filter_map(|l| l.split('\t').nth(3).map(str::to_owned))
+            .collect();
+        ids.sort();
+        ids.dedup();
+        Ok(ids)
+    }
+
+    /// iperf3 web-1 → web-2; returns packets/s (UDP) or bits/s received (TCP).
+    fn iperf(&self, extra: &[&str]) -> Result<f64> {
+        let t = &self.lab.topo;
+        let (web1, web2) = (t.pod("web-1"), t.pod("web-2"));
+        let server = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &t.pod_ns(web2),
+                "iperf3",
+                "-s",
+                "-1",
+                "-B",
+                &web2.ip(),
+                "-A",
+                "1",
+            ])
+            .stdout(Stdio::null())
+            .spawn()?;
+        std::thread::sleep(Duration::from_millis(200));
+        let secs = self.seconds.to_string();
+        let dst = web2.ip();
+        // Client and server pinned to different CPUs: far less run-to-run noise on 2 cores.
+        let mut args = vec!["iperf3", "-c", &dst, "-t", &secs, "--json", "-A", "0"];
+        args.extend_from_slice(extra);
+        let out = exec::in_ns(&t.pod_ns(web1), &args)?;
+        server.wait_with_output()?;
+        let v: Value = serde_json::from_str(&out).context("iperf3 JSON")?;
+        let end = &v["end"];
+        if extra.contains(&"-u") {
+            let packets = end["sum"]["packets"]
+                .as_f64()
+                .context("iperf3 UDP packets")?;
+            let seconds = end["sum"]["seconds"].as_f64().context("iperf3 seconds")?;
+            Ok(packets / seconds)
+        } else {
+            end["sum_received"]["bits_per_second"]
+                .as_f64()
+                .context("iperf3 TCP bits_per_second")
+        }
+    }
+}
+
+/// Summed (run_time_ns, run_cnt) of the programs, from the kernel's BPF stats.
+fn run_stats(ids: &[String]) -> Result<(u64, u64)> {
+    let mut total = (0, 0);
+    for id in ids {
+        let v: Value = serde_json::from_str(&exec::run(
+            "bpftool",
+            &["prog", "show", "id", id, "--json"],
+        )?)?;
+        total.0 += v["run_time_ns"].as_u64().unwrap_or(0);
+        total.1 += v["run_cnt"].as_u64().unwrap_or(0);
+    }
+    Ok(total)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    let n = v.len();
+    if n == 0 {
+        return f64::NAN;
+    }
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+fn report(samples: &[(Config, Sample)]) {
+    let pick = |cfg: Config, f: fn(&Sample) -> Option<f64>| {
+        median(
+            samples
+                .iter()
+                .filter(|(c, _)| *c == cfg)
+                .filter_map(|(_, s)| f(s))
+                .collect(),
+        )
+    };
+    let floor = pick(Config::Floor, |s| s.ns_per_run);
+    let agent = pick(Config::Agent, |s| s.ns_per_run);
+    let base_tcp = pick(Config::Baseline, |s| Some(s.tcp_bps));
+    let agent_tcp = pick(Config::Agent, |s| Some(s.tcp_bps));
+    let base_udp = pick(Config::Baseline, |s| Some(s.udp_pps));
+    let agent_udp = pick(Config::Agent, |s| Some(s.udp_pps));
+    println!("udp64_pps_baseline={base_udp:.0}");
+    println!("udp64_pps_agent={agent_udp:.0}");
+    println!("udp64_pps_ratio={:.3}", agent_udp / base_udp);
+    println!("tcp_gbps_baseline={:.3}", base_tcp / 1e9);
+    println!("tcp_gbps_agent={:.3}", agent_tcp / 1e9);
+    println!("floor_ns_per_packet={floor:.1}");
+    println!("ns_per_packet={agent:.1}");
+    println!("overhead_ns_per_packet={:.1}", agent - floor);
+    println!("throughput_ratio={:.3}", agent_tcp / base_tcp);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::median;
+
+    #[test]
+    fn median_of_odd_and_even_counts() {
+        assert_eq!(median(vec![5.0, 1.0, 3.0]), 3.0);
+        assert_eq!(median(vec![4.0, 1.0, 3.0, 2.0]), 2.5);
+    }
 }

@@ -43,6 +43,9 @@ pub struct AgentArgs {
     /// Address for /metrics, /healthz, /readyz and /flows.
     #[arg(long, default_value = "0.0.0.0:9990")]
     pub listen: SocketAddr,
+    /// Attach a program that does nothing instead of the observers: the benchmark's floor.
+    #[arg(long, hide = true)]
+    pub bench_noop: bool,
 }
 
 fn datapath_defaults() -> Vec<String> {
@@ -73,7 +76,12 @@ async fn run_async(args: AgentArgs) -> anyhow::Result<()> {
             args.listen
         ))
     })?;
-    let mut loaded = datapath::load(Programs::Observers)?;
+    let programs = if args.bench_noop {
+        Programs::Noop
+    } else {
+        Programs::Observers
+    };
+    let mut loaded = datapath::load(programs)?;
     let mode = args.attach_mode.resolve(loaded.tcx_available);
     if mode == AttachMode::Tcx && !loaded.tcx_available {
         return Err(UsageError(
@@ -87,7 +95,7 @@ async fn run_async(args: AgentArgs) -> anyhow::Result<()> {
     info!(uplinks = ?selector.uplinks(), ?mode, "starting");
 
     let (initial, mut events) = datapath::watch_links().await?;
-    let mut attachments = Attachments::new(mode);
+    let mut attachments = Attachments::new(mode, programs);
     if let Err(e) = attach_initial(&mut loaded.ebpf, &mut attachments, &selector, &initial) {
         let qdiscs = attachments.detach_all(&mut loaded.ebpf);
         datapath::remove_clsact(&qdiscs).await;

@@ -39,6 +39,9 @@ pub struct FlowsArgs {
     pub port: Option<u16>,
     #[arg(short, long, value_enum, default_value_t)]
     pub output: Output,
+    /// Show at most this many flows (largest by bytes first).
+    #[arg(long)]
+    pub limit: Option<usize>,
     /// Keep polling and print flows as they change.
     #[arg(short, long)]
     pub follow: bool,
@@ -93,7 +96,11 @@ async fn run_async(args: FlowsArgs) -> anyhow::Result<()> {
     let client = reqwest::Client::new();
     let url = args.url();
     if !args.follow {
-        let flows = fetch(&client, &url).await?;
+        let mut flows = fetch(&client, &url).await?;
+        if let Some(n) = args.limit {
+            flows.sort_by(|a, b| b.bytes.cmp(&a.bytes));
+            flows.truncate(n);
+        }
         match args.output {
             Output::Json => println!("{}", serde_json::to_string_pretty(&flows)?),
             Output::Table => print!("{}", render_table(&flows)),

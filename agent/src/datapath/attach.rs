@@ -18,7 +18,7 @@ use rtnetlink::packet_route::tc::TcHandle;
 use tracing::{debug, info, warn};
 
 use super::{
-    load::{PROG_EGRESS, PROG_INGRESS},
+    load::{Programs, PROG_EGRESS, PROG_INGRESS, PROG_NOOP},
     DatapathError, Role,
 };
 
@@ -57,14 +57,17 @@ pub struct Attached {
 /// The set of interfaces the observers are attached to, keyed by ifindex.
 pub struct Attachments {
     mode: AttachMode,
+    /// (ingress, egress) program names.
+    progs: (&'static str, &'static str),
     by_index: BTreeMap<u32, Attached>,
 }
 
 impl Attachments {
-    /// `mode` must already be resolved (not `Auto`).
-    pub fn new(mode: AttachMode) -> Self {
+    /// `mode` must already be resolved (not `Auto`); `programs` must be the loaded set.
+    pub fn new(mode: AttachMode, programs: Programs) -> Self {
         Self {
             mode,
+            progs: programs.names(),
             by_index: BTreeMap::new(),
         }
     }
@@ -104,13 +107,14 @@ impl Attachments {
             remove_stale_filters(name);
             add_clsact(name)?;
         }
-        let ingress = attach_one(ebpf, PROG_INGRESS, name, TcAttachType::Ingress, self.mode)?;
-        let egress = match attach_one(ebpf, PROG_EGRESS, name, TcAttachType::Egress, self.mode) {
+        let (prog_in, prog_eg) = self.progs;
+        let ingress = attach_one(ebpf, prog_in, name, TcAttachType::Ingress, self.mode)?;
+        let egress = match attach_one(ebpf, prog_eg, name, TcAttachType::Egress, self.mode) {
             Ok(id) => id,
             Err(e) => {
-                let _ = program(ebpf, PROG_INGRESS).and_then(|p| {
+                let _ = program(ebpf, prog_in).and_then(|p| {
                     p.detach(ingress).map_err(|source| DatapathError::Load {
-                        program: PROG_INGRESS,
+                        program: prog_in,
                         source,
                     })
                 });
@@ -135,10 +139,10 @@ impl Attachments {
     pub fn forget(&mut self, ebpf: &mut Ebpf, index: u32) -> Option<String> {
         let gone = self.by_index.remove(&index)?;
         // The links are dead; taking them drops aya's bookkeeping without a detach syscall.
-        if let Ok(p) = program(ebpf, PROG_INGRESS) {
+        if let Ok(p) = program(ebpf, self.progs.0) {
             let _ = p.take_link(gone.ingress);
         }
-        if let Ok(p) = program(ebpf, PROG_EGRESS) {
+        if let Ok(p) = program(ebpf, self.progs.1) {
             let _ = p.take_link(gone.egress);
         }
         info!(iface = gone.name, index, "interface removed, forgotten");
@@ -151,7 +155,7 @@ impl Attachments {
         let all = std::mem::take(&mut self.by_index);
         let mut qdiscs = Vec::new();
         for (index, a) in all {
-            for (prog, id) in [(PROG_INGRESS, a.ingress), (PROG_EGRESS, a.egress)] {
+            for (prog, id) in [(self.progs.0, a.ingress), (self.progs.1, a.egress)] {
                 if let Ok(p) = program(ebpf, prog) {
                     if let Err(e) = p.detach(id) {
                         debug!(iface = a.name, index, error = %e, "detach (interface may be gone)");
@@ -228,6 +232,8 @@ fn remove_stale_filters(iface: &str) {
     for (at, name) in [
         (TcAttachType::Ingress, PROG_INGRESS),
         (TcAttachType::Egress, PROG_EGRESS),
+        (TcAttachType::Ingress, PROG_NOOP),
+        (TcAttachType::Egress, PROG_NOOP),
     ] {
         match tc::qdisc_detach_program(iface, at, name) {
             Ok(()) => warn!(

@@ -145,7 +145,9 @@ mod tests {
             first_seen_ns: first,
             last_seen_ns: last,
             tcp_flags: flags,
-            _pad: [0; 7],
+            _pad0: 0,
+            _pad1: 0,
+            _pad2: 0,
         }
     }
 

@@ -24,10 +24,20 @@ pub struct Loaded {
 }
 
 /// Which programs to load: the agent needs the two observers, the benchmark only the no-op.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Programs {
     Observers,
     Noop,
+}
+
+impl Programs {
+    /// (ingress, egress) program names.
+    pub fn names(self) -> (&'static str, &'static str) {
+        match self {
+            Programs::Observers => (PROG_INGRESS, PROG_EGRESS),
+            Programs::Noop => (PROG_NOOP, PROG_NOOP),
+        }
+    }
 }
 
 /// Probe the kernel, raise the memlock limit where that still matters, and load programs.
@@ -57,9 +67,11 @@ pub fn load(programs: Programs) -> Result<Loaded, DatapathError> {
         }
         _ => DatapathError::Object(e),
     })?;
-    let names: &[&'static str] = match programs {
-        Programs::Observers => &[PROG_INGRESS, PROG_EGRESS],
-        Programs::Noop => &[PROG_NOOP],
+    let (ingress, egress) = programs.names();
+    let names: &[&'static str] = if ingress == egress {
+        &[ingress]
+    } else {
+        &[ingress, egress]
     };
     for &name in names {
         let prog: &mut SchedClassifier = ebpf

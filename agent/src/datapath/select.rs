@@ -45,7 +45,7 @@ impl Selector {
     /// The role of `link`, or `None` when it is not observed. Uplinks win over patterns so
     /// an uplink that happens to be a veth (as in the lab) is not counted as a pod.
     pub fn role(&self, link: &Link) -> Option<Role> {
-        if self.uplinks.iter().any(|u| *u == link.name) {
+        if self.uplinks.contains(&link.name) {
             return Some(Role::Uplink);
         }
         if link.is_loopback {

@@ -2,7 +2,8 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-/// CLOCK_MONOTONIC in nanoseconds: the clock of `bpf_ktime_get_ns()`.
+/// CLOCK_MONOTONIC in nanoseconds. The kernel stamps flows with the coarse variant of the
+/// same clock, which lags it by at most a jiffy: irrelevant at harvest and idle scales.
 pub fn monotonic_ns() -> u64 {
     let mut ts = libc::timespec {
         tv_sec: 0,

@@ -96,8 +96,8 @@ mod tests {
             family: 4,
             proto: 17,
             _pad0: 0,
-            src_addr: [10, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
-            dst_addr: [10, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+            src_addr: [0x0100_000a, 0],
+            dst_addr: [0x0200_000a, 0],
             src_port: port,
             dst_port: 53,
             _pad1: 0,
@@ -111,7 +111,9 @@ mod tests {
             first_seen_ns: first,
             last_seen_ns: last,
             tcp_flags: 0,
-            _pad: [0; 7],
+            _pad0: 0,
+            _pad1: 0,
+            _pad2: 0,
         }
     }
 

@@ -98,12 +98,13 @@ impl FlowView {
     }
 }
 
-/// Decode the 16-byte address field (IPv4 in the first four bytes).
-pub fn addr(family: u8, raw: &[u8; 16]) -> IpAddr {
+/// Decode a key address (IPv4 in the first four bytes).
+pub fn addr(family: u8, words: &[u64; 2]) -> IpAddr {
+    let raw = FlowKey::addr_bytes(words);
     if family == 4 {
         IpAddr::V4(Ipv4Addr::new(raw[0], raw[1], raw[2], raw[3]))
     } else {
-        IpAddr::V6(Ipv6Addr::from(*raw))
+        IpAddr::V6(Ipv6Addr::from(raw))
     }
 }
 
@@ -115,9 +116,13 @@ mod tests {
     fn decodes_both_families() {
         let mut raw = [0u8; 16];
         raw[..4].copy_from_slice(&[10, 244, 1, 5]);
-        assert_eq!(addr(4, &raw).to_string(), "10.244.1.5");
+        assert_eq!(
+            addr(4, &FlowKey::addr_words(&raw)).to_string(),
+            "10.244.1.5"
+        );
         let v6: Ipv6Addr = "fd00:10:244:1::5".parse().unwrap();
-        assert_eq!(addr(6, &v6.octets()).to_string(), "fd00:10:244:1::5");
+        let words = FlowKey::addr_words(&v6.octets());
+        assert_eq!(addr(6, &words).to_string(), "fd00:10:244:1::5");
     }
 
     #[test]

@@ -1,0 +1,187 @@
+//! Start, stop, crash and restart leave exactly the expected hooks: one program per hook
+//! while running, none after exit; bad input fails with a clear error and attaches nothing.
+
+use std::process::Command;
+
+use tenantflow_tests::{agent_bin, in_ns, lab, Agent};
+
+/// (iface, hook, program) of every tcx program in `ns`, from `tenantflow hooks`.
+fn tcx_hooks(ns: &str) -> Vec<(String, String, String)> {
+    let out = in_ns(ns, &[agent_bin().to_str().unwrap(), "hooks"]);
+    let mut v: Vec<_> = out
+        .lines()
+        .skip(1)
+        .map(|l| {
+            let c: Vec<&str> = l.split('\t').collect();
+            (c[0].to_owned(), c[1].to_owned(), c[2].to_owned())
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+/// What a running agent on a lab node must have: both observers on eth0 and every pod veth.
+fn expected(ifaces: &[&str]) -> Vec<(String, String, String)> {
+    let mut v = Vec::new();
+    for i in ifaces {
+        v.push((i.to_string(), "egress".into(), "tf_egress".into()));
+        v.push((i.to_string(), "ingress".into(), "tf_ingress".into()));
+    }
+    v.sort();
+    v
+}
+
+/// Legacy cls_bpf filters and clsact qdiscs on `iface`, as `tc` prints them.
+fn tc_state(ns: &str, iface: &str) -> (usize, usize, bool) {
+    let count = |hook| {
+        in_ns(ns, &["tc", "filter", "show", "dev", iface, hook])
+            .lines()
+            .filter(|l| l.contains(" handle ") && l.contains("tf_"))
+            .count()
+    };
+    let qdisc = in_ns(ns, &["tc", "qdisc", "show", "dev", iface]).contains("clsact");
+    (count("ingress"), count("egress"), qdisc)
+}
+
+const NODE1_IFACES: [&str; 6] = ["eth0", "veth10", "veth11", "veth12", "veth13", "veth14"];
+
+#[test]
+fn tcx_clean_stop_and_kill_leave_nothing_and_restart_has_one_program_per_hook() {
+    let lab = lab("lt");
+    let node = lab.topo.node_ns(1);
+    let mut agent = Agent::start(&node, &["--attach-mode", "tcx"]);
+    assert_eq!(tcx_hooks(&node), expected(&NODE1_IFACES));
+    assert_eq!(
+        agent.stop_with(libc::SIGTERM),
+        Some(0),
+        "{}",
+        agent.log_text()
+    );
+    assert_eq!(tcx_hooks(&node), vec![], "hooks left after SIGTERM");
+
+    let mut agent = Agent::start(&node, &["--attach-mode", "tcx"]);
+    agent.stop_with(libc::SIGKILL);
+    assert_eq!(
+        tcx_hooks(&node),
+        vec![],
+        "tcx links outlived a SIGKILLed agent"
+    );
+    let mut agent = Agent::start(&node, &["--attach-mode", "tcx"]);
+    assert_eq!(
+        tcx_hooks(&node),
+        expected(&NODE1_IFACES),
+        "restart after kill -9"
+    );
+    assert_eq!(agent.stop_with(libc::SIGINT), Some(0));
+    assert_eq!(tcx_hooks(&node), vec![]);
+}
+
+#[test]
+fn netlink_mode_cleans_up_after_kill_and_restart() {
+    let lab = lab("ln");
+    let node = lab.topo.node_ns(1);
+    let mut agent = Agent::start(&node, &["--attach-mode", "netlink"]);
+    for i in NODE1_IFACES {
+        assert_eq!(tc_state(&node, i), (1, 1, true), "{i} while running");
+    }
+    agent.stop_with(libc::SIGKILL);
+    // cls_bpf filters survive their process: this is what the restart must clean up.
+    assert_eq!(tc_state(&node, "veth10"), (1, 1, true), "after kill -9");
+    let mut agent = Agent::start(&node, &["--attach-mode", "netlink"]);
+    for i in NODE1_IFACES {
+        assert_eq!(
+            tc_state(&node, i),
+            (1, 1, true),
+            "{i} after restart: exactly one per hook"
+        );
+    }
+    assert_eq!(
+        agent.stop_with(libc::SIGTERM),
+        Some(0),
+        "{}",
+        agent.log_text()
+    );
+    for i in NODE1_IFACES {
+        assert_eq!(tc_state(&node, i), (0, 0, false), "{i} after clean stop");
+    }
+}
+
+#[test]
+fn netlink_mode_keeps_a_clsact_qdisc_that_another_tool_uses() {
+    let lab = lab("lq");
+    let node = lab.topo.node_ns(1);
+    in_ns(&node, &["tc", "qdisc", "add", "dev", "veth11", "clsact"]);
+    in_ns(
+        &node,
+        &[
+            "tc", "filter", "add", "dev", "veth11", "ingress", "u32", "match", "u32", "0", "0",
+        ],
+    );
+    let mut agent = Agent::start(&node, &["--attach-mode", "netlink"]);
+    assert_eq!(agent.stop_with(libc::SIGTERM), Some(0));
+    let filters = in_ns(&node, &["tc", "filter", "show", "dev", "veth11", "ingress"]);
+    assert!(
+        filters.contains("u32"),
+        "another tool's filter was removed: {filters}"
+    );
+    assert!(
+        filters.contains("match 00000000/00000000"),
+        "another tool's filter was removed: {filters}"
+    );
+    assert_eq!(tc_state(&node, "veth11"), (0, 0, true));
+}
+
+fn run_agent(ns: &str, args: &[&str]) -> (Option<i32>, String) {
+    let out = Command::new("ip")
+        .args(["netns", "exec", ns])
+        .arg(agent_bin())
+        .arg("agent")
+        .args(args)
+        .output()
+        .expect("spawn agent");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn bad_input_is_refused_with_the_fix_and_attaches_nothing() {
+    let lab = lab("lb");
+    let node = lab.topo.node_ns(1);
+
+    let (code, err) = run_agent(&node, &["--uplink", "eth9", "--listen", "127.0.0.1:9990"]);
+    assert_eq!(code, Some(64), "{err}");
+    assert!(
+        err.contains(
+            "error: interface \"eth9\" does not exist in this network namespace: check --uplink"
+        ),
+        "{err}"
+    );
+    assert_eq!(tcx_hooks(&node), vec![]);
+
+    let (code, err) = run_agent(
+        &node,
+        &["--pod-iface", "veth[", "--listen", "127.0.0.1:9990"],
+    );
+    assert_eq!(code, Some(64), "{err}");
+    assert!(err.contains("--pod-iface: invalid glob"), "{err}");
+    assert_eq!(tcx_hooks(&node), vec![]);
+
+    let (code, err) = run_agent(&node, &["--harvest-interval", "soon"]);
+    assert_eq!(code, Some(2), "clap rejects unparsable values: {err}");
+    assert!(
+        err.contains("invalid value 'soon' for '--harvest-interval"),
+        "{err}"
+    );
+
+    // A namespace without a default route leaves nothing to pick the uplink from.
+    let bare = format!("{}-bare", lab.topo.prefix);
+    xtask::exec::run("ip", &["netns", "add", &bare]).unwrap();
+    let (code, err) = run_agent(&bare, &["--listen", "127.0.0.1:9990"]);
+    assert_eq!(code, Some(64), "{err}");
+    assert!(
+        err.contains("no default route found to pick the uplink from: pass --uplink"),
+        "{err}"
+    );
+}
