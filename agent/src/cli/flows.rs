@@ -98,7 +98,7 @@ async fn run_async(args: FlowsArgs) -> anyhow::Result<()> {
     if !args.follow {
         let mut flows = fetch(&client, &url).await?;
         if let Some(n) = args.limit {
-            flows.sort_by(|a, b| b.bytes.cmp(&a.bytes));
+            flows.sort_by_key(|f| std::cmp::Reverse(f.bytes));
             flows.truncate(n);
         }
         match args.output {

@@ -65,7 +65,7 @@ impl Harvester {
         })
     }
 
-    /// Read everything; `now_ns` is CLOCK_MONOTONIC, the clock `bpf_ktime_get_ns` uses.
+    /// Read everything; `now_ns` is CLOCK_MONOTONIC, the clock the kernel stamps flows with.
     pub fn harvest(&mut self, now_ns: u64) -> Result<Harvest, DatapathError> {
         let map_err = |source| DatapathError::Map {
             map: FLOWS_MAP,
