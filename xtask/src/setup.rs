@@ -64,7 +64,13 @@ fn rust_src() -> Result<()> {
         .context("rustup is needed: the eBPF programs build with its nightly toolchain")?;
     if !toolchains.lines().any(|l| l.starts_with("nightly")) {
         eprintln!("setup: installing the nightly toolchain (eBPF programs need -Z build-std)");
-        run_visible(Command::new("rustup").args(["toolchain", "install", "nightly", "--profile", "minimal"]))?;
+        run_visible(Command::new("rustup").args([
+            "toolchain",
+            "install",
+            "nightly",
+            "--profile",
+            "minimal",
+        ]))?;
     }
     let installed = run(
         "rustup",
