@@ -7,4 +7,6 @@ pub mod datapath;
 pub mod export;
 pub mod flow;
 pub mod logging;
+pub mod nat;
+pub mod pipeline;
 pub mod shutdown;

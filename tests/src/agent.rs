@@ -65,11 +65,20 @@ impl Agent {
         netns_http::get(&self.ns, LISTEN, path)
     }
 
-    /// The agent's /flows (optionally with a query string) as JSON values.
-    pub fn flows(&self, query: &str) -> Vec<Value> {
-        let (status, body) = self.get(&format!("/flows{query}")).expect("GET /flows");
-        assert_eq!(status, 200, "/flows{query}: {body}");
-        serde_json::from_str(&body).expect("/flows JSON")
+    fn get_json(&self, path: &str) -> Vec<Value> {
+        let (status, body) = self.get(path).unwrap_or_else(|e| panic!("GET {path}: {e}"));
+        assert_eq!(status, 200, "{path}: {body}");
+        serde_json::from_str(&body).unwrap_or_else(|e| panic!("{path} JSON: {e}"))
+    }
+
+    /// Per-hook sightings (`/observations`, optionally with a query string).
+    pub fn observations(&self, query: &str) -> Vec<Value> {
+        self.get_json(&format!("/observations{query}"))
+    }
+
+    /// Connection records (`/flows`, optionally with a query string).
+    pub fn connections(&self, query: &str) -> Vec<Value> {
+        self.get_json(&format!("/flows{query}"))
     }
 
     /// Value of one metric sample line from /metrics (exact label match), if present.
@@ -135,7 +144,7 @@ fn wait_flow_until(
 ) -> (u64, u64) {
     let mut last = (0, 0);
     eventually(Duration::from_secs(5), || {
-        let flows = agent.flows(&format!("?iface={iface}"));
+        let flows = agent.observations(&format!("?iface={iface}"));
         let hits: Vec<&Value> = flows
             .iter()
             .filter(|f| f["hook"] == hook && pred(f))

@@ -30,6 +30,9 @@ pub enum TrafficCmd {
         count: u32,
         #[arg(long, default_value_t = 3000)]
         timeout_ms: u64,
+        /// Also print one `ADDR:PORT COUNT` line per sender (what a firewall would see).
+        #[arg(long)]
+        peers: bool,
     },
     /// Accept CONNS connections on BIND; from each read to EOF, answer REPLY bytes, close.
     TcpServe {
@@ -37,6 +40,9 @@ pub enum TrafficCmd {
         reply: usize,
         #[arg(long, default_value_t = 1)]
         conns: u32,
+        /// Print `BYTES ADDR:PORT` per connection instead of `BYTES`.
+        #[arg(long)]
+        peers: bool,
     },
     /// Connect to TO, send BYTES, half-close, read the answer to EOF; print bytes read.
     TcpSend {
@@ -82,31 +88,50 @@ pub fn run(cmd: TrafficCmd) -> Result<()> {
             bind,
             count,
             timeout_ms,
+            peers,
         } => {
             let sock = UdpSocket::bind(bind).with_context(|| format!("bind {bind}"))?;
             sock.set_read_timeout(Some(Duration::from_millis(timeout_ms)))?;
             let mut buf = vec![0u8; 65536];
             let mut got = 0u32;
+            let mut from: std::collections::BTreeMap<SocketAddr, u32> = Default::default();
             while got < count {
                 match sock.recv_from(&mut buf) {
-                    Ok(_) => got += 1,
+                    Ok((_, peer)) => {
+                        got += 1;
+                        *from.entry(peer).or_default() += 1;
+                    }
                     Err(_) => break,
                 }
             }
             println!("{got}");
+            if peers {
+                for (peer, n) in from {
+                    println!("{peer} {n}");
+                }
+            }
             Ok(())
         }
-        TrafficCmd::TcpServe { bind, reply, conns } => {
+        TrafficCmd::TcpServe {
+            bind,
+            reply,
+            conns,
+            peers,
+        } => {
             let listener = TcpListener::bind(bind).with_context(|| format!("bind {bind}"))?;
             for _ in 0..conns {
-                let (mut s, _) = listener.accept()?;
+                let (mut s, peer) = listener.accept()?;
                 let mut sink = Vec::new();
                 s.read_to_end(&mut sink)?;
                 s.write_all(&vec![0xa5u8; reply])?;
                 s.shutdown(Shutdown::Write)?;
                 // Wait for the peer's close so our FIN is acknowledged before we exit.
                 let _ = s.read(&mut [0u8; 1]);
-                println!("{}", sink.len());
+                if peers {
+                    println!("{} {peer}", sink.len());
+                } else {
+                    println!("{}", sink.len());
+                }
             }
             Ok(())
         }

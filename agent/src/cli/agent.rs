@@ -13,7 +13,8 @@ use crate::{
         Selector,
     },
     export::{self, AgentMetrics, Shared},
-    flow::{monotonic_ns, FlowTable, FlowView, WallClock},
+    nat::{self, Mechanism},
+    pipeline::Pipeline,
     shutdown,
 };
 
@@ -102,7 +103,19 @@ async fn run_async(args: AgentArgs) -> anyhow::Result<()> {
         return Err(e.into());
     }
 
-    let shared = Arc::new(Shared::new(AgentMetrics::new(mode_name(mode))));
+    let (nat_tx, mut nat_rx) = tokio::sync::mpsc::unbounded_channel();
+    let mechanism = match nat::spawn_conntrack(nat_tx) {
+        Ok(()) => Mechanism::Conntrack,
+        Err(e) => {
+            warn!(error = %e, "no NAT source: flows will carry no pre/post-NAT addresses");
+            Mechanism::None
+        }
+    };
+    info!(nat_mechanism = mechanism.as_str(), "NAT source probed");
+    let shared = Arc::new(Shared::new(AgentMetrics::new(
+        mode_name(mode),
+        mechanism.as_str(),
+    )));
     shared
         .metrics
         .flow_map_capacity
@@ -113,7 +126,7 @@ async fn run_async(args: AgentArgs) -> anyhow::Result<()> {
     shared.set_ready(true);
     info!(listen = %args.listen, interfaces = attachments.len(), "ready");
 
-    let mut table = FlowTable::new();
+    let mut pipeline = Pipeline::new(mechanism, args.idle_timeout);
     let mut tick = tokio::time::interval(args.harvest_interval);
     let signal = shutdown::signalled();
     tokio::pin!(signal);
@@ -130,9 +143,8 @@ async fn run_async(args: AgentArgs) -> anyhow::Result<()> {
                 }
                 None => break Err(anyhow::anyhow!("rtnetlink link event stream ended")),
             },
-            _ = tick.tick() => {
-                harvest_once(&mut harvester, &mut table, &attachments, &shared, args.idle_timeout);
-            }
+            Some(ev) = nat_rx.recv() => pipeline.on_nat(ev, &shared),
+            _ = tick.tick() => pipeline.harvest(&mut harvester, &attachments, &shared),
         }
     };
     shared.set_ready(false);
@@ -212,43 +224,4 @@ fn publish_attachments(shared: &Shared, attachments: &Attachments) {
     m.with_label_values(&["pod"]).set(pods as i64);
     m.with_label_values(&["uplink"])
         .set((attachments.len() - pods) as i64);
-}
-
-fn harvest_once(
-    harvester: &mut Harvester,
-    table: &mut FlowTable,
-    attachments: &Attachments,
-    shared: &Shared,
-    idle: Duration,
-) {
-    let timer = shared.metrics.harvest_duration.start_timer();
-    let now = monotonic_ns();
-    let harvest = match harvester.harvest(now) {
-        Ok(h) => h,
-        Err(e) => {
-            shared.metrics.harvest_errors.inc();
-            warn!(error = %e, "harvest failed");
-            return;
-        }
-    };
-    shared
-        .metrics
-        .flow_map_entries
-        .set(harvest.flows.len() as i64);
-    shared.metrics.observe_kernel(harvest.counters);
-    table.apply(&harvest.flows, &harvest.removed);
-    table.expire(now, idle.as_nanos() as u64);
-    shared.metrics.tracked_flows.set(table.len() as i64);
-    let clock = WallClock::now();
-    let views = table
-        .iter()
-        .map(|(k, e)| {
-            let iface = attachments
-                .get(k.ifindex)
-                .map(|a| (a.name.as_str(), a.role));
-            FlowView::new(k, e, iface, &clock)
-        })
-        .collect();
-    shared.publish(views);
-    timer.observe_duration();
 }

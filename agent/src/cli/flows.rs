@@ -5,7 +5,9 @@ use std::{collections::HashMap, time::Duration};
 use anyhow::Context as _;
 use clap::{Args, ValueEnum};
 
-use crate::flow::FlowView;
+use serde::de::DeserializeOwned;
+
+use crate::flow::{ConnectionView, FlowView, Protocol};
 
 #[derive(Clone, Copy, Debug, Default, ValueEnum)]
 pub enum Output {
@@ -45,6 +47,9 @@ pub struct FlowsArgs {
     /// Keep polling and print flows as they change.
     #[arg(short, long)]
     pub follow: bool,
+    /// Show raw per-hook sightings instead of connections.
+    #[arg(long)]
+    pub observations: bool,
     /// Poll interval with --follow.
     #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
     pub interval: Duration,
@@ -63,10 +68,15 @@ impl FlowsArgs {
         add("ip", self.ip.clone());
         add("port", self.port.map(|p| p.to_string()));
         let base = self.agent.trim_end_matches('/');
-        if params.is_empty() {
-            format!("{base}/flows")
+        let path = if self.observations {
+            "observations"
         } else {
-            format!("{base}/flows?{}", params.join("&"))
+            "flows"
+        };
+        if params.is_empty() {
+            format!("{base}/{path}")
+        } else {
+            format!("{base}/{path}?{}", params.join("&"))
         }
     }
 }
@@ -79,7 +89,7 @@ pub fn run(args: FlowsArgs) -> anyhow::Result<()> {
     rt.block_on(run_async(args))
 }
 
-async fn fetch(client: &reqwest::Client, url: &str) -> anyhow::Result<Vec<FlowView>> {
+async fn fetch<T: DeserializeOwned>(client: &reqwest::Client, url: &str) -> anyhow::Result<Vec<T>> {
     let resp =
         client.get(url).send().await.with_context(|| {
             format!("cannot reach the agent at {url}: is it running? (--agent)")
@@ -92,37 +102,86 @@ async fn fetch(client: &reqwest::Client, url: &str) -> anyhow::Result<Vec<FlowVi
     resp.json().await.context("agent sent malformed JSON")
 }
 
+/// How a record type is shown: identity (for --follow), size (for --limit), table.
+trait Row: serde::Serialize + DeserializeOwned {
+    fn identity(&self) -> String;
+    fn activity(&self) -> u64;
+    fn bytes(&self) -> u64;
+    fn table(rows: &[&Self]) -> String;
+}
+
+impl Row for FlowView {
+    fn identity(&self) -> String {
+        identity(self)
+    }
+    fn activity(&self) -> u64 {
+        self.packets
+    }
+    fn bytes(&self) -> u64 {
+        self.bytes
+    }
+    fn table(rows: &[&Self]) -> String {
+        render_table(rows)
+    }
+}
+
+impl Row for ConnectionView {
+    fn identity(&self) -> String {
+        format!(
+            "{}/{}:{}/{}:{}",
+            self.proto, self.src, self.src_port, self.dst, self.dst_port
+        )
+    }
+    fn activity(&self) -> u64 {
+        self.forward.packets + self.reply.packets
+    }
+    fn bytes(&self) -> u64 {
+        self.forward.bytes + self.reply.bytes
+    }
+    fn table(rows: &[&Self]) -> String {
+        render_connections(rows)
+    }
+}
+
 async fn run_async(args: FlowsArgs) -> anyhow::Result<()> {
+    if args.observations {
+        show::<FlowView>(&args).await
+    } else {
+        show::<ConnectionView>(&args).await
+    }
+}
+
+async fn show<T: Row>(args: &FlowsArgs) -> anyhow::Result<()> {
     let client = reqwest::Client::new();
     let url = args.url();
     if !args.follow {
-        let mut flows = fetch(&client, &url).await?;
+        let mut rows: Vec<T> = fetch(&client, &url).await?;
         if let Some(n) = args.limit {
-            flows.sort_by_key(|f| std::cmp::Reverse(f.bytes));
-            flows.truncate(n);
+            rows.sort_by_key(|r| std::cmp::Reverse(r.bytes()));
+            rows.truncate(n);
         }
         match args.output {
-            Output::Json => println!("{}", serde_json::to_string_pretty(&flows)?),
-            Output::Table => print!("{}", render_table(&flows)),
+            Output::Json => println!("{}", serde_json::to_string_pretty(&rows)?),
+            Output::Table => print!("{}", T::table(&rows.iter().collect::<Vec<_>>())),
         }
         return Ok(());
     }
     let mut seen: HashMap<String, u64> = HashMap::new();
     let mut header = true;
     loop {
-        let flows = fetch(&client, &url).await?;
-        let changed: Vec<FlowView> = flows
-            .into_iter()
-            .filter(|f| seen.insert(identity(f), f.packets) != Some(f.packets))
+        let rows: Vec<T> = fetch(&client, &url).await?;
+        let changed: Vec<&T> = rows
+            .iter()
+            .filter(|r| seen.insert(r.identity(), r.activity()) != Some(r.activity()))
             .collect();
         match args.output {
             Output::Json => {
-                for f in &changed {
-                    println!("{}", serde_json::to_string(f)?);
+                for r in &changed {
+                    println!("{}", serde_json::to_string(r)?);
                 }
             }
             Output::Table if !changed.is_empty() => {
-                let table = render_table(&changed);
+                let table = T::table(&changed);
                 let body = if header {
                     &table[..]
                 } else {
@@ -152,8 +211,68 @@ fn endpoint(ip: &std::net::IpAddr, port: u16, icmp: bool) -> String {
     }
 }
 
-/// Aligned text table, header first, sorted by bytes (largest first).
-pub fn render_table(flows: &[FlowView]) -> String {
+/// Aligned columns; the first row is the header.
+fn align<const N: usize>(rows: Vec<[String; N]>) -> String {
+    let widths: Vec<usize> = (0..N)
+        .map(|c| rows.iter().map(|r| r[c].len()).max().unwrap_or(0))
+        .collect();
+    let mut out = String::new();
+    for r in rows {
+        let line: Vec<String> = r
+            .iter()
+            .zip(&widths)
+            .map(|(cell, w)| format!("{cell:<w$}"))
+            .collect();
+        out.push_str(line.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+/// Connections, largest first: initiator's pre-NAT tuple, the translation, both directions.
+pub fn render_connections(conns: &[&ConnectionView]) -> String {
+    let mut rows: Vec<[String; 6]> = vec![[
+        "PROTO".into(),
+        "SOURCE".into(),
+        "DESTINATION".into(),
+        "NAT".into(),
+        "FWD PKTS/BYTES".into(),
+        "REPLY PKTS/BYTES".into(),
+    ]];
+    let mut sorted = conns.to_vec();
+    sorted.sort_by_key(|c| {
+        (
+            std::cmp::Reverse(c.forward.bytes + c.reply.bytes),
+            c.identity(),
+        )
+    });
+    for c in sorted {
+        let icmp = matches!(c.proto, Protocol::Icmp | Protocol::Icmpv6);
+        let mut nat = Vec::new();
+        if let Some(e) = c.snat {
+            nat.push(format!("snat {}", endpoint(&e.ip, e.port, icmp)));
+        }
+        if let Some(e) = c.dnat {
+            nat.push(format!("dnat {}", endpoint(&e.ip, e.port, icmp)));
+        }
+        rows.push([
+            c.proto.to_string(),
+            endpoint(&c.src, c.src_port, icmp),
+            endpoint(&c.dst, c.dst_port, icmp),
+            if nat.is_empty() {
+                "-".into()
+            } else {
+                nat.join(" ")
+            },
+            format!("{}/{}", c.forward.packets, c.forward.bytes),
+            format!("{}/{}", c.reply.packets, c.reply.bytes),
+        ]);
+    }
+    align(rows)
+}
+
+/// Per-hook sightings, largest first.
+pub fn render_table(flows: &[&FlowView]) -> String {
     let mut rows: Vec<[String; 7]> = vec![[
         "IFACE".into(),
         "HOOK".into(),
@@ -163,7 +282,7 @@ pub fn render_table(flows: &[FlowView]) -> String {
         "PACKETS".into(),
         "BYTES".into(),
     ]];
-    let mut sorted: Vec<&FlowView> = flows.iter().collect();
+    let mut sorted = flows.to_vec();
     sorted.sort_by(|a, b| {
         b.bytes
             .cmp(&a.bytes)
@@ -184,18 +303,5 @@ pub fn render_table(flows: &[FlowView]) -> String {
             f.bytes.to_string(),
         ]);
     }
-    let widths: Vec<usize> = (0..7)
-        .map(|c| rows.iter().map(|r| r[c].len()).max().unwrap_or(0))
-        .collect();
-    let mut out = String::new();
-    for r in rows {
-        let line: Vec<String> = r
-            .iter()
-            .zip(&widths)
-            .map(|(cell, w)| format!("{cell:<w$}"))
-            .collect();
-        out.push_str(line.join("  ").trim_end());
-        out.push('\n');
-    }
-    out
+    align(rows)
 }

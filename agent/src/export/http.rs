@@ -13,21 +13,32 @@ use serde::Deserialize;
 use tokio::net::TcpListener;
 
 use super::Shared;
-use crate::flow::{FlowView, Protocol};
+use crate::flow::{ConnectionView, FlowView, Protocol};
 
-/// Filters accepted by `/flows`; unknown parameters are rejected with 400.
+/// Filters accepted by `/flows` and `/observations`; unknown parameters are rejected
+/// with 400.
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FlowQuery {
     pub iface: Option<String>,
     pub proto: Option<Protocol>,
-    /// Matches either end.
+    /// Matches either end (and, for connections, the translated addresses).
     pub ip: Option<std::net::IpAddr>,
-    /// Matches either port.
+    /// Matches either port (and, for connections, the translated ports).
     pub port: Option<u16>,
 }
 
 impl FlowQuery {
+    /// A connection matches when any of its sightings is on `iface`.
+    pub fn matches_connection(&self, c: &ConnectionView) -> bool {
+        self.iface
+            .as_ref()
+            .is_none_or(|i| c.sightings.iter().any(|s| s.iface == *i))
+            && self.proto.is_none_or(|p| p == c.proto)
+            && self.ip.is_none_or(|ip| c.addresses().any(|a| a == ip))
+            && self.port.is_none_or(|p| c.ports().any(|x| x == p))
+    }
+
     pub fn matches(&self, f: &FlowView) -> bool {
         self.iface.as_ref().is_none_or(|i| *i == f.iface)
             && self.proto.is_none_or(|p| p == f.proto)
@@ -47,6 +58,7 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>) -> std::io::Resul
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/flows", get(flows))
+        .route("/observations", get(observations))
         .with_state(shared);
     axum::serve(listener, app).await
 }
@@ -72,23 +84,46 @@ async fn readyz(State(s): State<Arc<Shared>>) -> impl IntoResponse {
     }
 }
 
-async fn flows(
-    State(s): State<Arc<Shared>>,
-    query: Result<Query<FlowQuery>, axum::extract::rejection::QueryRejection>,
-) -> axum::response::Response {
-    let Query(q) = match query {
+type QueryResult = Result<Query<FlowQuery>, axum::extract::rejection::QueryRejection>;
+
+/// The query, or the 400 response that names what was wrong and what is accepted.
+fn parse_query(path: &str, query: QueryResult) -> Result<FlowQuery, (StatusCode, String)> {
+    query.map(|Query(q)| q).map_err(|e| {
+        (
+            StatusCode::BAD_REQUEST,
+            format!(
+                "bad {path} query: {}; accepted parameters: iface, proto (tcp|udp|icmp|icmpv6), ip, port\n",
+                e.body_text()
+            ),
+        )
+    })
+}
+
+/// Connections: one record each, both NAT sides, counted once per direction.
+async fn flows(State(s): State<Arc<Shared>>, query: QueryResult) -> axum::response::Response {
+    let q = match parse_query("/flows", query) {
         Ok(q) => q,
-        Err(e) => {
-            return (
-                StatusCode::BAD_REQUEST,
-                format!(
-                    "bad /flows query: {}; accepted parameters: iface, proto (tcp|udp|icmp|icmpv6), ip, port\n",
-                    e.body_text()
-                ),
-            )
-                .into_response()
-        }
+        Err(bad) => return bad.into_response(),
     };
-    let out: Vec<FlowView> = s.flows(|all| all.iter().filter(|f| q.matches(f)).cloned().collect());
+    let out: Vec<ConnectionView> = s.flows(|all| {
+        all.iter()
+            .filter(|c| q.matches_connection(c))
+            .cloned()
+            .collect()
+    });
+    Json(out).into_response()
+}
+
+/// Raw per-hook sightings, for debugging the datapath.
+async fn observations(
+    State(s): State<Arc<Shared>>,
+    query: QueryResult,
+) -> axum::response::Response {
+    let q = match parse_query("/observations", query) {
+        Ok(q) => q,
+        Err(bad) => return bad.into_response(),
+    };
+    let out: Vec<FlowView> =
+        s.observations(|all| all.iter().filter(|f| q.matches(f)).cloned().collect());
     Json(out).into_response()
 }

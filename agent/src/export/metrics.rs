@@ -12,6 +12,11 @@ pub struct AgentMetrics {
     pub tracked_flows: IntGauge,
     pub harvest_duration: Histogram,
     pub harvest_errors: IntCounter,
+    pub connections: IntGauge,
+    pub nat_entries: IntGauge,
+    pub nat_events_lost: IntCounter,
+    pub nat_join_misses: IntCounter,
+    pub nat_late_joins: IntCounter,
     kernel_packets: IntCounter,
     kernel_insert_failures: IntCounter,
     kernel_unparsable: IntCounter,
@@ -35,7 +40,7 @@ fn gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
 
 impl AgentMetrics {
     /// Registers every metric once; the definitions are static, so failure is a bug.
-    pub fn new(attach_mode: &str) -> Self {
+    pub fn new(attach_mode: &str, nat_mechanism: &str) -> Self {
         let r = Registry::new();
         let build = IntGaugeVec::new(
             Opts::new("tenantflow_build_info", "Agent build; always 1."),
@@ -47,6 +52,17 @@ impl AgentMetrics {
         build
             .with_label_values(&[env!("CARGO_PKG_VERSION"), attach_mode])
             .set(1);
+        let mechanism = IntGaugeVec::new(
+            Opts::new(
+                "tenantflow_nat_mechanism",
+                "Active NAT source (conntrack or none); always 1 for the active one.",
+            ),
+            &["mechanism"],
+        )
+        .expect("static metric definition");
+        r.register(Box::new(mechanism.clone()))
+            .expect("metric registered once");
+        mechanism.with_label_values(&[nat_mechanism]).set(1);
         let attached_interfaces = IntGaugeVec::new(
             Opts::new(
                 "tenantflow_attached_interfaces",
@@ -85,6 +101,31 @@ impl AgentMetrics {
                 &r,
                 "tenantflow_tracked_flows",
                 "Flows held in the agent's flow table.",
+            ),
+            connections: gauge(
+                &r,
+                "tenantflow_connections",
+                "Connections in the agent's table (all sightings joined).",
+            ),
+            nat_entries: gauge(
+                &r,
+                "tenantflow_nat_entries",
+                "Conntrack entries the agent holds for NAT joins.",
+            ),
+            nat_events_lost: counter(
+                &r,
+                "tenantflow_nat_events_lost_total",
+                "Times conntrack events were lost (socket overrun); each triggers a resync dump.",
+            ),
+            nat_join_misses: counter(
+                &r,
+                "tenantflow_nat_join_misses_total",
+                "Pod TCP/UDP connections that found no conntrack entry within two harvests.",
+            ),
+            nat_late_joins: counter(
+                &r,
+                "tenantflow_nat_late_joins_total",
+                "Connections counted as missed whose conntrack entry arrived later.",
             ),
             harvest_duration,
             harvest_errors: counter(

@@ -6,11 +6,12 @@ use std::sync::{
 };
 
 use super::AgentMetrics;
-use crate::flow::FlowView;
+use crate::flow::{ConnectionView, FlowView};
 
 pub struct Shared {
     ready: AtomicBool,
-    flows: RwLock<Vec<FlowView>>,
+    flows: RwLock<Vec<ConnectionView>>,
+    observations: RwLock<Vec<FlowView>>,
     pub metrics: AgentMetrics,
 }
 
@@ -19,6 +20,7 @@ impl Shared {
         Self {
             ready: AtomicBool::new(false),
             flows: RwLock::new(Vec::new()),
+            observations: RwLock::new(Vec::new()),
             metrics,
         }
     }
@@ -32,13 +34,18 @@ impl Shared {
         self.ready.load(Ordering::Acquire)
     }
 
-    /// Replace the published flow snapshot.
-    pub fn publish(&self, flows: Vec<FlowView>) {
+    /// Replace the published snapshots (connections and per-hook observations).
+    pub fn publish(&self, flows: Vec<ConnectionView>, observations: Vec<FlowView>) {
         // A poisoned lock only means a reader panicked; the data is still a whole snapshot.
         *self.flows.write().unwrap_or_else(|p| p.into_inner()) = flows;
+        *self.observations.write().unwrap_or_else(|p| p.into_inner()) = observations;
     }
 
-    pub fn flows<R>(&self, f: impl FnOnce(&[FlowView]) -> R) -> R {
+    pub fn flows<R>(&self, f: impl FnOnce(&[ConnectionView]) -> R) -> R {
         f(&self.flows.read().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    pub fn observations<R>(&self, f: impl FnOnce(&[FlowView]) -> R) -> R {
+        f(&self.observations.read().unwrap_or_else(|p| p.into_inner()))
     }
 }

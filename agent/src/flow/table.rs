@@ -17,6 +17,22 @@ pub struct FlowEntry {
     kernel_bytes: u64,
 }
 
+impl FlowEntry {
+    /// An entry as if harvested once with these totals (for tests of code built on it).
+    #[cfg(test)]
+    pub(crate) fn observed(packets: u64, bytes: u64, first: u64, last: u64, tcp_flags: u8) -> Self {
+        Self {
+            packets,
+            bytes,
+            first_seen_ns: first,
+            last_seen_ns: last,
+            tcp_flags,
+            kernel_packets: packets,
+            kernel_bytes: bytes,
+        }
+    }
+}
+
 /// All flows seen since start (minus expired ones).
 #[derive(Debug, Default)]
 pub struct FlowTable {

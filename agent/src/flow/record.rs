@@ -1,0 +1,111 @@
+//! The serialisable connection record: what `/flows`, the CLI and the flow log show.
+
+use std::net::IpAddr;
+
+use serde::{Deserialize, Serialize};
+
+use super::{Connection, Counts, Protocol, WallClock};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Endpoint {
+    pub ip: IpAddr,
+    pub port: u16,
+}
+
+/// One observation point's view, as shown to users.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SightingView {
+    pub iface: String,
+    /// "pod" or "uplink"; empty if the interface is gone.
+    pub role: String,
+    /// "ingress" or "egress" (TC hook).
+    pub hook: String,
+    /// "forward" (initiator → responder) or "reply".
+    pub direction: String,
+    /// "pre_nat" or "post_nat".
+    pub nat_stage: String,
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+/// One connection. Addresses are the initiator's, before NAT; `snat`/`dnat` carry the
+/// translated source (what firewalls see) and the chosen backend.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConnectionView {
+    pub proto: Protocol,
+    pub src: IpAddr,
+    pub src_port: u16,
+    pub dst: IpAddr,
+    pub dst_port: u16,
+    pub snat: Option<Endpoint>,
+    pub dnat: Option<Endpoint>,
+    /// A conntrack entry was found for this connection.
+    pub nat_joined: bool,
+    /// Counted once, at the preferred observation point of each direction.
+    pub forward: Counts,
+    pub reply: Counts,
+    pub sightings: Vec<SightingView>,
+    pub tcp_flags: u8,
+    pub first_seen_ms: u64,
+    pub last_seen_ms: u64,
+}
+
+impl ConnectionView {
+    pub fn new(c: &Connection, clock: &WallClock) -> Self {
+        let ep = |x: Option<(IpAddr, u16)>| x.map(|(ip, port)| Endpoint { ip, port });
+        Self {
+            proto: c.tuple.proto.into(),
+            src: c.tuple.src,
+            src_port: c.tuple.sport,
+            dst: c.tuple.dst,
+            dst_port: c.tuple.dport,
+            snat: ep(c.snat),
+            dnat: ep(c.dnat),
+            nat_joined: c.nat_joined,
+            forward: c.forward,
+            reply: c.reply,
+            sightings: c
+                .sightings
+                .iter()
+                .map(|s| SightingView {
+                    iface: s.iface.clone(),
+                    role: s
+                        .role
+                        .map(|r| format!("{r:?}").to_lowercase())
+                        .unwrap_or_default(),
+                    hook: if s.ingress { "ingress" } else { "egress" }.into(),
+                    direction: if s.forward { "forward" } else { "reply" }.into(),
+                    nat_stage: if s.post_nat { "post_nat" } else { "pre_nat" }.into(),
+                    packets: s.counts.packets,
+                    bytes: s.counts.bytes,
+                })
+                .collect(),
+            tcp_flags: c.tcp_flags,
+            first_seen_ms: clock.unix_ms(c.first_seen_ns),
+            last_seen_ms: clock.unix_ms(c.last_seen_ns),
+        }
+    }
+
+    /// Every address the connection is known by (for filters).
+    pub fn addresses(&self) -> impl Iterator<Item = IpAddr> + '_ {
+        [
+            Some(self.src),
+            Some(self.dst),
+            self.snat.map(|e| e.ip),
+            self.dnat.map(|e| e.ip),
+        ]
+        .into_iter()
+        .flatten()
+    }
+
+    pub fn ports(&self) -> impl Iterator<Item = u16> + '_ {
+        [
+            Some(self.src_port),
+            Some(self.dst_port),
+            self.snat.map(|e| e.port),
+            self.dnat.map(|e| e.port),
+        ]
+        .into_iter()
+        .flatten()
+    }
+}

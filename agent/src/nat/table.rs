@@ -1,0 +1,188 @@
+//! Every known conntrack entry, indexed by each tuple its packets can carry.
+
+use std::collections::HashMap;
+
+use super::{NatEntry, Side};
+use crate::flow::FlowTuple;
+
+#[derive(Debug)]
+struct State {
+    entry: NatEntry,
+    /// Monotonic ns of the DESTROY event: kept a while so late harvests still join.
+    destroyed_at: Option<u64>,
+}
+
+/// Conntrack entries by original tuple, plus a lookup from any sighting tuple.
+#[derive(Debug, Default)]
+pub struct NatTable {
+    by_orig: HashMap<FlowTuple, State>,
+    by_sighting: HashMap<FlowTuple, (FlowTuple, Side)>,
+}
+
+impl NatTable {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_orig.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_orig.is_empty()
+    }
+
+    /// Add or refresh an entry (NEW event or dump).
+    pub fn insert(&mut self, entry: NatEntry) {
+        let Some(sightings) = entry.sightings() else {
+            return;
+        };
+        if let Some(old) = self.by_orig.remove(&entry.orig) {
+            self.unindex(&old.entry);
+        }
+        for (tuple, side) in sightings {
+            self.by_sighting.insert(tuple, (entry.orig, side));
+        }
+        self.by_orig.insert(
+            entry.orig,
+            State {
+                entry,
+                destroyed_at: None,
+            },
+        );
+    }
+
+    /// A DESTROY event: the mapping stays until [`NatTable::gc`] drops it.
+    pub fn destroy(&mut self, orig: &FlowTuple, now_ns: u64) {
+        if let Some(s) = self.by_orig.get_mut(orig) {
+            s.destroyed_at.get_or_insert(now_ns);
+        }
+    }
+
+    /// Replace the whole table with a fresh dump (after lost events). Entries missing from
+    /// the dump were destroyed while we were not listening.
+    pub fn resync(&mut self, entries: Vec<NatEntry>, now_ns: u64) {
+        let fresh: std::collections::HashSet<FlowTuple> = entries.iter().map(|e| e.orig).collect();
+        let gone: Vec<FlowTuple> = self
+            .by_orig
+            .keys()
+            .filter(|k| !fresh.contains(*k))
+            .copied()
+            .collect();
+        for k in gone {
+            self.destroy(&k, now_ns);
+        }
+        for e in entries {
+            self.insert(e);
+        }
+    }
+
+    /// Forget entries destroyed more than `keep_ns` ago.
+    pub fn gc(&mut self, now_ns: u64, keep_ns: u64) {
+        let old: Vec<FlowTuple> = self
+            .by_orig
+            .iter()
+            .filter(|(_, s)| {
+                s.destroyed_at
+                    .is_some_and(|d| now_ns.saturating_sub(d) > keep_ns)
+            })
+            .map(|(k, _)| *k)
+            .collect();
+        for k in old {
+            if let Some(s) = self.by_orig.remove(&k) {
+                self.unindex(&s.entry);
+            }
+        }
+    }
+
+    fn unindex(&mut self, entry: &NatEntry) {
+        if let Some(sightings) = entry.sightings() {
+            for (tuple, _) in sightings {
+                if self
+                    .by_sighting
+                    .get(&tuple)
+                    .is_some_and(|(o, _)| *o == entry.orig)
+                {
+                    self.by_sighting.remove(&tuple);
+                }
+            }
+        }
+    }
+
+    /// The entry a packet with this tuple belongs to, and on which side it was seen.
+    pub fn lookup(&self, tuple: &FlowTuple) -> Option<(&NatEntry, Side)> {
+        let (orig, side) = self.by_sighting.get(tuple)?;
+        self.by_orig.get(orig).map(|s| (&s.entry, *side))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::flow::PROTO_UDP;
+
+    fn t(src: &str, sport: u16, dst: &str, dport: u16) -> FlowTuple {
+        FlowTuple {
+            proto: PROTO_UDP,
+            src: src.parse().unwrap(),
+            sport,
+            dst: dst.parse().unwrap(),
+            dport,
+        }
+    }
+
+    fn snat() -> NatEntry {
+        NatEntry {
+            orig: t("10.244.1.10", 5000, "203.0.113.10", 53),
+            reply: t("203.0.113.10", 53, "10.224.0.4", 5001),
+        }
+    }
+
+    #[test]
+    fn every_sighting_finds_the_entry_with_its_side() {
+        let mut nt = NatTable::new();
+        nt.insert(snat());
+        let at = |tuple| nt.lookup(&tuple).map(|(e, s)| (e.orig, s));
+        let o = snat().orig;
+        assert_eq!(at(o), Some((o, Side::ForwardPre)));
+        assert_eq!(
+            at(t("203.0.113.10", 53, "10.244.1.10", 5000)),
+            Some((o, Side::ReplyPre))
+        );
+        assert_eq!(
+            at(t("10.224.0.4", 5001, "203.0.113.10", 53)),
+            Some((o, Side::ForwardPost))
+        );
+        assert_eq!(
+            at(t("203.0.113.10", 53, "10.224.0.4", 5001)),
+            Some((o, Side::ReplyPost))
+        );
+        assert_eq!(at(t("10.224.0.4", 5002, "203.0.113.10", 53)), None);
+    }
+
+    #[test]
+    fn destroyed_entries_linger_until_gc() {
+        let mut nt = NatTable::new();
+        nt.insert(snat());
+        nt.destroy(&snat().orig, 100);
+        nt.gc(150, 100);
+        assert_eq!(nt.len(), 1);
+        nt.gc(201, 100);
+        assert!(nt.is_empty());
+        assert!(nt.lookup(&snat().orig).is_none());
+    }
+
+    #[test]
+    fn resync_marks_vanished_entries_destroyed() {
+        let mut nt = NatTable::new();
+        nt.insert(snat());
+        let other = NatEntry {
+            orig: t("10.244.1.11", 6000, "203.0.113.10", 53),
+            reply: t("203.0.113.10", 53, "10.224.0.4", 6000),
+        };
+        nt.resync(vec![other], 10);
+        nt.gc(20, 5);
+        assert_eq!(nt.len(), 1);
+        assert!(nt.lookup(&other.orig).is_some());
+    }
+}
