@@ -161,3 +161,37 @@ fn wait_flow_until(
     });
     last
 }
+
+/// The one connection matching `pred`, once `done` holds for it (or the last one seen,
+/// for the exact assertion that follows). Panics if several connections match.
+pub fn wait_connection(
+    agent: &Agent,
+    pred: impl Fn(&Value) -> bool,
+    done: impl Fn(&Value) -> bool,
+) -> Value {
+    let mut last = Value::Null;
+    eventually(Duration::from_secs(6), || {
+        let conns = agent.connections("");
+        let hits: Vec<&Value> = conns.iter().filter(|c| pred(c)).collect();
+        assert!(
+            hits.len() <= 1,
+            "more than one connection matched: {hits:#?}"
+        );
+        last = hits.first().map(|v| (*v).clone()).unwrap_or(Value::Null);
+        (!last.is_null() && done(&last)).then_some(())
+    });
+    assert!(
+        !last.is_null(),
+        "no connection matched; agent has:\n{:#?}",
+        agent.connections("")
+    );
+    last
+}
+
+/// (packets, bytes) of a connection's `forward` or `reply` counts.
+pub fn counts(c: &Value, dir: &str) -> (u64, u64) {
+    (
+        c[dir]["packets"].as_u64().unwrap(),
+        c[dir]["bytes"].as_u64().unwrap(),
+    )
+}
