@@ -3,6 +3,7 @@
 //! Data flows one way: `datapath` (kernel maps) → `flow` (table) → `export` (metrics, API).
 
 pub mod cli;
+pub mod config;
 pub mod datapath;
 pub mod export;
 pub mod flow;
