@@ -2,11 +2,13 @@
 //!
 //! Data flows one way: `datapath` (kernel maps) → `flow` (table) → `export` (metrics, API).
 
+pub mod classify;
 pub mod cli;
 pub mod config;
 pub mod datapath;
 pub mod export;
 pub mod flow;
+pub mod identity;
 pub mod logging;
 pub mod nat;
 pub mod pipeline;

@@ -119,12 +119,17 @@ impl Config {
             None => None,
             Some(r) => {
                 let re = regex::Regex::new(r).map_err(|e| {
-                    err("tenancy.namespace_regex".into(), format!("{r:?} is not a valid regex: {e}"))
+                    err(
+                        "tenancy.namespace_regex".into(),
+                        format!("{r:?} is not a valid regex: {e}"),
+                    )
                 })?;
                 if !re.capture_names().any(|n| n == Some("tenant")) {
                     return Err(err(
                         "tenancy.namespace_regex".into(),
-                        format!("{r:?} has no named group `tenant`: write e.g. ^(?P<tenant>[a-z0-9]+)-"),
+                        format!(
+                            "{r:?} has no named group `tenant`: write e.g. ^(?P<tenant>[a-z0-9]+)-"
+                        ),
                     ));
                 }
                 Some(re)
@@ -136,7 +141,10 @@ impl Config {
             .enumerate()
             .map(|(i, p)| {
                 glob::Pattern::new(p).map_err(|e| {
-                    err(format!("tenancy.platform_namespaces[{i}]"), format!("{p:?} is not a valid glob: {e}"))
+                    err(
+                        format!("tenancy.platform_namespaces[{i}]"),
+                        format!("{p:?} is not a valid glob: {e}"),
+                    )
                 })
             })
             .collect::<Result<_, _>>()?;
@@ -145,7 +153,10 @@ impl Config {
             .proxies
             .iter()
             .enumerate()
-            .map(|(i, s)| parse_endpoint(s).map_err(|m| err(format!("egress.proxies[{i}]"), format!("{s:?} {m}"))))
+            .map(|(i, s)| {
+                parse_endpoint(s)
+                    .map_err(|m| err(format!("egress.proxies[{i}]"), format!("{s:?} {m}")))
+            })
             .collect::<Result<_, _>>()?;
         for (i, g) in raw.egress.gateways.iter().enumerate() {
             if g.namespace.is_empty() {
@@ -207,7 +218,8 @@ fn parse_net(s: &str) -> Result<IpNet, String> {
 
 /// `CIDR`, `CIDR:port`, `addr:port`, `[v6-CIDR]:port`.
 fn parse_endpoint(s: &str) -> Result<Endpoint, String> {
-    const FIX: &str = "is not CIDR[:port]: write e.g. 10.0.1.4:3128, 10.0.1.0/24 or [fd00::/64]:443";
+    const FIX: &str =
+        "is not CIDR[:port]: write e.g. 10.0.1.4:3128, 10.0.1.0/24 or [fd00::/64]:443";
     if let Ok(net) = parse_net(s) {
         return Ok(Endpoint { net, port: None });
     }
@@ -217,7 +229,10 @@ fn parse_endpoint(s: &str) -> Result<Endpoint, String> {
     };
     let net = parse_net(host).map_err(|_| FIX.to_string())?;
     let port = port.parse::<u16>().map_err(|_| FIX.to_string())?;
-    Ok(Endpoint { net, port: Some(port) })
+    Ok(Endpoint {
+        net,
+        port: Some(port),
+    })
 }
 
 #[cfg(test)]
@@ -230,7 +245,10 @@ mod tests {
         assert_eq!(c.tenancy.namespace_label.as_deref(), Some("tenant"));
         assert_eq!(c.tenancy.platform_namespaces.len(), 8);
         assert_eq!(c.private_cidrs.len(), 4);
-        assert_eq!(c.sensitive_ports.get(&10250).map(String::as_str), Some("kubelet"));
+        assert_eq!(
+            c.sensitive_ports.get(&10250).map(String::as_str),
+            Some("kubelet")
+        );
         assert_eq!(c.sensitive_addresses.len(), 2);
     }
 
@@ -238,18 +256,47 @@ mod tests {
     fn unknown_fields_are_named_with_their_path() {
         let e = Config::parse("tenancy:\n  namespace_lable: team\n", "c.yaml").unwrap_err();
         assert_eq!(e.field, "tenancy.namespace_lable");
-        assert!(e.message.starts_with("unknown field `namespace_lable`, expected one of"), "{}", e.message);
+        assert!(
+            e.message
+                .starts_with("unknown field `namespace_lable`, expected one of"),
+            "{}",
+            e.message
+        );
     }
 
     #[test]
     fn bad_values_name_the_field_and_the_fix() {
         let cases = [
-            ("egress:\n  proxies: [\"10.0.1.4:abc\"]\n", "egress.proxies[0]", "is not CIDR[:port]"),
-            ("network:\n  private_cidrs: [\"10.0.0.0/33\"]\n", "network.private_cidrs[0]", "is not a CIDR"),
-            ("tenancy:\n  namespace_regex: \"^([a-z]+)-\"\n", "tenancy.namespace_regex", "has no named group `tenant`"),
-            ("tenancy:\n  namespace_regex: \"(\"\n", "tenancy.namespace_regex", "is not a valid regex"),
-            ("egress:\n  gateways: [{namespace: \"\"}]\n", "egress.gateways[0].namespace", "must name"),
-            ("sensitive:\n  node_ports: {abc: x}\n", "sensitive.node_ports.?", "invalid"),
+            (
+                "egress:\n  proxies: [\"10.0.1.4:abc\"]\n",
+                "egress.proxies[0]",
+                "is not CIDR[:port]",
+            ),
+            (
+                "network:\n  private_cidrs: [\"10.0.0.0/33\"]\n",
+                "network.private_cidrs[0]",
+                "is not a CIDR",
+            ),
+            (
+                "tenancy:\n  namespace_regex: \"^([a-z]+)-\"\n",
+                "tenancy.namespace_regex",
+                "has no named group `tenant`",
+            ),
+            (
+                "tenancy:\n  namespace_regex: \"(\"\n",
+                "tenancy.namespace_regex",
+                "is not a valid regex",
+            ),
+            (
+                "egress:\n  gateways: [{namespace: \"\"}]\n",
+                "egress.gateways[0].namespace",
+                "must name",
+            ),
+            (
+                "sensitive:\n  node_ports: {abc: x}\n",
+                "sensitive.node_ports.?",
+                "invalid",
+            ),
         ];
         for (yaml, field, msg) in cases {
             let e = Config::parse(yaml, "c.yaml").unwrap_err();
@@ -260,7 +307,13 @@ mod tests {
 
     #[test]
     fn proxies_accept_every_documented_form() {
-        let ok = ["10.0.1.4:3128", "10.0.1.0/24", "10.0.1.4", "[fd00::/64]:443", "10.0.2.0/24:8080"];
+        let ok = [
+            "10.0.1.4:3128",
+            "10.0.1.0/24",
+            "10.0.1.4",
+            "[fd00::/64]:443",
+            "10.0.2.0/24:8080",
+        ];
         for s in ok {
             assert!(parse_endpoint(s).is_ok(), "{s}");
         }

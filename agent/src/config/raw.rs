@@ -52,7 +52,10 @@ impl Default for RawTenancy {
             namespace_annotation: None,
             namespace_map: BTreeMap::new(),
             namespace_regex: None,
-            platform_namespaces: DEFAULT_PLATFORM_NAMESPACES.iter().map(|s| s.to_string()).collect(),
+            platform_namespaces: DEFAULT_PLATFORM_NAMESPACES
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
             platform_is_cross_tenant: false,
         }
     }
@@ -122,10 +125,13 @@ impl Default for RawSensitive {
                 .iter()
                 .map(|(p, n)| (*p, n.to_string()))
                 .collect(),
-            addresses: [("imds", "169.254.169.254/32"), ("wireserver", "168.63.129.16/32")]
-                .iter()
-                .map(|(n, c)| (n.to_string(), c.to_string()))
-                .collect(),
+            addresses: [
+                ("imds", "169.254.169.254/32"),
+                ("wireserver", "168.63.129.16/32"),
+            ]
+            .iter()
+            .map(|(n, c)| (n.to_string(), c.to_string()))
+            .collect(),
         }
     }
 }

@@ -75,7 +75,7 @@ pub struct Connection {
 }
 
 impl Connection {
-    fn new(tuple: FlowTuple) -> Self {
+    pub fn new(tuple: FlowTuple) -> Self {
         Self {
             tuple,
             snat: None,

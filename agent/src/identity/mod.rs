@@ -1,0 +1,27 @@
+//! Who owns an address: pods, namespaces, nodes and services from the Kubernetes API (or an
+//! offline snapshot of it), and the tenant each namespace belongs to.
+
+mod objects;
+pub mod snapshot;
+mod store;
+pub mod tenant;
+
+pub use objects::{Labels, NamespaceMeta, NodeMeta, Object, PodMeta, ServiceMeta};
+pub use store::{Change, Kind, Owner, Store};
+pub use tenant::{resolve as resolve_tenant, Tenant};
+
+/// A problem with identity input: which object and field, and how to fix it.
+#[derive(Debug, thiserror::Error)]
+pub enum IdentityError {
+    #[error("snapshot {file}: {message}")]
+    Snapshot { file: String, message: String },
+    #[error("{object}: field `{field}`: {message}")]
+    Object {
+        object: String,
+        field: String,
+        message: String,
+    },
+}
+
+#[cfg(test)]
+mod tests;

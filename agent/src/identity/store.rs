@@ -1,0 +1,200 @@
+//! The current inventory of pods, namespaces, nodes and services, with an address index
+//! kept up to date incrementally so a watch event costs O(1), not a rebuild.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::IpAddr,
+};
+
+use super::{NamespaceMeta, NodeMeta, Object, PodMeta, ServiceMeta};
+
+/// Which of the four kinds a change is about (a watch relists one kind at a time).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Kind {
+    Pod,
+    Namespace,
+    Node,
+    Service,
+}
+
+impl Object {
+    pub fn kind(&self) -> Kind {
+        match self {
+            Object::Pod(_) => Kind::Pod,
+            Object::Namespace(_) => Kind::Namespace,
+            Object::Node(_) => Kind::Node,
+            Object::Service(_) => Kind::Service,
+        }
+    }
+
+    fn key(&self) -> Key {
+        match self {
+            Object::Pod(p) => Key(Kind::Pod, p.namespace.clone(), p.name.clone()),
+            Object::Namespace(n) => Key(Kind::Namespace, String::new(), n.name.clone()),
+            Object::Node(n) => Key(Kind::Node, String::new(), n.name.clone()),
+            Object::Service(s) => Key(Kind::Service, s.namespace.clone(), s.name.clone()),
+        }
+    }
+
+    /// Addresses this object answers for. hostNetwork pods share their node's address,
+    /// which belongs to the node.
+    fn ips(&self) -> &[IpAddr] {
+        match self {
+            Object::Pod(p) if p.host_network => &[],
+            Object::Pod(p) => &p.ips,
+            Object::Namespace(_) => &[],
+            Object::Node(n) => &n.ips,
+            Object::Service(s) => &s.ips,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+struct Key(Kind, String, String);
+
+/// One change from an identity source.
+#[derive(Clone, Debug)]
+pub enum Change {
+    Apply(Object),
+    Delete(Object),
+    /// Everything of `kind` is exactly this (a watch relist or a 410 Gone resync).
+    Replace(Kind, Vec<Object>),
+}
+
+/// Who an address belongs to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Owner<'a> {
+    Pod(&'a PodMeta),
+    Node(&'a NodeMeta),
+    Service(&'a ServiceMeta),
+}
+
+#[derive(Default, Debug)]
+pub struct Store {
+    objects: BTreeMap<Key, Object>,
+    by_ip: HashMap<IpAddr, Key>,
+}
+
+impl Store {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A store holding exactly `objects` (a snapshot file).
+    pub fn from_objects(objects: Vec<Object>) -> Self {
+        let mut s = Self::new();
+        for o in objects {
+            s.apply(Change::Apply(o));
+        }
+        s
+    }
+
+    pub fn apply(&mut self, change: Change) {
+        match change {
+            Change::Apply(o) => {
+                let key = o.key();
+                if let Some(old) = self.objects.remove(&key) {
+                    self.unindex(&key, &old);
+                }
+                self.index(&key, &o);
+                self.objects.insert(key, o);
+            }
+            Change::Delete(o) => {
+                let key = o.key();
+                if let Some(old) = self.objects.remove(&key) {
+                    self.unindex(&key, &old);
+                }
+            }
+            Change::Replace(kind, objects) => {
+                let stale: Vec<Key> = self
+                    .objects
+                    .keys()
+                    .filter(|k| k.0 == kind)
+                    .cloned()
+                    .collect();
+                for key in stale {
+                    if let Some(old) = self.objects.remove(&key) {
+                        self.unindex(&key, &old);
+                    }
+                }
+                for o in objects.into_iter().filter(|o| o.kind() == kind) {
+                    self.apply(Change::Apply(o));
+                }
+            }
+        }
+    }
+
+    fn index(&mut self, key: &Key, o: &Object) {
+        for ip in o.ips() {
+            // Nodes win over pods and services: an address a node holds is the node's.
+            let keep_existing = self
+                .by_ip
+                .get(ip)
+                .is_some_and(|k| k.0 == Kind::Node && key.0 != Kind::Node);
+            if !keep_existing {
+                self.by_ip.insert(*ip, key.clone());
+            }
+        }
+    }
+
+    fn unindex(&mut self, key: &Key, o: &Object) {
+        for ip in o.ips() {
+            if self.by_ip.get(ip) == Some(key) {
+                self.by_ip.remove(ip);
+                // Another object may still claim the address (a pod IP reused before the old
+                // pod's delete arrived): give it back to them.
+                let other = self
+                    .objects
+                    .iter()
+                    .find(|(k, v)| *k != key && v.ips().contains(ip))
+                    .map(|(k, _)| k.clone());
+                if let Some(k) = other {
+                    self.by_ip.insert(*ip, k);
+                }
+            }
+        }
+    }
+
+    pub fn owner(&self, ip: IpAddr) -> Option<Owner<'_>> {
+        match self.objects.get(self.by_ip.get(&ip)?)? {
+            Object::Pod(p) => Some(Owner::Pod(p)),
+            Object::Node(n) => Some(Owner::Node(n)),
+            Object::Service(s) => Some(Owner::Service(s)),
+            Object::Namespace(_) => None,
+        }
+    }
+
+    pub fn namespace(&self, name: &str) -> Option<&NamespaceMeta> {
+        match self
+            .objects
+            .get(&Key(Kind::Namespace, String::new(), name.into()))
+        {
+            Some(Object::Namespace(n)) => Some(n),
+            _ => None,
+        }
+    }
+
+    pub fn pods(&self) -> impl Iterator<Item = &PodMeta> {
+        self.objects.values().filter_map(|o| match o {
+            Object::Pod(p) => Some(p),
+            _ => None,
+        })
+    }
+
+    /// Objects per kind, for metrics and logs.
+    pub fn counts(&self) -> BTreeMap<Kind, usize> {
+        let mut m = BTreeMap::new();
+        for k in self.objects.keys() {
+            *m.entry(k.0).or_default() += 1;
+        }
+        m
+    }
+
+    pub fn len(&self) -> usize {
+        self.objects.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.objects.is_empty()
+    }
+}

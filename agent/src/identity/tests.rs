@@ -1,0 +1,160 @@
+//! Snapshot parsing errors and the store's watch semantics.
+
+use super::*;
+
+fn pod(name: &str, ns: &str, ip: &str) -> Object {
+    Object::Pod(PodMeta {
+        name: name.into(),
+        namespace: ns.into(),
+        node: Some("n1".into()),
+        host_network: false,
+        labels: Labels::new(),
+        owner: None,
+        ips: vec![ip.parse().unwrap()],
+    })
+}
+
+fn owner_name(s: &Store, ip: &str) -> Option<String> {
+    s.owner(ip.parse().unwrap()).map(|o| match o {
+        Owner::Pod(p) => format!("pod {}", p.name),
+        Owner::Node(n) => format!("node {}", n.name),
+        Owner::Service(v) => format!("service {}", v.name),
+    })
+}
+
+#[test]
+fn a_kubectl_list_parses_into_all_four_kinds() {
+    let text = r#"
+apiVersion: v1
+kind: List
+metadata: {resourceVersion: ""}
+items:
+- apiVersion: v1
+  kind: Pod
+  metadata:
+    name: web-7d4b9c-x2x9z
+    namespace: alpha-web
+    labels: {app: web}
+    ownerReferences:
+    - {apiVersion: apps/v1, kind: ReplicaSet, name: web-7d4b9c, uid: 1b0c, controller: true}
+  spec:
+    nodeName: aks-nodepool1-1
+    containers: [{name: web, image: nginx}]
+  status:
+    phase: Running
+    podIP: 10.244.1.10
+    podIPs: [{ip: 10.244.1.10}, {ip: "fd00:244:1::10"}]
+- {apiVersion: v1, kind: Pod, metadata: {name: done, namespace: alpha-web}, spec: {containers: []}, status: {phase: Succeeded, podIP: 10.244.1.99}}
+- {apiVersion: v1, kind: Namespace, metadata: {name: alpha-web, labels: {tenant: alpha}, annotations: {owner: team-a}}}
+- {apiVersion: v1, kind: Node, metadata: {name: aks-nodepool1-1}, status: {addresses: [{type: InternalIP, address: 10.224.0.4}, {type: Hostname, address: aks-nodepool1-1}]}}
+- {apiVersion: v1, kind: Service, metadata: {name: web, namespace: alpha-web}, spec: {clusterIP: 10.0.0.10, clusterIPs: [10.0.0.10, "fd00:10::10"]}}
+- {apiVersion: v1, kind: Service, metadata: {name: headless, namespace: alpha-web}, spec: {clusterIP: None}}
+"#;
+    let objects = snapshot::parse(text).unwrap();
+    assert_eq!(objects.len(), 6);
+    let Object::Pod(p) = &objects[0] else {
+        panic!("first item is the pod")
+    };
+    assert_eq!(p.owner.as_deref(), Some("ReplicaSet/web-7d4b9c"));
+    assert_eq!(p.ips.len(), 2);
+    let s = Store::from_objects(objects);
+    assert_eq!(
+        owner_name(&s, "fd00:244:1::10").as_deref(),
+        Some("pod web-7d4b9c-x2x9z")
+    );
+    assert_eq!(
+        owner_name(&s, "10.244.1.99"),
+        None,
+        "finished pods give up their address"
+    );
+    assert_eq!(
+        owner_name(&s, "10.224.0.4").as_deref(),
+        Some("node aks-nodepool1-1")
+    );
+    assert_eq!(
+        owner_name(&s, "fd00:10::10").as_deref(),
+        Some("service web")
+    );
+    assert_eq!(
+        s.namespace("alpha-web").unwrap().annotations["owner"],
+        "team-a"
+    );
+    assert_eq!(s.len(), 6);
+}
+
+#[test]
+fn bad_snapshots_name_the_object_and_the_field() {
+    let cases = [
+        ("kind: List\nitems:\n- {apiVersion: v1, kind: Pod, metadata: {name: a, namespace: x}, spec: {containers: []}, status: {podIP: 10.244.1.300}}\n",
+         "items[0] (Pod a): field `status.podIP`: \"10.244.1.300\" is not an IP address"),
+        ("kind: List\nitems:\n- {apiVersion: v1, kind: Pod, metadata: {name: a, namespace: x}, spec: {nodeName: [1]}}\n",
+         "items[0] (Pod a): field `spec.nodeName`"),
+        ("kind: List\nitems:\n- {apiVersion: v1, kind: Pod, metadata: {name: a}, spec: {containers: []}}\n",
+         "items[0] (Pod a): field `metadata.namespace`: is missing"),
+        ("kind: List\nitems:\n- {apiVersion: v1, kind: Namespace, metadata: {labels: {a: b}}}\n",
+         "items[0] (Namespace <unnamed>): field `metadata.name`: is missing"),
+        ("kind: List\nitems:\n- {apiVersion: apps/v1, kind: Deployment, metadata: {name: d}}\n",
+         "items[0] (Deployment d): field `kind`: \"Deployment\" is not one of Pod, Namespace, Node, Service"),
+        ("kind: PodList\n", "kind \"PodList\" is not supported"),
+        ("items: []\n", "has no `kind`"),
+        ("kind: List\nitems: {a: b}\n", "kind List without an `items` array"),
+        ("kind: [\n", "is not YAML"),
+    ];
+    for (text, want) in cases {
+        let e = snapshot::parse(text).unwrap_err().to_string();
+        assert!(e.contains(want), "{text:?}\n got: {e}\nwant: {want}");
+    }
+}
+
+#[test]
+fn missing_file_names_the_path_and_the_kubectl_command() {
+    let e = snapshot::load(std::path::Path::new("/nonexistent/snap.yaml")).unwrap_err();
+    let e = e.to_string();
+    assert!(
+        e.starts_with("snapshot /nonexistent/snap.yaml: cannot read it"),
+        "{e}"
+    );
+    assert!(
+        e.contains("kubectl get pods,namespaces,nodes,services -A -o yaml"),
+        "{e}"
+    );
+}
+
+#[test]
+fn watch_changes_update_the_address_index() {
+    let mut s = Store::new();
+    s.apply(Change::Apply(pod("a", "x", "10.244.1.5")));
+    assert_eq!(owner_name(&s, "10.244.1.5").as_deref(), Some("pod a"));
+    // Modified: the pod moved address; the old one is free.
+    s.apply(Change::Apply(pod("a", "x", "10.244.1.6")));
+    assert_eq!(owner_name(&s, "10.244.1.5"), None);
+    assert_eq!(owner_name(&s, "10.244.1.6").as_deref(), Some("pod a"));
+    // A new pod reuses the address before the old pod's delete arrives…
+    s.apply(Change::Apply(pod("b", "x", "10.244.1.6")));
+    assert_eq!(owner_name(&s, "10.244.1.6").as_deref(), Some("pod b"));
+    // …and the late delete does not take it away from the new owner.
+    s.apply(Change::Delete(pod("a", "x", "10.244.1.6")));
+    assert_eq!(owner_name(&s, "10.244.1.6").as_deref(), Some("pod b"));
+    // Deleting the new owner while the old one still claims it hands it back.
+    s.apply(Change::Apply(pod("c", "x", "10.244.1.7")));
+    s.apply(Change::Apply(pod("d", "x", "10.244.1.7")));
+    s.apply(Change::Delete(pod("d", "x", "10.244.1.7")));
+    assert_eq!(owner_name(&s, "10.244.1.7").as_deref(), Some("pod c"));
+    // A relist replaces exactly one kind.
+    s.apply(Change::Apply(Object::Namespace(NamespaceMeta {
+        name: "x".into(),
+        labels: Labels::new(),
+        annotations: Labels::new(),
+    })));
+    s.apply(Change::Replace(
+        Kind::Pod,
+        vec![pod("e", "x", "10.244.1.8")],
+    ));
+    assert_eq!(owner_name(&s, "10.244.1.6"), None);
+    assert_eq!(owner_name(&s, "10.244.1.8").as_deref(), Some("pod e"));
+    assert!(
+        s.namespace("x").is_some(),
+        "namespaces survive a pod relist"
+    );
+    assert_eq!(s.len(), 2);
+}
