@@ -11,7 +11,6 @@ fn main() {
     let code = match tenantflow::cli::run(cli) {
         Ok(()) => 0,
         Err(e) => {
-            tracing::error!("{e:#}");
             eprintln!("error: {e:#}");
             tenantflow::cli::exit_code(&e)
         }

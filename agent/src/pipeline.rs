@@ -6,9 +6,12 @@ use std::time::Duration;
 use tracing::warn;
 
 use crate::{
+    classify,
+    config::Config,
     datapath::{Attachments, Harvester},
     export::Shared,
     flow::{self, monotonic_ns, ConnectionView, FlowTable, FlowView, Observation, WallClock},
+    identity::Store,
     nat::{JoinTracker, Mechanism, NatEvent, NatTable},
 };
 
@@ -18,11 +21,15 @@ pub struct Pipeline {
     joins: JoinTracker,
     mechanism: Mechanism,
     idle: Duration,
+    config: Config,
+    identity: Store,
 }
 
 impl Pipeline {
-    pub fn new(mechanism: Mechanism, idle: Duration) -> Self {
+    pub fn new(mechanism: Mechanism, idle: Duration, config: Config, identity: Store) -> Self {
         Self {
+            config,
+            identity,
             table: FlowTable::new(),
             nat: NatTable::new(),
             joins: JoinTracker::default(),
@@ -86,7 +93,10 @@ impl Pipeline {
         let clock = WallClock::now();
         let views = conns
             .iter()
-            .map(|c| ConnectionView::new(c, &clock))
+            .map(|c| {
+                let class = classify::classify(&self.config, &self.identity, c);
+                ConnectionView::new(c, class, &clock)
+            })
             .collect();
         let observations = self
             .table

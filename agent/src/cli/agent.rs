@@ -8,11 +8,13 @@ use futures::StreamExt;
 use tracing::{info, warn};
 
 use crate::{
+    config::Config,
     datapath::{
         self, AttachMode, Attachments, DatapathError, Harvester, Link, LinkEvent, Programs,
         Selector,
     },
     export::{self, AgentMetrics, Shared},
+    identity::{snapshot, Store},
     nat::{self, Mechanism},
     pipeline::Pipeline,
     shutdown,
@@ -44,6 +46,10 @@ pub struct AgentArgs {
     /// Address for /metrics, /healthz, /readyz and /flows.
     #[arg(long, default_value = "0.0.0.0:9990")]
     pub listen: SocketAddr,
+    /// Config file (YAML): identity source, tenancy, network ranges, egress mediation,
+    /// sensitive targets. See docs/configuration.md. Default: built-in defaults.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<std::path::PathBuf>,
     /// Attach a program that does nothing instead of the observers: the benchmark's floor.
     #[arg(long, hide = true)]
     pub bench_noop: bool,
@@ -77,6 +83,11 @@ async fn run_async(args: AgentArgs) -> anyhow::Result<()> {
             args.listen
         ))
     })?;
+    let config = match &args.config {
+        Some(path) => Config::load(path).map_err(|e| UsageError(e.to_string()))?,
+        None => Config::default(),
+    };
+    let (identity, identity_source) = load_identity(&config)?;
     let programs = if args.bench_noop {
         Programs::Noop
     } else {
@@ -126,7 +137,8 @@ async fn run_async(args: AgentArgs) -> anyhow::Result<()> {
     shared.set_ready(true);
     info!(listen = %args.listen, interfaces = attachments.len(), "ready");
 
-    let mut pipeline = Pipeline::new(mechanism, args.idle_timeout);
+    publish_identity(&shared, &identity, identity_source);
+    let mut pipeline = Pipeline::new(mechanism, args.idle_timeout, config, identity);
     let mut tick = tokio::time::interval(args.harvest_interval);
     let signal = shutdown::signalled();
     tokio::pin!(signal);
@@ -153,6 +165,41 @@ async fn run_async(args: AgentArgs) -> anyhow::Result<()> {
     datapath::remove_clsact(&qdiscs).await;
     info!("detached from all interfaces");
     outcome
+}
+
+/// The identity inventory at start-up: the snapshot file the config names, or empty.
+fn load_identity(config: &Config) -> anyhow::Result<(Store, &'static str)> {
+    match &config.snapshot {
+        Some(path) => {
+            let objects = snapshot::load(std::path::Path::new(path))
+                .map_err(|e| UsageError(format!("identity.snapshot: {e}")))?;
+            let store = Store::from_objects(objects);
+            info!(
+                file = path,
+                objects = store.len(),
+                "identity snapshot loaded"
+            );
+            Ok((store, "snapshot"))
+        }
+        None => {
+            warn!("no identity source configured (identity.snapshot): flows carry addresses only");
+            Ok((Store::new(), "none"))
+        }
+    }
+}
+
+fn publish_identity(shared: &Shared, store: &Store, source: &str) {
+    let m = &shared.metrics;
+    for (kind, n) in store.counts() {
+        m.metadata_objects
+            .with_label_values(&[&format!("{kind:?}").to_lowercase(), source])
+            .set(n as i64);
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    m.metadata_last_sync.set(now.as_secs() as i64);
+    m.metadata_stale.set(0);
 }
 
 fn mode_name(mode: AttachMode) -> &'static str {

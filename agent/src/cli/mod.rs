@@ -1,6 +1,7 @@
 //! Command-line interface: `agent` runs the observer, `flows` queries a running one.
 
 mod agent;
+mod check_config;
 mod flows;
 mod hooks;
 
@@ -30,6 +31,8 @@ pub enum Command {
     Agent(AgentArgs),
     /// Show flows from a running agent.
     Flows(FlowsArgs),
+    /// Validate a config file (and the snapshot it names) and explain it.
+    CheckConfig(check_config::CheckConfigArgs),
     /// List the tcx programs attached to each interface in this network namespace.
     Hooks(hooks::HooksArgs),
 }
@@ -39,6 +42,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Agent(args) => agent::run(args),
         Command::Flows(args) => flows::run(args),
         Command::Hooks(args) => hooks::run(args),
+        Command::CheckConfig(args) => check_config::run(args),
     }
 }
 

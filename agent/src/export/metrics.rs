@@ -17,6 +17,9 @@ pub struct AgentMetrics {
     pub nat_events_lost: IntCounter,
     pub nat_join_misses: IntCounter,
     pub nat_late_joins: IntCounter,
+    pub metadata_objects: IntGaugeVec,
+    pub metadata_last_sync: IntGauge,
+    pub metadata_stale: IntGauge,
     kernel_packets: IntCounter,
     kernel_insert_failures: IntCounter,
     kernel_unparsable: IntCounter,
@@ -85,7 +88,28 @@ impl AgentMetrics {
         .expect("static metric definition");
         r.register(Box::new(harvest_duration.clone()))
             .expect("metric registered once");
+        let metadata_objects = IntGaugeVec::new(
+            Opts::new(
+                "tenantflow_metadata_objects",
+                "Kubernetes objects in the identity inventory, by kind.",
+            ),
+            &["kind", "source"],
+        )
+        .expect("static metric definition");
+        r.register(Box::new(metadata_objects.clone()))
+            .expect("metric registered once");
         Self {
+            metadata_objects,
+            metadata_last_sync: gauge(
+                &r,
+                "tenantflow_metadata_last_sync_timestamp_seconds",
+                "Unix time the identity inventory was last known complete (snapshot load, watch sync).",
+            ),
+            metadata_stale: gauge(
+                &r,
+                "tenantflow_metadata_stale",
+                "1 while the identity source is unreachable and the last-known inventory is used.",
+            ),
             attached_interfaces,
             flow_map_entries: gauge(
                 &r,

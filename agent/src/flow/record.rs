@@ -5,6 +5,7 @@ use std::net::IpAddr;
 use serde::{Deserialize, Serialize};
 
 use super::{Connection, Counts, Protocol, WallClock};
+use crate::classify::Classification;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Endpoint {
@@ -48,10 +49,13 @@ pub struct ConnectionView {
     pub tcp_flags: u8,
     pub first_seen_ms: u64,
     pub last_seen_ms: u64,
+    /// Identities, class and verdicts.
+    #[serde(flatten)]
+    pub class: Classification,
 }
 
 impl ConnectionView {
-    pub fn new(c: &Connection, clock: &WallClock) -> Self {
+    pub fn new(c: &Connection, class: Classification, clock: &WallClock) -> Self {
         let ep = |x: Option<(IpAddr, u16)>| x.map(|(ip, port)| Endpoint { ip, port });
         Self {
             proto: c.tuple.proto.into(),
@@ -83,6 +87,7 @@ impl ConnectionView {
             tcp_flags: c.tcp_flags,
             first_seen_ms: clock.unix_ms(c.first_seen_ns),
             last_seen_ms: clock.unix_ms(c.last_seen_ns),
+            class,
         }
     }
 

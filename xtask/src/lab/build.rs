@@ -48,7 +48,11 @@ fn fabric(t: &Topology) -> Result<()> {
         "nodad",
     ])?;
     ip(&["-n", &v, "link", "set", "br0", "up"])?;
-    for a in [topology::IMDS, topology::WIRESERVER] {
+    for a in [
+        topology::IMDS,
+        topology::WIRESERVER,
+        topology::PRIVATE_ENDPOINT,
+    ] {
         ip(&["-n", &v, "addr", "add", &format!("{a}/32"), "dev", "lo"])?;
     }
     sysctl(&v, "net.ipv4.ip_forward=1")?;

@@ -4,6 +4,7 @@
 //! what `up` made. [`LabGuard`] tears a lab down on drop, even when a test panics.
 
 mod build;
+pub mod manifest;
 pub mod topology;
 
 use anyhow::{bail, Result};
@@ -33,7 +34,7 @@ pub fn up(topo: &Topology) -> Result<()> {
             topo.prefix
         );
     }
-    if let Err(e) = build::build(topo) {
+    if let Err(e) = build::build(topo).and_then(|()| manifest::write(topo)) {
         let _ = down(&topo.prefix);
         return Err(e.context(format!("building lab {:?}", topo.prefix)));
     }
@@ -54,6 +55,7 @@ pub fn down(prefix: &str) -> Result<usize> {
     for ns in &all {
         exec::run("ip", &["netns", "del", ns])?;
     }
+    manifest::remove(prefix);
     Ok(all.len())
 }
 

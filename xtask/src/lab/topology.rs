@@ -20,6 +20,9 @@ pub const INTERNET_GW: &str = "203.0.113.1";
 /// Azure platform endpoints, answered by the fabric namespace.
 pub const IMDS: &str = "169.254.169.254";
 pub const WIRESERVER: &str = "168.63.129.16";
+/// A private endpoint (e.g. a storage account's) in a peered range: exempt egress.
+pub const PRIVATE_ENDPOINT: &str = "10.225.0.5";
+pub const PRIVATE_ENDPOINT_CIDR: &str = "10.225.0.0/24";
 
 /// One node of the lab cluster (1-based).
 #[derive(Clone, Debug, PartialEq, Eq)]
