@@ -14,7 +14,7 @@ use anyhow::{Context as _, Result};
 use clap::Args;
 use xtask::{
     exec,
-    lab::{topology, LabGuard, Topology},
+    lab::{manifest, topology, LabGuard, Topology},
     setup,
 };
 
@@ -71,7 +71,8 @@ pub fn run(args: DemoArgs) -> Result<()> {
     let agent = Command::new("ip")
         .args(["netns", "exec", &node1])
         .arg(&agent_bin)
-        .args(["agent", "--listen", "127.0.0.1:9990"])
+        .args(["agent", "--listen", "127.0.0.1:9990", "--config"])
+        .arg(manifest::config_path(&lab.topo.prefix))
         .stderr(log)
         .spawn()?;
     let mut procs = Procs(vec![agent]);

@@ -55,6 +55,8 @@ pub enum Scope {
     Private,
     AzurePlatform,
     Internet,
+    /// Link-local, multicast or loopback: stays on the segment.
+    Local,
 }
 
 impl Scope {
@@ -66,6 +68,7 @@ impl Scope {
             Scope::Private => "private",
             Scope::AzurePlatform => "azure_platform",
             Scope::Internet => "internet",
+            Scope::Local => "local",
         }
     }
 }
@@ -90,6 +93,8 @@ pub fn classify(
     };
     let inner = backend.unwrap_or(dst);
     match (src.kind, dst.kind) {
+        // Neighbour discovery, MLD, DHCP: not a conversation between workloads.
+        (K::Local, _) | (_, K::Local) => (FlowClass::Other, Scope::Local),
         (K::Pod, K::Pod | K::ClusterUnknown) => (FlowClass::PodToPod, locality(src, dst)),
         (K::Pod, K::Node) => (FlowClass::PodToNode, locality(src, dst)),
         (K::Pod, K::Service) => (FlowClass::PodToService, locality(src, inner)),

@@ -28,6 +28,9 @@ pub enum EndpointKind {
     Private,
     AzurePlatform,
     Internet,
+    /// Never leaves the link: link-local, multicast, broadcast, loopback (IPv6 neighbour
+    /// discovery, MLD, DHCP).
+    Local,
 }
 
 impl EndpointKind {
@@ -40,6 +43,7 @@ impl EndpointKind {
             EndpointKind::Private => "private",
             EndpointKind::AzurePlatform => "azure_platform",
             EndpointKind::Internet => "internet",
+            EndpointKind::Local => "local",
         }
     }
 
@@ -136,12 +140,33 @@ pub fn resolve(config: &Config, store: &Store, ip: IpAddr) -> EndpointIdentity {
                 EndpointKind::ClusterUnknown
             } else if AZURE_PLATFORM.contains(&ip) {
                 EndpointKind::AzurePlatform
+            } else if is_local(ip) {
+                EndpointKind::Local
             } else if config.private_cidrs.iter().any(|n| n.contains(&ip)) {
                 EndpointKind::Private
             } else {
                 EndpointKind::Internet
             };
             EndpointIdentity::bare(kind)
+        }
+    }
+}
+
+/// Addresses that never leave the link.
+fn is_local(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(a) => {
+            a.is_link_local()
+                || a.is_multicast()
+                || a.is_broadcast()
+                || a.is_loopback()
+                || a.is_unspecified()
+        }
+        IpAddr::V6(a) => {
+            (a.segments()[0] & 0xffc0) == 0xfe80
+                || a.is_multicast()
+                || a.is_loopback()
+                || a.is_unspecified()
         }
     }
 }

@@ -7,7 +7,10 @@ use clap::{Args, ValueEnum};
 
 use serde::de::DeserializeOwned;
 
-use crate::flow::{ConnectionView, FlowView, Protocol};
+use crate::{
+    classify::{Classification, Egress, EndpointIdentity, EndpointKind},
+    flow::{ConnectionView, FlowView, Protocol},
+};
 
 #[derive(Clone, Copy, Debug, Default, ValueEnum)]
 pub enum Output {
@@ -231,10 +234,14 @@ fn align<const N: usize>(rows: Vec<[String; N]>) -> String {
 
 /// Connections, largest first: initiator's pre-NAT tuple, the translation, both directions.
 pub fn render_connections(conns: &[&ConnectionView]) -> String {
-    let mut rows: Vec<[String; 6]> = vec![[
+    let mut rows: Vec<[String; 10]> = vec![[
         "PROTO".into(),
         "SOURCE".into(),
+        "FROM".into(),
         "DESTINATION".into(),
+        "TO".into(),
+        "CLASS".into(),
+        "VERDICTS".into(),
         "NAT".into(),
         "FWD PKTS/BYTES".into(),
         "REPLY PKTS/BYTES".into(),
@@ -255,10 +262,21 @@ pub fn render_connections(conns: &[&ConnectionView]) -> String {
         if let Some(e) = c.dnat {
             nat.push(format!("dnat {}", endpoint(&e.ip, e.port, icmp)));
         }
+        let k = &c.class;
+        let to = match &k.backend_identity {
+            Some(b) if k.dst_identity.kind == EndpointKind::Service => {
+                format!("{} -> {}", who(&k.dst_identity), who(b))
+            }
+            _ => who(&k.dst_identity),
+        };
         rows.push([
             c.proto.to_string(),
             endpoint(&c.src, c.src_port, icmp),
+            who(&k.src_identity),
             endpoint(&c.dst, c.dst_port, icmp),
+            to,
+            format!("{}/{}", k.flow_class.as_str(), k.scope.as_str()),
+            verdicts(k),
             if nat.is_empty() {
                 "-".into()
             } else {
@@ -269,6 +287,36 @@ pub fn render_connections(conns: &[&ConnectionView]) -> String {
         ]);
     }
     align(rows)
+}
+
+/// `tenant:namespace/pod`, `svc:namespace/name`, `node:name`, or the endpoint kind.
+fn who(id: &EndpointIdentity) -> String {
+    let tenant = id.tenant.as_deref().unwrap_or("?");
+    match (id.kind, &id.namespace, &id.pod, &id.service, &id.node) {
+        (EndpointKind::Pod, Some(ns), Some(pod), _, _) => format!("{tenant}:{ns}/{pod}"),
+        (EndpointKind::Service, Some(ns), _, Some(svc), _) => format!("{tenant}:svc/{ns}/{svc}"),
+        (EndpointKind::Node, _, _, _, Some(node)) => format!("node:{node}"),
+        (kind, ..) => kind.as_str().to_owned(),
+    }
+}
+
+/// The flags a security team acts on, or `-`.
+fn verdicts(k: &Classification) -> String {
+    let mut v = Vec::new();
+    if k.cross_tenant {
+        v.push("CROSS-TENANT".to_owned());
+    }
+    if k.egress != Egress::None {
+        v.push(format!("egress={}", k.egress.as_str()));
+    }
+    if let Some(s) = &k.sensitive {
+        v.push(format!("SENSITIVE={s}"));
+    }
+    if v.is_empty() {
+        "-".into()
+    } else {
+        v.join(",")
+    }
 }
 
 /// Per-hook sightings, largest first.

@@ -239,6 +239,32 @@ fn parse_endpoint(s: &str) -> Result<Endpoint, String> {
 mod tests {
     use super::*;
 
+    /// The example in docs/configuration.md must stay valid and mean what it says.
+    #[test]
+    fn the_documented_example_parses() {
+        let doc = include_str!("../../../docs/configuration.md");
+        let start = doc.find("## A complete example").expect("example section");
+        let block = doc[start..].split("```yaml\n").nth(1).expect("yaml block");
+        let yaml = block.split("```").next().unwrap();
+        let c = Config::parse(yaml, "docs/configuration.md").unwrap();
+        assert_eq!(c.snapshot.as_deref(), Some("/etc/tenantflow/snapshot.yaml"));
+        assert_eq!(c.tenancy.namespace_map["legacy-billing"], "finance");
+        assert_eq!(c.tenancy.platform_namespaces.len(), 8);
+        assert_eq!(
+            c.tenancy.namespace_annotation.as_deref(),
+            Some("example.com/tenant")
+        );
+        assert_eq!(c.pod_cidrs.len(), 2);
+        assert_eq!(c.gateways[0].labels["app"], "egress-gateway");
+        assert_eq!(c.proxies.len(), 3);
+        assert!(c.proxies[0].matches("10.50.0.4".parse().unwrap(), 3128));
+        assert!(!c.proxies[0].matches("10.50.0.4".parse().unwrap(), 80));
+        assert!(c.proxies[1].matches("10.60.0.9".parse().unwrap(), 443));
+        assert_eq!(c.exempt.len(), 1);
+        assert_eq!(c.sensitive_ports[&10250], "kubelet");
+        assert_eq!(c.sensitive_addresses.len(), 2);
+    }
+
     #[test]
     fn defaults_are_the_documented_ones() {
         let c = Config::default();
