@@ -1,19 +1,27 @@
 //! What happens at each harvest: kernel counters → observation table → connections (NAT
-//! joined) → published snapshots and metrics. Owns all userspace flow state.
+//! joined) → classified (identity, class, verdicts) → metrics, flow log, published
+//! snapshots. Owns all userspace flow state.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use tracing::warn;
+use tracing::{info, warn};
 
 use crate::{
     classify,
     config::Config,
     datapath::{Attachments, Harvester},
-    export::Shared,
+    export::{FlowLog, FlowMetrics, Shared},
     flow::{self, monotonic_ns, ConnectionView, FlowTable, FlowView, Observation, WallClock},
-    identity::Store,
+    identity::{reload::SnapshotFile, Change, Kind, Store},
     nat::{JoinTracker, Mechanism, NatEvent, NatTable},
 };
+
+/// Where identities come from and how fresh they are.
+pub struct Identity {
+    pub store: Store,
+    pub source: &'static str,
+    pub snapshot: Option<SnapshotFile>,
+}
 
 pub struct Pipeline {
     table: FlowTable,
@@ -22,19 +30,30 @@ pub struct Pipeline {
     mechanism: Mechanism,
     idle: Duration,
     config: Config,
-    identity: Store,
+    identity: Identity,
+    metrics: FlowMetrics,
+    log: Option<FlowLog>,
 }
 
 impl Pipeline {
-    pub fn new(mechanism: Mechanism, idle: Duration, config: Config, identity: Store) -> Self {
+    pub fn new(
+        mechanism: Mechanism,
+        idle: Duration,
+        config: Config,
+        identity: Identity,
+        metrics: FlowMetrics,
+        log: Option<FlowLog>,
+    ) -> Self {
         Self {
-            config,
-            identity,
             table: FlowTable::new(),
             nat: NatTable::new(),
             joins: JoinTracker::default(),
             mechanism,
             idle,
+            config,
+            identity,
+            metrics,
+            log,
         }
     }
 
@@ -45,6 +64,50 @@ impl Pipeline {
             NatEvent::Destroy(e) => self.nat.destroy(&e.orig, now),
             NatEvent::Resync(all) => self.nat.resync(all, now),
             NatEvent::Lost => shared.metrics.nat_events_lost.inc(),
+        }
+    }
+
+    /// Identity metrics after a load or change.
+    pub fn publish_identity(&self, shared: &Shared) {
+        let m = &shared.metrics;
+        let counts = self.identity.store.counts();
+        for kind in [Kind::Pod, Kind::Namespace, Kind::Node, Kind::Service] {
+            m.metadata_objects
+                .with_label_values(&[&format!("{kind:?}").to_lowercase(), self.identity.source])
+                .set(counts.get(&kind).copied().unwrap_or(0) as i64);
+        }
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        m.metadata_last_sync.set(now.as_secs() as i64);
+        m.metadata_stale.set(0);
+    }
+
+    fn reload_snapshot(&mut self, shared: &Shared) {
+        let Some(file) = self.identity.snapshot.as_mut() else {
+            return;
+        };
+        match file.poll() {
+            None => {}
+            Some(Ok(objects)) => {
+                for kind in [Kind::Pod, Kind::Namespace, Kind::Node, Kind::Service] {
+                    let of_kind = objects
+                        .iter()
+                        .filter(|o| o.kind() == kind)
+                        .cloned()
+                        .collect();
+                    self.identity.store.apply(Change::Replace(kind, of_kind));
+                }
+                info!(
+                    objects = self.identity.store.len(),
+                    "identity snapshot reloaded"
+                );
+                self.publish_identity(shared);
+            }
+            Some(Err(e)) => {
+                shared.metrics.metadata_errors.inc();
+                warn!(error = %e, "identity snapshot changed but is invalid: keeping the last good one");
+            }
         }
     }
 
@@ -74,6 +137,7 @@ impl Pipeline {
         self.nat.gc(now, 2 * idle_ns);
         m.tracked_flows.set(self.table.len() as i64);
         m.nat_entries.set(self.nat.len() as i64);
+        self.reload_snapshot(shared);
 
         let iface = |i: u32| attachments.get(i).map(|a| (a.name.as_str(), a.role));
         let conns = flow::build_connections(
@@ -90,14 +154,30 @@ impl Pipeline {
             m.nat_late_joins.inc_by(stats.late_joins);
         }
         m.connections.set(conns.len() as i64);
-        let clock = WallClock::now();
-        let views = conns
-            .iter()
+        let classified: Vec<_> = conns
+            .into_iter()
             .map(|c| {
-                let class = classify::classify(&self.config, &self.identity, c);
-                ConnectionView::new(c, class, &clock)
+                let k = classify::classify(&self.config, &self.identity.store, &c);
+                (c, k)
             })
             .collect();
+        let wall = Instant::now();
+        self.metrics
+            .observe(&classified, &self.identity.store, wall);
+        let clock = WallClock::now();
+        let views: Vec<ConnectionView> = classified
+            .into_iter()
+            .map(|(c, k)| ConnectionView::new(&c, k, &clock))
+            .collect();
+        if let Some(log) = &mut self.log {
+            match log.observe(&views, wall) {
+                Ok(n) => m.flow_log_records.inc_by(n),
+                Err(e) => {
+                    m.flow_log_errors.inc();
+                    warn!(error = %e, "flow log write failed");
+                }
+            }
+        }
         let observations = self
             .table
             .iter()
@@ -105,5 +185,18 @@ impl Pipeline {
             .collect();
         shared.publish(views, observations);
         timer.observe_duration();
+    }
+
+    /// Stopping: open connections get their flow-log record.
+    pub fn shutdown(&mut self, shared: &Shared) {
+        if let Some(log) = &mut self.log {
+            match log.shutdown() {
+                Ok(n) => shared.metrics.flow_log_records.inc_by(n),
+                Err(e) => {
+                    shared.metrics.flow_log_errors.inc();
+                    warn!(error = %e, "flow log: final records not written");
+                }
+            }
+        }
     }
 }

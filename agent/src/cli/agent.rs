@@ -13,10 +13,13 @@ use crate::{
         self, AttachMode, Attachments, DatapathError, Harvester, Link, LinkEvent, Programs,
         Selector,
     },
-    export::{self, AgentMetrics, Shared},
-    identity::{snapshot, Store},
+    export::{
+        self, AgentMetrics, FlowLog, FlowLogConfig, FlowMetrics, FlowMetricsConfig, LogFilter,
+        Shared,
+    },
+    identity::{reload::SnapshotFile, snapshot, Store},
     nat::{self, Mechanism},
-    pipeline::Pipeline,
+    pipeline::{Identity, Pipeline},
     shutdown,
 };
 
@@ -50,6 +53,33 @@ pub struct AgentArgs {
     /// sensitive targets. See docs/configuration.md. Default: built-in defaults.
     #[arg(long, value_name = "FILE")]
     pub config: Option<std::path::PathBuf>,
+    /// This node's name (written on flow-log records). Default: $NODE_NAME, else hostname.
+    #[arg(long, env = "NODE_NAME")]
+    pub node_name: Option<String>,
+    /// Add src_workload/dst_workload labels to flow metrics (more series).
+    #[arg(long)]
+    pub metrics_workload_labels: bool,
+    /// Most series per flow-metric family; beyond it traffic is counted in `_overflow`.
+    #[arg(long, default_value_t = 10_000)]
+    pub metrics_max_series: usize,
+    /// Series of a deleted namespace or workload are dropped after this.
+    #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+    pub metrics_grace: Duration,
+    /// Write the JSON flow log to FILE (`-` for stdout). Default: no flow log.
+    #[arg(long, value_name = "FILE")]
+    pub flow_log: Option<String>,
+    /// Which connections the flow log records.
+    #[arg(long, value_enum, default_value = "all")]
+    pub flow_log_filter: LogFilter,
+    /// Rotate the flow-log file past this many bytes.
+    #[arg(long, default_value_t = 100 * 1024 * 1024)]
+    pub flow_log_max_bytes: u64,
+    /// Rotated flow-log files kept (FILE.1 … FILE.N).
+    #[arg(long, default_value_t = 5)]
+    pub flow_log_keep: usize,
+    /// Long-lived connections get an `update` record this often.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    pub flow_log_update_interval: Duration,
     /// Attach a program that does nothing instead of the observers: the benchmark's floor.
     #[arg(long, hide = true)]
     pub bench_noop: bool,
@@ -87,7 +117,8 @@ async fn run_async(args: AgentArgs) -> anyhow::Result<()> {
         Some(path) => Config::load(path).map_err(|e| UsageError(e.to_string()))?,
         None => Config::default(),
     };
-    let (identity, identity_source) = load_identity(&config)?;
+    let identity = load_identity(&config)?;
+    let flow_log = open_flow_log(&args)?;
     let programs = if args.bench_noop {
         Programs::Noop
     } else {
@@ -137,8 +168,23 @@ async fn run_async(args: AgentArgs) -> anyhow::Result<()> {
     shared.set_ready(true);
     info!(listen = %args.listen, interfaces = attachments.len(), "ready");
 
-    publish_identity(&shared, &identity, identity_source);
-    let mut pipeline = Pipeline::new(mechanism, args.idle_timeout, config, identity);
+    let flow_metrics = FlowMetrics::new(
+        &shared.metrics.registry,
+        FlowMetricsConfig {
+            workload_labels: args.metrics_workload_labels,
+            max_series: args.metrics_max_series,
+            grace: args.metrics_grace,
+        },
+    );
+    let mut pipeline = Pipeline::new(
+        mechanism,
+        args.idle_timeout,
+        config,
+        identity,
+        flow_metrics,
+        flow_log,
+    );
+    pipeline.publish_identity(&shared);
     let mut tick = tokio::time::interval(args.harvest_interval);
     let signal = shutdown::signalled();
     tokio::pin!(signal);
@@ -160,6 +206,7 @@ async fn run_async(args: AgentArgs) -> anyhow::Result<()> {
         }
     };
     shared.set_ready(false);
+    pipeline.shutdown(&shared);
     server.abort();
     let qdiscs = attachments.detach_all(&mut loaded.ebpf);
     datapath::remove_clsact(&qdiscs).await;
@@ -168,38 +215,61 @@ async fn run_async(args: AgentArgs) -> anyhow::Result<()> {
 }
 
 /// The identity inventory at start-up: the snapshot file the config names, or empty.
-fn load_identity(config: &Config) -> anyhow::Result<(Store, &'static str)> {
+fn load_identity(config: &Config) -> anyhow::Result<Identity> {
     match &config.snapshot {
         Some(path) => {
-            let objects = snapshot::load(std::path::Path::new(path))
-                .map_err(|e| UsageError(format!("identity.snapshot: {e}")))?;
+            let path = std::path::PathBuf::from(path);
+            let file = SnapshotFile::new(path.clone());
+            let objects =
+                snapshot::load(&path).map_err(|e| UsageError(format!("identity.snapshot: {e}")))?;
             let store = Store::from_objects(objects);
-            info!(
-                file = path,
-                objects = store.len(),
-                "identity snapshot loaded"
-            );
-            Ok((store, "snapshot"))
+            info!(file = %path.display(), objects = store.len(), "identity snapshot loaded");
+            Ok(Identity {
+                store,
+                source: "snapshot",
+                snapshot: Some(file),
+            })
         }
         None => {
             warn!("no identity source configured (identity.snapshot): flows carry addresses only");
-            Ok((Store::new(), "none"))
+            Ok(Identity {
+                store: Store::new(),
+                source: "none",
+                snapshot: None,
+            })
         }
     }
 }
 
-fn publish_identity(shared: &Shared, store: &Store, source: &str) {
-    let m = &shared.metrics;
-    for (kind, n) in store.counts() {
-        m.metadata_objects
-            .with_label_values(&[&format!("{kind:?}").to_lowercase(), source])
-            .set(n as i64);
+fn open_flow_log(args: &AgentArgs) -> anyhow::Result<Option<FlowLog>> {
+    let Some(target) = &args.flow_log else {
+        return Ok(None);
+    };
+    if args.flow_log_update_interval.is_zero() {
+        return Err(UsageError(
+            "--flow-log-update-interval must be greater than 0 (e.g. 60s)".into(),
+        )
+        .into());
     }
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    m.metadata_last_sync.set(now.as_secs() as i64);
-    m.metadata_stale.set(0);
+    let node = args.node_name.clone().unwrap_or_else(|| {
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_owned())
+            .unwrap_or_default()
+    });
+    let cfg = FlowLogConfig {
+        path: (target != "-").then(|| target.into()),
+        max_bytes: args.flow_log_max_bytes,
+        keep: args.flow_log_keep,
+        filter: args.flow_log_filter,
+        update_interval: args.flow_log_update_interval,
+        node,
+    };
+    let log = FlowLog::open(cfg).map_err(|e| {
+        UsageError(format!(
+            "--flow-log {target}: cannot open it ({e}); give a writable path or - for stdout"
+        ))
+    })?;
+    Ok(Some(log))
 }
 
 fn mode_name(mode: AttachMode) -> &'static str {

@@ -42,6 +42,24 @@ pub struct FlowsArgs {
     /// Only flows with this port at either end.
     #[arg(long)]
     pub port: Option<u16>,
+    /// Only connections with this namespace at either end.
+    #[arg(long)]
+    pub namespace: Option<String>,
+    /// Only connections with this tenant at either end.
+    #[arg(long)]
+    pub tenant: Option<String>,
+    /// Only this flow class (pod_to_pod, pod_to_egress, …).
+    #[arg(long)]
+    pub class: Option<String>,
+    /// Only this egress verdict (none, mediated, exempt, unmediated).
+    #[arg(long)]
+    pub egress: Option<String>,
+    /// Only cross-tenant connections.
+    #[arg(long)]
+    pub cross_tenant: bool,
+    /// Only connections to a sensitive target (a name such as imds, or any).
+    #[arg(long, num_args = 0..=1, default_missing_value = "any")]
+    pub sensitive: Option<String>,
     #[arg(short, long, value_enum, default_value_t)]
     pub output: Output,
     /// Show at most this many flows (largest by bytes first).
@@ -70,6 +88,12 @@ impl FlowsArgs {
         add("proto", self.proto.clone());
         add("ip", self.ip.clone());
         add("port", self.port.map(|p| p.to_string()));
+        add("namespace", self.namespace.clone());
+        add("tenant", self.tenant.clone());
+        add("class", self.class.clone());
+        add("egress", self.egress.clone());
+        add("cross_tenant", self.cross_tenant.then(|| "true".to_owned()));
+        add("sensitive", self.sensitive.clone());
         let base = self.agent.trim_end_matches('/');
         let path = if self.observations {
             "observations"

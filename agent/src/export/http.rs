@@ -13,7 +13,10 @@ use serde::Deserialize;
 use tokio::net::TcpListener;
 
 use super::Shared;
-use crate::flow::{ConnectionView, FlowView, Protocol};
+use crate::{
+    classify::{Egress, FlowClass},
+    flow::{ConnectionView, FlowView, Protocol},
+};
 
 /// Filters accepted by `/flows` and `/observations`; unknown parameters are rejected
 /// with 400.
@@ -26,17 +29,61 @@ pub struct FlowQuery {
     pub ip: Option<std::net::IpAddr>,
     /// Matches either port (and, for connections, the translated ports).
     pub port: Option<u16>,
+    /// Connections with this namespace at either end (or as the Service backend's).
+    pub namespace: Option<String>,
+    /// Connections with this tenant at either end.
+    pub tenant: Option<String>,
+    pub class: Option<FlowClass>,
+    pub egress: Option<Egress>,
+    pub cross_tenant: Option<bool>,
+    /// A sensitive target name (imds, kubelet…), or `any`.
+    pub sensitive: Option<String>,
 }
 
 impl FlowQuery {
     /// A connection matches when any of its sightings is on `iface`.
     pub fn matches_connection(&self, c: &ConnectionView) -> bool {
-        self.iface
+        let k = &c.class;
+        let ends = || {
+            [
+                Some(&k.src_identity),
+                Some(&k.dst_identity),
+                k.backend_identity.as_ref(),
+            ]
+            .into_iter()
+            .flatten()
+        };
+        self.namespace
             .as_ref()
-            .is_none_or(|i| c.sightings.iter().any(|s| s.iface == *i))
+            .is_none_or(|n| ends().any(|e| e.namespace.as_ref() == Some(n)))
+            && self
+                .tenant
+                .as_ref()
+                .is_none_or(|t| ends().any(|e| e.tenant.as_ref() == Some(t)))
+            && self.class.is_none_or(|x| x == k.flow_class)
+            && self.egress.is_none_or(|x| x == k.egress)
+            && self.cross_tenant.is_none_or(|x| x == k.cross_tenant)
+            && self.sensitive.as_ref().is_none_or(|x| match &k.sensitive {
+                Some(s) => x == "any" || x == s,
+                None => false,
+            })
+            && self
+                .iface
+                .as_ref()
+                .is_none_or(|i| c.sightings.iter().any(|s| s.iface == *i))
             && self.proto.is_none_or(|p| p == c.proto)
             && self.ip.is_none_or(|ip| c.addresses().any(|a| a == ip))
             && self.port.is_none_or(|p| c.ports().any(|x| x == p))
+    }
+
+    /// Identity filters need a connection: they match no per-hook observation.
+    pub fn has_identity_filters(&self) -> bool {
+        self.namespace.is_some()
+            || self.tenant.is_some()
+            || self.class.is_some()
+            || self.egress.is_some()
+            || self.cross_tenant.is_some()
+            || self.sensitive.is_some()
     }
 
     pub fn matches(&self, f: &FlowView) -> bool {
@@ -92,7 +139,7 @@ fn parse_query(path: &str, query: QueryResult) -> Result<FlowQuery, (StatusCode,
         (
             StatusCode::BAD_REQUEST,
             format!(
-                "bad {path} query: {}; accepted parameters: iface, proto (tcp|udp|icmp|icmpv6), ip, port\n",
+                "bad {path} query: {}; accepted parameters: iface, proto (tcp|udp|icmp|icmpv6), ip, port, namespace, tenant, class (pod_to_pod|pod_to_node|pod_to_service|pod_to_egress|node_to_pod|node_to_node|node_to_service|node_to_egress|external_to_pod|external_to_node|other), egress (none|mediated|exempt|unmediated), cross_tenant (true|false), sensitive (a target name or any)\n",
                 e.body_text()
             ),
         )
@@ -120,6 +167,13 @@ async fn observations(
     query: QueryResult,
 ) -> axum::response::Response {
     let q = match parse_query("/observations", query) {
+        Ok(q) if q.has_identity_filters() => {
+            return (
+                StatusCode::BAD_REQUEST,
+                "bad /observations query: namespace, tenant, class, egress, cross_tenant and sensitive filter connections: use /flows\n",
+            )
+                .into_response()
+        }
         Ok(q) => q,
         Err(bad) => return bad.into_response(),
     };

@@ -20,6 +20,9 @@ pub struct AgentMetrics {
     pub metadata_objects: IntGaugeVec,
     pub metadata_last_sync: IntGauge,
     pub metadata_stale: IntGauge,
+    pub metadata_errors: IntCounter,
+    pub flow_log_records: IntCounter,
+    pub flow_log_errors: IntCounter,
     kernel_packets: IntCounter,
     kernel_insert_failures: IntCounter,
     kernel_unparsable: IntCounter,
@@ -109,6 +112,21 @@ impl AgentMetrics {
                 &r,
                 "tenantflow_metadata_stale",
                 "1 while the identity source is unreachable and the last-known inventory is used.",
+            ),
+            metadata_errors: counter(
+                &r,
+                "tenantflow_metadata_errors_total",
+                "Identity updates rejected as invalid (the last good inventory stays in use).",
+            ),
+            flow_log_records: counter(
+                &r,
+                "tenantflow_flow_log_records_total",
+                "Records written to the flow log.",
+            ),
+            flow_log_errors: counter(
+                &r,
+                "tenantflow_flow_log_errors_total",
+                "Flow log writes that failed (disk full, file removed).",
             ),
             attached_interfaces,
             flow_map_entries: gauge(

@@ -1,10 +1,14 @@
 //! What leaves the agent: Prometheus metrics and the HTTP API. Sinks read shared state and
 //! never reach back into the datapath.
 
+mod flow_log;
+mod flow_metrics;
 mod http;
 mod metrics;
 mod state;
 
+pub use flow_log::{FlowLog, FlowLogConfig, LogFilter, RecordType};
+pub use flow_metrics::{FlowMetrics, FlowMetricsConfig, OVERFLOW};
 pub use http::{bind, serve, FlowQuery};
 pub use metrics::AgentMetrics;
 pub use state::Shared;

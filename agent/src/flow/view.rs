@@ -9,7 +9,7 @@ use super::{FlowEntry, WallClock};
 use crate::datapath::Role;
 
 /// IP protocol, named where users expect a name.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Protocol {
     Tcp,

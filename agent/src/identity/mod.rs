@@ -2,6 +2,7 @@
 //! offline snapshot of it), and the tenant each namespace belongs to.
 
 mod objects;
+pub mod reload;
 pub mod snapshot;
 mod store;
 pub mod tenant;

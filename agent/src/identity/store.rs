@@ -174,6 +174,13 @@ impl Store {
         }
     }
 
+    pub fn namespace_names(&self) -> impl Iterator<Item = &str> {
+        self.objects.values().filter_map(|o| match o {
+            Object::Namespace(n) => Some(n.name.as_str()),
+            _ => None,
+        })
+    }
+
     pub fn pods(&self) -> impl Iterator<Item = &PodMeta> {
         self.objects.values().filter_map(|o| match o {
             Object::Pod(p) => Some(p),

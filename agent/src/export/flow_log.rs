@@ -1,0 +1,366 @@
+//! The JSON flow log: one line per finished connection (idle, or still open when the agent
+//! stops) and periodic updates for long-lived ones, carrying the whole record (both NAT
+//! sides, identities, class, verdicts, observation points, counters). To stdout or to a
+//! file rotated by size; schema in docs/flow-log.md.
+
+use std::{
+    collections::HashMap,
+    fs::{File, OpenOptions},
+    io::{BufWriter, Write},
+    net::IpAddr,
+    path::{Path, PathBuf},
+    time::{Duration, Instant, SystemTime},
+};
+
+use clap::ValueEnum;
+use serde::Serialize;
+
+use crate::{
+    classify::Egress,
+    flow::{ConnectionView, Protocol},
+};
+
+/// Which connections are logged.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum LogFilter {
+    #[default]
+    All,
+    /// Cross-tenant, unmediated egress or sensitive-target connections only.
+    Flagged,
+}
+
+impl LogFilter {
+    fn admits(self, c: &ConnectionView) -> bool {
+        match self {
+            LogFilter::All => true,
+            LogFilter::Flagged => {
+                c.class.cross_tenant
+                    || c.class.egress == Egress::Unmediated
+                    || c.class.sensitive.is_some()
+            }
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct FlowLogConfig {
+    /// `None`: stdout.
+    pub path: Option<PathBuf>,
+    /// Rotate the file when it would grow past this.
+    pub max_bytes: u64,
+    /// Rotated files kept (`FILE.1` … `FILE.N`).
+    pub keep: usize,
+    pub filter: LogFilter,
+    /// Long-lived connections get an `update` record this often.
+    pub update_interval: Duration,
+    /// Node name written on every record.
+    pub node: String,
+}
+
+/// Why a record was written.
+#[derive(Clone, Copy, Debug, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum RecordType {
+    /// Still open; counters so far.
+    Update,
+    /// Idle for the idle timeout, or closed: final counters.
+    End,
+    /// Still open when the agent stopped: counters so far, nothing lost.
+    Shutdown,
+}
+
+#[derive(Serialize)]
+struct Record<'a> {
+    #[serde(rename = "type")]
+    kind: RecordType,
+    time: String,
+    node: &'a str,
+    #[serde(flatten)]
+    flow: &'a ConnectionView,
+}
+
+type Key = (Protocol, IpAddr, u16, IpAddr, u16);
+
+fn key(c: &ConnectionView) -> Key {
+    (c.proto, c.src, c.src_port, c.dst, c.dst_port)
+}
+
+enum Sink {
+    Stdout(std::io::Stdout),
+    File {
+        path: PathBuf,
+        out: BufWriter<File>,
+        size: u64,
+        max_bytes: u64,
+        keep: usize,
+    },
+}
+
+fn open_append(path: &Path) -> std::io::Result<(BufWriter<File>, u64)> {
+    let f = OpenOptions::new().create(true).append(true).open(path)?;
+    let size = f.metadata()?.len();
+    Ok((BufWriter::new(f), size))
+}
+
+fn rotated(path: &Path, n: usize) -> PathBuf {
+    let mut s = path.as_os_str().to_owned();
+    s.push(format!(".{n}"));
+    PathBuf::from(s)
+}
+
+impl Sink {
+    fn write_line(&mut self, line: &[u8]) -> std::io::Result<()> {
+        match self {
+            Sink::Stdout(o) => {
+                let mut o = o.lock();
+                o.write_all(line)?;
+                o.flush()
+            }
+            Sink::File {
+                path,
+                out,
+                size,
+                max_bytes,
+                keep,
+            } => {
+                if *size > 0 && *size + line.len() as u64 > *max_bytes {
+                    out.flush()?;
+                    // FILE.N-1 → FILE.N, …, FILE → FILE.1; the oldest beyond `keep` goes.
+                    for n in (1..*keep).rev() {
+                        let from = rotated(path, n);
+                        if from.exists() {
+                            std::fs::rename(&from, rotated(path, n + 1))?;
+                        }
+                    }
+                    if *keep > 0 {
+                        std::fs::rename(&*path, rotated(path, 1))?;
+                    } else {
+                        std::fs::remove_file(&*path)?;
+                    }
+                    let (o, s) = open_append(path)?;
+                    *out = o;
+                    *size = s;
+                }
+                out.write_all(line)?;
+                *size += line.len() as u64;
+                Ok(())
+            }
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            Sink::Stdout(o) => o.flush(),
+            Sink::File { out, .. } => out.flush(),
+        }
+    }
+}
+
+pub struct FlowLog {
+    cfg: FlowLogConfig,
+    sink: Sink,
+    /// Open connections: last view, and when they were first seen or last updated.
+    open: HashMap<Key, (ConnectionView, Instant)>,
+    records: u64,
+}
+
+impl FlowLog {
+    pub fn open(cfg: FlowLogConfig) -> std::io::Result<Self> {
+        let sink = match &cfg.path {
+            None => Sink::Stdout(std::io::stdout()),
+            Some(p) => {
+                let (out, size) = open_append(p)?;
+                Sink::File {
+                    path: p.clone(),
+                    out,
+                    size,
+                    max_bytes: cfg.max_bytes,
+                    keep: cfg.keep,
+                }
+            }
+        };
+        Ok(Self {
+            cfg,
+            sink,
+            open: HashMap::new(),
+            records: 0,
+        })
+    }
+
+    /// One harvest: connections gone since the last one end; old ones get an update.
+    pub fn observe(&mut self, views: &[ConnectionView], now: Instant) -> std::io::Result<u64> {
+        let mut next = HashMap::with_capacity(views.len());
+        let mut out = Vec::new();
+        for v in views {
+            let k = key(v);
+            let since = match self.open.remove(&k) {
+                Some((_, t)) if now.duration_since(t) >= self.cfg.update_interval => {
+                    out.push((RecordType::Update, v.clone()));
+                    now
+                }
+                Some((_, t)) => t,
+                None => now,
+            };
+            next.insert(k, (v.clone(), since));
+        }
+        for (_, (v, _)) in self.open.drain() {
+            out.push((RecordType::End, v));
+        }
+        self.open = next;
+        self.write(out)
+    }
+
+    /// The agent is stopping: every open connection gets its record.
+    pub fn shutdown(&mut self) -> std::io::Result<u64> {
+        let out = self
+            .open
+            .drain()
+            .map(|(_, (v, _))| (RecordType::Shutdown, v))
+            .collect();
+        self.write(out)
+    }
+
+    fn write(&mut self, mut out: Vec<(RecordType, ConnectionView)>) -> std::io::Result<u64> {
+        out.retain(|(_, v)| self.cfg.filter.admits(v));
+        out.sort_by_key(|(_, v)| (v.first_seen_ms, key(v)));
+        let time = humantime::format_rfc3339_millis(SystemTime::now()).to_string();
+        for (kind, flow) in &out {
+            let mut line = serde_json::to_vec(&Record {
+                kind: *kind,
+                time: time.clone(),
+                node: &self.cfg.node,
+                flow,
+            })
+            .map_err(std::io::Error::other)?;
+            line.push(b'\n');
+            self.sink.write_line(&line)?;
+            self.records += 1;
+        }
+        self.sink.flush()?;
+        Ok(out.len() as u64)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        classify::classify,
+        config::Config,
+        flow::{Connection, FlowTuple, WallClock, PROTO_UDP},
+        identity::Store,
+    };
+
+    fn view(i: u16, dst: &str) -> ConnectionView {
+        let c = Connection::new(FlowTuple {
+            proto: PROTO_UDP,
+            src: "10.244.1.10".parse().unwrap(),
+            sport: 10_000 + i,
+            dst: dst.parse().unwrap(),
+            dport: 53,
+        });
+        let k = classify(&Config::default(), &Store::new(), &c);
+        ConnectionView::new(&c, k, &WallClock::now())
+    }
+
+    fn dir(tag: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("tf-flowlog-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    fn cfg(path: PathBuf, max_bytes: u64, keep: usize, filter: LogFilter) -> FlowLogConfig {
+        FlowLogConfig {
+            path: Some(path),
+            max_bytes,
+            keep,
+            filter,
+            update_interval: Duration::from_secs(10),
+            node: "node1".into(),
+        }
+    }
+
+    fn lines(d: &Path) -> Vec<serde_json::Value> {
+        let mut out = Vec::new();
+        for e in std::fs::read_dir(d).unwrap() {
+            let text = std::fs::read_to_string(e.unwrap().path()).unwrap();
+            out.extend(
+                text.lines()
+                    .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()),
+            );
+        }
+        out
+    }
+
+    #[test]
+    fn rotation_loses_no_record() {
+        let d = dir("rot");
+        let mut log = FlowLog::open(cfg(d.join("flows.json"), 4096, 1000, LogFilter::All)).unwrap();
+        let t0 = Instant::now();
+        let views: Vec<_> = (0..200).map(|i| view(i, "10.0.0.53")).collect();
+        assert_eq!(
+            log.observe(&views, t0).unwrap(),
+            0,
+            "nothing has finished yet"
+        );
+        assert_eq!(log.observe(&[], t0).unwrap(), 200);
+        let files = std::fs::read_dir(&d).unwrap().count();
+        assert!(files > 5, "4 KiB files must have rotated: {files}");
+        let all = lines(&d);
+        assert_eq!(all.len(), 200);
+        let mut ports: Vec<u64> = all
+            .iter()
+            .map(|r| r["src_port"].as_u64().unwrap())
+            .collect();
+        ports.sort_unstable();
+        assert_eq!(ports, (10_000..10_200).collect::<Vec<u64>>());
+        assert!(all
+            .iter()
+            .all(|r| r["type"] == "end" && r["node"] == "node1"));
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn long_lived_connections_get_updates_and_shutdown_flushes_the_rest() {
+        let d = dir("upd");
+        let mut log = FlowLog::open(cfg(d.join("f.json"), 1 << 20, 1, LogFilter::All)).unwrap();
+        let t0 = Instant::now();
+        let v = [view(1, "10.0.0.53")];
+        log.observe(&v, t0).unwrap();
+        assert_eq!(log.observe(&v, t0 + Duration::from_secs(5)).unwrap(), 0);
+        assert_eq!(log.observe(&v, t0 + Duration::from_secs(11)).unwrap(), 1);
+        assert_eq!(
+            log.observe(&v, t0 + Duration::from_secs(15)).unwrap(),
+            0,
+            "next update 10 s later"
+        );
+        assert_eq!(log.shutdown().unwrap(), 1);
+        let kinds: Vec<_> = lines(&d)
+            .iter()
+            .map(|r| r["type"].as_str().unwrap().to_owned())
+            .collect();
+        assert_eq!(kinds, ["update", "shutdown"]);
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn the_flagged_filter_keeps_only_flagged_connections() {
+        let d = dir("flt");
+        let mut log = FlowLog::open(cfg(d.join("f.json"), 1 << 20, 1, LogFilter::Flagged)).unwrap();
+        let t0 = Instant::now();
+        // Without an inventory 10.0.0.53 is private and 203.0.113.10 internet: neither
+        // source is a pod, so the only flagged one is IMDS (sensitive).
+        let v = [
+            view(1, "10.0.0.53"),
+            view(2, "169.254.169.254"),
+            view(3, "203.0.113.10"),
+        ];
+        log.observe(&v, t0).unwrap();
+        assert_eq!(log.observe(&[], t0).unwrap(), 1);
+        let all = lines(&d);
+        assert_eq!(all[0]["dst"], "169.254.169.254");
+        assert_eq!(all[0]["sensitive"], "imds");
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+}
