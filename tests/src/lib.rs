@@ -3,6 +3,7 @@
 
 pub mod agent;
 pub mod netns_http;
+pub mod prometheus;
 pub mod snmp;
 
 use std::{

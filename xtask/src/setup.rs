@@ -19,6 +19,7 @@ pub const APT_PACKAGES: &[&str] = &[
     "bpftool",      // kernel BPF run-time stats, leftover checks
     "conntrack",    // inspecting the NAT table by hand
     "procps",       // sysctl
+    "prometheus",   // real server and promtool: metrics, alert rules, dashboard queries
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
