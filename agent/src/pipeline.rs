@@ -12,7 +12,7 @@ use crate::{
     datapath::{Attachments, Harvester},
     export::{FlowLog, FlowMetrics, Shared},
     flow::{self, monotonic_ns, ConnectionView, FlowTable, FlowView, Observation, WallClock},
-    identity::{reload::SnapshotFile, Change, Kind, Store},
+    identity::{reload::SnapshotFile, watch::WatchEvent, Change, Kind, Store},
     nat::{JoinTracker, Mechanism, NatEvent, NatTable},
 };
 
@@ -21,6 +21,19 @@ pub struct Identity {
     pub store: Store,
     pub source: &'static str,
     pub snapshot: Option<SnapshotFile>,
+    /// Kinds whose full list has been applied (the API watch); a snapshot is complete at once.
+    pub synced: std::collections::BTreeSet<Kind>,
+    /// Object counts need republishing (kept off the per-event path).
+    pub dirty: bool,
+}
+
+impl Identity {
+    pub const KINDS: [Kind; 4] = [Kind::Pod, Kind::Namespace, Kind::Node, Kind::Service];
+
+    /// Complete enough to serve: every kind listed at least once.
+    pub fn ready(&self) -> bool {
+        self.source != "kubernetes" || Self::KINDS.iter().all(|k| self.synced.contains(k))
+    }
 }
 
 pub struct Pipeline {
@@ -64,6 +77,36 @@ impl Pipeline {
             NatEvent::Destroy(e) => self.nat.destroy(&e.orig, now),
             NatEvent::Resync(all) => self.nat.resync(all, now),
             NatEvent::Lost => shared.metrics.nat_events_lost.inc(),
+        }
+    }
+
+    pub fn identity_ready(&self) -> bool {
+        self.identity.ready()
+    }
+
+    /// One event from the Kubernetes API watch.
+    pub fn on_watch(&mut self, ev: WatchEvent, shared: &Shared) {
+        let m = &shared.metrics;
+        match ev {
+            WatchEvent::Change(c) => {
+                self.identity.store.apply(c);
+                self.identity.dirty = true;
+                m.metadata_stale.set(0);
+            }
+            WatchEvent::Synced(kind) => {
+                if self.identity.synced.insert(kind) {
+                    info!(?kind, "identity: initial list applied");
+                }
+                self.publish_identity(shared);
+            }
+            WatchEvent::BadObject(e) => {
+                m.metadata_errors.inc();
+                warn!(error = %e, "identity: object skipped");
+            }
+            WatchEvent::Unavailable(e) => {
+                m.metadata_stale.set(1);
+                warn!(error = %e, "identity: Kubernetes API unavailable, keeping the last-known inventory");
+            }
         }
     }
 
@@ -138,6 +181,10 @@ impl Pipeline {
         m.tracked_flows.set(self.table.len() as i64);
         m.nat_entries.set(self.nat.len() as i64);
         self.reload_snapshot(shared);
+        if self.identity.dirty {
+            self.identity.dirty = false;
+            self.publish_identity(shared);
+        }
 
         let iface = |i: u32| attachments.get(i).map(|a| (a.name.as_str(), a.role));
         let conns = flow::build_connections(

@@ -17,7 +17,7 @@ use crate::{
         self, AgentMetrics, FlowLog, FlowLogConfig, FlowMetrics, FlowMetricsConfig, LogFilter,
         Shared,
     },
-    identity::{reload::SnapshotFile, snapshot, Store},
+    identity::{self, reload::SnapshotFile, snapshot, Store},
     nat::{self, Mechanism},
     pipeline::{Identity, Pipeline},
     shutdown,
@@ -117,7 +117,7 @@ async fn run_async(args: AgentArgs) -> anyhow::Result<()> {
         Some(path) => Config::load(path).map_err(|e| UsageError(e.to_string()))?,
         None => Config::default(),
     };
-    let identity = load_identity(&config)?;
+    let (identity, kube_client) = load_identity(&config).await?;
     let flow_log = open_flow_log(&args)?;
     let programs = if args.bench_noop {
         Programs::Noop
@@ -165,7 +165,6 @@ async fn run_async(args: AgentArgs) -> anyhow::Result<()> {
     let mut harvester = Harvester::new(&mut loaded.ebpf, args.idle_timeout)?;
     publish_attachments(&shared, &attachments);
     let server = tokio::spawn(export::serve(listener, shared.clone()));
-    shared.set_ready(true);
     info!(listen = %args.listen, interfaces = attachments.len(), "ready");
 
     let flow_metrics = FlowMetrics::new(
@@ -185,6 +184,13 @@ async fn run_async(args: AgentArgs) -> anyhow::Result<()> {
         flow_log,
     );
     pipeline.publish_identity(&shared);
+    let (watch_tx, mut watch_rx) = tokio::sync::mpsc::unbounded_channel();
+    if let Some(client) = kube_client {
+        identity::watch::spawn_all(client, watch_tx);
+    } else {
+        drop(watch_tx);
+    }
+    shared.set_ready(pipeline.identity_ready());
     let mut tick = tokio::time::interval(args.harvest_interval);
     let signal = shutdown::signalled();
     tokio::pin!(signal);
@@ -202,6 +208,10 @@ async fn run_async(args: AgentArgs) -> anyhow::Result<()> {
                 None => break Err(anyhow::anyhow!("rtnetlink link event stream ended")),
             },
             Some(ev) = nat_rx.recv() => pipeline.on_nat(ev, &shared),
+            Some(ev) = watch_rx.recv() => {
+                pipeline.on_watch(ev, &shared);
+                shared.set_ready(pipeline.identity_ready());
+            }
             _ = tick.tick() => pipeline.harvest(&mut harvester, &attachments, &shared),
         }
     };
@@ -214,29 +224,44 @@ async fn run_async(args: AgentArgs) -> anyhow::Result<()> {
     outcome
 }
 
-/// The identity inventory at start-up: the snapshot file the config names, or empty.
-fn load_identity(config: &Config) -> anyhow::Result<Identity> {
-    match &config.snapshot {
-        Some(path) => {
-            let path = std::path::PathBuf::from(path);
-            let file = SnapshotFile::new(path.clone());
-            let objects =
-                snapshot::load(&path).map_err(|e| UsageError(format!("identity.snapshot: {e}")))?;
-            let store = Store::from_objects(objects);
-            info!(file = %path.display(), objects = store.len(), "identity snapshot loaded");
-            Ok(Identity {
+/// The identity source: the snapshot file the config names; else the Kubernetes API
+/// (in-cluster service account or kubeconfig); else none, with a warning.
+async fn load_identity(config: &Config) -> anyhow::Result<(Identity, Option<kube::Client>)> {
+    let empty = |source| Identity {
+        store: Store::new(),
+        source,
+        snapshot: None,
+        synced: Default::default(),
+        dirty: false,
+    };
+    if let Some(path) = &config.snapshot {
+        let path = std::path::PathBuf::from(path);
+        let file = SnapshotFile::new(path.clone());
+        let objects =
+            snapshot::load(&path).map_err(|e| UsageError(format!("identity.snapshot: {e}")))?;
+        let store = Store::from_objects(objects);
+        info!(file = %path.display(), objects = store.len(), "identity snapshot loaded");
+        return Ok((
+            Identity {
                 store,
-                source: "snapshot",
                 snapshot: Some(file),
-            })
+                ..empty("snapshot")
+            },
+            None,
+        ));
+    }
+    match kube::Client::try_default().await {
+        Ok(client) => {
+            info!("identity: watching the Kubernetes API");
+            Ok((empty("kubernetes"), Some(client)))
         }
-        None => {
-            warn!("no identity source configured (identity.snapshot): flows carry addresses only");
-            Ok(Identity {
-                store: Store::new(),
-                source: "none",
-                snapshot: None,
-            })
+        Err(e) if std::env::var_os("KUBERNETES_SERVICE_HOST").is_some() => Err(UsageError(format!(
+            "identity: running in a cluster but the Kubernetes API client cannot be configured ({e}): mount the service account token (automountServiceAccountToken: true)"
+        ))
+        .into()),
+        Err(e) => {
+            warn!(error = %e, "no identity source (no identity.snapshot, no kubeconfig, not in a cluster): flows carry addresses only");
+            Ok((empty("none"), None))
         }
     }
 }

@@ -126,7 +126,7 @@ async fn readyz(State(s): State<Arc<Shared>>) -> impl IntoResponse {
     } else {
         (
             StatusCode::SERVICE_UNAVAILABLE,
-            "not ready: programs not attached yet\n",
+            "not ready: programs not attached or identity inventory not listed yet\n",
         )
     }
 }

@@ -6,6 +6,7 @@ pub mod reload;
 pub mod snapshot;
 mod store;
 pub mod tenant;
+pub mod watch;
 
 pub use objects::{Labels, NamespaceMeta, NodeMeta, Object, PodMeta, ServiceMeta};
 pub use store::{Change, Kind, Owner, Store};
