@@ -19,6 +19,7 @@ pub const APT_PACKAGES: &[&str] = &[
     "bpftool",      // kernel BPF run-time stats, leftover checks
     "conntrack",    // inspecting the NAT table by hand
     "procps",       // sysctl
+    "libcap2-bin",  // capsh: the least-privilege test runs the agent with only its capabilities
     "prometheus",   // real server and promtool: metrics, alert rules, dashboard queries
 ];
 

@@ -13,6 +13,15 @@ pub enum DatapathError {
         #[source]
         source: aya::EbpfError,
     },
+    /// The process lacks capabilities the datapath needs.
+    #[error(
+        "missing {}: the agent needs CAP_BPF (load programs and maps), CAP_NET_ADMIN (attach to \
+         interfaces, read conntrack) and CAP_PERFMON (the verifier rejects the packet parser \
+         without it); add them to the container's securityContext.capabilities (the Helm chart \
+         does) or run as root",
+        .missing.join(", ")
+    )]
+    MissingCapabilities { missing: Vec<&'static str> },
     /// The kernel is older than the oldest one the programs are verified on.
     #[error(
         "kernel {found} is older than {min}, the oldest kernel tenantflow supports: \
@@ -76,7 +85,9 @@ impl DatapathError {
     pub fn is_usage(&self) -> bool {
         matches!(
             self,
-            DatapathError::UnknownInterface { .. } | DatapathError::NoUplink
+            DatapathError::UnknownInterface { .. }
+                | DatapathError::NoUplink
+                | DatapathError::MissingCapabilities { .. }
         )
     }
 }

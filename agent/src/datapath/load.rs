@@ -45,6 +45,12 @@ pub fn load(programs: Programs) -> Result<Loaded, DatapathError> {
     let kernel =
         KernelVersion::current().map_err(|e| DatapathError::KernelVersion(e.to_string()))?;
     check_kernel(kernel)?;
+    if let Some(eff) = super::caps::effective() {
+        let missing = super::caps::missing(eff);
+        if !missing.is_empty() {
+            return Err(DatapathError::MissingCapabilities { missing });
+        }
+    }
     raise_memlock();
     let btf_present = std::path::Path::new("/sys/kernel/btf/vmlinux").exists();
     let tcx_available = kernel >= KernelVersion::new(6, 6, 0);

@@ -4,6 +4,7 @@
 //! Nothing here knows about Kubernetes; it deals in interfaces and 5-tuples.
 
 mod attach;
+mod caps;
 mod error;
 mod harvest;
 mod links;
