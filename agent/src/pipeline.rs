@@ -10,7 +10,7 @@ use crate::{
     classify,
     config::Config,
     datapath::{Attachments, Harvester},
-    export::{FlowLog, FlowMetrics, Shared},
+    export::{FlowLog, FlowMetrics, NatMappings, Shared},
     flow::{self, monotonic_ns, ConnectionView, FlowTable, FlowView, Observation, WallClock},
     identity::{reload::SnapshotFile, watch::WatchEvent, Change, Kind, Store},
     nat::{JoinTracker, Mechanism, NatEvent, NatTable},
@@ -45,6 +45,7 @@ pub struct Pipeline {
     config: Config,
     identity: Identity,
     metrics: FlowMetrics,
+    nat_mappings: NatMappings,
     log: Option<FlowLog>,
 }
 
@@ -55,6 +56,7 @@ impl Pipeline {
         config: Config,
         identity: Identity,
         metrics: FlowMetrics,
+        nat_mappings: NatMappings,
         log: Option<FlowLog>,
     ) -> Self {
         Self {
@@ -66,6 +68,7 @@ impl Pipeline {
             config,
             identity,
             metrics,
+            nat_mappings,
             log,
         }
     }
@@ -211,6 +214,7 @@ impl Pipeline {
         let wall = Instant::now();
         self.metrics
             .observe(&classified, &self.identity.store, wall);
+        self.nat_mappings.observe(&classified);
         let clock = WallClock::now();
         let views: Vec<ConnectionView> = classified
             .into_iter()

@@ -15,7 +15,7 @@ use crate::{
     },
     export::{
         self, AgentMetrics, FlowLog, FlowLogConfig, FlowMetrics, FlowMetricsConfig, LogFilter,
-        Shared,
+        NatMappings, Shared,
     },
     identity::{self, reload::SnapshotFile, snapshot, Store},
     nat::{self, Mechanism},
@@ -65,6 +65,9 @@ pub struct AgentArgs {
     /// Series of a deleted namespace or workload are dropped after this.
     #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
     pub metrics_grace: Duration,
+    /// Most open SNAT mappings exported as tenantflow_snat_mapping_info (0 turns it off).
+    #[arg(long, default_value_t = 2_000)]
+    pub metrics_max_nat_mappings: usize,
     /// Write the JSON flow log to FILE (`-` for stdout). Default: no flow log.
     #[arg(long, value_name = "FILE")]
     pub flow_log: Option<String>,
@@ -181,6 +184,7 @@ async fn run_async(args: AgentArgs) -> anyhow::Result<()> {
         config,
         identity,
         flow_metrics,
+        NatMappings::new(&shared.metrics.registry, args.metrics_max_nat_mappings),
         flow_log,
     );
     pipeline.publish_identity(&shared);

@@ -17,6 +17,7 @@ pub struct AgentMetrics {
     pub nat_events_lost: IntCounter,
     pub nat_join_misses: IntCounter,
     pub nat_late_joins: IntCounter,
+    pub ready: IntGauge,
     pub metadata_objects: IntGaugeVec,
     pub metadata_last_sync: IntGauge,
     pub metadata_stale: IntGauge,
@@ -102,6 +103,11 @@ impl AgentMetrics {
         r.register(Box::new(metadata_objects.clone()))
             .expect("metric registered once");
         Self {
+            ready: gauge(
+                &r,
+                "tenantflow_ready",
+                "1 when programs are attached and the identity inventory is listed (as /readyz).",
+            ),
             metadata_objects,
             metadata_last_sync: gauge(
                 &r,

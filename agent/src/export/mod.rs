@@ -5,10 +5,12 @@ mod flow_log;
 mod flow_metrics;
 mod http;
 mod metrics;
+mod nat_mappings;
 mod state;
 
 pub use flow_log::{FlowLog, FlowLogConfig, LogFilter, RecordType};
 pub use flow_metrics::{FlowMetrics, FlowMetricsConfig, OVERFLOW};
 pub use http::{bind, serve, FlowQuery};
 pub use metrics::AgentMetrics;
+pub use nat_mappings::NatMappings;
 pub use state::Shared;

@@ -28,6 +28,7 @@ impl Shared {
     /// Ready once the programs are attached (and, later, metadata is loaded).
     pub fn set_ready(&self, ready: bool) {
         self.ready.store(ready, Ordering::Release);
+        self.metrics.ready.set(i64::from(ready));
     }
 
     pub fn is_ready(&self) -> bool {
