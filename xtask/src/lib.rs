@@ -4,4 +4,5 @@
 pub mod exec;
 pub mod lab;
 pub mod setup;
+pub mod tools;
 pub mod traffic;

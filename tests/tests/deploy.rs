@@ -1,0 +1,298 @@
+//! deploy/ validated with the real tools: helm lint and template, kubernetes-validate
+//! --strict for the Kubernetes versions AKS supports, the DaemonSet's security posture and
+//! RBAC, the committed manifest in sync with the chart, promtool on the alert rules and
+//! their unit tests, and the dashboards against @grafana/schema.
+
+use std::{path::PathBuf, process::Command};
+
+use serde::Deserialize;
+use serde_json::{json, Value};
+use xtask::tools;
+
+/// AKS-supported minor versions (late 2026) that kubernetes-validate has strict schemas for.
+const KUBERNETES_VERSIONS: [&str; 4] = ["1.32.0", "1.33.0", "1.34.0", "1.35.0"];
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn tool(path: PathBuf) -> PathBuf {
+    assert!(
+        path.exists(),
+        "{} missing: run `cargo xtask setup`",
+        path.display()
+    );
+    path
+}
+
+/// Run, returning (exit code, stdout + stderr).
+fn run(cmd: &mut Command) -> (i32, String) {
+    let out = cmd
+        .current_dir(root())
+        .output()
+        .unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    (
+        out.status.code().unwrap_or(-1),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+fn helm_template(extra: &[&str]) -> String {
+    let (code, out) = run(Command::new(tool(tools::helm()))
+        .args([
+            "template",
+            "tenantflow",
+            "deploy/helm/tenantflow",
+            "--namespace",
+            "tenantflow",
+        ])
+        .args(extra));
+    assert_eq!(code, 0, "helm template: {out}");
+    out
+}
+
+fn documents(yaml: &str) -> Vec<Value> {
+    serde_norway::Deserializer::from_str(yaml)
+        .map(|d| Value::deserialize(d).expect("rendered YAML parses"))
+        .filter(|v| !v.is_null())
+        .collect()
+}
+
+const ALL_ON: [&str; 6] = [
+    "--set",
+    "prometheusRule.enabled=true",
+    "--set",
+    "serviceMonitor.enabled=true",
+    "--set",
+    "podMonitor.enabled=true",
+];
+
+#[test]
+fn helm_lint_passes() {
+    let (code, out) =
+        run(Command::new(tool(tools::helm())).args(["lint", "--strict", "deploy/helm/tenantflow"]));
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("1 chart(s) linted, 0 chart(s) failed"),
+        "{out}"
+    );
+}
+
+#[test]
+fn rendered_objects_validate_strictly_for_every_aks_version() {
+    let file = std::env::temp_dir().join(format!("tf-rendered-{}.yaml", std::process::id()));
+    std::fs::write(&file, helm_template(&ALL_ON)).unwrap();
+    for v in KUBERNETES_VERSIONS {
+        let (code, out) = run(Command::new(tool(tools::kubernetes_validate()))
+            .args(["--strict", "-k", v])
+            .arg(&file));
+        assert_eq!(code, 0, "kubernetes {v}: {out}");
+        let minor = v.trim_end_matches(".0");
+        for kind in [
+            "serviceaccount",
+            "configmap",
+            "clusterrole",
+            "clusterrolebinding",
+            "service",
+            "daemonset",
+        ] {
+            assert!(
+                out.contains(&format!(
+                    "passed for resource {kind}/tenantflow against version {minor}"
+                )),
+                "kubernetes {v}: {kind} not validated:\n{out}"
+            );
+        }
+        // Prometheus Operator kinds have no upstream schema; they are the only ones skipped.
+        let skipped: Vec<&str> = out
+            .lines()
+            .filter(|l| l.contains("Couldn't find schema"))
+            .collect();
+        assert_eq!(skipped.len(), 3, "{out}");
+        assert!(
+            skipped
+                .iter()
+                .all(|l| l.contains("monitoring.coreos.com/v1")),
+            "{out}"
+        );
+    }
+    std::fs::remove_file(&file).unwrap();
+}
+
+#[test]
+fn the_committed_manifest_is_the_rendered_chart() {
+    let committed =
+        std::fs::read_to_string(root().join("deploy/manifests/tenantflow.yaml")).unwrap();
+    let rendered = helm_template(&[]);
+    assert!(
+        committed == rendered,
+        "deploy/manifests/tenantflow.yaml is stale: regenerate it with\n  helm template tenantflow deploy/helm/tenantflow --namespace tenantflow > deploy/manifests/tenantflow.yaml"
+    );
+}
+
+fn find<'a>(docs: &'a [Value], kind: &str) -> &'a Value {
+    docs.iter()
+        .find(|d| d["kind"] == kind)
+        .unwrap_or_else(|| panic!("no {kind} rendered"))
+}
+
+#[test]
+fn the_daemonset_has_least_privilege() {
+    let docs = documents(&helm_template(&ALL_ON));
+    let ds = find(&docs, "DaemonSet");
+    let pod = &ds["spec"]["template"]["spec"];
+    assert_eq!(
+        pod["hostNetwork"], true,
+        "the node's interfaces and conntrack"
+    );
+    assert_eq!(pod["hostPID"], Value::Null);
+    assert_eq!(pod["hostIPC"], Value::Null);
+    assert_eq!(pod["priorityClassName"], "system-node-critical");
+    assert_eq!(pod["nodeSelector"], json!({"kubernetes.io/os": "linux"}));
+    assert_eq!(pod["tolerations"], json!([{"operator": "Exists"}]));
+    assert_eq!(
+        pod["securityContext"]["seccompProfile"]["type"],
+        "RuntimeDefault"
+    );
+    let containers = pod["containers"].as_array().unwrap();
+    assert_eq!(containers.len(), 1);
+    let c = &containers[0];
+    let sc = &c["securityContext"];
+    assert_eq!(sc["privileged"], false);
+    assert_eq!(sc["allowPrivilegeEscalation"], false);
+    assert_eq!(sc["readOnlyRootFilesystem"], true);
+    assert_eq!(sc["capabilities"]["drop"], json!(["ALL"]));
+    // Exactly what tests/tests/privileges.rs proves necessary and sufficient.
+    assert_eq!(
+        sc["capabilities"]["add"],
+        json!(["BPF", "NET_ADMIN", "PERFMON"])
+    );
+    assert_eq!(c["livenessProbe"]["httpGet"]["path"], "/healthz");
+    assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/readyz");
+    assert!(
+        c["resources"]["requests"]["cpu"].is_string()
+            && c["resources"]["limits"]["memory"].is_string()
+    );
+    // Host mounts: only BTF, read-only.
+    let host: Vec<&Value> = pod["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|v| !v["hostPath"].is_null())
+        .collect();
+    assert_eq!(host.len(), 1, "{host:#?}");
+    assert_eq!(host[0]["hostPath"]["path"], "/sys/kernel/btf");
+    let mounts = c["volumeMounts"].as_array().unwrap();
+    assert!(mounts.iter().all(|m| m["readOnly"] == true), "{mounts:#?}");
+    let annotations = &ds["spec"]["template"]["metadata"]["annotations"];
+    assert_eq!(
+        (
+            &annotations["prometheus.io/scrape"],
+            &annotations["prometheus.io/port"]
+        ),
+        (&json!("true"), &json!("9990"))
+    );
+}
+
+#[test]
+fn rbac_is_read_only_on_four_kinds() {
+    let docs = documents(&helm_template(&ALL_ON));
+    let roles: Vec<&Value> = docs
+        .iter()
+        .filter(|d| d["kind"] == "ClusterRole" || d["kind"] == "Role")
+        .collect();
+    assert_eq!(roles.len(), 1);
+    assert_eq!(
+        roles[0]["rules"],
+        json!([{"apiGroups": [""], "resources": ["pods", "namespaces", "nodes", "services"], "verbs": ["get", "list", "watch"]}])
+    );
+    let binding = find(&docs, "ClusterRoleBinding");
+    assert_eq!(
+        binding["subjects"],
+        json!([{"kind": "ServiceAccount", "name": "tenantflow", "namespace": "tenantflow"}])
+    );
+    let rule = find(&docs, "PrometheusRule");
+    let alerts: Vec<&str> = rule["spec"]["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|g| {
+            g["rules"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|r| r["alert"].as_str().unwrap())
+        })
+        .collect();
+    assert_eq!(
+        alerts,
+        [
+            "TenantflowCrossTenantTraffic",
+            "TenantflowUnmediatedEgress",
+            "TenantflowSensitiveTargetAccess",
+            "TenantflowAgentDown",
+            "TenantflowAgentNotReady",
+            "TenantflowFlowMapNearFull",
+            "TenantflowMetadataStale",
+            "TenantflowNatJoinMissesHigh",
+        ]
+    );
+}
+
+#[test]
+fn alert_rules_pass_promtool_and_their_unit_tests() {
+    let promtool = tenantflow_tests::prometheus::which("promtool");
+    let (code, out) = run(Command::new(&promtool).args([
+        "check",
+        "rules",
+        "deploy/helm/tenantflow/files/tenantflow.rules.yaml",
+    ]));
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("SUCCESS: 8 rules found"), "{out}");
+    let (code, out) =
+        run(Command::new(&promtool).args(["test", "rules", "deploy/prometheus/rules_test.yaml"]));
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("SUCCESS"), "{out}");
+}
+
+#[test]
+fn dashboards_validate_against_the_grafana_schema() {
+    let files = dashboards();
+    assert_eq!(files.len(), 4);
+    let (code, out) = run(Command::new("node")
+        .arg("tests/grafana/validate-dashboards.cjs")
+        .args(&files)
+        .env("NODE_PATH", tools::node_modules()));
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(
+        out.lines().filter(|l| l.starts_with("ok ")).count(),
+        4,
+        "{out}"
+    );
+    // The validator rejects what Grafana would not load.
+    let bad = std::env::temp_dir().join(format!("tf-bad-dashboard-{}.json", std::process::id()));
+    let mut d: Value = serde_json::from_str(&std::fs::read_to_string(&files[0]).unwrap()).unwrap();
+    d["panels"][0]["gridPos"]["w"] = json!("wide");
+    std::fs::write(&bad, d.to_string()).unwrap();
+    let (code, out) = run(Command::new("node")
+        .arg("tests/grafana/validate-dashboards.cjs")
+        .arg(&bad)
+        .env("NODE_PATH", tools::node_modules()));
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("/panels/0/gridPos/w must be number"), "{out}");
+    std::fs::remove_file(&bad).unwrap();
+}
+
+pub fn dashboards() -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(root().join("deploy/grafana"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "json"))
+        .collect();
+    v.sort();
+    v
+}
