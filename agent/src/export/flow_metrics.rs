@@ -176,6 +176,10 @@ impl FlowMetrics {
         .expect("static metric definition");
         r.register(Box::new(overflow.clone()))
             .expect("metric registered once");
+        // Exported at 0 from the start, so rate() and alerts see the series before trouble.
+        for f in Family::ALL {
+            overflow.with_label_values(&[f.name()]);
+        }
         let series_gauge = IntGauge::new(
             "tenantflow_metric_series",
             "Flow metric series currently exported (all families).",
