@@ -90,7 +90,7 @@ pub struct RawGateway {
     pub labels: BTreeMap<String, String>,
 }
 
-#[derive(Clone, Debug, Deserialize, Serialize)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawEgress {
     pub gateways: Vec<RawGateway>,
@@ -99,15 +99,6 @@ pub struct RawEgress {
     pub exempt: Vec<String>,
 }
 
-impl Default for RawEgress {
-    fn default() -> Self {
-        Self {
-            gateways: Vec::new(),
-            proxies: Vec::new(),
-            exempt: Vec::new(),
-        }
-    }
-}
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
