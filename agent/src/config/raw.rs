@@ -99,7 +99,6 @@ pub struct RawEgress {
     pub exempt: Vec<String>,
 }
 
-
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawSensitive {
