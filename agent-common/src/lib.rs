@@ -7,9 +7,11 @@
 
 pub mod counters;
 pub mod flow;
+pub mod process;
 
 #[cfg(feature = "user")]
 mod user;
 
 pub use counters::Counter;
 pub use flow::{Direction, FlowKey, FlowStats, MAX_FLOWS};
+pub use process::{SockOwner, MAX_SOCKETS};

@@ -7,3 +7,5 @@ use crate::{FlowKey, FlowStats};
 unsafe impl aya::Pod for FlowKey {}
 // SAFETY: see above.
 unsafe impl aya::Pod for FlowStats {}
+// SAFETY: see above.
+unsafe impl aya::Pod for crate::SockOwner {}

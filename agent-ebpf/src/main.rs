@@ -13,6 +13,7 @@
 
 mod maps;
 mod parse;
+mod sock;
 mod tc;
 
 #[cfg(not(test))]

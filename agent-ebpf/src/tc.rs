@@ -2,12 +2,15 @@
 
 use agent_common::{Counter, Direction, FlowStats};
 use aya_ebpf::{
-    bindings::TC_ACT_UNSPEC, helpers::bpf_ktime_get_coarse_ns, macros::classifier,
+    bindings::TC_ACT_UNSPEC,
+    cty::c_void,
+    helpers::{bpf_get_socket_cookie, bpf_ktime_get_coarse_ns},
+    macros::classifier,
     programs::TcContext,
 };
 
 use crate::{
-    maps::{bump, FLOWS},
+    maps::{bump, FLOWS, SOCK_FLOWS},
     parse::{parse, Outcome, Parsed},
 };
 
@@ -23,6 +26,18 @@ pub fn tf_ingress(ctx: TcContext) -> i32 {
 pub fn tf_egress(ctx: TcContext) -> i32 {
     observe(&ctx, Direction::Egress);
     TC_ACT_UNSPEC
+}
+
+/// A packet a local socket sends (host process, hostNetwork pod) carries its socket; a
+/// forwarded pod packet does not (veths orphan it), so this costs one helper call on a
+/// flow's first packet per CPU and nothing afterwards.
+#[inline(always)]
+fn remember_socket(ctx: &TcContext, key: &agent_common::FlowKey) {
+    // SAFETY: the context pointer the kernel passed in.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.skb.skb as *mut c_void) };
+    if cookie != 0 {
+        let _ = SOCK_FLOWS.insert(key, &cookie, 0);
+    }
 }
 
 /// Does nothing: the benchmark's floor (dispatch plus kernel stats cost).
@@ -69,6 +84,9 @@ fn record(ctx: &TcContext, dir: Direction, mut p: Parsed) {
         s.last_seen_ns = now;
         s.tcp_flags |= p.tcp_flags;
         return;
+    }
+    if dir == Direction::Egress {
+        remember_socket(ctx, &p.key);
     }
     let fresh = FlowStats {
         packets: segs,

@@ -12,4 +12,5 @@ pub mod identity;
 pub mod logging;
 pub mod nat;
 pub mod pipeline;
+pub mod process;
 pub mod shutdown;

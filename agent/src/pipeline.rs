@@ -14,6 +14,7 @@ use crate::{
     flow::{self, monotonic_ns, ConnectionView, FlowTable, FlowView, Observation, WallClock},
     identity::{reload::SnapshotFile, watch::WatchEvent, Change, Kind, Store},
     nat::{JoinTracker, Mechanism, NatEvent, NatTable},
+    process::Attribution,
 };
 
 /// Where identities come from and how fresh they are.
@@ -47,6 +48,7 @@ pub struct Pipeline {
     metrics: FlowMetrics,
     nat_mappings: NatMappings,
     log: Option<FlowLog>,
+    processes: Option<Attribution>,
 }
 
 impl Pipeline {
@@ -58,6 +60,7 @@ impl Pipeline {
         metrics: FlowMetrics,
         nat_mappings: NatMappings,
         log: Option<FlowLog>,
+        processes: Option<Attribution>,
     ) -> Self {
         Self {
             table: FlowTable::new(),
@@ -70,6 +73,7 @@ impl Pipeline {
             metrics,
             nat_mappings,
             log,
+            processes,
         }
     }
 
@@ -216,9 +220,21 @@ impl Pipeline {
             .observe(&classified, &self.identity.store, wall);
         self.nat_mappings.observe(&classified);
         let clock = WallClock::now();
+        let procs = match &mut self.processes {
+            Some(a) => a.read(&self.identity.store),
+            None => Default::default(),
+        };
         let views: Vec<ConnectionView> = classified
             .into_iter()
-            .map(|(c, k)| ConnectionView::new(&c, k, &clock))
+            .map(|(c, k)| {
+                let process = procs
+                    .get(&c.tuple)
+                    .or_else(|| c.tuple.reversed().and_then(|r| procs.get(&r)))
+                    .cloned();
+                let mut v = ConnectionView::new(&c, k, &clock);
+                v.process = process;
+                v
+            })
             .collect();
         if let Some(log) = &mut self.log {
             match log.observe(&views, wall) {

@@ -177,15 +177,19 @@ fn the_daemonset_has_least_privilege() {
         c["resources"]["requests"]["cpu"].is_string()
             && c["resources"]["limits"]["memory"].is_string()
     );
-    // Host mounts: only BTF, read-only.
-    let host: Vec<&Value> = pod["volumes"]
+    // Host mounts: BTF and the cgroup v2 root (process attribution), both read-only.
+    let paths: Vec<&Value> = pod["volumes"]
         .as_array()
         .unwrap()
         .iter()
         .filter(|v| !v["hostPath"].is_null())
+        .map(|v| &v["hostPath"]["path"])
         .collect();
-    assert_eq!(host.len(), 1, "{host:#?}");
-    assert_eq!(host[0]["hostPath"]["path"], "/sys/kernel/btf");
+    assert_eq!(paths, [&json!("/sys/kernel/btf"), &json!("/sys/fs/cgroup")]);
+    assert!(c["args"]
+        .as_array()
+        .unwrap()
+        .contains(&json!("--cgroup-root=/run/tenantflow/cgroup")));
     let mounts = c["volumeMounts"].as_array().unwrap();
     assert!(mounts.iter().all(|m| m["readOnly"] == true), "{mounts:#?}");
     let annotations = &ds["spec"]["template"]["metadata"]["annotations"];
@@ -196,6 +200,23 @@ fn the_daemonset_has_least_privilege() {
         ),
         (&json!("true"), &json!("9990"))
     );
+}
+
+#[test]
+fn process_attribution_off_drops_the_cgroup_mount() {
+    let docs = documents(&helm_template(&["--set", "agent.processAttribution=false"]));
+    let pod = &find(&docs, "DaemonSet")["spec"]["template"]["spec"];
+    let host: Vec<&Value> = pod["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|v| !v["hostPath"].is_null())
+        .collect();
+    assert_eq!(host.len(), 1);
+    assert!(pod["containers"][0]["args"]
+        .as_array()
+        .unwrap()
+        .contains(&json!("--no-process-attribution")));
 }
 
 #[test]

@@ -70,6 +70,14 @@ fn the_three_granted_capabilities_are_enough() {
         matches!(netns_http::get(&node, LISTEN, "/readyz"), Ok((200, _))).then_some(())
     });
     assert!(ready.is_some(), "agent with {GRANTED:?} never became ready");
+    // Process attribution (cgroup hooks) needs nothing more either.
+    let (_, metrics) = netns_http::get(&node, LISTEN, "/metrics").unwrap();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == "tenantflow_process_attribution 1"),
+        "{metrics}"
+    );
     let web2 = t.pod("web-2");
     let rx = traffic_bg(
         &t.pod_ns(web2),

@@ -20,6 +20,7 @@ use crate::{
     identity::{self, reload::SnapshotFile, snapshot, Store},
     nat::{self, Mechanism},
     pipeline::{Identity, Pipeline},
+    process::{self, Attribution},
     shutdown,
 };
 
@@ -83,6 +84,13 @@ pub struct AgentArgs {
     /// Long-lived connections get an `update` record this often.
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
     pub flow_log_update_interval: Duration,
+    /// cgroup v2 root to attach the process-attribution hooks to (the host's, mounted
+    /// into the container). Default: the cgroup2 mount of /proc/self/mountinfo.
+    #[arg(long, value_name = "DIR")]
+    pub cgroup_root: Option<std::path::PathBuf>,
+    /// Do not attribute node-originated flows to processes (no cgroup hooks).
+    #[arg(long)]
+    pub no_process_attribution: bool,
     /// Attach a program that does nothing instead of the observers: the benchmark's floor.
     #[arg(long, hide = true)]
     pub bench_noop: bool,
@@ -166,6 +174,18 @@ async fn run_async(args: AgentArgs) -> anyhow::Result<()> {
         .flow_map_capacity
         .set(agent_common::MAX_FLOWS as i64);
     let mut harvester = Harvester::new(&mut loaded.ebpf, args.idle_timeout)?;
+    let processes = match attach_processes(&mut loaded.ebpf, &args) {
+        Ok(p) => p,
+        Err(e) => {
+            let qdiscs = attachments.detach_all(&mut loaded.ebpf);
+            datapath::remove_clsact(&qdiscs).await;
+            return Err(e);
+        }
+    };
+    shared
+        .metrics
+        .process_attribution
+        .set(i64::from(processes.is_some()));
     publish_attachments(&shared, &attachments);
     let server = tokio::spawn(export::serve(listener, shared.clone()));
     info!(listen = %args.listen, interfaces = attachments.len(), "ready");
@@ -186,6 +206,7 @@ async fn run_async(args: AgentArgs) -> anyhow::Result<()> {
         flow_metrics,
         NatMappings::new(&shared.metrics.registry, args.metrics_max_nat_mappings),
         flow_log,
+        processes,
     );
     pipeline.publish_identity(&shared);
     let (watch_tx, mut watch_rx) = tokio::sync::mpsc::unbounded_channel();
@@ -266,6 +287,35 @@ async fn load_identity(config: &Config) -> anyhow::Result<(Identity, Option<kube
         Err(e) => {
             warn!(error = %e, "no identity source (no identity.snapshot, no kubeconfig, not in a cluster): flows carry addresses only");
             Ok((empty("none"), None))
+        }
+    }
+}
+
+/// Process attribution: the cgroup hooks on the cgroup2 root. A root given on the command
+/// line must work; an auto-detected one that does not only turns the feature off.
+fn attach_processes(ebpf: &mut aya::Ebpf, args: &AgentArgs) -> anyhow::Result<Option<Attribution>> {
+    if args.no_process_attribution || args.bench_noop {
+        return Ok(None);
+    }
+    let (root, explicit) = match &args.cgroup_root {
+        Some(r) => (r.clone(), true),
+        None => match process::default_root() {
+            Some(r) => (r, false),
+            None => {
+                warn!("no cgroup v2 mount: node-originated flows will carry no process");
+                return Ok(None);
+            }
+        },
+    };
+    match process::attach(ebpf, &root).and_then(|()| Attribution::new(ebpf, root.clone())) {
+        Ok(a) => {
+            info!(cgroup_root = %root.display(), "process attribution on");
+            Ok(Some(a))
+        }
+        Err(e) if explicit => Err(UsageError(format!("--cgroup-root: {e}")).into()),
+        Err(e) => {
+            warn!(error = %e, "process attribution off");
+            Ok(None)
         }
     }
 }

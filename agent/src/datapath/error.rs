@@ -22,6 +22,9 @@ pub enum DatapathError {
         .missing.join(", ")
     )]
     MissingCapabilities { missing: Vec<&'static str> },
+    /// The cgroup v2 root for process attribution cannot be used.
+    #[error("cgroup v2 root {path}: {message}: pass --cgroup-root <cgroup2 mount> or --no-process-attribution")]
+    Cgroup { path: String, message: String },
     /// The kernel is older than the oldest one the programs are verified on.
     #[error(
         "kernel {found} is older than {min}, the oldest kernel tenantflow supports: \

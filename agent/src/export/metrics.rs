@@ -18,6 +18,7 @@ pub struct AgentMetrics {
     pub nat_join_misses: IntCounter,
     pub nat_late_joins: IntCounter,
     pub ready: IntGauge,
+    pub process_attribution: IntGauge,
     pub metadata_objects: IntGaugeVec,
     pub metadata_last_sync: IntGauge,
     pub metadata_stale: IntGauge,
@@ -103,6 +104,11 @@ impl AgentMetrics {
         r.register(Box::new(metadata_objects.clone()))
             .expect("metric registered once");
         Self {
+            process_attribution: gauge(
+                &r,
+                "tenantflow_process_attribution",
+                "1 when node-originated flows are attributed to processes (cgroup hooks attached).",
+            ),
             ready: gauge(
                 &r,
                 "tenantflow_ready",

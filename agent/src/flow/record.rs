@@ -52,6 +52,10 @@ pub struct ConnectionView {
     /// Identities, class and verdicts.
     #[serde(flatten)]
     pub class: Classification,
+    /// The node-local process that owns the connection's socket (host processes,
+    /// hostNetwork pods, escaped containers); absent for forwarded pod traffic.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub process: Option<crate::process::ProcessInfo>,
 }
 
 impl ConnectionView {
@@ -88,6 +92,7 @@ impl ConnectionView {
             first_seen_ms: clock.unix_ms(c.first_seen_ns),
             last_seen_ms: clock.unix_ms(c.last_seen_ns),
             class,
+            process: None,
         }
     }
 

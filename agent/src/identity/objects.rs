@@ -13,6 +13,8 @@ pub type Labels = BTreeMap<String, String>;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PodMeta {
     pub name: String,
+    /// metadata.uid: what the pod's cgroup path carries.
+    pub uid: Option<String>,
     pub namespace: String,
     pub node: Option<String>,
     pub host_network: bool,
@@ -131,6 +133,7 @@ impl TryFrom<&Pod> for PodMeta {
             .and_then(|o| o.iter().find(|r| r.controller == Some(true)).or(o.first()))
             .map(|r| format!("{}/{}", r.kind, r.name));
         Ok(PodMeta {
+            uid: p.metadata.uid.clone(),
             name,
             namespace,
             node: spec.and_then(|s| s.node_name.clone()),

@@ -73,6 +73,7 @@ pub enum Owner<'a> {
 pub struct Store {
     objects: BTreeMap<Key, Object>,
     by_ip: HashMap<IpAddr, Key>,
+    by_uid: HashMap<String, Key>,
 }
 
 impl Store {
@@ -125,6 +126,9 @@ impl Store {
     }
 
     fn index(&mut self, key: &Key, o: &Object) {
+        if let Object::Pod(PodMeta { uid: Some(uid), .. }) = o {
+            self.by_uid.insert(uid.clone(), key.clone());
+        }
         for ip in o.ips() {
             // Nodes win over pods and services: an address a node holds is the node's.
             let keep_existing = self
@@ -138,6 +142,11 @@ impl Store {
     }
 
     fn unindex(&mut self, key: &Key, o: &Object) {
+        if let Object::Pod(PodMeta { uid: Some(uid), .. }) = o {
+            if self.by_uid.get(uid) == Some(key) {
+                self.by_uid.remove(uid);
+            }
+        }
         for ip in o.ips() {
             if self.by_ip.get(ip) == Some(key) {
                 self.by_ip.remove(ip);
@@ -179,6 +188,14 @@ impl Store {
             Object::Namespace(n) => Some(n.name.as_str()),
             _ => None,
         })
+    }
+
+    /// The pod with this metadata.uid (what its cgroup path carries).
+    pub fn pod_by_uid(&self, uid: &str) -> Option<&PodMeta> {
+        match self.objects.get(self.by_uid.get(uid)?)? {
+            Object::Pod(p) => Some(p),
+            _ => None,
+        }
     }
 
     pub fn pods(&self) -> impl Iterator<Item = &PodMeta> {

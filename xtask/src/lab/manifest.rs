@@ -57,7 +57,7 @@ pub fn snapshot(t: &Topology) -> Value {
         items.push(json!({
             "apiVersion": "v1", "kind": "Pod",
             "metadata": {
-                "name": p.name, "namespace": p.namespace, "labels": labels,
+                "name": p.name, "namespace": p.namespace, "uid": p.uid(), "labels": labels,
                 "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet",
                     "name": format!("{}-rs", p.labels.first().map(|l| l.1.as_str()).unwrap_or("pod")),
                     "uid": format!("uid-{}", p.name), "controller": true}],
@@ -107,16 +107,37 @@ egress:
     )
 }
 
-/// Write both files for a lab that is up.
+/// A cgroup2 mount of the lab's own: `ip netns exec` hides /sys/fs/cgroup behind a fresh
+/// /sys, and the agent in a lab node finds this one in its mounts instead (a DaemonSet is
+/// given the host's with --cgroup-root).
+pub fn cgroup_dir(prefix: &str) -> PathBuf {
+    dir(prefix).join("cgroup2")
+}
+
+/// Write both files for a lab that is up, and mount the cgroup2 view.
 pub fn write(t: &Topology) -> Result<()> {
     let d = dir(&t.prefix);
     std::fs::create_dir_all(&d).with_context(|| format!("creating {}", d.display()))?;
+    let cg = cgroup_dir(&t.prefix);
+    std::fs::create_dir_all(&cg)?;
+    crate::exec::run(
+        "mount",
+        &["-t", "cgroup2", "none", &cg.display().to_string()],
+    )
+    .context("mounting cgroup2 for the lab (process attribution)")?;
     let yaml = serde_norway::to_string(&snapshot(t)).context("rendering the snapshot")?;
     std::fs::write(snapshot_path(&t.prefix), yaml).context("writing the snapshot")?;
     std::fs::write(config_path(&t.prefix), config(t)).context("writing the config")?;
     Ok(())
 }
 
+/// Never recursive: under the cgroup2 mount, removing directories would remove cgroups.
 pub fn remove(prefix: &str) {
-    let _ = std::fs::remove_dir_all(dir(prefix));
+    let cg = cgroup_dir(prefix);
+    let _ = crate::exec::run("umount", &[&cg.display().to_string()]);
+    let _ = std::fs::remove_dir(&cg);
+    for f in [snapshot_path(prefix), config_path(prefix)] {
+        let _ = std::fs::remove_file(f);
+    }
+    let _ = std::fs::remove_dir(dir(prefix));
 }

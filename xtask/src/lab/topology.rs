@@ -70,6 +70,10 @@ impl Pod {
     pub fn ip6(&self) -> String {
         format!("fd00:244:{}::{}", self.node, self.idx)
     }
+    /// metadata.uid, as a real API server would assign (and kubelet puts in cgroup paths).
+    pub fn uid(&self) -> String {
+        format!("5eed{:04x}-1c2d-4e5f-8a9b-{:012x}", self.node, self.idx)
+    }
     /// Host-side interface name on the node.
     pub fn host_iface(&self) -> String {
         format!("veth{}", self.idx)
