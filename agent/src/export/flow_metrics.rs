@@ -526,16 +526,16 @@ mod tests {
     #[test]
     fn the_series_cap_sends_the_rest_to_overflow_with_totals_intact() {
         let r = Registry::new();
-        let names: Vec<String> = (0..6).map(|i| format!("t{i}-ns")).collect();
+        let names: Vec<String> = (0..200).map(|i| format!("t{i}-ns")).collect();
         let refs: Vec<&str> = names.iter().map(String::as_str).collect();
         let store = inventory(&refs);
         let cfg = FlowMetricsConfig {
-            max_series: 2,
+            max_series: 50,
             ..Default::default()
         };
         let mut m = FlowMetrics::new(&r, cfg);
-        // Six namespaces each talk to t0-ns: six distinct flows_total series wanted.
-        let conns: Vec<_> = (0..6)
+        // A flood: 200 namespaces each talk to t0-ns, 200 distinct flows_total series wanted.
+        let conns: Vec<_> = (0..200u8)
             .map(|i| conn(&store, 10 + i, 10, (1, 100), (0, 0)))
             .collect();
         m.observe(&conns, &store, Instant::now());
@@ -543,13 +543,13 @@ mod tests {
         let overflow = format!(
             "tenantflow_flows_total{{src_namespace=\"{o}\",src_tenant=\"{o}\",dst_namespace=\"{o}\",dst_tenant=\"{o}\",flow_class=\"{o}\",scope=\"{o}\",cross_tenant=\"{o}\",egress=\"{o}\"}}"
         );
-        assert_eq!(value(&r, &overflow), Some(4));
+        assert_eq!(value(&r, &overflow), Some(150));
         assert_eq!(
             value(
                 &r,
                 r#"tenantflow_metric_series_overflow_total{family="tenantflow_flows_total"}"#
             ),
-            Some(4)
+            Some(150)
         );
         let mut text = String::new();
         prometheus::TextEncoder::new()
@@ -559,16 +559,12 @@ mod tests {
             .lines()
             .filter(|l| l.starts_with("tenantflow_flows_total{"))
             .collect();
-        assert_eq!(
-            flows.len(),
-            3,
-            "two real series and the overflow: {flows:#?}"
-        );
+        assert_eq!(flows.len(), 51, "fifty real series and the overflow");
         let total: u64 = flows
             .iter()
             .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
             .sum();
-        assert_eq!(total, 6);
+        assert_eq!(total, 200);
     }
 
     #[test]
@@ -597,6 +593,34 @@ mod tests {
             None
         );
         assert_eq!(value(&r, "tenantflow_metric_series"), Some(0));
+    }
+
+    #[test]
+    fn series_of_a_deleted_workload_go_after_the_grace_period() {
+        let r = Registry::new();
+        let mut store = inventory(&["alpha-web", "beta-api"]);
+        let cfg = FlowMetricsConfig {
+            workload_labels: true,
+            grace: Duration::from_secs(10),
+            ..Default::default()
+        };
+        let mut m = FlowMetrics::new(&r, cfg);
+        let t0 = Instant::now();
+        m.observe(&[conn(&store, 10, 11, (1, 100), (0, 0))], &store, t0);
+        let flows = format!("tenantflow_flows_total{{{BASE},src_workload=\"ReplicaSet/rs0\",dst_workload=\"ReplicaSet/rs1\"}}");
+        assert_eq!(value(&r, &flows), Some(1));
+        // The destination's pods are gone (ReplicaSet deleted); the namespace stays.
+        let keep: Vec<_> = store
+            .pods()
+            .filter(|p| p.name != "p1")
+            .cloned()
+            .map(crate::identity::Object::Pod)
+            .collect();
+        store.apply(Change::Replace(Kind::Pod, keep));
+        m.observe(&[], &store, t0 + Duration::from_secs(2));
+        assert_eq!(value(&r, &flows), Some(1), "inside the grace period");
+        m.observe(&[], &store, t0 + Duration::from_secs(13));
+        assert_eq!(value(&r, &flows), None);
     }
 
     #[test]
