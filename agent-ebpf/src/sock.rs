@@ -59,5 +59,5 @@ fn remember(ctx: &SockAddrContext) {
         cgroup_id,
         comm: bpf_get_current_comm().unwrap_or([0; 16]),
     };
-    let _ = SOCKS.insert(&cookie, &owner, 0);
+    let _ = SOCKS.insert(cookie, owner, 0);
 }

@@ -36,7 +36,7 @@ fn remember_socket(ctx: &TcContext, key: &agent_common::FlowKey) {
     // SAFETY: the context pointer the kernel passed in.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.skb.skb as *mut c_void) };
     if cookie != 0 {
-        let _ = SOCK_FLOWS.insert(key, &cookie, 0);
+        let _ = SOCK_FLOWS.insert(key, cookie, 0);
     }
 }
 

@@ -37,6 +37,13 @@ impl Identity {
     }
 }
 
+/// Where classified connections go each harvest.
+pub struct Sinks {
+    pub metrics: FlowMetrics,
+    pub nat_mappings: NatMappings,
+    pub log: Option<FlowLog>,
+}
+
 pub struct Pipeline {
     table: FlowTable,
     nat: NatTable,
@@ -45,9 +52,7 @@ pub struct Pipeline {
     idle: Duration,
     config: Config,
     identity: Identity,
-    metrics: FlowMetrics,
-    nat_mappings: NatMappings,
-    log: Option<FlowLog>,
+    sinks: Sinks,
     processes: Option<Attribution>,
 }
 
@@ -57,9 +62,7 @@ impl Pipeline {
         idle: Duration,
         config: Config,
         identity: Identity,
-        metrics: FlowMetrics,
-        nat_mappings: NatMappings,
-        log: Option<FlowLog>,
+        sinks: Sinks,
         processes: Option<Attribution>,
     ) -> Self {
         Self {
@@ -70,9 +73,7 @@ impl Pipeline {
             idle,
             config,
             identity,
-            metrics,
-            nat_mappings,
-            log,
+            sinks,
             processes,
         }
     }
@@ -216,9 +217,10 @@ impl Pipeline {
             })
             .collect();
         let wall = Instant::now();
-        self.metrics
+        self.sinks
+            .metrics
             .observe(&classified, &self.identity.store, wall);
-        self.nat_mappings.observe(&classified);
+        self.sinks.nat_mappings.observe(&classified);
         let clock = WallClock::now();
         let procs = match &mut self.processes {
             Some(a) => a.read(&self.identity.store),
@@ -236,7 +238,7 @@ impl Pipeline {
                 v
             })
             .collect();
-        if let Some(log) = &mut self.log {
+        if let Some(log) = &mut self.sinks.log {
             match log.observe(&views, wall) {
                 Ok(n) => m.flow_log_records.inc_by(n),
                 Err(e) => {
@@ -256,7 +258,7 @@ impl Pipeline {
 
     /// Stopping: open connections get their flow-log record.
     pub fn shutdown(&mut self, shared: &Shared) {
-        if let Some(log) = &mut self.log {
+        if let Some(log) = &mut self.sinks.log {
             match log.shutdown() {
                 Ok(n) => shared.metrics.flow_log_records.inc_by(n),
                 Err(e) => {

@@ -19,7 +19,7 @@ use crate::{
     },
     identity::{self, reload::SnapshotFile, snapshot, Store},
     nat::{self, Mechanism},
-    pipeline::{Identity, Pipeline},
+    pipeline::{Identity, Pipeline, Sinks},
     process::{self, Attribution},
     shutdown,
 };
@@ -203,9 +203,11 @@ async fn run_async(args: AgentArgs) -> anyhow::Result<()> {
         args.idle_timeout,
         config,
         identity,
-        flow_metrics,
-        NatMappings::new(&shared.metrics.registry, args.metrics_max_nat_mappings),
-        flow_log,
+        Sinks {
+            metrics: flow_metrics,
+            nat_mappings: NatMappings::new(&shared.metrics.registry, args.metrics_max_nat_mappings),
+            log: flow_log,
+        },
         processes,
     );
     pipeline.publish_identity(&shared);
