@@ -110,7 +110,8 @@ pub fn run(args: DemoArgs) -> Result<()> {
 }
 
 /// Long-running listeners: service backends, a DNS-like UDP sink, the internet host,
-/// a kubelet on node 2, IMDS, and the egress gateway relaying to the internet.
+/// a kubelet on node 2, IMDS, a private endpoint, and the egress gateway relaying to the
+/// internet.
 fn servers(t: &Topology, me: &str, procs: &mut Procs) -> Result<()> {
     let forever = u32::MAX.to_string();
     let pod_ns = |name: &str| t.pod_ns(t.pod(name));
@@ -168,6 +169,16 @@ fn servers(t: &Topology, me: &str, procs: &mut Procs) -> Result<()> {
             "tcp-serve",
             &format!("{}:80", topology::IMDS),
             "600",
+            "--conns",
+            &forever,
+        ],
+    )?;
+    add(
+        t.vnet_ns(),
+        &[
+            "tcp-serve",
+            &format!("{}:443", topology::PRIVATE_ENDPOINT),
+            "300",
             "--conns",
             &forever,
         ],
@@ -235,6 +246,23 @@ fn clients(t: &Topology, me: &str) -> Result<()> {
     run(
         pod_ns("api-2"),
         &["tcp-send", &format!("{}:8080", t.pod("web-1").ip()), "200"],
+    );
+    // A private endpoint the config exempts, and a host process on node 1.
+    run(
+        pod_ns("jobs-1"),
+        &[
+            "tcp-send",
+            &format!("{}:443", topology::PRIVATE_ENDPOINT),
+            "100",
+        ],
+    );
+    run(
+        t.node_ns(1),
+        &[
+            "tcp-send",
+            &format!("{}:443", topology::INTERNET_HOST),
+            "200",
+        ],
     );
     Ok(())
 }

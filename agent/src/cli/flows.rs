@@ -293,10 +293,22 @@ pub fn render_connections(conns: &[&ConnectionView]) -> String {
             }
             _ => who(&k.dst_identity),
         };
+        // A node-local process names itself (and its pod, for an escaped container).
+        let from = match &c.process {
+            Some(p) => {
+                let pod = p
+                    .pod
+                    .as_deref()
+                    .map(|p| format!(" pod {p}"))
+                    .unwrap_or_default();
+                format!("{} ({}[{}]{pod})", who(&k.src_identity), p.command, p.pid)
+            }
+            None => who(&k.src_identity),
+        };
         rows.push([
             c.proto.to_string(),
             endpoint(&c.src, c.src_port, icmp),
-            who(&k.src_identity),
+            from,
             endpoint(&c.dst, c.dst_port, icmp),
             to,
             format!("{}/{}", k.flow_class.as_str(), k.scope.as_str()),
