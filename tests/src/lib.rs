@@ -118,3 +118,45 @@ pub fn eventually<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Opt
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// `tenantflow agent` on lab node `node` with the lab's config (kubectl-style snapshot,
+/// tenancy, egress gateway and exempt range) plus `extra` flags.
+pub fn lab_agent(lab: &LabGuard, node: u8, extra: &[&str]) -> Agent {
+    let cfg = xtask::lab::manifest::config_path(&lab.topo.prefix);
+    let mut args = vec!["--config", cfg.to_str().expect("UTF-8 path")];
+    args.extend_from_slice(extra);
+    Agent::start(&lab.topo.node_ns(node), &args)
+}
+
+/// Send `n` UDP datagrams of `size` payload bytes from pod `from` (bound to `sport`) to
+/// `to`, with a receiver in `rx_ns`; asserts every one arrived. Returns (packets, IP bytes).
+pub fn udp_from_pod(
+    lab: &LabGuard,
+    from: &str,
+    sport: u16,
+    rx_ns: &str,
+    to: &str,
+    n: u64,
+    size: u64,
+) -> (u64, u64) {
+    let t = &lab.topo;
+    let p = t.pod(from);
+    let rx = traffic_bg(rx_ns, &["udp-recv", to, &n.to_string()]);
+    traffic(
+        &t.pod_ns(p),
+        &[
+            "udp-send",
+            to,
+            &n.to_string(),
+            &size.to_string(),
+            "--bind",
+            &format!("{}:{sport}", p.ip()),
+        ],
+    );
+    assert_eq!(
+        finish(rx).lines().next(),
+        Some(n.to_string().as_str()),
+        "receiver got all {n}"
+    );
+    (n, n * (size + 28))
+}

@@ -6,12 +6,10 @@ use std::{path::PathBuf, time::Duration};
 
 use serde_json::Value;
 use tenantflow_tests::{
-    eventually, finish, lab, prometheus::Prometheus, traffic, traffic_bg, Agent, LabGuard,
+    eventually, finish, lab, lab_agent, prometheus::Prometheus, traffic, traffic_bg, udp_from_pod,
+    LabGuard,
 };
-use xtask::lab::{
-    manifest,
-    topology::{IMDS, INTERNET_HOST, PRIVATE_ENDPOINT},
-};
+use xtask::lab::topology::{IMDS, INTERNET_HOST, PRIVATE_ENDPOINT};
 
 fn dashboards() -> Vec<PathBuf> {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy/grafana");
@@ -54,21 +52,7 @@ fn variable_query(q: &str) -> String {
 }
 
 fn udp(lab: &LabGuard, from: &str, sport: u16, rx_ns: &str, to: &str) {
-    let t = &lab.topo;
-    let p = t.pod(from);
-    let rx = traffic_bg(rx_ns, &["udp-recv", to, "3"]);
-    traffic(
-        &t.pod_ns(p),
-        &[
-            "udp-send",
-            to,
-            "3",
-            "100",
-            "--bind",
-            &format!("{}:{sport}", p.ip()),
-        ],
-    );
-    assert_eq!(finish(rx).trim(), "3");
+    udp_from_pod(lab, from, sport, rx_ns, to, 3, 100);
 }
 
 fn tcp(lab: &LabGuard, from: &str, server_ns: &str, to: &str) {
@@ -161,8 +145,7 @@ fn every_kind_of_traffic(lab: &LabGuard) {
 fn every_panel_query_returns_data_from_the_lab() {
     let lab = lab("db");
     let t = &lab.topo;
-    let cfg = manifest::config_path(&t.prefix);
-    let _agent = Agent::start(&t.node_ns(1), &["--config", cfg.to_str().unwrap()]);
+    let _agent = lab_agent(&lab, 1, &[]);
     let rules = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("../deploy/helm/tenantflow/files/tenantflow.rules.yaml");
     let prom = Prometheus::start(&t.node_ns(1), "127.0.0.1:9990", &[rules]);

@@ -13,9 +13,9 @@ use std::{
 use serde_json::{json, Value};
 use tenantflow_tests::{
     agent::{counts, wait_connection},
-    agent_bin, eventually, finish, in_ns, lab,
+    agent_bin, eventually, in_ns, lab, lab_agent,
     prometheus::{which, Prometheus},
-    traffic, traffic_bg, Agent, LabGuard,
+    udp_from_pod, Agent, LabGuard,
 };
 use xtask::lab::{
     manifest,
@@ -23,28 +23,11 @@ use xtask::lab::{
 };
 
 fn start_agent(lab: &LabGuard, extra: &[&str]) -> Agent {
-    let cfg = manifest::config_path(&lab.topo.prefix);
-    let mut args = vec!["--config", cfg.to_str().unwrap()];
-    args.extend_from_slice(extra);
-    Agent::start(&lab.topo.node_ns(1), &args)
+    lab_agent(lab, 1, extra)
 }
 
 fn udp(lab: &LabGuard, from: &str, sport: u16, rx_ns: &str, to: &str, n: u64, size: u64) {
-    let t = &lab.topo;
-    let p = t.pod(from);
-    let rx = traffic_bg(rx_ns, &["udp-recv", to, &n.to_string()]);
-    traffic(
-        &t.pod_ns(p),
-        &[
-            "udp-send",
-            to,
-            &n.to_string(),
-            &size.to_string(),
-            "--bind",
-            &format!("{}:{sport}", p.ip()),
-        ],
-    );
-    assert_eq!(finish(rx).trim(), n.to_string());
+    udp_from_pod(lab, from, sport, rx_ns, to, n, size);
 }
 
 #[test]

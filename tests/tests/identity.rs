@@ -5,23 +5,14 @@
 use serde_json::{json, Value};
 use tenantflow_tests::{
     agent::{counts, wait_connection},
-    finish, lab, traffic, traffic_bg, Agent, LabGuard,
+    finish, lab, lab_agent, traffic, traffic_bg, udp_from_pod, Agent, LabGuard,
 };
-use xtask::lab::{
-    manifest,
-    topology::{IMDS, INTERNET_HOST, PRIVATE_ENDPOINT},
-};
+use xtask::lab::topology::{IMDS, INTERNET_HOST, PRIVATE_ENDPOINT};
 
 fn agent_with_lab_config(lab: &LabGuard, node: u8) -> Agent {
-    let cfg = manifest::config_path(&lab.topo.prefix);
-    Agent::start(
-        &lab.topo.node_ns(node),
-        &["--config", cfg.to_str().unwrap()],
-    )
+    lab_agent(lab, node, &[])
 }
 
-/// Send `n` UDP datagrams of `size` bytes from pod `from` (port `sport`) to `to`, with a
-/// receiver in `rx_ns`; returns (packets, IP bytes) sent.
 fn udp(
     lab: &LabGuard,
     from: &str,
@@ -31,26 +22,7 @@ fn udp(
     n: u64,
     size: u64,
 ) -> (u64, u64) {
-    let t = &lab.topo;
-    let p = t.pod(from);
-    let rx = traffic_bg(rx_ns, &["udp-recv", to, &n.to_string()]);
-    traffic(
-        &t.pod_ns(p),
-        &[
-            "udp-send",
-            to,
-            &n.to_string(),
-            &size.to_string(),
-            "--bind",
-            &format!("{}:{sport}", p.ip()),
-        ],
-    );
-    assert_eq!(
-        finish(rx).lines().next(),
-        Some(n.to_string().as_str()),
-        "receiver got all"
-    );
-    (n, n * (size + 28))
+    udp_from_pod(lab, from, sport, rx_ns, to, n, size)
 }
 
 fn verdicts(c: &Value) -> Value {

@@ -239,18 +239,9 @@ fn opens(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::flow::test_tuple as t;
     use crate::{flow::PROTO_UDP, nat::NatEntry};
     use agent_common::Direction;
-
-    fn t(proto: u8, src: &str, sport: u16, dst: &str, dport: u16) -> FlowTuple {
-        FlowTuple {
-            proto,
-            src: src.parse().unwrap(),
-            sport,
-            dst: dst.parse().unwrap(),
-            dport,
-        }
-    }
 
     fn key(ifindex: u32, dir: Direction, tu: FlowTuple) -> FlowKey {
         let words = |ip: IpAddr| {

@@ -75,19 +75,21 @@ impl FlowTuple {
     }
 }
 
+/// A tuple from text, for tests across the crate.
+#[cfg(test)]
+pub fn t(proto: u8, src: &str, sport: u16, dst: &str, dport: u16) -> FlowTuple {
+    FlowTuple {
+        proto,
+        src: src.parse().unwrap(),
+        sport,
+        dst: dst.parse().unwrap(),
+        dport,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn t(proto: u8, src: &str, sport: u16, dst: &str, dport: u16) -> FlowTuple {
-        FlowTuple {
-            proto,
-            src: src.parse().unwrap(),
-            sport,
-            dst: dst.parse().unwrap(),
-            dport,
-        }
-    }
 
     #[test]
     fn reverses_ports_for_tcp_and_udp() {

@@ -66,17 +66,8 @@ impl NatEntry {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::flow::test_tuple as t;
     use crate::flow::{PROTO_ICMP, PROTO_TCP};
-
-    fn t(proto: u8, src: &str, sport: u16, dst: &str, dport: u16) -> FlowTuple {
-        FlowTuple {
-            proto,
-            src: src.parse().unwrap(),
-            sport,
-            dst: dst.parse().unwrap(),
-            dport,
-        }
-    }
 
     #[test]
     fn masquerade_to_the_internet_is_snat_only() {
