@@ -26,10 +26,6 @@ fn start_agent(lab: &LabGuard, extra: &[&str]) -> Agent {
     lab_agent(lab, 1, extra)
 }
 
-fn udp(lab: &LabGuard, from: &str, sport: u16, rx_ns: &str, to: &str, n: u64, size: u64) {
-    udp_from_pod(lab, from, sport, rx_ns, to, n, size);
-}
-
 #[test]
 fn prometheus_scrapes_exact_flow_metrics_and_verdicts() {
     let lab = lab("px");
@@ -37,7 +33,7 @@ fn prometheus_scrapes_exact_flow_metrics_and_verdicts() {
     let agent = start_agent(&lab, &[]);
     let prom = Prometheus::start(&t.node_ns(1), "127.0.0.1:9990", &[]);
     let api2 = t.pod("api-2");
-    udp(
+    udp_from_pod(
         &lab,
         "web-1",
         7001,
@@ -46,7 +42,7 @@ fn prometheus_scrapes_exact_flow_metrics_and_verdicts() {
         4,
         100,
     );
-    udp(
+    udp_from_pod(
         &lab,
         "jobs-1",
         7002,
@@ -55,7 +51,7 @@ fn prometheus_scrapes_exact_flow_metrics_and_verdicts() {
         5,
         100,
     );
-    udp(
+    udp_from_pod(
         &lab,
         "jobs-1",
         7003,
@@ -174,7 +170,7 @@ fn flow_log_carries_both_nat_sides_and_deleted_namespaces_leave_the_metrics() {
         ],
     );
     let jobs = t.pod("jobs-1");
-    udp(
+    udp_from_pod(
         &lab,
         "jobs-1",
         7101,
@@ -184,7 +180,7 @@ fn flow_log_carries_both_nat_sides_and_deleted_namespaces_leave_the_metrics() {
         100,
     );
     let api2 = t.pod("api-2");
-    udp(
+    udp_from_pod(
         &lab,
         "web-1",
         7102,
@@ -284,7 +280,7 @@ fn the_series_cap_holds_and_overflow_is_counted() {
     let agent = start_agent(&lab, &["--metrics-max-series", "3"]);
     let pods = ["web-1", "jobs-1", "api-1", "coredns-1", "egress-gw-1"];
     for (i, p) in pods.iter().enumerate() {
-        udp(
+        udp_from_pod(
             &lab,
             p,
             7200 + i as u16,
@@ -346,7 +342,7 @@ fn flows_filters_and_the_cli() {
     let t = &lab.topo;
     let agent = start_agent(&lab, &[]);
     let api2 = t.pod("api-2");
-    udp(
+    udp_from_pod(
         &lab,
         "web-1",
         7301,
@@ -355,7 +351,7 @@ fn flows_filters_and_the_cli() {
         2,
         10,
     );
-    udp(
+    udp_from_pod(
         &lab,
         "jobs-1",
         7302,

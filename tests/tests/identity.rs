@@ -13,18 +13,6 @@ fn agent_with_lab_config(lab: &LabGuard, node: u8) -> Agent {
     lab_agent(lab, node, &[])
 }
 
-fn udp(
-    lab: &LabGuard,
-    from: &str,
-    sport: u16,
-    rx_ns: &str,
-    to: &str,
-    n: u64,
-    size: u64,
-) -> (u64, u64) {
-    udp_from_pod(lab, from, sport, rx_ns, to, n, size)
-}
-
 fn verdicts(c: &Value) -> Value {
     json!({
         "flow_class": c["flow_class"], "scope": c["scope"], "tenants": c["tenants"],
@@ -57,7 +45,7 @@ fn cross_tenant_and_same_tenant_pod_traffic() {
     let api2 = t.pod("api-2");
     let jobs = t.pod("jobs-1");
 
-    let sent = udp(
+    let sent = udp_from_pod(
         &lab,
         "web-1",
         7001,
@@ -76,7 +64,7 @@ fn cross_tenant_and_same_tenant_pod_traffic() {
                "cross_tenant": true, "egress": "none", "sensitive": null})
     );
 
-    let sent = udp(
+    let sent = udp_from_pod(
         &lab,
         "web-1",
         7002,
@@ -101,7 +89,7 @@ fn egress_unmediated_exempt_and_imds_keep_the_pod_identity_behind_snat() {
     let agent = agent_with_lab_config(&lab, 1);
     let jobs_ip = t.pod("jobs-1").ip();
 
-    let sent = udp(
+    let sent = udp_from_pod(
         &lab,
         "jobs-1",
         7101,
@@ -129,7 +117,7 @@ fn egress_unmediated_exempt_and_imds_keep_the_pod_identity_behind_snat() {
                "cross_tenant": false, "egress": "unmediated", "sensitive": null})
     );
 
-    let sent = udp(
+    let sent = udp_from_pod(
         &lab,
         "jobs-1",
         7102,
@@ -147,7 +135,7 @@ fn egress_unmediated_exempt_and_imds_keep_the_pod_identity_behind_snat() {
                "cross_tenant": false, "egress": "exempt", "sensitive": null})
     );
 
-    let sent = udp(
+    let sent = udp_from_pod(
         &lab,
         "jobs-1",
         7103,
