@@ -183,6 +183,9 @@ impl Pipeline {
         m.observe_kernel(harvest.counters);
         let idle_ns = self.idle.as_nanos() as u64;
         self.table.apply(&harvest.flows, &harvest.removed);
+        if let Some(a) = &mut self.processes {
+            a.forget(&harvest.removed);
+        }
         self.table.expire(now, idle_ns);
         // Keep mappings of closed connections as long as their counters may still be shown.
         self.nat.gc(now, 2 * idle_ns);

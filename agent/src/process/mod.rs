@@ -102,14 +102,24 @@ impl Attribution {
         })
     }
 
-    /// Every flow tuple a local socket sent, with its process.
+    /// Drop the socket join of flows the harvester removed from the kernel map, so the
+    /// join map holds only live flows and each read walks only those.
+    pub fn forget(&mut self, removed: &[FlowKey]) {
+        for key in removed {
+            let _ = self.flows.remove(key);
+        }
+    }
+
+    /// Every flow tuple a local socket sent, with its process. Walks only the flows local
+    /// sockets sent; owners are looked up by cookie.
     pub fn read(&mut self, store: &Store) -> HashMap<FlowTuple, ProcessInfo> {
-        let owners: HashMap<u64, SockOwner> = self.socks.iter().filter_map(Result::ok).collect();
         let mut out = HashMap::new();
-        for (key, cookie) in self.flows.iter().filter_map(Result::ok) {
-            let Some(owner) = owners.get(&cookie) else {
+        let sent: Vec<(FlowKey, u64)> = self.flows.iter().filter_map(Result::ok).collect();
+        for (key, cookie) in sent {
+            let Ok(owner) = self.socks.get(&cookie, 0) else {
                 continue;
             };
+            let owner: &SockOwner = &owner;
             let tuple = FlowTuple::from(&key);
             if out.contains_key(&tuple) {
                 continue;
