@@ -1,8 +1,4 @@
-//! The flow key and value of the kernel flow map.
-
-/// Capacity of the kernel flow map. LRU, so a full map evicts the least recently used flow
-/// rather than refusing new ones; the agent harvests well before that in normal operation.
-pub const MAX_FLOWS: u32 = 65_536;
+//! The flow key and counters of the kernel flow cache.
 
 /// Which hook saw the packet. Values are stable: they appear in the map key.
 #[repr(u8)]

@@ -5,6 +5,7 @@
 //! make two identical flows hash to different keys.
 #![no_std]
 
+pub mod cache;
 pub mod counters;
 pub mod flow;
 pub mod process;
@@ -12,6 +13,7 @@ pub mod process;
 #[cfg(feature = "user")]
 mod user;
 
+pub use cache::{Evicted, FlowSet, FlowSlot, CACHE_SETS, CACHE_WAYS, EVICTIONS_BYTES};
 pub use counters::Counter;
-pub use flow::{Direction, FlowKey, FlowStats, MAX_FLOWS};
+pub use flow::{Direction, FlowKey, FlowStats};
 pub use process::{SockOwner, MAX_SOCKETS};

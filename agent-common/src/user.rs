@@ -9,3 +9,7 @@ unsafe impl aya::Pod for FlowKey {}
 unsafe impl aya::Pod for FlowStats {}
 // SAFETY: see above.
 unsafe impl aya::Pod for crate::SockOwner {}
+// SAFETY: see above.
+unsafe impl aya::Pod for crate::FlowSet {}
+// SAFETY: see above.
+unsafe impl aya::Pod for crate::Evicted {}

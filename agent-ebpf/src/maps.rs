@@ -1,18 +1,22 @@
 //! Maps shared with the agent. Names are part of the agent's contract (it looks them up).
 
 use agent_common::{
-    counters::COUNTER_SLOTS, Counter, FlowKey, FlowStats, SockOwner, MAX_FLOWS, MAX_SOCKETS,
+    counters::COUNTER_SLOTS, Counter, Evicted, FlowKey, FlowSet, SockOwner, CACHE_SETS,
+    EVICTIONS_BYTES, MAX_SOCKETS,
 };
 use aya_ebpf::{
     macros::map,
-    maps::{LruHashMap, LruPerCpuHashMap, PerCpuArray},
+    maps::{LruHashMap, PerCpuArray, RingBuf},
 };
 
-/// Per-CPU values make the counters exact without atomics (which this target lacks); LRU
-/// keeps the map bounded if the agent falls behind.
-#[map(name = "TF_FLOWS")]
-pub static FLOWS: LruPerCpuHashMap<FlowKey, FlowStats> =
-    LruPerCpuHashMap::with_max_entries(MAX_FLOWS, 0);
+/// The flow cache (see `agent_common::cache`): per-CPU so counters are exact without
+/// atomics, an array so the lookup is an inlined address computation.
+#[map(name = "TF_FLOW_CACHE")]
+pub static FLOW_CACHE: PerCpuArray<FlowSet> = PerCpuArray::with_max_entries(CACHE_SETS, 0);
+
+/// Final counters of slots taken over by another flow.
+#[map(name = "TF_EVICTIONS")]
+pub static EVICTIONS: RingBuf = RingBuf::with_byte_size(EVICTIONS_BYTES, 0);
 
 /// Socket cookie → the process that connected or sent on it (cgroup hooks).
 #[map(name = "TF_SOCKS")]
@@ -26,10 +30,42 @@ pub static SOCK_FLOWS: LruHashMap<FlowKey, u64> = LruHashMap::with_max_entries(M
 #[map(name = "TF_COUNTERS")]
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_SLOTS, 0);
 
+/// Set by the agent at load: makes set selection unpredictable to senders who would craft
+/// colliding flows to force evictions.
+#[unsafe(no_mangle)]
+static TF_HASH_SEED: u64 = 0;
+
+/// Set by the agent at load (its idle timeout): a slot silent for longer starts a new flow
+/// record when its flow comes back, as the agent's table has expired the old one.
+#[unsafe(no_mangle)]
+static TF_IDLE_NS: u64 = u64::MAX;
+
+#[inline(always)]
+pub fn hash_seed() -> u64 {
+    // SAFETY: a plain read; volatile so the compiler keeps the load the loader patched.
+    unsafe { core::ptr::read_volatile(&TF_HASH_SEED) }
+}
+
+#[inline(always)]
+pub fn idle_ns() -> u64 {
+    // SAFETY: as above.
+    unsafe { core::ptr::read_volatile(&TF_IDLE_NS) }
+}
+
 #[inline(always)]
 pub fn bump(counter: Counter) {
     if let Some(slot) = COUNTERS.get_ptr_mut(counter as u32) {
         // SAFETY: per-CPU slot, only this CPU writes it while the program runs.
         unsafe { *slot += 1 };
+    }
+}
+
+/// Send a slot's final counters to userspace; a full ring loses them (counted).
+#[inline(always)]
+pub fn evict(record: &Evicted) {
+    if EVICTIONS.output::<Evicted>(record, 0).is_ok() {
+        bump(Counter::Evictions);
+    } else {
+        bump(Counter::EvictionsLost);
     }
 }

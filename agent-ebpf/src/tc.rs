@@ -1,16 +1,19 @@
 //! TC classifier entry points: thin wrappers that never influence the packet's fate.
 
-use agent_common::{Counter, Direction, FlowStats};
+use agent_common::{
+    Counter, Direction, Evicted, FlowKey, FlowSet, FlowStats, CACHE_SETS, CACHE_WAYS,
+};
 use aya_ebpf::{
     bindings::TC_ACT_UNSPEC,
     cty::c_void,
-    helpers::{bpf_get_socket_cookie, bpf_ktime_get_coarse_ns},
+    helpers::{bpf_get_smp_processor_id, bpf_get_socket_cookie, bpf_ktime_get_coarse_ns},
     macros::classifier,
     programs::TcContext,
 };
+use core::ptr::write_volatile;
 
 use crate::{
-    maps::{bump, FLOWS, SOCK_FLOWS},
+    maps::{bump, evict, hash_seed, idle_ns, FLOW_CACHE, SOCK_FLOWS},
     parse::{parse, Outcome, Parsed},
 };
 
@@ -32,7 +35,7 @@ pub fn tf_egress(ctx: TcContext) -> i32 {
 /// forwarded pod packet does not (veths orphan it), so this costs one helper call on a
 /// flow's first packet per CPU and nothing afterwards.
 #[inline(always)]
-fn remember_socket(ctx: &TcContext, key: &agent_common::FlowKey) {
+fn remember_socket(ctx: &TcContext, key: &FlowKey) {
     // SAFETY: the context pointer the kernel passed in.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.skb.skb as *mut c_void) };
     if cookie != 0 {
@@ -73,22 +76,59 @@ fn record(ctx: &TcContext, dir: Direction, mut p: Parsed) {
     // SAFETY: helper without preconditions.
     let now = unsafe { bpf_ktime_get_coarse_ns() };
 
-    if let Some(stats) = FLOWS.get_ptr_mut(p.key) {
-        // SAFETY: per-CPU value, only this CPU writes it while the program runs.
-        let s = unsafe { &mut *stats };
-        if s.packets == 0 {
-            s.first_seen_ns = now;
-        }
-        s.packets += segs;
-        s.bytes += bytes;
-        s.last_seen_ns = now;
-        s.tcp_flags |= p.tcp_flags;
+    let words = key_words(&p.key);
+    let set_index = set_of(words);
+    let Some(set) = FLOW_CACHE.get_ptr_mut(set_index) else {
         return;
+    };
+    // SAFETY: per-CPU value, only this CPU writes it while the program runs.
+    let set = unsafe { &mut *set };
+    for way in 0..CACHE_WAYS {
+        let s = &mut set.ways[way];
+        if s.stats.packets != 0 && same_key(key_words(&s.key), words) {
+            let st = &mut s.stats;
+            // Back after the agent expired it: a new record, as with a fresh slot.
+            if now.wrapping_sub(st.last_seen_ns) > idle_ns() {
+                st.first_seen_ns = now;
+                st.tcp_flags = 0;
+            }
+            st.packets += segs;
+            st.bytes += bytes;
+            st.last_seen_ns = now;
+            st.tcp_flags |= p.tcp_flags;
+            return;
+        }
     }
+    occupy(set, set_index, &p, segs, bytes, now);
     if dir == Direction::Egress {
         remember_socket(ctx, &p.key);
     }
-    let fresh = FlowStats {
+}
+
+/// A miss: take an empty way, else the least recently seen one (its counts go to userspace).
+#[inline(always)]
+fn occupy(set: &mut FlowSet, set_index: u32, p: &Parsed, segs: u64, bytes: u64, now: u64) {
+    let w = &set.ways;
+    let way = if w[0].stats.packets == 0 {
+        0
+    } else if w[1].stats.packets == 0 || w[1].stats.last_seen_ns < w[0].stats.last_seen_ns {
+        1
+    } else {
+        0
+    };
+    let s = &mut set.ways[way];
+    if s.stats.packets != 0 {
+        evict(&Evicted {
+            key: s.key,
+            stats: s.stats,
+            seq: s.seq_begin,
+            // SAFETY: helper without preconditions.
+            cpu: unsafe { bpf_get_smp_processor_id() },
+            slot: set_index * CACHE_WAYS as u32 + way as u32,
+        });
+    }
+    let seq = s.seq_begin + 1;
+    let stats = FlowStats {
         packets: segs,
         bytes,
         first_seen_ns: now,
@@ -98,9 +138,39 @@ fn record(ctx: &TcContext, dir: Direction, mut p: Parsed) {
         _pad1: 0,
         _pad2: 0,
     };
-    // BPF_ANY on a per-CPU LRU map writes only this CPU's slot if another CPU inserted the
-    // key meanwhile, so a race cannot overwrite another CPU's counts.
-    if FLOWS.insert(p.key, fresh, 0).is_err() {
-        bump(Counter::InsertFailures);
+    // SAFETY: plain stores into this CPU's slot; volatile only to keep their order, which
+    // userspace relies on to detect a torn copy (see agent_common::cache).
+    unsafe {
+        write_volatile(&mut s.seq_begin, seq);
+        write_volatile(&mut s.key, p.key);
+        write_volatile(&mut s.stats, stats);
+        write_volatile(&mut s.seq_end, seq);
     }
+}
+
+/// The key as the six 64-bit words it is laid out in (48 bytes, 8-aligned, no uninitialised
+/// padding): compared and hashed a word at a time.
+#[inline(always)]
+fn key_words(key: &FlowKey) -> &[u64; 6] {
+    // SAFETY: FlowKey is #[repr(C, align(8))], 48 bytes, all padding explicit.
+    unsafe { &*(key as *const FlowKey as *const [u64; 6]) }
+}
+
+/// Word-wise key equality. `==` on the arrays compiles to a call to a byte-at-a-time
+/// `memcmp` (~430 instructions for 48 bytes); XOR-OR of the six words is eleven.
+#[inline(always)]
+fn same_key(a: &[u64; 6], b: &[u64; 6]) -> bool {
+    ((a[0] ^ b[0]) | (a[1] ^ b[1]) | (a[2] ^ b[2]) | (a[3] ^ b[3]) | (a[4] ^ b[4]) | (a[5] ^ b[5]))
+        == 0
+}
+
+/// Multiply-xorshift over the key words, seeded per agent start.
+#[inline(always)]
+fn set_of(words: &[u64; 6]) -> u32 {
+    const K: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut h = hash_seed();
+    for w in words {
+        h = (h ^ *w).wrapping_mul(K);
+    }
+    ((h ^ (h >> 32)) as u32) & (CACHE_SETS - 1)
 }

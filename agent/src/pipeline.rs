@@ -171,7 +171,7 @@ impl Pipeline {
         let m = &shared.metrics;
         let timer = m.harvest_duration.start_timer();
         let now = monotonic_ns();
-        let harvest = match harvester.harvest(now) {
+        let harvest = match harvester.harvest() {
             Ok(h) => h,
             Err(e) => {
                 m.harvest_errors.inc();
@@ -179,14 +179,19 @@ impl Pipeline {
                 return;
             }
         };
-        m.flow_map_entries.set(harvest.flows.len() as i64);
+        m.flow_map_entries.set(harvest.occupied as i64);
         m.observe_kernel(harvest.counters);
         let idle_ns = self.idle.as_nanos() as u64;
-        self.table.apply(&harvest.flows, &harvest.removed);
+        self.table.apply(&harvest.deltas);
+        let expired: Vec<_> = self
+            .table
+            .expire(now, idle_ns)
+            .into_iter()
+            .map(|(key, _)| key)
+            .collect();
         if let Some(a) = &mut self.processes {
-            a.forget(&harvest.removed);
+            a.forget(&expired);
         }
-        self.table.expire(now, idle_ns);
         // Keep mappings of closed connections as long as their counters may still be shown.
         self.nat.gc(now, 2 * idle_ns);
         m.tracked_flows.set(self.table.len() as i64);

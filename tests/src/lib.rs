@@ -52,7 +52,8 @@ pub fn agent_bin() -> PathBuf {
 }
 
 /// The traffic generator; cargo builds this package's binaries before its integration tests.
-fn traffic_bin() -> PathBuf {
+/// Public for commands that wrap it (e.g. `taskset`).
+pub fn traffic_bin() -> PathBuf {
     let p = target_dir().join("tf-traffic");
     assert!(
         p.exists(),

@@ -178,6 +178,99 @@ fn ipv6_exchanges_are_counted_exactly_at_pod_veth_and_uplink() {
     exchanges(true);
 }
 
+/// More flows than the kernel cache holds: slots are handed over and the old flows' counts
+/// travel through the eviction ring, yet every flow is counted exactly and every packet the
+/// programs inspected is in exactly one flow.
+#[test]
+fn flows_beyond_the_cache_are_evicted_yet_counted_exactly() {
+    const FLOWS: u64 = 20_000;
+    const PORT: u64 = 20_000;
+    const SIZE: u64 = 10;
+    let lab = lab("ev");
+    let t = &lab.topo;
+    let (web1, web2) = (t.pod("web-1"), t.pod("web-2"));
+    let (a, b) = (web1.ip(), web2.ip());
+    let (ns1, ns2) = (t.pod_ns(web1), t.pod_ns(web2));
+    // Dropped silently at the receiver: no port-unreachable replies join the totals.
+    let ports = format!("{PORT}:{}", PORT + FLOWS - 1);
+    in_ns(
+        &ns2,
+        &[
+            "iptables", "-A", "INPUT", "-p", "udp", "--dport", &ports, "-j", "DROP",
+        ],
+    );
+    let agent = Agent::start(&t.node_ns(1), &[]);
+    let veth = web1.host_iface();
+    // One CPU sends, so one CPU's cache (8,192 slots) takes all 40,000 occupations (two
+    // observation points per flow): at least 31,808 of them evict an earlier flow.
+    in_ns(
+        &ns1,
+        &[
+            "taskset",
+            "-c",
+            "0",
+            &tenantflow_tests::traffic_bin().to_string_lossy(),
+            "udp-spray",
+            &format!("{b}:{PORT}"),
+            &FLOWS.to_string(),
+            &SIZE.to_string(),
+            "--bind",
+            &format!("{a}:4000"),
+        ],
+    );
+    let per_flow = (1u64, 28 + SIZE);
+    let ours = |f: &Value| {
+        f["proto"] == "udp"
+            && f["src"] == a.as_str()
+            && f["dst"] == b.as_str()
+            && f["src_port"] == 4000
+            && (PORT..PORT + FLOWS).contains(&f["dst_port"].as_u64().unwrap_or(0))
+    };
+    let seen = |iface: &str, hook: &str| -> Vec<(u64, u64)> {
+        agent
+            .observations(&format!("?iface={iface}"))
+            .iter()
+            .filter(|f| f["hook"] == hook && ours(f))
+            .map(|f| (f["packets"].as_u64().unwrap(), f["bytes"].as_u64().unwrap()))
+            .collect()
+    };
+    for (iface, hook) in [(veth.as_str(), "ingress"), ("eth0", "egress")] {
+        let mut flows = Vec::new();
+        eventually(Duration::from_secs(10), || {
+            flows = seen(iface, hook);
+            (flows.len() as u64 == FLOWS).then_some(())
+        });
+        assert_eq!(flows.len() as u64, FLOWS, "flows at {iface}/{hook}");
+        let wrong: Vec<_> = flows.iter().filter(|c| **c != per_flow).collect();
+        assert_eq!(wrong, Vec::<&(u64, u64)>::new(), "counts at {iface}/{hook}");
+    }
+
+    let metric = |name: &str| agent.metric(name).unwrap_or(f64::NAN) as u64;
+    let slots_per_cpu = (agent_common::CACHE_SETS as u64) * agent_common::CACHE_WAYS as u64;
+    let evictions = metric("tenantflow_datapath_evictions_total");
+    assert!(
+        evictions >= 2 * FLOWS - slots_per_cpu,
+        "{evictions} evictions: the cache was not overrun"
+    );
+    assert_eq!(metric("tenantflow_datapath_evictions_lost_total"), 0);
+    // Conservation: every IP packet inspected is in exactly one observation. Read until a
+    // harvest's metrics and observations agree (other lab traffic may be in flight).
+    let mut last = (0, 0);
+    let balanced = eventually(Duration::from_secs(10), || {
+        let inspected = metric("tenantflow_datapath_packets_total")
+            - metric("tenantflow_datapath_non_ip_packets_total")
+            - metric("tenantflow_datapath_unparsable_packets_total");
+        let counted: u64 = agent
+            .observations("")
+            .iter()
+            .map(|f| f["packets"].as_u64().unwrap())
+            .sum();
+        last = (inspected, counted);
+        (inspected == counted).then_some(())
+    });
+    assert!(balanced.is_some(), "inspected vs counted packets: {last:?}");
+}
+
 #[test]
 fn pod_veth_created_after_start_is_attached_counted_and_forgotten() {
     let lab = lab("lv");

@@ -24,6 +24,15 @@ pub enum TrafficCmd {
         #[arg(long, default_value_t = 0)]
         gap_us: u64,
     },
+    /// Send one datagram of SIZE payload bytes to each of FLOWS consecutive ports from
+    /// TO's port up: FLOWS distinct flows of exactly one packet each.
+    UdpSpray {
+        to: SocketAddr,
+        flows: u16,
+        size: usize,
+        #[arg(long)]
+        bind: Option<SocketAddr>,
+    },
     /// Receive COUNT datagrams on BIND (or until TIMEOUT_MS of silence); print how many.
     UdpRecv {
         bind: SocketAddr,
@@ -81,6 +90,27 @@ pub fn run(cmd: TrafficCmd) -> Result<()> {
                 if gap_us > 0 {
                     std::thread::sleep(Duration::from_micros(gap_us));
                 }
+            }
+            Ok(())
+        }
+        TrafficCmd::UdpSpray {
+            to,
+            flows,
+            size,
+            bind,
+        } => {
+            let local = bind.unwrap_or_else(|| unspecified(&to));
+            let sock = UdpSocket::bind(local).with_context(|| format!("bind {local}"))?;
+            let payload = vec![0x5au8; size];
+            for i in 0..flows {
+                let mut dst = to;
+                let port = to
+                    .port()
+                    .checked_add(i)
+                    .with_context(|| format!("{flows} ports from {to} pass 65535"))?;
+                dst.set_port(port);
+                sock.send_to(&payload, dst)
+                    .with_context(|| format!("send to {dst}"))?;
             }
             Ok(())
         }

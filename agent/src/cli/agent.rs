@@ -135,7 +135,7 @@ async fn run_async(args: AgentArgs) -> anyhow::Result<()> {
     } else {
         Programs::Observers
     };
-    let mut loaded = datapath::load(programs)?;
+    let mut loaded = datapath::load(programs, args.idle_timeout)?;
     let mode = args.attach_mode.resolve(loaded.tcx_available);
     if mode == AttachMode::Tcx && !loaded.tcx_available {
         return Err(UsageError(
@@ -169,11 +169,11 @@ async fn run_async(args: AgentArgs) -> anyhow::Result<()> {
         mode_name(mode),
         mechanism.as_str(),
     )));
+    let mut harvester = Harvester::new(&mut loaded.ebpf)?;
     shared
         .metrics
         .flow_map_capacity
-        .set(agent_common::MAX_FLOWS as i64);
-    let mut harvester = Harvester::new(&mut loaded.ebpf, args.idle_timeout)?;
+        .set(harvester.capacity() as i64);
     let processes = match attach_processes(&mut loaded.ebpf, &args) {
         Ok(p) => p,
         Err(e) => {

@@ -47,6 +47,9 @@ pub enum DatapathError {
     /// A map the agent relies on is missing from the object (build mismatch).
     #[error("map {0} missing from the eBPF object: rebuild the agent")]
     MissingMap(&'static str),
+    /// The possible-CPU list (sizes per-CPU map reads) could not be read.
+    #[error("reading /sys/devices/system/cpu/possible: {0}: is /sys mounted?")]
+    Cpus(#[source] std::io::Error),
     /// A map operation failed.
     #[error("map {map}: {source}")]
     Map {

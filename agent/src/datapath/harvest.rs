@@ -1,96 +1,100 @@
-//! Read the kernel flow map: sum the per-CPU copies, delete entries idle past the timeout.
+//! Read the kernel flow cache: drain the eviction ring, then read every slot of every CPU,
+//! and turn both into per-flow deltas (see [`super::slots`]).
 //!
-//! Deleting only long-idle entries keeps the map small without racing live flows: a packet
-//! would have to arrive in the microseconds between the read and the delete of a flow that
-//! was silent for the whole idle timeout, and a flow back from that long a silence starts
-//! a new record anyway.
+//! The ring is drained first so an occupation's final record usually lands before its
+//! slot is read again; the order does not matter for correctness, only for how long a
+//! displaced occupation's baseline is kept.
 
-use std::time::Duration;
-
-use agent_common::{counters::COUNTER_SLOTS, Counter, FlowKey, FlowStats};
+use agent_common::{counters::COUNTER_SLOTS, Counter, Evicted, FlowSet, CACHE_WAYS};
 use aya::{
-    maps::{MapData, PerCpuArray, PerCpuHashMap, PerCpuValues},
+    maps::{MapData, PerCpuArray, PerCpuValues, RingBuf},
     Ebpf,
 };
 
-use super::DatapathError;
+use super::{
+    slots::{Delta, SlotDeltas},
+    DatapathError,
+};
 
-const FLOWS_MAP: &str = "TF_FLOWS";
+const CACHE_MAP: &str = "TF_FLOW_CACHE";
+const EVICTIONS_MAP: &str = "TF_EVICTIONS";
 const COUNTERS_MAP: &str = "TF_COUNTERS";
 
 /// Kernel health counters, cumulative since the programs were loaded.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct KernelCounters {
     pub packets: u64,
-    pub insert_failures: u64,
+    pub evictions: u64,
+    pub evictions_lost: u64,
     pub unparsable: u64,
     pub non_ip: u64,
 }
 
-/// One pass over the kernel map.
+/// One pass over the kernel cache.
 #[derive(Debug, Default)]
 pub struct Harvest {
-    /// Cumulative counters of every entry present, summed over CPUs.
-    pub flows: Vec<(FlowKey, FlowStats)>,
-    /// Entries deleted from the kernel after this read (their next sighting restarts at 0).
-    pub removed: Vec<FlowKey>,
+    /// New traffic since the last harvest, per flow and observation point (a flow may
+    /// appear once per CPU that carried it).
+    pub deltas: Vec<Delta>,
+    /// Slots holding a flow, over all CPUs.
+    pub occupied: usize,
     pub counters: KernelCounters,
 }
 
 pub struct Harvester {
-    flows: PerCpuHashMap<MapData, FlowKey, FlowStats>,
+    cache: PerCpuArray<MapData, FlowSet>,
+    evictions: RingBuf<MapData>,
     counters: PerCpuArray<MapData, u64>,
-    idle_ns: u64,
+    slots: SlotDeltas,
+    cpus: usize,
 }
 
 impl Harvester {
     /// Takes the maps out of `ebpf`: the harvester becomes their only reader.
-    pub fn new(ebpf: &mut Ebpf, idle: Duration) -> Result<Self, DatapathError> {
-        let flows = ebpf
-            .take_map(FLOWS_MAP)
-            .ok_or(DatapathError::MissingMap(FLOWS_MAP))?;
-        let counters = ebpf
-            .take_map(COUNTERS_MAP)
-            .ok_or(DatapathError::MissingMap(COUNTERS_MAP))?;
+    pub fn new(ebpf: &mut Ebpf) -> Result<Self, DatapathError> {
+        let mut take =
+            |name: &'static str| ebpf.take_map(name).ok_or(DatapathError::MissingMap(name));
+        let (cache, evictions, counters) =
+            (take(CACHE_MAP)?, take(EVICTIONS_MAP)?, take(COUNTERS_MAP)?);
+        let cpus = aya::util::nr_cpus().map_err(|(_, e)| DatapathError::Cpus(e))?;
         Ok(Self {
-            flows: PerCpuHashMap::try_from(flows).map_err(|source| DatapathError::Map {
-                map: FLOWS_MAP,
-                source,
-            })?,
-            counters: PerCpuArray::try_from(counters).map_err(|source| DatapathError::Map {
-                map: COUNTERS_MAP,
-                source,
-            })?,
-            idle_ns: idle.as_nanos() as u64,
+            cache: PerCpuArray::try_from(cache).map_err(map_err(CACHE_MAP))?,
+            evictions: RingBuf::try_from(evictions).map_err(map_err(EVICTIONS_MAP))?,
+            counters: PerCpuArray::try_from(counters).map_err(map_err(COUNTERS_MAP))?,
+            slots: SlotDeltas::new(),
+            cpus,
         })
     }
 
-    /// Read everything; `now_ns` is CLOCK_MONOTONIC, the clock the kernel stamps flows with.
-    pub fn harvest(&mut self, now_ns: u64) -> Result<Harvest, DatapathError> {
-        let map_err = |source| DatapathError::Map {
-            map: FLOWS_MAP,
-            source,
-        };
+    /// Flows the cache holds before it evicts, over all CPUs.
+    pub fn capacity(&self) -> usize {
+        self.cache.len() as usize * CACHE_WAYS * self.cpus
+    }
+
+    pub fn harvest(&mut self) -> Result<Harvest, DatapathError> {
         let mut out = Harvest::default();
-        for item in self.flows.iter() {
-            let (key, values) = match item {
-                Ok(kv) => kv,
-                // An entry evicted or deleted between the key walk and the lookup.
-                Err(aya::maps::MapError::KeyNotFound) => continue,
-                Err(e) => return Err(map_err(e)),
-            };
-            let stats = sum_per_cpu(values.iter());
-            if now_ns.saturating_sub(stats.last_seen_ns) > self.idle_ns {
-                out.removed.push(key);
+        while let Some(item) = self.evictions.next() {
+            if item.len() < size_of::<Evicted>() {
+                continue;
             }
-            out.flows.push((key, stats));
+            // SAFETY: the kernel wrote an `Evicted` (repr(C), every bit pattern valid) at the
+            // start of the record; read_unaligned makes no alignment assumption.
+            let e: Evicted = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
+            out.deltas.extend(self.slots.evicted(&e));
         }
-        for key in &out.removed {
-            match self.flows.remove(key) {
-                Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
-                Err(e) => return Err(map_err(e)),
+        for set in 0..self.cache.len() {
+            let per_cpu: PerCpuValues<FlowSet> =
+                self.cache.get(&set, 0).map_err(map_err(CACHE_MAP))?;
+            for (cpu, value) in per_cpu.iter().enumerate() {
+                for (way, slot) in value.ways.iter().enumerate() {
+                    let index = set * CACHE_WAYS as u32 + way as u32;
+                    out.deltas
+                        .extend(self.slots.observed(cpu as u32, index, slot));
+                }
             }
         }
+        self.slots.end_round();
+        out.occupied = self.slots.occupied();
         out.counters = self.read_counters()?;
         Ok(out)
     }
@@ -98,74 +102,22 @@ impl Harvester {
     fn read_counters(&self) -> Result<KernelCounters, DatapathError> {
         let mut slots = [0u64; COUNTER_SLOTS as usize];
         for c in Counter::ALL {
-            let values: PerCpuValues<u64> =
-                self.counters
-                    .get(&(c as u32), 0)
-                    .map_err(|source| DatapathError::Map {
-                        map: COUNTERS_MAP,
-                        source,
-                    })?;
+            let values: PerCpuValues<u64> = self
+                .counters
+                .get(&(c as u32), 0)
+                .map_err(map_err(COUNTERS_MAP))?;
             slots[c as usize] = values.iter().sum();
         }
         Ok(KernelCounters {
             packets: slots[Counter::Packets as usize],
-            insert_failures: slots[Counter::InsertFailures as usize],
+            evictions: slots[Counter::Evictions as usize],
+            evictions_lost: slots[Counter::EvictionsLost as usize],
             unparsable: slots[Counter::Unparsable as usize],
             non_ip: slots[Counter::NonIp as usize],
         })
     }
 }
 
-/// Combine per-CPU copies: counts add, first/last seen take the extremes of CPUs that saw
-/// the flow at all (an untouched CPU's copy is all zeroes).
-pub fn sum_per_cpu<'a>(values: impl Iterator<Item = &'a FlowStats>) -> FlowStats {
-    let mut total = FlowStats::default();
-    for v in values.filter(|v| v.packets > 0) {
-        total.first_seen_ns = if total.packets == 0 {
-            v.first_seen_ns
-        } else {
-            total.first_seen_ns.min(v.first_seen_ns)
-        };
-        total.packets += v.packets;
-        total.bytes += v.bytes;
-        total.last_seen_ns = total.last_seen_ns.max(v.last_seen_ns);
-        total.tcp_flags |= v.tcp_flags;
-    }
-    total
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn stats(packets: u64, bytes: u64, first: u64, last: u64, flags: u8) -> FlowStats {
-        FlowStats {
-            packets,
-            bytes,
-            first_seen_ns: first,
-            last_seen_ns: last,
-            tcp_flags: flags,
-            _pad0: 0,
-            _pad1: 0,
-            _pad2: 0,
-        }
-    }
-
-    #[test]
-    fn sums_cpus_and_ignores_untouched_copies() {
-        let cpus = [
-            stats(0, 0, 0, 0, 0),
-            stats(3, 180, 500, 900, 0x02),
-            stats(2, 2960, 400, 1000, 0x10),
-            stats(0, 0, 0, 0, 0),
-        ];
-        let total = sum_per_cpu(cpus.iter());
-        assert_eq!(total, stats(5, 3140, 400, 1000, 0x12));
-    }
-
-    #[test]
-    fn all_zero_is_zero() {
-        let cpus = [FlowStats::default(); 2];
-        assert_eq!(sum_per_cpu(cpus.iter()), FlowStats::default());
-    }
+fn map_err(map: &'static str) -> impl Fn(aya::maps::MapError) -> DatapathError {
+    move |source| DatapathError::Map { map, source }
 }

@@ -1,6 +1,11 @@
 //! Load the embedded eBPF object after probing that this kernel can run it.
 
-use aya::{programs::SchedClassifier, util::KernelVersion, Ebpf};
+use std::{
+    hash::{BuildHasher, Hasher},
+    time::Duration,
+};
+
+use aya::{programs::SchedClassifier, util::KernelVersion, Ebpf, EbpfLoader};
 use tracing::{debug, info, warn};
 
 use super::DatapathError;
@@ -41,7 +46,8 @@ impl Programs {
 }
 
 /// Probe the kernel, raise the memlock limit where that still matters, and load programs.
-pub fn load(programs: Programs) -> Result<Loaded, DatapathError> {
+/// `idle` is the agent's idle timeout: a flow silent longer starts a new kernel record.
+pub fn load(programs: Programs, idle: Duration) -> Result<Loaded, DatapathError> {
     let kernel =
         KernelVersion::current().map_err(|e| DatapathError::KernelVersion(e.to_string()))?;
     check_kernel(kernel)?;
@@ -61,18 +67,23 @@ pub fn load(programs: Programs) -> Result<Loaded, DatapathError> {
         "kernel probed"
     );
 
-    let mut ebpf = aya::Ebpf::load(aya::include_bytes_aligned!(concat!(
-        env!("OUT_DIR"),
-        "/tenantflow"
-    )))
-    .map_err(|e| match &e {
-        aya::EbpfError::MapError(aya::maps::MapError::CreateError { io_error, .. })
-            if io_error.kind() == std::io::ErrorKind::PermissionDenied =>
-        {
-            DatapathError::Permission { source: e }
-        }
-        _ => DatapathError::Object(e),
-    })?;
+    let seed = hash_seed();
+    let idle_ns = u64::try_from(idle.as_nanos()).unwrap_or(u64::MAX);
+    let mut ebpf = EbpfLoader::new()
+        .override_global("TF_HASH_SEED", &seed, true)
+        .override_global("TF_IDLE_NS", &idle_ns, true)
+        .load(aya::include_bytes_aligned!(concat!(
+            env!("OUT_DIR"),
+            "/tenantflow"
+        )))
+        .map_err(|e| match &e {
+            aya::EbpfError::MapError(aya::maps::MapError::CreateError { io_error, .. })
+                if io_error.kind() == std::io::ErrorKind::PermissionDenied =>
+            {
+                DatapathError::Permission { source: e }
+            }
+            _ => DatapathError::Object(e),
+        })?;
     let (ingress, egress) = programs.names();
     let names: &[&'static str] = if ingress == egress {
         &[ingress]
@@ -100,6 +111,14 @@ pub fn load(programs: Programs) -> Result<Loaded, DatapathError> {
         tcx_available,
         btf_present,
     })
+}
+
+/// A fresh random seed per start (std's randomly keyed SipHash), so nobody can precompute
+/// flows that collide in the kernel flow cache.
+fn hash_seed() -> u64 {
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(std::process::id() as u64);
+    h.finish()
 }
 
 /// Pure so the refusal can be tested without an old kernel.

@@ -1,5 +1,5 @@
 //! The kernel side as the agent sees it: load the embedded programs, attach them to the
-//! right interfaces, follow interface churn, and harvest the flow map.
+//! right interfaces, follow interface churn, and harvest the flow cache.
 //!
 //! Nothing here knows about Kubernetes; it deals in interfaces and 5-tuples.
 
@@ -10,6 +10,7 @@ mod harvest;
 mod links;
 mod load;
 mod select;
+mod slots;
 
 pub use attach::{remove_clsact, AttachMode, Attached, Attachments};
 pub use error::DatapathError;
@@ -17,3 +18,4 @@ pub use harvest::{Harvest, Harvester, KernelCounters};
 pub use links::{default_route_interfaces, list_links, watch_links, Link, LinkEvent};
 pub use load::{check_kernel, load, Loaded, Programs, MIN_KERNEL};
 pub use select::{Role, Selector, DEFAULT_POD_PATTERNS};
+pub use slots::{Delta, SlotDeltas};

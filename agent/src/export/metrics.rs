@@ -26,7 +26,8 @@ pub struct AgentMetrics {
     pub flow_log_records: IntCounter,
     pub flow_log_errors: IntCounter,
     kernel_packets: IntCounter,
-    kernel_insert_failures: IntCounter,
+    kernel_evictions: IntCounter,
+    kernel_evictions_lost: IntCounter,
     kernel_unparsable: IntCounter,
     kernel_non_ip: IntCounter,
     last_kernel: std::sync::Mutex<KernelCounters>,
@@ -144,12 +145,12 @@ impl AgentMetrics {
             flow_map_entries: gauge(
                 &r,
                 "tenantflow_flow_map_entries",
-                "Entries in the kernel flow map at the last harvest.",
+                "Occupied kernel flow-cache slots (all CPUs) at the last harvest.",
             ),
             flow_map_capacity: gauge(
                 &r,
                 "tenantflow_flow_map_capacity",
-                "Capacity of the kernel flow map (LRU beyond this).",
+                "Flow-cache slots over all CPUs (the least recently seen flow of a set is evicted beyond this).",
             ),
             tracked_flows: gauge(
                 &r,
@@ -192,10 +193,17 @@ impl AgentMetrics {
                 "tenantflow_datapath_packets_total",
                 "Packets the kernel programs inspected.",
             ),
-            kernel_insert_failures: counter(
+            kernel_evictions: counter(
                 &r,
-                "tenantflow_datapath_insert_failures_total",
-                "Flow-map inserts the kernel refused (packet still passed, not counted).",
+                "tenantflow_datapath_evictions_total",
+                "Flow-cache slots handed to a new flow; the old flow's counts reached the agent \
+                 through the eviction ring.",
+            ),
+            kernel_evictions_lost: counter(
+                &r,
+                "tenantflow_datapath_evictions_lost_total",
+                "Evicted flow-cache slots the eviction ring had no room for: their counts since \
+                 the last harvest are missing.",
             ),
             kernel_unparsable: counter(
                 &r,
@@ -217,8 +225,10 @@ impl AgentMetrics {
         let mut last = self.last_kernel.lock().unwrap_or_else(|p| p.into_inner());
         self.kernel_packets
             .inc_by(now.packets.saturating_sub(last.packets));
-        self.kernel_insert_failures
-            .inc_by(now.insert_failures.saturating_sub(last.insert_failures));
+        self.kernel_evictions
+            .inc_by(now.evictions.saturating_sub(last.evictions));
+        self.kernel_evictions_lost
+            .inc_by(now.evictions_lost.saturating_sub(last.evictions_lost));
         self.kernel_unparsable
             .inc_by(now.unparsable.saturating_sub(last.unparsable));
         self.kernel_non_ip

@@ -2,7 +2,9 @@
 
 use std::collections::HashMap;
 
-use agent_common::{FlowKey, FlowStats};
+use agent_common::FlowKey;
+
+use crate::datapath::Delta;
 
 /// Totals of one flow at one observation point, as userspace knows them.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -12,9 +14,6 @@ pub struct FlowEntry {
     pub first_seen_ns: u64,
     pub last_seen_ns: u64,
     pub tcp_flags: u8,
-    /// The kernel's cumulative counters at the last harvest: the baseline for the next delta.
-    kernel_packets: u64,
-    kernel_bytes: u64,
 }
 
 impl FlowEntry {
@@ -27,8 +26,6 @@ impl FlowEntry {
             first_seen_ns: first,
             last_seen_ns: last,
             tcp_flags,
-            kernel_packets: packets,
-            kernel_bytes: bytes,
         }
     }
 }
@@ -44,33 +41,20 @@ impl FlowTable {
         Self::default()
     }
 
-    /// Fold one harvest in. `removed` keys were deleted from the kernel after being read, so
-    /// their next kernel entry starts from zero again.
-    pub fn apply(&mut self, flows: &[(FlowKey, FlowStats)], removed: &[FlowKey]) {
-        for (key, k) in flows {
-            let e = self.entries.entry(*key).or_default();
-            // A kernel entry smaller than our baseline was evicted and recreated (LRU):
-            // everything it holds is new.
-            let (dp, db) = if k.packets >= e.kernel_packets && k.bytes >= e.kernel_bytes {
-                (k.packets - e.kernel_packets, k.bytes - e.kernel_bytes)
-            } else {
-                (k.packets, k.bytes)
-            };
+    /// Fold one harvest's deltas in (one per flow and CPU that carried new traffic).
+    pub fn apply(&mut self, deltas: &[Delta]) {
+        for d in deltas {
+            let e = self.entries.entry(d.key).or_default();
+            let k = &d.stats;
             if e.packets == 0 {
                 e.first_seen_ns = k.first_seen_ns;
+            } else {
+                e.first_seen_ns = e.first_seen_ns.min(k.first_seen_ns);
             }
-            e.packets += dp;
-            e.bytes += db;
+            e.packets += k.packets;
+            e.bytes += k.bytes;
             e.last_seen_ns = e.last_seen_ns.max(k.last_seen_ns);
             e.tcp_flags |= k.tcp_flags;
-            e.kernel_packets = k.packets;
-            e.kernel_bytes = k.bytes;
-        }
-        for key in removed {
-            if let Some(e) = self.entries.get_mut(key) {
-                e.kernel_packets = 0;
-                e.kernel_bytes = 0;
-            }
         }
     }
 
@@ -120,60 +104,56 @@ mod tests {
         }
     }
 
-    fn k(packets: u64, bytes: u64, first: u64, last: u64) -> FlowStats {
-        FlowStats {
-            packets,
-            bytes,
-            first_seen_ns: first,
-            last_seen_ns: last,
-            tcp_flags: 0,
-            _pad0: 0,
-            _pad1: 0,
-            _pad2: 0,
+    fn d(port: u16, packets: u64, bytes: u64, first: u64, last: u64, flags: u8) -> Delta {
+        Delta {
+            key: key(port),
+            stats: agent_common::FlowStats {
+                packets,
+                bytes,
+                first_seen_ns: first,
+                last_seen_ns: last,
+                tcp_flags: flags,
+                _pad0: 0,
+                _pad1: 0,
+                _pad2: 0,
+            },
         }
     }
 
     #[test]
-    fn cumulative_kernel_counters_become_exact_totals() {
+    fn deltas_add_up_to_exact_totals() {
         let mut t = FlowTable::new();
-        t.apply(&[(key(1), k(2, 200, 10, 20))], &[]);
-        t.apply(&[(key(1), k(5, 560, 10, 50))], &[]);
+        t.apply(&[d(1, 2, 200, 10, 20, 0x02)]);
+        t.apply(&[d(1, 3, 360, 10, 50, 0x10)]);
         let e = t.iter().next().unwrap().1;
         assert_eq!(
-            (e.packets, e.bytes, e.first_seen_ns, e.last_seen_ns),
-            (5, 560, 10, 50)
+            (
+                e.packets,
+                e.bytes,
+                e.first_seen_ns,
+                e.last_seen_ns,
+                e.tcp_flags
+            ),
+            (5, 560, 10, 50, 0x12)
         );
     }
 
     #[test]
-    fn kernel_deletion_resets_the_baseline_without_losing_counts() {
+    fn cpus_of_one_flow_merge_into_one_entry() {
         let mut t = FlowTable::new();
-        t.apply(&[(key(1), k(4, 400, 10, 20))], &[key(1)]);
-        t.apply(&[(key(1), k(1, 100, 90, 90))], &[]);
+        t.apply(&[d(1, 3, 180, 500, 900, 0), d(1, 2, 2960, 400, 1000, 0)]);
+        assert_eq!(t.len(), 1);
         let e = t.iter().next().unwrap().1;
         assert_eq!(
             (e.packets, e.bytes, e.first_seen_ns, e.last_seen_ns),
-            (5, 500, 10, 90)
+            (5, 3140, 400, 1000)
         );
-    }
-
-    #[test]
-    fn lru_eviction_and_recreation_is_counted_as_new() {
-        let mut t = FlowTable::new();
-        t.apply(&[(key(1), k(10, 1000, 10, 20))], &[]);
-        // Evicted without our knowledge; the new entry is smaller than the baseline.
-        t.apply(&[(key(1), k(3, 300, 30, 40))], &[]);
-        let e = t.iter().next().unwrap().1;
-        assert_eq!((e.packets, e.bytes), (13, 1300));
     }
 
     #[test]
     fn expiry_takes_only_idle_flows() {
         let mut t = FlowTable::new();
-        t.apply(
-            &[(key(1), k(1, 10, 0, 100)), (key(2), k(1, 10, 0, 900))],
-            &[],
-        );
+        t.apply(&[d(1, 1, 10, 0, 100, 0), d(2, 1, 10, 0, 900, 0)]);
         let gone = t.expire(1000, 500);
         assert_eq!(gone.len(), 1);
         assert_eq!(gone[0].0, key(1));

@@ -102,8 +102,9 @@ impl Attribution {
         })
     }
 
-    /// Drop the socket join of flows the harvester removed from the kernel map, so the
-    /// join map holds only live flows and each read walks only those.
+    /// Drop the socket join of flows the flow table expired (idle), so the join map holds
+    /// only live flows and each read walks only those. A flow that comes back is joined
+    /// again: the kernel records its socket when it starts a new record.
     pub fn forget(&mut self, removed: &[FlowKey]) {
         for key in removed {
             let _ = self.flows.remove(key);

@@ -1,0 +1,337 @@
+//! Turn what the kernel flow cache shows into exact per-flow deltas.
+//!
+//! The kernel keeps cumulative counters per occupied slot and never lets userspace write:
+//! a harvest reads every slot, and a slot taken over by another flow arrives once more as
+//! an eviction record with its final counters. This module remembers, per slot, the
+//! occupation (sequence number) and counters last seen, so every packet is counted exactly
+//! once whichever way (slot read or eviction record, in either order) it reaches us.
+//!
+//! Pure: no maps, so the bookkeeping is tested without a kernel.
+
+use std::collections::HashMap;
+
+use agent_common::{Evicted, FlowKey, FlowSlot, FlowStats};
+
+/// Harvests a displaced occupation waits for its eviction record before it is dropped: the
+/// record is lost only if the kernel says so (`evictions_lost`), which it already counts.
+const DISPLACED_ROUNDS: u64 = 8;
+
+/// (CPU, slot index) of one cache slot.
+type SlotId = (u32, u32);
+
+/// What we last saw of one occupation of one slot.
+#[derive(Clone, Copy, Debug)]
+struct Seen {
+    seq: u64,
+    key: FlowKey,
+    packets: u64,
+    bytes: u64,
+    round: u64,
+}
+
+/// New traffic of one flow at one observation point since we last looked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Delta {
+    pub key: FlowKey,
+    /// `packets` and `bytes` are the increase; first/last seen and TCP flags are the slot's
+    /// (first seen = when this occupation, or its return from idle, began).
+    pub stats: FlowStats,
+}
+
+#[derive(Debug, Default)]
+pub struct SlotDeltas {
+    current: HashMap<SlotId, Seen>,
+    /// Occupations a slot read showed replaced before their eviction record arrived.
+    displaced: HashMap<(SlotId, u64), Seen>,
+    round: u64,
+}
+
+impl SlotDeltas {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// One slot as read from CPU `cpu`. `None` for an empty slot, a copy torn by a
+    /// concurrent occupation (read again next harvest), or no new traffic.
+    pub fn observed(&mut self, cpu: u32, slot: u32, s: &FlowSlot) -> Option<Delta> {
+        if s.stats.packets == 0 || s.seq_begin != s.seq_end {
+            return None;
+        }
+        let id = (cpu, slot);
+        let base = match self.current.get(&id) {
+            Some(seen) if seen.seq == s.seq_begin => {
+                if seen.key != s.key {
+                    // Same occupation, other key: a torn copy; the next read settles it.
+                    return None;
+                }
+                Some(*seen)
+            }
+            Some(old) => {
+                self.displaced.insert((id, old.seq), *old);
+                None
+            }
+            None => None,
+        };
+        self.current.insert(
+            id,
+            Seen {
+                seq: s.seq_begin,
+                key: s.key,
+                packets: s.stats.packets,
+                bytes: s.stats.bytes,
+                round: self.round,
+            },
+        );
+        delta(s.key, &s.stats, base.as_ref())
+    }
+
+    /// A slot's final counters, sent by the kernel when another flow took the slot.
+    pub fn evicted(&mut self, e: &Evicted) -> Option<Delta> {
+        let id = (e.cpu, e.slot);
+        let base = match self.current.get(&id) {
+            Some(seen) if seen.seq == e.seq => self.current.remove(&id),
+            _ => self.displaced.remove(&(id, e.seq)),
+        };
+        delta(e.key, &e.stats, base.as_ref())
+    }
+
+    /// Close a harvest: forget displaced occupations whose record never came.
+    pub fn end_round(&mut self) {
+        let round = self.round;
+        self.displaced
+            .retain(|_, seen| round + 1 - seen.round < DISPLACED_ROUNDS);
+        self.round += 1;
+    }
+
+    /// Slots holding a flow at the last read.
+    pub fn occupied(&self) -> usize {
+        self.current.len()
+    }
+}
+
+fn delta(key: FlowKey, now: &FlowStats, base: Option<&Seen>) -> Option<Delta> {
+    let (packets, bytes) = match base {
+        Some(b) if b.key == key => (
+            now.packets.saturating_sub(b.packets),
+            now.bytes.saturating_sub(b.bytes),
+        ),
+        _ => (now.packets, now.bytes),
+    };
+    if packets == 0 && bytes == 0 {
+        return None;
+    }
+    Some(Delta {
+        key,
+        stats: FlowStats {
+            packets,
+            bytes,
+            ..*now
+        },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(port: u16) -> FlowKey {
+        FlowKey {
+            ifindex: 3,
+            direction: 1,
+            family: 4,
+            proto: 17,
+            _pad0: 0,
+            src_addr: [0x0100_000a, 0],
+            dst_addr: [0x0200_000a, 0],
+            src_port: port,
+            dst_port: 53,
+            _pad1: 0,
+        }
+    }
+
+    fn stats(packets: u64, bytes: u64, first: u64, last: u64) -> FlowStats {
+        FlowStats {
+            packets,
+            bytes,
+            first_seen_ns: first,
+            last_seen_ns: last,
+            tcp_flags: 0,
+            _pad0: 0,
+            _pad1: 0,
+            _pad2: 0,
+        }
+    }
+
+    fn slot(seq: u64, port: u16, packets: u64, bytes: u64) -> FlowSlot {
+        FlowSlot {
+            seq_end: seq,
+            key: key(port),
+            stats: stats(packets, bytes, 10, 10 + packets),
+            seq_begin: seq,
+        }
+    }
+
+    fn evicted(
+        cpu: u32,
+        slot_index: u32,
+        seq: u64,
+        port: u16,
+        packets: u64,
+        bytes: u64,
+    ) -> Evicted {
+        Evicted {
+            key: key(port),
+            stats: stats(packets, bytes, 10, 10 + packets),
+            seq,
+            cpu,
+            slot: slot_index,
+        }
+    }
+
+    fn counts(d: Option<Delta>) -> Option<(u16, u64, u64)> {
+        d.map(|d| (d.key.src_port, d.stats.packets, d.stats.bytes))
+    }
+
+    #[test]
+    fn successive_reads_give_increases_and_nothing_when_idle() {
+        let mut t = SlotDeltas::new();
+        assert_eq!(
+            counts(t.observed(0, 7, &slot(1, 1, 2, 200))),
+            Some((1, 2, 200))
+        );
+        assert_eq!(
+            counts(t.observed(0, 7, &slot(1, 1, 5, 560))),
+            Some((1, 3, 360))
+        );
+        assert_eq!(counts(t.observed(0, 7, &slot(1, 1, 5, 560))), None);
+        assert_eq!(t.occupied(), 1);
+    }
+
+    #[test]
+    fn eviction_after_a_read_delivers_only_the_remainder() {
+        let mut t = SlotDeltas::new();
+        t.observed(1, 4, &slot(1, 1, 2, 200));
+        assert_eq!(
+            counts(t.evicted(&evicted(1, 4, 1, 1, 9, 900))),
+            Some((1, 7, 700))
+        );
+        // The new occupant is new traffic in full.
+        assert_eq!(
+            counts(t.observed(1, 4, &slot(2, 2, 3, 30))),
+            Some((2, 3, 30))
+        );
+    }
+
+    #[test]
+    fn slot_read_before_the_eviction_record_keeps_the_old_baseline() {
+        let mut t = SlotDeltas::new();
+        t.observed(0, 4, &slot(1, 1, 2, 200));
+        // The next read already shows the new occupant; the record comes a harvest later.
+        t.end_round();
+        assert_eq!(
+            counts(t.observed(0, 4, &slot(2, 2, 1, 10))),
+            Some((2, 1, 10))
+        );
+        t.end_round();
+        assert_eq!(
+            counts(t.evicted(&evicted(0, 4, 1, 1, 6, 600))),
+            Some((1, 4, 400))
+        );
+        // The new occupant's baseline is untouched by the old one's record.
+        assert_eq!(
+            counts(t.observed(0, 4, &slot(2, 2, 3, 30))),
+            Some((2, 2, 20))
+        );
+    }
+
+    #[test]
+    fn occupations_never_read_arrive_whole_through_records() {
+        let mut t = SlotDeltas::new();
+        t.observed(0, 9, &slot(1, 1, 1, 100));
+        assert_eq!(
+            counts(t.evicted(&evicted(0, 9, 1, 1, 2, 200))),
+            Some((1, 1, 100))
+        );
+        assert_eq!(
+            counts(t.evicted(&evicted(0, 9, 2, 2, 4, 40))),
+            Some((2, 4, 40))
+        );
+        assert_eq!(counts(t.observed(0, 9, &slot(3, 3, 1, 1))), Some((3, 1, 1)));
+    }
+
+    #[test]
+    fn cpus_are_separate_slots() {
+        let mut t = SlotDeltas::new();
+        assert_eq!(
+            counts(t.observed(0, 1, &slot(1, 1, 2, 20))),
+            Some((1, 2, 20))
+        );
+        assert_eq!(
+            counts(t.observed(1, 1, &slot(1, 1, 3, 30))),
+            Some((1, 3, 30))
+        );
+        assert_eq!(t.occupied(), 2);
+    }
+
+    #[test]
+    fn torn_copies_are_skipped_and_counted_on_the_next_read() {
+        let mut t = SlotDeltas::new();
+        t.observed(0, 2, &slot(1, 1, 2, 200));
+        let mut torn = slot(2, 2, 1, 10);
+        torn.seq_end = 1;
+        assert_eq!(counts(t.observed(0, 2, &torn)), None);
+        // Same occupation number but another key: also torn.
+        let mut torn = slot(1, 2, 1, 10);
+        torn.seq_begin = 1;
+        assert_eq!(counts(t.observed(0, 2, &torn)), None);
+        assert_eq!(
+            counts(t.observed(0, 2, &slot(1, 1, 4, 400))),
+            Some((1, 2, 200))
+        );
+    }
+
+    #[test]
+    fn empty_slots_are_nothing() {
+        let mut t = SlotDeltas::new();
+        let empty = FlowSlot {
+            seq_end: 0,
+            key: key(0),
+            stats: FlowStats::default(),
+            seq_begin: 0,
+        };
+        assert_eq!(t.observed(0, 0, &empty), None);
+        assert_eq!(t.occupied(), 0);
+    }
+
+    #[test]
+    fn displaced_occupations_are_forgotten_once_their_record_is_overdue() {
+        // Every harvest drains the ring before reading slots, so a record is at most one
+        // harvest late; one still missing after several was lost (the kernel counts that).
+        let mut t = SlotDeltas::new();
+        t.observed(0, 4, &slot(1, 1, 2, 200));
+        t.observed(0, 4, &slot(2, 2, 1, 10));
+        assert_eq!(t.displaced.len(), 1);
+        for _ in 0..DISPLACED_ROUNDS - 1 {
+            t.end_round();
+        }
+        assert_eq!(t.displaced.len(), 1);
+        t.end_round();
+        assert_eq!(t.displaced.len(), 0);
+    }
+
+    #[test]
+    fn first_and_last_seen_and_flags_come_from_the_slot() {
+        let mut t = SlotDeltas::new();
+        let mut s = slot(1, 1, 2, 200);
+        s.stats.tcp_flags = 0x12;
+        let d = t.observed(0, 0, &s).unwrap();
+        assert_eq!(
+            (
+                d.stats.first_seen_ns,
+                d.stats.last_seen_ns,
+                d.stats.tcp_flags
+            ),
+            (10, 12, 0x12)
+        );
+    }
+}
