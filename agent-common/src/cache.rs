@@ -27,6 +27,10 @@ pub const CACHE_WAYS: usize = 2;
 /// churn of a busy node between 1 s harvests.
 pub const EVICTIONS_BYTES: u32 = 8 << 20;
 
+/// How often the agent writes CLOCK_MONOTONIC into the kernel's clock map: the resolution
+/// of first/last seen.
+pub const CLOCK_TICK_MS: u64 = 100;
+
 /// One flow's cumulative counters on one CPU since it took this slot.
 #[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

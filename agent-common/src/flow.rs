@@ -63,8 +63,8 @@ pub struct FlowStats {
     /// IP bytes (IP header + payload) as they would appear on the wire, GSO segments
     /// included; link-layer headers excluded so a flow counts the same on every hop.
     pub bytes: u64,
-    /// `bpf_ktime_get_coarse_ns()` (CLOCK_MONOTONIC_COARSE, jiffy resolution) of the first
-    /// and last packet on this CPU.
+    /// CLOCK_MONOTONIC ns of the first and last packet on this CPU, from the agent's clock
+    /// map (resolution: [`crate::CLOCK_TICK_MS`]).
     pub first_seen_ns: u64,
     pub last_seen_ns: u64,
     /// OR of TCP flags seen (FIN=0x01 SYN=0x02 RST=0x04 PSH=0x08 ACK=0x10 URG=0x20 ...).

@@ -13,7 +13,9 @@ pub mod process;
 #[cfg(feature = "user")]
 mod user;
 
-pub use cache::{Evicted, FlowSet, FlowSlot, CACHE_SETS, CACHE_WAYS, EVICTIONS_BYTES};
+pub use cache::{
+    Evicted, FlowSet, FlowSlot, CACHE_SETS, CACHE_WAYS, CLOCK_TICK_MS, EVICTIONS_BYTES,
+};
 pub use counters::Counter;
 pub use flow::{Direction, FlowKey, FlowStats};
 pub use process::{SockOwner, MAX_SOCKETS};

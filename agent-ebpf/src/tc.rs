@@ -6,14 +6,14 @@ use agent_common::{
 use aya_ebpf::{
     bindings::TC_ACT_UNSPEC,
     cty::c_void,
-    helpers::{bpf_get_smp_processor_id, bpf_get_socket_cookie, bpf_ktime_get_coarse_ns},
+    helpers::{bpf_get_smp_processor_id, bpf_get_socket_cookie},
     macros::classifier,
     programs::TcContext,
 };
 use core::ptr::write_volatile;
 
 use crate::{
-    maps::{bump, evict, hash_seed, idle_ns, FLOW_CACHE, SOCK_FLOWS},
+    maps::{bump, evict, hash_seed, idle_ns, now, FLOW_CACHE, SOCK_FLOWS},
     parse::{parse, Outcome, Parsed},
 };
 
@@ -71,10 +71,7 @@ fn record(ctx: &TcContext, dir: Direction, mut p: Parsed) {
     let segs = if gso_segs > 1 { gso_segs as u64 } else { 1 };
     let l3_len = (len as u64).saturating_sub(p.l3_off as u64);
     let bytes = l3_len + (segs - 1) * p.hdr_len as u64;
-    // Jiffy resolution is plenty for first/last seen, and the precise clock measured
-    // ~30 ns/packet here. Needs kernel 5.11 (AKS nodes run 5.15+).
-    // SAFETY: helper without preconditions.
-    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    let now = now();
 
     let words = key_words(&p.key);
     let set_index = set_of(words);

@@ -257,7 +257,7 @@ fn rbac_is_read_only_on_four_kinds() {
             "TenantflowSensitiveTargetAccess",
             "TenantflowAgentDown",
             "TenantflowAgentNotReady",
-            "TenantflowFlowMapNearFull",
+            "TenantflowFlowCountsLost",
             "TenantflowMetadataStale",
             "TenantflowNatJoinMissesHigh",
         ]

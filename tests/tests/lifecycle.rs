@@ -185,3 +185,40 @@ fn bad_input_is_refused_with_the_fix_and_attaches_nothing() {
         "{err}"
     );
 }
+
+/// SIGTERM while the agent is still loading and attaching (before its main loop) must not
+/// kill it with the default action, which would leave legacy clsact filters behind: the
+/// handlers are installed first and the agent exits cleanly once started.
+#[test]
+fn sigterm_during_start_up_exits_cleanly_and_leaves_nothing() {
+    let lab = lab("ls");
+    let node = lab.topo.node_ns(1);
+    let log = std::env::temp_dir().join(format!("{node}-early-agent.log"));
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", &node])
+        .arg(agent_bin())
+        .args(["agent", "--attach-mode", "netlink"])
+        .args(["--listen", tenantflow_tests::agent::LISTEN])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    // "kernel probed" is logged after the handlers are installed and before any attach.
+    let probed = tenantflow_tests::eventually(std::time::Duration::from_secs(20), || {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        text.contains("kernel probed").then_some(())
+    });
+    assert!(probed.is_some(), "agent never probed the kernel");
+    // SAFETY: signalling our own child process.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let status = child.wait().unwrap();
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert_eq!(status.code(), Some(0), "{text}");
+    assert!(
+        text.contains("shutting down") && text.contains("SIGTERM"),
+        "{text}"
+    );
+    for i in NODE1_IFACES {
+        assert_eq!(tc_state(&node, i), (0, 0, false), "{i} after early SIGTERM");
+    }
+}

@@ -10,8 +10,8 @@ use tracing::{info, warn};
 use crate::{
     config::Config,
     datapath::{
-        self, AttachMode, Attachments, DatapathError, Harvester, Link, LinkEvent, Programs,
-        Selector,
+        self, AttachMode, Attachments, DatapathError, Harvester, KernelClock, Link, LinkEvent,
+        Programs, Selector,
     },
     export::{
         self, AgentMetrics, FlowLog, FlowLogConfig, FlowMetrics, FlowMetricsConfig, LogFilter,
@@ -21,7 +21,7 @@ use crate::{
     nat::{self, Mechanism},
     pipeline::{Identity, Pipeline, Sinks},
     process::{self, Attribution},
-    shutdown,
+    shutdown::Shutdown,
 };
 
 /// Input the user must fix (exit code 64).
@@ -113,6 +113,7 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
 }
 
 async fn run_async(args: AgentArgs) -> anyhow::Result<()> {
+    let mut shutdown = Shutdown::install().context("installing SIGTERM/SIGINT handlers")?;
     if args.harvest_interval.is_zero() {
         return Err(
             UsageError("--harvest-interval must be greater than 0 (e.g. 1s)".into()).into(),
@@ -136,6 +137,7 @@ async fn run_async(args: AgentArgs) -> anyhow::Result<()> {
         Programs::Observers
     };
     let mut loaded = datapath::load(programs, args.idle_timeout)?;
+    let _clock = KernelClock::start(&mut loaded.ebpf)?.spawn();
     let mode = args.attach_mode.resolve(loaded.tcx_available);
     if mode == AttachMode::Tcx && !loaded.tcx_available {
         return Err(UsageError(
@@ -219,12 +221,12 @@ async fn run_async(args: AgentArgs) -> anyhow::Result<()> {
     }
     shared.set_ready(pipeline.identity_ready());
     let mut tick = tokio::time::interval(args.harvest_interval);
-    let signal = shutdown::signalled();
+    let signal = shutdown.signalled();
     tokio::pin!(signal);
     let outcome = loop {
         tokio::select! {
             s = &mut signal => {
-                info!(signal = s.unwrap_or("signal"), "shutting down");
+                info!(signal = s, "shutting down");
                 break Ok(());
             }
             ev = events.next() => match ev {

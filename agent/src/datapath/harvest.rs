@@ -5,16 +5,22 @@
 //! slot is read again; the order does not matter for correctness, only for how long a
 //! displaced occupation's baseline is kept.
 
+use std::os::fd::AsFd;
+
 use agent_common::{counters::COUNTER_SLOTS, Counter, Evicted, FlowSet, CACHE_WAYS};
 use aya::{
-    maps::{MapData, PerCpuArray, PerCpuValues, RingBuf},
+    maps::{Map, MapData, MapError, PerCpuArray, PerCpuValues, RingBuf},
     Ebpf,
 };
 
 use super::{
+    batch::BatchReader,
     slots::{Delta, SlotDeltas},
     DatapathError,
 };
+
+/// Sets per batch syscall: 256 × 192 bytes × CPUs of buffer (3 MiB on a 64-vCPU node).
+const BATCH_SETS: u32 = 256;
 
 const CACHE_MAP: &str = "TF_FLOW_CACHE";
 const EVICTIONS_MAP: &str = "TF_EVICTIONS";
@@ -42,7 +48,9 @@ pub struct Harvest {
 }
 
 pub struct Harvester {
-    cache: PerCpuArray<MapData, FlowSet>,
+    cache: MapData,
+    sets: u32,
+    reader: BatchReader,
     evictions: RingBuf<MapData>,
     counters: PerCpuArray<MapData, u64>,
     slots: SlotDeltas,
@@ -57,8 +65,17 @@ impl Harvester {
         let (cache, evictions, counters) =
             (take(CACHE_MAP)?, take(EVICTIONS_MAP)?, take(COUNTERS_MAP)?);
         let cpus = aya::util::nr_cpus().map_err(|(_, e)| DatapathError::Cpus(e))?;
+        // Checks the value size against FlowSet before the raw batch reads rely on it.
+        let sets = PerCpuArray::<_, FlowSet>::try_from(&cache)
+            .map_err(map_err(CACHE_MAP))?
+            .len();
+        let Map::PerCpuArray(cache) = cache else {
+            return Err(map_err(CACHE_MAP)(MapError::InvalidMapType { map_type: 0 }));
+        };
         Ok(Self {
-            cache: PerCpuArray::try_from(cache).map_err(map_err(CACHE_MAP))?,
+            cache,
+            sets,
+            reader: BatchReader::new(BATCH_SETS, size_of::<FlowSet>(), cpus),
             evictions: RingBuf::try_from(evictions).map_err(map_err(EVICTIONS_MAP))?,
             counters: PerCpuArray::try_from(counters).map_err(map_err(COUNTERS_MAP))?,
             slots: SlotDeltas::new(),
@@ -68,7 +85,7 @@ impl Harvester {
 
     /// Flows the cache holds before it evicts, over all CPUs.
     pub fn capacity(&self) -> usize {
-        self.cache.len() as usize * CACHE_WAYS * self.cpus
+        self.sets as usize * CACHE_WAYS * self.cpus
     }
 
     pub fn harvest(&mut self) -> Result<Harvest, DatapathError> {
@@ -82,17 +99,25 @@ impl Harvester {
             let e: Evicted = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
             out.deltas.extend(self.slots.evicted(&e));
         }
-        for set in 0..self.cache.len() {
-            let per_cpu: PerCpuValues<FlowSet> =
-                self.cache.get(&set, 0).map_err(map_err(CACHE_MAP))?;
-            for (cpu, value) in per_cpu.iter().enumerate() {
+        let slots = &mut self.slots;
+        let deltas = &mut out.deltas;
+        self.reader
+            .read_all(self.cache.fd().as_fd(), self.sets, |set, cpu, bytes| {
+                // SAFETY: the kernel wrote one FlowSet (repr(C), every bit pattern valid) per
+                // CPU stride; the stride is at least its size (checked in `new`).
+                let value: FlowSet = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
                 for (way, slot) in value.ways.iter().enumerate() {
                     let index = set * CACHE_WAYS as u32 + way as u32;
-                    out.deltas
-                        .extend(self.slots.observed(cpu as u32, index, slot));
+                    deltas.extend(slots.observed(cpu as u32, index, slot));
                 }
-            }
-        }
+            })
+            .map_err(|e| DatapathError::Map {
+                map: CACHE_MAP,
+                source: MapError::SyscallError(aya::sys::SyscallError {
+                    call: "bpf_map_lookup_batch",
+                    io_error: e,
+                }),
+            })?;
         self.slots.end_round();
         out.occupied = self.slots.occupied();
         out.counters = self.read_counters()?;
@@ -118,6 +143,6 @@ impl Harvester {
     }
 }
 
-fn map_err(map: &'static str) -> impl Fn(aya::maps::MapError) -> DatapathError {
+fn map_err(map: &'static str) -> impl Fn(MapError) -> DatapathError {
     move |source| DatapathError::Map { map, source }
 }

@@ -4,7 +4,9 @@
 //! Nothing here knows about Kubernetes; it deals in interfaces and 5-tuples.
 
 mod attach;
+mod batch;
 mod caps;
+mod clock;
 mod error;
 mod harvest;
 mod links;
@@ -13,6 +15,7 @@ mod select;
 mod slots;
 
 pub use attach::{remove_clsact, AttachMode, Attached, Attachments};
+pub use clock::KernelClock;
 pub use error::DatapathError;
 pub use harvest::{Harvest, Harvester, KernelCounters};
 pub use links::{default_route_interfaces, list_links, watch_links, Link, LinkEvent};

@@ -2,8 +2,8 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-/// CLOCK_MONOTONIC in nanoseconds. The kernel stamps flows with the coarse variant of the
-/// same clock, which lags it by at most a jiffy: irrelevant at harvest and idle scales.
+/// CLOCK_MONOTONIC in nanoseconds: the clock the agent feeds the kernel programs (they
+/// stamp flows with it, at 100 ms resolution) and compares their stamps against.
 pub fn monotonic_ns() -> u64 {
     let mut ts = libc::timespec {
         tv_sec: 0,
