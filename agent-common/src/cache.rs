@@ -18,9 +18,10 @@
 
 use crate::{FlowKey, FlowStats};
 
-/// Sets per CPU (a power of two: the hash is masked). 4,096 sets × 2 ways = 8,192 flows per
-/// CPU before eviction; 768 KiB per CPU.
-pub const CACHE_SETS: u32 = 4_096;
+/// Sets per CPU as a power of two (the hash's top bits pick the set). 4,096 sets × 2 ways =
+/// 8,192 flows per CPU before eviction; 768 KiB per CPU.
+pub const CACHE_SET_BITS: u32 = 12;
+pub const CACHE_SETS: u32 = 1 << CACHE_SET_BITS;
 /// Ways per set: two halve the evictions of flows that collide in a direct-mapped cache.
 pub const CACHE_WAYS: usize = 2;
 /// Ring buffer for evicted slots: 8 MiB holds ~80,000 records, 40 s of eviction at the

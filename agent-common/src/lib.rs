@@ -14,7 +14,8 @@ pub mod process;
 mod user;
 
 pub use cache::{
-    Evicted, FlowSet, FlowSlot, CACHE_SETS, CACHE_WAYS, CLOCK_TICK_MS, EVICTIONS_BYTES,
+    Evicted, FlowSet, FlowSlot, CACHE_SETS, CACHE_SET_BITS, CACHE_WAYS, CLOCK_TICK_MS,
+    EVICTIONS_BYTES,
 };
 pub use counters::Counter;
 pub use flow::{Direction, FlowKey, FlowStats};

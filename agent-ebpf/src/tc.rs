@@ -1,7 +1,7 @@
 //! TC classifier entry points: thin wrappers that never influence the packet's fate.
 
 use agent_common::{
-    Counter, Direction, Evicted, FlowKey, FlowSet, FlowStats, CACHE_SETS, CACHE_WAYS,
+    Counter, Direction, Evicted, FlowKey, FlowSet, FlowStats, CACHE_SET_BITS, CACHE_WAYS,
 };
 use aya_ebpf::{
     bindings::TC_ACT_UNSPEC,
@@ -73,7 +73,7 @@ fn record(ctx: &TcContext, dir: Direction, mut p: Parsed) {
     let bytes = l3_len + (segs - 1) * p.hdr_len as u64;
     let now = now();
 
-    let words = key_words(&p.key);
+    let words = &words_of(&p.key);
     let set_index = set_of(words);
     let Some(set) = FLOW_CACHE.get_ptr_mut(set_index) else {
         return;
@@ -88,6 +88,9 @@ fn record(ctx: &TcContext, dir: Direction, mut p: Parsed) {
             if now.wrapping_sub(st.last_seen_ns) > idle_ns() {
                 st.first_seen_ns = now;
                 st.tcp_flags = 0;
+                if dir == Direction::Egress {
+                    remember_socket(ctx, &p.key);
+                }
             }
             st.packets += segs;
             st.bytes += bytes;
@@ -145,8 +148,26 @@ fn occupy(set: &mut FlowSet, set_index: u32, p: &Parsed, segs: u64, bytes: u64, 
     }
 }
 
+/// The key's six words built in registers from its fields. Loading them back from the
+/// stack instead would read each of words 0 and 5 through one 8-byte load over several
+/// narrower stores the parser just made, which store forwarding cannot serve.
+#[inline(always)]
+fn words_of(k: &FlowKey) -> [u64; 6] {
+    [
+        k.ifindex as u64
+            | (k.direction as u64) << 32
+            | (k.family as u64) << 40
+            | (k.proto as u64) << 48,
+        k.src_addr[0],
+        k.src_addr[1],
+        k.dst_addr[0],
+        k.dst_addr[1],
+        k.src_port as u64 | (k.dst_port as u64) << 16,
+    ]
+}
+
 /// The key as the six 64-bit words it is laid out in (48 bytes, 8-aligned, no uninitialised
-/// padding): compared and hashed a word at a time.
+/// padding; little-endian like [`words_of`]).
 #[inline(always)]
 fn key_words(key: &FlowKey) -> &[u64; 6] {
     // SAFETY: FlowKey is #[repr(C, align(8))], 48 bytes, all padding explicit.
@@ -161,13 +182,15 @@ fn same_key(a: &[u64; 6], b: &[u64; 6]) -> bool {
         == 0
 }
 
-/// Multiply-xorshift over the key words, seeded per agent start.
+/// Seeded multiplicative hash: four independent products, so the CPU overlaps them (a
+/// chain of six dependent multiplies cost more), taking the product's well-mixed top bits.
+/// Addresses pair up source-low with destination-high so IPv4 tuples map bijectively.
 #[inline(always)]
-fn set_of(words: &[u64; 6]) -> u32 {
-    const K: u64 = 0x9E37_79B9_7F4A_7C15;
-    let mut h = hash_seed();
-    for w in words {
-        h = (h ^ *w).wrapping_mul(K);
-    }
-    ((h ^ (h >> 32)) as u32) & (CACHE_SETS - 1)
+fn set_of(w: &[u64; 6]) -> u32 {
+    let seed = hash_seed();
+    let h = (w[0] ^ seed).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+        ^ (w[1] ^ w[3].rotate_left(32)).wrapping_mul(0xC2B2_AE3D_27D4_EB4F)
+        ^ (w[2] ^ w[4].rotate_left(32)).wrapping_mul(0x1656_67B1_9E37_79F9)
+        ^ (w[5] ^ seed.rotate_left(32)).wrapping_mul(0xD6E8_FEB8_6659_FD93);
+    (h >> (64 - CACHE_SET_BITS)) as u32
 }
