@@ -14,3 +14,5 @@ pub mod nat;
 pub mod pipeline;
 pub mod process;
 pub mod shutdown;
+#[cfg(test)]
+mod test_support;

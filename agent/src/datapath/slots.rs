@@ -134,32 +134,10 @@ fn delta(key: FlowKey, now: &FlowStats, base: Option<&Seen>) -> Option<Delta> {
 mod tests {
     use super::*;
 
-    fn key(port: u16) -> FlowKey {
-        FlowKey {
-            ifindex: 3,
-            direction: 1,
-            family: 4,
-            proto: 17,
-            _pad0: 0,
-            src_addr: [0x0100_000a, 0],
-            dst_addr: [0x0200_000a, 0],
-            src_port: port,
-            dst_port: 53,
-            _pad1: 0,
-        }
-    }
+    use crate::test_support::udp_key as key;
 
     fn stats(packets: u64, bytes: u64, first: u64, last: u64) -> FlowStats {
-        FlowStats {
-            packets,
-            bytes,
-            first_seen_ns: first,
-            last_seen_ns: last,
-            tcp_flags: 0,
-            _pad0: 0,
-            _pad1: 0,
-            _pad2: 0,
-        }
+        crate::test_support::stats(packets, bytes, first, last, 0)
     }
 
     fn slot(seq: u64, port: u16, packets: u64, bytes: u64) -> FlowSlot {
