@@ -1,7 +1,8 @@
 //! tenantflow kernel programs.
 //!
-//! TC classifiers on pod veths and node uplinks count every IP packet into a per-CPU LRU flow
-//! map keyed by (interface, direction, 5-tuple). They are observers: every program returns
+//! TC classifiers on pod veths and node uplinks count every IP packet into a per-CPU flow
+//! cache keyed by (interface, direction, 5-tuple); flows it evicts reach the agent through
+//! a ring buffer (see `agent_common::cache`). They are observers: every program returns
 //! `TC_ACT_UNSPEC` so the packet continues exactly as if no program were attached (with
 //! `TC_ACT_PIPE` a later tcx program on the same hook would not run).
 //!
