@@ -24,9 +24,12 @@ pub const CACHE_SET_BITS: u32 = 12;
 pub const CACHE_SETS: u32 = 1 << CACHE_SET_BITS;
 /// Ways per set: two halve the evictions of flows that collide in a direct-mapped cache.
 pub const CACHE_WAYS: usize = 2;
-/// Ring buffer for evicted slots: 8 MiB holds ~80,000 records, 40 s of eviction at the
-/// churn of a busy node between 1 s harvests.
+/// Ring buffer for evicted slots: 8 MiB holds ~75,000 records (112 bytes each with the
+/// ring's header). Once the cache is warm every new flow evicts one per observation point.
 pub const EVICTIONS_BYTES: u32 = 8 << 20;
+/// Pending bytes at which an eviction wakes the agent to drain the ring between harvests
+/// (1 MiB: ~9,400 records, an eighth of the ring).
+pub const EVICTIONS_WAKE_BYTES: u32 = 1 << 20;
 
 /// How often the agent writes CLOCK_MONOTONIC into the kernel's clock map: the resolution
 /// of first/last seen.

@@ -15,7 +15,7 @@ mod user;
 
 pub use cache::{
     Evicted, FlowSet, FlowSlot, CACHE_SETS, CACHE_SET_BITS, CACHE_WAYS, CLOCK_TICK_MS,
-    EVICTIONS_BYTES,
+    EVICTIONS_BYTES, EVICTIONS_WAKE_BYTES,
 };
 pub use counters::Counter;
 pub use flow::{Direction, FlowKey, FlowStats};

@@ -2,9 +2,10 @@
 
 use agent_common::{
     counters::COUNTER_SLOTS, Counter, Evicted, FlowKey, FlowSet, SockOwner, CACHE_SETS,
-    EVICTIONS_BYTES, MAX_SOCKETS,
+    EVICTIONS_BYTES, EVICTIONS_WAKE_BYTES, MAX_SOCKETS,
 };
 use aya_ebpf::{
+    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     macros::map,
     maps::{Array, LruHashMap, PerCpuArray, RingBuf},
 };
@@ -71,10 +72,17 @@ pub fn bump(counter: Counter) {
     }
 }
 
-/// Send a slot's final counters to userspace; a full ring loses them (counted).
+/// Send a slot's final counters to userspace; a full ring loses them (counted). The agent
+/// is woken only once [`EVICTIONS_WAKE_BYTES`] are waiting (and drains at every harvest),
+/// so heavy churn costs one wakeup per few thousand records, not one per record.
 #[inline(always)]
 pub fn evict(record: &Evicted) {
-    if EVICTIONS.output::<Evicted>(record, 0).is_ok() {
+    let flags = if EVICTIONS.query(BPF_RB_AVAIL_DATA as u64) >= EVICTIONS_WAKE_BYTES as u64 {
+        BPF_RB_FORCE_WAKEUP
+    } else {
+        BPF_RB_NO_WAKEUP
+    };
+    if EVICTIONS.output::<Evicted>(record, flags as u64).is_ok() {
         bump(Counter::Evictions);
     } else {
         bump(Counter::EvictionsLost);

@@ -21,12 +21,17 @@ pub struct Agent {
 impl Agent {
     /// Start `tenantflow agent` in `ns` with a 200 ms harvest and wait until /readyz is 200.
     pub fn start(ns: &str, extra: &[&str]) -> Self {
+        Self::start_harvesting_every(ns, "200ms", extra)
+    }
+
+    /// As [`Agent::start`] with another `--harvest-interval`.
+    pub fn start_harvesting_every(ns: &str, interval: &str, extra: &[&str]) -> Self {
         let log = std::env::temp_dir().join(format!("{ns}-agent.log"));
         let logf = std::fs::File::create(&log).expect("agent log file");
         let child = Command::new("ip")
             .args(["netns", "exec", ns])
             .arg(agent_bin())
-            .args(["agent", "--listen", LISTEN, "--harvest-interval", "200ms"])
+            .args(["agent", "--listen", LISTEN, "--harvest-interval", interval])
             .args(extra)
             .stdout(Stdio::null())
             .stderr(logf)

@@ -178,13 +178,14 @@ fn ipv6_exchanges_are_counted_exactly_at_pod_veth_and_uplink() {
     exchanges(true);
 }
 
-/// More flows than the kernel cache holds: slots are handed over and the old flows' counts
-/// travel through the eviction ring, yet every flow is counted exactly and every packet the
-/// programs inspected is in exactly one flow.
+/// More flows than the kernel cache holds, and more evictions in one harvest interval than
+/// the eviction ring holds: slots are handed over, the old flows' counts travel through the
+/// ring (drained when the kernel says it is filling up, not only at harvests), and every
+/// flow is still counted exactly, every packet inspected is in exactly one flow.
 #[test]
-fn flows_beyond_the_cache_are_evicted_yet_counted_exactly() {
-    const FLOWS: u64 = 20_000;
-    const PORT: u64 = 20_000;
+fn flows_beyond_the_cache_and_the_ring_are_counted_exactly() {
+    const FLOWS: u64 = 60_000;
+    const PORT: u64 = 5_000;
     const SIZE: u64 = 10;
     let lab = lab("ev");
     let t = &lab.topo;
@@ -199,10 +200,12 @@ fn flows_beyond_the_cache_are_evicted_yet_counted_exactly() {
             "iptables", "-A", "INPUT", "-p", "udp", "--dport", &ports, "-j", "DROP",
         ],
     );
-    let agent = Agent::start(&t.node_ns(1), &[]);
+    // A harvest every 10 s: the whole burst lands between two harvests.
+    let agent = Agent::start_harvesting_every(&t.node_ns(1), "10s", &[]);
     let veth = web1.host_iface();
-    // One CPU sends, so one CPU's cache (8,192 slots) takes all 40,000 occupations (two
-    // observation points per flow): at least 31,808 of them evict an earlier flow.
+    // One CPU sends, so one CPU's cache (8,192 slots) takes all 120,000 occupations (two
+    // observation points per flow): at least 111,808 evictions, more records than the
+    // ring's ~75,000.
     in_ns(
         &ns1,
         &[
@@ -236,7 +239,7 @@ fn flows_beyond_the_cache_are_evicted_yet_counted_exactly() {
     };
     for (iface, hook) in [(veth.as_str(), "ingress"), ("eth0", "egress")] {
         let mut flows = Vec::new();
-        eventually(Duration::from_secs(10), || {
+        eventually(Duration::from_secs(30), || {
             flows = seen(iface, hook);
             (flows.len() as u64 == FLOWS).then_some(())
         });
@@ -256,7 +259,7 @@ fn flows_beyond_the_cache_are_evicted_yet_counted_exactly() {
     // Conservation: every IP packet inspected is in exactly one observation. Read until a
     // harvest's metrics and observations agree (other lab traffic may be in flight).
     let mut last = (0, 0);
-    let balanced = eventually(Duration::from_secs(10), || {
+    let balanced = eventually(Duration::from_secs(25), || {
         let inspected = metric("tenantflow_datapath_packets_total")
             - metric("tenantflow_datapath_non_ip_packets_total")
             - metric("tenantflow_datapath_unparsable_packets_total");

@@ -5,6 +5,7 @@ use std::{net::SocketAddr, sync::Arc, time::Duration};
 use anyhow::Context as _;
 use clap::Args;
 use futures::StreamExt;
+use tokio::io::{unix::AsyncFd, Interest};
 use tracing::{info, warn};
 
 use crate::{
@@ -138,6 +139,13 @@ async fn run_async(args: AgentArgs) -> anyhow::Result<()> {
     };
     let mut loaded = datapath::load(programs, args.idle_timeout)?;
     let _clock = KernelClock::start(&mut loaded.ebpf)?.spawn();
+    // Everything that can fail without touching interfaces happens before attaching.
+    let mut harvester = Harvester::new(&mut loaded.ebpf)?;
+    // SAFETY: the fd belongs to the harvester's ring buffer, which is declared before (so
+    // dropped after) this AsyncFd and never closes or replaces it.
+    let evictions =
+        unsafe { AsyncFd::register_with_interest(harvester.evictions_fd(), Interest::READABLE) }
+            .map_err(|e| anyhow::anyhow!("watching the eviction ring: {e}"))?;
     let mode = args.attach_mode.resolve(loaded.tcx_available);
     if mode == AttachMode::Tcx && !loaded.tcx_available {
         return Err(UsageError(
@@ -171,7 +179,6 @@ async fn run_async(args: AgentArgs) -> anyhow::Result<()> {
         mode_name(mode),
         mechanism.as_str(),
     )));
-    let mut harvester = Harvester::new(&mut loaded.ebpf)?;
     shared
         .metrics
         .flow_map_capacity
@@ -242,6 +249,13 @@ async fn run_async(args: AgentArgs) -> anyhow::Result<()> {
                 shared.set_ready(pipeline.identity_ready());
             }
             _ = tick.tick() => pipeline.harvest(&mut harvester, &attachments, &shared),
+            ready = evictions.readable() => match ready {
+                Ok(mut guard) => {
+                    harvester.drain_evictions();
+                    guard.clear_ready();
+                }
+                Err(e) => break Err(anyhow::anyhow!("eviction ring wait failed: {e}")),
+            },
         }
     };
     shared.set_ready(false);

@@ -3,9 +3,11 @@
 //!
 //! The ring is drained first so an occupation's final record usually lands before its
 //! slot is read again; the order does not matter for correctness, only for how long a
-//! displaced occupation's baseline is kept.
+//! displaced occupation's baseline is kept. Between harvests the agent also drains the
+//! ring whenever the kernel signals it is filling up ([`Harvester::drain_evictions`]), so
+//! churn beyond the ring's size per harvest interval loses nothing.
 
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, AsRawFd, RawFd};
 
 use agent_common::{counters::COUNTER_SLOTS, Counter, Evicted, FlowSet, CACHE_WAYS};
 use aya::{
@@ -55,6 +57,18 @@ pub struct Harvester {
     counters: PerCpuArray<MapData, u64>,
     slots: SlotDeltas,
     cpus: usize,
+    /// Deltas from eviction records drained between harvests.
+    pending: Vec<Delta>,
+}
+
+/// The eviction ring's file descriptor, for waiting on it (`tokio::io::unix::AsyncFd`);
+/// valid while the [`Harvester`] it came from lives.
+pub struct EvictionsFd(RawFd);
+
+impl AsRawFd for EvictionsFd {
+    fn as_raw_fd(&self) -> RawFd {
+        self.0
+    }
 }
 
 impl Harvester {
@@ -80,6 +94,7 @@ impl Harvester {
             counters: PerCpuArray::try_from(counters).map_err(map_err(COUNTERS_MAP))?,
             slots: SlotDeltas::new(),
             cpus,
+            pending: Vec::new(),
         })
     }
 
@@ -88,8 +103,13 @@ impl Harvester {
         self.sets as usize * CACHE_WAYS * self.cpus
     }
 
-    pub fn harvest(&mut self) -> Result<Harvest, DatapathError> {
-        let mut out = Harvest::default();
+    /// The kernel wakes this when the eviction ring is an eighth full.
+    pub fn evictions_fd(&self) -> EvictionsFd {
+        EvictionsFd(self.evictions.as_raw_fd())
+    }
+
+    /// Take every waiting eviction record into the next harvest's deltas, freeing the ring.
+    pub fn drain_evictions(&mut self) {
         while let Some(item) = self.evictions.next() {
             if item.len() < size_of::<Evicted>() {
                 continue;
@@ -97,8 +117,16 @@ impl Harvester {
             // SAFETY: the kernel wrote an `Evicted` (repr(C), every bit pattern valid) at the
             // start of the record; read_unaligned makes no alignment assumption.
             let e: Evicted = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
-            out.deltas.extend(self.slots.evicted(&e));
+            self.pending.extend(self.slots.evicted(&e));
         }
+    }
+
+    pub fn harvest(&mut self) -> Result<Harvest, DatapathError> {
+        self.drain_evictions();
+        let mut out = Harvest {
+            deltas: std::mem::take(&mut self.pending),
+            ..Default::default()
+        };
         let slots = &mut self.slots;
         let deltas = &mut out.deltas;
         self.reader

@@ -17,7 +17,7 @@ mod slots;
 pub use attach::{remove_clsact, AttachMode, Attached, Attachments};
 pub use clock::KernelClock;
 pub use error::DatapathError;
-pub use harvest::{Harvest, Harvester, KernelCounters};
+pub use harvest::{EvictionsFd, Harvest, Harvester, KernelCounters};
 pub use links::{default_route_interfaces, list_links, watch_links, Link, LinkEvent};
 pub use load::{check_kernel, load, Loaded, Programs, MIN_KERNEL};
 pub use select::{Role, Selector, DEFAULT_POD_PATTERNS};
