@@ -19,7 +19,7 @@ use tracing::{debug, info, warn};
 
 use super::{
     load::{Programs, PROG_EGRESS, PROG_INGRESS, PROG_NOOP},
-    DatapathError, Role,
+    load_err, program, DatapathError, Role,
 };
 
 /// How programs are hooked into TC.
@@ -112,12 +112,8 @@ impl Attachments {
         let egress = match attach_one(ebpf, prog_eg, name, TcAttachType::Egress, self.mode) {
             Ok(id) => id,
             Err(e) => {
-                let _ = program(ebpf, prog_in).and_then(|p| {
-                    p.detach(ingress).map_err(|source| DatapathError::Load {
-                        program: prog_in,
-                        source,
-                    })
-                });
+                let _ = classifier(ebpf, prog_in)
+                    .and_then(|p| p.detach(ingress).map_err(load_err(prog_in)));
                 return Err(e);
             }
         };
@@ -139,10 +135,10 @@ impl Attachments {
     pub fn forget(&mut self, ebpf: &mut Ebpf, index: u32) -> Option<String> {
         let gone = self.by_index.remove(&index)?;
         // The links are dead; taking them drops aya's bookkeeping without a detach syscall.
-        if let Ok(p) = program(ebpf, self.progs.0) {
+        if let Ok(p) = classifier(ebpf, self.progs.0) {
             let _ = p.take_link(gone.ingress);
         }
-        if let Ok(p) = program(ebpf, self.progs.1) {
+        if let Ok(p) = classifier(ebpf, self.progs.1) {
             let _ = p.take_link(gone.egress);
         }
         info!(iface = gone.name, index, "interface removed, forgotten");
@@ -156,7 +152,7 @@ impl Attachments {
         let mut qdiscs = Vec::new();
         for (index, a) in all {
             for (prog, id) in [(self.progs.0, a.ingress), (self.progs.1, a.egress)] {
-                if let Ok(p) = program(ebpf, prog) {
+                if let Ok(p) = classifier(ebpf, prog) {
                     if let Err(e) = p.detach(id) {
                         debug!(iface = a.name, index, error = %e, "detach (interface may be gone)");
                     }
@@ -170,17 +166,11 @@ impl Attachments {
     }
 }
 
-fn program<'a>(
+fn classifier<'a>(
     ebpf: &'a mut Ebpf,
     name: &'static str,
 ) -> Result<&'a mut SchedClassifier, DatapathError> {
-    ebpf.program_mut(name)
-        .ok_or(DatapathError::MissingMap(name))?
-        .try_into()
-        .map_err(|source| DatapathError::Load {
-            program: name,
-            source,
-        })
+    program(ebpf, name)
 }
 
 fn attach_one(
@@ -194,7 +184,7 @@ fn attach_one(
         AttachMode::Netlink => TcAttachOptions::Netlink(NlOptions::default()),
         _ => TcAttachOptions::TcxOrder(LinkOrder::default()),
     };
-    program(ebpf, prog)?
+    classifier(ebpf, prog)?
         .attach_with_options(iface, at, options)
         .map_err(|source| match source {
             aya::programs::ProgramError::UnknownInterface { .. } => {

@@ -10,7 +10,7 @@ use aya::{
 };
 use tracing::warn;
 
-use super::DatapathError;
+use super::{map_err, take_map, DatapathError};
 use crate::flow::monotonic_ns;
 
 const CLOCK_MAP: &str = "TF_CLOCK";
@@ -22,19 +22,10 @@ pub struct KernelClock {
 impl KernelClock {
     /// Takes the clock map out of `ebpf` and sets it once, so no packet is stamped 0.
     pub fn start(ebpf: &mut Ebpf) -> Result<Self, DatapathError> {
-        let map = ebpf
-            .take_map(CLOCK_MAP)
-            .ok_or(DatapathError::MissingMap(CLOCK_MAP))?;
         let mut clock = Self {
-            map: Array::try_from(map).map_err(|source| DatapathError::Map {
-                map: CLOCK_MAP,
-                source,
-            })?,
+            map: take_map(ebpf, CLOCK_MAP)?,
         };
-        clock.tick().map_err(|source| DatapathError::Map {
-            map: CLOCK_MAP,
-            source,
-        })?;
+        clock.tick().map_err(map_err(CLOCK_MAP))?;
         Ok(clock)
     }
 

@@ -44,6 +44,9 @@ pub enum DatapathError {
     /// The embedded object itself could not be parsed or its maps created.
     #[error("loading the eBPF object: {0}")]
     Object(#[source] aya::EbpfError),
+    /// A program the agent relies on is missing from the object (build mismatch).
+    #[error("program {0} missing from the eBPF object: rebuild the agent")]
+    MissingProgram(&'static str),
     /// A map the agent relies on is missing from the object (build mismatch).
     #[error("map {0} missing from the eBPF object: rebuild the agent")]
     MissingMap(&'static str),

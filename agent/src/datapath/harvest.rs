@@ -17,8 +17,9 @@ use aya::{
 
 use super::{
     batch::BatchReader,
+    map_err,
     slots::{Delta, SlotDeltas},
-    DatapathError,
+    take_map, take_raw_map, DatapathError,
 };
 
 /// Sets per batch syscall: 256 × 192 bytes × CPUs of buffer (3 MiB on a 64-vCPU node).
@@ -74,10 +75,7 @@ impl AsRawFd for EvictionsFd {
 impl Harvester {
     /// Takes the maps out of `ebpf`: the harvester becomes their only reader.
     pub fn new(ebpf: &mut Ebpf) -> Result<Self, DatapathError> {
-        let mut take =
-            |name: &'static str| ebpf.take_map(name).ok_or(DatapathError::MissingMap(name));
-        let (cache, evictions, counters) =
-            (take(CACHE_MAP)?, take(EVICTIONS_MAP)?, take(COUNTERS_MAP)?);
+        let cache = take_raw_map(ebpf, CACHE_MAP)?;
         let cpus = aya::util::nr_cpus().map_err(|(_, e)| DatapathError::Cpus(e))?;
         // Checks the value size against FlowSet before the raw batch reads rely on it.
         let sets = PerCpuArray::<_, FlowSet>::try_from(&cache)
@@ -90,8 +88,8 @@ impl Harvester {
             cache,
             sets,
             reader: BatchReader::new(BATCH_SETS, size_of::<FlowSet>(), cpus),
-            evictions: RingBuf::try_from(evictions).map_err(map_err(EVICTIONS_MAP))?,
-            counters: PerCpuArray::try_from(counters).map_err(map_err(COUNTERS_MAP))?,
+            evictions: take_map(ebpf, EVICTIONS_MAP)?,
+            counters: take_map(ebpf, COUNTERS_MAP)?,
             slots: SlotDeltas::new(),
             cpus,
             pending: Vec::new(),
@@ -169,8 +167,4 @@ impl Harvester {
             non_ip: slots[Counter::NonIp as usize],
         })
     }
-}
-
-fn map_err(map: &'static str) -> impl Fn(MapError) -> DatapathError {
-    move |source| DatapathError::Map { map, source }
 }

@@ -8,7 +8,7 @@ use std::{
 use aya::{programs::SchedClassifier, util::KernelVersion, Ebpf, EbpfLoader};
 use tracing::{debug, info, warn};
 
-use super::DatapathError;
+use super::{load_err, program, DatapathError};
 
 /// Oldest kernel the programs are verified on: the oldest AKS node image (Ubuntu 22.04).
 pub const MIN_KERNEL: (u8, u8) = (5, 15);
@@ -91,18 +91,8 @@ pub fn load(programs: Programs, idle: Duration) -> Result<Loaded, DatapathError>
         &[ingress, egress]
     };
     for &name in names {
-        let prog: &mut SchedClassifier = ebpf
-            .program_mut(name)
-            .ok_or(DatapathError::MissingMap(name))?
-            .try_into()
-            .map_err(|source| DatapathError::Load {
-                program: name,
-                source,
-            })?;
-        prog.load().map_err(|source| DatapathError::Load {
-            program: name,
-            source,
-        })?;
+        let prog: &mut SchedClassifier = program(&mut ebpf, name)?;
+        prog.load().map_err(load_err(name))?;
         debug!(program = name, "loaded");
     }
     Ok(Loaded {

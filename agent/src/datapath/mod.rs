@@ -11,6 +11,7 @@ mod error;
 mod harvest;
 mod links;
 mod load;
+mod object;
 mod select;
 mod slots;
 
@@ -20,5 +21,6 @@ pub use error::DatapathError;
 pub use harvest::{EvictionsFd, Harvest, Harvester, KernelCounters};
 pub use links::{default_route_interfaces, list_links, watch_links, Link, LinkEvent};
 pub use load::{check_kernel, load, Loaded, Programs, MIN_KERNEL};
+pub(crate) use object::{load_err, map_err, program, take_map, take_raw_map};
 pub use select::{Role, Selector, DEFAULT_POD_PATTERNS};
-pub use slots::{Delta, SlotDeltas};
+pub use slots::Delta;

@@ -15,7 +15,11 @@ use aya::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::{datapath::DatapathError, flow::FlowTuple, identity::Store};
+use crate::{
+    datapath::{self, DatapathError},
+    flow::FlowTuple,
+    identity::Store,
+};
 
 const PROGRAMS: [&str; 4] = ["tf_connect4", "tf_connect6", "tf_sendmsg4", "tf_sendmsg6"];
 
@@ -42,25 +46,12 @@ pub fn attach(ebpf: &mut Ebpf, root: &std::path::Path) -> Result<(), DatapathErr
         message: e.to_string(),
     })?;
     for name in PROGRAMS {
-        let prog: &mut CgroupSockAddr = ebpf
-            .program_mut(name)
-            .ok_or(DatapathError::MissingMap(name))?
-            .try_into()
-            .map_err(|source| DatapathError::Load {
-                program: name,
-                source,
-            })?;
-        prog.load().map_err(|source| DatapathError::Load {
-            program: name,
-            source,
-        })?;
+        let prog: &mut CgroupSockAddr = datapath::program(ebpf, name)?;
+        prog.load().map_err(datapath::load_err(name))?;
         // bpf links (5.7+, every AKS kernel) always coexist with other programs; the kernel
         // rejects any flag on a cgroup link, so `Single` (no flag) is the right mode here.
         prog.attach(&dir, CgroupAttachMode::Single)
-            .map_err(|source| DatapathError::Load {
-                program: name,
-                source,
-            })?;
+            .map_err(datapath::load_err(name))?;
     }
     Ok(())
 }
@@ -84,20 +75,9 @@ pub struct Attribution {
 
 impl Attribution {
     pub fn new(ebpf: &mut Ebpf, root: PathBuf) -> Result<Self, DatapathError> {
-        let take = |ebpf: &mut Ebpf, name: &'static str| {
-            ebpf.take_map(name).ok_or(DatapathError::MissingMap(name))
-        };
-        let socks = take(ebpf, "TF_SOCKS")?;
-        let flows = take(ebpf, "TF_SOCK_FLOWS")?;
         Ok(Self {
-            socks: BpfHashMap::try_from(socks).map_err(|source| DatapathError::Map {
-                map: "TF_SOCKS",
-                source,
-            })?,
-            flows: BpfHashMap::try_from(flows).map_err(|source| DatapathError::Map {
-                map: "TF_SOCK_FLOWS",
-                source,
-            })?,
+            socks: datapath::take_map(ebpf, "TF_SOCKS")?,
+            flows: datapath::take_map(ebpf, "TF_SOCK_FLOWS")?,
             cgroups: cgroup::CgroupIndex::new(root),
         })
     }
