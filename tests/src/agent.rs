@@ -168,23 +168,29 @@ fn wait_flow_until(
 }
 
 /// The one connection matching `pred`, once `done` holds for it (or the last one seen,
-/// for the exact assertion that follows). Panics if several connections match.
+/// for the exact assertion that follows). Panics if several connections still match when
+/// the wait ends: until the conntrack event of a NATed connection arrives (asynchronous,
+/// up to a harvest late) its pre- and post-NAT sightings are two records, so a match
+/// count above one is only final once the wait is over.
 pub fn wait_connection(
     agent: &Agent,
     pred: impl Fn(&Value) -> bool,
     done: impl Fn(&Value) -> bool,
 ) -> Value {
-    let mut last = Value::Null;
+    let mut hits: Vec<Value> = Vec::new();
     eventually(Duration::from_secs(6), || {
-        let conns = agent.connections("");
-        let hits: Vec<&Value> = conns.iter().filter(|c| pred(c)).collect();
-        assert!(
-            hits.len() <= 1,
-            "more than one connection matched: {hits:#?}"
-        );
-        last = hits.first().map(|v| (*v).clone()).unwrap_or(Value::Null);
-        (!last.is_null() && done(&last)).then_some(())
+        hits = agent
+            .connections("")
+            .into_iter()
+            .filter(|c| pred(c))
+            .collect();
+        (hits.len() == 1 && done(&hits[0])).then_some(())
     });
+    assert!(
+        hits.len() <= 1,
+        "more than one connection matched: {hits:#?}"
+    );
+    let last = hits.pop().unwrap_or(Value::Null);
     assert!(
         !last.is_null(),
         "no connection matched; agent has:\n{:#?}",
