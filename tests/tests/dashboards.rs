@@ -95,33 +95,28 @@ fn every_kind_of_traffic(lab: &LabGuard) {
         &format!("{}:10250", t.node(2).ip()),
     );
     let svc = &t.services[0];
-    let backend = t.pod(&svc.backends[0]);
-    let srv = traffic_bg(
-        &t.pod_ns(backend),
-        &[
-            "tcp-serve",
-            &format!("{}:{}", backend.ip(), svc.target_port),
-            "200",
-            "--conns",
-            "100",
-        ],
-    );
-    let other = t.pod(&svc.backends[1]);
-    let srv2 = traffic_bg(
-        &t.pod_ns(other),
-        &[
-            "tcp-serve",
-            &format!("{}:{}", other.ip(), svc.target_port),
-            "200",
-            "--conns",
-            "100",
-        ],
-    );
+    let servers: Vec<_> = svc
+        .backends
+        .iter()
+        .map(|name| {
+            let backend = t.pod(name);
+            traffic_bg(
+                &t.pod_ns(backend),
+                &[
+                    "tcp-serve",
+                    &format!("{}:{}", backend.ip(), svc.target_port),
+                    "200",
+                    "--conns",
+                    "100",
+                ],
+            )
+        })
+        .collect();
     traffic(
         &t.pod_ns(t.pod("api-1")),
         &["tcp-send", &format!("{}:{}", svc.vip, svc.port), "100"],
     );
-    for c in [srv, srv2] {
+    for c in servers {
         // SAFETY: signalling our own children (servers waiting for more connections).
         unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
         let _ = c.wait_with_output();
