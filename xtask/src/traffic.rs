@@ -81,8 +81,7 @@ pub fn run(cmd: TrafficCmd) -> Result<()> {
             bind,
             gap_us,
         } => {
-            let local = bind.unwrap_or_else(|| unspecified(&to));
-            let sock = UdpSocket::bind(local).with_context(|| format!("bind {local}"))?;
+            let sock = udp_sender(bind, &to)?;
             let payload = vec![0x5au8; size];
             for _ in 0..count {
                 sock.send_to(&payload, to)
@@ -99,8 +98,7 @@ pub fn run(cmd: TrafficCmd) -> Result<()> {
             size,
             bind,
         } => {
-            let local = bind.unwrap_or_else(|| unspecified(&to));
-            let sock = UdpSocket::bind(local).with_context(|| format!("bind {local}"))?;
+            let sock = udp_sender(bind, &to)?;
             let payload = vec![0x5au8; size];
             for i in 0..flows {
                 let mut dst = to;
@@ -199,6 +197,12 @@ pub fn run(cmd: TrafficCmd) -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// A UDP socket bound to `bind`, else to the unspecified address of `to`'s family.
+fn udp_sender(bind: Option<SocketAddr>, to: &SocketAddr) -> Result<UdpSocket> {
+    let local = bind.unwrap_or_else(|| unspecified(to));
+    UdpSocket::bind(local).with_context(|| format!("bind {local}"))
 }
 
 fn unspecified(to: &SocketAddr) -> SocketAddr {

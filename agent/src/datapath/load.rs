@@ -1,9 +1,6 @@
 //! Load the embedded eBPF object after probing that this kernel can run it.
 
-use std::{
-    hash::{BuildHasher, Hasher},
-    time::Duration,
-};
+use std::{hash::BuildHasher, time::Duration};
 
 use aya::{programs::SchedClassifier, util::KernelVersion, Ebpf, EbpfLoader};
 use tracing::{debug, info, warn};
@@ -106,9 +103,7 @@ pub fn load(programs: Programs, idle: Duration) -> Result<Loaded, DatapathError>
 /// A fresh random seed per start (std's randomly keyed SipHash), so nobody can precompute
 /// flows that collide in the kernel flow cache.
 fn hash_seed() -> u64 {
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u64(std::process::id() as u64);
-    h.finish()
+    std::collections::hash_map::RandomState::new().hash_one(0u64)
 }
 
 /// Pure so the refusal can be tested without an old kernel.
