@@ -80,29 +80,27 @@ fn record(ctx: &TcContext, dir: Direction, mut p: Parsed) {
     };
     // SAFETY: per-CPU value, only this CPU writes it while the program runs.
     let set = unsafe { &mut *set };
-    // Whether this packet starts a record (a fresh slot, or a flow back from idle).
-    let starts_record = 'count: {
-        for way in 0..CACHE_WAYS {
-            let s = &mut set.ways[way];
-            if s.stats.packets != 0 && same_key(key_words(&s.key), words) {
-                let st = &mut s.stats;
-                // Back after the agent expired it: a new record, as with a fresh slot.
-                let resumed = now.wrapping_sub(st.last_seen_ns) > idle_ns();
-                if resumed {
-                    st.first_seen_ns = now;
-                    st.tcp_flags = 0;
+    for way in 0..CACHE_WAYS {
+        let s = &mut set.ways[way];
+        if s.stats.packets != 0 && same_key(key_words(&s.key), words) {
+            let st = &mut s.stats;
+            // Back after the agent expired it: a new record, as with a fresh slot.
+            if now.wrapping_sub(st.last_seen_ns) > idle_ns() {
+                st.first_seen_ns = now;
+                st.tcp_flags = 0;
+                if dir == Direction::Egress {
+                    remember_socket(ctx, &p.key);
                 }
-                st.packets += segs;
-                st.bytes += bytes;
-                st.last_seen_ns = now;
-                st.tcp_flags |= p.tcp_flags;
-                break 'count resumed;
             }
+            st.packets += segs;
+            st.bytes += bytes;
+            st.last_seen_ns = now;
+            st.tcp_flags |= p.tcp_flags;
+            return;
         }
-        occupy(set, set_index, &p, segs, bytes, now);
-        true
-    };
-    if starts_record && dir == Direction::Egress {
+    }
+    occupy(set, set_index, &p, segs, bytes, now);
+    if dir == Direction::Egress {
         remember_socket(ctx, &p.key);
     }
 }
