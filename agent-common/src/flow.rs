@@ -69,7 +69,9 @@ pub struct FlowStats {
     pub last_seen_ns: u64,
     /// OR of TCP flags seen (FIN=0x01 SYN=0x02 RST=0x04 PSH=0x08 ACK=0x10 URG=0x20 ...).
     pub tcp_flags: u8,
-    pub _pad0: u8,
+    /// 1 once a TCP SYN without ACK passed here: this direction opened the connection.
+    /// Its own bit because OR-ed flags cannot tell the opener (both ends OR to SYN|ACK).
+    pub opened: u8,
     pub _pad1: u16,
     pub _pad2: u32,
 }

@@ -2,7 +2,7 @@
 
 use agent_common::{
     counters::COUNTER_SLOTS, Counter, Evicted, FlowKey, FlowSet, SockOwner, CACHE_SETS,
-    EVICTIONS_BYTES, EVICTIONS_WAKE_BYTES, MAX_SOCKETS,
+    CACHE_SET_BITS, EVICTIONS_BYTES, EVICTIONS_WAKE_BYTES, MAX_SOCKETS,
 };
 use aya_ebpf::{
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
@@ -46,6 +46,11 @@ static TF_HASH_SEED: u64 = 0;
 #[unsafe(no_mangle)]
 static TF_IDLE_NS: u64 = u64::MAX;
 
+/// Set by the agent at load: 64 minus log2 of the sets in use. All of them
+/// (`64 - CACHE_SET_BITS`) unless a test shrinks the cache to force evictions mid-flight.
+#[unsafe(no_mangle)]
+static TF_SET_SHIFT: u32 = 64 - CACHE_SET_BITS;
+
 /// The agent's clock (see [`CLOCK`]); 0 only before the agent's first tick.
 #[inline(always)]
 pub fn now() -> u64 {
@@ -56,6 +61,12 @@ pub fn now() -> u64 {
 pub fn hash_seed() -> u64 {
     // SAFETY: a plain read; volatile so the compiler keeps the load the loader patched.
     unsafe { core::ptr::read_volatile(&TF_HASH_SEED) }
+}
+
+#[inline(always)]
+pub fn set_shift() -> u32 {
+    // SAFETY: as above.
+    unsafe { core::ptr::read_volatile(&TF_SET_SHIFT) }
 }
 
 #[inline(always)]

@@ -57,6 +57,9 @@ fn join(w: &[u16]) -> u64 {
     w[0] as u64 | (w[1] as u64) << 16 | (w[2] as u64) << 32 | (w[3] as u64) << 48
 }
 
+const TCP_SYN: u8 = 0x02;
+const TCP_ACK: u8 = 0x10;
+
 /// First byte / second byte of a word as it lies in memory (little-endian host).
 #[inline(always)]
 fn lo(w: u16) -> u8 {
@@ -75,6 +78,8 @@ pub struct Parsed {
     /// Bytes of IP + transport headers, repeated on every GSO segment.
     pub hdr_len: usize,
     pub tcp_flags: u8,
+    /// 1 for a TCP SYN without ACK (the opener's first packet), else 0.
+    pub opened: u8,
 }
 
 pub enum Outcome {
@@ -126,6 +131,7 @@ pub fn parse(ctx: &TcContext) -> Outcome {
         l3_off,
         hdr_len: l4_off - l3_off,
         tcp_flags: 0,
+        opened: 0,
     };
     if has_l4 && parse_l4(ctx, l4_off, &mut parsed).is_none() {
         return Outcome::Unparsable;
@@ -203,6 +209,7 @@ fn parse_l4(ctx: &TcContext, off: usize, p: &mut Parsed) -> Option<()> {
             p.key.src_port = u16::from_be(tcp[0]);
             p.key.dst_port = u16::from_be(tcp[1]);
             p.tcp_flags = hi(tcp[6]);
+            p.opened = (p.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN) as u8;
             p.hdr_len += ((lo(tcp[6]) >> 4) as usize) * 4;
         }
         IPPROTO_UDP => {

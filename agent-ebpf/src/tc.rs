@@ -1,8 +1,6 @@
 //! TC classifier entry points: thin wrappers that never influence the packet's fate.
 
-use agent_common::{
-    Counter, Direction, Evicted, FlowKey, FlowSet, FlowStats, CACHE_SET_BITS, CACHE_WAYS,
-};
+use agent_common::{Counter, Direction, Evicted, FlowKey, FlowSet, FlowStats, CACHE_WAYS};
 use aya_ebpf::{
     bindings::TC_ACT_UNSPEC,
     cty::c_void,
@@ -13,7 +11,7 @@ use aya_ebpf::{
 use core::ptr::write_volatile;
 
 use crate::{
-    maps::{bump, evict, hash_seed, idle_ns, now, FLOW_CACHE, SOCK_FLOWS},
+    maps::{bump, evict, hash_seed, idle_ns, now, set_shift, FLOW_CACHE, SOCK_FLOWS},
     parse::{parse, Outcome, Parsed},
 };
 
@@ -88,6 +86,7 @@ fn record(ctx: &TcContext, dir: Direction, mut p: Parsed) {
             if now.wrapping_sub(st.last_seen_ns) > idle_ns() {
                 st.first_seen_ns = now;
                 st.tcp_flags = 0;
+                st.opened = 0;
                 if dir == Direction::Egress {
                     remember_socket(ctx, &p.key);
                 }
@@ -96,6 +95,7 @@ fn record(ctx: &TcContext, dir: Direction, mut p: Parsed) {
             st.bytes += bytes;
             st.last_seen_ns = now;
             st.tcp_flags |= p.tcp_flags;
+            st.opened |= p.opened;
             return;
         }
     }
@@ -134,7 +134,7 @@ fn occupy(set: &mut FlowSet, set_index: u32, p: &Parsed, segs: u64, bytes: u64, 
         first_seen_ns: now,
         last_seen_ns: now,
         tcp_flags: p.tcp_flags,
-        _pad0: 0,
+        opened: p.opened,
         _pad1: 0,
         _pad2: 0,
     };
@@ -192,5 +192,5 @@ fn set_of(w: &[u64; 6]) -> u32 {
         ^ (w[1] ^ w[3].rotate_left(32)).wrapping_mul(0xC2B2_AE3D_27D4_EB4F)
         ^ (w[2] ^ w[4].rotate_left(32)).wrapping_mul(0x1656_67B1_9E37_79F9)
         ^ (w[5] ^ seed.rotate_left(32)).wrapping_mul(0xD6E8_FEB8_6659_FD93);
-    (h >> (64 - CACHE_SET_BITS)) as u32
+    (h >> set_shift()) as u32
 }

@@ -2,7 +2,10 @@
 //! joined) → classified (identity, class, verdicts) → metrics, flow log, published
 //! snapshots. Owns all userspace flow state.
 
-use std::time::{Duration, Instant};
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use tracing::{info, warn};
 
@@ -10,11 +13,11 @@ use crate::{
     classify,
     config::Config,
     datapath::{Attachments, Harvester},
-    export::{FlowLog, FlowMetrics, NatMappings, Shared},
-    flow::{self, monotonic_ns, ConnectionView, FlowTable, FlowView, Observation, WallClock},
+    export::{ConnEvent, ConnectionView, EventKind, FlowLog, FlowMetrics, NatMappings, Shared},
+    flow::{monotonic_ns, ConnId, ConnTable, FlowView, Settled, WallClock},
     identity::{reload::SnapshotFile, watch::WatchEvent, Change, Kind, Store},
-    nat::{JoinTracker, Mechanism, NatEvent, NatTable},
-    process::Attribution,
+    nat::{Mechanism, NatEvent, NatTable},
+    process::{Attribution, ProcessInfo},
 };
 
 /// Where identities come from and how fresh they are.
@@ -37,18 +40,26 @@ impl Identity {
     }
 }
 
-/// Where classified connections go each harvest.
+/// Where connection events go each harvest.
 pub struct Sinks {
     pub metrics: FlowMetrics,
     pub nat_mappings: NatMappings,
     pub log: Option<FlowLog>,
 }
 
+/// What the pipeline attaches to each connection of the table.
+#[derive(Debug, Default)]
+pub struct Annotation {
+    /// Identity store version the classification was made at.
+    classified_at: Option<u64>,
+    process: Option<ProcessInfo>,
+    /// The published record (identities, class, verdicts, counts).
+    view: Option<Arc<ConnectionView>>,
+}
+
 pub struct Pipeline {
-    table: FlowTable,
+    table: ConnTable<Annotation>,
     nat: NatTable,
-    joins: JoinTracker,
-    mechanism: Mechanism,
     idle: Duration,
     config: Config,
     identity: Identity,
@@ -66,10 +77,8 @@ impl Pipeline {
         processes: Option<Attribution>,
     ) -> Self {
         Self {
-            table: FlowTable::new(),
+            table: ConnTable::new(mechanism == Mechanism::Conntrack),
             nat: NatTable::new(),
-            joins: JoinTracker::default(),
-            mechanism,
             idle,
             config,
             identity,
@@ -83,8 +92,14 @@ impl Pipeline {
         match ev {
             NatEvent::New(e) => self.nat.insert(e),
             NatEvent::Destroy(e) => self.nat.destroy(&e.orig, now),
-            NatEvent::Resync(all) => self.nat.resync(all, now),
-            NatEvent::Lost => shared.metrics.nat_events_lost.inc(),
+            NatEvent::Resync(all) => {
+                self.nat.resync(all, now);
+                self.table.nat_resynced();
+            }
+            NatEvent::Lost => {
+                shared.metrics.nat_events_lost.inc();
+                self.table.nat_lost();
+            }
         }
     }
 
@@ -181,73 +196,138 @@ impl Pipeline {
         };
         m.flow_map_entries.set(harvest.occupied as i64);
         m.observe_kernel(harvest.counters);
-        let idle_ns = self.idle.as_nanos() as u64;
-        self.table.apply(&harvest.deltas);
-        let expired: Vec<_> = self
-            .table
-            .expire(now, idle_ns)
-            .into_iter()
-            .map(|(key, _)| key)
-            .collect();
-        if let Some(a) = &mut self.processes {
-            a.forget(&expired);
-        }
+        let idle_ns = u64::try_from(self.idle.as_nanos()).unwrap_or(u64::MAX);
+        let role = |i: u32| attachments.get(i).map(|a| a.role);
+        self.table.apply(&harvest.deltas, &self.nat, role);
+        let fresh = self.nat.take_fresh();
+        self.table.join(&fresh, &self.nat);
         // Keep mappings of closed connections as long as their counters may still be shown.
-        self.nat.gc(now, 2 * idle_ns);
-        m.tracked_flows.set(self.table.len() as i64);
-        m.nat_entries.set(self.nat.len() as i64);
+        self.nat.gc(now, idle_ns.saturating_mul(2));
         self.reload_snapshot(shared);
         if self.identity.dirty {
             self.identity.dirty = false;
             self.publish_identity(shared);
         }
-
-        let iface = |i: u32| attachments.get(i).map(|a| (a.name.as_str(), a.role));
-        let conns = flow::build_connections(
-            self.table.iter().map(|(key, entry)| Observation {
-                key,
-                entry,
-                iface: iface(key.ifindex),
-            }),
-            &self.nat,
+        let name = |i: u32| attachments.get(i).map(|a| a.name.clone());
+        let settled = self.table.settle(now, idle_ns, name);
+        self.report(settled, false, shared);
+        m.tracked_flows.set(
+            self.table
+                .all()
+                .map(|t| t.observations().count())
+                .sum::<usize>() as i64,
         );
-        if self.mechanism == Mechanism::Conntrack {
-            let stats = self.joins.observe(&conns);
-            m.nat_join_misses.inc_by(stats.new_misses);
-            m.nat_late_joins.inc_by(stats.late_joins);
-        }
-        m.connections.set(conns.len() as i64);
-        let classified: Vec<_> = conns
-            .into_iter()
-            .map(|c| {
-                let k = classify::classify(&self.config, &self.identity.store, &c);
-                (c, k)
-            })
+        m.nat_entries.set(self.nat.len() as i64);
+        m.nat_unjoined.set(self.table.unjoined() as i64);
+        m.held_connections
+            .set((self.table.len() - self.table.reported().count()) as i64);
+        let clock = WallClock::now();
+        let views = self
+            .table
+            .reported()
+            .filter_map(|t| t.extra.view.clone())
+            .collect::<Vec<_>>();
+        m.connections.set(views.len() as i64);
+        let iface = |i: u32| attachments.get(i).map(|a| (a.name.as_str(), a.role));
+        let observations = self
+            .table
+            .all()
+            .flat_map(|t| t.observations())
+            .map(|(k, e)| FlowView::new(k, e, iface(k.ifindex), &clock))
             .collect();
+        shared.publish(views, observations);
+        timer.observe_duration();
+    }
+
+    /// Classify what started or changed, then hand every event to the sinks and forget
+    /// what ended. `stopping`: final events are shutdowns, not ends.
+    fn report(&mut self, settled: Settled, stopping: bool, shared: &Shared) {
+        let m = &shared.metrics;
+        let clock = WallClock::now();
+        let version = self.identity.store.version();
+        let identity_changed = self
+            .table
+            .reported()
+            .next()
+            .is_some_and(|t| t.extra.classified_at != Some(version));
+        let procs = match &mut self.processes {
+            Some(a) if !settled.started.is_empty() || !settled.updated.is_empty() => {
+                a.read(&self.identity.store)
+            }
+            _ => Default::default(),
+        };
+        let mut touched: Vec<ConnId> = settled
+            .started
+            .iter()
+            .chain(&settled.updated)
+            .chain(&settled.ending)
+            .copied()
+            .collect();
+        if identity_changed {
+            touched.extend(self.table.reported().map(|t| t.id));
+        }
+        touched.sort_unstable();
+        touched.dedup();
+        for id in touched {
+            let Some(t) = self.table.get_mut(id) else {
+                continue;
+            };
+            let stale = t.nat_changed || t.extra.classified_at != Some(version);
+            let class = match (&t.extra.view, stale) {
+                (Some(v), false) => v.class.clone(),
+                _ => classify::classify(&self.config, &self.identity.store, &t.conn),
+            };
+            t.nat_changed = false;
+            t.extra.classified_at = Some(version);
+            if t.extra.process.is_none() {
+                let tu = &t.conn.tuple;
+                t.extra.process = procs
+                    .get(tu)
+                    .or_else(|| tu.reversed().and_then(|r| procs.get(&r)))
+                    .cloned();
+            }
+            let mut v = ConnectionView::new(id, &t.conn, class, &clock);
+            v.process = t.extra.process.clone();
+            t.extra.view = Some(Arc::new(v));
+        }
+        let mut events = Vec::new();
+        let groups = [
+            (&settled.started, EventKind::Start),
+            (&settled.updated, EventKind::Update),
+            (
+                &settled.ending,
+                if stopping {
+                    EventKind::Shutdown
+                } else {
+                    EventKind::End
+                },
+            ),
+        ];
+        for (ids, kind) in groups {
+            for &id in ids {
+                let delta = self.table.take_delta(id);
+                if let Some(view) = self.table.get(id).and_then(|t| t.extra.view.clone()) {
+                    events.push(ConnEvent {
+                        kind,
+                        id,
+                        view,
+                        delta,
+                    });
+                }
+            }
+        }
+        for reason in &settled.misses {
+            m.nat_join_misses
+                .with_label_values(&[reason.as_str()])
+                .inc();
+        }
         let wall = Instant::now();
         self.sinks
             .metrics
-            .observe(&classified, &self.identity.store, wall);
-        self.sinks.nat_mappings.observe(&classified);
-        let clock = WallClock::now();
-        let procs = match &mut self.processes {
-            Some(a) => a.read(&self.identity.store),
-            None => Default::default(),
-        };
-        let views: Vec<ConnectionView> = classified
-            .into_iter()
-            .map(|(c, k)| {
-                let process = procs
-                    .get(&c.tuple)
-                    .or_else(|| c.tuple.reversed().and_then(|r| procs.get(&r)))
-                    .cloned();
-                let mut v = ConnectionView::new(&c, k, &clock);
-                v.process = process;
-                v
-            })
-            .collect();
+            .observe(&events, &self.identity.store, wall);
+        self.sinks.nat_mappings.observe(&events);
         if let Some(log) = &mut self.sinks.log {
-            match log.observe(&views, wall) {
+            match log.observe(&events, wall) {
                 Ok(n) => m.flow_log_records.inc_by(n),
                 Err(e) => {
                     m.flow_log_errors.inc();
@@ -255,25 +335,16 @@ impl Pipeline {
                 }
             }
         }
-        let observations = self
-            .table
-            .iter()
-            .map(|(k, e)| FlowView::new(k, e, iface(k.ifindex), &clock))
-            .collect();
-        shared.publish(views, observations);
-        timer.observe_duration();
+        let gone = self.table.remove_ended(&settled.ending);
+        if let Some(a) = &mut self.processes {
+            a.forget(&gone);
+        }
     }
 
-    /// Stopping: open connections get their flow-log record.
-    pub fn shutdown(&mut self, shared: &Shared) {
-        if let Some(log) = &mut self.sinks.log {
-            match log.shutdown() {
-                Ok(n) => shared.metrics.flow_log_records.inc_by(n),
-                Err(e) => {
-                    shared.metrics.flow_log_errors.inc();
-                    warn!(error = %e, "flow log: final records not written");
-                }
-            }
-        }
+    /// Stopping: everything open is reported and gets its final record.
+    pub fn shutdown(&mut self, attachments: &Attachments, shared: &Shared) {
+        let name = |i: u32| attachments.get(i).map(|a| a.name.clone());
+        let settled = self.table.drain(name);
+        self.report(settled, true, shared);
     }
 }

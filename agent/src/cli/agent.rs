@@ -95,6 +95,18 @@ pub struct AgentArgs {
     /// Attach a program that does nothing instead of the observers: the benchmark's floor.
     #[arg(long, hide = true)]
     pub bench_noop: bool,
+    /// Test only: log2 of the flow-cache sets each CPU uses (0..=12), so tests can force
+    /// every connection out of the cache mid-flight.
+    #[arg(long, hide = true, default_value_t = agent_common::CACHE_SET_BITS,
+          value_parser = clap::value_parser!(u32).range(0..=agent_common::CACHE_SET_BITS as i64))]
+    pub test_cache_set_bits: u32,
+    /// Test only: hold every conntrack event this long before the agent sees it.
+    #[arg(long, hide = true, value_parser = humantime::parse_duration)]
+    pub test_conntrack_delay: Option<Duration>,
+    /// Test only: conntrack event socket receive buffer in bytes (small ones overflow:
+    /// ENOBUFS and a resync).
+    #[arg(long, hide = true)]
+    pub test_conntrack_rcvbuf: Option<usize>,
 }
 
 fn datapath_defaults() -> Vec<String> {
@@ -137,10 +149,10 @@ async fn run_async(args: AgentArgs) -> anyhow::Result<()> {
     } else {
         Programs::Observers
     };
-    let mut loaded = datapath::load(programs, args.idle_timeout)?;
+    let mut loaded = datapath::load(programs, args.idle_timeout, args.test_cache_set_bits)?;
     let _clock = KernelClock::start(&mut loaded.ebpf)?.spawn();
     // Everything that can fail without touching interfaces happens before attaching.
-    let mut harvester = Harvester::new(&mut loaded.ebpf)?;
+    let mut harvester = Harvester::new(&mut loaded.ebpf, args.test_cache_set_bits)?;
     // SAFETY: the fd belongs to the harvester's ring buffer, which is declared before (so
     // dropped after) this AsyncFd and never closes or replaces it.
     let evictions =
@@ -167,7 +179,11 @@ async fn run_async(args: AgentArgs) -> anyhow::Result<()> {
     }
 
     let (nat_tx, mut nat_rx) = tokio::sync::mpsc::unbounded_channel();
-    let mechanism = match nat::spawn_conntrack(nat_tx) {
+    let faults = nat::Faults {
+        delay: args.test_conntrack_delay,
+        rcvbuf: args.test_conntrack_rcvbuf,
+    };
+    let mechanism = match nat::spawn_conntrack(nat_tx, faults) {
         Ok(()) => Mechanism::Conntrack,
         Err(e) => {
             warn!(error = %e, "no NAT source: flows will carry no pre/post-NAT addresses");
@@ -259,7 +275,7 @@ async fn run_async(args: AgentArgs) -> anyhow::Result<()> {
         }
     };
     shared.set_ready(false);
-    pipeline.shutdown(&shared);
+    pipeline.shutdown(&attachments, &shared);
     server.abort();
     let qdiscs = attachments.detach_all(&mut loaded.ebpf);
     datapath::remove_clsact(&qdiscs).await;

@@ -9,7 +9,8 @@ use serde::de::DeserializeOwned;
 
 use crate::{
     classify::{Classification, Egress, EndpointIdentity, EndpointKind},
-    flow::{ConnectionView, FlowView, Protocol},
+    export::ConnectionView,
+    flow::{FlowView, Protocol},
 };
 
 #[derive(Clone, Copy, Debug, Default, ValueEnum)]

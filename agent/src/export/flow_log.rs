@@ -7,7 +7,6 @@ use std::{
     collections::HashMap,
     fs::{File, OpenOptions},
     io::{BufWriter, Write},
-    net::IpAddr,
     path::{Path, PathBuf},
     time::{Duration, Instant, SystemTime},
 };
@@ -15,10 +14,8 @@ use std::{
 use clap::ValueEnum;
 use serde::Serialize;
 
-use crate::{
-    classify::Egress,
-    flow::{ConnectionView, Protocol},
-};
+use super::{ConnEvent, ConnectionView, EventKind};
+use crate::{classify::Egress, flow::ConnId};
 
 /// Which connections are logged.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
@@ -77,12 +74,6 @@ struct Record<'a> {
     node: &'a str,
     #[serde(flatten)]
     flow: &'a ConnectionView,
-}
-
-type Key = (Protocol, IpAddr, u16, IpAddr, u16);
-
-fn key(c: &ConnectionView) -> Key {
-    (c.proto, c.src, c.src_port, c.dst, c.dst_port)
 }
 
 enum Sink {
@@ -159,8 +150,8 @@ impl Sink {
 pub struct FlowLog {
     cfg: FlowLogConfig,
     sink: Sink,
-    /// Open connections: last view, and when they were first seen or last updated.
-    open: HashMap<Key, (ConnectionView, Instant)>,
+    /// Open connections: when they started or were last written as an update.
+    open: HashMap<ConnId, Instant>,
     records: u64,
 }
 
@@ -187,42 +178,41 @@ impl FlowLog {
         })
     }
 
-    /// One harvest: connections gone since the last one end; old ones get an update.
-    pub fn observe(&mut self, views: &[ConnectionView], now: Instant) -> std::io::Result<u64> {
-        let mut next = HashMap::with_capacity(views.len());
+    /// One harvest's events: ends (and shutdowns) are written; connections open for an
+    /// update interval since their start or last update get an update.
+    pub fn observe(&mut self, events: &[ConnEvent], now: Instant) -> std::io::Result<u64> {
         let mut out = Vec::new();
-        for v in views {
-            let k = key(v);
-            let since = match self.open.remove(&k) {
-                Some((_, t)) if now.duration_since(t) >= self.cfg.update_interval => {
-                    out.push((RecordType::Update, v.clone()));
-                    now
+        for ev in events {
+            let kind = match ev.kind {
+                EventKind::Start => {
+                    self.open.insert(ev.id, now);
+                    continue;
                 }
-                Some((_, t)) => t,
-                None => now,
+                EventKind::Update => match self.open.get_mut(&ev.id) {
+                    Some(since) if now.duration_since(*since) >= self.cfg.update_interval => {
+                        *since = now;
+                        RecordType::Update
+                    }
+                    Some(_) => continue,
+                    None => {
+                        self.open.insert(ev.id, now);
+                        continue;
+                    }
+                },
+                EventKind::End => RecordType::End,
+                EventKind::Shutdown => RecordType::Shutdown,
             };
-            next.insert(k, (v.clone(), since));
+            if ev.kind.is_final() {
+                self.open.remove(&ev.id);
+            }
+            out.push((kind, &*ev.view));
         }
-        for (_, (v, _)) in self.open.drain() {
-            out.push((RecordType::End, v));
-        }
-        self.open = next;
         self.write(out)
     }
 
-    /// The agent is stopping: every open connection gets its record.
-    pub fn shutdown(&mut self) -> std::io::Result<u64> {
-        let out = self
-            .open
-            .drain()
-            .map(|(_, (v, _))| (RecordType::Shutdown, v))
-            .collect();
-        self.write(out)
-    }
-
-    fn write(&mut self, mut out: Vec<(RecordType, ConnectionView)>) -> std::io::Result<u64> {
+    fn write(&mut self, mut out: Vec<(RecordType, &ConnectionView)>) -> std::io::Result<u64> {
         out.retain(|(_, v)| self.cfg.filter.admits(v));
-        out.sort_by_key(|(_, v)| (v.first_seen_ms, key(v)));
+        out.sort_by_key(|(_, v)| (v.first_seen_ms, v.id));
         let time = humantime::format_rfc3339_millis(SystemTime::now()).to_string();
         for (kind, flow) in &out {
             let mut line = serde_json::to_vec(&Record {
@@ -251,7 +241,8 @@ mod tests {
         identity::Store,
     };
 
-    fn view(i: u16, dst: &str) -> ConnectionView {
+    /// Event `kind` of connection `i` (source port 10000 + i) to `dst`.
+    fn ev(kind: EventKind, i: u16, dst: &str) -> ConnEvent {
         let c = Connection::new(FlowTuple {
             proto: PROTO_UDP,
             src: "10.244.1.10".parse().unwrap(),
@@ -260,7 +251,18 @@ mod tests {
             dport: 53,
         });
         let k = classify(&Config::default(), &Store::new(), &c);
-        ConnectionView::new(&c, k, &WallClock::now())
+        ConnEvent {
+            kind,
+            id: i as u64,
+            view: std::sync::Arc::new(ConnectionView::new(i as u64, &c, k, &WallClock::now())),
+            delta: Default::default(),
+        }
+    }
+
+    fn all(kind: EventKind, evs: &[ConnEvent]) -> Vec<ConnEvent> {
+        evs.iter()
+            .map(|e| ConnEvent { kind, ..e.clone() })
+            .collect()
     }
 
     fn dir(tag: &str) -> PathBuf {
@@ -298,13 +300,15 @@ mod tests {
         let d = dir("rot");
         let mut log = FlowLog::open(cfg(d.join("flows.json"), 4096, 1000, LogFilter::All)).unwrap();
         let t0 = Instant::now();
-        let views: Vec<_> = (0..200).map(|i| view(i, "10.0.0.53")).collect();
+        let starts: Vec<_> = (0..200)
+            .map(|i| ev(EventKind::Start, i, "10.0.0.53"))
+            .collect();
         assert_eq!(
-            log.observe(&views, t0).unwrap(),
+            log.observe(&starts, t0).unwrap(),
             0,
             "nothing has finished yet"
         );
-        assert_eq!(log.observe(&[], t0).unwrap(), 200);
+        assert_eq!(log.observe(&all(EventKind::End, &starts), t0).unwrap(), 200);
         let files = std::fs::read_dir(&d).unwrap().count();
         assert!(files > 5, "4 KiB files must have rotated: {files}");
         let all = lines(&d);
@@ -326,16 +330,18 @@ mod tests {
         let d = dir("upd");
         let mut log = FlowLog::open(cfg(d.join("f.json"), 1 << 20, 1, LogFilter::All)).unwrap();
         let t0 = Instant::now();
-        let v = [view(1, "10.0.0.53")];
+        let v = [ev(EventKind::Start, 1, "10.0.0.53")];
         log.observe(&v, t0).unwrap();
-        assert_eq!(log.observe(&v, t0 + Duration::from_secs(5)).unwrap(), 0);
-        assert_eq!(log.observe(&v, t0 + Duration::from_secs(11)).unwrap(), 1);
+        let u = all(EventKind::Update, &v);
+        assert_eq!(log.observe(&u, t0 + Duration::from_secs(5)).unwrap(), 0);
+        assert_eq!(log.observe(&u, t0 + Duration::from_secs(11)).unwrap(), 1);
         assert_eq!(
-            log.observe(&v, t0 + Duration::from_secs(15)).unwrap(),
+            log.observe(&u, t0 + Duration::from_secs(15)).unwrap(),
             0,
             "next update 10 s later"
         );
-        assert_eq!(log.shutdown().unwrap(), 1);
+        let stop = all(EventKind::Shutdown, &v);
+        assert_eq!(log.observe(&stop, t0 + Duration::from_secs(16)).unwrap(), 1);
         let kinds: Vec<_> = lines(&d)
             .iter()
             .map(|r| r["type"].as_str().unwrap().to_owned())
@@ -352,12 +358,12 @@ mod tests {
         // Without an inventory 10.0.0.53 is private and 203.0.113.10 internet: neither
         // source is a pod, so the only flagged one is IMDS (sensitive).
         let v = [
-            view(1, "10.0.0.53"),
-            view(2, "169.254.169.254"),
-            view(3, "203.0.113.10"),
+            ev(EventKind::Start, 1, "10.0.0.53"),
+            ev(EventKind::Start, 2, "169.254.169.254"),
+            ev(EventKind::Start, 3, "203.0.113.10"),
         ];
         log.observe(&v, t0).unwrap();
-        assert_eq!(log.observe(&[], t0).unwrap(), 1);
+        assert_eq!(log.observe(&all(EventKind::End, &v), t0).unwrap(), 1);
         let all = lines(&d);
         assert_eq!(all[0]["dst"], "169.254.169.254");
         assert_eq!(all[0]["sensitive"], "imds");

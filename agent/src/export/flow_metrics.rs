@@ -12,9 +12,9 @@ use std::{
 
 use prometheus::{IntCounterVec, IntGauge, Opts, Registry};
 
+use super::{ConnEvent, EventKind};
 use crate::{
     classify::{Classification, EndpointIdentity, EndpointKind},
-    flow::{Connection, Counts, FlowTuple},
     identity::Store,
 };
 
@@ -144,8 +144,6 @@ pub struct FlowMetrics {
     lens: HashMap<Family, usize>,
     overflow: IntCounterVec,
     series_gauge: IntGauge,
-    /// Counts already exported per connection (forward, reply).
-    last: HashMap<FlowTuple, (Counts, Counts)>,
     last_gc: Option<Instant>,
 }
 
@@ -194,39 +192,29 @@ impl FlowMetrics {
             lens: HashMap::new(),
             overflow,
             series_gauge,
-            last: HashMap::new(),
             last_gc: None,
         }
     }
 
-    /// Fold one harvest's connections into the counters.
-    pub fn observe(&mut self, conns: &[(Connection, Classification)], store: &Store, now: Instant) {
-        let mut next = HashMap::with_capacity(conns.len());
-        for (c, k) in conns {
-            let prev = self.last.get(&c.tuple).copied();
-            let (pf, pr) = prev.unwrap_or_default();
+    /// Fold one harvest's connection events into the counters: a start counts the
+    /// connection (and its flags), every event adds the packets and bytes it carries.
+    pub fn observe(&mut self, events: &[ConnEvent], store: &Store, now: Instant) {
+        for ev in events {
+            let k = &ev.view.class;
             let base = self.base(k);
-            if prev.is_none() {
+            if ev.kind == EventKind::Start {
                 self.inc(Family::Flows, base.clone(), 1);
                 self.flagged(k);
             }
-            for (dir, cur, was) in [("tx", c.forward, pf), ("rx", c.reply, pr)] {
-                let dp = cur.packets.saturating_sub(was.packets);
-                let db = cur.bytes.saturating_sub(was.bytes);
-                if dp > 0 || db > 0 {
+            for (dir, d) in [("tx", ev.delta.0), ("rx", ev.delta.1)] {
+                if !d.is_zero() {
                     let mut l = base.clone();
                     l.0.push(dir.to_owned());
-                    self.inc(Family::Packets, l.clone(), dp);
-                    self.inc(Family::Bytes, l, db);
+                    self.inc(Family::Packets, l.clone(), d.packets);
+                    self.inc(Family::Bytes, l, d.bytes);
                 }
             }
-            let keep = |a: Counts, b: Counts| Counts {
-                packets: a.packets.max(b.packets),
-                bytes: a.bytes.max(b.bytes),
-            };
-            next.insert(c.tuple, (keep(pf, c.forward), keep(pr, c.reply)));
         }
-        self.last = next;
         if self
             .last_gc
             .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1))
@@ -394,7 +382,8 @@ mod tests {
     use crate::{
         classify::classify,
         config::Config,
-        flow::PROTO_TCP,
+        export::ConnectionView,
+        flow::{Connection, Counts, FlowTuple, WallClock, PROTO_TCP},
         identity::{snapshot, Change, Kind},
     };
 
@@ -411,30 +400,33 @@ mod tests {
         Store::from_objects(snapshot::parse(&items).unwrap())
     }
 
-    fn conn(
+    /// An event of connection `id` from pod .`src` to pod .`dst` carrying these deltas.
+    fn ev(
         store: &Store,
-        src: u8,
-        dst: u8,
+        kind: EventKind,
+        (id, src, dst): (u64, u8, u8),
         fwd: (u64, u64),
         rev: (u64, u64),
-    ) -> (Connection, Classification) {
-        let mut c = Connection::new(FlowTuple {
+    ) -> ConnEvent {
+        let c = Connection::new(FlowTuple {
             proto: PROTO_TCP,
             src: format!("10.244.1.{src}").parse().unwrap(),
             sport: 40000,
             dst: format!("10.244.1.{dst}").parse().unwrap(),
             dport: 80,
         });
-        c.forward = Counts {
-            packets: fwd.0,
-            bytes: fwd.1,
-        };
-        c.reply = Counts {
-            packets: rev.0,
-            bytes: rev.1,
-        };
         let k = classify(&Config::default(), store, &c);
-        (c, k)
+        let counts = |(packets, bytes)| Counts { packets, bytes };
+        ConnEvent {
+            kind,
+            id,
+            view: std::sync::Arc::new(ConnectionView::new(id, &c, k, &WallClock::now())),
+            delta: (counts(fwd), counts(rev)),
+        }
+    }
+
+    fn conn(store: &Store, src: u8, dst: u8, fwd: (u64, u64), rev: (u64, u64)) -> ConnEvent {
+        ev(store, EventKind::Start, (src as u64, src, dst), fwd, rev)
     }
 
     /// Name and label set of one exposition line (labels in any order).
@@ -474,7 +466,8 @@ mod tests {
         let mut m = FlowMetrics::new(&r, FlowMetricsConfig::default());
         let t0 = Instant::now();
         m.observe(&[conn(&store, 10, 11, (3, 300), (2, 200))], &store, t0);
-        m.observe(&[conn(&store, 10, 11, (5, 500), (2, 200))], &store, t0);
+        let update = ev(&store, EventKind::Update, (10, 10, 11), (2, 200), (0, 0));
+        m.observe(&[update], &store, t0);
         assert_eq!(
             value(&r, &format!("tenantflow_flows_total{{{BASE}}}")),
             Some(1)
@@ -507,9 +500,10 @@ mod tests {
             ),
             Some(1)
         );
-        // Gone, then back: a new connection.
-        m.observe(&[], &store, t0);
-        m.observe(&[conn(&store, 10, 11, (1, 60), (0, 0))], &store, t0);
+        // Ended, then the same tuple again: a new connection.
+        let end = ev(&store, EventKind::End, (10, 10, 11), (0, 0), (0, 0));
+        let again = ev(&store, EventKind::Start, (11, 10, 11), (1, 60), (0, 0));
+        m.observe(&[end, again], &store, t0);
         assert_eq!(
             value(&r, &format!("tenantflow_flows_total{{{BASE}}}")),
             Some(2)

@@ -12,10 +12,10 @@ use axum::{
 use serde::Deserialize;
 use tokio::net::TcpListener;
 
-use super::Shared;
+use super::{ConnectionView, Shared};
 use crate::{
     classify::{Egress, FlowClass},
-    flow::{ConnectionView, FlowView, Protocol},
+    flow::{FlowView, Protocol},
 };
 
 /// Filters accepted by `/flows` and `/observations`; unknown parameters are rejected
@@ -152,7 +152,7 @@ async fn flows(State(s): State<Arc<Shared>>, query: QueryResult) -> axum::respon
         Ok(q) => q,
         Err(bad) => return bad.into_response(),
     };
-    let out: Vec<ConnectionView> = s.flows(|all| {
+    let out: Vec<Arc<ConnectionView>> = s.flows(|all| {
         all.iter()
             .filter(|c| q.matches_connection(c))
             .cloned()

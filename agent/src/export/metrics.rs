@@ -1,6 +1,8 @@
 //! The agent's own health metrics. Names are a public interface (alerts use them).
 
-use prometheus::{Histogram, HistogramOpts, IntCounter, IntGauge, IntGaugeVec, Opts, Registry};
+use prometheus::{
+    Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+};
 
 use crate::datapath::KernelCounters;
 
@@ -15,8 +17,9 @@ pub struct AgentMetrics {
     pub connections: IntGauge,
     pub nat_entries: IntGauge,
     pub nat_events_lost: IntCounter,
-    pub nat_join_misses: IntCounter,
-    pub nat_late_joins: IntCounter,
+    pub nat_join_misses: IntCounterVec,
+    pub nat_unjoined: IntGauge,
+    pub held_connections: IntGauge,
     pub ready: IntGauge,
     pub process_attribution: IntGauge,
     pub metadata_objects: IntGaugeVec,
@@ -172,15 +175,34 @@ impl AgentMetrics {
                 "tenantflow_nat_events_lost_total",
                 "Times conntrack events were lost (socket overrun); each triggers a resync dump.",
             ),
-            nat_join_misses: counter(
+            nat_join_misses: {
+                let v = IntCounterVec::new(
+                    Opts::new(
+                        "tenantflow_nat_join_misses_total",
+                        "Pod TCP/UDP connections that ended without a timely conntrack join, once \
+                         each, by reason: late (joined after two harvests), lost (conntrack events \
+                         were lost during its life), none (conntrack never knew it).",
+                    ),
+                    &["reason"],
+                )
+                .expect("static metric definition");
+                r.register(Box::new(v.clone()))
+                    .expect("metric registered once");
+                for reason in crate::flow::MissReason::ALL {
+                    v.with_label_values(&[reason.as_str()]);
+                }
+                v
+            },
+            nat_unjoined: gauge(
                 &r,
-                "tenantflow_nat_join_misses_total",
-                "Pod TCP/UDP connections that found no conntrack entry within two harvests.",
+                "tenantflow_nat_unjoined_connections",
+                "Open pod connections still without a conntrack join after two harvests (misses \
+                 to be counted when they end).",
             ),
-            nat_late_joins: counter(
+            held_connections: gauge(
                 &r,
-                "tenantflow_nat_late_joins_total",
-                "Connections counted as missed whose conntrack entry arrived later.",
+                "tenantflow_held_connections",
+                "Uplink-only connections held back until conntrack says whether a pod made them.",
             ),
             harvest_duration,
             harvest_errors: counter(

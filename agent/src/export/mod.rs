@@ -1,16 +1,20 @@
 //! What leaves the agent: Prometheus metrics and the HTTP API. Sinks read shared state and
 //! never reach back into the datapath.
 
+mod event;
 mod flow_log;
 mod flow_metrics;
 mod http;
 mod metrics;
 mod nat_mappings;
+mod record;
 mod state;
 
+pub use event::{ConnEvent, EventKind};
 pub use flow_log::{FlowLog, FlowLogConfig, LogFilter, RecordType};
 pub use flow_metrics::{FlowMetrics, FlowMetricsConfig, OVERFLOW};
 pub use http::{bind, serve, FlowQuery};
 pub use metrics::AgentMetrics;
 pub use nat_mappings::NatMappings;
+pub use record::{ConnectionView, Endpoint, SightingView};
 pub use state::Shared;

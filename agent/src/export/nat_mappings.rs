@@ -2,11 +2,12 @@
 //! sides, so a firewall or NSG log line (node IP:port → destination) can be traced back to
 //! the pod in Prometheus/Grafana. Series leave when the connection does; the count is capped.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use prometheus::{IntCounter, IntGaugeVec, Opts, Registry};
 
-use crate::{classify::Classification, flow::Connection};
+use super::{ConnEvent, ConnectionView};
+use crate::flow::ConnId;
 
 const LABELS: [&str; 10] = [
     "proto",
@@ -25,7 +26,10 @@ pub struct NatMappings {
     info: IntGaugeVec,
     overflow: IntCounter,
     max: usize,
-    current: HashSet<Vec<String>>,
+    /// Exported series per open connection.
+    current: HashMap<ConnId, Vec<String>>,
+    /// Connections refused for the cap (counted once each).
+    refused: HashSet<ConnId>,
 }
 
 impl NatMappings {
@@ -51,41 +55,54 @@ impl NatMappings {
             info,
             overflow,
             max,
-            current: HashSet::new(),
+            current: HashMap::new(),
+            refused: HashSet::new(),
         }
     }
 
-    pub fn observe(&mut self, conns: &[(Connection, Classification)]) {
-        let mut next = HashSet::new();
-        for (c, k) in conns {
-            let Some((ip, port)) = c.snat else { continue };
-            let src = &k.src_identity;
-            let labels = vec![
-                crate::flow::Protocol::from(c.tuple.proto).to_string(),
-                ip.to_string(),
-                port.to_string(),
-                c.tuple.dst.to_string(),
-                c.tuple.dport.to_string(),
-                c.tuple.src.to_string(),
-                c.tuple.sport.to_string(),
-                src.namespace.clone().unwrap_or_default(),
-                src.pod.clone().unwrap_or_default(),
-                src.tenant.clone().unwrap_or_default(),
-            ];
-            if !self.current.contains(&labels) && self.current.len() + next.len() >= self.max {
-                self.overflow.inc();
+    /// A mapping appears with its connection's start (or its late SNAT join) and leaves
+    /// with its end.
+    pub fn observe(&mut self, events: &[ConnEvent]) {
+        for ev in events {
+            let labels = (!ev.kind.is_final()).then(|| labels(&ev.view)).flatten();
+            let old = self.current.get(&ev.id);
+            if old == labels.as_ref() {
                 continue;
             }
-            next.insert(labels);
-        }
-        for gone in self.current.difference(&next) {
-            let v: Vec<&str> = gone.iter().map(String::as_str).collect();
-            let _ = self.info.remove_label_values(&v);
-        }
-        for new in next.difference(&self.current) {
+            if let Some(old) = self.current.remove(&ev.id) {
+                let v: Vec<&str> = old.iter().map(String::as_str).collect();
+                let _ = self.info.remove_label_values(&v);
+            }
+            if ev.kind.is_final() {
+                self.refused.remove(&ev.id);
+            }
+            let Some(new) = labels else { continue };
+            if self.current.len() >= self.max {
+                if self.refused.insert(ev.id) {
+                    self.overflow.inc();
+                }
+                continue;
+            }
             let v: Vec<&str> = new.iter().map(String::as_str).collect();
             self.info.with_label_values(&v).set(1);
+            self.current.insert(ev.id, new);
         }
-        self.current = next;
     }
+}
+
+fn labels(v: &ConnectionView) -> Option<Vec<String>> {
+    let snat = v.snat?;
+    let src = &v.class.src_identity;
+    Some(vec![
+        v.proto.to_string(),
+        snat.ip.to_string(),
+        snat.port.to_string(),
+        v.dst.to_string(),
+        v.dst_port.to_string(),
+        v.src.to_string(),
+        v.src_port.to_string(),
+        src.namespace.clone().unwrap_or_default(),
+        src.pod.clone().unwrap_or_default(),
+        src.tenant.clone().unwrap_or_default(),
+    ])
 }

@@ -2,15 +2,15 @@
 
 use std::sync::{
     atomic::{AtomicBool, Ordering},
-    RwLock,
+    Arc, RwLock,
 };
 
-use super::AgentMetrics;
-use crate::flow::{ConnectionView, FlowView};
+use super::{AgentMetrics, ConnectionView};
+use crate::flow::FlowView;
 
 pub struct Shared {
     ready: AtomicBool,
-    flows: RwLock<Vec<ConnectionView>>,
+    flows: RwLock<Vec<Arc<ConnectionView>>>,
     observations: RwLock<Vec<FlowView>>,
     pub metrics: AgentMetrics,
 }
@@ -36,13 +36,13 @@ impl Shared {
     }
 
     /// Replace the published snapshots (connections and per-hook observations).
-    pub fn publish(&self, flows: Vec<ConnectionView>, observations: Vec<FlowView>) {
+    pub fn publish(&self, flows: Vec<Arc<ConnectionView>>, observations: Vec<FlowView>) {
         // A poisoned lock only means a reader panicked; the data is still a whole snapshot.
         *self.flows.write().unwrap_or_else(|p| p.into_inner()) = flows;
         *self.observations.write().unwrap_or_else(|p| p.into_inner()) = observations;
     }
 
-    pub fn flows<R>(&self, f: impl FnOnce(&[ConnectionView]) -> R) -> R {
+    pub fn flows<R>(&self, f: impl FnOnce(&[Arc<ConnectionView>]) -> R) -> R {
         f(&self.flows.read().unwrap_or_else(|p| p.into_inner()))
     }
 

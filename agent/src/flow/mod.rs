@@ -1,17 +1,19 @@
-//! Userspace flow state: turns cumulative kernel counters into per-flow totals that survive
-//! kernel-map deletion, and decides when a flow is finished.
+//! Userspace flow state: per-observation totals from kernel deltas, and the connection
+//! table that owns every connection from first sighting to end.
 
 mod clock;
 mod connection;
-mod record;
+mod initiator;
 mod table;
+mod tracker;
 mod tuple;
 mod view;
 
 pub use clock::{monotonic_ns, WallClock};
-pub use connection::{build as build_connections, Connection, Counts, Observation, Sighting};
-pub use record::{ConnectionView, Endpoint, SightingView};
-pub use table::{FlowEntry, FlowTable};
+pub use connection::{Connection, Counts, Sighting};
+pub use initiator::Evidence;
+pub use table::FlowEntry;
+pub use tracker::{ConnId, ConnTable, MissReason, Settled, Tracked, JOIN_WINDOW, RESYNC_HOLD};
 #[cfg(test)]
 pub use tuple::t as test_tuple;
 pub use tuple::{FlowTuple, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP};

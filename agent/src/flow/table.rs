@@ -1,10 +1,6 @@
-//! Per-observation-point flow totals built from successive harvests.
+//! Totals of one flow at one observation point, folded from successive harvests.
 
-use std::collections::HashMap;
-
-use agent_common::FlowKey;
-
-use crate::datapath::Delta;
+use agent_common::FlowStats;
 
 /// Totals of one flow at one observation point, as userspace knows them.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -14,6 +10,8 @@ pub struct FlowEntry {
     pub first_seen_ns: u64,
     pub last_seen_ns: u64,
     pub tcp_flags: u8,
+    /// A TCP SYN without ACK passed here: this direction opened the connection.
+    pub opened: bool,
 }
 
 impl FlowEntry {
@@ -26,62 +24,34 @@ impl FlowEntry {
             first_seen_ns: first,
             last_seen_ns: last,
             tcp_flags,
-        }
-    }
-}
-
-/// All flows seen since start (minus expired ones).
-#[derive(Debug, Default)]
-pub struct FlowTable {
-    entries: HashMap<FlowKey, FlowEntry>,
-}
-
-impl FlowTable {
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// Fold one harvest's deltas in (one per flow and CPU that carried new traffic).
-    pub fn apply(&mut self, deltas: &[Delta]) {
-        for d in deltas {
-            let e = self.entries.entry(d.key).or_default();
-            let k = &d.stats;
-            if e.packets == 0 {
-                e.first_seen_ns = k.first_seen_ns;
-            } else {
-                e.first_seen_ns = e.first_seen_ns.min(k.first_seen_ns);
-            }
-            e.packets += k.packets;
-            e.bytes += k.bytes;
-            e.last_seen_ns = e.last_seen_ns.max(k.last_seen_ns);
-            e.tcp_flags |= k.tcp_flags;
+            opened: tcp_flags & 0x12 == 0x02,
         }
     }
 
-    /// Remove and return flows silent for longer than `idle_ns` at `now_ns`.
-    pub fn expire(&mut self, now_ns: u64, idle_ns: u64) -> Vec<(FlowKey, FlowEntry)> {
-        let stale: Vec<FlowKey> = self
-            .entries
-            .iter()
-            .filter(|(_, e)| now_ns.saturating_sub(e.last_seen_ns) > idle_ns)
-            .map(|(k, _)| *k)
-            .collect();
-        stale
-            .into_iter()
-            .filter_map(|k| self.entries.remove(&k).map(|e| (k, e)))
-            .collect()
+    /// Fold in another entry of the same flow (another observation of one direction).
+    pub fn merge(&mut self, o: &FlowEntry) {
+        if self.packets == 0 {
+            self.first_seen_ns = o.first_seen_ns;
+        } else if o.packets != 0 {
+            self.first_seen_ns = self.first_seen_ns.min(o.first_seen_ns);
+        }
+        self.packets += o.packets;
+        self.bytes += o.bytes;
+        self.last_seen_ns = self.last_seen_ns.max(o.last_seen_ns);
+        self.tcp_flags |= o.tcp_flags;
+        self.opened |= o.opened;
     }
 
-    pub fn iter(&self) -> impl Iterator<Item = (&FlowKey, &FlowEntry)> {
-        self.entries.iter()
-    }
-
-    pub fn len(&self) -> usize {
-        self.entries.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+    /// Fold in one delta (one flow on one CPU since the last harvest).
+    pub fn add(&mut self, k: &FlowStats) {
+        self.merge(&FlowEntry {
+            packets: k.packets,
+            bytes: k.bytes,
+            first_seen_ns: k.first_seen_ns,
+            last_seen_ns: k.last_seen_ns,
+            tcp_flags: k.tcp_flags,
+            opened: k.opened != 0,
+        });
     }
 }
 
@@ -89,52 +59,50 @@ impl FlowTable {
 mod tests {
     use super::*;
 
-    use crate::test_support::udp_key as key;
-
-    fn d(port: u16, packets: u64, bytes: u64, first: u64, last: u64, flags: u8) -> Delta {
-        Delta {
-            key: key(port),
-            stats: crate::test_support::stats(packets, bytes, first, last, flags),
-        }
+    fn s(packets: u64, bytes: u64, first: u64, last: u64, flags: u8) -> FlowStats {
+        crate::test_support::stats(packets, bytes, first, last, flags)
     }
 
     #[test]
     fn deltas_add_up_to_exact_totals() {
-        let mut t = FlowTable::new();
-        t.apply(&[d(1, 2, 200, 10, 20, 0x02)]);
-        t.apply(&[d(1, 3, 360, 10, 50, 0x10)]);
-        let e = t.iter().next().unwrap().1;
+        let mut e = FlowEntry::default();
+        e.add(&s(2, 200, 10, 20, 0x02));
+        e.add(&s(3, 360, 10, 50, 0x10));
         assert_eq!(
             (
                 e.packets,
                 e.bytes,
                 e.first_seen_ns,
                 e.last_seen_ns,
-                e.tcp_flags
+                e.tcp_flags,
+                e.opened
             ),
-            (5, 560, 10, 50, 0x12)
+            (5, 560, 10, 50, 0x12, true)
         );
     }
 
     #[test]
     fn cpus_of_one_flow_merge_into_one_entry() {
-        let mut t = FlowTable::new();
-        t.apply(&[d(1, 3, 180, 500, 900, 0), d(1, 2, 2960, 400, 1000, 0)]);
-        assert_eq!(t.len(), 1);
-        let e = t.iter().next().unwrap().1;
+        let mut e = FlowEntry::default();
+        e.add(&s(3, 180, 500, 900, 0));
+        e.add(&s(2, 2960, 400, 1000, 0));
         assert_eq!(
-            (e.packets, e.bytes, e.first_seen_ns, e.last_seen_ns),
-            (5, 3140, 400, 1000)
+            (
+                e.packets,
+                e.bytes,
+                e.first_seen_ns,
+                e.last_seen_ns,
+                e.opened
+            ),
+            (5, 3140, 400, 1000, false)
         );
     }
 
     #[test]
-    fn expiry_takes_only_idle_flows() {
-        let mut t = FlowTable::new();
-        t.apply(&[d(1, 1, 10, 0, 100, 0), d(2, 1, 10, 0, 900, 0)]);
-        let gone = t.expire(1000, 500);
-        assert_eq!(gone.len(), 1);
-        assert_eq!(gone[0].0, key(1));
-        assert_eq!(t.len(), 1);
+    fn a_syn_ack_does_not_make_its_direction_the_opener() {
+        let mut e = FlowEntry::default();
+        e.add(&s(1, 60, 1, 1, 0x12));
+        e.add(&s(1, 52, 2, 2, 0x10));
+        assert!(!e.opened);
     }
 }

@@ -74,6 +74,8 @@ pub struct Store {
     objects: BTreeMap<Key, Object>,
     by_ip: HashMap<IpAddr, Key>,
     by_uid: HashMap<String, Key>,
+    /// Bumped by every change: classifications made at an older version are stale.
+    version: u64,
 }
 
 impl Store {
@@ -91,6 +93,7 @@ impl Store {
     }
 
     pub fn apply(&mut self, change: Change) {
+        self.version += 1;
         match change {
             Change::Apply(o) => {
                 let key = o.key();
@@ -216,6 +219,11 @@ impl Store {
 
     pub fn len(&self) -> usize {
         self.objects.len()
+    }
+
+    /// Changes applied so far.
+    pub fn version(&self) -> u64 {
+        self.version
     }
 
     pub fn is_empty(&self) -> bool {

@@ -3,7 +3,13 @@
 //! Runs on its own thread with blocking sockets: the kernel pushes events whenever it
 //! likes, and a slow reader loses them (ENOBUFS), which we count and repair with a dump.
 
-use std::{io, net::IpAddr, thread};
+use std::{
+    io,
+    net::IpAddr,
+    sync::{mpsc, Arc},
+    thread,
+    time::{Duration, Instant},
+};
 
 use netlink_packet_netfilter::{
     conntrack::{ConntrackAttribute, ConntrackMessage, IPTuple, ProtoTuple, Tuple},
@@ -57,28 +63,85 @@ pub enum NatError {
     Dump(#[source] io::Error),
 }
 
+/// Faults the tests inject (hidden agent flags, documented in docs/testing.md); both off
+/// in production.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Faults {
+    /// Hand every event (and dump) to the agent this much later than it arrived.
+    pub delay: Option<Duration>,
+    /// Event socket buffer in bytes instead of [`RCVBUF`]: a small one overflows.
+    pub rcvbuf: Option<usize>,
+}
+
+/// Where the conntrack thread's events go: straight to the agent, or through a delay.
+#[derive(Clone)]
+enum Out {
+    Direct(UnboundedSender<NatEvent>),
+    Delayed(
+        mpsc::Sender<(Instant, NatEvent)>,
+        Arc<UnboundedSender<NatEvent>>,
+    ),
+}
+
+impl Out {
+    fn send(&self, ev: NatEvent) -> bool {
+        match self {
+            Out::Direct(tx) => tx.send(ev).is_ok(),
+            Out::Delayed(tx, _) => tx.send((Instant::now(), ev)).is_ok(),
+        }
+    }
+
+    fn is_closed(&self) -> bool {
+        match self {
+            Out::Direct(tx) => tx.is_closed(),
+            Out::Delayed(_, tx) => tx.is_closed(),
+        }
+    }
+}
+
+fn delayed(tx: UnboundedSender<NatEvent>, by: Duration) -> io::Result<Out> {
+    let (dtx, drx) = mpsc::channel::<(Instant, NatEvent)>();
+    let tx = Arc::new(tx);
+    let out = Out::Delayed(dtx, tx.clone());
+    thread::Builder::new()
+        .name("conntrack-delay".into())
+        .spawn(move || {
+            for (at, ev) in drx {
+                thread::sleep((at + by).saturating_duration_since(Instant::now()));
+                if tx.send(ev).is_err() {
+                    return;
+                }
+            }
+        })?;
+    Ok(out)
+}
+
 /// Subscribe, dump, and hand both to `tx` from a background thread. Fails (and leaves no
 /// thread) when conntrack netlink cannot be used at all.
-pub fn spawn_conntrack(tx: UnboundedSender<NatEvent>) -> Result<(), NatError> {
+pub fn spawn_conntrack(tx: UnboundedSender<NatEvent>, faults: Faults) -> Result<(), NatError> {
     // Subscribe before dumping, so nothing created in between is missed.
     let mut events = Socket::new(NETLINK_NETFILTER).map_err(NatError::Open)?;
     events.bind_auto().map_err(NatError::Open)?;
     for group in [NFNLGRP_CONNTRACK_NEW, NFNLGRP_CONNTRACK_DESTROY] {
         events.add_membership(group).map_err(NatError::Subscribe)?;
     }
-    if let Err(e) = events.set_rx_buf_sz(RCVBUF) {
-        debug!(error = %e, "could not enlarge the conntrack socket buffer");
+    if let Err(e) = events.set_rx_buf_sz(faults.rcvbuf.unwrap_or(RCVBUF)) {
+        debug!(error = %e, "could not set the conntrack socket buffer");
     }
     let initial = dump().map_err(NatError::Dump)?;
-    let _ = tx.send(NatEvent::Resync(initial));
+    let out = match faults.delay {
+        Some(by) => delayed(tx, by).map_err(NatError::Open)?,
+        None => Out::Direct(tx),
+    };
+    out.send(NatEvent::Resync(initial));
     thread::Builder::new()
         .name("conntrack".into())
-        .spawn(move || event_loop(events, tx))
+        .spawn(move || event_loop(events, out))
         .map_err(NatError::Open)?;
     Ok(())
 }
 
-fn event_loop(events: Socket, tx: UnboundedSender<NatEvent>) {
+fn event_loop(events: Socket, tx: Out) {
     let mut buf = vec![0u8; 1 << 16];
     while !tx.is_closed() {
         let n = {
@@ -93,17 +156,17 @@ fn event_loop(events: Socket, tx: UnboundedSender<NatEvent>) {
                         Parsed::Entry(e, false) => NatEvent::Destroy(e),
                         Parsed::Done => continue,
                     };
-                    if tx.send(ev).is_err() {
+                    if !tx.send(ev) {
                         return;
                     }
                 }
             }
             Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {
                 warn!("conntrack events lost (socket buffer full): resyncing from a dump");
-                let _ = tx.send(NatEvent::Lost);
+                tx.send(NatEvent::Lost);
                 match dump() {
                     Ok(all) => {
-                        let _ = tx.send(NatEvent::Resync(all));
+                        tx.send(NatEvent::Resync(all));
                     }
                     Err(e) => warn!(error = %e, "conntrack resync dump failed"),
                 }

@@ -7,12 +7,10 @@
 
 mod conntrack;
 mod entry;
-mod joins;
 mod table;
 
-pub use conntrack::{spawn_conntrack, NatError, NatEvent};
+pub use conntrack::{spawn_conntrack, Faults, NatError, NatEvent};
 pub use entry::{NatEntry, Side};
-pub use joins::{JoinStats, JoinTracker, MISS_AFTER};
 pub use table::NatTable;
 
 /// Which NAT source is active (exported as a metric label and logged at start-up).

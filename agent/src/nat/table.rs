@@ -17,6 +17,9 @@ struct State {
 pub struct NatTable {
     by_orig: HashMap<FlowTuple, State>,
     by_sighting: HashMap<FlowTuple, (FlowTuple, Side)>,
+    /// Entries added or changed since [`NatTable::take_fresh`]: the connection table
+    /// joins exactly these, not the whole table, each harvest.
+    fresh: Vec<NatEntry>,
 }
 
 impl NatTable {
@@ -50,6 +53,12 @@ impl NatTable {
                 destroyed_at: None,
             },
         );
+        self.fresh.push(entry);
+    }
+
+    /// Entries added or changed since the last call.
+    pub fn take_fresh(&mut self) -> Vec<NatEntry> {
+        std::mem::take(&mut self.fresh)
     }
 
     /// A DESTROY event: the mapping stays until [`NatTable::gc`] drops it.

@@ -4,8 +4,10 @@ use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
 
-use super::{Connection, Counts, Protocol, WallClock};
-use crate::classify::Classification;
+use crate::{
+    classify::Classification,
+    flow::{ConnId, Connection, Counts, Protocol, WallClock},
+};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Endpoint {
@@ -33,6 +35,9 @@ pub struct SightingView {
 /// translated source (what firewalls see) and the chosen backend.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ConnectionView {
+    /// Stable for the connection's life in this agent process (start, updates, end).
+    #[serde(default)]
+    pub id: ConnId,
     pub proto: Protocol,
     pub src: IpAddr,
     pub src_port: u16,
@@ -42,6 +47,10 @@ pub struct ConnectionView {
     pub dnat: Option<Endpoint>,
     /// A conntrack entry was found for this connection.
     pub nat_joined: bool,
+    /// `snat` was inferred by pairing the uplink sighting with the pod's because conntrack
+    /// never told (events lost or late).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub snat_inferred: bool,
     /// Counted once, at the preferred observation point of each direction.
     pub forward: Counts,
     pub reply: Counts,
@@ -59,9 +68,10 @@ pub struct ConnectionView {
 }
 
 impl ConnectionView {
-    pub fn new(c: &Connection, class: Classification, clock: &WallClock) -> Self {
+    pub fn new(id: ConnId, c: &Connection, class: Classification, clock: &WallClock) -> Self {
         let ep = |x: Option<(IpAddr, u16)>| x.map(|(ip, port)| Endpoint { ip, port });
         Self {
+            id,
             proto: c.tuple.proto.into(),
             src: c.tuple.src,
             src_port: c.tuple.sport,
@@ -70,6 +80,7 @@ impl ConnectionView {
             snat: ep(c.snat),
             dnat: ep(c.dnat),
             nat_joined: c.nat_joined,
+            snat_inferred: c.snat_inferred,
             forward: c.forward,
             reply: c.reply,
             sightings: c

@@ -1,0 +1,391 @@
+//! The connection table, harvest by harvest: joins that arrive late, joins that never
+//! arrive, initiators that must not flip, and counts handed out exactly once.
+
+use std::net::IpAddr;
+
+use agent_common::{Direction, FlowKey};
+
+use super::*;
+use crate::{
+    datapath::Delta,
+    flow::{test_tuple as t, PROTO_TCP, PROTO_UDP},
+    test_support::stats,
+};
+
+const VETH: u32 = 4;
+const VETH_B: u32 = 5;
+const UPLINK: u32 = 2;
+const IDLE: u64 = 1_000;
+
+fn role(i: u32) -> Option<Role> {
+    match i {
+        VETH | VETH_B => Some(Role::Pod),
+        UPLINK => Some(Role::Uplink),
+        _ => None,
+    }
+}
+
+fn name(i: u32) -> Option<String> {
+    role(i).map(|r| format!("{r:?}{i}"))
+}
+
+fn key(ifindex: u32, dir: Direction, tu: FlowTuple) -> FlowKey {
+    let words = |ip: IpAddr| {
+        let mut b = [0u8; 16];
+        match ip {
+            IpAddr::V4(v) => b[..4].copy_from_slice(&v.octets()),
+            IpAddr::V6(v) => b = v.octets(),
+        }
+        FlowKey::addr_words(&b)
+    };
+    FlowKey {
+        ifindex,
+        direction: dir as u8,
+        family: if tu.src.is_ipv4() { 4 } else { 6 },
+        proto: tu.proto,
+        _pad0: 0,
+        src_addr: words(tu.src),
+        dst_addr: words(tu.dst),
+        src_port: tu.sport,
+        dst_port: tu.dport,
+        _pad1: 0,
+    }
+}
+
+/// `packets` packets of 100 bytes at `ifindex`/`dir`, last seen at `at`.
+fn d(ifindex: u32, dir: Direction, tu: FlowTuple, packets: u64, at: u64, flags: u8) -> Delta {
+    Delta {
+        key: key(ifindex, dir, tu),
+        stats: stats(packets, packets * 100, at, at, flags),
+    }
+}
+
+type Table = ConnTable<()>;
+
+/// One harvest at time `now`: apply, join what conntrack sent since, settle.
+fn harvest(tab: &mut Table, nat: &mut NatTable, deltas: &[Delta], now: u64) -> Settled {
+    tab.apply(deltas, nat, role);
+    let fresh = nat.take_fresh();
+    tab.join(&fresh, nat);
+    tab.settle(now, IDLE, name)
+}
+
+fn conn(tab: &Table, id: ConnId) -> &Connection {
+    &tab.get(id).expect("connection").conn
+}
+
+const POD: &str = "10.244.1.11";
+const NODE: &str = "10.224.0.4";
+const NET: &str = "203.0.113.10";
+
+/// The pod's UDP flow to the internet and its SNAT entry (source port remapped).
+fn snat_flow(sport: u16, post_port: u16) -> (FlowTuple, FlowTuple, NatEntry) {
+    let orig = t(PROTO_UDP, POD, sport, NET, 53);
+    let post = t(PROTO_UDP, NODE, post_port, NET, 53);
+    let e = NatEntry {
+        orig,
+        reply: post.reversed().unwrap(),
+    };
+    (orig, post, e)
+}
+
+#[test]
+fn snat_egress_is_one_connection_with_both_addresses_counted_once() {
+    let (orig, post, e) = snat_flow(5000, 5000);
+    let mut nat = NatTable::new();
+    nat.insert(e);
+    let mut tab = Table::new(true);
+    let s = harvest(
+        &mut tab,
+        &mut nat,
+        &[
+            d(VETH, Direction::Ingress, orig, 3, 1, 0),
+            d(UPLINK, Direction::Egress, post, 3, 2, 0),
+            d(UPLINK, Direction::Ingress, e.reply, 2, 3, 0),
+            d(VETH, Direction::Egress, orig.reversed().unwrap(), 2, 4, 0),
+        ],
+        10,
+    );
+    assert_eq!(s.started.len(), 1);
+    let c = conn(&tab, s.started[0]);
+    assert_eq!(c.tuple, orig);
+    assert_eq!(c.snat, Some((NODE.parse().unwrap(), 5000)));
+    assert_eq!((c.forward.packets, c.reply.packets), (3, 2));
+    let post: Vec<bool> = c.sightings.iter().map(|s| s.post_nat).collect();
+    assert_eq!(post, [false, true, false, true]);
+    assert_eq!(tab.len(), 1);
+}
+
+#[test]
+fn a_conntrack_event_after_the_harvest_merges_before_anything_reports_the_node() {
+    let (orig, post, e) = snat_flow(40000, 40000);
+    let mut nat = NatTable::new();
+    let mut tab = Table::new(true);
+    // Harvest 1: both sightings, no conntrack entry yet.
+    let s1 = harvest(
+        &mut tab,
+        &mut nat,
+        &[
+            d(VETH, Direction::Ingress, orig, 4, 1, 0),
+            d(UPLINK, Direction::Egress, post, 4, 1, 0),
+        ],
+        10,
+    );
+    assert_eq!(s1.started.len(), 1, "the pod's half is reported at once");
+    let id = s1.started[0];
+    assert_eq!(conn(&tab, id).tuple, orig);
+    assert!(tab
+        .reported()
+        .all(|t| t.conn.tuple.src != NODE.parse::<IpAddr>().unwrap()));
+    // The event arrives; harvest 2 merges the held half into the pod's connection.
+    nat.insert(e);
+    let s2 = harvest(
+        &mut tab,
+        &mut nat,
+        &[d(UPLINK, Direction::Ingress, e.reply, 1, 15, 0)],
+        20,
+    );
+    assert_eq!(
+        (s2.started.len(), s2.updated, s2.ending.len()),
+        (0, vec![id], 0)
+    );
+    assert_eq!(tab.len(), 1);
+    let c = conn(&tab, id);
+    assert_eq!(c.snat, Some((NODE.parse().unwrap(), 40000)));
+    assert!(c.nat_joined && !c.snat_inferred);
+    assert_eq!((c.forward.packets, c.reply.packets), (4, 1));
+    // Within the window: not a miss when it ends.
+    let s3 = tab.settle(5_000, IDLE, name);
+    assert_eq!((s3.ending, s3.misses), (vec![id], vec![]));
+}
+
+#[test]
+fn a_join_that_never_comes_is_inferred_from_the_pods_half_and_counted_by_reason() {
+    for lost in [false, true] {
+        let (orig, post, _) = snat_flow(40000, 40000);
+        let mut nat = NatTable::new();
+        let mut tab = Table::new(true);
+        if lost {
+            tab.nat_lost();
+            tab.nat_resynced();
+        }
+        let deltas = [
+            d(VETH, Direction::Ingress, orig, 4, 1, 0),
+            d(UPLINK, Direction::Egress, post, 4, 1, 0),
+        ];
+        let s = harvest(&mut tab, &mut nat, &deltas, 10);
+        let id = s.started[0];
+        if lost {
+            // Lost after it started: still counts as lost.
+            tab.nat_lost();
+            tab.nat_resynced();
+        }
+        for r in 1..JOIN_WINDOW {
+            let s = harvest(&mut tab, &mut nat, &[], 10 + r);
+            assert!(s.started.is_empty(), "held for the join window");
+        }
+        let s = harvest(&mut tab, &mut nat, &[], 20);
+        assert!(s.started.is_empty(), "paired, never reported as the node's");
+        assert_eq!(s.updated, vec![id]);
+        assert_eq!(tab.len(), 1);
+        let c = conn(&tab, id);
+        assert_eq!(
+            (c.snat, c.snat_inferred, c.nat_joined),
+            (Some((NODE.parse().unwrap(), 40000)), true, false)
+        );
+        assert_eq!(c.forward.packets, 4, "counted once");
+        assert_eq!(tab.unjoined(), 1);
+        let end = tab.settle(5_000, IDLE, name);
+        let want = if lost {
+            MissReason::Lost
+        } else {
+            MissReason::None
+        };
+        assert_eq!((end.ending, end.misses), (vec![id], vec![want]));
+    }
+}
+
+#[test]
+fn a_remapped_port_is_paired_by_its_count_when_the_port_differs() {
+    let (a, a_post, _) = snat_flow(4000, 1024);
+    let mut tab = Table::new(true);
+    let mut nat = NatTable::new();
+    let b = t(PROTO_UDP, "10.244.1.12", 4001, NET, 53);
+    harvest(
+        &mut tab,
+        &mut nat,
+        &[
+            d(VETH, Direction::Ingress, a, 2, 1, 0),
+            d(VETH_B, Direction::Ingress, b, 7, 1, 0),
+            d(UPLINK, Direction::Egress, a_post, 2, 1, 0),
+        ],
+        10,
+    );
+    for r in 0..JOIN_WINDOW {
+        harvest(&mut tab, &mut nat, &[], 11 + r);
+    }
+    let by_src = |ip: &str| {
+        tab.reported()
+            .find(|x| x.conn.tuple.src == ip.parse::<IpAddr>().unwrap())
+            .map(|x| x.conn.clone())
+    };
+    assert_eq!(
+        by_src(POD).unwrap().snat,
+        Some((NODE.parse().unwrap(), 1024))
+    );
+    assert_eq!(by_src("10.244.1.12").unwrap().snat, None);
+    assert!(by_src(NODE).is_none());
+}
+
+#[test]
+fn node_traffic_without_any_pod_half_is_reported_after_the_window() {
+    let own = t(PROTO_UDP, NODE, 33000, NET, 123);
+    let mut tab = Table::new(true);
+    let mut nat = NatTable::new();
+    let deltas = [d(UPLINK, Direction::Egress, own, 1, 1, 0)];
+    let mut started = Vec::new();
+    for r in 0..=JOIN_WINDOW {
+        let deltas: &[Delta] = if r == 0 { &deltas } else { &[] };
+        started.extend(harvest(&mut tab, &mut nat, deltas, 10 + r).started);
+    }
+    assert_eq!(started.len(), 1);
+    assert_eq!(conn(&tab, started[0]).tuple, own);
+    assert_eq!(
+        tab.settle(5_000, IDLE, name).misses,
+        vec![],
+        "not a pod's: no miss"
+    );
+}
+
+#[test]
+fn without_a_nat_source_nothing_is_held() {
+    let own = t(PROTO_UDP, NODE, 33000, NET, 123);
+    let mut tab = Table::new(false);
+    let s = harvest(
+        &mut tab,
+        &mut NatTable::new(),
+        &[d(UPLINK, Direction::Egress, own, 1, 1, 0)],
+        10,
+    );
+    assert_eq!(s.started.len(), 1);
+}
+
+#[test]
+fn the_initiator_is_the_syn_sender_and_never_flips_across_harvests() {
+    // Server port above the client's; the server's SYN-ACK is harvested first.
+    let client = t(PROTO_TCP, "10.244.1.10", 3000, "10.244.2.10", 40000);
+    let server = client.reversed().unwrap();
+    let mut tab = Table::new(false);
+    let mut nat = NatTable::new();
+    let s1 = harvest(
+        &mut tab,
+        &mut nat,
+        &[d(VETH, Direction::Egress, server, 1, 1, 0x12)],
+        10,
+    );
+    let id = s1.started[0];
+    assert_eq!(conn(&tab, id).tuple, client);
+    let mut syn = d(VETH, Direction::Ingress, client, 3, 1, 0x02 | 0x10);
+    syn.stats.opened = 1;
+    let s2 = harvest(&mut tab, &mut nat, &[syn], 11);
+    assert!(s2.started.is_empty());
+    let s3 = harvest(
+        &mut tab,
+        &mut nat,
+        &[d(VETH, Direction::Egress, server, 2, 12, 0x10)],
+        12,
+    );
+    assert!(s3.started.is_empty());
+    let c = conn(&tab, id);
+    assert_eq!(
+        (c.tuple, c.forward.packets, c.reply.packets),
+        (client, 3, 3)
+    );
+}
+
+#[test]
+fn both_directions_in_one_harvest_are_one_connection_opened_by_the_syn_side() {
+    let fwd = t(PROTO_TCP, "10.244.1.10", 7001, "10.244.2.10", 7000);
+    let rev = fwd.reversed().unwrap();
+    let mut syn = d(VETH, Direction::Ingress, fwd, 5, 2, 0x12);
+    syn.stats.opened = 1;
+    let s = harvest(
+        &mut Table::new(false),
+        &mut NatTable::new(),
+        &[d(VETH, Direction::Egress, rev, 4, 1, 0x12), syn],
+        10,
+    );
+    assert_eq!(s.started.len(), 1);
+}
+
+#[test]
+fn a_connection_is_reported_before_it_can_expire_and_its_counts_go_out_once() {
+    let (orig, _, _) = snat_flow(5000, 5000);
+    let mut tab = Table::new(false);
+    let mut nat = NatTable::new();
+    tab.apply(&[d(VETH, Direction::Ingress, orig, 2, 1, 0)], &nat, role);
+    // The harvest comes long after the packets: idle already, still reported first.
+    let s = tab.settle(1 + 10 * IDLE, IDLE, name);
+    assert_eq!(s.started, s.ending);
+    let id = s.started[0];
+    assert_eq!(tab.take_delta(id).0.packets, 2);
+    assert_eq!(tab.take_delta(id).0.packets, 0, "handed out once");
+    tab.remove_ended(&s.ending);
+    assert!(tab.is_empty());
+    let s = harvest(
+        &mut tab,
+        &mut nat,
+        &[d(VETH, Direction::Ingress, orig, 1, 20_000, 0)],
+        20_001,
+    );
+    assert_eq!(s.started.len(), 1, "back after its end: a new connection");
+    assert_ne!(s.started[0], id);
+}
+
+#[test]
+fn a_join_after_the_window_is_late() {
+    let (orig, _, e) = snat_flow(5000, 5000);
+    let mut tab = Table::new(true);
+    let mut nat = NatTable::new();
+    let id = harvest(
+        &mut tab,
+        &mut nat,
+        &[d(VETH, Direction::Ingress, orig, 2, 1, 0)],
+        10,
+    )
+    .started[0];
+    for r in 0..JOIN_WINDOW {
+        harvest(&mut tab, &mut nat, &[], 11 + r);
+    }
+    nat.insert(e);
+    let s = harvest(&mut tab, &mut nat, &[], 20);
+    assert_eq!(s.updated, vec![id]);
+    assert!(conn(&tab, id).nat_joined);
+    assert_eq!(tab.settle(5_000, IDLE, name).misses, vec![MissReason::Late]);
+}
+
+#[test]
+fn a_resync_pending_extends_the_hold() {
+    let (orig, post, e) = snat_flow(40000, 40000);
+    let mut tab = Table::new(true);
+    let mut nat = NatTable::new();
+    tab.nat_lost();
+    harvest(
+        &mut tab,
+        &mut nat,
+        &[
+            d(VETH, Direction::Ingress, orig, 4, 1, 0),
+            d(UPLINK, Direction::Egress, post, 4, 1, 0),
+        ],
+        10,
+    );
+    for r in 0..JOIN_WINDOW + 2 {
+        harvest(&mut tab, &mut nat, &[], 11 + r);
+    }
+    assert_eq!(tab.len(), 2, "still held: the resync may carry the entry");
+    nat.insert(e);
+    tab.nat_resynced();
+    harvest(&mut tab, &mut nat, &[], 30);
+    assert_eq!(tab.len(), 1);
+    assert!(conn(&tab, tab.reported().next().unwrap().id).nat_joined);
+}
