@@ -73,5 +73,8 @@ pub struct FlowStats {
     /// Its own bit because OR-ed flags cannot tell the opener (both ends OR to SYN|ACK).
     pub opened: u8,
     pub _pad1: u16,
-    pub _pad2: u32,
+    /// Sequence number of the SYN that opened it (0 if none was seen in this occupation).
+    /// NAT keeps sequence numbers, so the pod's and the uplink's sightings of one TCP
+    /// connection carry the same value: the agent pairs them by it when conntrack is silent.
+    pub syn_seq: u32,
 }

@@ -46,10 +46,10 @@ static TF_HASH_SEED: u64 = 0;
 #[unsafe(no_mangle)]
 static TF_IDLE_NS: u64 = u64::MAX;
 
-/// Set by the agent at load: 64 minus log2 of the sets in use. All of them
-/// (`64 - CACHE_SET_BITS`) unless a test shrinks the cache to force evictions mid-flight.
+/// Set by the agent at load: the sets in use minus one (a mask over the set index). All of
+/// them unless a test shrinks the cache to force evictions mid-flight.
 #[unsafe(no_mangle)]
-static TF_SET_SHIFT: u32 = 64 - CACHE_SET_BITS;
+static TF_SET_MASK: u32 = CACHE_SETS - 1;
 
 /// The agent's clock (see [`CLOCK`]); 0 only before the agent's first tick.
 #[inline(always)]
@@ -64,9 +64,9 @@ pub fn hash_seed() -> u64 {
 }
 
 #[inline(always)]
-pub fn set_shift() -> u32 {
+pub fn set_mask() -> u32 {
     // SAFETY: as above.
-    unsafe { core::ptr::read_volatile(&TF_SET_SHIFT) }
+    unsafe { core::ptr::read_volatile(&TF_SET_MASK) }
 }
 
 #[inline(always)]

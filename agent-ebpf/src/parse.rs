@@ -80,6 +80,8 @@ pub struct Parsed {
     pub tcp_flags: u8,
     /// 1 for a TCP SYN without ACK (the opener's first packet), else 0.
     pub opened: u8,
+    /// That SYN's sequence number (host order), else 0.
+    pub syn_seq: u32,
 }
 
 pub enum Outcome {
@@ -132,6 +134,7 @@ pub fn parse(ctx: &TcContext) -> Outcome {
         hdr_len: l4_off - l3_off,
         tcp_flags: 0,
         opened: 0,
+        syn_seq: 0,
     };
     if has_l4 && parse_l4(ctx, l4_off, &mut parsed).is_none() {
         return Outcome::Unparsable;
@@ -210,6 +213,9 @@ fn parse_l4(ctx: &TcContext, off: usize, p: &mut Parsed) -> Option<()> {
             p.key.dst_port = u16::from_be(tcp[1]);
             p.tcp_flags = hi(tcp[6]);
             p.opened = (p.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN) as u8;
+            // Words 2-3 are the sequence number, already loaded with the header.
+            let seq = (u16::from_be(tcp[2]) as u32) << 16 | u16::from_be(tcp[3]) as u32;
+            p.syn_seq = seq & (p.opened as u32).wrapping_neg();
             p.hdr_len += ((lo(tcp[6]) >> 4) as usize) * 4;
         }
         IPPROTO_UDP => {

@@ -1,6 +1,8 @@
 //! TC classifier entry points: thin wrappers that never influence the packet's fate.
 
-use agent_common::{Counter, Direction, Evicted, FlowKey, FlowSet, FlowStats, CACHE_WAYS};
+use agent_common::{
+    Counter, Direction, Evicted, FlowKey, FlowSet, FlowStats, CACHE_SET_BITS, CACHE_WAYS,
+};
 use aya_ebpf::{
     bindings::TC_ACT_UNSPEC,
     cty::c_void,
@@ -11,7 +13,7 @@ use aya_ebpf::{
 use core::ptr::write_volatile;
 
 use crate::{
-    maps::{bump, evict, hash_seed, idle_ns, now, set_shift, FLOW_CACHE, SOCK_FLOWS},
+    maps::{bump, evict, hash_seed, idle_ns, now, set_mask, FLOW_CACHE, SOCK_FLOWS},
     parse::{parse, Outcome, Parsed},
 };
 
@@ -95,7 +97,11 @@ fn record(ctx: &TcContext, dir: Direction, mut p: Parsed) {
             st.bytes += bytes;
             st.last_seen_ns = now;
             st.tcp_flags |= p.tcp_flags;
-            st.opened |= p.opened;
+            if p.opened != 0 {
+                // A SYN on a live slot: the tuple was reused by a new connection.
+                st.opened = 1;
+                st.syn_seq = p.syn_seq;
+            }
             return;
         }
     }
@@ -136,7 +142,7 @@ fn occupy(set: &mut FlowSet, set_index: u32, p: &Parsed, segs: u64, bytes: u64, 
         tcp_flags: p.tcp_flags,
         opened: p.opened,
         _pad1: 0,
-        _pad2: 0,
+        syn_seq: p.syn_seq,
     };
     // SAFETY: plain stores into this CPU's slot; volatile only to keep their order, which
     // userspace relies on to detect a torn copy (see agent_common::cache).
@@ -192,5 +198,5 @@ fn set_of(w: &[u64; 6]) -> u32 {
         ^ (w[1] ^ w[3].rotate_left(32)).wrapping_mul(0xC2B2_AE3D_27D4_EB4F)
         ^ (w[2] ^ w[4].rotate_left(32)).wrapping_mul(0x1656_67B1_9E37_79F9)
         ^ (w[5] ^ seed.rotate_left(32)).wrapping_mul(0xD6E8_FEB8_6659_FD93);
-    (h >> set_shift()) as u32
+    (h >> (64 - CACHE_SET_BITS)) as u32 & set_mask()
 }

@@ -27,6 +27,6 @@ pub fn stats(packets: u64, bytes: u64, first: u64, last: u64, tcp_flags: u8) -> 
         tcp_flags,
         opened: u8::from(tcp_flags & 0x12 == 0x02),
         _pad1: 0,
-        _pad2: 0,
+        syn_seq: 0,
     }
 }

@@ -376,7 +376,10 @@ fn pod_to_pod_has_no_translation_and_every_class_is_counted_once() {
         .map(|c| c["sightings"].as_array().unwrap().len())
         .collect();
     assert_eq!(sightings, [2, 2, 2]);
-    assert_eq!(agent.metric("tenantflow_nat_join_misses_total"), Some(0.0));
+    assert_eq!(
+        agent.metric("tenantflow_nat_unjoined_connections"),
+        Some(0.0)
+    );
     assert_eq!(
         agent.metric(r#"tenantflow_nat_mechanism{mechanism="conntrack"}"#),
         Some(1.0)
@@ -446,7 +449,7 @@ fn a_connection_conntrack_never_sees_is_counted_as_a_join_miss() {
             "--notrack",
         ],
     );
-    let agent = Agent::start(&node, &[]);
+    let agent = Agent::start(&node, &["--idle-timeout", "3s"]);
     let rx = traffic_bg(
         &t.pod_ns(web2),
         &["udp-recv", &format!("{}:9999", web2.ip()), "2"],
@@ -463,14 +466,6 @@ fn a_connection_conntrack_never_sees_is_counted_as_a_join_miss() {
         ],
     );
     assert_eq!(finish(rx).trim(), "2");
-    let missed = eventually(Duration::from_secs(6), || {
-        (agent.metric("tenantflow_nat_join_misses_total") == Some(1.0)).then_some(())
-    });
-    assert!(
-        missed.is_some(),
-        "miss not counted: {:?}",
-        agent.metric("tenantflow_nat_join_misses_total")
-    );
     let c = wait_connection(
         &agent,
         |c| is(c, "udp", &web1.ip(), 9998, &web2.ip(), 9999),
@@ -482,7 +477,30 @@ fn a_connection_conntrack_never_sees_is_counted_as_a_join_miss() {
         (2, 2 * 38),
         "still recorded, counted once"
     );
-    // Stays exactly one: a miss is counted once per connection.
-    std::thread::sleep(Duration::from_millis(600));
-    assert_eq!(agent.metric("tenantflow_nat_join_misses_total"), Some(1.0));
+    // Open and past its join window: a miss to come, counted when it ends.
+    let pending = eventually(Duration::from_secs(6), || {
+        (agent.metric("tenantflow_nat_unjoined_connections") == Some(1.0)).then_some(())
+    });
+    assert!(pending.is_some(), "unjoined gauge never rose");
+    let none = r#"tenantflow_nat_join_misses_total{reason="none"}"#;
+    assert_eq!(agent.metric(none), Some(0.0), "not counted while open");
+    let missed = eventually(Duration::from_secs(10), || {
+        (agent.metric(none) == Some(1.0)).then_some(())
+    });
+    assert!(
+        missed.is_some(),
+        "miss not counted: {:?}",
+        agent.metric(none)
+    );
+    // Exactly once, with its reason; the other reasons stay 0.
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(agent.metric(none), Some(1.0));
+    for other in ["late", "lost"] {
+        let series = format!("tenantflow_nat_join_misses_total{{reason=\"{other}\"}}");
+        assert_eq!(agent.metric(&series), Some(0.0), "{other}");
+    }
+    assert_eq!(
+        agent.metric("tenantflow_nat_unjoined_connections"),
+        Some(0.0)
+    );
 }

@@ -63,6 +63,20 @@ pub enum TrafficCmd {
         #[arg(long, default_value_t = 0)]
         hold_ms: u64,
     },
+    /// Open COUNT short connections to TO one after another: connect, send BYTES, close.
+    /// Prints how many completed.
+    TcpChurn {
+        to: SocketAddr,
+        count: u32,
+        bytes: usize,
+    },
+    /// Accept connections on BIND until killed (or CONNS), reading each to EOF and closing:
+    /// the far end of `tcp-churn`.
+    TcpSink {
+        bind: SocketAddr,
+        #[arg(long)]
+        conns: Option<u32>,
+    },
     /// Accept connections on BIND and relay each to TO (an egress gateway or proxy).
     Relay {
         bind: SocketAddr,
@@ -176,6 +190,30 @@ pub fn run(cmd: TrafficCmd) -> Result<()> {
             let mut answer = Vec::new();
             s.read_to_end(&mut answer)?;
             println!("{}", answer.len());
+            Ok(())
+        }
+        TrafficCmd::TcpChurn { to, count, bytes } => {
+            let payload = vec![0x5au8; bytes];
+            for i in 0..count {
+                let mut s =
+                    TcpStream::connect(to).with_context(|| format!("connection {i} to {to}"))?;
+                s.write_all(&payload)?;
+                s.shutdown(Shutdown::Write)?;
+                // Wait for the server's close, so no segment is still in flight when we report.
+                let _ = s.read(&mut [0u8; 1]);
+            }
+            println!("{count}");
+            Ok(())
+        }
+        TrafficCmd::TcpSink { bind, conns } => {
+            let listener = TcpListener::bind(bind).with_context(|| format!("bind {bind}"))?;
+            let mut n = 0u32;
+            while conns.is_none_or(|c| n < c) {
+                let (mut s, _) = listener.accept()?;
+                let mut sink = Vec::new();
+                s.read_to_end(&mut sink)?;
+                n += 1;
+            }
             Ok(())
         }
         TrafficCmd::Relay { bind, to, conns } => {

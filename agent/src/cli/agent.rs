@@ -244,6 +244,9 @@ async fn run_async(args: AgentArgs) -> anyhow::Result<()> {
     }
     shared.set_ready(pipeline.identity_ready());
     let mut tick = tokio::time::interval(args.harvest_interval);
+    // A slow harvest must not be followed by a burst of catch-up harvests: the join
+    // window is counted in harvests, and a burst would close it before events are read.
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let signal = shutdown.signalled();
     tokio::pin!(signal);
     let outcome = loop {
@@ -264,7 +267,14 @@ async fn run_async(args: AgentArgs) -> anyhow::Result<()> {
                 pipeline.on_watch(ev, &shared);
                 shared.set_ready(pipeline.identity_ready());
             }
-            _ = tick.tick() => pipeline.harvest(&mut harvester, &attachments, &shared),
+            _ = tick.tick() => {
+                // Conntrack events already queued belong to this harvest: joining them
+                // first is what keeps a pod's post-SNAT half from being held too long.
+                while let Ok(ev) = nat_rx.try_recv() {
+                    pipeline.on_nat(ev, &shared);
+                }
+                pipeline.harvest(&mut harvester, &attachments, &shared);
+            }
             ready = evictions.readable() => match ready {
                 Ok(mut guard) => {
                     harvester.drain_evictions();

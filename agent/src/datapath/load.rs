@@ -68,11 +68,11 @@ pub fn load(programs: Programs, idle: Duration, set_bits: u32) -> Result<Loaded,
 
     let seed = hash_seed();
     let idle_ns = u64::try_from(idle.as_nanos()).unwrap_or(u64::MAX);
-    let set_shift: u32 = 64 - set_bits.min(agent_common::CACHE_SET_BITS);
+    let set_mask: u32 = (1u32 << set_bits.min(agent_common::CACHE_SET_BITS)) - 1;
     let mut ebpf = EbpfLoader::new()
         .override_global("TF_HASH_SEED", &seed, true)
         .override_global("TF_IDLE_NS", &idle_ns, true)
-        .override_global("TF_SET_SHIFT", &set_shift, true)
+        .override_global("TF_SET_MASK", &set_mask, true)
         .load(aya::include_bytes_aligned!(concat!(
             env!("OUT_DIR"),
             "/tenantflow"

@@ -12,6 +12,8 @@ pub struct FlowEntry {
     pub tcp_flags: u8,
     /// A TCP SYN without ACK passed here: this direction opened the connection.
     pub opened: bool,
+    /// That SYN's sequence number (0: none seen).
+    pub syn_seq: u32,
 }
 
 impl FlowEntry {
@@ -25,6 +27,7 @@ impl FlowEntry {
             last_seen_ns: last,
             tcp_flags,
             opened: tcp_flags & 0x12 == 0x02,
+            syn_seq: 0,
         }
     }
 
@@ -40,6 +43,9 @@ impl FlowEntry {
         self.last_seen_ns = self.last_seen_ns.max(o.last_seen_ns);
         self.tcp_flags |= o.tcp_flags;
         self.opened |= o.opened;
+        if o.syn_seq != 0 {
+            self.syn_seq = o.syn_seq;
+        }
     }
 
     /// Fold in one delta (one flow on one CPU since the last harvest).
@@ -51,6 +57,7 @@ impl FlowEntry {
             last_seen_ns: k.last_seen_ns,
             tcp_flags: k.tcp_flags,
             opened: k.opened != 0,
+            syn_seq: k.syn_seq,
         });
     }
 }

@@ -128,6 +128,9 @@ pub struct ConnTable<A> {
     /// A NAT source (conntrack) is active: hold uplink-only halves and count misses.
     nat_source: bool,
     loss_epoch: u64,
+    /// `loss_epoch` when the previous harvest closed: a connection first harvested now
+    /// may have opened (and lost its NEW event) any time since.
+    epoch_before: u64,
     resync_pending: bool,
 }
 
@@ -144,6 +147,7 @@ impl<A: Default> ConnTable<A> {
             round: 0,
             nat_source,
             loss_epoch: 0,
+            epoch_before: 0,
             resync_pending: false,
         }
     }
@@ -286,7 +290,7 @@ impl<A: Default> ConnTable<A> {
                 reported: false,
                 first_round: self.round,
                 joined_round: None,
-                loss_epoch: self.loss_epoch,
+                loss_epoch: self.epoch_before,
                 exported: Default::default(),
                 late: false,
             },
@@ -493,6 +497,7 @@ impl<A: Default> ConnTable<A> {
             out.ending.push(id);
         }
         self.round += 1;
+        self.epoch_before = self.loss_epoch;
         out
     }
 
@@ -553,7 +558,9 @@ impl<A: Default> ConnTable<A> {
     }
 
     /// Held connections whose join never came: pair each with the unjoined pod
-    /// connection it belongs to, or report it as what it is.
+    /// connection it belongs to (the same TCP SYN sequence number, which NAT keeps; else
+    /// the same source port, which masquerade keeps when it can; else the only one with
+    /// the same forward count), or report it as what it is.
     fn pair_overdue(&mut self, overdue: Vec<ConnId>, out: &mut Settled) {
         if overdue.is_empty() {
             return;
@@ -568,22 +575,22 @@ impl<A: Default> ConnTable<A> {
         for id in overdue {
             let held = &self.conns[&id];
             let tu = held.conn.tuple;
-            let fwd = forward_counts(held);
+            let (fwd, seq) = (forward_counts(held), syn_seq(held));
             let pick = candidates
                 .get_mut(&(tu.proto, tu.dst, tu.dport))
                 .and_then(|ids| {
                     let conns = &self.conns;
-                    let by_port = ids.iter().position(|c| {
-                        let ct = &conns[c].conn.tuple;
-                        ct.sport == tu.sport && ct.src != tu.src
-                    });
-                    let by_count = || {
-                        let same: Vec<usize> = (0..ids.len())
-                            .filter(|&i| forward_counts(&conns[&ids[i]]) == fwd)
-                            .collect();
-                        (same.len() == 1).then(|| same[0])
+                    let unique = |f: &dyn Fn(&Tracked<A>) -> bool| {
+                        let hits: Vec<usize> =
+                            (0..ids.len()).filter(|&i| f(&conns[&ids[i]])).collect();
+                        (hits.len() == 1).then(|| hits[0])
                     };
-                    let i = by_port.or_else(by_count)?;
+                    let by_seq = || unique(&|c| seq != 0 && syn_seq(c) == seq);
+                    let by_port = || {
+                        unique(&|c| c.conn.tuple.sport == tu.sport && c.conn.tuple.src != tu.src)
+                    };
+                    let by_count = || unique(&|c| forward_counts(c) == fwd);
+                    let i = by_seq().or_else(by_port).or_else(by_count)?;
                     Some(ids.swap_remove(i))
                 });
             match pick {
@@ -667,6 +674,14 @@ fn forward_counts<A>(t: &Tracked<A>) -> Counts {
             bytes: p.entry.bytes,
         })
         .unwrap_or_default()
+}
+
+/// The opening SYN's sequence number, as the initiator's side saw it (0: unknown).
+fn syn_seq<A>(t: &Tracked<A>) -> u32 {
+    t.points
+        .iter()
+        .find(|p| p.forward && p.entry.syn_seq != 0)
+        .map_or(0, |p| p.entry.syn_seq)
 }
 
 /// Rebuild the user-facing connection from its observation points.

@@ -125,8 +125,8 @@ pub fn spawn_conntrack(tx: UnboundedSender<NatEvent>, faults: Faults) -> Result<
     for group in [NFNLGRP_CONNTRACK_NEW, NFNLGRP_CONNTRACK_DESTROY] {
         events.add_membership(group).map_err(NatError::Subscribe)?;
     }
-    if let Err(e) = events.set_rx_buf_sz(faults.rcvbuf.unwrap_or(RCVBUF)) {
-        debug!(error = %e, "could not set the conntrack socket buffer");
+    if let Err(e) = force_rcvbuf(&events, faults.rcvbuf.unwrap_or(RCVBUF)) {
+        warn!(error = %e, "could not size the conntrack event buffer: bursts may lose events");
     }
     let initial = dump().map_err(NatError::Dump)?;
     let out = match faults.delay {
@@ -139,6 +139,27 @@ pub fn spawn_conntrack(tx: UnboundedSender<NatEvent>, faults: Faults) -> Result<
         .spawn(move || event_loop(events, out))
         .map_err(NatError::Open)?;
     Ok(())
+}
+
+/// SO_RCVBUFFORCE: plain SO_RCVBUF is capped by net.core.rmem_max (208 KiB by default),
+/// which a burst of a few thousand connections overruns; we hold CAP_NET_ADMIN anyway.
+fn force_rcvbuf(s: &Socket, bytes: usize) -> io::Result<()> {
+    let v = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
+    // SAFETY: setsockopt on a socket we own, with a valid int option value.
+    let rc = unsafe {
+        libc::setsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(s),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUFFORCE,
+            (&v as *const libc::c_int).cast(),
+            size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
 }
 
 fn event_loop(events: Socket, tx: Out) {

@@ -389,3 +389,46 @@ fn a_resync_pending_extends_the_hold() {
     assert_eq!(tab.len(), 1);
     assert!(conn(&tab, tab.reported().next().unwrap().id).nat_joined);
 }
+
+#[test]
+fn remapped_ports_with_equal_counts_are_paired_by_the_syn_sequence_number() {
+    let a = t(PROTO_TCP, POD, 40000, NET, 443);
+    let b = t(PROTO_TCP, "10.244.1.12", 40000, NET, 443);
+    let (a_post, b_post) = (
+        t(PROTO_TCP, NODE, 1025, NET, 443),
+        t(PROTO_TCP, NODE, 1026, NET, 443),
+    );
+    let syn = |ifindex, dir, tu, seq| {
+        let mut x = d(ifindex, dir, tu, 5, 1, 0x02 | 0x10);
+        x.stats.opened = 1;
+        x.stats.syn_seq = seq;
+        x
+    };
+    let mut tab = Table::new(true);
+    let mut nat = NatTable::new();
+    harvest(
+        &mut tab,
+        &mut nat,
+        &[
+            syn(VETH, Direction::Ingress, a, 111),
+            syn(VETH_B, Direction::Ingress, b, 222),
+            syn(UPLINK, Direction::Egress, b_post, 222),
+            syn(UPLINK, Direction::Egress, a_post, 111),
+        ],
+        10,
+    );
+    for r in 0..JOIN_WINDOW {
+        harvest(&mut tab, &mut nat, &[], 11 + r);
+    }
+    assert_eq!(tab.len(), 2);
+    let snat_of = |ip: &str| {
+        tab.reported()
+            .find(|x| x.conn.tuple.src == ip.parse::<IpAddr>().unwrap())
+            .and_then(|x| x.conn.snat)
+            .map(|(_, port)| port)
+    };
+    assert_eq!(
+        (snat_of(POD), snat_of("10.244.1.12")),
+        (Some(1025), Some(1026))
+    );
+}
