@@ -248,7 +248,12 @@ fn flows_beyond_the_cache_and_the_ring_are_counted_exactly() {
         assert_eq!(wrong, Vec::<&(u64, u64)>::new(), "counts at {iface}/{hook}");
     }
 
-    let metric = |name: &str| agent.metric(name).unwrap_or(f64::NAN) as u64;
+    // A missing metric fails here: it must not read as 0.
+    let metric = |name: &str| {
+        agent
+            .metric(name)
+            .unwrap_or_else(|| panic!("{name} is not exported")) as u64
+    };
     let slots_per_cpu = (agent_common::CACHE_SETS as u64) * agent_common::CACHE_WAYS as u64;
     let evictions = metric("tenantflow_datapath_evictions_total");
     assert!(

@@ -181,3 +181,6 @@ async fn observations(
         s.observations(|all| all.iter().filter(|f| q.matches(f)).cloned().collect());
     Json(out).into_response()
 }
+
+#[cfg(test)]
+mod tests;

@@ -234,6 +234,7 @@ fn dump() -> io::Result<Vec<NatEntry>> {
     }
 }
 
+#[derive(Debug, PartialEq, Eq)]
 enum Parsed {
     /// An entry; `true` for NEW (and dump records), `false` for DESTROY.
     Entry(NatEntry, bool),
@@ -351,3 +352,6 @@ fn tuple(parts: &[Tuple]) -> Option<FlowTuple> {
         dport,
     })
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,128 @@
+//! `/flows` query parsing (through axum's own extractor) and matching.
+
+use axum::{extract::Query, http::Uri};
+
+use super::*;
+use crate::{
+    classify::classify,
+    config::Config,
+    flow::{test_tuple, Connection, WallClock, PROTO_TCP, PROTO_UDP},
+    identity::{snapshot, Store},
+};
+
+fn query(q: &str) -> Result<FlowQuery, (StatusCode, String)> {
+    let uri: Uri = format!("/flows{q}").parse().unwrap();
+    parse_query("/flows", Query::try_from_uri(&uri))
+}
+
+/// web-1 (alpha-web, tenant alpha) → the internet, masqueraded to the node's 10.224.0.4:40001.
+fn egress() -> ConnectionView {
+    let store = Store::from_objects(
+        snapshot::parse(
+            "kind: List\nitems:\n\
+             - {apiVersion: v1, kind: Namespace, metadata: {name: alpha-web, labels: {tenant: alpha}}}\n\
+             - {apiVersion: v1, kind: Pod, metadata: {name: web-1, namespace: alpha-web}, spec: {nodeName: n1, containers: []}, status: {podIP: 10.244.1.10}}\n",
+        )
+        .unwrap(),
+    );
+    let mut c = Connection::new(test_tuple(
+        PROTO_TCP,
+        "10.244.1.10",
+        40000,
+        "203.0.113.10",
+        443,
+    ));
+    c.snat = Some(("10.224.0.4".parse().unwrap(), 40001));
+    c.sightings.push(crate::flow::Sighting {
+        ifindex: 4,
+        iface: "veth10".into(),
+        role: Some(crate::datapath::Role::Pod),
+        ingress: true,
+        forward: true,
+        post_nat: false,
+        counts: Default::default(),
+    });
+    let k = classify(&Config::default(), &store, &c);
+    ConnectionView::new(7, &c, k, &WallClock::now())
+}
+
+#[test]
+fn every_filter_matches_what_it_names_and_nothing_else() {
+    let v = egress();
+    let hits = |q: &str| query(q).unwrap().matches_connection(&v);
+    for q in [
+        "",
+        "?namespace=alpha-web",
+        "?tenant=alpha",
+        "?class=pod_to_egress",
+        "?egress=unmediated",
+        "?cross_tenant=false",
+        "?iface=veth10",
+        "?proto=tcp",
+        "?ip=10.244.1.10",
+        "?ip=10.224.0.4",
+        "?port=40001",
+        "?port=443&ip=203.0.113.10&namespace=alpha-web",
+    ] {
+        assert!(hits(q), "{q} must match");
+    }
+    for q in [
+        "?namespace=beta-api",
+        "?tenant=beta",
+        "?class=pod_to_pod",
+        "?egress=mediated",
+        "?cross_tenant=true",
+        "?sensitive=any",
+        "?iface=eth0",
+        "?proto=udp",
+        "?ip=10.224.0.5",
+        "?port=40002",
+        "?namespace=alpha-web&proto=udp",
+    ] {
+        assert!(!hits(q), "{q} must not match");
+    }
+}
+
+#[test]
+fn unknown_and_malformed_parameters_are_400_naming_what_is_accepted() {
+    for q in [
+        "?nmespace=x",
+        "?port=http",
+        "?ip=10.0.0",
+        "?class=pod",
+        "?cross_tenant=yes",
+    ] {
+        let (status, body) = query(q).unwrap_err();
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{q}");
+        assert!(body.starts_with("bad /flows query: "), "{q}: {body}");
+        assert!(
+            body.contains("accepted parameters: iface, proto"),
+            "{q}: {body}"
+        );
+    }
+}
+
+#[test]
+fn observations_take_only_tuple_filters() {
+    let q = query("?ip=10.244.1.10&proto=udp").unwrap();
+    assert!(!q.has_identity_filters());
+    assert!(query("?tenant=alpha").unwrap().has_identity_filters());
+    let f = FlowView {
+        iface: "veth10".into(),
+        ifindex: 4,
+        role: Some("pod".into()),
+        hook: "ingress".into(),
+        proto: PROTO_UDP.into(),
+        src: "10.244.1.10".parse().unwrap(),
+        dst: "10.0.0.10".parse().unwrap(),
+        src_port: 5000,
+        dst_port: 53,
+        packets: 1,
+        bytes: 60,
+        tcp_flags: 0,
+        first_seen_ms: 0,
+        last_seen_ms: 0,
+    };
+    assert!(q.matches(&f));
+    assert!(!query("?port=54").unwrap().matches(&f));
+}
