@@ -21,9 +21,19 @@ pub struct BenchArgs {
     /// Rounds; each runs every configuration once, in alternation.
     #[arg(long, default_value_t = 5)]
     pub rounds: usize,
-    /// Seconds per iperf3 run.
+    /// Seconds per iperf3 run (with --scale: seconds measured).
     #[arg(long, default_value_t = 4)]
     pub seconds: u64,
+    /// Node scale instead: many pod interfaces and concurrently active connections; prints
+    /// connections=, harvest_ms_p99=, rss_mib=, attach_N_ms= last.
+    #[arg(long)]
+    pub scale: bool,
+    /// With --scale: concurrently active connections.
+    #[arg(long, default_value_t = 100_000)]
+    pub connections: u32,
+    /// With --scale: pod interfaces on the node.
+    #[arg(long, default_value_t = 250)]
+    pub pods: u32,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -57,6 +67,14 @@ pub fn run(args: BenchArgs) -> Result<()> {
         "tenantflow",
     ]))?;
     let agent_bin = std::env::current_dir()?.join("target/release/tenantflow");
+    if args.scale {
+        let scale = crate::scale::ScaleArgs {
+            connections: args.connections,
+            pods: args.pods,
+            seconds: args.seconds.max(5),
+        };
+        return crate::scale::run(&agent_bin.to_string_lossy(), &scale);
+    }
     let prev_stats = exec::run("sysctl", &["-n", "kernel.bpf_stats_enabled"])?;
     exec::run("sysctl", &["-qw", "kernel.bpf_stats_enabled=1"])?;
     let bench = Bench {

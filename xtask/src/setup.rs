@@ -26,6 +26,7 @@ pub const APT_PACKAGES: &[&str] = &[
     "unzip",        // unpacks the helm binary
     "binutils",     // readelf: the runtime image check
     "python3-venv", // kubernetes-validate
+    "curl",         // the scale benchmark reads the agent's metrics inside the node namespace
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";

@@ -33,6 +33,17 @@ pub enum TrafficCmd {
         #[arg(long)]
         bind: Option<SocketAddr>,
     },
+    /// Keep FLOWS UDP flows active for SECONDS: every second one datagram of SIZE bytes per
+    /// flow, from SOURCES sockets to consecutive ports from TO's port up (the scale bench).
+    UdpFlows {
+        to: SocketAddr,
+        flows: u32,
+        seconds: u64,
+        #[arg(long, default_value_t = 4)]
+        sources: u32,
+        #[arg(long, default_value_t = 16)]
+        size: usize,
+    },
     /// Receive COUNT datagrams on BIND (or until TIMEOUT_MS of silence); print how many.
     UdpRecv {
         bind: SocketAddr,
@@ -123,6 +134,36 @@ pub fn run(cmd: TrafficCmd) -> Result<()> {
                 dst.set_port(port);
                 sock.send_to(&payload, dst)
                     .with_context(|| format!("send to {dst}"))?;
+            }
+            Ok(())
+        }
+        TrafficCmd::UdpFlows {
+            to,
+            flows,
+            seconds,
+            sources,
+            size,
+        } => {
+            let sources = sources.max(1);
+            let per = flows.div_ceil(sources);
+            anyhow::ensure!(
+                u32::from(to.port()) + per <= 65536,
+                "{flows} flows from {sources} sockets need {per} ports above {to}: add --sources"
+            );
+            let socks = (0..sources)
+                .map(|_| udp_sender(None, &to))
+                .collect::<Result<Vec<_>>>()?;
+            let payload = vec![0x5au8; size];
+            let start = std::time::Instant::now();
+            for round in 0..seconds {
+                for i in 0..flows {
+                    let mut dst = to;
+                    dst.set_port(to.port() + (i / sources) as u16);
+                    // A full socket buffer drops a datagram: that flow still stays active.
+                    let _ = socks[(i % sources) as usize].send_to(&payload, dst);
+                }
+                let next = start + Duration::from_secs(round + 1);
+                std::thread::sleep(next.saturating_duration_since(std::time::Instant::now()));
             }
             Ok(())
         }
