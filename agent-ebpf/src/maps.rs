@@ -46,8 +46,8 @@ static TF_HASH_SEED: u64 = 0;
 #[unsafe(no_mangle)]
 static TF_IDLE_NS: u64 = u64::MAX;
 
-/// Set by the agent at load: the sets in use minus one (a mask over the set index). All of
-/// them unless a test shrinks the cache to force evictions mid-flight.
+/// Set by the agent at load: the cache's sets minus one (a mask over the set index); the
+/// agent sizes the map to match (`--flow-cache-sets`).
 #[unsafe(no_mangle)]
 static TF_SET_MASK: u32 = CACHE_SETS - 1;
 

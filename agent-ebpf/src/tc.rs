@@ -1,8 +1,6 @@
 //! TC classifier entry points: thin wrappers that never influence the packet's fate.
 
-use agent_common::{
-    Counter, Direction, Evicted, FlowKey, FlowSet, FlowStats, CACHE_SET_BITS, CACHE_WAYS,
-};
+use agent_common::{Counter, Direction, Evicted, FlowKey, FlowSet, FlowStats, CACHE_WAYS};
 use aya_ebpf::{
     bindings::TC_ACT_UNSPEC,
     cty::c_void,
@@ -189,7 +187,8 @@ fn same_key(a: &[u64; 6], b: &[u64; 6]) -> bool {
 }
 
 /// Seeded multiplicative hash: four independent products, so the CPU overlaps them (a
-/// chain of six dependent multiplies cost more), taking the product's well-mixed top bits.
+/// chain of six dependent multiplies cost more), taking the product's well-mixed top 32
+/// bits, masked to the sets the agent sized the cache to.
 /// Addresses pair up source-low with destination-high so IPv4 tuples map bijectively.
 #[inline(always)]
 fn set_of(w: &[u64; 6]) -> u32 {
@@ -198,5 +197,5 @@ fn set_of(w: &[u64; 6]) -> u32 {
         ^ (w[1] ^ w[3].rotate_left(32)).wrapping_mul(0xC2B2_AE3D_27D4_EB4F)
         ^ (w[2] ^ w[4].rotate_left(32)).wrapping_mul(0x1656_67B1_9E37_79F9)
         ^ (w[5] ^ seed.rotate_left(32)).wrapping_mul(0xD6E8_FEB8_6659_FD93);
-    (h >> (64 - CACHE_SET_BITS)) as u32 & set_mask()
+    (h >> 32) as u32 & set_mask()
 }

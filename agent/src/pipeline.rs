@@ -11,6 +11,7 @@ use tracing::{info, warn};
 
 use crate::{
     classify,
+    classify::Classification,
     config::Config,
     datapath::{Attachments, Harvester},
     export::{ConnEvent, ConnectionView, EventKind, FlowLog, FlowMetrics, NatMappings, Shared},
@@ -52,13 +53,19 @@ pub struct Sinks {
 pub struct Annotation {
     /// Identity store version the classification was made at.
     classified_at: Option<u64>,
+    class: Option<Classification>,
+    /// Reclassified since the connection's last event.
+    reclassified: bool,
     process: Option<ProcessInfo>,
-    /// The published record (identities, class, verdicts, counts).
+    /// The published record, built only while records are wanted and then only when the
+    /// connection changed.
     view: Option<Arc<ConnectionView>>,
 }
 
 pub struct Pipeline {
     table: ConnTable<Annotation>,
+    /// Identity store version of the last full reclassification.
+    classified_at: Option<u64>,
     nat: NatTable,
     idle: Duration,
     config: Config,
@@ -78,6 +85,7 @@ impl Pipeline {
     ) -> Self {
         Self {
             table: ConnTable::new(mechanism == Mechanism::Conntrack),
+            classified_at: None,
             nat: NatTable::new(),
             idle,
             config,
@@ -210,24 +218,35 @@ impl Pipeline {
         }
         let name = |i: u32| attachments.get(i).map(|a| a.name.clone());
         let settled = self.table.settle(now, idle_ns, name);
+        let stats = settled.stats;
         self.report(settled, false, shared);
-        m.tracked_flows.set(
-            self.table
-                .all()
-                .map(|t| t.observations().count())
-                .sum::<usize>() as i64,
-        );
+        m.tracked_flows.set(stats.points as i64);
         m.nat_entries.set(self.nat.len() as i64);
-        m.nat_unjoined.set(self.table.unjoined() as i64);
-        m.held_connections
-            .set((self.table.len() - self.table.reported().count()) as i64);
+        m.nat_unjoined.set(stats.unjoined as i64);
+        m.held_connections.set(stats.held as i64);
+        m.connections.set(stats.reported as i64);
+        if shared.records_wanted() {
+            self.publish(attachments, shared);
+        }
+        timer.observe_duration();
+    }
+
+    /// `/flows` and `/observations` snapshots: records are rebuilt only for connections
+    /// that changed since they were last built.
+    fn publish(&mut self, attachments: &Attachments, shared: &Shared) {
         let clock = WallClock::now();
-        let views = self
-            .table
-            .reported()
-            .filter_map(|t| t.extra.view.clone())
-            .collect::<Vec<_>>();
-        m.connections.set(views.len() as i64);
+        let mut views = Vec::new();
+        for t in self.table.reported_mut() {
+            let (Some(class), None) = (&t.extra.class, &t.extra.view) else {
+                views.extend(t.extra.view.clone());
+                continue;
+            };
+            let mut v = ConnectionView::new(t.id, &t.conn, class.clone(), &clock);
+            v.process = t.extra.process.clone();
+            let v = Arc::new(v);
+            t.extra.view = Some(v.clone());
+            views.push(v);
+        }
         let iface = |i: u32| attachments.get(i).map(|a| (a.name.as_str(), a.role));
         let observations = self
             .table
@@ -236,24 +255,15 @@ impl Pipeline {
             .map(|(k, e)| FlowView::new(k, e, iface(k.ifindex), &clock))
             .collect();
         shared.publish(views, observations);
-        timer.observe_duration();
     }
 
     /// Classify what started or changed, then hand every event to the sinks and forget
     /// what ended. `stopping`: final events are shutdowns, not ends.
     fn report(&mut self, settled: Settled, stopping: bool, shared: &Shared) {
         let m = &shared.metrics;
-        let clock = WallClock::now();
         let version = self.identity.store.version();
-        let identity_changed = self
-            .table
-            .reported()
-            .next()
-            .is_some_and(|t| t.extra.classified_at != Some(version));
         let procs = match &mut self.processes {
-            Some(a) if !settled.started.is_empty() || !settled.updated.is_empty() => {
-                a.read(&self.identity.store)
-            }
+            Some(a) if !settled.started.is_empty() => a.read(&self.identity.store),
             _ => Default::default(),
         };
         let mut touched: Vec<ConnId> = settled
@@ -263,8 +273,10 @@ impl Pipeline {
             .chain(&settled.ending)
             .copied()
             .collect();
-        if identity_changed {
+        if self.classified_at != Some(version) {
+            // The inventory changed: every open connection may have new identities.
             touched.extend(self.table.reported().map(|t| t.id));
+            self.classified_at = Some(version);
         }
         touched.sort_unstable();
         touched.dedup();
@@ -272,48 +284,35 @@ impl Pipeline {
             let Some(t) = self.table.get_mut(id) else {
                 continue;
             };
-            let stale = t.nat_changed || t.extra.classified_at != Some(version);
-            let class = match (&t.extra.view, stale) {
-                (Some(v), false) => v.class.clone(),
-                _ => classify::classify(&self.config, &self.identity.store, &t.conn),
-            };
-            t.nat_changed = false;
-            t.extra.classified_at = Some(version);
-            if t.extra.process.is_none() {
+            if t.extra.class.is_none() || t.nat_changed || t.extra.classified_at != Some(version) {
+                let k = classify::classify(&self.config, &self.identity.store, &t.conn);
+                t.extra.reclassified |= t.extra.class.as_ref() != Some(&k);
+                t.extra.class = Some(k);
+                t.extra.classified_at = Some(version);
+                t.nat_changed = false;
+            }
+            if t.extra.process.is_none() && !procs.is_empty() {
                 let tu = &t.conn.tuple;
                 t.extra.process = procs
                     .get(tu)
                     .or_else(|| tu.reversed().and_then(|r| procs.get(&r)))
                     .cloned();
             }
-            let mut v = ConnectionView::new(id, &t.conn, class, &clock);
-            v.process = t.extra.process.clone();
-            t.extra.view = Some(Arc::new(v));
+            t.extra.view = None;
         }
-        let mut events = Vec::new();
-        let groups = [
+        let last = if stopping {
+            EventKind::Shutdown
+        } else {
+            EventKind::End
+        };
+        let mut due = Vec::new();
+        for (ids, kind) in [
             (&settled.started, EventKind::Start),
             (&settled.updated, EventKind::Update),
-            (
-                &settled.ending,
-                if stopping {
-                    EventKind::Shutdown
-                } else {
-                    EventKind::End
-                },
-            ),
-        ];
-        for (ids, kind) in groups {
+            (&settled.ending, last),
+        ] {
             for &id in ids {
-                let delta = self.table.take_delta(id);
-                if let Some(view) = self.table.get(id).and_then(|t| t.extra.view.clone()) {
-                    events.push(ConnEvent {
-                        kind,
-                        id,
-                        view,
-                        delta,
-                    });
-                }
+                due.push((id, kind, self.table.take_delta(id)));
             }
         }
         for reason in &settled.misses {
@@ -321,18 +320,39 @@ impl Pipeline {
                 .with_label_values(&[reason.as_str()])
                 .inc();
         }
+        let events: Vec<ConnEvent> = due
+            .iter()
+            .filter_map(|&(id, kind, delta)| {
+                let t = self.table.get(id)?;
+                Some(ConnEvent {
+                    kind,
+                    id,
+                    conn: &t.conn,
+                    class: t.extra.class.as_ref()?,
+                    process: t.extra.process.as_ref(),
+                    reclassified: t.extra.reclassified,
+                    delta,
+                })
+            })
+            .collect();
         let wall = Instant::now();
         self.sinks
             .metrics
             .observe(&events, &self.identity.store, wall);
         self.sinks.nat_mappings.observe(&events);
         if let Some(log) = &mut self.sinks.log {
-            match log.observe(&events, wall) {
+            match log.observe(&events, wall, &WallClock::now()) {
                 Ok(n) => m.flow_log_records.inc_by(n),
                 Err(e) => {
                     m.flow_log_errors.inc();
                     warn!(error = %e, "flow log write failed");
                 }
+            }
+        }
+        drop(events);
+        for &(id, _, _) in &due {
+            if let Some(t) = self.table.get_mut(id) {
+                t.extra.reclassified = false;
             }
         }
         let gone = self.table.remove_ended(&settled.ending);

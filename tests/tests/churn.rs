@@ -272,7 +272,7 @@ fn twenty_thousand_from_three_pods_at_once_are_each_recorded_once_and_exactly() 
 
 #[test]
 fn a_cache_of_two_slots_per_cpu_evicts_every_connection_mid_flight_and_loses_nothing() {
-    let c = churn("chev", 1_000, "3s", &["--test-cache-set-bits", "0"]);
+    let c = churn("chev", 1_000, "3s", &["--flow-cache-sets", "1"]);
     assert_eq!(c.assert_exact(), 0);
     let evictions = c
         .agent

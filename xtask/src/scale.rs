@@ -53,7 +53,14 @@ pub fn run(agent_bin: &str, args: &ScaleArgs) -> Result<()> {
         ],
     )?;
     let log = std::env::temp_dir().join("tenantflow-scale-agent.log");
-    let mut agent = start_agent(agent_bin, &node, &log)?;
+    // Sized as an operator would for this node: every active flow's two observation points
+    // fit in the cache (two ways per set, one cache per CPU).
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as u32;
+    let sets = (args.connections * 2)
+        .div_ceil(2 * cpus)
+        .next_power_of_two();
+    eprintln!("scale: --flow-cache-sets {sets}");
+    let mut agent = start_agent(agent_bin, &node, &log, sets)?;
     let result = measure(&lab, &node, &mut agent, &log, args);
     // SAFETY: signalling our own child.
     unsafe { libc::kill(agent.id() as i32, libc::SIGTERM) };
@@ -75,7 +82,7 @@ fn measure(
     // One more pod interface while the agent runs: how soon is it observed?
     let created = SystemTime::now();
     add_veths(node, "vnew", 1)?;
-    let attach_new_ms = wait_attached(log, "vnew0", created)?;
+    let attach_new_ms = wait_attached(log, "vethvnew0", created)?;
 
     let web1 = t.pod("web-1");
     let mut traffic = Command::new("ip")
@@ -148,10 +155,11 @@ fn add_veths(ns: &str, prefix: &str, n: u32) -> Result<()> {
     Ok(())
 }
 
-fn start_agent(bin: &str, node: &str, log: &std::path::Path) -> Result<Child> {
+fn start_agent(bin: &str, node: &str, log: &std::path::Path, sets: u32) -> Result<Child> {
     Command::new("ip")
         .args(["netns", "exec", node, bin, "agent", "--listen", LISTEN])
         .args(["--harvest-interval", "1s", "--log-format", "json"])
+        .args(["--flow-cache-sets", &sets.to_string()])
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(log)?)
         .spawn()

@@ -95,11 +95,10 @@ pub struct AgentArgs {
     /// Attach a program that does nothing instead of the observers: the benchmark's floor.
     #[arg(long, hide = true)]
     pub bench_noop: bool,
-    /// Test only: log2 of the flow-cache sets each CPU uses (0..=12), so tests can force
-    /// every connection out of the cache mid-flight.
-    #[arg(long, hide = true, default_value_t = agent_common::CACHE_SET_BITS,
-          value_parser = clap::value_parser!(u32).range(0..=agent_common::CACHE_SET_BITS as i64))]
-    pub test_cache_set_bits: u32,
+    /// Flow-cache sets per CPU (a power of two; two flows each, 192 bytes per set per
+    /// CPU). More sets hold more concurrently active flows before the cache evicts.
+    #[arg(long, default_value_t = agent_common::CACHE_SETS, value_parser = parse_sets)]
+    pub flow_cache_sets: u32,
     /// Test only: hold every conntrack event this long before the agent sees it.
     #[arg(long, hide = true, value_parser = humantime::parse_duration)]
     pub test_conntrack_delay: Option<Duration>,
@@ -107,6 +106,20 @@ pub struct AgentArgs {
     /// ENOBUFS and a resync).
     #[arg(long, hide = true)]
     pub test_conntrack_rcvbuf: Option<usize>,
+}
+
+/// `--flow-cache-sets`: a power of two up to 2^20 (1 is for tests that force evictions).
+fn parse_sets(s: &str) -> Result<u32, String> {
+    let n: u32 = s
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number of sets (e.g. 4096)"))?;
+    if n.is_power_of_two() && n <= 1 << 20 {
+        Ok(n)
+    } else {
+        Err(format!(
+            "{n} is not a power of two from 1 to 1048576 (e.g. 4096, 65536)"
+        ))
+    }
 }
 
 fn datapath_defaults() -> Vec<String> {
@@ -149,10 +162,10 @@ async fn run_async(args: AgentArgs) -> anyhow::Result<()> {
     } else {
         Programs::Observers
     };
-    let mut loaded = datapath::load(programs, args.idle_timeout, args.test_cache_set_bits)?;
+    let mut loaded = datapath::load(programs, args.idle_timeout, args.flow_cache_sets)?;
     let _clock = KernelClock::start(&mut loaded.ebpf)?.spawn();
     // Everything that can fail without touching interfaces happens before attaching.
-    let mut harvester = Harvester::new(&mut loaded.ebpf, args.test_cache_set_bits)?;
+    let mut harvester = Harvester::new(&mut loaded.ebpf)?;
     // SAFETY: the fd belongs to the harvester's ring buffer, which is declared before (so
     // dropped after) this AsyncFd and never closes or replaces it.
     let evictions =

@@ -53,8 +53,6 @@ pub struct Harvest {
 pub struct Harvester {
     cache: MapData,
     sets: u32,
-    /// Sets the kernel actually uses (all, unless a test shrank the cache).
-    sets_in_use: u32,
     reader: BatchReader,
     evictions: RingBuf<MapData>,
     counters: PerCpuArray<MapData, u64>,
@@ -75,9 +73,8 @@ impl AsRawFd for EvictionsFd {
 }
 
 impl Harvester {
-    /// Takes the maps out of `ebpf`: the harvester becomes their only reader. `set_bits`
-    /// as given to [`super::load`].
-    pub fn new(ebpf: &mut Ebpf, set_bits: u32) -> Result<Self, DatapathError> {
+    /// Takes the maps out of `ebpf`: the harvester becomes their only reader.
+    pub fn new(ebpf: &mut Ebpf) -> Result<Self, DatapathError> {
         let cache = take_raw_map(ebpf, CACHE_MAP)?;
         let cpus = aya::util::nr_cpus().map_err(|(_, e)| DatapathError::Cpus(e))?;
         // Checks the value size against FlowSet before the raw batch reads rely on it.
@@ -90,7 +87,6 @@ impl Harvester {
         Ok(Self {
             cache,
             sets,
-            sets_in_use: sets.min(1 << set_bits.min(31)),
             reader: BatchReader::new(BATCH_SETS, size_of::<FlowSet>(), cpus),
             evictions: take_map(ebpf, EVICTIONS_MAP)?,
             counters: take_map(ebpf, COUNTERS_MAP)?,
@@ -102,7 +98,7 @@ impl Harvester {
 
     /// Flows the cache holds before it evicts, over all CPUs.
     pub fn capacity(&self) -> usize {
-        self.sets_in_use as usize * CACHE_WAYS * self.cpus
+        self.sets as usize * CACHE_WAYS * self.cpus
     }
 
     /// The kernel wakes this when the eviction ring is an eighth full.

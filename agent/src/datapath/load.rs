@@ -44,9 +44,8 @@ impl Programs {
 
 /// Probe the kernel, raise the memlock limit where that still matters, and load programs.
 /// `idle` is the agent's idle timeout: a flow silent longer starts a new kernel record.
-/// `set_bits` is log2 of the flow-cache sets in use (`CACHE_SET_BITS` but in tests that
-/// shrink the cache to force evictions).
-pub fn load(programs: Programs, idle: Duration, set_bits: u32) -> Result<Loaded, DatapathError> {
+/// `sets` is the flow cache's sets per CPU (a power of two).
+pub fn load(programs: Programs, idle: Duration, sets: u32) -> Result<Loaded, DatapathError> {
     let kernel =
         KernelVersion::current().map_err(|e| DatapathError::KernelVersion(e.to_string()))?;
     check_kernel(kernel)?;
@@ -68,11 +67,12 @@ pub fn load(programs: Programs, idle: Duration, set_bits: u32) -> Result<Loaded,
 
     let seed = hash_seed();
     let idle_ns = u64::try_from(idle.as_nanos()).unwrap_or(u64::MAX);
-    let set_mask: u32 = (1u32 << set_bits.min(agent_common::CACHE_SET_BITS)) - 1;
+    let set_mask: u32 = sets.max(1) - 1;
     let mut ebpf = EbpfLoader::new()
         .override_global("TF_HASH_SEED", &seed, true)
         .override_global("TF_IDLE_NS", &idle_ns, true)
         .override_global("TF_SET_MASK", &set_mask, true)
+        .map_max_entries("TF_FLOW_CACHE", sets.max(1))
         .load(aya::include_bytes_aligned!(concat!(
             env!("OUT_DIR"),
             "/tenantflow"

@@ -8,9 +8,9 @@
 //!
 //! Pure: no maps, so the bookkeeping is tested without a kernel.
 
-use std::collections::HashMap;
-
 use agent_common::{Evicted, FlowKey, FlowSlot, FlowStats};
+
+use crate::flow::FastMap as HashMap;
 
 /// Harvests a displaced occupation waits for its eviction record before it is dropped: the
 /// record is lost only if the kernel says so (`evictions_lost`), which it already counts.

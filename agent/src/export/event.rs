@@ -1,10 +1,13 @@
 //! What sinks consume: the connection table's start / update / end of one connection,
-//! with the counts it had not reported before. Sinks keep no copy of connections to diff.
-
-use std::sync::Arc;
+//! with the counts it had not reported before. Sinks keep no copy of connections to diff,
+//! and build a full record only when they write one.
 
 use super::ConnectionView;
-use crate::flow::{ConnId, Counts};
+use crate::{
+    classify::Classification,
+    flow::{ConnId, Connection, Counts, WallClock},
+    process::ProcessInfo,
+};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum EventKind {
@@ -24,12 +27,25 @@ impl EventKind {
     }
 }
 
-#[derive(Clone, Debug)]
-pub struct ConnEvent {
+#[derive(Clone, Copy, Debug)]
+pub struct ConnEvent<'a> {
     pub kind: EventKind,
     pub id: ConnId,
-    /// The connection as it is now (identities, class, verdicts, counts).
-    pub view: Arc<ConnectionView>,
+    pub conn: &'a Connection,
+    /// Identities, class and verdicts as they are now.
+    pub class: &'a Classification,
+    pub process: Option<&'a ProcessInfo>,
+    /// The classification changed since this connection's previous event.
+    pub reclassified: bool,
     /// Forward and reply packets/bytes not in any earlier event.
     pub delta: (Counts, Counts),
+}
+
+impl ConnEvent<'_> {
+    /// The full record (what the flow log writes and `/flows` returns).
+    pub fn view(&self, clock: &WallClock) -> ConnectionView {
+        let mut v = ConnectionView::new(self.id, self.conn, self.class.clone(), clock);
+        v.process = self.process.cloned();
+        v
+    }
 }

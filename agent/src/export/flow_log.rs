@@ -15,7 +15,10 @@ use clap::ValueEnum;
 use serde::Serialize;
 
 use super::{ConnEvent, ConnectionView, EventKind};
-use crate::{classify::Egress, flow::ConnId};
+use crate::{
+    classify::{Classification, Egress},
+    flow::{ConnId, WallClock},
+};
 
 /// Which connections are logged.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
@@ -27,13 +30,11 @@ pub enum LogFilter {
 }
 
 impl LogFilter {
-    fn admits(self, c: &ConnectionView) -> bool {
+    fn admits(self, k: &Classification) -> bool {
         match self {
             LogFilter::All => true,
             LogFilter::Flagged => {
-                c.class.cross_tenant
-                    || c.class.egress == Egress::Unmediated
-                    || c.class.sensitive.is_some()
+                k.cross_tenant || k.egress == Egress::Unmediated || k.sensitive.is_some()
             }
         }
     }
@@ -180,7 +181,12 @@ impl FlowLog {
 
     /// One harvest's events: ends (and shutdowns) are written; connections open for an
     /// update interval since their start or last update get an update.
-    pub fn observe(&mut self, events: &[ConnEvent], now: Instant) -> std::io::Result<u64> {
+    pub fn observe(
+        &mut self,
+        events: &[ConnEvent],
+        now: Instant,
+        clock: &WallClock,
+    ) -> std::io::Result<u64> {
         let mut out = Vec::new();
         for ev in events {
             let kind = match ev.kind {
@@ -205,13 +211,14 @@ impl FlowLog {
             if ev.kind.is_final() {
                 self.open.remove(&ev.id);
             }
-            out.push((kind, &*ev.view));
+            if self.cfg.filter.admits(ev.class) {
+                out.push((kind, ev.view(clock)));
+            }
         }
         self.write(out)
     }
 
-    fn write(&mut self, mut out: Vec<(RecordType, &ConnectionView)>) -> std::io::Result<u64> {
-        out.retain(|(_, v)| self.cfg.filter.admits(v));
+    fn write(&mut self, mut out: Vec<(RecordType, ConnectionView)>) -> std::io::Result<u64> {
         out.sort_by_key(|(_, v)| (v.first_seen_ms, v.id));
         let time = humantime::format_rfc3339_millis(SystemTime::now()).to_string();
         for (kind, flow) in &out {
@@ -237,12 +244,12 @@ mod tests {
     use crate::{
         classify::classify,
         config::Config,
-        flow::{Connection, FlowTuple, WallClock, PROTO_UDP},
+        flow::{Connection, FlowTuple, PROTO_UDP},
         identity::Store,
     };
 
-    /// Event `kind` of connection `i` (source port 10000 + i) to `dst`.
-    fn ev(kind: EventKind, i: u16, dst: &str) -> ConnEvent {
+    /// Connection `i` (source port 10000 + i) to `dst`, classified without an inventory.
+    fn conn(i: u16, dst: &str) -> (Connection, Classification) {
         let c = Connection::new(FlowTuple {
             proto: PROTO_UDP,
             src: "10.244.1.10".parse().unwrap(),
@@ -251,17 +258,21 @@ mod tests {
             dport: 53,
         });
         let k = classify(&Config::default(), &Store::new(), &c);
-        ConnEvent {
-            kind,
-            id: i as u64,
-            view: std::sync::Arc::new(ConnectionView::new(i as u64, &c, k, &WallClock::now())),
-            delta: Default::default(),
-        }
+        (c, k)
     }
 
-    fn all(kind: EventKind, evs: &[ConnEvent]) -> Vec<ConnEvent> {
-        evs.iter()
-            .map(|e| ConnEvent { kind, ..e.clone() })
+    fn evs(kind: EventKind, conns: &[(Connection, Classification)]) -> Vec<ConnEvent<'_>> {
+        conns
+            .iter()
+            .map(|(c, k)| ConnEvent {
+                kind,
+                id: c.tuple.sport as u64,
+                conn: c,
+                class: k,
+                process: None,
+                reclassified: false,
+                delta: Default::default(),
+            })
             .collect()
     }
 
@@ -300,15 +311,19 @@ mod tests {
         let d = dir("rot");
         let mut log = FlowLog::open(cfg(d.join("flows.json"), 4096, 1000, LogFilter::All)).unwrap();
         let t0 = Instant::now();
-        let starts: Vec<_> = (0..200)
-            .map(|i| ev(EventKind::Start, i, "10.0.0.53"))
-            .collect();
+        let conns: Vec<_> = (0..200).map(|i| conn(i, "10.0.0.53")).collect();
+        let clock = WallClock::now();
         assert_eq!(
-            log.observe(&starts, t0).unwrap(),
+            log.observe(&evs(EventKind::Start, &conns), t0, &clock)
+                .unwrap(),
             0,
             "nothing has finished yet"
         );
-        assert_eq!(log.observe(&all(EventKind::End, &starts), t0).unwrap(), 200);
+        assert_eq!(
+            log.observe(&evs(EventKind::End, &conns), t0, &clock)
+                .unwrap(),
+            200
+        );
         let files = std::fs::read_dir(&d).unwrap().count();
         assert!(files > 5, "4 KiB files must have rotated: {files}");
         let all = lines(&d);
@@ -330,18 +345,20 @@ mod tests {
         let d = dir("upd");
         let mut log = FlowLog::open(cfg(d.join("f.json"), 1 << 20, 1, LogFilter::All)).unwrap();
         let t0 = Instant::now();
-        let v = [ev(EventKind::Start, 1, "10.0.0.53")];
-        log.observe(&v, t0).unwrap();
-        let u = all(EventKind::Update, &v);
-        assert_eq!(log.observe(&u, t0 + Duration::from_secs(5)).unwrap(), 0);
-        assert_eq!(log.observe(&u, t0 + Duration::from_secs(11)).unwrap(), 1);
+        let v = [conn(1, "10.0.0.53")];
+        let c = WallClock::now();
+        let at = |s| t0 + Duration::from_secs(s);
+        log.observe(&evs(EventKind::Start, &v), t0, &c).unwrap();
+        let u = evs(EventKind::Update, &v);
+        assert_eq!(log.observe(&u, at(5), &c).unwrap(), 0);
+        assert_eq!(log.observe(&u, at(11), &c).unwrap(), 1);
         assert_eq!(
-            log.observe(&u, t0 + Duration::from_secs(15)).unwrap(),
+            log.observe(&u, at(15), &c).unwrap(),
             0,
             "next update 10 s later"
         );
-        let stop = all(EventKind::Shutdown, &v);
-        assert_eq!(log.observe(&stop, t0 + Duration::from_secs(16)).unwrap(), 1);
+        let stop = evs(EventKind::Shutdown, &v);
+        assert_eq!(log.observe(&stop, at(16), &c).unwrap(), 1);
         let kinds: Vec<_> = lines(&d)
             .iter()
             .map(|r| r["type"].as_str().unwrap().to_owned())
@@ -358,12 +375,13 @@ mod tests {
         // Without an inventory 10.0.0.53 is private and 203.0.113.10 internet: neither
         // source is a pod, so the only flagged one is IMDS (sensitive).
         let v = [
-            ev(EventKind::Start, 1, "10.0.0.53"),
-            ev(EventKind::Start, 2, "169.254.169.254"),
-            ev(EventKind::Start, 3, "203.0.113.10"),
+            conn(1, "10.0.0.53"),
+            conn(2, "169.254.169.254"),
+            conn(3, "203.0.113.10"),
         ];
-        log.observe(&v, t0).unwrap();
-        assert_eq!(log.observe(&all(EventKind::End, &v), t0).unwrap(), 1);
+        let c = WallClock::now();
+        log.observe(&evs(EventKind::Start, &v), t0, &c).unwrap();
+        assert_eq!(log.observe(&evs(EventKind::End, &v), t0, &c).unwrap(), 1);
         let all = lines(&d);
         assert_eq!(all[0]["dst"], "169.254.169.254");
         assert_eq!(all[0]["sensitive"], "imds");

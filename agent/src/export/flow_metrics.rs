@@ -10,11 +10,12 @@ use std::{
     time::{Duration, Instant},
 };
 
-use prometheus::{IntCounterVec, IntGauge, Opts, Registry};
+use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 
 use super::{ConnEvent, EventKind};
 use crate::{
     classify::{Classification, EndpointIdentity, EndpointKind},
+    flow::ConnId,
     identity::Store,
 };
 
@@ -145,6 +146,18 @@ pub struct FlowMetrics {
     overflow: IntCounterVec,
     series_gauge: IntGauge,
     last_gc: Option<Instant>,
+    /// Byte and packet series of open connections, looked up once.
+    handles: HashMap<ConnId, Handles>,
+    /// Bumped whenever series are dropped: cached handles older than this are re-resolved.
+    gen: u64,
+}
+
+/// A connection's (packets, bytes) counters per direction.
+#[derive(Clone)]
+struct Handles {
+    gen: u64,
+    tx: Option<(IntCounter, IntCounter)>,
+    rx: Option<(IntCounter, IntCounter)>,
 }
 
 fn label(v: Option<&str>) -> String {
@@ -193,26 +206,54 @@ impl FlowMetrics {
             overflow,
             series_gauge,
             last_gc: None,
+            handles: HashMap::new(),
+            gen: 0,
         }
     }
 
     /// Fold one harvest's connection events into the counters: a start counts the
     /// connection (and its flags), every event adds the packets and bytes it carries.
+    /// A connection's byte and packet series are looked up once (and again only when its
+    /// classification changes or series were dropped), not for every event.
     pub fn observe(&mut self, events: &[ConnEvent], store: &Store, now: Instant) {
         for ev in events {
-            let k = &ev.view.class;
-            let base = self.base(k);
+            let k = ev.class;
             if ev.kind == EventKind::Start {
-                self.inc(Family::Flows, base.clone(), 1);
+                let base = self.base(k);
+                self.inc(Family::Flows, base, 1);
                 self.flagged(k);
             }
-            for (dir, d) in [("tx", ev.delta.0), ("rx", ev.delta.1)] {
-                if !d.is_zero() {
-                    let mut l = base.clone();
-                    l.0.push(dir.to_owned());
-                    self.inc(Family::Packets, l.clone(), d.packets);
-                    self.inc(Family::Bytes, l, d.bytes);
+            let (fwd, rep) = ev.delta;
+            if !(fwd.is_zero() && rep.is_zero()) {
+                let fresh = self
+                    .handles
+                    .get(&ev.id)
+                    .is_some_and(|h| h.gen == self.gen && !ev.reclassified);
+                if !fresh {
+                    let h = self.resolve(k);
+                    self.handles.insert(ev.id, h);
                 }
+                let h = self.handles[&ev.id].clone();
+                for (dir, d, cached) in [("tx", fwd, h.tx), ("rx", rep, h.rx)] {
+                    if d.is_zero() {
+                        continue;
+                    }
+                    match cached {
+                        Some((packets, bytes)) => {
+                            packets.inc_by(d.packets);
+                            bytes.inc_by(d.bytes);
+                        }
+                        None => {
+                            let mut l = self.base(k);
+                            l.0.push(dir.to_owned());
+                            self.inc(Family::Packets, l.clone(), d.packets);
+                            self.inc(Family::Bytes, l, d.bytes);
+                        }
+                    }
+                }
+            }
+            if ev.kind.is_final() {
+                self.handles.remove(&ev.id);
             }
         }
         if self
@@ -223,6 +264,41 @@ impl FlowMetrics {
             self.last_gc = Some(now);
         }
         self.series_gauge.set(self.series.len() as i64);
+    }
+
+    /// The packets and bytes series of a connection with this classification, per
+    /// direction; `None` where the family is past its cap (those go through [`Self::inc`]).
+    fn resolve(&mut self, k: &Classification) -> Handles {
+        let base = self.base(k);
+        let gen = self.gen;
+        let mut pair = |dir: &str| {
+            let mut l = base.clone();
+            l.0.push(dir.to_owned());
+            Some((
+                self.series_counter(Family::Packets, l.clone())?,
+                self.series_counter(Family::Bytes, l)?,
+            ))
+        };
+        let (tx, rx) = (pair("tx"), pair("rx"));
+        Handles { gen, tx, rx }
+    }
+
+    /// The counter of this series, registered if new; `None` past the family's cap.
+    fn series_counter(
+        &mut self,
+        f: Family,
+        (values, refs): (Vec<String>, Refs),
+    ) -> Option<IntCounter> {
+        let key = (f, values);
+        if !self.series.contains_key(&key) {
+            if self.lens.get(&f).copied().unwrap_or(0) >= self.cfg.max_series {
+                return None;
+            }
+            self.series.insert(key.clone(), refs);
+            *self.lens.entry(f).or_default() += 1;
+        }
+        let v: Vec<&str> = key.1.iter().map(String::as_str).collect();
+        Some(self.vecs[&f].with_label_values(&v))
     }
 
     /// Labels of the flows/bytes/packets families (without direction) and what they refer to.
@@ -343,6 +419,9 @@ impl FlowMetrics {
                 (true, Some(_)) => {}
             }
         }
+        if !drop.is_empty() {
+            self.gen += 1;
+        }
         for key in drop {
             let refs: Vec<&str> = key.1.iter().map(String::as_str).collect();
             let _ = self.vecs[&key.0].remove_label_values(&refs);
@@ -382,8 +461,7 @@ mod tests {
     use crate::{
         classify::classify,
         config::Config,
-        export::ConnectionView,
-        flow::{Connection, Counts, FlowTuple, WallClock, PROTO_TCP},
+        flow::{Connection, Counts, FlowTuple, PROTO_TCP},
         identity::{snapshot, Change, Kind},
     };
 
@@ -400,14 +478,8 @@ mod tests {
         Store::from_objects(snapshot::parse(&items).unwrap())
     }
 
-    /// An event of connection `id` from pod .`src` to pod .`dst` carrying these deltas.
-    fn ev(
-        store: &Store,
-        kind: EventKind,
-        (id, src, dst): (u64, u8, u8),
-        fwd: (u64, u64),
-        rev: (u64, u64),
-    ) -> ConnEvent {
+    /// Connection `id` from pod .`src` to pod .`dst`, classified against `store`.
+    fn conn(store: &Store, src: u8, dst: u8) -> (Connection, Classification) {
         let c = Connection::new(FlowTuple {
             proto: PROTO_TCP,
             src: format!("10.244.1.{src}").parse().unwrap(),
@@ -416,17 +488,27 @@ mod tests {
             dport: 80,
         });
         let k = classify(&Config::default(), store, &c);
+        (c, k)
+    }
+
+    /// An event of `c` (as connection `id`) carrying these deltas.
+    fn ev<'a>(
+        (c, k): &'a (Connection, Classification),
+        kind: EventKind,
+        id: u64,
+        fwd: (u64, u64),
+        rev: (u64, u64),
+    ) -> ConnEvent<'a> {
         let counts = |(packets, bytes)| Counts { packets, bytes };
         ConnEvent {
             kind,
             id,
-            view: std::sync::Arc::new(ConnectionView::new(id, &c, k, &WallClock::now())),
+            conn: c,
+            class: k,
+            process: None,
+            reclassified: false,
             delta: (counts(fwd), counts(rev)),
         }
-    }
-
-    fn conn(store: &Store, src: u8, dst: u8, fwd: (u64, u64), rev: (u64, u64)) -> ConnEvent {
-        ev(store, EventKind::Start, (src as u64, src, dst), fwd, rev)
     }
 
     /// Name and label set of one exposition line (labels in any order).
@@ -465,9 +547,17 @@ mod tests {
         let store = inventory(&["alpha-web", "beta-api"]);
         let mut m = FlowMetrics::new(&r, FlowMetricsConfig::default());
         let t0 = Instant::now();
-        m.observe(&[conn(&store, 10, 11, (3, 300), (2, 200))], &store, t0);
-        let update = ev(&store, EventKind::Update, (10, 10, 11), (2, 200), (0, 0));
-        m.observe(&[update], &store, t0);
+        let a = conn(&store, 10, 11);
+        m.observe(
+            &[ev(&a, EventKind::Start, 1, (3, 300), (2, 200))],
+            &store,
+            t0,
+        );
+        m.observe(
+            &[ev(&a, EventKind::Update, 1, (2, 200), (0, 0))],
+            &store,
+            t0,
+        );
         assert_eq!(
             value(&r, &format!("tenantflow_flows_total{{{BASE}}}")),
             Some(1)
@@ -501,8 +591,8 @@ mod tests {
             Some(1)
         );
         // Ended, then the same tuple again: a new connection.
-        let end = ev(&store, EventKind::End, (10, 10, 11), (0, 0), (0, 0));
-        let again = ev(&store, EventKind::Start, (11, 10, 11), (1, 60), (0, 0));
+        let end = ev(&a, EventKind::End, 1, (0, 0), (0, 0));
+        let again = ev(&a, EventKind::Start, 2, (1, 60), (0, 0));
         m.observe(&[end, again], &store, t0);
         assert_eq!(
             value(&r, &format!("tenantflow_flows_total{{{BASE}}}")),
@@ -529,10 +619,13 @@ mod tests {
         };
         let mut m = FlowMetrics::new(&r, cfg);
         // A flood: 200 namespaces each talk to t0-ns, 200 distinct flows_total series wanted.
-        let conns: Vec<_> = (0..200u8)
-            .map(|i| conn(&store, 10 + i, 10, (1, 100), (0, 0)))
+        let conns: Vec<_> = (0..200u8).map(|i| conn(&store, 10 + i, 10)).collect();
+        let events: Vec<_> = conns
+            .iter()
+            .enumerate()
+            .map(|(i, c)| ev(c, EventKind::Start, i as u64, (1, 100), (0, 0)))
             .collect();
-        m.observe(&conns, &store, Instant::now());
+        m.observe(&events, &store, Instant::now());
         let o = OVERFLOW;
         let overflow = format!(
             "tenantflow_flows_total{{src_namespace=\"{o}\",src_tenant=\"{o}\",dst_namespace=\"{o}\",dst_tenant=\"{o}\",flow_class=\"{o}\",scope=\"{o}\",cross_tenant=\"{o}\",egress=\"{o}\"}}"
@@ -571,7 +664,12 @@ mod tests {
         };
         let mut m = FlowMetrics::new(&r, cfg);
         let t0 = Instant::now();
-        m.observe(&[conn(&store, 10, 11, (1, 100), (1, 100))], &store, t0);
+        let a = conn(&store, 10, 11);
+        m.observe(
+            &[ev(&a, EventKind::Start, 1, (1, 100), (1, 100))],
+            &store,
+            t0,
+        );
         let flows = format!("tenantflow_flows_total{{{BASE}}}");
         store.apply(Change::Replace(Kind::Namespace, vec![]));
         m.observe(&[], &store, t0 + Duration::from_secs(1));
@@ -600,7 +698,8 @@ mod tests {
         };
         let mut m = FlowMetrics::new(&r, cfg);
         let t0 = Instant::now();
-        m.observe(&[conn(&store, 10, 11, (1, 100), (0, 0))], &store, t0);
+        let a = conn(&store, 10, 11);
+        m.observe(&[ev(&a, EventKind::Start, 1, (1, 100), (0, 0))], &store, t0);
         let flows = format!("tenantflow_flows_total{{{BASE},src_workload=\"ReplicaSet/rs0\",dst_workload=\"ReplicaSet/rs1\"}}");
         assert_eq!(value(&r, &flows), Some(1));
         // The destination's pods are gone (ReplicaSet deleted); the namespace stays.
@@ -627,7 +726,13 @@ mod tests {
         };
         let mut m = FlowMetrics::new(&r, cfg);
         m.observe(
-            &[conn(&store, 10, 11, (1, 100), (0, 0))],
+            &[ev(
+                &conn(&store, 10, 11),
+                EventKind::Start,
+                1,
+                (1, 100),
+                (0, 0),
+            )],
             &store,
             Instant::now(),
         );

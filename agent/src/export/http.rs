@@ -152,6 +152,7 @@ async fn flows(State(s): State<Arc<Shared>>, query: QueryResult) -> axum::respon
         Ok(q) => q,
         Err(bad) => return bad.into_response(),
     };
+    s.fresh_records().await;
     let out: Vec<Arc<ConnectionView>> = s.flows(|all| {
         all.iter()
             .filter(|c| q.matches_connection(c))
@@ -177,6 +178,7 @@ async fn observations(
         Ok(q) => q,
         Err(bad) => return bad.into_response(),
     };
+    s.fresh_records().await;
     let out: Vec<FlowView> =
         s.observations(|all| all.iter().filter(|f| q.matches(f)).cloned().collect());
     Json(out).into_response()

@@ -6,7 +6,7 @@ use std::collections::{HashMap, HashSet};
 
 use prometheus::{IntCounter, IntGaugeVec, Opts, Registry};
 
-use super::{ConnEvent, ConnectionView};
+use super::{ConnEvent, EventKind};
 use crate::flow::ConnId;
 
 const LABELS: [&str; 10] = [
@@ -64,7 +64,11 @@ impl NatMappings {
     /// with its end.
     pub fn observe(&mut self, events: &[ConnEvent]) {
         for ev in events {
-            let labels = (!ev.kind.is_final()).then(|| labels(&ev.view)).flatten();
+            // Only a start, an end or a change of NAT or identity can change the labels.
+            if ev.kind == EventKind::Update && !ev.reclassified {
+                continue;
+            }
+            let labels = (!ev.kind.is_final()).then(|| labels(ev)).flatten();
             let old = self.current.get(&ev.id);
             if old == labels.as_ref() {
                 continue;
@@ -90,17 +94,18 @@ impl NatMappings {
     }
 }
 
-fn labels(v: &ConnectionView) -> Option<Vec<String>> {
-    let snat = v.snat?;
-    let src = &v.class.src_identity;
+fn labels(ev: &ConnEvent) -> Option<Vec<String>> {
+    let (ip, port) = ev.conn.snat?;
+    let t = &ev.conn.tuple;
+    let src = &ev.class.src_identity;
     Some(vec![
-        v.proto.to_string(),
-        snat.ip.to_string(),
-        snat.port.to_string(),
-        v.dst.to_string(),
-        v.dst_port.to_string(),
-        v.src.to_string(),
-        v.src_port.to_string(),
+        crate::flow::Protocol::from(t.proto).to_string(),
+        ip.to_string(),
+        port.to_string(),
+        t.dst.to_string(),
+        t.dport.to_string(),
+        t.src.to_string(),
+        t.sport.to_string(),
         src.namespace.clone().unwrap_or_default(),
         src.pod.clone().unwrap_or_default(),
         src.tenant.clone().unwrap_or_default(),

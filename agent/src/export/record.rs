@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     classify::Classification,
-    flow::{ConnId, Connection, Counts, Protocol, WallClock},
+    flow::{ConnId, Connection, Counts, Protocol, Sighting, WallClock},
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -67,6 +67,13 @@ pub struct ConnectionView {
     pub process: Option<crate::process::ProcessInfo>,
 }
 
+/// Forward sightings first, each direction by counting preference.
+fn sorted(s: &[Sighting]) -> Vec<&Sighting> {
+    let mut v: Vec<&Sighting> = s.iter().collect();
+    v.sort_by_key(|s| (!s.forward, s.rank()));
+    v
+}
+
 impl ConnectionView {
     pub fn new(id: ConnId, c: &Connection, class: Classification, clock: &WallClock) -> Self {
         let ep = |x: Option<(IpAddr, u16)>| x.map(|(ip, port)| Endpoint { ip, port });
@@ -83,9 +90,8 @@ impl ConnectionView {
             snat_inferred: c.snat_inferred,
             forward: c.forward,
             reply: c.reply,
-            sightings: c
-                .sightings
-                .iter()
+            sightings: sorted(&c.sightings)
+                .into_iter()
                 .map(|s| SightingView {
                     iface: s.iface.clone(),
                     role: s

@@ -1,17 +1,37 @@
 //! State the datapath loop publishes and the HTTP handlers read.
+//!
+//! Records for `/flows` and `/observations` are built only while someone asks for them:
+//! on a busy node (100k connections) building every record every harvest would cost more
+//! than the harvest itself. A request marks demand for [`DEMAND`]; while it lasts, each
+//! harvest publishes; a request that finds no fresh snapshot waits for the next harvest.
 
-use std::sync::{
-    atomic::{AtomicBool, Ordering},
-    Arc, RwLock,
+use std::{
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        Arc, RwLock,
+    },
+    time::{Duration, Instant},
 };
+
+use tokio::sync::watch;
 
 use super::{AgentMetrics, ConnectionView};
 use crate::flow::FlowView;
+
+/// How long one request keeps the harvest publishing records.
+pub const DEMAND: Duration = Duration::from_secs(60);
+/// How long a request waits for a harvest to publish before it is answered with what there is.
+const WAIT: Duration = Duration::from_secs(5);
 
 pub struct Shared {
     ready: AtomicBool,
     flows: RwLock<Vec<Arc<ConnectionView>>>,
     observations: RwLock<Vec<FlowView>>,
+    /// Milliseconds since `epoch` of the last request for records.
+    wanted_at_ms: AtomicU64,
+    epoch: Instant,
+    /// Bumped at each publication.
+    published: watch::Sender<u64>,
     pub metrics: AgentMetrics,
 }
 
@@ -21,6 +41,9 @@ impl Shared {
             ready: AtomicBool::new(false),
             flows: RwLock::new(Vec::new()),
             observations: RwLock::new(Vec::new()),
+            wanted_at_ms: AtomicU64::new(0),
+            epoch: Instant::now(),
+            published: watch::Sender::new(0),
             metrics,
         }
     }
@@ -35,11 +58,34 @@ impl Shared {
         self.ready.load(Ordering::Acquire)
     }
 
+    fn now_ms(&self) -> u64 {
+        // +1 so a request in the first millisecond still counts as one.
+        self.epoch.elapsed().as_millis() as u64 + 1
+    }
+
+    /// Should this harvest publish records?
+    pub fn records_wanted(&self) -> bool {
+        let at = self.wanted_at_ms.load(Ordering::Acquire);
+        at != 0 && self.now_ms().saturating_sub(at) <= DEMAND.as_millis() as u64
+    }
+
+    /// A handler is about to read records: mark demand, and if none was marked (so the
+    /// snapshot is stale or empty) wait for the next harvest to publish one.
+    pub async fn fresh_records(&self) {
+        let stale = !self.records_wanted();
+        let mut rx = self.published.subscribe();
+        self.wanted_at_ms.store(self.now_ms(), Ordering::Release);
+        if stale {
+            let _ = tokio::time::timeout(WAIT, rx.changed()).await;
+        }
+    }
+
     /// Replace the published snapshots (connections and per-hook observations).
     pub fn publish(&self, flows: Vec<Arc<ConnectionView>>, observations: Vec<FlowView>) {
         // A poisoned lock only means a reader panicked; the data is still a whole snapshot.
         *self.flows.write().unwrap_or_else(|p| p.into_inner()) = flows;
         *self.observations.write().unwrap_or_else(|p| p.into_inner()) = observations;
+        self.published.send_modify(|n| *n += 1);
     }
 
     pub fn flows<R>(&self, f: impl FnOnce(&[Arc<ConnectionView>]) -> R) -> R {

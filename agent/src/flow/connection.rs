@@ -87,6 +87,7 @@ pub struct Connection {
     /// Counted once per direction, at the preferred sighting.
     pub forward: Counts,
     pub reply: Counts,
+    /// In the order they were first seen (records sort them: forward first, by rank).
     pub sightings: Vec<Sighting>,
     pub first_seen_ns: u64,
     pub last_seen_ns: u64,
@@ -112,7 +113,6 @@ impl Connection {
 
     /// Recompute what derives from the sightings: counting points, times, flags.
     pub fn settle(&mut self, times: (u64, u64), tcp_flags: u8) {
-        self.sightings.sort_by_key(|s| (!s.forward, s.rank()));
         let pick = |fwd: bool| {
             self.sightings
                 .iter()

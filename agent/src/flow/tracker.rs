@@ -15,13 +15,11 @@
 //! (same destination, same source port or the same packet count), or else reported as
 //! what it is.
 
-use std::collections::{HashMap, HashSet};
-
 use agent_common::{Direction, FlowKey};
 
 use super::{
-    connection::rank, initiator, Connection, Counts, FlowEntry, FlowTuple, Sighting, PROTO_TCP,
-    PROTO_UDP,
+    connection::rank, initiator, Connection, Counts, FastMap as HashMap, FastSet as HashSet,
+    FlowEntry, FlowTuple, Sighting, PROTO_TCP, PROTO_UDP,
 };
 use crate::{
     datapath::{Delta, Role},
@@ -113,6 +111,19 @@ pub struct Settled {
     pub ending: Vec<ConnId>,
     /// Misses of the connections in `ending`.
     pub misses: Vec<MissReason>,
+    /// The table after this harvest (before `ending` is removed).
+    pub stats: TableStats,
+}
+
+/// Sizes for the agent's own metrics, counted in the settle's one pass over the table.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TableStats {
+    pub reported: usize,
+    pub held: usize,
+    /// Observation points of every connection.
+    pub points: usize,
+    /// Reported pod connections past their join window without a join.
+    pub unjoined: usize,
 }
 
 pub struct ConnTable<A> {
@@ -137,11 +148,11 @@ pub struct ConnTable<A> {
 impl<A: Default> ConnTable<A> {
     pub fn new(nat_source: bool) -> Self {
         Self {
-            conns: HashMap::new(),
-            by_key: HashMap::new(),
-            by_tuple: HashMap::new(),
-            unreported: HashSet::new(),
-            changed: HashSet::new(),
+            conns: HashMap::default(),
+            by_key: HashMap::default(),
+            by_tuple: HashMap::default(),
+            unreported: HashSet::default(),
+            changed: HashSet::default(),
             orphans: Vec::new(),
             next_id: 1,
             round: 0,
@@ -185,24 +196,20 @@ impl<A: Default> ConnTable<A> {
         self.conns.values().filter(|t| t.reported)
     }
 
+    pub fn reported_mut(&mut self) -> impl Iterator<Item = &mut Tracked<A>> {
+        self.conns.values_mut().filter(|t| t.reported)
+    }
+
     /// Every connection with its observation points (held ones too).
     pub fn all(&self) -> impl Iterator<Item = &Tracked<A>> {
         self.conns.values()
-    }
-
-    /// Reported pod connections past the join window without a join: misses to come.
-    pub fn unjoined(&self) -> usize {
-        self.reported()
-            .filter(|t| self.expects_join(t) && !t.conn.nat_joined)
-            .filter(|t| self.round - t.first_round >= JOIN_WINDOW)
-            .count()
     }
 
     /// Fold one harvest's deltas in: known observation points add up, new ones attach to
     /// their connection (through conntrack's tuples, or the tuple and its reverse), and
     /// flows that belong to nothing yet become connections.
     pub fn apply(&mut self, deltas: &[Delta], nat: &NatTable, role: impl Fn(u32) -> Option<Role>) {
-        let mut fresh: HashMap<FlowKey, FlowEntry> = HashMap::new();
+        let mut fresh: HashMap<FlowKey, FlowEntry> = HashMap::default();
         for d in deltas {
             match self.by_key.get(&d.key) {
                 Some(&id) => {
@@ -215,7 +222,7 @@ impl<A: Default> ConnTable<A> {
                 None => fresh.entry(d.key).or_default().add(&d.stats),
             }
         }
-        let mut loose: HashMap<FlowTuple, Vec<(FlowKey, FlowEntry)>> = HashMap::new();
+        let mut loose: HashMap<FlowTuple, Vec<(FlowKey, FlowEntry)>> = HashMap::default();
         for (key, entry) in fresh {
             let tuple = FlowTuple::from(&key);
             let r = role(key.ifindex);
@@ -484,13 +491,26 @@ impl<A: Default> ConnTable<A> {
         self.refresh_changed(&mut out, &iface);
         let orphans: HashSet<ConnId> = self.orphans.drain(..).collect();
         out.ending.extend(orphans.iter().copied());
-        let mut idle: Vec<ConnId> = self
-            .conns
-            .values()
-            .filter(|t| t.reported && now_ns.saturating_sub(t.conn.last_seen_ns) > idle_ns)
-            .map(|t| t.id)
-            .filter(|id| !orphans.contains(id))
-            .collect();
+        let mut idle = Vec::new();
+        let mut stats = TableStats::default();
+        for t in self.conns.values() {
+            stats.points += t.points.len();
+            if !t.reported {
+                stats.held += 1;
+                continue;
+            }
+            stats.reported += 1;
+            if !t.conn.nat_joined
+                && self.round - t.first_round >= JOIN_WINDOW
+                && self.expects_join(t)
+            {
+                stats.unjoined += 1;
+            }
+            if now_ns.saturating_sub(t.conn.last_seen_ns) > idle_ns && !orphans.contains(&t.id) {
+                idle.push(t.id);
+            }
+        }
+        out.stats = stats;
         idle.sort_unstable();
         for id in idle {
             out.misses.extend(self.miss(&self.conns[&id]));
@@ -565,7 +585,7 @@ impl<A: Default> ConnTable<A> {
         if overdue.is_empty() {
             return;
         }
-        let mut candidates: HashMap<(u8, std::net::IpAddr, u16), Vec<ConnId>> = HashMap::new();
+        let mut candidates: HashMap<(u8, std::net::IpAddr, u16), Vec<ConnId>> = HashMap::default();
         for t in self.conns.values() {
             if !t.conn.nat_joined && t.at_pod() && !t.points.iter().any(|p| p.post_nat) {
                 let k = (t.conn.tuple.proto, t.conn.tuple.dst, t.conn.tuple.dport);
@@ -684,32 +704,43 @@ fn syn_seq<A>(t: &Tracked<A>) -> u32 {
         .map_or(0, |p| p.entry.syn_seq)
 }
 
-/// Rebuild the user-facing connection from its observation points.
+/// Rebuild the user-facing connection from its observation points: counts in place when
+/// the points are the ones it already shows (the common case), the sightings anew when
+/// points were added or moved.
 fn refresh<A>(t: &mut Tracked<A>, iface: &impl Fn(u32) -> Option<String>) {
     let mut first = u64::MAX;
     let mut last = 0;
     let mut flags = 0;
-    t.conn.sightings = t
-        .points
-        .iter()
-        .map(|p| {
-            first = first.min(p.entry.first_seen_ns);
-            last = last.max(p.entry.last_seen_ns);
-            flags |= p.entry.tcp_flags;
-            Sighting {
+    let same = t.conn.sightings.len() == t.points.len()
+        && t.conn.sightings.iter().zip(&t.points).all(|(s, p)| {
+            s.ifindex == p.key.ifindex && s.ingress == (p.key.direction == Direction::Ingress as u8)
+        });
+    if !same {
+        t.conn.sightings = t
+            .points
+            .iter()
+            .map(|p| Sighting {
                 ifindex: p.key.ifindex,
                 iface: iface(p.key.ifindex).unwrap_or_default(),
                 role: p.role,
                 ingress: p.key.direction == Direction::Ingress as u8,
                 forward: p.forward,
                 post_nat: p.post_nat,
-                counts: Counts {
-                    packets: p.entry.packets,
-                    bytes: p.entry.bytes,
-                },
-            }
-        })
-        .collect();
+                counts: Counts::default(),
+            })
+            .collect();
+    }
+    for (s, p) in t.conn.sightings.iter_mut().zip(&t.points) {
+        first = first.min(p.entry.first_seen_ns);
+        last = last.max(p.entry.last_seen_ns);
+        flags |= p.entry.tcp_flags;
+        s.forward = p.forward;
+        s.post_nat = p.post_nat;
+        s.counts = Counts {
+            packets: p.entry.packets,
+            bytes: p.entry.bytes,
+        };
+    }
     t.conn.settle((first, last), flags);
 }
 

@@ -194,7 +194,7 @@ fn a_join_that_never_comes_is_inferred_from_the_pods_half_and_counted_by_reason(
             (Some((NODE.parse().unwrap(), 40000)), true, false)
         );
         assert_eq!(c.forward.packets, 4, "counted once");
-        assert_eq!(tab.unjoined(), 1);
+        assert_eq!(s.stats.unjoined, 1);
         let end = tab.settle(5_000, IDLE, name);
         let want = if lost {
             MissReason::Lost
