@@ -331,3 +331,164 @@ fn an_overflowing_conntrack_socket_is_resynced_and_no_pod_traffic_becomes_the_no
         "every unjoined connection is a counted miss"
     );
 }
+
+/// Long-lived connections that outlive their agent: the next agent picks each up once,
+/// under its pod, and counts exactly what passed after it started (conntrack's counters
+/// then minus conntrack's counters when the old agent stopped, with no traffic in between).
+/// With SIGTERM the old agent's `shutdown` records equal what it had seen.
+fn restart_mid_connection(tag: &str, signal: i32) {
+    let lab = lab(tag);
+    let t = &lab.topo;
+    let node = t.node_ns(1);
+    in_ns(
+        &node,
+        &["sysctl", "-qw", "net.netfilter.nf_conntrack_acct=1"],
+    );
+    let cfg = xtask::lab::manifest::config_path(&t.prefix);
+    let tmp = |name: &str| std::env::temp_dir().join(format!("{}-{name}", t.prefix));
+    let (log_a, log_b, go) = (tmp("a.json"), tmp("b.json"), tmp("go"));
+    for f in [&log_a, &log_b, &go] {
+        let _ = std::fs::remove_file(f);
+    }
+    let start = |log: &PathBuf| {
+        Agent::start_harvesting_every(
+            &node,
+            "1s",
+            &[
+                "--config",
+                cfg.to_str().unwrap(),
+                "--idle-timeout",
+                "3s",
+                "--flow-log",
+                log.to_str().unwrap(),
+            ],
+        )
+    };
+    let mut a = start(&log_a);
+    let to = format!("{INTERNET_HOST}:{PORT}");
+    let per_pod = 100u32;
+    let pods = ["web-1", "jobs-1"];
+    let total = per_pod as usize * pods.len();
+    let sink = traffic_bg(
+        &t.internet_ns(),
+        &["tcp-sink", &to, "--conns", &total.to_string()],
+    );
+    let clients: Vec<_> = pods
+        .iter()
+        .map(|p| {
+            traffic_bg(
+                &t.pod_ns(t.pod(p)),
+                &[
+                    "tcp-hold",
+                    &to,
+                    &per_pod.to_string(),
+                    "300",
+                    "--go",
+                    go.to_str().unwrap(),
+                ],
+            )
+        })
+        .collect();
+    // Phase one done and quiet: every connection open, its first 300 bytes acknowledged.
+    let mut before = HashMap::new();
+    eventually(Duration::from_secs(30), || {
+        let now = conntrack(&node);
+        let settled = now.len() == total && now == before;
+        before = now;
+        std::thread::sleep(Duration::from_millis(300));
+        settled.then_some(())
+    });
+    assert_eq!(before.len(), total, "every connection open");
+    eventually(Duration::from_secs(10), || {
+        (a.connections(&format!("?port={PORT}")).len() == total).then_some(())
+    });
+    a.stop_with(signal);
+    let b = start(&log_b);
+    std::fs::write(&go, b"").unwrap();
+    for c in clients {
+        assert_eq!(finish(c).trim(), per_pod.to_string());
+    }
+    finish(sink);
+    let after = conntrack(&node);
+    let mut records = Vec::new();
+    eventually(Duration::from_secs(30), || {
+        records = ended(&log_b);
+        (records.len() >= total).then_some(())
+    });
+    std::thread::sleep(Duration::from_secs(4));
+    records = ended(&log_b);
+    assert_eq!(
+        records.len(),
+        total,
+        "each connection once in the new agent's log"
+    );
+    let sub = |x: (u64, u64), y: (u64, u64)| (x.0 - y.0, x.1 - y.1);
+    for r in &records {
+        let key = (
+            r["src"].as_str().unwrap().to_owned(),
+            r["src_port"].as_u64().unwrap(),
+        );
+        let (now, then) = (&after[&key], &before[&key]);
+        assert_eq!(r["flow_class"], "pod_to_egress", "{r}");
+        assert_eq!(r["nat_joined"], true, "joined from the start-up dump: {r}");
+        assert_eq!(
+            format!(
+                "{}:{}",
+                r["snat"]["ip"].as_str().unwrap(),
+                r["snat"]["port"]
+            ),
+            now.snat
+        );
+        assert_eq!(
+            counts(r, "forward"),
+            sub(now.forward, then.forward),
+            "{key:?}"
+        );
+        assert_eq!(counts(r, "reply"), sub(now.reply, then.reply), "{key:?}");
+    }
+    assert_eq!(
+        metric_sum(
+            &b,
+            "tenantflow_flows_total",
+            &["flow_class=\"node_to_egress\""]
+        ),
+        0
+    );
+    let old: Vec<Value> = std::fs::read_to_string(&log_a)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|r| r["dst_port"] == PORT)
+        .collect();
+    if signal == libc::SIGTERM {
+        assert_eq!(
+            old.len(),
+            total,
+            "a clean stop writes every open connection"
+        );
+        for r in &old {
+            let key = (
+                r["src"].as_str().unwrap().to_owned(),
+                r["src_port"].as_u64().unwrap(),
+            );
+            assert_eq!(r["type"], "shutdown");
+            assert_eq!(counts(r, "forward"), before[&key].forward, "{key:?}");
+            assert_eq!(counts(r, "reply"), before[&key].reply, "{key:?}");
+        }
+    } else {
+        assert!(old.is_empty(), "kill -9 writes nothing: {}", old.len());
+    }
+    for f in [&log_a, &log_b, &go] {
+        let _ = std::fs::remove_file(f);
+    }
+}
+
+#[test]
+fn an_agent_restarted_mid_connection_counts_each_once_from_where_the_last_left_off() {
+    restart_mid_connection("chrs", libc::SIGTERM);
+}
+
+#[test]
+fn an_agent_killed_mid_connection_is_followed_by_one_that_counts_each_once() {
+    restart_mid_connection("chkl", libc::SIGKILL);
+}

@@ -81,8 +81,18 @@ pub enum TrafficCmd {
         count: u32,
         bytes: usize,
     },
-    /// Accept connections on BIND until killed (or CONNS), reading each to EOF and closing:
-    /// the far end of `tcp-churn`.
+    /// Open COUNT connections to TO and keep them all open: send BYTES on each, wait until
+    /// the file GO exists, send BYTES on each again, close all. Prints how many completed.
+    TcpHold {
+        to: SocketAddr,
+        count: u32,
+        bytes: usize,
+        #[arg(long)]
+        go: std::path::PathBuf,
+    },
+    /// Accept connections on BIND until killed (or CONNS), reading each to EOF (each on its
+    /// own thread, so held connections do not block others) and closing: the far end of
+    /// `tcp-churn` and `tcp-hold`.
     TcpSink {
         bind: SocketAddr,
         #[arg(long)]
@@ -246,14 +256,46 @@ pub fn run(cmd: TrafficCmd) -> Result<()> {
             println!("{count}");
             Ok(())
         }
+        TrafficCmd::TcpHold {
+            to,
+            count,
+            bytes,
+            go,
+        } => {
+            let payload = vec![0x5au8; bytes];
+            let mut open = Vec::new();
+            for i in 0..count {
+                let mut s =
+                    TcpStream::connect(to).with_context(|| format!("connection {i} to {to}"))?;
+                s.write_all(&payload)?;
+                open.push(s);
+            }
+            while !go.exists() {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            for mut s in open {
+                s.write_all(&payload)?;
+                s.shutdown(Shutdown::Write)?;
+                let _ = s.read(&mut [0u8; 1]);
+            }
+            println!("{count}");
+            Ok(())
+        }
         TrafficCmd::TcpSink { bind, conns } => {
             let listener = TcpListener::bind(bind).with_context(|| format!("bind {bind}"))?;
             let mut n = 0u32;
+            let mut readers = Vec::new();
             while conns.is_none_or(|c| n < c) {
                 let (mut s, _) = listener.accept()?;
-                let mut sink = Vec::new();
-                s.read_to_end(&mut sink)?;
+                readers.push(std::thread::spawn(move || {
+                    let mut sink = Vec::new();
+                    let _ = s.read_to_end(&mut sink);
+                }));
+                readers.retain(|r| !r.is_finished());
                 n += 1;
+            }
+            for r in readers {
+                let _ = r.join();
             }
             Ok(())
         }
