@@ -18,7 +18,7 @@ pub enum Direction {
 /// which measured more than the map lookup itself. For ICMP/ICMPv6 `src_port` carries the echo identifier and `dst_port`
 /// carries `type << 8 | code`, so echo request and reply stay distinct flows.
 #[repr(C, align(8))]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct FlowKey {
     pub ifindex: u32,
     /// [`Direction`] as u8 (enums are not allowed in shared map types).
@@ -33,6 +33,24 @@ pub struct FlowKey {
     pub src_port: u16,
     pub dst_port: u16,
     pub _pad1: u32,
+}
+
+/// Hashed as its six 64-bit words: one write each instead of one per field, on the
+/// agent's per-harvest path.
+impl core::hash::Hash for FlowKey {
+    fn hash<H: core::hash::Hasher>(&self, state: &mut H) {
+        state.write_u64(
+            self.ifindex as u64
+                | (self.direction as u64) << 32
+                | (self.family as u64) << 40
+                | (self.proto as u64) << 48,
+        );
+        state.write_u64(self.src_addr[0]);
+        state.write_u64(self.src_addr[1]);
+        state.write_u64(self.dst_addr[0]);
+        state.write_u64(self.dst_addr[1]);
+        state.write_u64(self.src_port as u64 | (self.dst_port as u64) << 16);
+    }
 }
 
 impl FlowKey {

@@ -90,7 +90,7 @@ impl Harvester {
             reader: BatchReader::new(BATCH_SETS, size_of::<FlowSet>(), cpus),
             evictions: take_map(ebpf, EVICTIONS_MAP)?,
             counters: take_map(ebpf, COUNTERS_MAP)?,
-            slots: SlotDeltas::new(),
+            slots: SlotDeltas::new(sets as usize * CACHE_WAYS),
             cpus,
             pending: Vec::new(),
         })

@@ -40,15 +40,31 @@ pub struct Delta {
 
 #[derive(Debug, Default)]
 pub struct SlotDeltas {
-    current: HashMap<SlotId, Seen>,
+    /// What we last saw per slot, indexed by `cpu * per_cpu + slot`: every slot is read
+    /// every harvest, so a dense table beats hashing ids.
+    current: Vec<Option<Seen>>,
+    per_cpu: usize,
+    occupied: usize,
     /// Occupations a slot read showed replaced before their eviction record arrived.
     displaced: HashMap<(SlotId, u64), Seen>,
     round: u64,
 }
 
 impl SlotDeltas {
-    pub fn new() -> Self {
-        Self::default()
+    /// `per_cpu`: slots per CPU (sets × ways).
+    pub fn new(per_cpu: usize) -> Self {
+        Self {
+            per_cpu: per_cpu.max(1),
+            ..Self::default()
+        }
+    }
+
+    fn cell(&mut self, (cpu, slot): SlotId) -> &mut Option<Seen> {
+        let i = cpu as usize * self.per_cpu + slot as usize;
+        if i >= self.current.len() {
+            self.current.resize(i + 1, None);
+        }
+        &mut self.current[i]
     }
 
     /// One slot as read from CPU `cpu`. `None` for an empty slot, a copy torn by a
@@ -58,38 +74,45 @@ impl SlotDeltas {
             return None;
         }
         let id = (cpu, slot);
-        let base = match self.current.get(&id) {
+        let round = self.round;
+        let cell = self.cell(id);
+        let base = match *cell {
             Some(seen) if seen.seq == s.seq_begin => {
                 if seen.key != s.key {
                     // Same occupation, other key: a torn copy; the next read settles it.
                     return None;
                 }
-                Some(*seen)
+                Some(seen)
             }
-            Some(old) => {
-                self.displaced.insert((id, old.seq), *old);
-                None
-            }
-            None => None,
+            _ => None,
         };
-        self.current.insert(
-            id,
-            Seen {
-                seq: s.seq_begin,
-                key: s.key,
-                packets: s.stats.packets,
-                bytes: s.stats.bytes,
-                round: self.round,
-            },
-        );
+        let old = cell.replace(Seen {
+            seq: s.seq_begin,
+            key: s.key,
+            packets: s.stats.packets,
+            bytes: s.stats.bytes,
+            round,
+        });
+        match old {
+            None => self.occupied += 1,
+            Some(old) if old.seq != s.seq_begin => {
+                self.displaced.insert((id, old.seq), old);
+            }
+            Some(_) => {}
+        }
         delta(s.key, &s.stats, base.as_ref())
     }
 
     /// A slot's final counters, sent by the kernel when another flow took the slot.
     pub fn evicted(&mut self, e: &Evicted) -> Option<Delta> {
         let id = (e.cpu, e.slot);
-        let base = match self.current.get(&id) {
-            Some(seen) if seen.seq == e.seq => self.current.remove(&id),
+        let cell = self.cell(id);
+        let base = match *cell {
+            Some(seen) if seen.seq == e.seq => {
+                *cell = None;
+                self.occupied -= 1;
+                Some(seen)
+            }
             _ => self.displaced.remove(&(id, e.seq)),
         };
         delta(e.key, &e.stats, base.as_ref())
@@ -105,7 +128,7 @@ impl SlotDeltas {
 
     /// Slots holding a flow at the last read.
     pub fn occupied(&self) -> usize {
-        self.current.len()
+        self.occupied
     }
 }
 
@@ -172,7 +195,7 @@ mod tests {
 
     #[test]
     fn successive_reads_give_increases_and_nothing_when_idle() {
-        let mut t = SlotDeltas::new();
+        let mut t = SlotDeltas::new(16);
         assert_eq!(
             counts(t.observed(0, 7, &slot(1, 1, 2, 200))),
             Some((1, 2, 200))
@@ -187,7 +210,7 @@ mod tests {
 
     #[test]
     fn eviction_after_a_read_delivers_only_the_remainder() {
-        let mut t = SlotDeltas::new();
+        let mut t = SlotDeltas::new(16);
         t.observed(1, 4, &slot(1, 1, 2, 200));
         assert_eq!(
             counts(t.evicted(&evicted(1, 4, 1, 1, 9, 900))),
@@ -202,7 +225,7 @@ mod tests {
 
     #[test]
     fn slot_read_before_the_eviction_record_keeps_the_old_baseline() {
-        let mut t = SlotDeltas::new();
+        let mut t = SlotDeltas::new(16);
         t.observed(0, 4, &slot(1, 1, 2, 200));
         // The next read already shows the new occupant; the record comes a harvest later.
         t.end_round();
@@ -224,7 +247,7 @@ mod tests {
 
     #[test]
     fn occupations_never_read_arrive_whole_through_records() {
-        let mut t = SlotDeltas::new();
+        let mut t = SlotDeltas::new(16);
         t.observed(0, 9, &slot(1, 1, 1, 100));
         assert_eq!(
             counts(t.evicted(&evicted(0, 9, 1, 1, 2, 200))),
@@ -239,7 +262,7 @@ mod tests {
 
     #[test]
     fn cpus_are_separate_slots() {
-        let mut t = SlotDeltas::new();
+        let mut t = SlotDeltas::new(16);
         assert_eq!(
             counts(t.observed(0, 1, &slot(1, 1, 2, 20))),
             Some((1, 2, 20))
@@ -253,7 +276,7 @@ mod tests {
 
     #[test]
     fn torn_copies_are_skipped_and_counted_on_the_next_read() {
-        let mut t = SlotDeltas::new();
+        let mut t = SlotDeltas::new(16);
         t.observed(0, 2, &slot(1, 1, 2, 200));
         let mut torn = slot(2, 2, 1, 10);
         torn.seq_end = 1;
@@ -270,7 +293,7 @@ mod tests {
 
     #[test]
     fn empty_slots_are_nothing() {
-        let mut t = SlotDeltas::new();
+        let mut t = SlotDeltas::new(16);
         let empty = FlowSlot {
             seq_end: 0,
             key: key(0),
@@ -285,7 +308,7 @@ mod tests {
     fn displaced_occupations_are_forgotten_once_their_record_is_overdue() {
         // Every harvest drains the ring before reading slots, so a record is at most one
         // harvest late; one still missing after several was lost (the kernel counts that).
-        let mut t = SlotDeltas::new();
+        let mut t = SlotDeltas::new(16);
         t.observed(0, 4, &slot(1, 1, 2, 200));
         t.observed(0, 4, &slot(2, 2, 1, 10));
         assert_eq!(t.displaced.len(), 1);
@@ -299,7 +322,7 @@ mod tests {
 
     #[test]
     fn first_and_last_seen_and_flags_come_from_the_slot() {
-        let mut t = SlotDeltas::new();
+        let mut t = SlotDeltas::new(16);
         let mut s = slot(1, 1, 2, 200);
         s.stats.tcp_flags = 0x12;
         let d = t.observed(0, 0, &s).unwrap();

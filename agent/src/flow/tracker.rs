@@ -86,6 +86,8 @@ pub struct Tracked<A> {
     exported: (Counts, Counts),
     /// A reported half of it had to be merged in after the fact.
     late: bool,
+    /// On the table's `changed` list.
+    dirty: bool,
 }
 
 impl<A> Tracked<A> {
@@ -131,7 +133,8 @@ pub struct ConnTable<A> {
     by_key: HashMap<FlowKey, ConnId>,
     by_tuple: HashMap<FlowTuple, ConnId>,
     unreported: HashSet<ConnId>,
-    changed: HashSet<ConnId>,
+    /// Connections whose `dirty` flag is set (a list, not a set: the flag dedups).
+    changed: Vec<ConnId>,
     /// Reported connections merged into another: they end with the next settle.
     orphans: Vec<ConnId>,
     next_id: ConnId,
@@ -152,7 +155,7 @@ impl<A: Default> ConnTable<A> {
             by_key: HashMap::default(),
             by_tuple: HashMap::default(),
             unreported: HashSet::default(),
-            changed: HashSet::default(),
+            changed: Vec::new(),
             orphans: Vec::new(),
             next_id: 1,
             round: 0,
@@ -217,7 +220,10 @@ impl<A: Default> ConnTable<A> {
                     if let Some(p) = t.points.iter_mut().find(|p| p.key == d.key) {
                         p.entry.add(&d.stats);
                     }
-                    self.changed.insert(id);
+                    if !t.dirty {
+                        t.dirty = true;
+                        self.changed.push(id);
+                    }
                 }
                 None => fresh.entry(d.key).or_default().add(&d.stats),
             }
@@ -300,6 +306,7 @@ impl<A: Default> ConnTable<A> {
                 loss_epoch: self.epoch_before,
                 exported: Default::default(),
                 late: false,
+                dirty: false,
             },
         );
         self.by_tuple.insert(tuple, id);
@@ -324,7 +331,7 @@ impl<A: Default> ConnTable<A> {
             post_nat: matches!(side, Side::ForwardPost | Side::ReplyPost),
         });
         self.by_key.insert(key, id);
-        self.changed.insert(id);
+        self.touch(id);
     }
 
     /// The connection conntrack's entry names (created under its original tuple if new).
@@ -348,7 +355,7 @@ impl<A: Default> ConnTable<A> {
             c.dnat = e.dnat();
             t.nat_changed = true;
             t.joined_round.get_or_insert(round);
-            self.changed.insert(id);
+            self.touch(id);
         }
     }
 
@@ -401,7 +408,7 @@ impl<A: Default> ConnTable<A> {
         }
         t.conn.tuple = tuple;
         self.by_tuple.insert(tuple, id);
-        self.changed.insert(id);
+        self.touch(id);
     }
 
     /// Move `from`'s observation points into `into`. A `from` already reported cannot be
@@ -421,7 +428,6 @@ impl<A: Default> ConnTable<A> {
             self.by_tuple.remove(&src_tuple);
         }
         self.unreported.remove(&from);
-        self.changed.remove(&from);
         if src_reported {
             self.orphans.push(from);
         } else {
@@ -435,7 +441,7 @@ impl<A: Default> ConnTable<A> {
         dst.first_round = dst.first_round.min(src_round);
         dst.loss_epoch = dst.loss_epoch.min(src_epoch);
         dst.late |= src_reported;
-        self.changed.insert(into);
+        self.touch(into);
     }
 
     fn expects_join(&self, t: &Tracked<A>) -> bool {
@@ -540,15 +546,26 @@ impl<A: Default> ConnTable<A> {
         out
     }
 
+    /// Put a connection on the list of those to refresh at the next settle.
+    fn touch(&mut self, id: ConnId) {
+        if let Some(t) = self.conns.get_mut(&id) {
+            if !t.dirty {
+                t.dirty = true;
+                self.changed.push(id);
+            }
+        }
+    }
+
     /// Rebuild changed connections; reported ones that did not just start are updates.
     fn refresh_changed(&mut self, out: &mut Settled, iface: &impl Fn(u32) -> Option<String>) {
         let started: HashSet<ConnId> = out.started.iter().copied().collect();
-        let mut changed: Vec<ConnId> = self.changed.drain().collect();
+        let mut changed = std::mem::take(&mut self.changed);
         changed.sort_unstable();
         for id in changed {
             let Some(t) = self.conns.get_mut(&id) else {
                 continue;
             };
+            t.dirty = false;
             refresh(t, iface);
             if t.reported && !started.contains(&id) {
                 out.updated.push(id);
@@ -560,7 +577,7 @@ impl<A: Default> ConnTable<A> {
         self.unreported.remove(&id);
         if let Some(t) = self.conns.get_mut(&id) {
             t.reported = true;
-            self.changed.insert(id);
+            self.touch(id);
             out.started.push(id);
         }
     }
@@ -672,7 +689,6 @@ impl<A: Default> ConnTable<A> {
                 }
             }
             self.unreported.remove(id);
-            self.changed.remove(id);
         }
         keys
     }

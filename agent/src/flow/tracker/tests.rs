@@ -111,8 +111,21 @@ fn snat_egress_is_one_connection_with_both_addresses_counted_once() {
     assert_eq!(c.tuple, orig);
     assert_eq!(c.snat, Some((NODE.parse().unwrap(), 5000)));
     assert_eq!((c.forward.packets, c.reply.packets), (3, 2));
-    let post: Vec<bool> = c.sightings.iter().map(|s| s.post_nat).collect();
-    assert_eq!(post, [false, true, false, true]);
+    let mut sides: Vec<(bool, bool, u32)> = c
+        .sightings
+        .iter()
+        .map(|s| (s.forward, s.post_nat, s.ifindex))
+        .collect();
+    sides.sort();
+    assert_eq!(
+        sides,
+        [
+            (false, false, VETH),
+            (false, true, UPLINK),
+            (true, false, VETH),
+            (true, true, UPLINK)
+        ]
+    );
     assert_eq!(tab.len(), 1);
 }
 
