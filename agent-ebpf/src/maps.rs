@@ -2,7 +2,7 @@
 
 use agent_common::{
     counters::COUNTER_SLOTS, Counter, Evicted, FlowKey, FlowSet, SockOwner, CACHE_SETS,
-    CACHE_SET_BITS, EVICTIONS_BYTES, EVICTIONS_WAKE_BYTES, MAX_SOCKETS,
+    EVICTIONS_BYTES, EVICTIONS_WAKE_BYTES, MAX_SOCKETS,
 };
 use aya_ebpf::{
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},

@@ -3,7 +3,15 @@
 use clap::Parser;
 
 fn main() {
-    let cli = tenantflow::cli::Cli::parse();
+    // Bad flags are bad input: exit 64 like every other (clap's own default is 2).
+    let cli = match tenantflow::cli::Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let code = if e.use_stderr() { 64 } else { 0 };
+            let _ = e.print();
+            std::process::exit(code);
+        }
+    };
     if let Err(e) = tenantflow::logging::init(&cli.log) {
         eprintln!("error: {e}");
         std::process::exit(64);

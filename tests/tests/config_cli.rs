@@ -116,3 +116,72 @@ fn bad_config_and_bad_snapshot_exit_64_naming_the_field() {
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// A port that accepts connections and never answers, on loopback.
+fn silent_server() -> (std::net::TcpListener, String) {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", l.local_addr().unwrap());
+    (l, url)
+}
+
+#[test]
+fn the_cli_gives_up_on_an_agent_that_never_answers_and_says_why() {
+    let (_held, url) = silent_server();
+    let start = std::time::Instant::now();
+    let (code, _, err) = run(&["flows", "--agent", &url, "--timeout", "1s"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("did not answer in time"), "{err}");
+    assert!(start.elapsed() < std::time::Duration::from_secs(20));
+}
+
+#[test]
+fn a_malformed_agent_url_is_bad_input_named_with_the_fix() {
+    let (code, _, err) = run(&["flows", "--agent", "http://[::1"]);
+    assert_eq!(code, 64, "{err}");
+    assert!(err.contains("--agent \"http://[::1\": not a URL"), "{err}");
+    assert!(err.contains("http://127.0.0.1:9990"), "{err}");
+    let (code, _, err) = run(&["agent", "--listen", "nowhere"]);
+    assert_eq!(code, 64, "bad flag values exit 64 too: {err}");
+}
+
+/// `tenantflow flows --follow | head -1`: the reader goes away; the CLI stops quietly.
+#[test]
+fn follow_into_a_closed_pipe_exits_quietly() {
+    use std::io::{Read, Write};
+    let (l, url) = silent_server();
+    std::thread::spawn(move || {
+        let mut n = 0u64;
+        for s in l.incoming() {
+            let Ok(mut s) = s else { return };
+            let mut buf = [0u8; 4096];
+            let _ = s.read(&mut buf);
+            n += 1;
+            let body = format!(
+                r#"[{{"iface":"veth10","ifindex":4,"role":"pod","hook":"ingress","proto":"udp","src":"10.244.1.10","dst":"10.0.0.10","src_port":5000,"dst_port":53,"packets":{n},"bytes":{n},"tcp_flags":0,"first_seen_ms":0,"last_seen_ms":0}}]"#
+            );
+            let _ = write!(
+                s,
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    for output in ["json", "table"] {
+        let mut cli = Command::new(agent_bin())
+            .args(["flows", "--agent", &url, "--observations", "--follow"])
+            .args(["--interval", "20ms", "-o", output])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut out = cli.stdout.take().unwrap();
+        let mut first = [0u8; 16];
+        out.read_exact(&mut first).unwrap();
+        drop(out); // `head` has what it wanted and exits
+        let status = cli.wait().unwrap();
+        let mut err = String::new();
+        cli.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+        assert_eq!(status.code(), Some(0), "{output}: {err}");
+        assert!(!err.contains("panicked"), "{output}: {err}");
+    }
+}

@@ -169,7 +169,7 @@ fn bad_input_is_refused_with_the_fix_and_attaches_nothing() {
     assert_eq!(tcx_hooks(&node), vec![]);
 
     let (code, err) = run_agent(&node, &["--harvest-interval", "soon"]);
-    assert_eq!(code, Some(2), "clap rejects unparsable values: {err}");
+    assert_eq!(code, Some(64), "unparsable values are bad input: {err}");
     assert!(
         err.contains("invalid value 'soon' for '--harvest-interval"),
         "{err}"
@@ -220,5 +220,37 @@ fn sigterm_during_start_up_exits_cleanly_and_leaves_nothing() {
     );
     for i in NODE1_IFACES {
         assert_eq!(tc_state(&node, i), (0, 0, false), "{i} after early SIGTERM");
+    }
+}
+
+/// Signals whose default action would kill the agent with its filters attached and no final
+/// records are handled like SIGTERM: clean exit 0, nothing left, in netlink mode too.
+#[test]
+fn hup_usr1_usr2_and_alrm_stop_the_agent_cleanly_in_netlink_mode() {
+    let lab = lab("ls");
+    let node = lab.topo.node_ns(1);
+    for (sig, name) in [
+        (libc::SIGHUP, "SIGHUP"),
+        (libc::SIGUSR1, "SIGUSR1"),
+        (libc::SIGUSR2, "SIGUSR2"),
+        (libc::SIGALRM, "SIGALRM"),
+    ] {
+        let mut agent = Agent::start(&node, &["--attach-mode", "netlink"]);
+        assert_eq!(tc_state(&node, "veth10"), (1, 1, true), "{name}: attached");
+        assert_eq!(
+            agent.stop_with(sig),
+            Some(0),
+            "{name}: {}",
+            agent.log_text()
+        );
+        let log = agent.log_text();
+        assert!(
+            log.contains("shutting down") && log.contains(name),
+            "{name} named in the log: {}",
+            agent.log_text()
+        );
+        for i in NODE1_IFACES {
+            assert_eq!(tc_state(&node, i), (0, 0, false), "{i} after {name}");
+        }
     }
 }

@@ -140,11 +140,7 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
 
 async fn run_async(args: AgentArgs) -> anyhow::Result<()> {
     let mut shutdown = Shutdown::install().context("installing SIGTERM/SIGINT handlers")?;
-    if args.harvest_interval.is_zero() {
-        return Err(
-            UsageError("--harvest-interval must be greater than 0 (e.g. 1s)".into()).into(),
-        );
-    }
+    super::bounds::check(&args)?;
     let listener = export::bind(args.listen).await.map_err(|e| {
         UsageError(format!(
             "--listen {}: cannot bind ({e}); pick a free address, e.g. --listen 127.0.0.1:9991",
@@ -381,12 +377,6 @@ fn open_flow_log(args: &AgentArgs) -> anyhow::Result<Option<FlowLog>> {
     let Some(target) = &args.flow_log else {
         return Ok(None);
     };
-    if args.flow_log_update_interval.is_zero() {
-        return Err(UsageError(
-            "--flow-log-update-interval must be greater than 0 (e.g. 60s)".into(),
-        )
-        .into());
-    }
     let node = args.node_name.clone().unwrap_or_else(|| {
         std::fs::read_to_string("/proc/sys/kernel/hostname")
             .map(|h| h.trim().to_owned())

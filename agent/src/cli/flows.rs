@@ -75,6 +75,9 @@ pub struct FlowsArgs {
     /// Poll interval with --follow.
     #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
     pub interval: Duration,
+    /// Give up on a request the agent has not answered in this long.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    pub timeout: Duration,
 }
 
 impl FlowsArgs {
@@ -118,10 +121,16 @@ pub fn run(args: FlowsArgs) -> anyhow::Result<()> {
 }
 
 async fn fetch<T: DeserializeOwned>(client: &reqwest::Client, url: &str) -> anyhow::Result<Vec<T>> {
-    let resp =
-        client.get(url).send().await.with_context(|| {
-            format!("cannot reach the agent at {url}: is it running? (--agent)")
-        })?;
+    let resp = client.get(url).send().await.map_err(|e| {
+        let why = if e.is_timeout() {
+            "it did not answer in time"
+        } else if e.is_connect() {
+            "nothing accepted the connection: is the agent running there?"
+        } else {
+            "the request failed"
+        };
+        anyhow::anyhow!("cannot reach the agent at {url}: {why} (--agent) ({e})")
+    })?;
     let status = resp.status();
     if !status.is_success() {
         let body = resp.text().await.unwrap_or_default();
@@ -171,7 +180,30 @@ impl Row for ConnectionView {
     }
 }
 
+/// Connecting is bounded (and answering by `--timeout`): an agent port that accepts and
+/// never answers must not hang the CLI.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Write to stdout; `false` once the reader went away (`| head`): the CLI then stops
+/// quietly instead of panicking on a broken pipe.
+fn emit(text: &str) -> anyhow::Result<bool> {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(false),
+        Err(e) => Err(anyhow::anyhow!("writing to stdout: {e}")),
+    }
+}
+
 async fn run_async(args: FlowsArgs) -> anyhow::Result<()> {
+    if let Err(e) = reqwest::Url::parse(&args.agent) {
+        return Err(super::agent::UsageError(format!(
+            "--agent {:?}: not a URL ({e}); give one like http://127.0.0.1:9990",
+            args.agent
+        ))
+        .into());
+    }
     if args.observations {
         show::<FlowView>(&args).await
     } else {
@@ -180,7 +212,11 @@ async fn run_async(args: FlowsArgs) -> anyhow::Result<()> {
 }
 
 async fn show<T: Row>(args: &FlowsArgs) -> anyhow::Result<()> {
-    let client = reqwest::Client::new();
+    let client = reqwest::Client::builder()
+        .connect_timeout(CONNECT_TIMEOUT)
+        .timeout(args.timeout)
+        .build()
+        .context("building the HTTP client")?;
     let url = args.url();
     if !args.follow {
         let mut rows: Vec<T> = fetch(&client, &url).await?;
@@ -188,10 +224,11 @@ async fn show<T: Row>(args: &FlowsArgs) -> anyhow::Result<()> {
             rows.sort_by_key(|r| std::cmp::Reverse(r.bytes()));
             rows.truncate(n);
         }
-        match args.output {
-            Output::Json => println!("{}", serde_json::to_string_pretty(&rows)?),
-            Output::Table => print!("{}", T::table(&rows.iter().collect::<Vec<_>>())),
-        }
+        let text = match args.output {
+            Output::Json => serde_json::to_string_pretty(&rows)? + "\n",
+            Output::Table => T::table(&rows.iter().collect::<Vec<_>>()),
+        };
+        emit(&text)?;
         return Ok(());
     }
     let mut seen: HashMap<String, u64> = HashMap::new();
@@ -202,23 +239,25 @@ async fn show<T: Row>(args: &FlowsArgs) -> anyhow::Result<()> {
             .iter()
             .filter(|r| seen.insert(r.identity(), r.activity()) != Some(r.activity()))
             .collect();
-        match args.output {
-            Output::Json => {
-                for r in &changed {
-                    println!("{}", serde_json::to_string(r)?);
-                }
-            }
+        let text = match args.output {
+            Output::Json => changed
+                .iter()
+                .map(|r| serde_json::to_string(r).map(|l| l + "\n"))
+                .collect::<Result<String, _>>()?,
             Output::Table if !changed.is_empty() => {
                 let table = T::table(&changed);
                 let body = if header {
-                    &table[..]
+                    table
                 } else {
-                    table.split_once('\n').map_or("", |(_, b)| b)
+                    table.split_once('\n').map_or("", |(_, b)| b).to_owned()
                 };
-                print!("{body}");
                 header = false;
+                body
             }
-            Output::Table => {}
+            Output::Table => String::new(),
+        };
+        if !emit(&text)? {
+            return Ok(());
         }
         tokio::time::sleep(args.interval).await;
     }

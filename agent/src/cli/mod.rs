@@ -1,6 +1,7 @@
 //! Command-line interface: `agent` runs the observer, `flows` queries a running one.
 
 mod agent;
+mod bounds;
 mod check_config;
 mod flows;
 mod hooks;

@@ -8,7 +8,7 @@ use agent_common::{Direction, FlowKey};
 use super::*;
 use crate::{
     datapath::Delta,
-    flow::{test_tuple as t, PROTO_TCP, PROTO_UDP},
+    flow::{test_tuple as t, PROTO_ICMP, PROTO_TCP, PROTO_UDP},
     test_support::stats,
 };
 
@@ -444,4 +444,29 @@ fn remapped_ports_with_equal_counts_are_paired_by_the_syn_sequence_number() {
         (snat_of(POD), snat_of("10.244.1.12")),
         (Some(1025), Some(1026))
     );
+}
+
+#[test]
+fn an_echo_request_and_its_reply_are_one_connection_in_either_harvest_order() {
+    let req = t(PROTO_ICMP, POD, 7, NET, 8 << 8);
+    let rep = req.reversed().unwrap();
+    for split in [false, true] {
+        let mut tab = Table::new(false);
+        let mut nat = NatTable::new();
+        let (a, b) = (
+            d(VETH, Direction::Ingress, req, 3, 1, 0),
+            d(VETH, Direction::Egress, rep, 3, 2, 0),
+        );
+        let mut started = Vec::new();
+        if split {
+            // The reply's harvest first: it still joins its request's connection.
+            started.extend(harvest(&mut tab, &mut nat, &[b], 10).started);
+            started.extend(harvest(&mut tab, &mut nat, &[a], 11).started);
+        } else {
+            started.extend(harvest(&mut tab, &mut nat, &[a, b], 10).started);
+        }
+        assert_eq!(started.len(), 1, "split: {split}");
+        let c = conn(&tab, started[0]);
+        assert_eq!((c.tuple, c.forward.packets, c.reply.packets), (req, 3, 3));
+    }
 }

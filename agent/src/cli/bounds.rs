@@ -1,0 +1,110 @@
+//! Durations of `tenantflow agent` checked against sane bounds before anything is loaded:
+//! a zero or absurd value, or an idle timeout the harvest cannot keep up with, is bad
+//! input (exit 64) rather than a panic, an overflow or a connection expired unseen.
+
+use std::time::Duration;
+
+use super::agent::{AgentArgs, UsageError};
+
+const MIN_HARVEST: Duration = Duration::from_millis(10);
+const HOUR: Duration = Duration::from_secs(3600);
+const DAY: Duration = Duration::from_secs(24 * 3600);
+
+fn within(
+    flag: &str,
+    v: Duration,
+    lo: Duration,
+    hi: Duration,
+    e_g: &str,
+) -> Result<(), UsageError> {
+    if v < lo || v > hi {
+        return Err(UsageError(format!(
+            "{flag} {}: must be from {} to {} (e.g. {e_g})",
+            humantime::format_duration(v),
+            humantime::format_duration(lo),
+            humantime::format_duration(hi),
+        )));
+    }
+    Ok(())
+}
+
+pub fn check(a: &AgentArgs) -> Result<(), UsageError> {
+    within(
+        "--harvest-interval",
+        a.harvest_interval,
+        MIN_HARVEST,
+        HOUR,
+        "1s",
+    )?;
+    // A connection is harvested at least twice before it can go idle, so no packet the
+    // kernel counted is expired before it was reported.
+    within(
+        "--idle-timeout",
+        a.idle_timeout,
+        a.harvest_interval * 2,
+        DAY,
+        "60s, at least twice --harvest-interval",
+    )?;
+    within(
+        "--flow-log-update-interval",
+        a.flow_log_update_interval,
+        a.harvest_interval,
+        DAY,
+        "60s, at least --harvest-interval",
+    )?;
+    within(
+        "--metrics-grace",
+        a.metrics_grace,
+        Duration::ZERO,
+        30 * DAY,
+        "5m",
+    )?;
+    if let Some(d) = a.test_conntrack_delay {
+        within("--test-conntrack-delay", d, Duration::ZERO, HOUR, "3s")?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    fn args(extra: &[&str]) -> AgentArgs {
+        #[derive(Parser)]
+        struct T {
+            #[command(flatten)]
+            a: AgentArgs,
+        }
+        T::parse_from(std::iter::once("t").chain(extra.iter().copied())).a
+    }
+
+    #[test]
+    fn the_defaults_pass() {
+        assert!(check(&args(&[])).is_ok());
+    }
+
+    #[test]
+    fn nonsense_is_refused_naming_the_flag_and_the_bounds() {
+        for (flags, flag) in [
+            (&["--idle-timeout", "0s"][..], "--idle-timeout 0s"),
+            (
+                &["--idle-timeout", "2s", "--harvest-interval", "8s"],
+                "--idle-timeout 2s",
+            ),
+            (&["--idle-timeout", "100000000000000000s"], "--idle-timeout"),
+            (&["--harvest-interval", "0s"], "--harvest-interval 0s"),
+            (&["--harvest-interval", "2h"], "--harvest-interval 2h"),
+            (
+                &["--flow-log-update-interval", "0s"],
+                "--flow-log-update-interval 0s",
+            ),
+            (&["--metrics-grace", "400d"], "--metrics-grace"),
+        ] {
+            let e = check(&args(flags)).unwrap_err().0;
+            assert!(e.starts_with(flag), "{flags:?}: {e}");
+            assert!(e.contains("must be from"), "{e}");
+        }
+    }
+}
