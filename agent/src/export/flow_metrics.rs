@@ -152,12 +152,18 @@ pub struct FlowMetrics {
     gen: u64,
 }
 
-/// A connection's (packets, bytes) counters per direction.
-#[derive(Clone)]
+/// A connection's counters per direction (tx, rx), looked up when first needed.
 struct Handles {
     gen: u64,
-    tx: Option<(IntCounter, IntCounter)>,
-    rx: Option<(IntCounter, IntCounter)>,
+    dirs: [Dir; 2],
+}
+
+enum Dir {
+    Unresolved,
+    /// Past the family's cap: counted through the overflow series.
+    Capped,
+    /// (packets, bytes)
+    Series(IntCounter, IntCounter),
 }
 
 fn label(v: Option<&str>) -> String {
@@ -225,25 +231,33 @@ impl FlowMetrics {
             }
             let (fwd, rep) = ev.delta;
             if !(fwd.is_zero() && rep.is_zero()) {
-                let fresh = self
-                    .handles
-                    .get(&ev.id)
-                    .is_some_and(|h| h.gen == self.gen && !ev.reclassified);
-                if !fresh {
-                    let h = self.resolve(k);
-                    self.handles.insert(ev.id, h);
+                let gen = self.gen;
+                let h = self.handles.entry(ev.id).or_insert(Handles {
+                    gen,
+                    dirs: [Dir::Unresolved, Dir::Unresolved],
+                });
+                if h.gen != gen || ev.reclassified {
+                    *h = Handles {
+                        gen,
+                        dirs: [Dir::Unresolved, Dir::Unresolved],
+                    };
                 }
-                let h = self.handles[&ev.id].clone();
-                for (dir, d, cached) in [("tx", fwd, h.tx), ("rx", rep, h.rx)] {
+                for (i, (dir, d)) in [("tx", fwd), ("rx", rep)].into_iter().enumerate() {
                     if d.is_zero() {
                         continue;
                     }
-                    match cached {
-                        Some((packets, bytes)) => {
+                    if matches!(self.handles[&ev.id].dirs[i], Dir::Unresolved) {
+                        let resolved = self.resolve(k, dir);
+                        if let Some(h) = self.handles.get_mut(&ev.id) {
+                            h.dirs[i] = resolved;
+                        }
+                    }
+                    match &self.handles[&ev.id].dirs[i] {
+                        Dir::Series(packets, bytes) => {
                             packets.inc_by(d.packets);
                             bytes.inc_by(d.bytes);
                         }
-                        None => {
+                        _ => {
                             let mut l = self.base(k);
                             l.0.push(dir.to_owned());
                             self.inc(Family::Packets, l.clone(), d.packets);
@@ -266,21 +280,26 @@ impl FlowMetrics {
         self.series_gauge.set(self.series.len() as i64);
     }
 
-    /// The packets and bytes series of a connection with this classification, per
-    /// direction; `None` where the family is past its cap (those go through [`Self::inc`]).
-    fn resolve(&mut self, k: &Classification) -> Handles {
-        let base = self.base(k);
-        let gen = self.gen;
-        let mut pair = |dir: &str| {
-            let mut l = base.clone();
-            l.0.push(dir.to_owned());
-            Some((
-                self.series_counter(Family::Packets, l.clone())?,
-                self.series_counter(Family::Bytes, l)?,
-            ))
+    /// The packets and bytes series of one direction of a connection with this
+    /// classification, registered now; `Capped` where a family is past its cap (those go
+    /// through [`Self::inc`], which counts the overflow).
+    fn resolve(&mut self, k: &Classification, dir: &str) -> Dir {
+        let mut l = self.base(k);
+        l.0.push(dir.to_owned());
+        let capped = |f: Family, me: &Self| {
+            !me.series.contains_key(&(f, l.0.clone()))
+                && me.lens.get(&f).copied().unwrap_or(0) >= me.cfg.max_series
         };
-        let (tx, rx) = (pair("tx"), pair("rx"));
-        Handles { gen, tx, rx }
+        if capped(Family::Packets, self) || capped(Family::Bytes, self) {
+            return Dir::Capped;
+        }
+        match (
+            self.series_counter(Family::Packets, l.clone()),
+            self.series_counter(Family::Bytes, l),
+        ) {
+            (Some(p), Some(b)) => Dir::Series(p, b),
+            _ => Dir::Capped,
+        }
     }
 
     /// The counter of this series, registered if new; `None` past the family's cap.
@@ -714,6 +733,34 @@ mod tests {
         assert_eq!(value(&r, &flows), Some(1), "inside the grace period");
         m.observe(&[], &store, t0 + Duration::from_secs(13));
         assert_eq!(value(&r, &flows), None);
+    }
+
+    #[test]
+    fn a_direction_without_traffic_exports_no_series() {
+        let r = Registry::new();
+        let store = inventory(&["alpha-web", "beta-api"]);
+        let mut m = FlowMetrics::new(&r, FlowMetricsConfig::default());
+        let a = conn(&store, 10, 11);
+        m.observe(
+            &[ev(&a, EventKind::Start, 1, (1, 100), (0, 0))],
+            &store,
+            Instant::now(),
+        );
+        m.observe(
+            &[ev(&a, EventKind::Update, 1, (2, 200), (0, 0))],
+            &store,
+            Instant::now(),
+        );
+        let rx = format!("tenantflow_flow_bytes_total{{{BASE},direction=\"rx\"}}");
+        assert_eq!(value(&r, &rx), None);
+        let tx = format!("tenantflow_flow_bytes_total{{{BASE},direction=\"tx\"}}");
+        assert_eq!(value(&r, &tx), Some(300));
+        m.observe(
+            &[ev(&a, EventKind::End, 1, (0, 0), (1, 50))],
+            &store,
+            Instant::now(),
+        );
+        assert_eq!(value(&r, &rx), Some(50));
     }
 
     #[test]
