@@ -9,6 +9,7 @@ pub mod datapath;
 pub mod export;
 pub mod flow;
 pub mod identity;
+pub mod input;
 pub mod logging;
 pub mod nat;
 pub mod pipeline;

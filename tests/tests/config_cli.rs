@@ -185,3 +185,23 @@ fn follow_into_a_closed_pipe_exits_quietly() {
         assert!(!err.contains("panicked"), "{output}: {err}");
     }
 }
+
+/// Inputs that would never end or take the parser forever are refused before parsing.
+#[test]
+fn devices_and_absurdly_nested_files_are_refused_before_parsing() {
+    let (code, _, err) = run(&["check-config", "/dev/zero"]);
+    assert_eq!(code, 64, "{err}");
+    assert!(err.contains("it is a device, not a regular file"), "{err}");
+    let deep = std::env::temp_dir().join(format!("tf-deep-{}.yaml", std::process::id()));
+    std::fs::write(
+        &deep,
+        format!("a: {}{}", "[".repeat(100_000), "]".repeat(100_000)),
+    )
+    .unwrap();
+    let start = std::time::Instant::now();
+    let (code, _, err) = run(&["check-config", deep.to_str().unwrap()]);
+    assert_eq!(code, 64, "{err}");
+    assert!(err.contains("it nests 65 levels"), "{err}");
+    assert!(start.elapsed() < std::time::Duration::from_secs(10));
+    let _ = std::fs::remove_file(deep);
+}

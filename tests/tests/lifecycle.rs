@@ -254,3 +254,29 @@ fn hup_usr1_usr2_and_alrm_stop_the_agent_cleanly_in_netlink_mode() {
         }
     }
 }
+
+/// A second agent on the node refuses (exit 64) before touching anything: the first keeps
+/// its filters and keeps counting.
+#[test]
+fn a_second_agent_refuses_and_leaves_the_first_one_attached() {
+    let lab = lab("l2");
+    let node = lab.topo.node_ns(1);
+    let mut first = Agent::start(&node, &["--attach-mode", "netlink"]);
+    let (code, err) = run_agent(
+        &node,
+        &["--attach-mode", "netlink", "--listen", "127.0.0.1:9991"],
+    );
+    assert_eq!(code, Some(64), "{err}");
+    assert!(err.contains("another tenantflow agent is running"), "{err}");
+    for i in NODE1_IFACES {
+        assert_eq!(
+            tc_state(&node, i),
+            (1, 1, true),
+            "{i}: the first agent's filters stay"
+        );
+    }
+    assert_eq!(first.stop_with(libc::SIGTERM), Some(0));
+    // Its lock went with it: the next one starts.
+    let mut next = Agent::start(&node, &["--attach-mode", "netlink"]);
+    assert_eq!(next.stop_with(libc::SIGTERM), Some(0));
+}

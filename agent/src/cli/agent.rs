@@ -141,6 +141,8 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
 async fn run_async(args: AgentArgs) -> anyhow::Result<()> {
     let mut shutdown = Shutdown::install().context("installing SIGTERM/SIGINT handlers")?;
     super::bounds::check(&args)?;
+    // Before anything is attached or removed: a second agent must not touch the first's hooks.
+    let _lock = datapath::lock_agent().map_err(|e| UsageError(e.to_string()))?;
     let listener = export::bind(args.listen).await.map_err(|e| {
         UsageError(format!(
             "--listen {}: cannot bind ({e}); pick a free address, e.g. --listen 127.0.0.1:9991",

@@ -72,11 +72,20 @@ impl Default for Config {
 impl Config {
     /// Read and validate a config file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        const MAX_CONFIG_BYTES: u64 = 1 << 20;
         let file = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+        let text = crate::input::read(
+            path,
+            MAX_CONFIG_BYTES,
+            "a config is a few KiB: check the path given to --config",
+        )
+        .map_err(|e| ConfigError {
             file: file.clone(),
             field: "<file>".into(),
-            message: format!("cannot read it ({e}): check the path given to --config"),
+            message: match e {
+                crate::input::InputError::Open(_) => format!("{e} given to --config"),
+                _ => e.to_string(),
+            },
         })?;
         Self::parse(&text, &file)
     }

@@ -9,15 +9,26 @@ use serde_json::Value;
 
 use super::{IdentityError, NamespaceMeta, NodeMeta, Object, PodMeta, ServiceMeta};
 
+/// Largest snapshot read: about 250k objects as `kubectl -o yaml` prints them.
+const MAX_BYTES: u64 = 512 << 20;
+const TOO_BIG: &str =
+    "a cluster this large should use the Kubernetes API watch (no identity.snapshot)";
+
 /// Read a snapshot file into objects; the first bad object fails the whole file, so a
 /// half-read inventory never silently replaces a whole one.
 pub fn load(path: &Path) -> Result<Vec<Object>, IdentityError> {
     let file = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|e| IdentityError::Snapshot {
-        file: file.clone(),
-        message: format!(
-            "cannot read it ({e}): write it with `kubectl get pods,namespaces,nodes,services -A -o yaml > {file}`"
-        ),
+    let text = crate::input::read(path, MAX_BYTES, TOO_BIG).map_err(|e| {
+        let fix = match e {
+            crate::input::InputError::Open(_) => format!(
+                "; write it with `kubectl get pods,namespaces,nodes,services -A -o yaml > {file}`"
+            ),
+            _ => String::new(),
+        };
+        IdentityError::Snapshot {
+            file: file.clone(),
+            message: format!("{e}{fix}"),
+        }
     })?;
     parse(&text).map_err(|e| match e {
         IdentityError::Object {
