@@ -10,7 +10,7 @@
 use std::{collections::HashMap, path::PathBuf, time::Duration};
 
 use serde_json::Value;
-use tenantflow_tests::{eventually, finish, in_ns, lab, traffic_bg, Agent, LabGuard};
+use tenantflow_tests::{eventually, finish, in_ns, lab, traffic_bg, Agent, LabGuard, Topology};
 use xtask::lab::topology::INTERNET_HOST;
 
 const PORT: u16 = 9100;
@@ -95,19 +95,18 @@ struct Churn {
     _lab: LabGuard,
 }
 
-/// `per_pod` connections from each client pod at once, with the agent on node 1 started
-/// with `idle` as its idle timeout and `extra`; waits until the flow log has ended every
-/// one of them.
-fn churn(tag: &str, per_pod: u32, idle: &str, extra: &[&str]) -> Churn {
+/// A lab whose node 1 keeps conntrack's own per-connection accounting (the reference).
+fn accounting_lab(tag: &str) -> LabGuard {
     let lab = lab(tag);
-    let t = &lab.topo;
-    let node = t.node_ns(1);
     in_ns(
-        &node,
+        &lab.topo.node_ns(1),
         &["sysctl", "-qw", "net.netfilter.nf_conntrack_acct=1"],
     );
-    let log = std::env::temp_dir().join(format!("{}-churn.json", t.prefix));
-    let _ = std::fs::remove_file(&log);
+    lab
+}
+
+/// The agent on node 1 with the lab's config, a 1 s harvest, `idle` and a flow log at `log`.
+fn node_agent(t: &Topology, log: &std::path::Path, idle: &str, extra: &[&str]) -> Agent {
     let cfg = xtask::lab::manifest::config_path(&t.prefix);
     let mut args = vec![
         "--config",
@@ -120,22 +119,52 @@ fn churn(tag: &str, per_pod: u32, idle: &str, extra: &[&str]) -> Churn {
         "1000000000",
     ];
     args.extend_from_slice(extra);
-    let agent = Agent::start_harvesting_every(&node, "1s", &args);
+    Agent::start_harvesting_every(&t.node_ns(1), "1s", &args)
+}
+
+/// The internet host's sink for `per_pod` connections from each of `pods`, and one client
+/// per pod running `client` (a tf-traffic command whose first argument follows the target).
+fn clients(
+    t: &Topology,
+    pods: &[&str],
+    per_pod: u32,
+    client: &[&str],
+) -> (std::process::Child, Vec<std::process::Child>) {
     let to = format!("{INTERNET_HOST}:{PORT}");
-    let total = per_pod * CLIENTS.len() as u32;
-    let sink = traffic_bg(
-        &t.internet_ns(),
-        &["tcp-sink", &to, "--conns", &total.to_string()],
-    );
-    let clients: Vec<_> = CLIENTS
+    let total = (per_pod as usize * pods.len()).to_string();
+    let sink = traffic_bg(&t.internet_ns(), &["tcp-sink", &to, "--conns", &total]);
+    let n = per_pod.to_string();
+    let started = pods
         .iter()
         .map(|p| {
-            traffic_bg(
-                &t.pod_ns(t.pod(p)),
-                &["tcp-churn", &to, &per_pod.to_string(), "300"],
-            )
+            let mut args = vec![client[0], &to, &n];
+            args.extend_from_slice(&client[1..]);
+            traffic_bg(&t.pod_ns(t.pod(p)), &args)
         })
         .collect();
+    (sink, started)
+}
+
+/// A record's (pod address, pod port): what conntrack's entries are keyed by.
+fn key(r: &Value) -> (String, u64) {
+    (
+        r["src"].as_str().unwrap().to_owned(),
+        r["src_port"].as_u64().unwrap(),
+    )
+}
+
+/// `per_pod` connections from each client pod at once, with the agent on node 1 started
+/// with `idle` as its idle timeout and `extra`; waits until the flow log has ended every
+/// one of them.
+fn churn(tag: &str, per_pod: u32, idle: &str, extra: &[&str]) -> Churn {
+    let lab = accounting_lab(tag);
+    let t = &lab.topo;
+    let node = t.node_ns(1);
+    let log = std::env::temp_dir().join(format!("{}-churn.json", t.prefix));
+    let _ = std::fs::remove_file(&log);
+    let agent = node_agent(t, &log, idle, extra);
+    let total = per_pod * CLIENTS.len() as u32;
+    let (sink, clients) = clients(t, &CLIENTS, per_pod, &["tcp-churn", "300"]);
     for c in clients {
         assert_eq!(finish(c).trim(), per_pod.to_string());
     }
@@ -337,58 +366,20 @@ fn an_overflowing_conntrack_socket_is_resynced_and_no_pod_traffic_becomes_the_no
 /// then minus conntrack's counters when the old agent stopped, with no traffic in between).
 /// With SIGTERM the old agent's `shutdown` records equal what it had seen.
 fn restart_mid_connection(tag: &str, signal: i32) {
-    let lab = lab(tag);
+    let lab = accounting_lab(tag);
     let t = &lab.topo;
     let node = t.node_ns(1);
-    in_ns(
-        &node,
-        &["sysctl", "-qw", "net.netfilter.nf_conntrack_acct=1"],
-    );
-    let cfg = xtask::lab::manifest::config_path(&t.prefix);
     let tmp = |name: &str| std::env::temp_dir().join(format!("{}-{name}", t.prefix));
     let (log_a, log_b, go) = (tmp("a.json"), tmp("b.json"), tmp("go"));
     for f in [&log_a, &log_b, &go] {
         let _ = std::fs::remove_file(f);
     }
-    let start = |log: &PathBuf| {
-        Agent::start_harvesting_every(
-            &node,
-            "1s",
-            &[
-                "--config",
-                cfg.to_str().unwrap(),
-                "--idle-timeout",
-                "3s",
-                "--flow-log",
-                log.to_str().unwrap(),
-            ],
-        )
-    };
-    let mut a = start(&log_a);
-    let to = format!("{INTERNET_HOST}:{PORT}");
+    let mut a = node_agent(t, &log_a, "3s", &[]);
     let per_pod = 100u32;
     let pods = ["web-1", "jobs-1"];
     let total = per_pod as usize * pods.len();
-    let sink = traffic_bg(
-        &t.internet_ns(),
-        &["tcp-sink", &to, "--conns", &total.to_string()],
-    );
-    let clients: Vec<_> = pods
-        .iter()
-        .map(|p| {
-            traffic_bg(
-                &t.pod_ns(t.pod(p)),
-                &[
-                    "tcp-hold",
-                    &to,
-                    &per_pod.to_string(),
-                    "300",
-                    "--go",
-                    go.to_str().unwrap(),
-                ],
-            )
-        })
-        .collect();
+    let go_arg = go.to_str().unwrap();
+    let (sink, clients) = clients(t, &pods, per_pod, &["tcp-hold", "300", "--go", go_arg]);
     // Phase one done and quiet: every connection open, its first 300 bytes acknowledged.
     let mut before = HashMap::new();
     eventually(Duration::from_secs(30), || {
@@ -403,7 +394,7 @@ fn restart_mid_connection(tag: &str, signal: i32) {
         (a.connections(&format!("?port={PORT}")).len() == total).then_some(())
     });
     a.stop_with(signal);
-    let b = start(&log_b);
+    let b = node_agent(t, &log_b, "3s", &[]);
     std::fs::write(&go, b"").unwrap();
     for c in clients {
         assert_eq!(finish(c).trim(), per_pod.to_string());
@@ -424,10 +415,7 @@ fn restart_mid_connection(tag: &str, signal: i32) {
     );
     let sub = |x: (u64, u64), y: (u64, u64)| (x.0 - y.0, x.1 - y.1);
     for r in &records {
-        let key = (
-            r["src"].as_str().unwrap().to_owned(),
-            r["src_port"].as_u64().unwrap(),
-        );
+        let key = key(r);
         let (now, then) = (&after[&key], &before[&key]);
         assert_eq!(r["flow_class"], "pod_to_egress", "{r}");
         assert_eq!(r["nat_joined"], true, "joined from the start-up dump: {r}");
@@ -467,10 +455,7 @@ fn restart_mid_connection(tag: &str, signal: i32) {
             "a clean stop writes every open connection"
         );
         for r in &old {
-            let key = (
-                r["src"].as_str().unwrap().to_owned(),
-                r["src_port"].as_u64().unwrap(),
-            );
+            let key = key(r);
             assert_eq!(r["type"], "shutdown");
             assert_eq!(counts(r, "forward"), before[&key].forward, "{key:?}");
             assert_eq!(counts(r, "reply"), before[&key].reply, "{key:?}");

@@ -280,3 +280,21 @@ fn a_second_agent_refuses_and_leaves_the_first_one_attached() {
     let mut next = Agent::start(&node, &["--attach-mode", "netlink"]);
     assert_eq!(next.stop_with(libc::SIGTERM), Some(0));
 }
+
+/// A cgroup root that is not a cgroup v2 directory is named as such (not as a failed
+/// kernel attach), and nothing stays attached.
+#[test]
+fn a_cgroup_root_that_is_no_cgroup_is_bad_input() {
+    let lab = lab("lc");
+    let node = lab.topo.node_ns(1);
+    for root in ["/etc/passwd", "/tmp"] {
+        let (code, err) = run_agent(&node, &["--cgroup-root", root]);
+        assert_eq!(code, Some(64), "{err}");
+        assert!(
+            err.contains(&format!("--cgroup-root: cgroup {root}")) || err.contains(root),
+            "{err}"
+        );
+        assert!(err.contains("not a cgroup v2 directory"), "{err}");
+        assert_eq!(tcx_hooks(&node), vec![], "{root}");
+    }
+}

@@ -163,10 +163,11 @@ impl Row for FlowView {
 }
 
 impl Row for ConnectionView {
+    /// The connection's id: a tuple reused by a new connection is a new row.
     fn identity(&self) -> String {
         format!(
-            "{}/{}:{}/{}:{}",
-            self.proto, self.src, self.src_port, self.dst, self.dst_port
+            "{}#{}/{}:{}/{}:{}",
+            self.id, self.proto, self.src, self.src_port, self.dst, self.dst_port
         )
     }
     fn activity(&self) -> u64 {
@@ -428,4 +429,126 @@ pub fn render_table(flows: &[&FlowView]) -> String {
         ]);
     }
     align(rows)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        classify::classify,
+        config::Config,
+        flow::{test_tuple, Connection, Counts, WallClock, PROTO_TCP},
+        identity::{snapshot, Store},
+    };
+
+    /// web-1 (tenant alpha) → the internet, masqueraded, 3/300 out and 2/150 back.
+    fn egress() -> ConnectionView {
+        let store = Store::from_objects(
+            snapshot::parse(
+                "kind: List\nitems:\n\
+                 - {apiVersion: v1, kind: Namespace, metadata: {name: alpha-web, labels: {tenant: alpha}}}\n\
+                 - {apiVersion: v1, kind: Pod, metadata: {name: web-1, namespace: alpha-web}, spec: {nodeName: n1, containers: []}, status: {podIP: 10.244.1.10}}\n",
+            )
+            .unwrap(),
+        );
+        let mut c = Connection::new(test_tuple(
+            PROTO_TCP,
+            "10.244.1.10",
+            40000,
+            "203.0.113.10",
+            443,
+        ));
+        c.snat = Some(("10.224.0.4".parse().unwrap(), 40001));
+        c.forward = Counts {
+            packets: 3,
+            bytes: 300,
+        };
+        c.reply = Counts {
+            packets: 2,
+            bytes: 150,
+        };
+        let k = classify(&Config::default(), &store, &c);
+        ConnectionView::new(1, &c, k, &WallClock::now())
+    }
+
+    /// Cells of a rendered line (columns are separated by at least two spaces) and where
+    /// each column starts.
+    fn cells(line: &str) -> (Vec<&str>, Vec<usize>) {
+        let mut starts = vec![0];
+        let b = line.as_bytes();
+        for i in 2..b.len() {
+            if b[i] != b' ' && b[i - 1] == b' ' && b[i - 2] == b' ' {
+                starts.push(i);
+            }
+        }
+        let v = starts
+            .iter()
+            .enumerate()
+            .map(|(n, &s)| line[s..starts.get(n + 1).copied().unwrap_or(line.len())].trim_end())
+            .collect();
+        (v, starts)
+    }
+
+    #[test]
+    fn a_connection_row_shows_who_the_verdicts_both_nat_sides_and_counts_in_columns() {
+        let v = egress();
+        let text = render_connections(&[&v]);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 2, "{text}");
+        let (head, head_at) = cells(lines[0]);
+        let (row, row_at) = cells(lines[1]);
+        assert_eq!(
+            head,
+            [
+                "PROTO",
+                "SOURCE",
+                "FROM",
+                "DESTINATION",
+                "TO",
+                "CLASS",
+                "VERDICTS",
+                "NAT",
+                "FWD PKTS/BYTES",
+                "REPLY PKTS/BYTES"
+            ]
+        );
+        assert_eq!(
+            row,
+            [
+                "tcp",
+                "10.244.1.10:40000",
+                "alpha:alpha-web/web-1",
+                "203.0.113.10:443",
+                "internet",
+                "pod_to_egress/internet",
+                "egress=unmediated",
+                "snat 10.224.0.4:40001",
+                "3/300",
+                "2/150"
+            ]
+        );
+        assert_eq!(head_at, row_at, "columns line up:\n{text}");
+    }
+
+    #[test]
+    fn a_node_process_names_itself_and_rows_go_largest_first() {
+        let mut big = egress();
+        big.forward.bytes = 9_000;
+        big.process = Some(crate::process::ProcessInfo {
+            pid: 42,
+            command: "curl".into(),
+            cgroup_id: 7,
+            cgroup: None,
+            pod: Some("alpha-jobs/jobs-1".into()),
+        });
+        let small = egress();
+        let text = render_connections(&[&small, &big]);
+        let rows: Vec<Vec<&str>> = text.lines().skip(1).map(|l| cells(l).0).collect();
+        assert_eq!(
+            rows[0][2],
+            "alpha:alpha-web/web-1 (curl[42] pod alpha-jobs/jobs-1)"
+        );
+        assert_eq!(rows[0][8], "3/9000");
+        assert_eq!(rows[1][8], "3/300");
+    }
 }

@@ -45,6 +45,13 @@ pub fn attach(ebpf: &mut Ebpf, root: &std::path::Path) -> Result<(), DatapathErr
         path: root.display().to_string(),
         message: e.to_string(),
     })?;
+    if !is_cgroup2(&dir) {
+        return Err(DatapathError::Cgroup {
+            path: root.display().to_string(),
+            message: "not a cgroup v2 directory (give the cgroup2 mount, e.g. /sys/fs/cgroup)"
+                .into(),
+        });
+    }
     for name in PROGRAMS {
         let prog: &mut CgroupSockAddr = datapath::program(ebpf, name)?;
         prog.load().map_err(datapath::load_err(name))?;
@@ -54,6 +61,16 @@ pub fn attach(ebpf: &mut Ebpf, root: &std::path::Path) -> Result<(), DatapathErr
             .map_err(datapath::load_err(name))?;
     }
     Ok(())
+}
+
+/// A directory on a cgroup2 filesystem: anything else would only fail later, inside the
+/// kernel's attach, with an error that names neither the path nor the cause.
+fn is_cgroup2(dir: &std::fs::File) -> bool {
+    const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
+    // SAFETY: fstatfs on a descriptor we own into a zeroed struct it fills.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    let ok = unsafe { libc::fstatfs(std::os::fd::AsRawFd::as_raw_fd(dir), &mut st) } == 0;
+    ok && st.f_type as i64 == CGROUP2_SUPER_MAGIC && dir.metadata().is_ok_and(|m| m.is_dir())
 }
 
 /// The cgroup2 root of this machine: from our own mounts, else from init's mounts reached
