@@ -60,6 +60,12 @@ fn join(w: &[u16]) -> u64 {
 const TCP_SYN: u8 = 0x02;
 const TCP_ACK: u8 = 0x10;
 
+/// A TCP SYN without ACK: the opener's first packet.
+#[inline(always)]
+pub fn opens(tcp_flags: u8) -> bool {
+    tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN
+}
+
 /// First byte / second byte of a word as it lies in memory (little-endian host).
 #[inline(always)]
 fn lo(w: u16) -> u8 {
@@ -78,9 +84,9 @@ pub struct Parsed {
     /// Bytes of IP + transport headers, repeated on every GSO segment.
     pub hdr_len: usize,
     pub tcp_flags: u8,
-    /// 1 for a TCP SYN without ACK (the opener's first packet), else 0.
-    pub opened: u8,
-    /// That SYN's sequence number (host order), else 0.
+    /// A TCP SYN without ACK's sequence number (host order), else 0. Whether it opened the
+    /// connection is read from `tcp_flags` where needed, so the hot path carries one value
+    /// fewer.
     pub syn_seq: u32,
 }
 
@@ -133,7 +139,6 @@ pub fn parse(ctx: &TcContext) -> Outcome {
         l3_off,
         hdr_len: l4_off - l3_off,
         tcp_flags: 0,
-        opened: 0,
         syn_seq: 0,
     };
     if has_l4 && parse_l4(ctx, l4_off, &mut parsed).is_none() {
@@ -212,10 +217,10 @@ fn parse_l4(ctx: &TcContext, off: usize, p: &mut Parsed) -> Option<()> {
             p.key.src_port = u16::from_be(tcp[0]);
             p.key.dst_port = u16::from_be(tcp[1]);
             p.tcp_flags = hi(tcp[6]);
-            p.opened = (p.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN) as u8;
-            // Words 2-3 are the sequence number, already loaded with the header.
-            let seq = (u16::from_be(tcp[2]) as u32) << 16 | u16::from_be(tcp[3]) as u32;
-            p.syn_seq = seq & (p.opened as u32).wrapping_neg();
+            if opens(p.tcp_flags) {
+                // Words 2-3 are the sequence number, already loaded with the header.
+                p.syn_seq = (u16::from_be(tcp[2]) as u32) << 16 | u16::from_be(tcp[3]) as u32;
+            }
             p.hdr_len += ((lo(tcp[6]) >> 4) as usize) * 4;
         }
         IPPROTO_UDP => {

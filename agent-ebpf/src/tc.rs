@@ -12,7 +12,7 @@ use core::ptr::write_volatile;
 
 use crate::{
     maps::{bump, evict, hash_seed, idle_ns, now, set_mask, FLOW_CACHE, SOCK_FLOWS},
-    parse::{parse, Outcome, Parsed},
+    parse::{opens, parse, Outcome, Parsed},
 };
 
 /// Attached at TC ingress of pod veths and uplinks.
@@ -95,7 +95,7 @@ fn record(ctx: &TcContext, dir: Direction, mut p: Parsed) {
             st.bytes += bytes;
             st.last_seen_ns = now;
             st.tcp_flags |= p.tcp_flags;
-            if p.opened != 0 {
+            if opens(p.tcp_flags) {
                 // A SYN on a live slot: the tuple was reused by a new connection.
                 st.opened = 1;
                 st.syn_seq = p.syn_seq;
@@ -138,7 +138,7 @@ fn occupy(set: &mut FlowSet, set_index: u32, p: &Parsed, segs: u64, bytes: u64, 
         first_seen_ns: now,
         last_seen_ns: now,
         tcp_flags: p.tcp_flags,
-        opened: p.opened,
+        opened: opens(p.tcp_flags) as u8,
         _pad1: 0,
         syn_seq: p.syn_seq,
     };
