@@ -30,3 +30,49 @@ pub fn stats(packets: u64, bytes: u64, first: u64, last: u64, tcp_flags: u8) -> 
         syn_seq: 0,
     }
 }
+
+/// web-1 (alpha-web, tenant alpha) → the internet: 10.244.1.10:40000 → 203.0.113.10:443 over
+/// TCP, masqueraded to 10.224.0.4:40001, seen at veth10, 3/300 forward and 2/150 back.
+pub fn egress_view() -> crate::export::ConnectionView {
+    use crate::{
+        classify::classify,
+        config::Config,
+        flow::{test_tuple, Connection, Counts, Sighting, WallClock, PROTO_TCP},
+        identity::{snapshot, Store},
+    };
+    let store = Store::from_objects(
+        snapshot::parse(
+            "kind: List\nitems:\n\
+             - {apiVersion: v1, kind: Namespace, metadata: {name: alpha-web, labels: {tenant: alpha}}}\n\
+             - {apiVersion: v1, kind: Pod, metadata: {name: web-1, namespace: alpha-web}, spec: {nodeName: n1, containers: []}, status: {podIP: 10.244.1.10}}\n",
+        )
+        .expect("fixture parses"),
+    );
+    let mut c = Connection::new(test_tuple(
+        PROTO_TCP,
+        "10.244.1.10",
+        40000,
+        "203.0.113.10",
+        443,
+    ));
+    c.snat = Some(("10.224.0.4".parse().expect("literal"), 40001));
+    c.forward = Counts {
+        packets: 3,
+        bytes: 300,
+    };
+    c.reply = Counts {
+        packets: 2,
+        bytes: 150,
+    };
+    c.sightings.push(Sighting {
+        ifindex: 4,
+        iface: "veth10".into(),
+        role: Some(crate::datapath::Role::Pod),
+        ingress: true,
+        forward: true,
+        post_nat: false,
+        counts: c.forward,
+    });
+    let k = classify(&Config::default(), &store, &c);
+    crate::export::ConnectionView::new(1, &c, k, &WallClock::now())
+}

@@ -434,42 +434,7 @@ pub fn render_table(flows: &[&FlowView]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{
-        classify::classify,
-        config::Config,
-        flow::{test_tuple, Connection, Counts, WallClock, PROTO_TCP},
-        identity::{snapshot, Store},
-    };
-
-    /// web-1 (tenant alpha) → the internet, masqueraded, 3/300 out and 2/150 back.
-    fn egress() -> ConnectionView {
-        let store = Store::from_objects(
-            snapshot::parse(
-                "kind: List\nitems:\n\
-                 - {apiVersion: v1, kind: Namespace, metadata: {name: alpha-web, labels: {tenant: alpha}}}\n\
-                 - {apiVersion: v1, kind: Pod, metadata: {name: web-1, namespace: alpha-web}, spec: {nodeName: n1, containers: []}, status: {podIP: 10.244.1.10}}\n",
-            )
-            .unwrap(),
-        );
-        let mut c = Connection::new(test_tuple(
-            PROTO_TCP,
-            "10.244.1.10",
-            40000,
-            "203.0.113.10",
-            443,
-        ));
-        c.snat = Some(("10.224.0.4".parse().unwrap(), 40001));
-        c.forward = Counts {
-            packets: 3,
-            bytes: 300,
-        };
-        c.reply = Counts {
-            packets: 2,
-            bytes: 150,
-        };
-        let k = classify(&Config::default(), &store, &c);
-        ConnectionView::new(1, &c, k, &WallClock::now())
-    }
+    use crate::test_support::egress_view as egress;
 
     /// Cells of a rendered line (columns are separated by at least two spaces) and where
     /// each column starts.

@@ -3,47 +3,11 @@
 use axum::{extract::Query, http::Uri};
 
 use super::*;
-use crate::{
-    classify::classify,
-    config::Config,
-    flow::{test_tuple, Connection, WallClock, PROTO_TCP, PROTO_UDP},
-    identity::{snapshot, Store},
-};
+use crate::{flow::PROTO_UDP, test_support::egress_view as egress};
 
 fn query(q: &str) -> Result<FlowQuery, (StatusCode, String)> {
     let uri: Uri = format!("/flows{q}").parse().unwrap();
     parse_query("/flows", Query::try_from_uri(&uri))
-}
-
-/// web-1 (alpha-web, tenant alpha) → the internet, masqueraded to the node's 10.224.0.4:40001.
-fn egress() -> ConnectionView {
-    let store = Store::from_objects(
-        snapshot::parse(
-            "kind: List\nitems:\n\
-             - {apiVersion: v1, kind: Namespace, metadata: {name: alpha-web, labels: {tenant: alpha}}}\n\
-             - {apiVersion: v1, kind: Pod, metadata: {name: web-1, namespace: alpha-web}, spec: {nodeName: n1, containers: []}, status: {podIP: 10.244.1.10}}\n",
-        )
-        .unwrap(),
-    );
-    let mut c = Connection::new(test_tuple(
-        PROTO_TCP,
-        "10.244.1.10",
-        40000,
-        "203.0.113.10",
-        443,
-    ));
-    c.snat = Some(("10.224.0.4".parse().unwrap(), 40001));
-    c.sightings.push(crate::flow::Sighting {
-        ifindex: 4,
-        iface: "veth10".into(),
-        role: Some(crate::datapath::Role::Pod),
-        ingress: true,
-        forward: true,
-        post_nat: false,
-        counts: Default::default(),
-    });
-    let k = classify(&Config::default(), &store, &c);
-    ConnectionView::new(7, &c, k, &WallClock::now())
 }
 
 #[test]
