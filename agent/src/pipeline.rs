@@ -51,8 +51,6 @@ pub struct Sinks {
 /// What the pipeline attaches to each connection of the table.
 #[derive(Debug, Default)]
 pub struct Annotation {
-    /// Identity store version the classification was made at.
-    classified_at: Option<u64>,
     class: Option<Classification>,
     /// Reclassified since the connection's last event.
     reclassified: bool,
@@ -273,7 +271,8 @@ impl Pipeline {
             .chain(&settled.ending)
             .copied()
             .collect();
-        if self.classified_at != Some(version) {
+        let identity_changed = self.classified_at != Some(version);
+        if identity_changed {
             // The inventory changed: every open connection may have new identities.
             touched.extend(self.table.reported().map(|t| t.id));
             self.classified_at = Some(version);
@@ -284,11 +283,10 @@ impl Pipeline {
             let Some(t) = self.table.get_mut(id) else {
                 continue;
             };
-            if t.extra.class.is_none() || t.nat_changed || t.extra.classified_at != Some(version) {
+            if t.extra.class.is_none() || t.nat_changed || identity_changed {
                 let k = classify::classify(&self.config, &self.identity.store, &t.conn);
                 t.extra.reclassified |= t.extra.class.as_ref() != Some(&k);
                 t.extra.class = Some(k);
-                t.extra.classified_at = Some(version);
                 t.nat_changed = false;
             }
             if t.extra.process.is_none() && !procs.is_empty() {

@@ -126,9 +126,4 @@ impl Connection {
         (self.first_seen_ns, self.last_seen_ns) = times;
         self.tcp_flags = tcp_flags;
     }
-
-    /// Seen at a pod's own interface (so a pod, not the node, is one end).
-    pub fn at_pod(&self) -> bool {
-        self.sightings.iter().any(|s| s.role == Some(Role::Pod))
-    }
 }

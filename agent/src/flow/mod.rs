@@ -11,7 +11,6 @@ mod view;
 
 pub use clock::{monotonic_ns, WallClock};
 pub use connection::{Connection, Counts, Sighting};
-pub use initiator::Evidence;
 pub use table::FlowEntry;
 pub use tracker::{
     ConnId, ConnTable, MissReason, Settled, TableStats, Tracked, JOIN_WINDOW, RESYNC_HOLD,
