@@ -105,6 +105,29 @@ pub fn in_ns(ns: &str, args: &[&str]) -> String {
     xtask::exec::in_ns(ns, args).unwrap_or_else(|e| panic!("{e:#}"))
 }
 
+/// An iptables `CT --notrack` rule in `ns` for `proto` packets whose `--dport` or `--sport`
+/// (`dir`) is `port`: conntrack never sees them (as NodeLocal DNSCache's rules do).
+pub fn notrack(ns: &str, proto: &str, dir: &str, port: u16) {
+    let port = port.to_string();
+    in_ns(
+        ns,
+        &[
+            "iptables",
+            "-t",
+            "raw",
+            "-A",
+            "PREROUTING",
+            "-p",
+            proto,
+            dir,
+            &port,
+            "-j",
+            "CT",
+            "--notrack",
+        ],
+    );
+}
+
 /// Poll `f` until it returns Some or `timeout` passes. Used only to wait for the agent's
 /// next harvest; the assertion that follows is always exact.
 pub fn eventually<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {

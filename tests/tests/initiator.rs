@@ -6,7 +6,7 @@
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use tenantflow_tests::{finish, in_ns, lab, traffic_bg, Agent};
+use tenantflow_tests::{finish, lab, notrack, traffic_bg, Agent, Topology};
 
 /// Poll `/flows?port=PORT` while `client` runs; every snapshot holds at most one record of
 /// the connection, and each says `src` → `dst`. Returns how many snapshots showed it.
@@ -46,19 +46,34 @@ fn watch(agent: &Agent, port: u16, src: (&str, u16), client: std::process::Child
     shown
 }
 
-fn client(ns: &str, from: (&str, u16), to: (&str, u16), hold_ms: u32) -> std::process::Child {
-    traffic_bg(
-        ns,
+/// web-1 serves on `port`; `pod` connects to it from `from_port`, waits `hold_ms`, then
+/// sends. Returns the server, the client and the client's address.
+fn exchange(
+    t: &Topology,
+    pod: &str,
+    from_port: u16,
+    port: u16,
+    hold_ms: u32,
+) -> (std::process::Child, std::process::Child, String) {
+    let server = t.pod("web-1");
+    let srv = traffic_bg(
+        &t.pod_ns(server),
+        &["tcp-serve", &format!("{}:{port}", server.ip()), "5000"],
+    );
+    let p = t.pod(pod);
+    let client = traffic_bg(
+        &t.pod_ns(p),
         &[
             "tcp-send",
-            &format!("{}:{}", to.0, to.1),
+            &format!("{}:{port}", server.ip()),
             "2000",
             "--bind",
-            &format!("{}:{}", from.0, from.1),
+            &format!("{}:{from_port}", p.ip()),
             "--hold-ms",
             &hold_ms.to_string(),
         ],
-    )
+    );
+    (srv, client, p.ip())
 }
 
 #[test]
@@ -68,79 +83,33 @@ fn the_client_stays_the_initiator_with_the_server_port_above_its_own() {
     let node = t.node_ns(1);
     // Conntrack must not decide for the agent here: only the kernel's opener bit can.
     for dir in ["--dport", "--sport"] {
-        in_ns(
-            &node,
-            &[
-                "iptables",
-                "-t",
-                "raw",
-                "-A",
-                "PREROUTING",
-                "-p",
-                "tcp",
-                dir,
-                "45000",
-                "-j",
-                "CT",
-                "--notrack",
-            ],
-        );
+        notrack(&node, "tcp", dir, 45000);
     }
     let agent = Agent::start(&node, &[]);
-    let server = t.pod("web-1");
-    // Same node: jobs-1:3000 → web-1:45000.
-    let srv = traffic_bg(
-        &t.pod_ns(server),
-        &["tcp-serve", &format!("{}:45000", server.ip()), "5000"],
-    );
-    let jobs = t.pod("jobs-1");
-    let c = client(
-        &t.pod_ns(jobs),
-        (&jobs.ip(), 3000),
-        (&server.ip(), 45000),
-        1500,
-    );
-    let shown = watch(&agent, 45000, (&jobs.ip(), 3000), c);
-    assert!(shown >= 5, "seen over several harvests ({shown} snapshots)");
-    finish(srv);
-    let r = &agent.connections("?port=45000")[0];
-    assert_eq!(r["nat_joined"], false, "decided without conntrack");
-    // Across nodes: web-2 (node 2):3001 → web-1:45001, seen on node 1.
-    let srv = traffic_bg(
-        &t.pod_ns(server),
-        &["tcp-serve", &format!("{}:45001", server.ip()), "5000"],
-    );
-    let web2 = t.pod("web-2");
-    let c = client(
-        &t.pod_ns(web2),
-        (&web2.ip(), 3001),
-        (&server.ip(), 45001),
-        1500,
-    );
-    let shown = watch(&agent, 45001, (&web2.ip(), 3001), c);
-    assert!(shown >= 5, "seen over several harvests ({shown} snapshots)");
-    finish(srv);
+    // Same node (jobs-1:3000 → web-1:45000), then across nodes (web-2:3001 → web-1:45001).
+    for (pod, from, port) in [("jobs-1", 3000, 45000), ("web-2", 3001, 45001)] {
+        let (srv, c, ip) = exchange(t, pod, from, port, 1500);
+        let shown = watch(&agent, port, (&ip, from), c);
+        assert!(
+            shown >= 5,
+            "{pod}: seen over several harvests ({shown} snapshots)"
+        );
+        finish(srv);
+        if port == 45000 {
+            let r = &agent.connections("?port=45000")[0];
+            assert_eq!(r["nat_joined"], false, "decided without conntrack");
+        }
+    }
 }
 
 #[test]
 fn a_connection_open_before_the_agent_started_keeps_its_client_as_initiator() {
     let lab = lab("ib");
     let t = &lab.topo;
-    let server = t.pod("web-1");
-    let srv = traffic_bg(
-        &t.pod_ns(server),
-        &["tcp-serve", &format!("{}:45002", server.ip()), "5000"],
-    );
-    let jobs = t.pod("jobs-1");
     // Connected (SYN long gone) before the agent exists; data flows after it starts.
-    let c = client(
-        &t.pod_ns(jobs),
-        (&jobs.ip(), 3002),
-        (&server.ip(), 45002),
-        4000,
-    );
+    let (srv, c, ip) = exchange(t, "jobs-1", 3002, 45002, 4000);
     let agent = Agent::start(&t.node_ns(1), &[]);
-    let shown = watch(&agent, 45002, (&jobs.ip(), 3002), c);
+    let shown = watch(&agent, 45002, (&ip, 3002), c);
     assert!(shown >= 3, "seen over several harvests ({shown} snapshots)");
     finish(srv);
 }

@@ -7,7 +7,7 @@ use std::{collections::BTreeMap, time::Duration};
 use serde_json::Value;
 use tenantflow_tests::{
     agent::{counts, wait_connection},
-    eventually, finish, in_ns, lab, snmp, traffic, traffic_bg, Agent,
+    eventually, finish, lab, notrack, snmp, traffic, traffic_bg, Agent,
 };
 use xtask::lab::topology::INTERNET_HOST;
 
@@ -432,23 +432,7 @@ fn a_connection_conntrack_never_sees_is_counted_as_a_join_miss() {
     let (web1, web2) = (t.pod("web-1"), t.pod("web-2"));
     let node = t.node_ns(1);
     // Real clusters have NOTRACK rules too (NodeLocal DNSCache); this flow bypasses conntrack.
-    in_ns(
-        &node,
-        &[
-            "iptables",
-            "-t",
-            "raw",
-            "-A",
-            "PREROUTING",
-            "-p",
-            "udp",
-            "--dport",
-            "9999",
-            "-j",
-            "CT",
-            "--notrack",
-        ],
-    );
+    notrack(&node, "udp", "--dport", 9999);
     let agent = Agent::start(&node, &["--idle-timeout", "3s"]);
     let rx = traffic_bg(
         &t.pod_ns(web2),
