@@ -45,6 +45,10 @@ pub struct AgentArgs {
     /// How often the kernel flow map is read.
     #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
     pub harvest_interval: Duration,
+    /// How often every hook is checked for the observer still running first (another
+    /// datapath attaching later goes ahead of it); a displaced observer is moved back.
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    pub hook_check_interval: Duration,
     /// A flow silent this long is finished and leaves the table.
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
     pub idle_timeout: Duration,
@@ -182,7 +186,7 @@ async fn run_async(args: AgentArgs) -> anyhow::Result<()> {
     info!(uplinks = ?selector.uplinks(), ?mode, "starting");
 
     let (initial, mut events) = datapath::watch_links().await?;
-    let mut attachments = Attachments::new(mode, programs);
+    let mut attachments = Attachments::new(&mut loaded.ebpf, mode, programs, loaded.tcx_available)?;
     if let Err(e) = attach_initial(&mut loaded.ebpf, &mut attachments, &selector, &initial) {
         let qdiscs = attachments.detach_all(&mut loaded.ebpf);
         datapath::remove_clsact(&qdiscs).await;
@@ -258,6 +262,9 @@ async fn run_async(args: AgentArgs) -> anyhow::Result<()> {
     // A slow harvest must not be followed by a burst of catch-up harvests: the join
     // window is counted in harvests, and a burst would close it before events are read.
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut hook_check = tokio::time::interval(args.hook_check_interval);
+    hook_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let nl = rtnetlink_handle(mode);
     let signal = shutdown.signalled();
     tokio::pin!(signal);
     let outcome = loop {
@@ -285,6 +292,10 @@ async fn run_async(args: AgentArgs) -> anyhow::Result<()> {
                     pipeline.on_nat(ev, &shared);
                 }
                 pipeline.harvest(&mut harvester, &attachments, &shared);
+            }
+            _ = hook_check.tick() => {
+                let positions = attachments.stay_first(&mut loaded.ebpf, nl.as_ref()).await;
+                publish_positions(&shared, &positions);
             }
             ready = evictions.readable() => match ready {
                 Ok(mut guard) => {
@@ -458,6 +469,37 @@ fn on_link_event(
             attachments.forget(ebpf, index);
         }
     }
+}
+
+/// A filter dump needs rtnetlink; in tcx mode the chains come from a bpf syscall.
+fn rtnetlink_handle(mode: AttachMode) -> Option<rtnetlink::Handle> {
+    if mode != AttachMode::Netlink {
+        return None;
+    }
+    match rtnetlink::new_connection() {
+        Ok((conn, handle, _)) => {
+            tokio::spawn(conn);
+            Some(handle)
+        }
+        Err(e) => {
+            warn!(error = %e, "rtnetlink unavailable: filter positions are not checked");
+            None
+        }
+    }
+}
+
+fn publish_positions(shared: &Shared, positions: &datapath::Positions) {
+    for (_, direction, why) in &positions.moved {
+        shared
+            .metrics
+            .hook_moves
+            .with_label_values(&[direction, why.as_str()])
+            .inc();
+    }
+    shared
+        .metrics
+        .hooks_not_first
+        .set(positions.not_first as i64);
 }
 
 fn publish_attachments(shared: &Shared, attachments: &Attachments) {

@@ -36,6 +36,13 @@ pub fn check(a: &AgentArgs) -> Result<(), UsageError> {
         HOUR,
         "1s",
     )?;
+    within(
+        "--hook-check-interval",
+        a.hook_check_interval,
+        Duration::from_millis(100),
+        HOUR,
+        "1s",
+    )?;
     // A connection is harvested at least twice before it can go idle, so no packet the
     // kernel counted is expired before it was reported.
     within(

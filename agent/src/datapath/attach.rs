@@ -4,17 +4,21 @@
 //! process does, even after `kill -9`. Legacy clsact filters outlive the process, so in
 //! netlink mode a start-up sweep removes filters a killed predecessor left, and a clean
 //! exit removes the clsact qdiscs the agent itself added.
+//!
+//! Observers go first: a tcx link before every other link, a clsact filter at priority 1
+//! (cls_bpf runs the newest filter of a priority first). A program ahead of an observer
+//! that ends the chain, as Cilium's do, would blind it; `stay_first` keeps it there.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use aya::{
     programs::{
-        tc::{self, NlOptions, SchedClassifierLinkId, TcAttachOptions},
+        tc::{self, NlOptions, SchedClassifierLinkId, TcAttachOptions, TcHandle},
         LinkOrder, SchedClassifier, TcAttachType,
     },
     Ebpf,
 };
-use rtnetlink::packet_route::tc::TcHandle;
+use rtnetlink::packet_route::tc::TcHandle as NlTcHandle;
 use tracing::{debug, info, warn};
 
 use super::{
@@ -50,26 +54,49 @@ impl AttachMode {
 pub struct Attached {
     pub name: String,
     pub role: Role,
-    ingress: SchedClassifierLinkId,
-    egress: SchedClassifierLinkId,
+    /// None only while putting it back first failed; the next position check retries.
+    pub(super) ingress: Option<SchedClassifierLinkId>,
+    pub(super) egress: Option<SchedClassifierLinkId>,
 }
 
 /// The set of interfaces the observers are attached to, keyed by ifindex.
 pub struct Attachments {
-    mode: AttachMode,
+    pub(super) mode: AttachMode,
     /// (ingress, egress) program names.
-    progs: (&'static str, &'static str),
-    by_index: BTreeMap<u32, Attached>,
+    pub(super) progs: (&'static str, &'static str),
+    /// (ingress, egress) kernel program ids, as hook chains list them.
+    pub(super) ids: (u32, u32),
+    pub(super) tcx_available: bool,
+    pub(super) by_index: BTreeMap<u32, Attached>,
+    /// Hooks (ifindex, ingress) last found with the observer not first.
+    pub(super) not_first: BTreeSet<(u32, bool)>,
 }
 
 impl Attachments {
     /// `mode` must already be resolved (not `Auto`); `programs` must be the loaded set.
-    pub fn new(mode: AttachMode, programs: Programs) -> Self {
-        Self {
+    pub fn new(
+        ebpf: &mut Ebpf,
+        mode: AttachMode,
+        programs: Programs,
+        tcx_available: bool,
+    ) -> Result<Self, DatapathError> {
+        let progs = programs.names();
+        let id = |ebpf: &mut Ebpf, name: &'static str| {
+            let p = classifier(ebpf, name)?;
+            super::position::program_id(p).map_err(|source| DatapathError::ProgramId {
+                program: name,
+                source,
+            })
+        };
+        let ids = (id(ebpf, progs.0)?, id(ebpf, progs.1)?);
+        Ok(Self {
             mode,
-            progs: programs.names(),
+            progs,
+            ids,
+            tcx_available,
             by_index: BTreeMap::new(),
-        }
+            not_first: BTreeSet::new(),
+        })
     }
 
     pub fn mode(&self) -> AttachMode {
@@ -123,8 +150,8 @@ impl Attachments {
             Attached {
                 name: name.to_owned(),
                 role,
-                ingress,
-                egress,
+                ingress: Some(ingress),
+                egress: Some(egress),
             },
         );
         Ok(())
@@ -134,12 +161,12 @@ impl Attachments {
     /// Returns the forgotten interface's name.
     pub fn forget(&mut self, ebpf: &mut Ebpf, index: u32) -> Option<String> {
         let gone = self.by_index.remove(&index)?;
+        self.not_first.retain(|&(i, _)| i != index);
         // The links are dead; taking them drops aya's bookkeeping without a detach syscall.
-        if let Ok(p) = classifier(ebpf, self.progs.0) {
-            let _ = p.take_link(gone.ingress);
-        }
-        if let Ok(p) = classifier(ebpf, self.progs.1) {
-            let _ = p.take_link(gone.egress);
+        for (prog, id) in [(self.progs.0, gone.ingress), (self.progs.1, gone.egress)] {
+            if let (Ok(p), Some(id)) = (classifier(ebpf, prog), id) {
+                let _ = p.take_link(id);
+            }
         }
         info!(iface = gone.name, index, "interface removed, forgotten");
         Some(gone.name)
@@ -152,7 +179,7 @@ impl Attachments {
         let mut qdiscs = Vec::new();
         for (index, a) in all {
             for (prog, id) in [(self.progs.0, a.ingress), (self.progs.1, a.egress)] {
-                if let Ok(p) = classifier(ebpf, prog) {
+                if let (Ok(p), Some(id)) = (classifier(ebpf, prog), id) {
                     if let Err(e) = p.detach(id) {
                         debug!(iface = a.name, index, error = %e, "detach (interface may be gone)");
                     }
@@ -166,42 +193,80 @@ impl Attachments {
     }
 }
 
-fn classifier<'a>(
+pub(super) fn classifier<'a>(
     ebpf: &'a mut Ebpf,
     name: &'static str,
 ) -> Result<&'a mut SchedClassifier, DatapathError> {
     program(ebpf, name)
 }
 
-fn attach_one(
+/// Our clsact filter handles at priority 1: fixed, so another datapath's filter (Cilium's is
+/// handle 1) is never replaced by ours nor ours by it; two, so a new filter can go ahead of
+/// the old one while moving back first.
+const FILTER_HANDLES: [u32; 2] = [0x7466_0001, 0x7466_0002];
+
+/// Attach `prog` first on the hook: before every tcx link, or at clsact priority 1. When
+/// priority 1 holds filters of another kind (the kernel refuses to mix kinds within one
+/// priority), the filter goes where the kernel puts it and the position check reports it.
+pub(super) fn attach_one(
     ebpf: &mut Ebpf,
     prog: &'static str,
     iface: &str,
     at: TcAttachType,
     mode: AttachMode,
 ) -> Result<SchedClassifierLinkId, DatapathError> {
-    let options = match mode {
-        AttachMode::Netlink => TcAttachOptions::Netlink(NlOptions::default()),
-        _ => TcAttachOptions::TcxOrder(LinkOrder::default()),
+    let p = classifier(ebpf, prog)?;
+    let result = if mode == AttachMode::Netlink {
+        attach_prio1(p, iface, at)
+    } else {
+        p.attach_with_options(iface, at, TcAttachOptions::TcxOrder(LinkOrder::first()))
     };
-    classifier(ebpf, prog)?
-        .attach_with_options(iface, at, options)
-        .map_err(|source| match source {
-            aya::programs::ProgramError::UnknownInterface { .. } => {
-                DatapathError::UnknownInterface {
-                    name: iface.to_owned(),
-                }
-            }
-            source => DatapathError::Attach {
-                iface: iface.to_owned(),
-                direction: if at == TcAttachType::Ingress {
-                    "ingress"
-                } else {
-                    "egress"
-                },
-                source,
+    result.map_err(|source| match source {
+        aya::programs::ProgramError::UnknownInterface { .. } => DatapathError::UnknownInterface {
+            name: iface.to_owned(),
+        },
+        source => DatapathError::Attach {
+            iface: iface.to_owned(),
+            direction: if at == TcAttachType::Ingress {
+                "ingress"
+            } else {
+                "egress"
             },
-        })
+            source,
+        },
+    })
+}
+
+fn attach_prio1(
+    p: &mut SchedClassifier,
+    iface: &str,
+    at: TcAttachType,
+) -> Result<SchedClassifierLinkId, aya::programs::ProgramError> {
+    let exists = |e: &aya::programs::ProgramError| {
+        matches!(e, aya::programs::ProgramError::TcError(tc::TcError::NetlinkError(n))
+            if n.raw_os_error() == Some(libc::EEXIST))
+    };
+    let mut last = None;
+    for handle in FILTER_HANDLES {
+        let options = TcAttachOptions::Netlink(NlOptions {
+            priority: 1,
+            handle: TcHandle::new((handle >> 16) as u16, handle as u16),
+            ..NlOptions::default()
+        });
+        match p.attach_with_options(iface, at, options) {
+            Err(e) if exists(&e) => last = Some(e),
+            Err(aya::programs::ProgramError::TcError(e)) => {
+                warn!(iface, error = %e, "clsact priority 1 refused our filter; attaching at the kernel's choice");
+                return p.attach_with_options(
+                    iface,
+                    at,
+                    TcAttachOptions::Netlink(NlOptions::default()),
+                );
+            }
+            other => return other,
+        }
+    }
+    Err(last.expect("both handles tried"))
 }
 
 /// Add the clsact qdisc unless it is already there (another tool's, or a predecessor's).
@@ -260,8 +325,8 @@ pub async fn remove_clsact(indexes: &[u32]) {
             }
         }
         let mut req = handle.qdisc().del(index as i32);
-        req.message_mut().header.parent = TcHandle::CLSACT;
-        req.message_mut().header.handle = TcHandle::from(0xFFFF_0000u32);
+        req.message_mut().header.parent = NlTcHandle::CLSACT;
+        req.message_mut().header.handle = NlTcHandle::from(0xFFFF_0000u32);
         if let Err(e) = req.execute().await {
             debug!(index, error = %e, "clsact qdisc not removed (interface may be gone)");
         }

@@ -80,6 +80,13 @@ pub enum DatapathError {
         #[source]
         source: aya::programs::ProgramError,
     },
+    /// The kernel would not say which id a loaded program has (needed to find it in a chain).
+    #[error("reading program {program}'s kernel id: {source}")]
+    ProgramId {
+        program: &'static str,
+        #[source]
+        source: io::Error,
+    },
     /// rtnetlink failed (listing links or routes, or subscribing to link events).
     #[error("rtnetlink {what}: {source}")]
     Netlink {

@@ -13,8 +13,10 @@ mod links;
 mod load;
 mod lock;
 mod object;
+mod position;
 mod select;
 mod slots;
+mod stay_first;
 
 pub use attach::{remove_clsact, AttachMode, Attached, Attachments};
 pub use clock::KernelClock;
@@ -26,3 +28,4 @@ pub use lock::{acquire as lock_agent, AgentLock, LockError};
 pub(crate) use object::{load_err, map_err, program, take_map, take_raw_map};
 pub use select::{Role, Selector, DEFAULT_POD_PATTERNS};
 pub use slots::Delta;
+pub use stay_first::{Moved, Positions};

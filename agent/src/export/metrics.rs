@@ -18,6 +18,8 @@ pub struct AgentMetrics {
     pub nat_entries: IntGauge,
     pub nat_events_lost: IntCounter,
     pub nat_join_misses: IntCounterVec,
+    pub hook_moves: IntCounterVec,
+    pub hooks_not_first: IntGauge,
     pub nat_unjoined: IntGauge,
     pub held_connections: IntGauge,
     pub ready: IntGauge,
@@ -174,6 +176,32 @@ impl AgentMetrics {
                 &r,
                 "tenantflow_nat_events_lost_total",
                 "Times conntrack events were lost (socket overrun); each triggers a resync dump.",
+            ),
+            hook_moves: {
+                let v = IntCounterVec::new(
+                    Opts::new(
+                        "tenantflow_hook_moves_total",
+                        "Times an observer was put back first on a hook, by direction and reason: \
+                         displaced (another program had gone ahead of it) or removed (its link or \
+                         filter was gone while the interface stayed).",
+                    ),
+                    &["direction", "reason"],
+                )
+                .expect("static metric definition");
+                r.register(Box::new(v.clone()))
+                    .expect("metric registered once");
+                for d in ["ingress", "egress"] {
+                    for reason in ["displaced", "removed"] {
+                        v.with_label_values(&[d, reason]);
+                    }
+                }
+                v
+            },
+            hooks_not_first: gauge(
+                &r,
+                "tenantflow_hooks_not_first",
+                "Hooks where an observer is not first and could not be moved there: a program \
+                 ahead of it can hide packets from it.",
             ),
             nat_join_misses: {
                 let v = IntCounterVec::new(

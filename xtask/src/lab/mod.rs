@@ -4,6 +4,7 @@
 //! what `up` made. [`LabGuard`] tears a lab down on drop, even when a test panics.
 
 mod build;
+pub mod chain_end;
 pub mod manifest;
 pub mod topology;
 
@@ -56,6 +57,7 @@ pub fn down(prefix: &str) -> Result<usize> {
         exec::run("ip", &["netns", "del", ns])?;
     }
     manifest::remove(prefix);
+    chain_end::remove(prefix);
     Ok(all.len())
 }
 

@@ -1,0 +1,265 @@
+//! A program that ends the TC chain the way Cilium's do: it returns TC_ACT_OK and changes
+//! nothing, so the packet goes on but no program after it on the hook runs. The lab puts it
+//! on a node's interfaces, before or after the agent, with tcx or as a legacy clsact filter
+//! at priority 1 handle 1 (Cilium's), to prove the agent stays first.
+//!
+//! The program is two instructions loaded with raw `bpf(2)` calls: the lab needs no compiler.
+//! Programs and tcx links are pinned under `/sys/fs/bpf/tenantflow-lab/<prefix>/`, so they
+//! outlive the call; [`remove`] (and `lab down`) unpins them, which detaches the tcx links.
+//! Legacy filters go with the node namespace.
+
+use std::{
+    ffi::CString,
+    io,
+    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    path::{Path, PathBuf},
+};
+
+use anyhow::{bail, Context, Result};
+
+use crate::exec::run;
+
+/// Where and how the chain-ender goes on a hook.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Placement {
+    /// tcx, before every other link (what `link.Head()` does for Cilium).
+    TcxFirst,
+    /// tcx, after every other link.
+    TcxLast,
+    /// Legacy clsact filter at priority 1, handle 1, protocol all, direct action (Cilium
+    /// 1.14 and every kernel without tcx).
+    Legacy,
+}
+
+const BPFFS: &str = "/sys/fs/bpf";
+const BPF_PROG_LOAD: libc::c_long = 5;
+const BPF_OBJ_PIN: libc::c_long = 6;
+const BPF_LINK_CREATE: libc::c_long = 28;
+const BPF_PROG_TYPE_SCHED_CLS: u32 = 3;
+const BPF_TCX_INGRESS: u32 = 46;
+const BPF_TCX_EGRESS: u32 = 47;
+const BPF_F_BEFORE: u32 = 1 << 3;
+const BPF_F_AFTER: u32 = 1 << 4;
+
+/// `r0 = 0 (TC_ACT_OK); exit`.
+const PROGRAM: [u64; 2] = [0x0000_0000_0000_00b7, 0x0000_0000_0000_0095];
+
+/// The lab's pin directory for `prefix`.
+pub fn pin_dir(prefix: &str) -> PathBuf {
+    Path::new(BPFFS).join("tenantflow-lab").join(prefix)
+}
+
+/// Put a chain-ender on `iface` (in network namespace `ns`), one direction.
+pub fn attach(prefix: &str, ns: &str, iface: &str, ingress: bool, at: Placement) -> Result<()> {
+    ensure_bpffs()?;
+    let dir = pin_dir(prefix);
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let dirname = if ingress { "ingress" } else { "egress" };
+    match at {
+        Placement::Legacy => {
+            let prog = dir.join("chain-end");
+            if !prog.exists() {
+                let fd = load()?;
+                pin(&fd, &prog)?;
+            }
+            tc(ns, &["qdisc", "replace", "dev", iface, "clsact"])?;
+            tc(
+                ns,
+                &[
+                    "filter",
+                    "add",
+                    "dev",
+                    iface,
+                    dirname,
+                    "prio",
+                    "1",
+                    "handle",
+                    "1",
+                    "protocol",
+                    "all",
+                    "bpf",
+                    "object-pinned",
+                    &prog.to_string_lossy(),
+                    "direct-action",
+                ],
+            )?;
+        }
+        Placement::TcxFirst | Placement::TcxLast => {
+            let fd = load()?;
+            let flags = if at == Placement::TcxFirst {
+                BPF_F_BEFORE
+            } else {
+                BPF_F_AFTER
+            };
+            let link = in_netns(ns, || link_tcx(&fd, iface, ingress, flags))?;
+            let path = dir.join(format!("{ns}-{iface}-{dirname}"));
+            let _ = std::fs::remove_file(&path);
+            pin(&link, &path)?;
+        }
+    }
+    Ok(())
+}
+
+/// Take a tcx chain-ender off again (unpinning its link detaches it); legacy filters are
+/// removed with `tc filter del`.
+pub fn detach(prefix: &str, ns: &str, iface: &str, ingress: bool, at: Placement) -> Result<()> {
+    let dirname = if ingress { "ingress" } else { "egress" };
+    match at {
+        Placement::Legacy => tc(
+            ns,
+            &[
+                "filter", "del", "dev", iface, dirname, "prio", "1", "handle", "1", "protocol",
+                "all", "bpf",
+            ],
+        ),
+        _ => {
+            let path = pin_dir(prefix).join(format!("{ns}-{iface}-{dirname}"));
+            std::fs::remove_file(&path).with_context(|| format!("unpinning {}", path.display()))
+        }
+    }
+}
+
+/// Unpin everything the lab pinned for `prefix` (called by `lab down`).
+pub fn remove(prefix: &str) {
+    let dir = pin_dir(prefix);
+    if dir.exists() {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
+
+/// `tc` in network namespace `ns`. Not `ip netns exec`: it mounts a fresh /sys, which
+/// hides the bpffs holding the pinned program.
+fn tc(ns: &str, args: &[&str]) -> Result<()> {
+    let net = format!("--net=/var/run/netns/{ns}");
+    let mut all = vec![net.as_str(), "tc"];
+    all.extend_from_slice(args);
+    run("nsenter", &all).map(drop)
+}
+
+fn ensure_bpffs() -> Result<()> {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").context("reading mounts")?;
+    if mounts
+        .lines()
+        .any(|l| l.split(' ').nth(1) == Some(BPFFS) && l.split(' ').nth(2) == Some("bpf"))
+    {
+        return Ok(());
+    }
+    run("mount", &["-t", "bpf", "bpf", BPFFS]).map(drop)
+}
+
+fn sys_bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<i64> {
+    // SAFETY: `attr` is a properly laid out bpf_attr prefix for `cmd`; pointers inside it
+    // refer to buffers the caller keeps alive for the call.
+    let rc = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr as *mut T, std::mem::size_of::<T>()) };
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(rc)
+    }
+}
+
+#[repr(C)]
+#[derive(Default)]
+struct ProgLoad {
+    prog_type: u32,
+    insn_cnt: u32,
+    insns: u64,
+    license: u64,
+    log_level: u32,
+    log_size: u32,
+    log_buf: u64,
+    kern_version: u32,
+    prog_flags: u32,
+    prog_name: [u8; 16],
+}
+
+fn load() -> Result<OwnedFd> {
+    let license = CString::new("GPL").expect("static");
+    let mut name = [0u8; 16];
+    name[..13].copy_from_slice(b"lab_chain_end");
+    let mut attr = ProgLoad {
+        prog_type: BPF_PROG_TYPE_SCHED_CLS,
+        insn_cnt: PROGRAM.len() as u32,
+        insns: PROGRAM.as_ptr() as u64,
+        license: license.as_ptr() as u64,
+        prog_name: name,
+        ..Default::default()
+    };
+    let fd = sys_bpf(BPF_PROG_LOAD, &mut attr).context("loading the lab chain-ender")?;
+    // SAFETY: the kernel returned a new fd we now own.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+#[repr(C)]
+#[derive(Default)]
+struct LinkCreate {
+    prog_fd: u32,
+    target_ifindex: u32,
+    attach_type: u32,
+    flags: u32,
+    relative_id: u32,
+    _pad: u32,
+    expected_revision: u64,
+}
+
+fn link_tcx(prog: &OwnedFd, iface: &str, ingress: bool, flags: u32) -> Result<OwnedFd> {
+    let cname = CString::new(iface).context("interface name")?;
+    // SAFETY: a valid NUL-terminated name.
+    let ifindex = unsafe { libc::if_nametoindex(cname.as_ptr()) };
+    if ifindex == 0 {
+        bail!("no interface {iface}");
+    }
+    let mut attr = LinkCreate {
+        prog_fd: prog.as_raw_fd() as u32,
+        target_ifindex: ifindex,
+        attach_type: if ingress {
+            BPF_TCX_INGRESS
+        } else {
+            BPF_TCX_EGRESS
+        },
+        flags,
+        ..Default::default()
+    };
+    let fd = sys_bpf(BPF_LINK_CREATE, &mut attr).with_context(|| format!("tcx link on {iface}"))?;
+    // SAFETY: the kernel returned a new fd we now own.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+#[repr(C)]
+#[derive(Default)]
+struct ObjPin {
+    pathname: u64,
+    bpf_fd: u32,
+    file_flags: u32,
+    path_fd: i32,
+    _pad: u32,
+}
+
+fn pin(fd: &OwnedFd, path: &Path) -> Result<()> {
+    let cpath = CString::new(path.to_string_lossy().as_bytes()).context("pin path")?;
+    let mut attr = ObjPin {
+        pathname: cpath.as_ptr() as u64,
+        bpf_fd: fd.as_raw_fd() as u32,
+        ..Default::default()
+    };
+    sys_bpf(BPF_OBJ_PIN, &mut attr).with_context(|| format!("pinning {}", path.display()))?;
+    Ok(())
+}
+
+/// Run `f` on a thread that has joined network namespace `ns` (ifindexes are per namespace;
+/// a thread's namespace is its own, so the caller's stays untouched).
+fn in_netns<T: Send>(ns: &str, f: impl FnOnce() -> Result<T> + Send) -> Result<T> {
+    let path = format!("/var/run/netns/{ns}");
+    let file = std::fs::File::open(&path).with_context(|| format!("opening {path}"))?;
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            // SAFETY: setns on this thread only, with a namespace fd we hold open.
+            if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                bail!("setns {ns}: {}", io::Error::last_os_error());
+            }
+            f()
+        })
+        .join()
+        .expect("netns thread panicked")
+    })
+}
