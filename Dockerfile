@@ -1,5 +1,10 @@
-# tenantflow agent image. Build: docker build -t <registry>/tenantflow:<version> .
-# (docs/deploy-aks.md: building and pushing to ACR).
+# tenantflow agent image, one file for both ways of building it (docs/deploy-aks.md):
+#   docker build -t <registry>/tenantflow:<version> .          (compiles in the build stage)
+#   cargo xtask image                                           (offline: a prebuilt binary on
+#     a runtime base assembled from Debian packages, --target prebuilt)
+# The runtime base defaults to distroless; the offline path passes its local equivalent
+# (same glibc 2.36) with --build-arg RUNTIME_BASE=localhost/tenantflow-runtime-base:bookworm.
+ARG RUNTIME_BASE=gcr.io/distroless/cc-debian12
 
 # --- build: stable for the agent, nightly + rust-src + bpf-linker (LLVM 22) for the eBPF
 # object, exactly as `cargo xtask setup` prepares a developer machine.
@@ -17,14 +22,21 @@ RUN set -eux; \
         --no-default-features --features llvm-22
 WORKDIR /src
 COPY . .
-RUN cargo build --release --locked -p tenantflow \
-    && install -D -m 0755 target/release/tenantflow /out/tenantflow
+RUN cargo build --profile image --locked -p tenantflow \
+    && install -D -m 0755 target/image/tenantflow /out/tenantflow
 
-# --- runtime: glibc and libgcc only; no shell, no package manager, no network tools.
-FROM gcr.io/distroless/cc-debian12
-COPY --from=build /out/tenantflow /usr/local/bin/tenantflow
+# --- prebuilt: the runtime with a binary `cargo build --profile image` made outside.
+FROM ${RUNTIME_BASE} AS prebuilt
+COPY target/image/tenantflow /usr/local/bin/tenantflow
 # Root inside the container, but the DaemonSet drops every capability except CAP_BPF,
 # CAP_NET_ADMIN and CAP_PERFMON (deploy/helm/tenantflow/templates/daemonset.yaml).
+USER 0
+ENTRYPOINT ["/usr/local/bin/tenantflow"]
+CMD ["agent"]
+
+# --- runtime (default): glibc and libgcc only; no shell, no package manager, no network tools.
+FROM ${RUNTIME_BASE}
+COPY --from=build /out/tenantflow /usr/local/bin/tenantflow
 USER 0
 ENTRYPOINT ["/usr/local/bin/tenantflow"]
 CMD ["agent"]

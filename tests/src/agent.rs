@@ -56,6 +56,16 @@ impl Agent {
         agent
     }
 
+    /// An agent started by other means (e.g. from its container image) listening on
+    /// [`LISTEN`] in `ns`; dropping it stops nothing.
+    pub fn started_elsewhere(ns: &str, log: std::path::PathBuf) -> Self {
+        Agent {
+            ns: ns.to_owned(),
+            child: None,
+            log,
+        }
+    }
+
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }

@@ -79,6 +79,21 @@ pub fn traffic(ns: &str, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// (iface, hook, program) of every tcx program in `ns`, from `tenantflow hooks`.
+pub fn tcx_hooks(ns: &str) -> Vec<(String, String, String)> {
+    let out = in_ns(ns, &[agent_bin().to_str().unwrap(), "hooks"]);
+    let mut v: Vec<_> = out
+        .lines()
+        .skip(1)
+        .map(|l| {
+            let c: Vec<&str> = l.split('\t').collect();
+            (c[0].to_owned(), c[1].to_owned(), c[2].to_owned())
+        })
+        .collect();
+    v.sort();
+    v
+}
+
 /// Start the traffic generator in the background (servers); the child is returned.
 pub fn traffic_bg(ns: &str, args: &[&str]) -> std::process::Child {
     let child = Command::new("ip")

@@ -3,22 +3,7 @@
 
 use std::process::Command;
 
-use tenantflow_tests::{agent_bin, in_ns, lab, Agent};
-
-/// (iface, hook, program) of every tcx program in `ns`, from `tenantflow hooks`.
-fn tcx_hooks(ns: &str) -> Vec<(String, String, String)> {
-    let out = in_ns(ns, &[agent_bin().to_str().unwrap(), "hooks"]);
-    let mut v: Vec<_> = out
-        .lines()
-        .skip(1)
-        .map(|l| {
-            let c: Vec<&str> = l.split('\t').collect();
-            (c[0].to_owned(), c[1].to_owned(), c[2].to_owned())
-        })
-        .collect();
-    v.sort();
-    v
-}
+use tenantflow_tests::{agent_bin, in_ns, lab, tcx_hooks, Agent};
 
 /// What a running agent on a lab node must have: both observers on eth0 and every pod veth.
 fn expected(ifaces: &[&str]) -> Vec<(String, String, String)> {

@@ -2,6 +2,7 @@
 //! No product logic lives here.
 
 pub mod exec;
+pub mod image;
 pub mod lab;
 pub mod setup;
 pub mod tools;

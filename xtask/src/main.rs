@@ -32,6 +32,8 @@ enum Cmd {
     Demo(demo::DemoArgs),
     /// The whole test suite: unit, privileged end-to-end, lint.
     Test(test::TestArgs),
+    /// The agent's container image, built offline (buildah, podman), plus an OCI archive.
+    Image,
     /// Per-packet cost and throughput against a baseline, in one run.
     Bench(bench::BenchArgs),
     /// Exact lab traffic (run inside a namespace with `ip netns exec`).
@@ -49,6 +51,19 @@ enum LabAction {
 fn main() -> Result<()> {
     match Cli::parse().command {
         Cmd::Setup => setup::setup(),
+        Cmd::Image => {
+            setup::setup()?;
+            let (size, archive) = xtask::image::build()?;
+            let packed = std::fs::metadata(&archive)?.len();
+            println!(
+                "image {}: {:.1} MB ({:.1} MB packed in {})",
+                xtask::image::name(),
+                size as f64 / 1e6,
+                packed as f64 / 1e6,
+                archive.display()
+            );
+            Ok(())
+        }
         Cmd::Lab { action, prefix } => {
             let topo = lab::Topology::standard(&prefix);
             match action {

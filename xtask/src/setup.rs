@@ -27,6 +27,12 @@ pub const APT_PACKAGES: &[&str] = &[
     "binutils",     // readelf: the runtime image check
     "python3-venv", // kubernetes-validate
     "curl",         // the scale benchmark reads the agent's metrics inside the node namespace
+    "podman",       // runs the agent from its image in the image test
+    "buildah",      // builds the image offline (cargo xtask image)
+    "skopeo",       // writes the image as an OCI archive for a later push
+    "runc",         // the OCI runtime (crun refuses this host's hybrid cgroup layout)
+    "netavark",     // podman's network backend (the test joins a lab namespace instead)
+    "catatonit",    // podman's init for --init
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";

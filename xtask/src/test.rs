@@ -46,6 +46,13 @@ pub fn run(args: TestArgs) -> Result<()> {
         )?;
     }
     cargo(&["build", "--all-targets"])?;
+    // tests/tests/image.rs runs the agent from its image.
+    let (size, _) = xtask::image::build()?;
+    eprintln!(
+        "test: image {} is {:.1} MB",
+        xtask::image::name(),
+        size as f64 / 1e6
+    );
     let mut test = vec!["test"];
     if let Some(f) = &args.filter {
         test.push(f);
