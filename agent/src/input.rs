@@ -23,6 +23,8 @@ pub enum InputError {
     },
     #[error("it is not UTF-8 text (invalid byte at offset {0}): save it as UTF-8")]
     NotUtf8(usize),
+    #[error(transparent)]
+    Shape(#[from] crate::yaml_shape::ShapeError),
     #[error("it nests {depth} levels of [ or {{ at line {line}, over the limit of {MAX_DEPTH}: no config or Kubernetes object is that deep")]
     TooDeep { depth: usize, line: usize },
 }
@@ -71,6 +73,13 @@ pub fn read(path: &Path, max: u64, hint: &'static str) -> Result<String, InputEr
     let text =
         String::from_utf8(bytes).map_err(|e| InputError::NotUtf8(e.utf8_error().valid_up_to()))?;
     check_depth(&text)?;
+    Ok(text)
+}
+
+/// [`read`], then the YAML shape check (no expanding aliases, no duplicate keys).
+pub fn read_yaml(path: &Path, max: u64, hint: &'static str) -> Result<String, InputError> {
+    let text = read(path, max, hint)?;
+    crate::yaml_shape::check(&text)?;
     Ok(text)
 }
 

@@ -17,3 +17,4 @@ pub mod process;
 pub mod shutdown;
 #[cfg(test)]
 mod test_support;
+pub mod yaml_shape;

@@ -74,7 +74,7 @@ impl Config {
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         const MAX_CONFIG_BYTES: u64 = 1 << 20;
         let file = path.display().to_string();
-        let text = crate::input::read(
+        let text = crate::input::read_yaml(
             path,
             MAX_CONFIG_BYTES,
             "a config is a few KiB: check the path given to --config",

@@ -18,7 +18,7 @@ const TOO_BIG: &str =
 /// half-read inventory never silently replaces a whole one.
 pub fn load(path: &Path) -> Result<Vec<Object>, IdentityError> {
     let file = path.display().to_string();
-    let text = crate::input::read(path, MAX_BYTES, TOO_BIG).map_err(|e| {
+    let text = crate::input::read_yaml(path, MAX_BYTES, TOO_BIG).map_err(|e| {
         let fix = match e {
             crate::input::InputError::Open(_) => format!(
                 "; write it with `kubectl get pods,namespaces,nodes,services -A -o yaml > {file}`"
