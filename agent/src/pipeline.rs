@@ -16,7 +16,7 @@ use crate::{
     datapath::{Attachments, Harvester},
     export::{ConnEvent, ConnectionView, EventKind, FlowLog, FlowMetrics, NatMappings, Shared},
     flow::{monotonic_ns, ConnId, ConnTable, FlowView, Settled, WallClock},
-    identity::{reload::SnapshotFile, watch::WatchEvent, Change, Kind, Store},
+    identity::{reload::Reloaded, watch::WatchEvent, Kind, Store},
     nat::{Mechanism, NatEvent, NatTable},
     process::{Attribution, ProcessInfo},
 };
@@ -25,7 +25,8 @@ use crate::{
 pub struct Identity {
     pub store: Store,
     pub source: &'static str,
-    pub snapshot: Option<SnapshotFile>,
+    /// The snapshot file, when that is the source (reloaded by its own thread).
+    pub snapshot: Option<std::path::PathBuf>,
     /// Kinds whose full list has been applied (the API watch); a snapshot is complete at once.
     pub synced: std::collections::BTreeSet<Kind>,
     /// Object counts need republishing (kept off the per-event path).
@@ -153,30 +154,29 @@ impl Pipeline {
             .unwrap_or_default();
         m.metadata_last_sync.set(now.as_secs() as i64);
         m.metadata_stale.set(0);
+        let conflicts = self.identity.store.ip_conflicts() as i64;
+        if conflicts != m.metadata_ip_conflicts.get() && conflicts > 0 {
+            warn!(
+                addresses = conflicts,
+                "identity: addresses claimed by more than one object (the newest claim owns each; brief during pod IP reuse, lasting in a bad snapshot)"
+            );
+        }
+        m.metadata_ip_conflicts.set(conflicts);
     }
 
-    fn reload_snapshot(&mut self, shared: &Shared) {
-        let Some(file) = self.identity.snapshot.as_mut() else {
-            return;
-        };
-        match file.poll() {
-            None => {}
-            Some(Ok(objects)) => {
-                for kind in [Kind::Pod, Kind::Namespace, Kind::Node, Kind::Service] {
-                    let of_kind = objects
-                        .iter()
-                        .filter(|o| o.kind() == kind)
-                        .cloned()
-                        .collect();
-                    self.identity.store.apply(Change::Replace(kind, of_kind));
-                }
+    /// A changed snapshot, already parsed and indexed off this loop: swapped in at once.
+    pub fn on_reload(&mut self, r: Reloaded, shared: &Shared) {
+        match r {
+            Reloaded::Store(mut store) => {
+                store.resume_after(self.identity.store.version());
+                self.identity.store = store;
                 info!(
                     objects = self.identity.store.len(),
                     "identity snapshot reloaded"
                 );
                 self.publish_identity(shared);
             }
-            Some(Err(e)) => {
+            Reloaded::Invalid(e) => {
                 shared.metrics.metadata_errors.inc();
                 warn!(error = %e, "identity snapshot changed but is invalid: keeping the last good one");
             }
@@ -209,7 +209,6 @@ impl Pipeline {
         self.table.join(&fresh, &self.nat);
         // Keep mappings of closed connections as long as their counters may still be shown.
         self.nat.gc(now, idle_ns.saturating_mul(2));
-        self.reload_snapshot(shared);
         if self.identity.dirty {
             self.identity.dirty = false;
             self.publish_identity(shared);

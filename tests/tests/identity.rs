@@ -284,3 +284,107 @@ fn kubelet_probe_and_host_process_egress() {
                "cross_tenant": false, "egress": "unmediated", "sensitive": null})
     );
 }
+
+/// The lab's snapshot plus `extra` pods in alpha-web (addresses 10.250.x.y) and two pods
+/// claiming one address, as JSON (which is YAML).
+fn bigger_snapshot(lab: &LabGuard, extra: u32) -> String {
+    let mut snap = xtask::lab::manifest::snapshot(&lab.topo);
+    let items = snap["items"].as_array_mut().unwrap();
+    let pod = |name: String, ip: String| {
+        json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "namespace": "alpha-web", "labels": {"app": "filler"}},
+            "spec": {"nodeName": lab.topo.node(2).name, "containers": [{"name": "c"}]},
+            "status": {"phase": "Running", "podIP": ip},
+        })
+    };
+    for i in 0..extra {
+        items.push(pod(
+            format!("filler-{i}"),
+            format!("10.250.{}.{}", i / 250, i % 250 + 1),
+        ));
+    }
+    for twin in ["twin-a", "twin-b"] {
+        items.push(pod(twin.into(), "10.251.0.1".into()));
+    }
+    serde_json::to_string(&snap).unwrap()
+}
+
+fn pods(agent: &Agent) -> f64 {
+    agent
+        .metric("tenantflow_metadata_objects{kind=\"pod\",source=\"snapshot\"}")
+        .expect("pod count exported")
+}
+
+/// A snapshot rewritten in pieces (as `kubectl … > file` does) is taken only once whole,
+/// parsed off the harvest path (traffic sent after the rewrite is counted before the new
+/// inventory is in), reports its address conflict, and SIGTERM does not wait for a reload.
+#[test]
+fn snapshot_rewrites_are_applied_whole_and_off_the_harvest_path() {
+    let lab = lab("rl");
+    let mut agent = agent_with_lab_config(&lab, 1);
+    let before = lab.topo.pods.len() as f64;
+    assert_eq!(pods(&agent), before);
+    let path = xtask::lab::manifest::snapshot_path(&lab.topo.prefix);
+    let text = bigger_snapshot(&lab, 30_000);
+
+    // Truncate, then append in pieces 300 ms apart: never still for a whole poll.
+    let pieces = 8;
+    let step = text.len() / pieces + 1;
+    std::fs::write(&path, "").unwrap();
+    let mut seen = std::collections::BTreeSet::new();
+    for chunk in text.as_bytes().chunks(step) {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap();
+        f.write_all(chunk).unwrap();
+        drop(f);
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        seen.insert(pods(&agent) as u64);
+    }
+    // The harvest keeps going while the big file is parsed: traffic sent now is counted
+    // while the agent still has the old inventory.
+    let t = &lab.topo;
+    let web2 = t.pod("web-2");
+    let sent = udp_from_pod(
+        &lab,
+        "web-1",
+        4100,
+        &t.pod_ns(web2),
+        &format!("{}:5000", web2.ip()),
+        3,
+        50,
+    );
+    let c = conn_from(&agent, &t.pod("web-1").ip(), 4100, &web2.ip(), sent);
+    assert_eq!(counts(&c, "forward"), sent);
+    assert_eq!(pods(&agent), before, "counted before the reload finished");
+
+    let after = before + 30_002.0;
+    tenantflow_tests::eventually(std::time::Duration::from_secs(60), || {
+        seen.insert(pods(&agent) as u64);
+        (pods(&agent) == after).then_some(())
+    });
+    assert_eq!(pods(&agent), after);
+    assert_eq!(
+        seen,
+        [before as u64, after as u64].into_iter().collect(),
+        "never a partial inventory"
+    );
+    assert_eq!(agent.metric("tenantflow_metadata_errors_total"), Some(0.0));
+    assert_eq!(agent.metric("tenantflow_metadata_ip_conflicts"), Some(1.0));
+
+    // Back to the small file, and stop while that reload may still be running.
+    std::fs::write(
+        &path,
+        serde_json::to_string(&xtask::lab::manifest::snapshot(t)).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        agent.stop_with(libc::SIGTERM),
+        Some(0),
+        "{}",
+        agent.log_text()
+    );
+}

@@ -18,7 +18,7 @@ use crate::{
         self, AgentMetrics, FlowLog, FlowLogConfig, FlowMetrics, FlowMetricsConfig, LogFilter,
         NatMappings, Shared,
     },
-    identity::{self, reload::SnapshotFile, snapshot, Store},
+    identity::{self, reload::Reloaded, snapshot, Store},
     nat::{self, Mechanism},
     pipeline::{Identity, Pipeline, Sinks},
     process::{self, Attribution},
@@ -157,7 +157,8 @@ async fn run_async(args: AgentArgs) -> anyhow::Result<()> {
         Some(path) => Config::load(path).map_err(|e| UsageError(e.to_string()))?,
         None => Config::default(),
     };
-    let (identity, kube_client) = load_identity(&config).await?;
+    let (reload_tx, mut reload_rx) = tokio::sync::mpsc::unbounded_channel();
+    let (identity, kube_client) = load_identity(&config, reload_tx).await?;
     let flow_log = open_flow_log(&args)?;
     let programs = if args.bench_noop {
         Programs::Noop
@@ -258,6 +259,8 @@ async fn run_async(args: AgentArgs) -> anyhow::Result<()> {
         drop(watch_tx);
     }
     shared.set_ready(pipeline.identity_ready());
+    shared.set_stall_limit(stall_limit(args.harvest_interval));
+    shared.mark_harvest();
     let mut tick = tokio::time::interval(args.harvest_interval);
     // A slow harvest must not be followed by a burst of catch-up harvests: the join
     // window is counted in harvests, and a burst would close it before events are read.
@@ -281,6 +284,7 @@ async fn run_async(args: AgentArgs) -> anyhow::Result<()> {
                 None => break Err(anyhow::anyhow!("rtnetlink link event stream ended")),
             },
             Some(ev) = nat_rx.recv() => pipeline.on_nat(ev, &shared),
+            Some(r) = reload_rx.recv() => pipeline.on_reload(r, &shared),
             Some(ev) = watch_rx.recv() => {
                 pipeline.on_watch(ev, &shared);
                 shared.set_ready(pipeline.identity_ready());
@@ -292,6 +296,7 @@ async fn run_async(args: AgentArgs) -> anyhow::Result<()> {
                     pipeline.on_nat(ev, &shared);
                 }
                 pipeline.harvest(&mut harvester, &attachments, &shared);
+                shared.mark_harvest();
             }
             _ = hook_check.tick() => {
                 let positions = attachments.stay_first(&mut loaded.ebpf, nl.as_ref()).await;
@@ -317,7 +322,10 @@ async fn run_async(args: AgentArgs) -> anyhow::Result<()> {
 
 /// The identity source: the snapshot file the config names; else the Kubernetes API
 /// (in-cluster service account or kubeconfig); else none, with a warning.
-async fn load_identity(config: &Config) -> anyhow::Result<(Identity, Option<kube::Client>)> {
+async fn load_identity(
+    config: &Config,
+    reload: tokio::sync::mpsc::UnboundedSender<Reloaded>,
+) -> anyhow::Result<(Identity, Option<kube::Client>)> {
     let empty = |source| Identity {
         store: Store::new(),
         source,
@@ -327,7 +335,8 @@ async fn load_identity(config: &Config) -> anyhow::Result<(Identity, Option<kube
     };
     if let Some(path) = &config.snapshot {
         let path = std::path::PathBuf::from(path);
-        let file = SnapshotFile::new(path.clone());
+        // Watching starts before the first read, so a rewrite during it is not missed.
+        identity::reload::spawn(path.clone(), SNAPSHOT_POLL, reload);
         let objects =
             snapshot::load(&path).map_err(|e| UsageError(format!("identity.snapshot: {e}")))?;
         let store = Store::from_objects(objects);
@@ -335,7 +344,7 @@ async fn load_identity(config: &Config) -> anyhow::Result<(Identity, Option<kube
         return Ok((
             Identity {
                 store,
-                snapshot: Some(file),
+                snapshot: Some(path),
                 ..empty("snapshot")
             },
             None,
@@ -409,6 +418,15 @@ fn open_flow_log(args: &AgentArgs) -> anyhow::Result<Option<FlowLog>> {
         ))
     })?;
     Ok(Some(log))
+}
+
+/// How often the snapshot file is checked for changes.
+const SNAPSHOT_POLL: Duration = Duration::from_secs(1);
+
+/// A harvest this overdue means the loop is stuck: ten intervals, at least 10 s (well inside
+/// the chart's liveness probe: three failures 20 s apart).
+fn stall_limit(harvest: Duration) -> Duration {
+    (harvest * 10).max(Duration::from_secs(10))
 }
 
 fn mode_name(mode: AttachMode) -> &'static str {

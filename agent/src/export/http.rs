@@ -102,7 +102,7 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 pub async fn serve(listener: TcpListener, shared: Arc<Shared>) -> std::io::Result<()> {
     let app = Router::new()
         .route("/metrics", get(metrics))
-        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/flows", get(flows))
         .route("/observations", get(observations))
@@ -118,6 +118,20 @@ async fn metrics(State(s): State<Arc<Shared>>) -> impl IntoResponse {
         )],
         s.metrics.render(),
     )
+}
+
+/// Alive unless the harvest loop is stuck (then the kubelet restarts the agent).
+async fn healthz(State(s): State<Arc<Shared>>) -> impl IntoResponse {
+    match s.stalled_for() {
+        None => (StatusCode::OK, "ok\n".to_owned()),
+        Some(age) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "harvest stalled: the last one finished {:.1}s ago\n",
+                age.as_secs_f64()
+            ),
+        ),
+    }
 }
 
 async fn readyz(State(s): State<Arc<Shared>>) -> impl IntoResponse {

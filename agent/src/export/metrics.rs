@@ -27,6 +27,7 @@ pub struct AgentMetrics {
     pub metadata_objects: IntGaugeVec,
     pub metadata_last_sync: IntGauge,
     pub metadata_stale: IntGauge,
+    pub metadata_ip_conflicts: IntGauge,
     pub metadata_errors: IntCounter,
     pub flow_log_records: IntCounter,
     pub flow_log_errors: IntCounter,
@@ -130,6 +131,12 @@ impl AgentMetrics {
                 &r,
                 "tenantflow_metadata_stale",
                 "1 while the identity source is unreachable and the last-known inventory is used.",
+            ),
+            metadata_ip_conflicts: gauge(
+                &r,
+                "tenantflow_metadata_ip_conflicts",
+                "Addresses more than one pod, node or service claims right now; the newest claim \
+                 owns each. Brief while pod IPs are reused; lasting when a snapshot is wrong.",
             ),
             metadata_errors: counter(
                 &r,

@@ -32,6 +32,10 @@ pub struct Shared {
     epoch: Instant,
     /// Bumped at each publication.
     published: watch::Sender<u64>,
+    /// Milliseconds since `epoch` when the last harvest finished (0: not started).
+    harvested_at_ms: AtomicU64,
+    /// A harvest older than this means the loop is stuck: /healthz fails.
+    stall_after_ms: AtomicU64,
     pub metrics: AgentMetrics,
 }
 
@@ -44,8 +48,30 @@ impl Shared {
             wanted_at_ms: AtomicU64::new(0),
             epoch: Instant::now(),
             published: watch::Sender::new(0),
+            harvested_at_ms: AtomicU64::new(0),
+            stall_after_ms: AtomicU64::new(u64::MAX),
             metrics,
         }
+    }
+
+    /// How old the last harvest may get before /healthz reports the agent stuck.
+    pub fn set_stall_limit(&self, limit: Duration) {
+        self.stall_after_ms
+            .store(limit.as_millis() as u64, Ordering::Release);
+    }
+
+    /// A harvest finished (or the loop started): the agent is alive.
+    pub fn mark_harvest(&self) {
+        self.harvested_at_ms.store(self.now_ms(), Ordering::Release);
+    }
+
+    /// None when healthy; else how long the harvest has been stuck.
+    pub fn stalled_for(&self) -> Option<Duration> {
+        stalled(
+            self.now_ms(),
+            self.harvested_at_ms.load(Ordering::Acquire),
+            self.stall_after_ms.load(Ordering::Acquire),
+        )
     }
 
     /// Ready once the programs are attached (and, later, metadata is loaded).
@@ -58,7 +84,7 @@ impl Shared {
         self.ready.load(Ordering::Acquire)
     }
 
-    fn now_ms(&self) -> u64 {
+    pub(crate) fn now_ms(&self) -> u64 {
         // +1 so a request in the first millisecond still counts as one.
         self.epoch.elapsed().as_millis() as u64 + 1
     }
@@ -94,5 +120,28 @@ impl Shared {
 
     pub fn observations<R>(&self, f: impl FnOnce(&[FlowView]) -> R) -> R {
         f(&self.observations.read().unwrap_or_else(|p| p.into_inner()))
+    }
+}
+
+/// Stuck when a harvest was seen and the last one is older than `limit_ms`.
+fn stalled(now_ms: u64, last_ms: u64, limit_ms: u64) -> Option<Duration> {
+    let age = now_ms.saturating_sub(last_ms);
+    (last_ms != 0 && age > limit_ms).then(|| Duration::from_millis(age))
+}
+
+#[cfg(test)]
+mod stall_tests {
+    use super::stalled;
+    use std::time::Duration;
+
+    #[test]
+    fn a_harvest_older_than_the_limit_is_a_stall() {
+        assert_eq!(stalled(10_000, 0, 5_000), None, "not started yet");
+        assert_eq!(stalled(10_000, 6_000, 5_000), None);
+        assert_eq!(stalled(10_000, 5_000, 5_000), None, "at the limit");
+        assert_eq!(
+            stalled(10_001, 5_000, 5_000),
+            Some(Duration::from_millis(5_001))
+        );
     }
 }

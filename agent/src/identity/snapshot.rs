@@ -71,11 +71,42 @@ pub fn parse(text: &str) -> Result<Vec<Object>, IdentityError> {
             )))
         }
     };
-    items
+    let objects: Vec<Object> = items
         .into_iter()
         .enumerate()
         .map(|(i, item)| object(i, item))
-        .collect()
+        .collect::<Result<_, _>>()?;
+    no_duplicates(&objects)?;
+    Ok(objects)
+}
+
+/// The API never lists one object twice; a file that does was concatenated or edited, and
+/// which copy is right cannot be known.
+fn no_duplicates(objects: &[Object]) -> Result<(), IdentityError> {
+    let mut seen = std::collections::HashMap::new();
+    for (i, o) in objects.iter().enumerate() {
+        let (kind, ns, name) = match o {
+            Object::Pod(p) => ("Pod", p.namespace.as_str(), p.name.as_str()),
+            Object::Namespace(n) => ("Namespace", "", n.name.as_str()),
+            Object::Node(n) => ("Node", "", n.name.as_str()),
+            Object::Service(v) => ("Service", v.namespace.as_str(), v.name.as_str()),
+        };
+        if let Some(first) = seen.insert((kind, ns, name), i) {
+            let full = if ns.is_empty() {
+                name.to_owned()
+            } else {
+                format!("{ns}/{name}")
+            };
+            return Err(IdentityError::Object {
+                object: format!("items[{i}] ({kind} {full})"),
+                field: "metadata.name".into(),
+                message: format!(
+                    "the same {kind} as items[{first}]: each object once (export the file again with kubectl)"
+                ),
+            });
+        }
+    }
+    Ok(())
 }
 
 fn object(i: usize, item: Value) -> Result<Object, IdentityError> {

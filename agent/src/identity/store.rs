@@ -73,6 +73,10 @@ pub enum Owner<'a> {
 pub struct Store {
     objects: BTreeMap<Key, Object>,
     by_ip: HashMap<IpAddr, Key>,
+    /// Other objects claiming an address `by_ip` gives to someone else (a pod IP reused
+    /// before the old pod's delete arrived; two pods in a bad snapshot). Usually empty; it
+    /// makes giving the address back O(1) instead of a scan of every object.
+    shadowed: HashMap<IpAddr, Vec<Key>>,
     by_uid: HashMap<String, Key>,
     /// Bumped by every change: classifications made at an older version are stale.
     version: u64,
@@ -133,13 +137,19 @@ impl Store {
             self.by_uid.insert(uid.clone(), key.clone());
         }
         for ip in o.ips() {
-            // Nodes win over pods and services: an address a node holds is the node's.
-            let keep_existing = self
-                .by_ip
-                .get(ip)
-                .is_some_and(|k| k.0 == Kind::Node && key.0 != Kind::Node);
-            if !keep_existing {
-                self.by_ip.insert(*ip, key.clone());
+            match self.by_ip.get(ip) {
+                None => {
+                    self.by_ip.insert(*ip, key.clone());
+                }
+                // Nodes win over pods and services: an address a node holds is the node's.
+                Some(k) if k.0 == Kind::Node && key.0 != Kind::Node => {
+                    self.shadowed.entry(*ip).or_default().push(key.clone());
+                }
+                // Otherwise the newest claim wins; the older one waits its turn.
+                Some(_) => {
+                    let old = self.by_ip.insert(*ip, key.clone()).expect("present");
+                    self.shadowed.entry(*ip).or_default().push(old);
+                }
             }
         }
     }
@@ -153,18 +163,32 @@ impl Store {
         for ip in o.ips() {
             if self.by_ip.get(ip) == Some(key) {
                 self.by_ip.remove(ip);
-                // Another object may still claim the address (a pod IP reused before the old
-                // pod's delete arrived): give it back to them.
-                let other = self
-                    .objects
-                    .iter()
-                    .find(|(k, v)| *k != key && v.ips().contains(ip))
-                    .map(|(k, _)| k.clone());
-                if let Some(k) = other {
+                // Give the address back to the next claimant: a node first, else the newest.
+                if let Some(waiting) = self.shadowed.get_mut(ip) {
+                    let next = waiting
+                        .iter()
+                        .rposition(|k| k.0 == Kind::Node)
+                        .unwrap_or(waiting.len() - 1);
+                    let k = waiting.remove(next);
+                    if waiting.is_empty() {
+                        self.shadowed.remove(ip);
+                    }
                     self.by_ip.insert(*ip, k);
+                }
+            } else if let Some(waiting) = self.shadowed.get_mut(ip) {
+                if let Some(i) = waiting.iter().position(|k| k == key) {
+                    waiting.remove(i);
+                }
+                if waiting.is_empty() {
+                    self.shadowed.remove(ip);
                 }
             }
         }
+    }
+
+    /// Addresses more than one object claims right now (each is given to one of them).
+    pub fn ip_conflicts(&self) -> usize {
+        self.shadowed.len()
     }
 
     pub fn owner(&self, ip: IpAddr) -> Option<Owner<'_>> {
@@ -219,6 +243,12 @@ impl Store {
 
     pub fn len(&self) -> usize {
         self.objects.len()
+    }
+
+    /// Continue the version sequence of the store this one replaces, so classifications
+    /// made against the old one count as stale.
+    pub fn resume_after(&mut self, previous: u64) {
+        self.version = previous + 1;
     }
 
     /// Changes applied so far.

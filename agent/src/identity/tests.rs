@@ -100,6 +100,8 @@ fn bad_snapshots_name_the_object_and_the_field() {
         ("items: []\n", "has no `kind`"),
         ("kind: List\nitems: {a: b}\n", "kind List without an `items` array"),
         ("kind: [\n", "is not YAML"),
+        ("kind: List\nitems:\n- {apiVersion: v1, kind: Namespace, metadata: {name: a}}\n- {apiVersion: v1, kind: Pod, metadata: {name: p, namespace: a}}\n- {apiVersion: v1, kind: Pod, metadata: {name: p, namespace: a}}\n",
+         "items[2] (Pod a/p): field `metadata.name`: the same Pod as items[1]: each object once"),
     ];
     for (text, want) in cases {
         let e = snapshot::parse(text).unwrap_err().to_string();
@@ -160,4 +162,45 @@ fn watch_changes_update_the_address_index() {
         "namespaces survive a pod relist"
     );
     assert_eq!(s.len(), 2);
+}
+
+#[test]
+fn a_contested_address_goes_back_to_the_next_claimant_newest_first() {
+    let mut s = Store::new();
+    for name in ["a", "b", "c"] {
+        s.apply(Change::Apply(pod(name, "x", "10.244.1.9")));
+    }
+    assert_eq!(owner_name(&s, "10.244.1.9").as_deref(), Some("pod c"));
+    assert_eq!(s.ip_conflicts(), 1);
+    // Removing a waiting claimant changes nothing visible.
+    s.apply(Change::Delete(pod("b", "x", "10.244.1.9")));
+    assert_eq!(owner_name(&s, "10.244.1.9").as_deref(), Some("pod c"));
+    s.apply(Change::Delete(pod("c", "x", "10.244.1.9")));
+    assert_eq!(owner_name(&s, "10.244.1.9").as_deref(), Some("pod a"));
+    assert_eq!(s.ip_conflicts(), 0, "one claimant left");
+    s.apply(Change::Delete(pod("a", "x", "10.244.1.9")));
+    assert_eq!(owner_name(&s, "10.244.1.9"), None);
+}
+
+/// A relist of 20,000 pods into a store of 20,000 (every address changing hands) leaves
+/// exactly the new inventory: each removal is O(1), so this is linear, not quadratic.
+#[test]
+fn a_large_relist_leaves_exactly_the_new_inventory() {
+    let ip = |i: u32| format!("10.{}.{}.{}", 100 + (i >> 16), (i >> 8) & 255, i & 255);
+    let old: Vec<Object> = (0..20_000)
+        .map(|i| pod(&format!("old-{i}"), "x", &ip(i)))
+        .collect();
+    let mut s = Store::from_objects(old);
+    let new: Vec<Object> = (0..20_000)
+        .map(|i| pod(&format!("new-{i}"), "x", &ip(i + 10_000)))
+        .collect();
+    s.apply(Change::Replace(Kind::Pod, new));
+    assert_eq!(s.len(), 20_000);
+    assert_eq!(s.ip_conflicts(), 0);
+    assert_eq!(owner_name(&s, &ip(5_000)), None);
+    assert_eq!(owner_name(&s, &ip(10_000)).as_deref(), Some("pod new-0"));
+    assert_eq!(
+        owner_name(&s, &ip(29_999)).as_deref(),
+        Some("pod new-19999")
+    );
 }
