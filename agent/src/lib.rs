@@ -8,6 +8,8 @@ pub mod config;
 pub mod datapath;
 pub mod export;
 pub mod flow;
+#[cfg(test)]
+mod fuzz_support;
 pub mod identity;
 pub mod input;
 pub mod logging;

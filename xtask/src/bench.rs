@@ -34,6 +34,12 @@ pub struct BenchArgs {
     /// With --scale: pod interfaces on the node.
     #[arg(long, default_value_t = 250)]
     pub pods: u32,
+    /// The parser fuzz targets instead, each for --cases mutated inputs (release build).
+    #[arg(long)]
+    pub fuzz: bool,
+    /// With --fuzz: inputs per target.
+    #[arg(long, default_value_t = 10_000_000)]
+    pub cases: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -57,6 +63,9 @@ struct Bench {
 }
 
 pub fn run(args: BenchArgs) -> Result<()> {
+    if args.fuzz {
+        return crate::fuzz::run(args.cases);
+    }
     exec::require_root("the benchmark")?;
     setup::setup()?;
     exec::run_visible(Command::new("cargo").args([

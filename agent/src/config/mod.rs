@@ -248,13 +248,34 @@ fn parse_endpoint(s: &str) -> Result<Endpoint, String> {
 mod tests {
     use super::*;
 
-    /// The example in docs/configuration.md must stay valid and mean what it says.
-    #[test]
-    fn the_documented_example_parses() {
+    fn documented_example() -> &'static str {
         let doc = include_str!("../../../docs/configuration.md");
         let start = doc.find("## A complete example").expect("example section");
         let block = doc[start..].split("```yaml\n").nth(1).expect("yaml block");
-        let yaml = block.split("```").next().unwrap();
+        block.split("```").next().unwrap()
+    }
+
+    proptest::proptest! {
+        #![proptest_config(crate::fuzz_support::config())]
+        /// Mutations of the documented example and small configs, through the same checks
+        /// `agent --config` runs: no panic, whatever the input.
+        #[test]
+        fn fuzz_config_parser(text in crate::fuzz_support::mutated_text(&[
+            documented_example(),
+            "sensitive:\n  node_ports: {22: ssh}\n",
+            "egress:\n  proxies: [\"[fd00:50::4]:3128\", 10.0.0.0/8]\n",
+            "tenancy: {namespace_regex: '^(?P<tenant>[a-z]+)-'}\n",
+        ])) {
+            if crate::yaml_shape::check(&text).is_ok() {
+                let _ = Config::parse(&text, "fuzz");
+            }
+        }
+    }
+
+    /// The example in docs/configuration.md must stay valid and mean what it says.
+    #[test]
+    fn the_documented_example_parses() {
+        let yaml = documented_example();
         let c = Config::parse(yaml, "docs/configuration.md").unwrap();
         assert_eq!(c.snapshot.as_deref(), Some("/etc/tenantflow/snapshot.yaml"));
         assert_eq!(c.tenancy.namespace_map["legacy-billing"], "finance");

@@ -23,9 +23,7 @@ fn owner_name(s: &Store, ip: &str) -> Option<String> {
     })
 }
 
-#[test]
-fn a_kubectl_list_parses_into_all_four_kinds() {
-    let text = r#"
+const KUBECTL_LIST: &str = r#"
 apiVersion: v1
 kind: List
 metadata: {resourceVersion: ""}
@@ -51,7 +49,10 @@ items:
 - {apiVersion: v1, kind: Service, metadata: {name: web, namespace: alpha-web}, spec: {clusterIP: 10.0.0.10, clusterIPs: [10.0.0.10, "fd00:10::10"]}}
 - {apiVersion: v1, kind: Service, metadata: {name: headless, namespace: alpha-web}, spec: {clusterIP: None}}
 "#;
-    let objects = snapshot::parse(text).unwrap();
+
+#[test]
+fn a_kubectl_list_parses_into_all_four_kinds() {
+    let objects = snapshot::parse(KUBECTL_LIST).unwrap();
     assert_eq!(objects.len(), 6);
     let Object::Pod(p) = &objects[0] else {
         panic!("first item is the pod")
@@ -203,4 +204,35 @@ fn a_large_relist_leaves_exactly_the_new_inventory() {
         owner_name(&s, &ip(29_999)).as_deref(),
         Some("pod new-19999")
     );
+}
+
+/// kubectl writes `kind: List` after the items, so a file cut at an item boundary has no
+/// kind and is refused rather than taken for a smaller cluster.
+#[test]
+fn a_kubectl_list_cut_between_items_is_refused() {
+    let cut = &KUBECTL_LIST[..KUBECTL_LIST
+        .find("- {apiVersion: v1, kind: Namespace")
+        .unwrap()];
+    let cut = cut.replace("kind: List\n", "");
+    assert!(snapshot::parse(&cut)
+        .unwrap_err()
+        .to_string()
+        .contains("has no `kind`"));
+}
+
+proptest::proptest! {
+    #![proptest_config(crate::fuzz_support::config())]
+    /// Mutations of a kubectl List (YAML and JSON), through the same checks a snapshot load
+    /// runs, and indexed as the agent would: no panic, whatever the input.
+    #[test]
+    fn fuzz_snapshot_parser(text in crate::fuzz_support::mutated_text(&[
+        KUBECTL_LIST,
+        r#"{"apiVersion":"v1","kind":"List","items":[{"apiVersion":"v1","kind":"Pod","metadata":{"name":"a","namespace":"b","uid":"u"},"status":{"podIP":"10.0.0.1","podIPs":[{"ip":"10.0.0.1"}]},"spec":{"hostNetwork":true}}]}"#,
+    ])) {
+        if crate::yaml_shape::check(&text).is_ok() {
+            if let Ok(objects) = snapshot::parse(&text) {
+                let _ = Store::from_objects(objects);
+            }
+        }
+    }
 }

@@ -90,3 +90,24 @@ fn observations_take_only_tuple_filters() {
     assert!(q.matches(&f));
     assert!(!query("?port=54").unwrap().matches(&f));
 }
+
+proptest::proptest! {
+    #![proptest_config(crate::fuzz_support::config())]
+    /// Mutated `/flows` queries through axum's extractor and both matchers: a 400 or an
+    /// answer, never a panic.
+    #[test]
+    fn fuzz_flows_query(q in crate::fuzz_support::mutated_text(&[
+        "?namespace=alpha-web&tenant=alpha",
+        "?port=443&ip=203.0.113.10&proto=tcp",
+        "?class=pod_to_egress&egress=unmediated&cross_tenant=false&sensitive=any",
+        "?iface=veth10&ip=fd00:244:1::10",
+    ])) {
+        let q: String = q.chars().filter(|c| !c.is_whitespace() && !c.is_control()).collect();
+        let Ok(uri) = format!("/flows?{}", q.trim_start_matches('?')).parse::<Uri>() else {
+            return Ok(());
+        };
+        if let Ok(fq) = parse_query("/flows", Query::try_from_uri(&uri)) {
+            let _ = fq.matches_connection(&egress());
+        }
+    }
+}

@@ -150,3 +150,19 @@ fn the_end_of_a_dump_is_reported() {
         [Parsed::Entry(want(), true), Parsed::Done]
     );
 }
+
+proptest::proptest! {
+    #![proptest_config(crate::fuzz_support::config())]
+    /// Mutations of real conntrack datagrams (new, destroy, done, several per datagram):
+    /// malformed messages are skipped, never a panic.
+    #[test]
+    fn fuzz_conntrack_messages(bytes in crate::fuzz_support::mutated({
+        let new = bytes(ConntrackMessage::New(masqueraded()));
+        let gone = bytes(ConntrackMessage::Delete(masqueraded()));
+        let mut both = new.clone();
+        both.extend_from_slice(&gone);
+        vec![new, gone, both]
+    })) {
+        let _ = parse_all(&bytes);
+    }
+}
