@@ -9,8 +9,10 @@ use serde_json::Value;
 
 use crate::{agent_bin, eventually, netns_http};
 
-/// Where the agent listens inside its namespace.
+/// Where the agent serves metrics and probes inside its namespace.
 pub const LISTEN: &str = "127.0.0.1:9990";
+/// Where it serves flow records (its default --flows-listen).
+pub const RECORDS: &str = "127.0.0.1:9991";
 
 pub struct Agent {
     pub ns: String,
@@ -26,12 +28,18 @@ impl Agent {
 
     /// As [`Agent::start`] with another `--harvest-interval`.
     pub fn start_harvesting_every(ns: &str, interval: &str, extra: &[&str]) -> Self {
+        Self::start_on(ns, LISTEN, interval, extra)
+    }
+
+    /// As [`Agent::start`], serving metrics and probes on `listen` (e.g. `0.0.0.0:9990`
+    /// as the chart does); the readiness wait still goes through [`LISTEN`].
+    pub fn start_on(ns: &str, listen: &str, interval: &str, extra: &[&str]) -> Self {
         let log = std::env::temp_dir().join(format!("{ns}-agent.log"));
         let logf = std::fs::File::create(&log).expect("agent log file");
         let child = Command::new("ip")
             .args(["netns", "exec", ns])
             .arg(agent_bin())
-            .args(["agent", "--listen", LISTEN, "--harvest-interval", interval])
+            .args(["agent", "--listen", listen, "--harvest-interval", interval])
             .args(extra)
             .stdout(Stdio::null())
             .stderr(logf)
@@ -76,12 +84,20 @@ impl Agent {
             .and_then(|c| c.try_wait().ok().flatten())
     }
 
+    /// GET from the public listener (/metrics, /healthz, /readyz).
     pub fn get(&self, path: &str) -> std::io::Result<(u16, String)> {
         netns_http::get(&self.ns, LISTEN, path)
     }
 
+    /// GET from the loopback records listener (/flows, /observations).
+    pub fn get_records(&self, path: &str) -> std::io::Result<(u16, String)> {
+        netns_http::get(&self.ns, RECORDS, path)
+    }
+
     fn get_json(&self, path: &str) -> Vec<Value> {
-        let (status, body) = self.get(path).unwrap_or_else(|e| panic!("GET {path}: {e}"));
+        let (status, body) = self
+            .get_records(path)
+            .unwrap_or_else(|e| panic!("GET {path}: {e}"));
         assert_eq!(status, 200, "{path}: {body}");
         serde_json::from_str(&body).unwrap_or_else(|e| panic!("{path} JSON: {e}"))
     }

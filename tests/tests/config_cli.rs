@@ -139,7 +139,7 @@ fn a_malformed_agent_url_is_bad_input_named_with_the_fix() {
     let (code, _, err) = run(&["flows", "--agent", "http://[::1"]);
     assert_eq!(code, 64, "{err}");
     assert!(err.contains("--agent \"http://[::1\": not a URL"), "{err}");
-    assert!(err.contains("http://127.0.0.1:9990"), "{err}");
+    assert!(err.contains("http://127.0.0.1:9991"), "{err}");
     let (code, _, err) = run(&["agent", "--listen", "nowhere"]);
     assert_eq!(code, 64, "bad flag values exit 64 too: {err}");
 }

@@ -394,14 +394,14 @@ fn flows_filters_and_the_cli() {
         ("?cross_tenant=maybe", "cross_tenant"),
         ("?colour=red", "unknown field `colour`"),
     ] {
-        let (status, body) = agent.get(&format!("/flows{q}")).unwrap();
+        let (status, body) = agent.get_records(&format!("/flows{q}")).unwrap();
         assert_eq!(status, 400, "{q}: {body}");
         assert!(
             body.contains(reason) && body.contains("accepted parameters"),
             "{q}: {body}"
         );
     }
-    let (status, body) = agent.get("/observations?tenant=beta").unwrap();
+    let (status, body) = agent.get_records("/observations?tenant=beta").unwrap();
     assert_eq!(status, 400, "{body}");
 
     // The CLI asks the same agent, the way `hubble observe` users expect.

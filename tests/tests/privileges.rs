@@ -96,7 +96,8 @@ fn the_three_granted_capabilities_are_enough() {
     );
     assert_eq!(finish(rx).trim(), "3");
     let counted = eventually(std::time::Duration::from_secs(5), || {
-        let (_, body) = netns_http::get(&node, LISTEN, "/flows?port=7400").ok()?;
+        let (_, body) =
+            netns_http::get(&node, tenantflow_tests::agent::RECORDS, "/flows?port=7400").ok()?;
         let v: serde_json::Value = serde_json::from_str(&body).ok()?;
         let c = v.as_array()?.first()?.clone();
         (c["forward"]["packets"] == 3).then_some(c)

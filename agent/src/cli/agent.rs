@@ -52,9 +52,13 @@ pub struct AgentArgs {
     /// A flow silent this long is finished and leaves the table.
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
     pub idle_timeout: Duration,
-    /// Address for /metrics, /healthz, /readyz and /flows.
+    /// Address for /metrics, /healthz and /readyz (Prometheus, the kubelet's probes).
     #[arg(long, default_value = "0.0.0.0:9990")]
     pub listen: SocketAddr,
+    /// Address for /flows and /observations (what `tenantflow flows` reads). Loopback only:
+    /// records name every tenant's pods, addresses and processes.
+    #[arg(long, default_value = "127.0.0.1:9991")]
+    pub flows_listen: SocketAddr,
     /// Config file (YAML): identity source, tenancy, network ranges, egress mediation,
     /// sensitive targets. See docs/configuration.md. Default: built-in defaults.
     #[arg(long, value_name = "FILE")]
@@ -145,12 +149,27 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
 async fn run_async(args: AgentArgs) -> anyhow::Result<()> {
     let mut shutdown = Shutdown::install().context("installing SIGTERM/SIGINT handlers")?;
     super::bounds::check(&args)?;
+    if !args.flows_listen.ip().is_loopback() {
+        return Err(UsageError(format!(
+            "--flows-listen {}: flow records name every tenant's pods, addresses and processes, \
+             so they are served on loopback only (e.g. 127.0.0.1:9991); read them with \
+             `kubectl exec` or `kubectl port-forward` (docs/security.md)",
+            args.flows_listen
+        ))
+        .into());
+    }
     // Before anything is attached or removed: a second agent must not touch the first's hooks.
     let _lock = datapath::lock_agent().map_err(|e| UsageError(e.to_string()))?;
     let listener = export::bind(args.listen).await.map_err(|e| {
         UsageError(format!(
             "--listen {}: cannot bind ({e}); pick a free address, e.g. --listen 127.0.0.1:9991",
             args.listen
+        ))
+    })?;
+    let records_listener = export::bind(args.flows_listen).await.map_err(|e| {
+        UsageError(format!(
+            "--flows-listen {}: cannot bind ({e}); pick a free loopback port, e.g. --flows-listen 127.0.0.1:9992",
+            args.flows_listen
         ))
     })?;
     let config = match &args.config {
@@ -229,7 +248,8 @@ async fn run_async(args: AgentArgs) -> anyhow::Result<()> {
         .set(i64::from(processes.is_some()));
     publish_attachments(&shared, &attachments);
     let server = tokio::spawn(export::serve(listener, shared.clone()));
-    info!(listen = %args.listen, interfaces = attachments.len(), "ready");
+    let records_server = tokio::spawn(export::serve_records(records_listener, shared.clone()));
+    info!(listen = %args.listen, flows_listen = %args.flows_listen, interfaces = attachments.len(), "ready");
 
     let flow_metrics = FlowMetrics::new(
         &shared.metrics.registry,
@@ -314,6 +334,7 @@ async fn run_async(args: AgentArgs) -> anyhow::Result<()> {
     shared.set_ready(false);
     pipeline.shutdown(&attachments, &shared);
     server.abort();
+    records_server.abort();
     let qdiscs = attachments.detach_all(&mut loaded.ebpf);
     datapath::remove_clsact(&qdiscs).await;
     info!("detached from all interfaces");

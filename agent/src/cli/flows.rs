@@ -24,11 +24,12 @@ pub enum Output {
 
 #[derive(Debug, Clone, Args)]
 pub struct FlowsArgs {
-    /// Base URL of the agent's HTTP endpoint.
+    /// Base URL of the agent's records endpoint (its --flows-listen, loopback only: run this
+    /// on the node, e.g. `kubectl exec`, or through `kubectl port-forward`).
     #[arg(
         long,
         env = "TENANTFLOW_AGENT",
-        default_value = "http://127.0.0.1:9990"
+        default_value = "http://127.0.0.1:9991"
     )]
     pub agent: String,
     /// Only flows on this interface.
@@ -200,7 +201,7 @@ fn emit(text: &str) -> anyhow::Result<bool> {
 async fn run_async(args: FlowsArgs) -> anyhow::Result<()> {
     if let Err(e) = reqwest::Url::parse(&args.agent) {
         return Err(super::agent::UsageError(format!(
-            "--agent {:?}: not a URL ({e}); give one like http://127.0.0.1:9990",
+            "--agent {:?}: not a URL ({e}); give one like http://127.0.0.1:9991",
             args.agent
         ))
         .into());

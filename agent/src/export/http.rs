@@ -1,4 +1,5 @@
-//! HTTP endpoints: /metrics, /healthz, /readyz, /flows.
+//! HTTP endpoints: /metrics, /healthz, /readyz on the public listener; /flows and
+//! /observations on the loopback-only records listener.
 
 use std::{net::SocketAddr, sync::Arc};
 
@@ -99,11 +100,22 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::bind(addr).await
 }
 
+/// What Prometheus and the kubelet need, on the node address: counts by namespace and
+/// tenant, no pod names, addresses or processes.
 pub async fn serve(listener: TcpListener, shared: Arc<Shared>) -> std::io::Result<()> {
     let app = Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .with_state(shared);
+    axum::serve(listener, app).await
+}
+
+/// Flow records name every tenant's pods, addresses and processes: served on a listener of
+/// their own, which the agent binds to loopback only (reached with `kubectl exec` or
+/// `kubectl port-forward`).
+pub async fn serve_records(listener: TcpListener, shared: Arc<Shared>) -> std::io::Result<()> {
+    let app = Router::new()
         .route("/flows", get(flows))
         .route("/observations", get(observations))
         .with_state(shared);

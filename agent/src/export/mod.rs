@@ -13,7 +13,7 @@ mod state;
 pub use event::{ConnEvent, EventKind};
 pub use flow_log::{FlowLog, FlowLogConfig, LogFilter, RecordType};
 pub use flow_metrics::{FlowMetrics, FlowMetricsConfig, OVERFLOW};
-pub use http::{bind, serve, FlowQuery};
+pub use http::{bind, serve, serve_records, FlowQuery};
 pub use metrics::AgentMetrics;
 pub use nat_mappings::NatMappings;
 pub use record::{ConnectionView, Endpoint, SightingView};
