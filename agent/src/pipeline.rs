@@ -162,6 +162,14 @@ impl Pipeline {
             );
         }
         m.metadata_ip_conflicts.set(conflicts);
+        let store = &self.identity.store;
+        let mut by_tenant: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+        for name in store.namespace_names() {
+            let t =
+                crate::identity::tenant::resolve(&self.config.tenancy, name, store.namespace(name));
+            by_tenant.entry(t).or_default().push(name.to_owned());
+        }
+        shared.set_tenant_namespaces(by_tenant);
     }
 
     /// A changed snapshot, already parsed and indexed off this loop: swapped in at once.

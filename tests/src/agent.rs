@@ -34,6 +34,17 @@ impl Agent {
     /// As [`Agent::start`], serving metrics and probes on `listen` (e.g. `0.0.0.0:9990`
     /// as the chart does); the readiness wait still goes through [`LISTEN`].
     pub fn start_on(ns: &str, listen: &str, interval: &str, extra: &[&str]) -> Self {
+        Self::start_env(ns, listen, interval, extra, &[])
+    }
+
+    /// As [`Agent::start_on`], with extra environment variables (e.g. KUBECONFIG).
+    pub fn start_env(
+        ns: &str,
+        listen: &str,
+        interval: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Self {
         let log = std::env::temp_dir().join(format!("{ns}-agent.log"));
         let logf = std::fs::File::create(&log).expect("agent log file");
         let child = Command::new("ip")
@@ -41,6 +52,7 @@ impl Agent {
             .arg(agent_bin())
             .args(["agent", "--listen", listen, "--harvest-interval", interval])
             .args(extra)
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(logf)
             .spawn()
@@ -72,6 +84,11 @@ impl Agent {
             child: None,
             log,
         }
+    }
+
+    /// The agent's pid, when this handle started it.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
     }
 
     pub fn log_text(&self) -> String {

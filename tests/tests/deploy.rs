@@ -367,3 +367,62 @@ fn the_dockerfile_runtime_carries_what_the_binary_needs() {
     assert!(!needed.is_empty());
     assert!(needed.iter().all(|n| shipped.contains(n)), "{needed:?}");
 }
+
+/// Exposed records: the agent may create token and access reviews (nothing else new), a
+/// reader role exists to bind, the listener gets its TLS Secret, and every object still
+/// validates strictly.
+#[test]
+fn exposed_records_add_only_review_rights_a_reader_role_and_tls() {
+    let yaml = helm_template(&["--set", "agent.records.exposed=true"]);
+    let docs = documents(&yaml);
+    let roles: Vec<&Value> = docs.iter().filter(|d| d["kind"] == "ClusterRole").collect();
+    assert_eq!(roles.len(), 2);
+    assert_eq!(
+        roles[0]["rules"],
+        json!([
+            {"apiGroups": [""], "resources": ["pods", "namespaces", "nodes", "services"], "verbs": ["get", "list", "watch"]},
+            {"apiGroups": ["authentication.k8s.io"], "resources": ["tokenreviews"], "verbs": ["create"]},
+            {"apiGroups": ["authorization.k8s.io"], "resources": ["subjectaccessreviews"], "verbs": ["create"]},
+        ])
+    );
+    assert_eq!(roles[1]["metadata"]["name"], "tenantflow-flows-reader");
+    assert_eq!(
+        roles[1]["rules"],
+        json!([{"apiGroups": ["tenantflow.io"], "resources": ["flows"], "verbs": ["get"]}])
+    );
+    let ds = find(&docs, "DaemonSet");
+    let args: Vec<&str> = ds["spec"]["template"]["spec"]["containers"][0]["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    for want in [
+        "--flows-listen=0.0.0.0:9991",
+        "--flows-auth=kubernetes",
+        "--tls-cert=/run/tenantflow/tls/tls.crt",
+        "--tls-key=/run/tenantflow/tls/tls.key",
+        "--auth-cache-ttl=30s",
+    ] {
+        assert!(args.contains(&want), "{want} in {args:?}");
+    }
+    let secret = find(&docs, "Secret");
+    assert_eq!(secret["metadata"]["name"], "tenantflow-records-tls");
+    assert_eq!(secret["type"], "kubernetes.io/tls");
+    // The default keeps records on loopback, with no review rights.
+    let default = documents(&helm_template(&[]));
+    let ds = find(&default, "DaemonSet");
+    assert!(ds["spec"]["template"]["spec"]["containers"][0]["args"]
+        .as_array()
+        .unwrap()
+        .contains(&json!("--flows-listen=127.0.0.1:9991")));
+    let file = std::env::temp_dir().join(format!("tf-exposed-{}.yaml", std::process::id()));
+    std::fs::write(&file, &yaml).unwrap();
+    for v in KUBERNETES_VERSIONS {
+        let (code, out) = run(Command::new(tool(tools::kubernetes_validate()))
+            .args(["--strict", "-k", v])
+            .arg(&file));
+        assert_eq!(code, 0, "kubernetes {v}: {out}");
+    }
+    std::fs::remove_file(&file).unwrap();
+}

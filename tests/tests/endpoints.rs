@@ -92,3 +92,395 @@ fn records_on_a_non_loopback_address_are_refused() {
         "{err}"
     );
 }
+
+/// A lab CA and the records listener's certificate from it, for node 1's addresses and the
+/// name the chart's certificate carries. Returns (ca.crt, tls.crt, tls.key).
+fn certificate(
+    dir: &std::path::Path,
+    lab: &tenantflow_tests::LabGuard,
+) -> (String, String, String) {
+    let p = |f: &str| dir.join(f).display().to_string();
+    let n = lab.topo.node(1);
+    std::fs::write(
+        dir.join("leaf.ext"),
+        format!(
+            "basicConstraints=CA:FALSE\nsubjectAltName=IP:{},IP:{},IP:127.0.0.1,DNS:tenantflow-records\n",
+            n.pod_gw(),
+            n.ip()
+        ),
+    )
+    .unwrap();
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    for args in [
+        [
+            &["req", "-x509"][..],
+            &ec,
+            &[
+                "-days",
+                "1",
+                "-subj",
+                "/CN=lab-ca",
+                "-keyout",
+                &p("ca.key"),
+                "-out",
+                &p("ca.crt"),
+            ],
+        ]
+        .concat(),
+        [
+            &["req"][..],
+            &ec,
+            &[
+                "-subj",
+                "/CN=tenantflow-records",
+                "-keyout",
+                &p("tls.key"),
+                "-out",
+                &p("tls.csr"),
+            ],
+        ]
+        .concat(),
+        vec![
+            "x509",
+            "-req",
+            "-in",
+            &p("tls.csr"),
+            "-CA",
+            &p("ca.crt"),
+            "-CAkey",
+            &p("ca.key"),
+            "-CAcreateserial",
+            "-days",
+            "1",
+            "-extfile",
+            &p("leaf.ext"),
+            "-out",
+            &p("tls.crt"),
+        ],
+    ] {
+        let out = Command::new("openssl").args(&args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    (p("ca.crt"), p("tls.crt"), p("tls.key"))
+}
+
+/// Exposed records: TLS on the node address, tokens reviewed by the Kubernetes API (the
+/// stand-in answers with recorded payloads). No token: 401; a tenant's reader: exactly its
+/// tenant's connections with the other tenant's end reduced; a cluster-wide reader:
+/// everything; a revoked token stops working within the cache TTL; metrics stay open.
+#[test]
+fn exposed_records_answer_each_caller_with_what_rbac_grants() {
+    use std::collections::{BTreeMap, BTreeSet};
+    use tenantflow_tests::kube_auth::{Grant, KubeAuth};
+
+    let lab = lab("ex");
+    let t = &lab.topo;
+    let node = t.node_ns(1);
+    let dir = std::env::temp_dir().join(format!("tf-exposed-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (ca, cert, key) = certificate(&dir, &lab);
+    let reader = "system:serviceaccount:alpha-web:flows-reader";
+    let tokens: BTreeMap<String, Grant> = [
+        (
+            "admin-token".to_owned(),
+            Grant {
+                user: "system:serviceaccount:security:auditor".into(),
+                namespaces: None,
+            },
+        ),
+        (
+            "alpha-token".to_owned(),
+            Grant {
+                user: reader.into(),
+                namespaces: Some(BTreeSet::from(["alpha-web".into(), "alpha-jobs".into()])),
+            },
+        ),
+    ]
+    .into();
+    let api = KubeAuth::start(&node, 16443, tokens);
+    let cfg = xtask::lab::manifest::config_path(&t.prefix);
+    let kubeconfig = api.kubeconfig.display().to_string();
+    let _agent = Agent::start_env(
+        &node,
+        "0.0.0.0:9990",
+        "200ms",
+        &[
+            "--config",
+            cfg.to_str().unwrap(),
+            "--flows-listen",
+            "0.0.0.0:9991",
+            "--flows-auth",
+            "kubernetes",
+            "--tls-cert",
+            &cert,
+            "--tls-key",
+            &key,
+            "--auth-cache-ttl",
+            "1s",
+        ],
+        &[("KUBECONFIG", kubeconfig.as_str())],
+    );
+
+    // alpha → alpha, alpha → beta, beta → beta.
+    let (web2, api1, api2) = (t.pod("web-2"), t.pod("api-1"), t.pod("api-2"));
+    let to = |p: &xtask::lab::Pod| format!("{}:5000", p.ip());
+    let sent = udp_from_pod(&lab, "web-1", 4301, &t.pod_ns(web2), &to(web2), 2, 10);
+    udp_from_pod(&lab, "web-1", 4302, &t.pod_ns(api1), &to(api1), 2, 10);
+    udp_from_pod(&lab, "api-1", 4303, &t.pod_ns(api2), &to(api2), 2, 10);
+
+    // Every request comes from a pod of tenant beta, to the node's pod-side address.
+    let client = t.pod_ns(api1);
+    let base = format!("https://{}:9991", t.node(1).pod_gw());
+    let get = |token: Option<&str>, path: &str| -> (u16, String) {
+        let mut args = vec![
+            "netns".to_owned(),
+            "exec".into(),
+            client.clone(),
+            "curl".into(),
+            "-sS".into(),
+            "--max-time".into(),
+            "10".into(),
+            "--cacert".into(),
+            ca.clone(),
+            "-w".into(),
+            "\n%{http_code}".into(),
+        ];
+        if let Some(t) = token {
+            args.extend(["-H".into(), format!("Authorization: Bearer {t}")]);
+        }
+        args.push(format!("{base}{path}"));
+        let out = Command::new("ip").args(&args).output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+        (code.trim().parse().unwrap_or(0), body.to_owned())
+    };
+    let ours = |body: &str| -> Vec<serde_json::Value> {
+        let mut v: Vec<serde_json::Value> = serde_json::from_str::<Vec<serde_json::Value>>(body)
+            .unwrap_or_else(|e| panic!("{e}: {body}"))
+            .into_iter()
+            .filter(|c| matches!(c["src_port"].as_u64(), Some(4301..=4303)))
+            .collect();
+        v.sort_by_key(|c| c["src_port"].as_u64());
+        v
+    };
+
+    // A cluster-wide reader: all three, in full, once counted.
+    let mut last = (0, String::new());
+    let all = tenantflow_tests::eventually(std::time::Duration::from_secs(8), || {
+        last = get(Some("admin-token"), "/flows");
+        let v = if last.0 == 200 { ours(&last.1) } else { vec![] };
+        (v.len() == 3 && v.iter().all(|c| counts(c, "forward") == sent)).then_some(v)
+    })
+    .unwrap_or_else(|| panic!("the admin sees the three connections; last answer {last:?}"));
+    assert_eq!(all[1]["dst_identity"]["pod"], "api-1");
+    assert_eq!(all[2]["src_identity"]["namespace"], "beta-api");
+
+    let (code, body) = get(None, "/flows");
+    assert_eq!(code, 401, "{body}");
+    assert!(body.contains("no bearer token"), "{body}");
+    let (code, body) = get(Some("made-up"), "/flows");
+    assert_eq!(code, 401, "{body}");
+    let (code, body) = get(Some("alpha-token"), "/flows");
+    assert_eq!(code, 403, "{body}");
+    assert!(body.contains("may not read flows cluster-wide"), "{body}");
+    let (code, _) = get(Some("alpha-token"), "/flows?namespace=beta-api");
+    assert_eq!(code, 403);
+    let (code, _) = get(Some("alpha-token"), "/observations?tenant=alpha");
+    assert_eq!(code, 403);
+
+    // A reader of tenant alpha: its two connections; beta's end reduced to kind and tenant.
+    let (code, body) = get(Some("alpha-token"), "/flows?tenant=alpha");
+    assert_eq!(code, 200, "{body}");
+    let alpha = ours(&body);
+    assert_eq!(
+        alpha
+            .iter()
+            .map(|c| c["src_port"].as_u64().unwrap())
+            .collect::<Vec<_>>(),
+        [4301, 4302]
+    );
+    assert_eq!(alpha[0], all[0], "alpha → alpha in full");
+    let far = &alpha[1]["dst_identity"];
+    assert_eq!(
+        far,
+        &serde_json::json!({"kind": "pod", "tenant": "beta", "node": t.node(1).name}),
+        "beta's end reduced"
+    );
+    assert_eq!(alpha[1]["src_identity"], all[1]["src_identity"]);
+    // The reviews the agent asked for: the token once, then cluster-wide, then each of
+    // tenant alpha's namespaces, for `get` on flows.tenantflow.io.
+    let asked: BTreeSet<_> = api
+        .asked()
+        .into_iter()
+        .filter(|(_, who, _)| who == reader || who == "alpha-token")
+        .collect();
+    assert_eq!(
+        asked,
+        BTreeSet::from([
+            ("TokenReview".into(), "alpha-token".into(), None),
+            ("SubjectAccessReview".into(), reader.into(), None),
+            (
+                "SubjectAccessReview".into(),
+                reader.into(),
+                Some("alpha-jobs".into())
+            ),
+            (
+                "SubjectAccessReview".into(),
+                reader.into(),
+                Some("alpha-web".into())
+            ),
+            (
+                "SubjectAccessReview".into(),
+                reader.into(),
+                Some("beta-api".into())
+            ),
+        ])
+    );
+
+    // The CLI from the same pod: it says what is missing, then shows exactly alpha's two.
+    let cli = |extra: &[&str]| {
+        let mut args = vec![
+            "netns".to_owned(),
+            "exec".into(),
+            client.clone(),
+            agent_bin().display().to_string(),
+            "flows".into(),
+            "--agent".into(),
+            format!("https://{}:9991", t.node(1).ip()),
+            "--cacert".into(),
+            ca.clone(),
+            "--tls-server-name".into(),
+            "tenantflow-records".into(),
+            "-o".into(),
+            "json".into(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        Command::new("ip").args(&args).output().unwrap()
+    };
+    let out = cli(&["--tenant", "alpha"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("401") && err.contains("pass --token-file"),
+        "{err}"
+    );
+    let token_file = dir.join("alpha.token");
+    std::fs::write(&token_file, "alpha-token\n").unwrap();
+    let out = cli(&[
+        "--tenant",
+        "alpha",
+        "--token-file",
+        token_file.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let shown = ours(&String::from_utf8_lossy(&out.stdout));
+    assert_eq!(shown, alpha, "the CLI shows what the API gave");
+
+    // Revoked: refused once the cached decision (1 s) has expired.
+    api.revoke("alpha-token");
+    let refused = tenantflow_tests::eventually(std::time::Duration::from_secs(5), || {
+        (get(Some("alpha-token"), "/flows?tenant=alpha").0 == 401).then_some(())
+    });
+    assert!(
+        refused.is_some(),
+        "a revoked token stops working within the TTL"
+    );
+
+    // Prometheus' view is unchanged: metrics on the node address, no token needed.
+    let (code, body) =
+        netns_http::get(&client, &format!("{}:9990", t.node(1).pod_gw()), "/metrics").unwrap();
+    assert_eq!(code, 200);
+    assert!(body.contains("tenantflow_ready 1"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap()
+}
+
+/// 200 concurrent record requests and a client that never finishes its request: each
+/// request gets its records or a prompt 503 "busy", probes stay answered, counting stays
+/// exact and the agent's memory stays bounded.
+#[test]
+fn a_flood_of_record_requests_is_bounded() {
+    use std::io::Write;
+    let lab = lab("fl");
+    let t = &lab.topo;
+    let node = t.node_ns(1);
+    let agent = tenantflow_tests::lab_agent(&lab, 1, &[]);
+    let pid = agent.pid().unwrap();
+    let web2 = t.pod("web-2");
+    let to = format!("{}:5000", web2.ip());
+    let sent = udp_from_pod(&lab, "web-1", 4401, &t.pod_ns(web2), &to, 3, 20);
+    let c = wait_connection(
+        &agent,
+        |c| c["src_port"] == 4401,
+        |c| counts(c, "forward") == sent,
+    );
+    assert_eq!(counts(&c, "forward"), sent);
+    let before = rss_kib(pid);
+
+    // The slow client: half a request, held open for the whole flood.
+    let (hold_tx, hold_rx) = std::sync::mpsc::channel::<()>();
+    let node2 = node.clone();
+    let slow = std::thread::spawn(move || {
+        let f = std::fs::File::open(format!("/run/netns/{node2}")).unwrap();
+        // SAFETY: setns on a valid namespace fd; it affects only this thread.
+        unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&f), libc::CLONE_NEWNET) };
+        let mut s = std::net::TcpStream::connect(RECORDS).unwrap();
+        s.write_all(b"GET /flows HTTP/1.1\r\nHost: slow\r\n")
+            .unwrap();
+        let _ = hold_rx.recv();
+    });
+    let flood: Vec<_> = (0..200)
+        .map(|_| {
+            let node = node.clone();
+            std::thread::spawn(move || netns_http::get(&node, RECORDS, "/flows").unwrap())
+        })
+        .collect();
+    let (probe, _) = agent.get("/healthz").unwrap();
+    let answers: Vec<(u16, String)> = flood.into_iter().map(|h| h.join().unwrap()).collect();
+    hold_tx.send(()).unwrap();
+    slow.join().unwrap();
+    assert_eq!(probe, 200, "probes answered during the flood");
+    let ok = answers.iter().filter(|(s, _)| *s == 200).count();
+    let busy = answers
+        .iter()
+        .filter(|(s, b)| *s == 503 && b.starts_with("busy: 16 records requests in flight"))
+        .count();
+    assert_eq!(ok + busy, 200, "each answered with records or busy");
+    assert!(ok >= 1);
+
+    // Counting went on exactly, and the flood left no lasting memory behind.
+    let sent2 = udp_from_pod(&lab, "web-1", 4402, &t.pod_ns(web2), &to, 3, 20);
+    let c = wait_connection(
+        &agent,
+        |c| c["src_port"] == 4402,
+        |c| counts(c, "forward") == sent2,
+    );
+    assert_eq!(counts(&c, "forward"), sent2);
+    let after = rss_kib(pid);
+    assert!(
+        after < before + 64 * 1024,
+        "RSS grew from {before} KiB to {after} KiB"
+    );
+}

@@ -27,6 +27,7 @@ pub const APT_PACKAGES: &[&str] = &[
     "binutils",     // readelf: the runtime image check
     "python3-venv", // kubernetes-validate
     "curl",         // the scale benchmark reads the agent's metrics inside the node namespace
+    "openssl",      // test certificates for the exposed records listener
     "podman",       // runs the agent from its image in the image test
     "buildah",      // builds the image offline (cargo xtask image)
     "skopeo",       // writes the image as an OCI archive for a later push

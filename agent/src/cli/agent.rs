@@ -9,6 +9,7 @@ use tokio::io::{unix::AsyncFd, Interest};
 use tracing::{info, warn};
 
 use crate::{
+    access::{Guard, KubeReview},
     config::Config,
     datapath::{
         self, AttachMode, Attachments, DatapathError, Harvester, KernelClock, Link, LinkEvent,
@@ -55,10 +56,25 @@ pub struct AgentArgs {
     /// Address for /metrics, /healthz and /readyz (Prometheus, the kubelet's probes).
     #[arg(long, default_value = "0.0.0.0:9990")]
     pub listen: SocketAddr,
-    /// Address for /flows and /observations (what `tenantflow flows` reads). Loopback only:
-    /// records name every tenant's pods, addresses and processes.
+    /// Address for /flows and /observations (what `tenantflow flows` reads). Records name
+    /// every tenant's pods, addresses and processes: loopback, unless --flows-auth
+    /// kubernetes puts them behind TLS and Kubernetes authorization.
     #[arg(long, default_value = "127.0.0.1:9991")]
     pub flows_listen: SocketAddr,
+    /// Who may read records: `none` (loopback only) or `kubernetes` (bearer token →
+    /// TokenReview, then SubjectAccessReview for get on flows.tenantflow.io; TLS required).
+    #[arg(long, value_enum, default_value = "none")]
+    pub flows_auth: FlowsAuth,
+    /// PEM certificate (chain) of the records listener (with --flows-auth kubernetes).
+    #[arg(long, value_name = "FILE")]
+    pub tls_cert: Option<std::path::PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, value_name = "FILE")]
+    pub tls_key: Option<std::path::PathBuf>,
+    /// How long a token review or access decision is reused (a revoked token or binding
+    /// stops working within this).
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    pub auth_cache_ttl: Duration,
     /// Config file (YAML): identity source, tenancy, network ranges, egress mediation,
     /// sensitive targets. See docs/configuration.md. Default: built-in defaults.
     #[arg(long, value_name = "FILE")]
@@ -116,6 +132,15 @@ pub struct AgentArgs {
     pub test_conntrack_rcvbuf: Option<usize>,
 }
 
+/// Who may read flow records.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum FlowsAuth {
+    /// No check: the listener must be on loopback.
+    None,
+    /// Kubernetes TokenReview + SubjectAccessReview, over TLS.
+    Kubernetes,
+}
+
 /// `--flow-cache-sets`: a power of two up to 2^20 (1 is for tests that force evictions).
 fn parse_sets(s: &str) -> Result<u32, String> {
     let n: u32 = s
@@ -149,15 +174,7 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
 async fn run_async(args: AgentArgs) -> anyhow::Result<()> {
     let mut shutdown = Shutdown::install().context("installing SIGTERM/SIGINT handlers")?;
     super::bounds::check(&args)?;
-    if !args.flows_listen.ip().is_loopback() {
-        return Err(UsageError(format!(
-            "--flows-listen {}: flow records name every tenant's pods, addresses and processes, \
-             so they are served on loopback only (e.g. 127.0.0.1:9991); read them with \
-             `kubectl exec` or `kubectl port-forward` (docs/security.md)",
-            args.flows_listen
-        ))
-        .into());
-    }
+    let exposed = records_access(&args).await?;
     // Before anything is attached or removed: a second agent must not touch the first's hooks.
     let _lock = datapath::lock_agent().map_err(|e| UsageError(e.to_string()))?;
     let listener = export::bind(args.listen).await.map_err(|e| {
@@ -248,7 +265,11 @@ async fn run_async(args: AgentArgs) -> anyhow::Result<()> {
         .set(i64::from(processes.is_some()));
     publish_attachments(&shared, &attachments);
     let server = tokio::spawn(export::serve(listener, shared.clone()));
-    let records_server = tokio::spawn(export::serve_records(records_listener, shared.clone()));
+    let records_server = tokio::spawn(export::serve_records(
+        records_listener,
+        shared.clone(),
+        exposed,
+    ));
     info!(listen = %args.listen, flows_listen = %args.flows_listen, interfaces = attachments.len(), "ready");
 
     let flow_metrics = FlowMetrics::new(
@@ -439,6 +460,44 @@ fn open_flow_log(args: &AgentArgs) -> anyhow::Result<Option<FlowLog>> {
         ))
     })?;
     Ok(Some(log))
+}
+
+/// The records listener's protection: none on loopback; TLS and Kubernetes review
+/// otherwise. Every inconsistent combination is bad input naming the fix.
+async fn records_access(
+    args: &AgentArgs,
+) -> anyhow::Result<Option<(Arc<Guard<KubeReview>>, Arc<rustls::ServerConfig>)>> {
+    match args.flows_auth {
+        FlowsAuth::None if args.flows_listen.ip().is_loopback() => Ok(None),
+        FlowsAuth::None => Err(UsageError(format!(
+            "--flows-listen {}: flow records name every tenant's pods, addresses and processes, \
+             so without --flows-auth kubernetes they are served on loopback only (e.g. \
+             127.0.0.1:9991; read them with `kubectl exec` or `kubectl port-forward`, \
+             docs/security.md)",
+            args.flows_listen
+        ))
+        .into()),
+        FlowsAuth::Kubernetes => {
+            let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) else {
+                return Err(UsageError(
+                    "--flows-auth kubernetes needs --tls-cert and --tls-key: bearer tokens are \
+                     never accepted in clear text"
+                        .into(),
+                )
+                .into());
+            };
+            let tls = crate::access::tls::load(cert, key).map_err(|e| UsageError(e.to_string()))?;
+            let client = kube::Client::try_default().await.map_err(|e| {
+                UsageError(format!(
+                    "--flows-auth kubernetes: no Kubernetes API client ({e}): run in the cluster \
+                     with the service account token mounted, or set KUBECONFIG"
+                ))
+            })?;
+            let guard = Guard::new(KubeReview::new(client), args.auth_cache_ttl);
+            info!(listen = %args.flows_listen, "flow records exposed behind TLS and Kubernetes authorization");
+            Ok(Some((Arc::new(guard), tls)))
+        }
+    }
 }
 
 /// How often the snapshot file is checked for changes.

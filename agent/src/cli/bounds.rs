@@ -43,6 +43,13 @@ pub fn check(a: &AgentArgs) -> Result<(), UsageError> {
         HOUR,
         "1s",
     )?;
+    within(
+        "--auth-cache-ttl",
+        a.auth_cache_ttl,
+        Duration::from_secs(1),
+        Duration::from_secs(600),
+        "30s",
+    )?;
     // A connection is harvested at least twice before it can go idle, so no packet the
     // kernel counted is expired before it was reported.
     within(

@@ -79,6 +79,17 @@ pub struct FlowsArgs {
     /// Give up on a request the agent has not answered in this long.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     pub timeout: Duration,
+    /// A Kubernetes bearer token for an agent that checks them (--flows-auth kubernetes),
+    /// e.g. `kubectl create token <serviceaccount> > token`.
+    #[arg(long, env = "TENANTFLOW_TOKEN_FILE", value_name = "FILE")]
+    pub token_file: Option<std::path::PathBuf>,
+    /// PEM CA certificate that signed the agent's TLS certificate (https --agent URLs).
+    #[arg(long, value_name = "FILE")]
+    pub cacert: Option<std::path::PathBuf>,
+    /// The name the agent's certificate carries, when it is not the --agent host (the
+    /// chart's certificate names the listener, e.g. tenantflow-records, not each node).
+    #[arg(long, value_name = "NAME")]
+    pub tls_server_name: Option<String>,
 }
 
 impl FlowsArgs {
@@ -121,23 +132,74 @@ pub fn run(args: FlowsArgs) -> anyhow::Result<()> {
     rt.block_on(run_async(args))
 }
 
-async fn fetch<T: DeserializeOwned>(client: &reqwest::Client, url: &str) -> anyhow::Result<Vec<T>> {
-    let resp = client.get(url).send().await.map_err(|e| {
+/// Every page of `url` (the agent pages large answers; see `x-tenantflow-next-after`).
+async fn fetch<T: DeserializeOwned>(
+    client: &reqwest::Client,
+    url: &str,
+    token: Option<&str>,
+) -> anyhow::Result<Vec<T>> {
+    let mut all = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let page_url = match &after {
+            None => url.to_owned(),
+            Some(a) if url.contains('?') => format!("{url}&after={a}"),
+            Some(a) => format!("{url}?after={a}"),
+        };
+        let (page, next) = fetch_page(client, &page_url, token).await?;
+        all.extend(page);
+        match next {
+            Some(n) => after = Some(n),
+            None => return Ok(all),
+        }
+    }
+}
+
+async fn fetch_page<T: DeserializeOwned>(
+    client: &reqwest::Client,
+    url: &str,
+    token: Option<&str>,
+) -> anyhow::Result<(Vec<T>, Option<String>)> {
+    let mut req = client.get(url);
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    let resp = req.send().await.map_err(|e| {
+        // The innermost cause says what really failed (refused, certificate, timeout).
+        let mut cause: &dyn std::error::Error = &e;
+        while let Some(next) = cause.source() {
+            cause = next;
+        }
+        let tls = cause.to_string().to_lowercase().contains("certificate");
         let why = if e.is_timeout() {
             "it did not answer in time"
+        } else if tls {
+            "its TLS certificate was not accepted (--cacert, --tls-server-name)"
         } else if e.is_connect() {
             "nothing accepted the connection: is the agent running there?"
         } else {
             "the request failed"
         };
-        anyhow::anyhow!("cannot reach the agent at {url}: {why} (--agent) ({e})")
+        anyhow::anyhow!("cannot reach the agent at {url}: {why} (--agent) ({e}: {cause})")
     })?;
     let status = resp.status();
     if !status.is_success() {
         let body = resp.text().await.unwrap_or_default();
-        anyhow::bail!("agent answered {status}: {}", body.trim());
+        let hint = match status.as_u16() {
+            401 if token.is_none() => " (this agent checks tokens: pass --token-file)",
+            401 => " (the token in --token-file was refused)",
+            403 => " (ask for a namespace you may read: --namespace or --tenant)",
+            _ => "",
+        };
+        anyhow::bail!("agent answered {status}: {}{hint}", body.trim());
     }
-    resp.json().await.context("agent sent malformed JSON")
+    let next = resp
+        .headers()
+        .get(crate::export::NEXT_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let rows = resp.json().await.context("agent sent malformed JSON")?;
+    Ok((rows, next))
 }
 
 /// How a record type is shown: identity (for --follow), size (for --limit), table.
@@ -213,15 +275,81 @@ async fn run_async(args: FlowsArgs) -> anyhow::Result<()> {
     }
 }
 
-async fn show<T: Row>(args: &FlowsArgs) -> anyhow::Result<()> {
-    let client = reqwest::Client::builder()
+/// The bearer token, if one was given.
+fn token(args: &FlowsArgs) -> anyhow::Result<Option<String>> {
+    let Some(path) = &args.token_file else {
+        return Ok(None);
+    };
+    let text = crate::input::read(path, 64 * 1024, "a bearer token is a few KiB")
+        .map_err(|e| super::agent::UsageError(format!("--token-file {}: {e}", path.display())))?;
+    let t = text.trim();
+    if t.is_empty() {
+        return Err(super::agent::UsageError(format!(
+            "--token-file {}: it is empty: write a token into it (kubectl create token …)",
+            path.display()
+        ))
+        .into());
+    }
+    Ok(Some(t.to_owned()))
+}
+
+fn client(args: &FlowsArgs) -> anyhow::Result<reqwest::Client> {
+    let mut b = reqwest::Client::builder()
         .connect_timeout(CONNECT_TIMEOUT)
         .timeout(args.timeout)
-        .build()
-        .context("building the HTTP client")?;
-    let url = args.url();
+        .tls_built_in_root_certs(false);
+    if let Some(ca) = &args.cacert {
+        let pem = crate::input::read(ca, 1 << 20, "a CA certificate is a few KiB")
+            .map_err(|e| super::agent::UsageError(format!("--cacert {}: {e}", ca.display())))?;
+        let cert = reqwest::Certificate::from_pem(pem.as_bytes()).map_err(|e| {
+            super::agent::UsageError(format!(
+                "--cacert {}: not a PEM certificate ({e})",
+                ca.display()
+            ))
+        })?;
+        b = b.add_root_certificate(cert);
+        if let Some(name) = &args.tls_server_name {
+            let url = reqwest::Url::parse(&args.agent)?;
+            let addr = url
+                .socket_addrs(|| Some(443))
+                .ok()
+                .and_then(|a| a.into_iter().next())
+                .ok_or_else(|| {
+                    super::agent::UsageError(format!(
+                        "--agent {}: cannot resolve its host",
+                        args.agent
+                    ))
+                })?;
+            b = b.resolve(name, addr);
+        }
+    } else if args.agent.starts_with("https:") {
+        return Err(super::agent::UsageError(
+            "an https --agent needs --cacert: the CA that signed the agent's certificate (the \
+             chart's tenantflow-records-tls Secret holds it as ca.crt)"
+                .into(),
+        )
+        .into());
+    }
+    b.build().context("building the HTTP client")
+}
+
+async fn show<T: Row>(args: &FlowsArgs) -> anyhow::Result<()> {
+    let client = client(args)?;
+    let token = token(args)?;
+    let token = token.as_deref();
+    let url = match &args.tls_server_name {
+        // Connect to the --agent address, but ask for (and verify) the certificate's name.
+        Some(name) => {
+            let mut u = reqwest::Url::parse(&args.url())?;
+            u.set_host(Some(name)).map_err(|e| {
+                super::agent::UsageError(format!("--tls-server-name {name}: not a host name ({e})"))
+            })?;
+            u.to_string()
+        }
+        None => args.url(),
+    };
     if !args.follow {
-        let mut rows: Vec<T> = fetch(&client, &url).await?;
+        let mut rows: Vec<T> = fetch(&client, &url, token).await?;
         if let Some(n) = args.limit {
             rows.sort_by_key(|r| std::cmp::Reverse(r.bytes()));
             rows.truncate(n);
@@ -236,11 +364,14 @@ async fn show<T: Row>(args: &FlowsArgs) -> anyhow::Result<()> {
     let mut seen: HashMap<String, u64> = HashMap::new();
     let mut header = true;
     loop {
-        let rows: Vec<T> = fetch(&client, &url).await?;
+        let rows: Vec<T> = fetch(&client, &url, token).await?;
         let changed: Vec<&T> = rows
             .iter()
-            .filter(|r| seen.insert(r.identity(), r.activity()) != Some(r.activity()))
+            .filter(|r| seen.get(&r.identity()) != Some(&r.activity()))
             .collect();
+        // Only what is still listed is remembered: the memory of a long --follow stays
+        // bounded by the agent's current answer, not by every connection ever shown.
+        seen = rows.iter().map(|r| (r.identity(), r.activity())).collect();
         let text = match args.output {
             Output::Json => changed
                 .iter()

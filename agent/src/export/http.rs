@@ -6,15 +6,17 @@ use std::{net::SocketAddr, sync::Arc};
 use axum::{
     extract::{Query, State},
     http::{header, StatusCode},
+    middleware,
     response::IntoResponse,
     routing::get,
-    Json, Router,
+    Extension, Json, Router,
 };
 use serde::Deserialize;
 use tokio::net::TcpListener;
 
 use super::{ConnectionView, Shared};
 use crate::{
+    access::{Guard, KubeReview, Review, Scope},
     classify::{Egress, FlowClass},
     flow::{FlowView, Protocol},
 };
@@ -39,7 +41,16 @@ pub struct FlowQuery {
     pub cross_tenant: Option<bool>,
     /// A sensitive target name (imds, kubelet…), or `any`.
     pub sensitive: Option<String>,
+    /// Most records in one response (at most [`MAX_RECORDS`]); the rest follow with `after`.
+    pub limit: Option<usize>,
+    /// Only connections with an id above this (the `x-tenantflow-next-after` of the last page).
+    pub after: Option<u64>,
 }
+
+/// Most records one `/flows` response carries; a larger answer is paged.
+pub const MAX_RECORDS: usize = 10_000;
+/// Header naming the `after` value of the next page, when there is one.
+pub const NEXT_AFTER: &str = "x-tenantflow-next-after";
 
 impl FlowQuery {
     /// A connection matches when any of its sightings is on `iface`.
@@ -112,14 +123,37 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>) -> std::io::Resul
 }
 
 /// Flow records name every tenant's pods, addresses and processes: served on a listener of
-/// their own, which the agent binds to loopback only (reached with `kubectl exec` or
-/// `kubectl port-forward`).
-pub async fn serve_records(listener: TcpListener, shared: Arc<Shared>) -> std::io::Result<()> {
-    let app = Router::new()
+/// their own, on loopback (reached with `kubectl exec` or `kubectl port-forward`), or on the
+/// node address behind TLS and Kubernetes authorization (`guard`).
+pub async fn serve_records(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    exposed: Option<(Arc<Guard<KubeReview>>, Arc<rustls::ServerConfig>)>,
+) -> std::io::Result<()> {
+    match exposed {
+        None => axum::serve(listener, records_router::<KubeReview>(shared, None)).await,
+        Some((guard, tls)) => {
+            crate::access::tls::serve(listener, tls, records_router(shared, Some(guard))).await
+        }
+    }
+}
+
+/// The records routes, bounded per caller, behind the guard when there is one.
+pub fn records_router<R: Review>(shared: Arc<Shared>, guard: Option<Arc<Guard<R>>>) -> Router {
+    let mut app = Router::new()
         .route("/flows", get(flows))
         .route("/observations", get(observations))
-        .with_state(shared);
-    axum::serve(listener, app).await
+        .with_state(shared.clone());
+    if let Some(guard) = guard {
+        app = app.layer(middleware::from_fn_with_state(
+            (guard, shared),
+            super::guarded::authorize::<R>,
+        ));
+    }
+    app.layer(middleware::from_fn_with_state(
+        Arc::new(super::guarded::Bounds::default()),
+        super::guarded::bounded,
+    ))
 }
 
 async fn metrics(State(s): State<Arc<Shared>>) -> impl IntoResponse {
@@ -173,26 +207,50 @@ fn parse_query(path: &str, query: QueryResult) -> Result<FlowQuery, (StatusCode,
 }
 
 /// Connections: one record each, both NAT sides, counted once per direction.
-async fn flows(State(s): State<Arc<Shared>>, query: QueryResult) -> axum::response::Response {
+async fn flows(
+    State(s): State<Arc<Shared>>,
+    scope: Option<Extension<Scope>>,
+    query: QueryResult,
+) -> axum::response::Response {
     let q = match parse_query("/flows", query) {
         Ok(q) => q,
         Err(bad) => return bad.into_response(),
     };
+    let scope = scope.map(|Extension(s)| s).unwrap_or(Scope::All);
+    let limit = q.limit.unwrap_or(MAX_RECORDS).clamp(1, MAX_RECORDS);
     s.fresh_records().await;
-    let out: Vec<Arc<ConnectionView>> = s.flows(|all| {
+    let mut out: Vec<Arc<ConnectionView>> = s.flows(|all| {
         all.iter()
-            .filter(|c| q.matches_connection(c))
+            .filter(|c| q.after.is_none_or(|a| c.id > a))
+            .filter(|c| scope.admits(c) && q.matches_connection(c))
             .cloned()
             .collect()
     });
-    Json(out).into_response()
+    out.sort_unstable_by_key(|c| c.id);
+    let next = (out.len() > limit).then(|| out[limit - 1].id);
+    out.truncate(limit);
+    let body: Vec<ConnectionView> = out.iter().map(|c| scope.redact(c)).collect();
+    let mut resp = Json(body).into_response();
+    if let Some(n) = next {
+        resp.headers_mut()
+            .insert(NEXT_AFTER, header::HeaderValue::from(n));
+    }
+    resp
 }
 
 /// Raw per-hook sightings, for debugging the datapath.
 async fn observations(
     State(s): State<Arc<Shared>>,
+    scope: Option<Extension<Scope>>,
     query: QueryResult,
 ) -> axum::response::Response {
+    if matches!(scope, Some(Extension(Scope::Namespaces(_)))) {
+        return (
+            StatusCode::FORBIDDEN,
+            "/observations (raw per-hook sightings) is for cluster-wide readers: use /flows?namespace=…\n",
+        )
+            .into_response();
+    }
     let q = match parse_query("/observations", query) {
         Ok(q) if q.has_identity_filters() => {
             return (

@@ -4,6 +4,7 @@
 mod event;
 mod flow_log;
 mod flow_metrics;
+mod guarded;
 mod http;
 mod metrics;
 mod nat_mappings;
@@ -13,7 +14,7 @@ mod state;
 pub use event::{ConnEvent, EventKind};
 pub use flow_log::{FlowLog, FlowLogConfig, LogFilter, RecordType};
 pub use flow_metrics::{FlowMetrics, FlowMetricsConfig, OVERFLOW};
-pub use http::{bind, serve, serve_records, FlowQuery};
+pub use http::{bind, records_router, serve, serve_records, FlowQuery, MAX_RECORDS, NEXT_AFTER};
 pub use metrics::AgentMetrics;
 pub use nat_mappings::NatMappings;
 pub use record::{ConnectionView, Endpoint, SightingView};

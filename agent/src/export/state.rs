@@ -36,6 +36,8 @@ pub struct Shared {
     harvested_at_ms: AtomicU64,
     /// A harvest older than this means the loop is stuck: /healthz fails.
     stall_after_ms: AtomicU64,
+    /// Tenant → its namespaces, for `?tenant=` requests of namespace-scoped readers.
+    tenant_namespaces: RwLock<std::collections::BTreeMap<String, Vec<String>>>,
     pub metrics: AgentMetrics,
 }
 
@@ -50,6 +52,7 @@ impl Shared {
             published: watch::Sender::new(0),
             harvested_at_ms: AtomicU64::new(0),
             stall_after_ms: AtomicU64::new(u64::MAX),
+            tenant_namespaces: RwLock::new(Default::default()),
             metrics,
         }
     }
@@ -116,6 +119,22 @@ impl Shared {
 
     pub fn flows<R>(&self, f: impl FnOnce(&[Arc<ConnectionView>]) -> R) -> R {
         f(&self.flows.read().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    pub fn set_tenant_namespaces(&self, m: std::collections::BTreeMap<String, Vec<String>>) {
+        *self
+            .tenant_namespaces
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = m;
+    }
+
+    pub fn namespaces_of(&self, tenant: &str) -> Vec<String> {
+        self.tenant_namespaces
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(tenant)
+            .cloned()
+            .unwrap_or_default()
     }
 
     pub fn observations<R>(&self, f: impl FnOnce(&[FlowView]) -> R) -> R {

@@ -111,3 +111,64 @@ proptest::proptest! {
         }
     }
 }
+
+/// A large answer comes in pages in id order; each page names the next one's start.
+#[test]
+fn large_answers_are_paged_in_id_order() {
+    use tower::ServiceExt;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let shared = Arc::new(Shared::new(crate::export::AgentMetrics::new("tcx", "none")));
+        let app = records_router::<crate::access::KubeReview>(shared.clone(), None);
+        let page = |q: &'static str| {
+            let app = app.clone();
+            async move {
+                let req = axum::http::Request::get(format!("/flows{q}"))
+                    .body(axum::body::Body::empty())
+                    .unwrap();
+                let resp = app.oneshot(req).await.unwrap();
+                let next = resp
+                    .headers()
+                    .get(NEXT_AFTER)
+                    .map(|v| v.to_str().unwrap().to_owned());
+                let body = axum::body::to_bytes(resp.into_body(), 1 << 20)
+                    .await
+                    .unwrap();
+                let ids: Vec<u64> = serde_json::from_slice::<Vec<ConnectionView>>(&body)
+                    .unwrap()
+                    .iter()
+                    .map(|c| c.id)
+                    .collect();
+                (ids, next)
+            }
+        };
+        let views: Vec<Arc<ConnectionView>> = [5u64, 3, 1, 4, 2]
+            .into_iter()
+            .map(|id| {
+                let mut v = egress();
+                v.id = id;
+                Arc::new(v)
+            })
+            .collect();
+        // The first request finds no records yet and waits for the next publication.
+        let (first, ()) = tokio::join!(page("?limit=2"), async {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            shared.publish(views, vec![]);
+        });
+        assert_eq!(first, (vec![1, 2], Some("2".into())));
+        assert_eq!(
+            page("?limit=2&after=2").await,
+            (vec![3, 4], Some("4".into()))
+        );
+        assert_eq!(page("?limit=2&after=4").await, (vec![5], None));
+        assert_eq!(page("").await, (vec![1, 2, 3, 4, 5], None));
+        assert_eq!(
+            page("?limit=0").await,
+            (vec![1], Some("1".into())),
+            "at least one"
+        );
+    });
+}
