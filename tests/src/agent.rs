@@ -45,6 +45,19 @@ impl Agent {
         extra: &[&str],
         env: &[(&str, &str)],
     ) -> Self {
+        let mut agent = Self::spawn_env(ns, listen, interval, extra, env);
+        agent.wait_ready();
+        agent
+    }
+
+    /// Start without waiting for /readyz (a TLS listener needs another client).
+    pub fn spawn_env(
+        ns: &str,
+        listen: &str,
+        interval: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Self {
         let log = std::env::temp_dir().join(format!("{ns}-agent.log"));
         let logf = std::fs::File::create(&log).expect("agent log file");
         let child = Command::new("ip")
@@ -57,11 +70,15 @@ impl Agent {
             .stderr(logf)
             .spawn()
             .expect("spawn agent");
-        let mut agent = Agent {
+        Agent {
             ns: ns.to_owned(),
             child: Some(child),
             log,
-        };
+        }
+    }
+
+    fn wait_ready(&mut self) {
+        let agent = self;
         let ready = eventually(Duration::from_secs(20), || {
             if let Some(status) = agent.exited() {
                 panic!("agent exited early ({status}):\n{}", agent.log_text());
@@ -73,7 +90,6 @@ impl Agent {
             "agent never became ready:\n{}",
             agent.log_text()
         );
-        agent
     }
 
     /// An agent started by other means (e.g. from its container image) listening on
@@ -95,7 +111,8 @@ impl Agent {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    fn exited(&mut self) -> Option<std::process::ExitStatus> {
+    /// Exit status, if the agent has already exited.
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
         self.child
             .as_mut()
             .and_then(|c| c.try_wait().ok().flatten())

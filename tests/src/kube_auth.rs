@@ -18,6 +18,8 @@ use serde_json::Value;
 pub struct Grant {
     pub user: String,
     pub namespaces: Option<BTreeSet<String>>,
+    /// May get the non-resource URL /metrics.
+    pub metrics: bool,
 }
 
 #[derive(Default)]
@@ -144,6 +146,23 @@ fn answer(path: &str, req: &Value, st: &Mutex<State>) -> Value {
         };
     }
     let user = req["spec"]["user"].as_str().unwrap_or("").to_owned();
+    if let Some(path) = req["spec"]["nonResourceAttributes"]["path"].as_str() {
+        s.asked.push((
+            "SubjectAccessReview".into(),
+            user.clone(),
+            Some(path.to_owned()),
+        ));
+        let allowed = req["spec"]["nonResourceAttributes"]["verb"] == "get"
+            && path == "/metrics"
+            && s.tokens.values().any(|g| g.user == user && g.metrics);
+        let mut v = fixture(if allowed {
+            "subjectaccessreview-allowed.json"
+        } else {
+            "subjectaccessreview-denied.json"
+        });
+        v["spec"] = req["spec"].clone();
+        return v;
+    }
     let attrs = &req["spec"]["resourceAttributes"];
     let ns = attrs["namespace"].as_str().map(str::to_owned);
     s.asked

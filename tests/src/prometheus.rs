@@ -34,6 +34,12 @@ fn encode(s: &str) -> String {
 impl Prometheus {
     /// Start Prometheus in `ns` scraping `target` every second, with `rules` files loaded.
     pub fn start(ns: &str, target: &str, rules: &[PathBuf]) -> Self {
+        Self::start_with(ns, target, rules, "")
+    }
+
+    /// As [`Prometheus::start`], with more settings for the scrape job (`job` is YAML at the
+    /// job's indentation, e.g. `    scheme: https\n`).
+    pub fn start_with(ns: &str, target: &str, rules: &[PathBuf], job: &str) -> Self {
         let bin = which("prometheus");
         let dir = std::env::temp_dir().join(format!("{ns}-prometheus"));
         let _ = std::fs::remove_dir_all(&dir);
@@ -43,7 +49,7 @@ impl Prometheus {
             .map(|r| format!("  - {}", r.display()))
             .collect();
         let config = format!(
-            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files:\n{}\nscrape_configs:\n  - job_name: tenantflow\n    static_configs:\n      - targets: ['{target}']\n        labels: {{node: lab-node1}}\n",
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files:\n{}\nscrape_configs:\n  - job_name: tenantflow\n{job}    static_configs:\n      - targets: ['{target}']\n        labels: {{node: lab-node1}}\n",
             if rule_files.is_empty() { "  []".to_owned() } else { rule_files.join("\n") }
         );
         let cfg = dir.join("prometheus.yml");

@@ -407,7 +407,7 @@ fn exposed_records_add_only_review_rights_a_reader_role_and_tls() {
         assert!(args.contains(&want), "{want} in {args:?}");
     }
     let secret = find(&docs, "Secret");
-    assert_eq!(secret["metadata"]["name"], "tenantflow-records-tls");
+    assert_eq!(secret["metadata"]["name"], "tenantflow-tls");
     assert_eq!(secret["type"], "kubernetes.io/tls");
     // The default keeps records on loopback, with no review rights.
     let default = documents(&helm_template(&[]));
@@ -417,6 +417,59 @@ fn exposed_records_add_only_review_rights_a_reader_role_and_tls() {
         .unwrap()
         .contains(&json!("--flows-listen=127.0.0.1:9991")));
     let file = std::env::temp_dir().join(format!("tf-exposed-{}.yaml", std::process::id()));
+    std::fs::write(&file, &yaml).unwrap();
+    for v in KUBERNETES_VERSIONS {
+        let (code, out) = run(Command::new(tool(tools::kubernetes_validate()))
+            .args(["--strict", "-k", v])
+            .arg(&file));
+        assert_eq!(code, 0, "kubernetes {v}: {out}");
+    }
+    std::fs::remove_file(&file).unwrap();
+}
+
+/// Metrics behind tokens: TLS args, HTTPS probes (the kubelet skips verification), the
+/// monitors scrape over https with the CA and the certificate's name, review rights but no
+/// reader role (records stay on loopback).
+#[test]
+fn metrics_auth_renders_https_probes_monitors_and_review_rights() {
+    let yaml = helm_template(&[
+        "--set",
+        "agent.metrics.auth=true",
+        "--set",
+        "serviceMonitor.enabled=true",
+        "--set",
+        "podMonitor.enabled=true",
+    ]);
+    let docs = documents(&yaml);
+    let c = &find(&docs, "DaemonSet")["spec"]["template"]["spec"]["containers"][0];
+    let args = c["args"].as_array().unwrap();
+    for want in [
+        "--metrics-auth=kubernetes",
+        "--flows-listen=127.0.0.1:9991",
+        "--tls-cert=/run/tenantflow/tls/tls.crt",
+    ] {
+        assert!(args.contains(&json!(want)), "{want}");
+    }
+    assert_eq!(c["livenessProbe"]["httpGet"]["scheme"], "HTTPS");
+    assert_eq!(c["readinessProbe"]["httpGet"]["scheme"], "HTTPS");
+    let sm = &find(&docs, "ServiceMonitor")["spec"]["endpoints"][0];
+    assert_eq!(sm["scheme"], "https");
+    assert_eq!(sm["tlsConfig"]["serverName"], "tenantflow-agent");
+    assert_eq!(sm["tlsConfig"]["ca"]["secret"]["name"], "tenantflow-tls");
+    let pm = &find(&docs, "PodMonitor")["spec"]["podMetricsEndpoints"][0];
+    assert_eq!(
+        pm["authorization"]["credentials"]["name"],
+        "prometheus-token"
+    );
+    let roles: Vec<&Value> = docs.iter().filter(|d| d["kind"] == "ClusterRole").collect();
+    assert_eq!(
+        roles.len(),
+        1,
+        "no reader role while records stay on loopback"
+    );
+    assert_eq!(roles[0]["rules"].as_array().unwrap().len(), 3);
+    assert_eq!(find(&docs, "Secret")["metadata"]["name"], "tenantflow-tls");
+    let file = std::env::temp_dir().join(format!("tf-metrics-auth-{}.yaml", std::process::id()));
     std::fs::write(&file, &yaml).unwrap();
     for v in KUBERNETES_VERSIONS {
         let (code, out) = run(Command::new(tool(tools::kubernetes_validate()))

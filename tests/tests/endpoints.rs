@@ -104,7 +104,7 @@ fn certificate(
     std::fs::write(
         dir.join("leaf.ext"),
         format!(
-            "basicConstraints=CA:FALSE\nsubjectAltName=IP:{},IP:{},IP:127.0.0.1,DNS:tenantflow-records\n",
+            "basicConstraints=CA:FALSE\nsubjectAltName=IP:{},IP:{},IP:127.0.0.1,DNS:tenantflow-agent\n",
             n.pod_gw(),
             n.ip()
         ),
@@ -138,7 +138,7 @@ fn certificate(
             &ec,
             &[
                 "-subj",
-                "/CN=tenantflow-records",
+                "/CN=tenantflow-agent",
                 "-keyout",
                 &p("tls.key"),
                 "-out",
@@ -196,6 +196,7 @@ fn exposed_records_answer_each_caller_with_what_rbac_grants() {
             Grant {
                 user: "system:serviceaccount:security:auditor".into(),
                 namespaces: None,
+                metrics: false,
             },
         ),
         (
@@ -203,6 +204,7 @@ fn exposed_records_answer_each_caller_with_what_rbac_grants() {
             Grant {
                 user: reader.into(),
                 namespaces: Some(BTreeSet::from(["alpha-web".into(), "alpha-jobs".into()])),
+                metrics: false,
             },
         ),
     ]
@@ -360,7 +362,7 @@ fn exposed_records_answer_each_caller_with_what_rbac_grants() {
             "--cacert".into(),
             ca.clone(),
             "--tls-server-name".into(),
-            "tenantflow-records".into(),
+            "tenantflow-agent".into(),
             "-o".into(),
             "json".into(),
         ];
@@ -483,4 +485,133 @@ fn a_flood_of_record_requests_is_bounded() {
         after < before + 64 * 1024,
         "RSS grew from {before} KiB to {after} KiB"
     );
+}
+
+/// `/metrics` behind TLS and a token granted get on /metrics: a real Prometheus scrapes it
+/// with a service-account token file (the usual `authorization` / `tls_config`), a request
+/// without a token gets 401 and one without the grant 403, and the kubelet's probes stay
+/// open.
+#[test]
+fn metrics_behind_a_token_are_scraped_by_prometheus() {
+    use std::collections::BTreeMap;
+    use tenantflow_tests::{
+        kube_auth::{Grant, KubeAuth},
+        prometheus::Prometheus,
+    };
+
+    let lab = lab("mt");
+    let t = &lab.topo;
+    let node = t.node_ns(1);
+    let dir = std::env::temp_dir().join(format!("tf-metrics-auth-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (ca, cert, key) = certificate(&dir, &lab);
+    let grant = |user: &str, metrics| Grant {
+        user: user.into(),
+        namespaces: Some(Default::default()),
+        metrics,
+    };
+    let tokens: BTreeMap<String, Grant> = [
+        (
+            "prom-token".to_owned(),
+            grant("system:serviceaccount:monitoring:prometheus", true),
+        ),
+        (
+            "app-token".to_owned(),
+            grant("system:serviceaccount:beta-api:app", false),
+        ),
+    ]
+    .into();
+    let api = KubeAuth::start(&node, 16443, tokens);
+    let cfg = xtask::lab::manifest::config_path(&t.prefix);
+    let kubeconfig = api.kubeconfig.display().to_string();
+    let mut agent = Agent::spawn_env(
+        &node,
+        "0.0.0.0:9990",
+        "200ms",
+        &[
+            "--config",
+            cfg.to_str().unwrap(),
+            "--metrics-auth",
+            "kubernetes",
+            "--tls-cert",
+            &cert,
+            "--tls-key",
+            &key,
+        ],
+        &[("KUBECONFIG", kubeconfig.as_str())],
+    );
+    let client = t.pod_ns(t.pod("api-1"));
+    let get = |token: Option<&str>, path: &str| -> u16 {
+        let mut args = vec![
+            "netns".to_owned(),
+            "exec".into(),
+            client.clone(),
+            "curl".into(),
+            "-s".into(),
+            "-o".into(),
+            "/dev/null".into(),
+            "-w".into(),
+            "%{http_code}".into(),
+            "--max-time".into(),
+            "10".into(),
+            "--cacert".into(),
+            ca.clone(),
+        ];
+        if let Some(t) = token {
+            args.extend(["-H".into(), format!("Authorization: Bearer {t}")]);
+        }
+        args.push(format!("https://{}:9990{path}", t.node(1).pod_gw()));
+        let out = Command::new("ip").args(&args).output().unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .unwrap_or(0)
+    };
+    let ready = tenantflow_tests::eventually(std::time::Duration::from_secs(20), || {
+        assert!(
+            agent.exited().is_none(),
+            "agent exited:\n{}",
+            agent.log_text()
+        );
+        (get(None, "/readyz") == 200).then_some(())
+    });
+    assert!(ready.is_some(), "never ready:\n{}", agent.log_text());
+    assert_eq!(get(None, "/healthz"), 200, "probes stay open");
+    assert_eq!(get(None, "/metrics"), 401);
+    assert_eq!(get(Some("app-token"), "/metrics"), 403);
+    assert_eq!(get(Some("prom-token"), "/metrics"), 200);
+
+    let token_file = dir.join("prometheus.token");
+    std::fs::write(&token_file, "prom-token").unwrap();
+    let prom = Prometheus::start_with(
+        &node,
+        "127.0.0.1:9990",
+        &[],
+        &format!(
+            "    scheme: https\n    authorization:\n      credentials_file: {}\n    tls_config:\n      ca_file: {ca}\n      server_name: tenantflow-agent\n",
+            token_file.display()
+        ),
+    );
+    let up = tenantflow_tests::eventually(std::time::Duration::from_secs(15), || {
+        (prom.query("up{job=\"tenantflow\"}").first().map(|s| s.1) == Some(1.0)).then_some(())
+    });
+    assert!(up.is_some(), "prometheus scrapes it:\n{}", prom.log());
+    prom.expect_one("tenantflow_ready", 1.0);
+    let asked: Vec<_> = api
+        .asked()
+        .into_iter()
+        .filter(|(kind, _, what)| {
+            kind == "SubjectAccessReview" && what.as_deref() == Some("/metrics")
+        })
+        .map(|(_, who, _)| who)
+        .collect();
+    // One review per user for the whole run: decisions are cached (30 s by default).
+    assert_eq!(
+        asked,
+        [
+            "system:serviceaccount:beta-api:app",
+            "system:serviceaccount:monitoring:prometheus"
+        ]
+    );
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -90,6 +90,34 @@ impl<R: Review> Guard<R> {
         Ok(Scope::Namespaces(allowed))
     }
 
+    /// A request for the non-resource URL `path` (/metrics): allowed or why not.
+    pub async fn check_path(&self, token: Option<&str>, path: &str) -> Result<(), Denied> {
+        let token = token.filter(|t| !t.is_empty()).ok_or(Denied::NoToken)?;
+        let user = self.user(token).await?.ok_or(Denied::BadToken)?;
+        let now = Instant::now();
+        let cached = lock(&self.grants).get(token, path, now);
+        let allowed = match cached {
+            Some(g) => g,
+            None => {
+                let g = self
+                    .review
+                    .authorize_path(&user, path)
+                    .await
+                    .map_err(|e| Denied::Unavailable(e.to_string()))?;
+                lock(&self.grants).put(token, path, g, now);
+                g
+            }
+        };
+        if allowed {
+            Ok(())
+        } else {
+            Err(Denied::Forbidden(format!(
+                "{} may not get {path} (RBAC: nonResourceURLs [\"{path}\"], verb get)",
+                user.name
+            )))
+        }
+    }
+
     async fn user(&self, token: &str) -> Result<Option<User>, Denied> {
         let now = Instant::now();
         if let Some(u) = lock(&self.users).get(token, "", now) {

@@ -6,7 +6,9 @@ use std::{collections::BTreeMap, future::Future};
 
 use k8s_openapi::api::{
     authentication::v1::{TokenReview, TokenReviewSpec},
-    authorization::v1::{ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec},
+    authorization::v1::{
+        NonResourceAttributes, ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec,
+    },
 };
 use kube::{api::PostParams, Api};
 
@@ -39,6 +41,12 @@ pub trait Review: Send + Sync + 'static {
         &self,
         user: &User,
         namespace: Option<&str>,
+    ) -> impl Future<Output = Result<bool, ReviewError>> + Send;
+    /// May `user` get the non-resource URL `path` (e.g. /metrics, as Prometheus' role grants)?
+    fn authorize_path(
+        &self,
+        user: &User,
+        path: &str,
     ) -> impl Future<Output = Result<bool, ReviewError>> + Send;
 }
 
@@ -83,12 +91,9 @@ impl Review for KubeReview {
     }
 
     async fn authorize(&self, user: &User, namespace: Option<&str>) -> Result<bool, ReviewError> {
-        let review = SubjectAccessReview {
-            spec: SubjectAccessReviewSpec {
-                user: Some(user.name.clone()),
-                uid: user.uid.clone(),
-                groups: Some(user.groups.clone()),
-                extra: (!user.extra.is_empty()).then(|| user.extra.clone()),
+        self.access(
+            user,
+            SubjectAccessReviewSpec {
                 resource_attributes: Some(ResourceAttributes {
                     group: Some(GROUP.into()),
                     resource: Some(RESOURCE.into()),
@@ -98,6 +103,38 @@ impl Review for KubeReview {
                 }),
                 ..Default::default()
             },
+        )
+        .await
+    }
+
+    async fn authorize_path(&self, user: &User, path: &str) -> Result<bool, ReviewError> {
+        self.access(
+            user,
+            SubjectAccessReviewSpec {
+                non_resource_attributes: Some(NonResourceAttributes {
+                    path: Some(path.to_owned()),
+                    verb: Some("get".into()),
+                }),
+                ..Default::default()
+            },
+        )
+        .await
+    }
+}
+
+impl KubeReview {
+    /// One SubjectAccessReview of `user` for what `spec` asks.
+    async fn access(
+        &self,
+        user: &User,
+        mut spec: SubjectAccessReviewSpec,
+    ) -> Result<bool, ReviewError> {
+        spec.user = Some(user.name.clone());
+        spec.uid = user.uid.clone();
+        spec.groups = Some(user.groups.clone());
+        spec.extra = (!user.extra.is_empty()).then(|| user.extra.clone());
+        let review = SubjectAccessReview {
+            spec,
             ..Default::default()
         };
         let out = Api::<SubjectAccessReview>::all(self.client.clone())

@@ -22,6 +22,27 @@ impl Review for Fake {
         self.asked.fetch_add(1, Ordering::SeqCst);
         Ok(user.name == "admin" || (user.name == "alpha" && ns == Some("alpha-web")))
     }
+    async fn authorize_path(&self, user: &User, path: &str) -> Result<bool, ReviewError> {
+        self.asked.fetch_add(1, Ordering::SeqCst);
+        Ok(user.name == "admin" && path == "/metrics")
+    }
+}
+
+#[test]
+fn metrics_need_a_token_granted_the_path() {
+    let g = Guard::new(Fake::default(), Duration::from_secs(30));
+    run(async {
+        assert_eq!(g.check_path(None, "/metrics").await, Err(Denied::NoToken));
+        assert_eq!(
+            g.check_path(Some("gone"), "/metrics").await,
+            Err(Denied::BadToken)
+        );
+        assert_eq!(g.check_path(Some("admin"), "/metrics").await, Ok(()));
+        assert!(matches!(
+            g.check_path(Some("alpha"), "/metrics").await,
+            Err(Denied::Forbidden(m)) if m.contains("nonResourceURLs")
+        ));
+    });
 }
 
 fn wanted(ns: &[&str]) -> Wanted {

@@ -64,8 +64,13 @@ pub struct AgentArgs {
     /// Who may read records: `none` (loopback only) or `kubernetes` (bearer token →
     /// TokenReview, then SubjectAccessReview for get on flows.tenantflow.io; TLS required).
     #[arg(long, value_enum, default_value = "none")]
-    pub flows_auth: FlowsAuth,
-    /// PEM certificate (chain) of the records listener (with --flows-auth kubernetes).
+    pub flows_auth: AuthMode,
+    /// Who may scrape /metrics: `none` (anyone who reaches --listen) or `kubernetes`
+    /// (TLS, and a bearer token granted get on the non-resource URL /metrics, as
+    /// Prometheus' ClusterRole has). /healthz and /readyz stay open for the kubelet.
+    #[arg(long, value_enum, default_value = "none")]
+    pub metrics_auth: AuthMode,
+    /// PEM certificate (chain) for the listeners with `kubernetes` auth.
     #[arg(long, value_name = "FILE")]
     pub tls_cert: Option<std::path::PathBuf>,
     /// PEM private key of --tls-cert.
@@ -132,10 +137,10 @@ pub struct AgentArgs {
     pub test_conntrack_rcvbuf: Option<usize>,
 }
 
-/// Who may read flow records.
+/// Who may read a listener's data.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum FlowsAuth {
-    /// No check: the listener must be on loopback.
+pub enum AuthMode {
+    /// No check (records: the listener must then be on loopback).
     None,
     /// Kubernetes TokenReview + SubjectAccessReview, over TLS.
     Kubernetes,
@@ -174,7 +179,7 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
 async fn run_async(args: AgentArgs) -> anyhow::Result<()> {
     let mut shutdown = Shutdown::install().context("installing SIGTERM/SIGINT handlers")?;
     super::bounds::check(&args)?;
-    let exposed = records_access(&args).await?;
+    let (metrics_guard, exposed) = access(&args).await?;
     // Before anything is attached or removed: a second agent must not touch the first's hooks.
     let _lock = datapath::lock_agent().map_err(|e| UsageError(e.to_string()))?;
     let listener = export::bind(args.listen).await.map_err(|e| {
@@ -264,7 +269,7 @@ async fn run_async(args: AgentArgs) -> anyhow::Result<()> {
         .process_attribution
         .set(i64::from(processes.is_some()));
     publish_attachments(&shared, &attachments);
-    let server = tokio::spawn(export::serve(listener, shared.clone()));
+    let server = tokio::spawn(export::serve(listener, shared.clone(), metrics_guard));
     let records_server = tokio::spawn(export::serve_records(
         records_listener,
         shared.clone(),
@@ -462,42 +467,50 @@ fn open_flow_log(args: &AgentArgs) -> anyhow::Result<Option<FlowLog>> {
     Ok(Some(log))
 }
 
-/// The records listener's protection: none on loopback; TLS and Kubernetes review
-/// otherwise. Every inconsistent combination is bad input naming the fix.
-async fn records_access(
-    args: &AgentArgs,
-) -> anyhow::Result<Option<(Arc<Guard<KubeReview>>, Arc<rustls::ServerConfig>)>> {
-    match args.flows_auth {
-        FlowsAuth::None if args.flows_listen.ip().is_loopback() => Ok(None),
-        FlowsAuth::None => Err(UsageError(format!(
+type Guarded = Option<(Arc<Guard<KubeReview>>, Arc<rustls::ServerConfig>)>;
+
+/// The listeners' protection: (metrics, records). Records: none on loopback, TLS and
+/// Kubernetes review otherwise; metrics: open unless asked. One guard (one decision cache)
+/// serves both. Every inconsistent combination is bad input naming the fix.
+async fn access(args: &AgentArgs) -> anyhow::Result<(Guarded, Guarded)> {
+    if args.flows_auth == AuthMode::None && !args.flows_listen.ip().is_loopback() {
+        return Err(UsageError(format!(
             "--flows-listen {}: flow records name every tenant's pods, addresses and processes, \
              so without --flows-auth kubernetes they are served on loopback only (e.g. \
              127.0.0.1:9991; read them with `kubectl exec` or `kubectl port-forward`, \
              docs/security.md)",
             args.flows_listen
         ))
-        .into()),
-        FlowsAuth::Kubernetes => {
-            let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) else {
-                return Err(UsageError(
-                    "--flows-auth kubernetes needs --tls-cert and --tls-key: bearer tokens are \
-                     never accepted in clear text"
-                        .into(),
-                )
-                .into());
-            };
-            let tls = crate::access::tls::load(cert, key).map_err(|e| UsageError(e.to_string()))?;
-            let client = kube::Client::try_default().await.map_err(|e| {
-                UsageError(format!(
-                    "--flows-auth kubernetes: no Kubernetes API client ({e}): run in the cluster \
-                     with the service account token mounted, or set KUBECONFIG"
-                ))
-            })?;
-            let guard = Guard::new(KubeReview::new(client), args.auth_cache_ttl);
-            info!(listen = %args.flows_listen, "flow records exposed behind TLS and Kubernetes authorization");
-            Ok(Some((Arc::new(guard), tls)))
-        }
+        .into());
     }
+    if args.flows_auth == AuthMode::None && args.metrics_auth == AuthMode::None {
+        return Ok((None, None));
+    }
+    let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) else {
+        return Err(UsageError(
+            "--flows-auth / --metrics-auth kubernetes need --tls-cert and --tls-key: bearer \
+             tokens are never accepted in clear text"
+                .into(),
+        )
+        .into());
+    };
+    let tls = crate::access::tls::load(cert, key).map_err(|e| UsageError(e.to_string()))?;
+    let client = kube::Client::try_default().await.map_err(|e| {
+        UsageError(format!(
+            "--flows-auth / --metrics-auth kubernetes: no Kubernetes API client ({e}): run in \
+             the cluster with the service account token mounted, or set KUBECONFIG"
+        ))
+    })?;
+    let guard = Arc::new(Guard::new(KubeReview::new(client), args.auth_cache_ttl));
+    let pick =
+        |mode: AuthMode| (mode == AuthMode::Kubernetes).then(|| (guard.clone(), tls.clone()));
+    let (metrics, records) = (pick(args.metrics_auth), pick(args.flows_auth));
+    info!(
+        metrics = metrics.is_some(),
+        records = records.is_some(),
+        "listeners behind TLS and Kubernetes authorization"
+    );
+    Ok((metrics, records))
 }
 
 /// How often the snapshot file is checked for changes.

@@ -37,7 +37,7 @@ pub async fn bounded(State(b): State<Arc<Bounds>>, req: Request, next: Next) -> 
         return (
             StatusCode::SERVICE_UNAVAILABLE,
             [(header::RETRY_AFTER, "1")],
-            format!("busy: {IN_FLIGHT} records requests in flight; retry\\n"),
+            format!("busy: {IN_FLIGHT} records requests in flight; retry\n"),
         )
             .into_response();
     };
@@ -45,7 +45,7 @@ pub async fn bounded(State(b): State<Arc<Bounds>>, req: Request, next: Next) -> 
         Ok(r) => r,
         Err(_) => (
             StatusCode::SERVICE_UNAVAILABLE,
-            format!("request took longer than {}s\\n", DEADLINE.as_secs()),
+            format!("request took longer than {}s\n", DEADLINE.as_secs()),
         )
             .into_response(),
     }
@@ -62,13 +62,7 @@ pub async fn authorize<R: Review>(
     mut req: Request,
     next: Next,
 ) -> Response {
-    let token = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim)
-        .map(str::to_owned);
+    let token = bearer(&req);
     // Only what is needed to decide; the handler validates the whole query.
     let asked = Query::<Asked>::try_from_uri(req.uri())
         .map(|Query(a)| a)
@@ -83,20 +77,44 @@ pub async fn authorize<R: Review>(
             req.extensions_mut().insert(scope);
             next.run(req).await
         }
-        Err(d) => {
-            let status = match d {
-                Denied::NoToken | Denied::BadToken => StatusCode::UNAUTHORIZED,
-                Denied::Forbidden(_) => StatusCode::FORBIDDEN,
-                Denied::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-            };
-            let mut resp = (status, format!("{d}\\n")).into_response();
-            if status == StatusCode::UNAUTHORIZED {
-                resp.headers_mut().insert(
-                    header::WWW_AUTHENTICATE,
-                    header::HeaderValue::from_static("Bearer"),
-                );
-            }
-            resp
-        }
+        Err(d) => refusal(d),
     }
+}
+
+/// `/metrics` behind the same review: a token granted `get` on the non-resource URL
+/// `/metrics` (what Prometheus' usual ClusterRole grants).
+pub async fn metrics_authorized<R: Review>(
+    State(guard): State<Arc<Guard<R>>>,
+    req: Request,
+    next: Next,
+) -> Response {
+    match guard.check_path(bearer(&req).as_deref(), "/metrics").await {
+        Ok(()) => next.run(req).await,
+        Err(d) => refusal(d),
+    }
+}
+
+fn bearer(req: &Request) -> Option<String> {
+    req.headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(|t| t.trim().to_owned())
+}
+
+/// 401 (with `WWW-Authenticate: Bearer`), 403 or 503, saying why.
+fn refusal(d: Denied) -> Response {
+    let status = match d {
+        Denied::NoToken | Denied::BadToken => StatusCode::UNAUTHORIZED,
+        Denied::Forbidden(_) => StatusCode::FORBIDDEN,
+        Denied::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+    };
+    let mut resp = (status, format!("{d}\n")).into_response();
+    if status == StatusCode::UNAUTHORIZED {
+        resp.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            header::HeaderValue::from_static("Bearer"),
+        );
+    }
+    resp
 }

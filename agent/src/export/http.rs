@@ -113,13 +113,29 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 
 /// What Prometheus and the kubelet need, on the node address: counts by namespace and
 /// tenant, no pod names, addresses or processes.
-pub async fn serve(listener: TcpListener, shared: Arc<Shared>) -> std::io::Result<()> {
+/// With `guarded`, served over TLS and `/metrics` needs a reviewed token; the probes stay
+/// open (the kubelet sends none).
+pub async fn serve(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    guarded: Option<(Arc<Guard<KubeReview>>, Arc<rustls::ServerConfig>)>,
+) -> std::io::Result<()> {
+    let mut metrics_route = get(metrics);
+    if let Some((guard, _)) = &guarded {
+        metrics_route = metrics_route.route_layer(middleware::from_fn_with_state(
+            guard.clone(),
+            super::guarded::metrics_authorized::<KubeReview>,
+        ));
+    }
     let app = Router::new()
-        .route("/metrics", get(metrics))
+        .route("/metrics", metrics_route)
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .with_state(shared);
-    axum::serve(listener, app).await
+    match guarded {
+        None => axum::serve(listener, app).await,
+        Some((_, tls)) => crate::access::tls::serve(listener, tls, app).await,
+    }
 }
 
 /// Flow records name every tenant's pods, addresses and processes: served on a listener of
