@@ -350,7 +350,7 @@ fn exposed_records_answer_each_caller_with_what_rbac_grants() {
     );
 
     // The CLI from the same pod: it says what is missing, then shows exactly alpha's two.
-    let cli = |extra: &[&str]| {
+    let cli = |extra: &[&str], kubeconfig: &str| {
         let mut args = vec![
             "netns".to_owned(),
             "exec".into(),
@@ -367,9 +367,13 @@ fn exposed_records_answer_each_caller_with_what_rbac_grants() {
             "json".into(),
         ];
         args.extend(extra.iter().map(|s| s.to_string()));
-        Command::new("ip").args(&args).output().unwrap()
+        Command::new("ip")
+            .args(&args)
+            .env("KUBECONFIG", kubeconfig)
+            .output()
+            .unwrap()
     };
-    let out = cli(&["--tenant", "alpha"]);
+    let out = cli(&["--tenant", "alpha"], "/nonexistent");
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(
@@ -378,12 +382,15 @@ fn exposed_records_answer_each_caller_with_what_rbac_grants() {
     );
     let token_file = dir.join("alpha.token");
     std::fs::write(&token_file, "alpha-token\n").unwrap();
-    let out = cli(&[
-        "--tenant",
-        "alpha",
-        "--token-file",
-        token_file.to_str().unwrap(),
-    ]);
+    let out = cli(
+        &[
+            "--tenant",
+            "alpha",
+            "--token-file",
+            token_file.to_str().unwrap(),
+        ],
+        "/nonexistent",
+    );
     assert!(
         out.status.success(),
         "{}",
@@ -391,6 +398,22 @@ fn exposed_records_answer_each_caller_with_what_rbac_grants() {
     );
     let shown = ours(&String::from_utf8_lossy(&out.stdout));
     assert_eq!(shown, alpha, "the CLI shows what the API gave");
+    // The current kubeconfig user's token serves as well.
+    let user_kubeconfig = dir.join("user.kubeconfig");
+    std::fs::write(
+        &user_kubeconfig,
+        "apiVersion: v1\nkind: Config\nclusters: [{name: c, cluster: {server: \"https://aks.example\"}}]\n\
+         users: [{name: alpha, user: {token: alpha-token}}]\n\
+         contexts: [{name: c, context: {cluster: c, user: alpha}}]\ncurrent-context: c\n",
+    )
+    .unwrap();
+    let out = cli(&["--tenant", "alpha"], user_kubeconfig.to_str().unwrap());
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(ours(&String::from_utf8_lossy(&out.stdout)), alpha);
 
     // Revoked: refused once the cached decision (1 s) has expired.
     api.revoke("alpha-token");

@@ -80,7 +80,8 @@ pub struct FlowsArgs {
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     pub timeout: Duration,
     /// A Kubernetes bearer token for an agent that checks them (--flows-auth kubernetes),
-    /// e.g. `kubectl create token <serviceaccount> > token`.
+    /// e.g. `kubectl create token <serviceaccount> > token`. Default: the token (or token
+    /// file) of the current kubeconfig user, when it has one.
     #[arg(long, env = "TENANTFLOW_TOKEN_FILE", value_name = "FILE")]
     pub token_file: Option<std::path::PathBuf>,
     /// PEM CA certificate that signed the agent's TLS certificate (https --agent URLs).
@@ -186,7 +187,9 @@ async fn fetch_page<T: DeserializeOwned>(
     if !status.is_success() {
         let body = resp.text().await.unwrap_or_default();
         let hint = match status.as_u16() {
-            401 if token.is_none() => " (this agent checks tokens: pass --token-file)",
+            401 if token.is_none() => {
+                " (this agent checks tokens: pass --token-file, or use a kubeconfig with a token)"
+            }
             401 => " (the token in --token-file was refused)",
             403 => " (ask for a namespace you may read: --namespace or --tenant)",
             _ => "",
@@ -275,10 +278,10 @@ async fn run_async(args: FlowsArgs) -> anyhow::Result<()> {
     }
 }
 
-/// The bearer token, if one was given.
+/// The bearer token: --token-file, else the current kubeconfig user's static token.
 fn token(args: &FlowsArgs) -> anyhow::Result<Option<String>> {
     let Some(path) = &args.token_file else {
-        return Ok(None);
+        return Ok(kubeconfig_token());
     };
     let text = crate::input::read(path, 64 * 1024, "a bearer token is a few KiB")
         .map_err(|e| super::agent::UsageError(format!("--token-file {}: {e}", path.display())))?;
@@ -291,6 +294,33 @@ fn token(args: &FlowsArgs) -> anyhow::Result<Option<String>> {
         .into());
     }
     Ok(Some(t.to_owned()))
+}
+
+/// The current kubeconfig user's `token` or `tokenFile`, if it has one (exec plugins such
+/// as kubelogin are not run: pass --token-file with `kubectl create token` instead).
+fn kubeconfig_token() -> Option<String> {
+    use secrecy::ExposeSecret;
+    let cfg = kube::config::Kubeconfig::read().ok()?;
+    let ctx = cfg.current_context.as_ref()?;
+    let user = cfg
+        .contexts
+        .iter()
+        .find(|c| &c.name == ctx)?
+        .context
+        .as_ref()?
+        .user
+        .clone()?;
+    let auth = cfg
+        .auth_infos
+        .iter()
+        .find(|a| a.name == user)?
+        .auth_info
+        .as_ref()?;
+    if let Some(t) = &auth.token {
+        return Some(t.expose_secret().trim().to_owned());
+    }
+    let file = auth.token_file.as_ref()?;
+    Some(std::fs::read_to_string(file).ok()?.trim().to_owned())
 }
 
 fn client(args: &FlowsArgs) -> anyhow::Result<reqwest::Client> {
