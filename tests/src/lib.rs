@@ -14,7 +14,7 @@ use std::{
 };
 
 pub use agent::Agent;
-pub use xtask::lab::{LabGuard, Topology};
+pub use xtask::lab::{topology::Model, LabGuard, Topology};
 
 /// Privileged tests must fail, never skip, when they cannot run (CI runs as root).
 pub fn require_root() {
@@ -31,8 +31,40 @@ pub fn prefix(tag: &str) -> String {
 
 /// Root, then a fresh standard lab for this test.
 pub fn lab(tag: &str) -> LabGuard {
+    lab_model(tag, Model::Kubenet)
+}
+
+/// As [`lab`], in the given AKS network model (the prefix carries the model).
+pub fn lab_model(tag: &str, model: Model) -> LabGuard {
     require_root();
-    LabGuard::up(Topology::standard(&prefix(tag))).expect("lab up")
+    let tag = match model {
+        Model::Kubenet => tag.to_owned(),
+        Model::AzureCni => format!("{tag}a"),
+        Model::Overlay => format!("{tag}o"),
+    };
+    LabGuard::up(Topology::with_model(&prefix(&tag), model)).expect("lab up")
+}
+
+/// `#[test]`s running `$body(model)` for every lab network model the test holds for:
+/// `per_model!(name, body)` makes `name::kubenet`, `name::azure_cni`, `name::overlay`.
+#[macro_export]
+macro_rules! per_model {
+    ($name:ident, $body:path) => {
+        mod $name {
+            #[test]
+            fn kubenet() {
+                $body($crate::Model::Kubenet)
+            }
+            #[test]
+            fn azure_cni() {
+                $body($crate::Model::AzureCni)
+            }
+            #[test]
+            fn overlay() {
+                $body($crate::Model::Overlay)
+            }
+        }
+    };
 }
 
 fn target_dir() -> PathBuf {

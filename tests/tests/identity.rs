@@ -5,7 +5,7 @@
 use serde_json::{json, Value};
 use tenantflow_tests::{
     agent::{counts, wait_connection},
-    finish, lab, lab_agent, traffic, traffic_bg, udp_from_pod, Agent, LabGuard,
+    finish, lab, lab_agent, per_model, traffic, traffic_bg, udp_from_pod, Agent, LabGuard, Model,
 };
 use xtask::lab::topology::{IMDS, INTERNET_HOST, PRIVATE_ENDPOINT};
 
@@ -37,9 +37,12 @@ fn conn_from(agent: &Agent, src: &str, sport: u16, dst: &str, want: (u64, u64)) 
     )
 }
 
-#[test]
-fn cross_tenant_and_same_tenant_pod_traffic() {
-    let lab = lab("ix");
+per_model!(
+    cross_tenant_and_same_tenant_pod_traffic,
+    super::cross_tenant_and_same_tenant_pod_traffic
+);
+fn cross_tenant_and_same_tenant_pod_traffic(model: Model) {
+    let lab = tenantflow_tests::lab_model("ix", model);
     let t = &lab.topo;
     let agent = agent_with_lab_config(&lab, 1);
     let api2 = t.pod("api-2");

@@ -7,7 +7,8 @@ use std::{collections::BTreeMap, time::Duration};
 use serde_json::Value;
 use tenantflow_tests::{
     agent::{counts, wait_connection},
-    eventually, finish, lab, notrack, snmp, traffic, traffic_bg, Agent,
+    eventually, finish, lab, lab_model, notrack, per_model, snmp, traffic, traffic_bg, Agent,
+    Model,
 };
 use xtask::lab::topology::INTERNET_HOST;
 
@@ -30,9 +31,12 @@ fn tcp_bytes(segs: u64, payload: u64) -> u64 {
     segs * 20 + 40 + (segs - 1) * 32 + payload
 }
 
-#[test]
-fn pod_to_internet_udp_and_tcp_carry_pod_and_node_addresses() {
-    let lab = lab("ne");
+per_model!(
+    pod_to_internet_udp_and_tcp_carry_pod_and_node_addresses,
+    super::pod_to_internet_udp_and_tcp_carry_pod_and_node_addresses
+);
+fn pod_to_internet_udp_and_tcp_carry_pod_and_node_addresses(model: Model) {
+    let lab = lab_model("ne", model);
     let t = &lab.topo;
     let jobs = t.pod("jobs-1");
     let ns = t.pod_ns(jobs);
@@ -94,7 +98,7 @@ fn pod_to_internet_udp_and_tcp_carry_pod_and_node_addresses() {
     assert_eq!(
         stages,
         [
-            ("veth11".into(), "ingress".into(), "pre_nat".into()),
+            (jobs.host_iface(), "ingress".into(), "pre_nat".into()),
             ("eth0".into(), "egress".into(), "post_nat".into())
         ]
     );
@@ -135,9 +139,12 @@ fn pod_to_internet_udp_and_tcp_carry_pod_and_node_addresses() {
     assert_eq!(tcp["nat_joined"], true);
 }
 
-#[test]
-fn same_source_port_from_two_pods_gets_two_records_with_their_own_post_snat_ports() {
-    let lab = lab("nc");
+per_model!(
+    same_source_port_from_two_pods_gets_two_records_with_their_own_post_snat_ports,
+    super::same_source_port_from_two_pods_gets_two_records_with_their_own_post_snat_ports
+);
+fn same_source_port_from_two_pods_gets_two_records_with_their_own_post_snat_ports(model: Model) {
+    let lab = lab_model("nc", model);
     let t = &lab.topo;
     let (web, jobs) = (t.pod("web-1"), t.pod("jobs-1"));
     let agent = Agent::start(&t.node_ns(1), &[]);
@@ -196,9 +203,12 @@ fn same_source_port_from_two_pods_gets_two_records_with_their_own_post_snat_port
     }
 }
 
-#[test]
-fn cluster_ip_records_carry_vip_and_the_backend_that_served_them() {
-    let lab = lab("ns");
+per_model!(
+    cluster_ip_records_carry_vip_and_the_backend_that_served_them,
+    super::cluster_ip_records_carry_vip_and_the_backend_that_served_them
+);
+fn cluster_ip_records_carry_vip_and_the_backend_that_served_them(model: Model) {
+    let lab = lab_model("ns", model);
     let t = &lab.topo;
     let api = t.pod("api-1");
     let svc = &t.services[0];
@@ -304,9 +314,12 @@ fn cluster_ip_records_carry_vip_and_the_backend_that_served_them() {
     );
 }
 
-#[test]
-fn pod_to_pod_has_no_translation_and_every_class_is_counted_once() {
-    let lab = lab("nx");
+per_model!(
+    pod_to_pod_has_no_translation_and_every_class_is_counted_once,
+    super::pod_to_pod_has_no_translation_and_every_class_is_counted_once
+);
+fn pod_to_pod_has_no_translation_and_every_class_is_counted_once(model: Model) {
+    let lab = lab_model("nx", model);
     let t = &lab.topo;
     let (web1, web2, api1, jobs) = (
         t.pod("web-1"),
@@ -487,4 +500,60 @@ fn a_connection_conntrack_never_sees_is_counted_as_a_join_miss() {
         agent.metric("tenantflow_nat_unjoined_connections"),
         Some(0.0)
     );
+}
+
+per_model!(
+    pod_to_vnet_keeps_the_pod_address_only_under_azure_cni,
+    super::pod_to_vnet_keeps_the_pod_address_only_under_azure_cni
+);
+/// What a VNet host (here node 2's address) sees of a pod: its own VNet address under
+/// Azure CNI (no SNAT inside the VNet), the node's address under kubenet and Overlay.
+fn pod_to_vnet_keeps_the_pod_address_only_under_azure_cni(model: Model) {
+    let lab = lab_model("nv", model);
+    let t = &lab.topo;
+    let jobs = t.pod("jobs-1");
+    let node2 = t.node(2).ip();
+    let agent = tenantflow_tests::lab_agent(&lab, 1, &[]);
+    let rx = traffic_bg(
+        &t.node_ns(2),
+        &["udp-recv", &format!("{node2}:9200"), "4", "--peers"],
+    );
+    traffic(
+        &t.pod_ns(jobs),
+        &[
+            "udp-send",
+            &format!("{node2}:9200"),
+            "4",
+            "30",
+            "--bind",
+            &format!("{}:9201", jobs.ip()),
+        ],
+    );
+    let out = finish(rx);
+    let peer = out
+        .lines()
+        .nth(1)
+        .unwrap()
+        .split(' ')
+        .next()
+        .unwrap()
+        .to_owned();
+    let snat = model != Model::AzureCni;
+    let want_peer = if snat { NODE1.to_owned() } else { jobs.ip() };
+    assert!(
+        peer.starts_with(&format!("{want_peer}:")),
+        "{model:?}: node 2 saw {peer}"
+    );
+    let c = wait_connection(
+        &agent,
+        |c| is(c, "udp", &jobs.ip(), 9201, &node2, 9200),
+        |c| counts(c, "forward") == (4, 4 * 58) && c["snat"].is_null() != snat,
+    );
+    assert_eq!(counts(&c, "forward"), (4, 4 * 58));
+    assert_eq!(
+        endpoint(&c["snat"]),
+        snat.then(|| peer.clone()),
+        "{model:?}: the record's post-SNAT side is what node 2 saw"
+    );
+    assert_eq!(c["flow_class"], "pod_to_node");
 }

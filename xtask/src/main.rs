@@ -28,6 +28,9 @@ enum Cmd {
         /// Name prefix of every namespace the lab creates.
         #[arg(long, default_value = "tf", global = true)]
         prefix: String,
+        /// The AKS network model to reproduce (docs/lab.md).
+        #[arg(long, value_enum, default_value = "kubenet", global = true)]
+        model: lab::topology::Model,
     },
     /// Lab, agent on node 1, traffic, and a live flow table. Ctrl-C tears it all down.
     Demo(demo::DemoArgs),
@@ -65,8 +68,12 @@ fn main() -> Result<()> {
             );
             Ok(())
         }
-        Cmd::Lab { action, prefix } => {
-            let topo = lab::Topology::standard(&prefix);
+        Cmd::Lab {
+            action,
+            prefix,
+            model,
+        } => {
+            let topo = lab::Topology::with_model(&prefix, model);
             match action {
                 LabAction::Up => {
                     xtask::exec::require_root("the lab")?;

@@ -2,7 +2,7 @@
 
 use anyhow::Result;
 
-use super::topology::{self, Pod, Topology};
+use super::topology::{self, Model, Pod, Topology};
 use crate::exec::{in_ns, run};
 
 fn ip(args: &[&str]) -> Result<()> {
@@ -124,6 +124,9 @@ fn node(t: &Topology, n: u8) -> Result<()> {
         "via",
         topology::VNET_GW6,
     ])?;
+    if t.model != Model::Kubenet {
+        return azure_node(t, n);
+    }
     ip(&["-n", &ns, "link", "add", "cbr0", "type", "bridge"])?;
     ip(&[
         "-n",
@@ -203,7 +206,113 @@ fn node(t: &Topology, n: u8) -> Result<()> {
     Ok(())
 }
 
+/// Azure CNI and Overlay: no bridge. Pods hang off `azv*` veths with /32 routes; the node
+/// answers ARP for their gateway (169.254.1.1) and, for Azure CNI, for their VNet addresses
+/// on the uplink, as the Azure SDN delivers them to the right node.
+fn azure_node(t: &Topology, n: u8) -> Result<()> {
+    let ns = t.node_ns(n);
+    sysctl(&ns, "net.ipv4.ip_forward=1")?;
+    sysctl(&ns, "net.ipv4.conf.eth0.proxy_arp=1")?;
+    // Answer at once: the default proxy delay (up to 0.8 s) would drop first packets.
+    sysctl(&ns, "net.ipv4.neigh.eth0.proxy_delay=0")?;
+    if t.model == Model::Overlay {
+        for other in t.nodes.iter().filter(|o| o.n != n) {
+            ip(&[
+                "-n",
+                &ns,
+                "route",
+                "add",
+                &other.pod_cidr(),
+                "via",
+                &other.ip(),
+            ])?;
+        }
+    }
+    // ip-masq-agent: Azure CNI pods keep their VNet address inside the VNet; Overlay pods
+    // leave the pod CIDR with the node's.
+    let (src, keep) = match t.model {
+        Model::AzureCni => (format!("10.224.{n}.0/24"), topology::VNET_CIDR.to_owned()),
+        _ => (topology::POD_CIDR.to_owned(), topology::POD_CIDR.to_owned()),
+    };
+    in_ns(
+        &ns,
+        &[
+            "iptables",
+            "-t",
+            "nat",
+            "-A",
+            "POSTROUTING",
+            "-s",
+            &src,
+            "!",
+            "-d",
+            &keep,
+            "-j",
+            "MASQUERADE",
+        ],
+    )?;
+    Ok(())
+}
+
+fn azure_pod(t: &Topology, p: &Pod) -> Result<()> {
+    let node_ns = t.node_ns(p.node);
+    let pod_ns = t.pod_ns(p);
+    let host = p.host_iface();
+    ip(&[
+        "-n", &node_ns, "link", "add", &host, "type", "veth", "peer", "name", "eth0", "netns",
+        &pod_ns,
+    ])?;
+    ip(&["-n", &node_ns, "link", "set", &host, "up"])?;
+    sysctl(&node_ns, &format!("net.ipv4.conf.{host}.proxy_arp=1"))?;
+    sysctl(&node_ns, &format!("net.ipv4.neigh.{host}.proxy_delay=0"))?;
+    ip(&[
+        "-n",
+        &node_ns,
+        "route",
+        "add",
+        &format!("{}/32", p.ip()),
+        "dev",
+        &host,
+    ])?;
+    ip(&[
+        "-n",
+        &pod_ns,
+        "addr",
+        "add",
+        &format!("{}/32", p.ip()),
+        "dev",
+        "eth0",
+    ])?;
+    ip(&["-n", &pod_ns, "link", "set", "eth0", "up"])?;
+    ip(&[
+        "-n",
+        &pod_ns,
+        "route",
+        "add",
+        topology::AZURE_GW,
+        "dev",
+        "eth0",
+        "scope",
+        "link",
+    ])?;
+    ip(&[
+        "-n",
+        &pod_ns,
+        "route",
+        "add",
+        "default",
+        "via",
+        topology::AZURE_GW,
+        "dev",
+        "eth0",
+    ])?;
+    Ok(())
+}
+
 fn pod(t: &Topology, p: &Pod) -> Result<()> {
+    if t.model != Model::Kubenet {
+        return azure_pod(t, p);
+    }
     let node = t.node(p.node).clone();
     let node_ns = node.name.clone();
     let pod_ns = t.pod_ns(p);

@@ -90,7 +90,7 @@ tenancy:
   namespace_map:
     egress-system: platform
 network:
-  pod_cidrs: [{pod}, \"{pod6}\"]
+  pod_cidrs: [{pods}]
   service_cidrs: [{svc}]
 egress:
   gateways:
@@ -100,8 +100,13 @@ egress:
 ",
         prefix = t.prefix,
         snapshot = snapshot_path(&t.prefix).display(),
-        pod = topology::POD_CIDR,
-        pod6 = topology::POD_CIDR6,
+        pods = {
+            let mut v = t.pod_cidrs();
+            if t.model == topology::Model::Kubenet {
+                v.push(format!("\"{}\"", topology::POD_CIDR6));
+            }
+            v.join(", ")
+        },
         svc = topology::SERVICE_CIDR,
         exempt = topology::PRIVATE_ENDPOINT_CIDR,
     )

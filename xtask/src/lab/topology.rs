@@ -24,6 +24,28 @@ pub const WIRESERVER: &str = "168.63.129.16";
 pub const PRIVATE_ENDPOINT: &str = "10.225.0.5";
 pub const PRIVATE_ENDPOINT_CIDR: &str = "10.225.0.0/24";
 
+/// Which AKS network model the lab reproduces.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Model {
+    /// Pods on a per-node bridge `cbr0` with host veths `veth*`, a /24 per node from
+    /// 10.244.0.0/16 routed via the nodes, SNAT for everything leaving the pod CIDR.
+    #[default]
+    Kubenet,
+    /// Azure CNI (flat): pods take VNet addresses (10.224.N.x), host veths `azv*` with /32
+    /// routes and proxy ARP (no bridge, gateway 169.254.1.1), the VNet reaches them through
+    /// their node; SNAT only for destinations outside the VNet. IPv4 only in the lab.
+    AzureCni,
+    /// Azure CNI Overlay: pods in 10.244.0.0/16 outside the VNet, host veths `azv*` with /32
+    /// routes and proxy ARP, other nodes' pod CIDRs routed via the nodes; SNAT to the node
+    /// for everything leaving the pod CIDR. IPv4 only in the lab.
+    Overlay,
+}
+
+/// The VNet address space (node subnet, and Azure CNI pods).
+pub const VNET_CIDR: &str = "10.224.0.0/16";
+/// Where an Azure CNI pod sends everything: the host veth answers ARP for it.
+pub const AZURE_GW: &str = "169.254.1.1";
+
 /// One node of the lab cluster (1-based).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Node {
@@ -52,7 +74,8 @@ impl Node {
     }
 }
 
-/// A pod: its own network namespace with `eth0`, host side `veth<idx>` on its node.
+/// A pod: its own network namespace with `eth0`, host side `veth<idx>` (kubenet) or
+/// `azv<idx>` (Azure CNI, Overlay) on its node.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Pod {
     pub name: String,
@@ -61,11 +84,15 @@ pub struct Pod {
     /// Host index within the node's pod CIDR (also names the host-side veth).
     pub idx: u8,
     pub labels: Vec<(String, String)>,
+    pub model: Model,
 }
 
 impl Pod {
     pub fn ip(&self) -> String {
-        format!("10.244.{}.{}", self.node, self.idx)
+        match self.model {
+            Model::AzureCni => format!("10.224.{}.{}", self.node, self.idx),
+            _ => format!("10.244.{}.{}", self.node, self.idx),
+        }
     }
     pub fn ip6(&self) -> String {
         format!("fd00:244:{}::{}", self.node, self.idx)
@@ -76,7 +103,10 @@ impl Pod {
     }
     /// Host-side interface name on the node.
     pub fn host_iface(&self) -> String {
-        format!("veth{}", self.idx)
+        match self.model {
+            Model::Kubenet => format!("veth{}", self.idx),
+            _ => format!("azv{}", self.idx),
+        }
     }
 }
 
@@ -101,6 +131,7 @@ pub struct Topology {
     pub services: Vec<Service>,
     /// Kubernetes namespace → tenant label (platform namespaces carry none).
     pub namespaces: Vec<(String, Option<String>)>,
+    pub model: Model,
 }
 
 fn pod(name: &str, namespace: &str, node: u8, idx: u8, app: &str) -> Pod {
@@ -110,6 +141,7 @@ fn pod(name: &str, namespace: &str, node: u8, idx: u8, app: &str) -> Pod {
         node,
         idx,
         labels: vec![("app".into(), app.into())],
+        model: Model::Kubenet,
     }
 }
 
@@ -154,6 +186,29 @@ impl Topology {
             pods,
             services,
             namespaces,
+            model: Model::Kubenet,
+        }
+    }
+
+    /// The standard lab in another network model.
+    pub fn with_model(prefix: &str, model: Model) -> Self {
+        let mut t = Self::standard(prefix);
+        t.model = model;
+        for p in &mut t.pods {
+            p.model = model;
+        }
+        t
+    }
+
+    /// The IPv4 ranges pods take addresses from (the config's `network.pod_cidrs`).
+    pub fn pod_cidrs(&self) -> Vec<String> {
+        match self.model {
+            Model::AzureCni => self
+                .nodes
+                .iter()
+                .map(|n| format!("10.224.{}.0/24", n.n))
+                .collect(),
+            _ => vec![POD_CIDR.to_owned()],
         }
     }
 
@@ -201,6 +256,18 @@ mod tests {
         assert_eq!(t.node(1).ip(), "10.224.0.4");
         assert_eq!(t.pod_ns(web2), "tf-n2-web-2");
         assert_eq!(t.all_netns().len(), 2 + 2 + 8);
+    }
+
+    #[test]
+    fn azure_cni_pods_take_vnet_addresses_and_azv_interfaces() {
+        let t = Topology::with_model("tf", Model::AzureCni);
+        let web2 = t.pod("web-2");
+        assert_eq!(web2.ip(), "10.224.2.10");
+        assert_eq!(web2.host_iface(), "azv10");
+        assert_eq!(t.pod_cidrs(), ["10.224.1.0/24", "10.224.2.0/24"]);
+        let o = Topology::with_model("tf", Model::Overlay);
+        assert_eq!(o.pod("web-2").ip(), "10.244.2.10");
+        assert_eq!(o.pod("web-2").host_iface(), "azv10");
     }
 
     #[test]
