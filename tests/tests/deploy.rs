@@ -416,15 +416,7 @@ fn exposed_records_add_only_review_rights_a_reader_role_and_tls() {
         .as_array()
         .unwrap()
         .contains(&json!("--flows-listen=127.0.0.1:9991")));
-    let file = std::env::temp_dir().join(format!("tf-exposed-{}.yaml", std::process::id()));
-    std::fs::write(&file, &yaml).unwrap();
-    for v in KUBERNETES_VERSIONS {
-        let (code, out) = run(Command::new(tool(tools::kubernetes_validate()))
-            .args(["--strict", "-k", v])
-            .arg(&file));
-        assert_eq!(code, 0, "kubernetes {v}: {out}");
-    }
-    std::fs::remove_file(&file).unwrap();
+    validates_strictly("exposed", &yaml);
 }
 
 /// Metrics behind tokens: TLS args, HTTPS probes (the kubelet skips verification), the
@@ -469,13 +461,18 @@ fn metrics_auth_renders_https_probes_monitors_and_review_rights() {
     );
     assert_eq!(roles[0]["rules"].as_array().unwrap().len(), 3);
     assert_eq!(find(&docs, "Secret")["metadata"]["name"], "tenantflow-tls");
-    let file = std::env::temp_dir().join(format!("tf-metrics-auth-{}.yaml", std::process::id()));
-    std::fs::write(&file, &yaml).unwrap();
+    validates_strictly("metrics-auth", &yaml);
+}
+
+/// Every rendered object validates strictly against every AKS Kubernetes version.
+fn validates_strictly(tag: &str, yaml: &str) {
+    let file = std::env::temp_dir().join(format!("tf-{tag}-{}.yaml", std::process::id()));
+    std::fs::write(&file, yaml).unwrap();
     for v in KUBERNETES_VERSIONS {
         let (code, out) = run(Command::new(tool(tools::kubernetes_validate()))
             .args(["--strict", "-k", v])
             .arg(&file));
-        assert_eq!(code, 0, "kubernetes {v}: {out}");
+        assert_eq!(code, 0, "{tag}, kubernetes {v}: {out}");
     }
     std::fs::remove_file(&file).unwrap();
 }

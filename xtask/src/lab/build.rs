@@ -148,16 +148,8 @@ fn node(t: &Topology, n: u8) -> Result<()> {
         "nodad",
     ])?;
     ip(&["-n", &ns, "link", "set", "cbr0", "up"])?;
+    routes_to_other_nodes(t, n)?;
     for other in t.nodes.iter().filter(|o| o.n != n) {
-        ip(&[
-            "-n",
-            &ns,
-            "route",
-            "add",
-            &other.pod_cidr(),
-            "via",
-            &other.ip(),
-        ])?;
         ip(&[
             "-n",
             &ns,
@@ -206,6 +198,23 @@ fn node(t: &Topology, n: u8) -> Result<()> {
     Ok(())
 }
 
+/// Each other node's IPv4 pod /24 via that node (kubenet's route table, Overlay's routing).
+fn routes_to_other_nodes(t: &Topology, n: u8) -> Result<()> {
+    let ns = t.node_ns(n);
+    for other in t.nodes.iter().filter(|o| o.n != n) {
+        ip(&[
+            "-n",
+            &ns,
+            "route",
+            "add",
+            &other.pod_cidr(),
+            "via",
+            &other.ip(),
+        ])?;
+    }
+    Ok(())
+}
+
 /// Azure CNI and Overlay: no bridge. Pods hang off `azv*` veths with /32 routes; the node
 /// answers ARP for their gateway (169.254.1.1) and, for Azure CNI, for their VNet addresses
 /// on the uplink, as the Azure SDN delivers them to the right node.
@@ -216,17 +225,7 @@ fn azure_node(t: &Topology, n: u8) -> Result<()> {
     // Answer at once: the default proxy delay (up to 0.8 s) would drop first packets.
     sysctl(&ns, "net.ipv4.neigh.eth0.proxy_delay=0")?;
     if t.model == Model::Overlay {
-        for other in t.nodes.iter().filter(|o| o.n != n) {
-            ip(&[
-                "-n",
-                &ns,
-                "route",
-                "add",
-                &other.pod_cidr(),
-                "via",
-                &other.ip(),
-            ])?;
-        }
+        routes_to_other_nodes(t, n)?;
     }
     // ip-masq-agent: Azure CNI pods keep their VNet address inside the VNet; Overlay pods
     // leave the pod CIDR with the node's.
