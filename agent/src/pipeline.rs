@@ -15,7 +15,10 @@ use crate::{
     config::Config,
     datapath::{Attachments, Harvester},
     export::{ConnEvent, ConnectionView, EventKind, FlowLog, FlowMetrics, NatMappings, Shared},
-    flow::{monotonic_ns, ConnId, ConnTable, FlowView, Settled, WallClock},
+    flow::{
+        decide_outcome, monotonic_ns, ConnId, ConnTable, FlowView, Outcome, Seen, Settled,
+        WallClock,
+    },
     identity::{reload::Reloaded, watch::WatchEvent, Kind, Store},
     nat::{Mechanism, NatEvent, NatTable},
     process::{Attribution, ProcessInfo},
@@ -59,6 +62,8 @@ pub struct Annotation {
     /// The published record, built only while records are wanted and then only when the
     /// connection changed.
     view: Option<Arc<ConnectionView>>,
+    /// How the attempt went, once known.
+    outcome: Option<Outcome>,
 }
 
 pub struct Pipeline {
@@ -71,6 +76,9 @@ pub struct Pipeline {
     identity: Identity,
     sinks: Sinks,
     processes: Option<Attribution>,
+    /// Reported connections whose outcome is not known yet: looked at every harvest, as
+    /// an unanswered attempt sends nothing more that would touch it.
+    undecided: std::collections::BTreeSet<ConnId>,
 }
 
 impl Pipeline {
@@ -91,6 +99,7 @@ impl Pipeline {
             identity,
             sinks,
             processes,
+            undecided: Default::default(),
         }
     }
 
@@ -248,6 +257,7 @@ impl Pipeline {
             };
             let mut v = ConnectionView::new(t.id, &t.conn, class.clone(), &clock);
             v.process = t.extra.process.clone();
+            v.outcome = t.extra.outcome;
             let v = Arc::new(v);
             t.extra.view = Some(v.clone());
             views.push(v);
@@ -305,6 +315,7 @@ impl Pipeline {
             }
             t.extra.view = None;
         }
+        let decided = self.decide_outcomes(&settled, stopping);
         let last = if stopping {
             EventKind::Shutdown
         } else {
@@ -318,6 +329,12 @@ impl Pipeline {
         ] {
             for &id in ids {
                 due.push((id, kind, self.table.take_delta(id)));
+            }
+        }
+        // An attempt decided without new packets (given up on) still gets an event.
+        for &id in &decided {
+            if !due.iter().any(|d| d.0 == id) {
+                due.push((id, EventKind::Update, self.table.take_delta(id)));
             }
         }
         for reason in &settled.misses {
@@ -337,6 +354,8 @@ impl Pipeline {
                     process: t.extra.process.as_ref(),
                     reclassified: t.extra.reclassified,
                     delta,
+                    outcome: t.extra.outcome,
+                    decided: decided.contains(&id),
                 })
             })
             .collect();
@@ -360,10 +379,54 @@ impl Pipeline {
                 t.extra.reclassified = false;
             }
         }
+        for id in &settled.ending {
+            self.undecided.remove(id);
+        }
         let gone = self.table.remove_ended(&settled.ending);
         if let Some(a) = &mut self.processes {
             a.forget(&gone);
         }
+    }
+
+    /// Outcomes of what started, changed or ended, and of attempts still waiting for an
+    /// answer. Returns the connections whose outcome became known now.
+    fn decide_outcomes(&mut self, settled: &Settled, stopping: bool) -> Vec<ConnId> {
+        let now = monotonic_ns();
+        self.undecided.extend(settled.started.iter().copied());
+        let ending: std::collections::BTreeSet<ConnId> = settled.ending.iter().copied().collect();
+        let mut ids: Vec<ConnId> = self.undecided.iter().copied().collect();
+        ids.extend(settled.updated.iter().chain(&settled.ending).copied());
+        ids.sort_unstable();
+        ids.dedup();
+        let mut decided = Vec::new();
+        for id in ids {
+            let Some(t) = self.table.get_mut(id) else {
+                self.undecided.remove(&id);
+                continue;
+            };
+            let c = &t.conn;
+            let now_known = decide_outcome(Seen {
+                proto: c.tuple.proto,
+                dport: c.tuple.dport,
+                fwd_flags: c.fwd_flags,
+                rep_flags: c.rep_flags,
+                fwd_packets: c.forward.packets,
+                rep_packets: c.reply.packets,
+                age_ns: now.saturating_sub(c.first_seen_ns),
+                ended: stopping || ending.contains(&id),
+            });
+            if now_known != t.extra.outcome && now_known.is_some() {
+                if t.extra.outcome.is_none() {
+                    decided.push(id);
+                }
+                t.extra.outcome = now_known;
+                t.extra.view = None;
+            }
+            if t.extra.outcome.is_some() {
+                self.undecided.remove(&id);
+            }
+        }
+        decided
     }
 
     /// Stopping: everything open is reported and gets its final record.

@@ -74,6 +74,13 @@ pub enum TrafficCmd {
         #[arg(long, default_value_t = 0)]
         hold_ms: u64,
     },
+    /// Try to connect to TO within TIMEOUT_MS and close; print `connected`, `refused` or
+    /// `timeout` (how an attempt went, from the client's side).
+    TcpTry {
+        to: SocketAddr,
+        #[arg(long, default_value_t = 1000)]
+        timeout_ms: u64,
+    },
     /// Open COUNT short connections to TO one after another: connect, send BYTES, close.
     /// Prints how many completed.
     TcpChurn {
@@ -241,6 +248,17 @@ pub fn run(cmd: TrafficCmd) -> Result<()> {
             let mut answer = Vec::new();
             s.read_to_end(&mut answer)?;
             println!("{}", answer.len());
+            Ok(())
+        }
+        TrafficCmd::TcpTry { to, timeout_ms } => {
+            let r = TcpStream::connect_timeout(&to, Duration::from_millis(timeout_ms));
+            let said = match r {
+                Ok(_) => "connected",
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => "refused",
+                Err(e) if e.kind() == std::io::ErrorKind::TimedOut => "timeout",
+                Err(e) => return Err(anyhow::anyhow!("connect {to}: {e}")),
+            };
+            println!("{said}");
             Ok(())
         }
         TrafficCmd::TcpChurn { to, count, bytes } => {

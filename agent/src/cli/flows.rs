@@ -59,6 +59,10 @@ pub struct FlowsArgs {
     /// Only cross-tenant connections.
     #[arg(long)]
     pub cross_tenant: bool,
+    /// Only attempts that went this way (established, refused, unanswered, reset,
+    /// replied, unreplied).
+    #[arg(long)]
+    pub outcome: Option<String>,
     /// Only connections to a sensitive target (a name such as imds, or any).
     #[arg(long, num_args = 0..=1, default_missing_value = "any")]
     pub sensitive: Option<String>,
@@ -111,6 +115,7 @@ impl FlowsArgs {
         add("egress", self.egress.clone());
         add("cross_tenant", self.cross_tenant.then(|| "true".to_owned()));
         add("sensitive", self.sensitive.clone());
+        add("outcome", self.outcome.clone());
         let base = self.agent.trim_end_matches('/');
         let path = if self.observations {
             "observations"
@@ -461,13 +466,14 @@ fn align<const N: usize>(rows: Vec<[String; N]>) -> String {
 
 /// Connections, largest first: initiator's pre-NAT tuple, the translation, both directions.
 pub fn render_connections(conns: &[&ConnectionView]) -> String {
-    let mut rows: Vec<[String; 10]> = vec![[
+    let mut rows: Vec<[String; 11]> = vec![[
         "PROTO".into(),
         "SOURCE".into(),
         "FROM".into(),
         "DESTINATION".into(),
         "TO".into(),
         "CLASS".into(),
+        "OUTCOME".into(),
         "VERDICTS".into(),
         "NAT".into(),
         "FWD PKTS/BYTES".into(),
@@ -515,6 +521,7 @@ pub fn render_connections(conns: &[&ConnectionView]) -> String {
             endpoint(&c.dst, c.dst_port, icmp),
             to,
             format!("{}/{}", k.flow_class.as_str(), k.scope.as_str()),
+            c.outcome.map_or("-", |o| o.as_str()).to_owned(),
             verdicts(k),
             if nat.is_empty() {
                 "-".into()
@@ -618,7 +625,8 @@ mod tests {
 
     #[test]
     fn a_connection_row_shows_who_the_verdicts_both_nat_sides_and_counts_in_columns() {
-        let v = egress();
+        let mut v = egress();
+        v.outcome = Some(crate::flow::Outcome::Established);
         let text = render_connections(&[&v]);
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines.len(), 2, "{text}");
@@ -633,6 +641,7 @@ mod tests {
                 "DESTINATION",
                 "TO",
                 "CLASS",
+                "OUTCOME",
                 "VERDICTS",
                 "NAT",
                 "FWD PKTS/BYTES",
@@ -648,6 +657,7 @@ mod tests {
                 "203.0.113.10:443",
                 "internet",
                 "pod_to_egress/internet",
+                "established",
                 "egress=unmediated",
                 "snat 10.224.0.4:40001",
                 "3/300",
@@ -675,7 +685,8 @@ mod tests {
             rows[0][2],
             "alpha:alpha-web/web-1 (curl[42] pod alpha-jobs/jobs-1)"
         );
-        assert_eq!(rows[0][8], "3/9000");
-        assert_eq!(rows[1][8], "3/300");
+        assert_eq!(rows[0][9], "3/9000");
+        assert_eq!(rows[1][9], "3/300");
+        assert_eq!(rows[1][6], "-", "no outcome known yet");
     }
 }

@@ -5,7 +5,7 @@
 use super::ConnectionView;
 use crate::{
     classify::Classification,
-    flow::{ConnId, Connection, Counts, WallClock},
+    flow::{ConnId, Connection, Counts, Outcome, WallClock},
     process::ProcessInfo,
 };
 
@@ -39,6 +39,10 @@ pub struct ConnEvent<'a> {
     pub reclassified: bool,
     /// Forward and reply packets/bytes not in any earlier event.
     pub delta: (Counts, Counts),
+    /// How the attempt went, once known.
+    pub outcome: Option<Outcome>,
+    /// The outcome was first decided in this harvest (counted as an attempt once).
+    pub decided: bool,
 }
 
 impl ConnEvent<'_> {
@@ -46,6 +50,7 @@ impl ConnEvent<'_> {
     pub fn view(&self, clock: &WallClock) -> ConnectionView {
         let mut v = ConnectionView::new(self.id, self.conn, self.class.clone(), clock);
         v.process = self.process.cloned();
+        v.outcome = self.outcome;
         v
     }
 }

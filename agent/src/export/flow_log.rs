@@ -272,6 +272,8 @@ mod tests {
                 process: None,
                 reclassified: false,
                 delta: Default::default(),
+                outcome: None,
+                decided: false,
             })
             .collect()
     }

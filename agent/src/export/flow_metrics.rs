@@ -50,16 +50,18 @@ enum Family {
     CrossTenant,
     Unmediated,
     Sensitive,
+    Attempts,
 }
 
 impl Family {
-    const ALL: [Family; 6] = [
+    const ALL: [Family; 7] = [
         Family::Flows,
         Family::Bytes,
         Family::Packets,
         Family::CrossTenant,
         Family::Unmediated,
         Family::Sensitive,
+        Family::Attempts,
     ];
 
     fn name(self) -> &'static str {
@@ -70,6 +72,7 @@ impl Family {
             Family::CrossTenant => "tenantflow_cross_tenant_flows_total",
             Family::Unmediated => "tenantflow_unmediated_egress_flows_total",
             Family::Sensitive => "tenantflow_sensitive_flows_total",
+            Family::Attempts => "tenantflow_connection_attempts_total",
         }
     }
 
@@ -81,6 +84,7 @@ impl Family {
             Family::CrossTenant => "Connections between two different known tenants.",
             Family::Unmediated => "Egress connections that bypassed every approved gateway, proxy and firewall.",
             Family::Sensitive => "Connections to sensitive targets (IMDS, wireserver, kubelet, node SSH).",
+            Family::Attempts => "Connection attempts by outcome (established, refused, unanswered, reset, replied, unreplied), counted once when the outcome is first known.",
         }
     }
 
@@ -111,6 +115,15 @@ impl Family {
                 "flow_class",
                 "target",
                 "dst_node",
+            ],
+            // Destination tenant and kind, not namespace: a scan's fan-out must not multiply
+            // series.
+            Family::Attempts => vec![
+                "src_namespace",
+                "src_tenant",
+                "dst_tenant",
+                "dst_kind",
+                "outcome",
             ],
         };
         if workloads {
@@ -228,6 +241,9 @@ impl FlowMetrics {
                 let base = self.base(k);
                 self.inc(Family::Flows, base, 1);
                 self.flagged(k);
+            }
+            if let (true, Some(outcome)) = (ev.decided, ev.outcome) {
+                self.attempt(k, outcome);
             }
             let (fwd, rep) = ev.delta;
             if !(fwd.is_zero() && rep.is_zero()) {
@@ -387,6 +403,22 @@ impl FlowMetrics {
         }
     }
 
+    fn attempt(&mut self, k: &Classification, outcome: crate::flow::Outcome) {
+        let src = &k.src_identity;
+        let far = far_end(k);
+        let mut l = vec![
+            label(src.namespace.as_deref()),
+            label(src.tenant.as_deref()),
+            label(far.tenant.as_deref()),
+            far.kind.as_str().to_owned(),
+            outcome.as_str().to_owned(),
+        ];
+        if self.cfg.workload_labels {
+            l.push(label(src.workload.as_deref()));
+        }
+        self.inc(Family::Attempts, (l, refs(&[src])), 1);
+    }
+
     fn inc(&mut self, f: Family, (values, refs): (Vec<String>, Refs), by: u64) {
         if by == 0 {
             return;
@@ -527,6 +559,8 @@ mod tests {
             process: None,
             reclassified: false,
             delta: (counts(fwd), counts(rev)),
+            outcome: None,
+            decided: false,
         }
     }
 
@@ -559,6 +593,43 @@ mod tests {
     }
 
     const BASE: &str = r#"src_namespace="alpha-web",src_tenant="alpha",dst_namespace="beta-api",dst_tenant="beta",flow_class="pod_to_pod",scope="same_node",cross_tenant="true",egress="none""#;
+
+    /// An attempt counts once, when its outcome is first known; a later change (established
+    /// then reset) does not count it again.
+    #[test]
+    fn an_attempt_counts_once_by_outcome() {
+        use crate::flow::Outcome;
+        let r = Registry::new();
+        let store = inventory(&["alpha-web", "beta-api"]);
+        let mut m = FlowMetrics::new(&r, FlowMetricsConfig::default());
+        let a = conn(&store, 10, 11);
+        let with = |kind, outcome, decided| {
+            let mut e = ev(&a, kind, 1, (1, 60), (0, 0));
+            e.outcome = outcome;
+            e.decided = decided;
+            e
+        };
+        let t0 = Instant::now();
+        m.observe(&[with(EventKind::Start, None, false)], &store, t0);
+        let series = |o: &str| {
+            format!(
+                "tenantflow_connection_attempts_total{{src_namespace=\"alpha-web\",src_tenant=\"alpha\",dst_tenant=\"beta\",dst_kind=\"pod\",outcome=\"{o}\"}}"
+            )
+        };
+        assert_eq!(value(&r, &series("unanswered")), None, "not known yet");
+        m.observe(
+            &[with(EventKind::Update, Some(Outcome::Established), true)],
+            &store,
+            t0,
+        );
+        m.observe(
+            &[with(EventKind::End, Some(Outcome::Reset), false)],
+            &store,
+            t0,
+        );
+        assert_eq!(value(&r, &series("established")), Some(1));
+        assert_eq!(value(&r, &series("reset")), None);
+    }
 
     #[test]
     fn each_connection_counts_once_and_bytes_by_delta() {

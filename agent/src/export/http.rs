@@ -41,6 +41,9 @@ pub struct FlowQuery {
     pub cross_tenant: Option<bool>,
     /// A sensitive target name (imds, kubelet…), or `any`.
     pub sensitive: Option<String>,
+    /// Connections whose attempt went this way (established, refused, unanswered, reset,
+    /// replied, unreplied).
+    pub outcome: Option<crate::flow::Outcome>,
     /// Most records in one response (at most [`MAX_RECORDS`]); the rest follow with `after`.
     pub limit: Option<usize>,
     /// Only connections with an id above this (the `x-tenantflow-next-after` of the last page).
@@ -75,6 +78,7 @@ impl FlowQuery {
             && self.class.is_none_or(|x| x == k.flow_class)
             && self.egress.is_none_or(|x| x == k.egress)
             && self.cross_tenant.is_none_or(|x| x == k.cross_tenant)
+            && self.outcome.is_none_or(|o| c.outcome == Some(o))
             && self.sensitive.as_ref().is_none_or(|x| match &k.sensitive {
                 Some(s) => x == "any" || x == s,
                 None => false,
@@ -96,6 +100,7 @@ impl FlowQuery {
             || self.egress.is_some()
             || self.cross_tenant.is_some()
             || self.sensitive.is_some()
+            || self.outcome.is_some()
     }
 
     pub fn matches(&self, f: &FlowView) -> bool {

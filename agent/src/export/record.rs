@@ -65,6 +65,10 @@ pub struct ConnectionView {
     /// hostNetwork pods, escaped containers); absent for forwarded pod traffic.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub process: Option<crate::process::ProcessInfo>,
+    /// How the attempt went (established, refused, unanswered, reset; replied,
+    /// unreplied), once known: docs/flow-log.md.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub outcome: Option<crate::flow::Outcome>,
 }
 
 /// Forward sightings first, each direction by counting preference.
@@ -110,6 +114,7 @@ impl ConnectionView {
             last_seen_ms: clock.unix_ms(c.last_seen_ns),
             class,
             process: None,
+            outcome: None,
         }
     }
 

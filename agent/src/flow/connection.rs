@@ -92,6 +92,9 @@ pub struct Connection {
     pub first_seen_ns: u64,
     pub last_seen_ns: u64,
     pub tcp_flags: u8,
+    /// TCP flags seen from the initiator, and from the responder (for the outcome).
+    pub fwd_flags: u8,
+    pub rep_flags: u8,
 }
 
 impl Connection {
@@ -108,6 +111,8 @@ impl Connection {
             first_seen_ns: u64::MAX,
             last_seen_ns: 0,
             tcp_flags: 0,
+            fwd_flags: 0,
+            rep_flags: 0,
         }
     }
 

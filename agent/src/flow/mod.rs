@@ -4,6 +4,7 @@
 mod clock;
 mod connection;
 mod initiator;
+mod outcome;
 mod table;
 mod tracker;
 mod tuple;
@@ -11,6 +12,7 @@ mod view;
 
 pub use clock::{monotonic_ns, WallClock};
 pub use connection::{Connection, Counts, Sighting};
+pub use outcome::{decide as decide_outcome, Outcome, Seen, ANSWER_WITHIN_NS};
 pub use table::FlowEntry;
 pub use tracker::{
     ConnId, ConnTable, MissReason, Settled, TableStats, Tracked, JOIN_WINDOW, RESYNC_HOLD,

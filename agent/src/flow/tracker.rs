@@ -746,10 +746,16 @@ fn refresh<A>(t: &mut Tracked<A>, iface: &impl Fn(u32) -> Option<String>) {
             })
             .collect();
     }
+    let (mut fwd_flags, mut rep_flags) = (0u8, 0u8);
     for (s, p) in t.conn.sightings.iter_mut().zip(&t.points) {
         first = first.min(p.entry.first_seen_ns);
         last = last.max(p.entry.last_seen_ns);
         flags |= p.entry.tcp_flags;
+        if p.forward {
+            fwd_flags |= p.entry.tcp_flags;
+        } else {
+            rep_flags |= p.entry.tcp_flags;
+        }
         s.forward = p.forward;
         s.post_nat = p.post_nat;
         s.counts = Counts {
@@ -758,6 +764,7 @@ fn refresh<A>(t: &mut Tracked<A>, iface: &impl Fn(u32) -> Option<String>) {
         };
     }
     t.conn.settle((first, last), flags);
+    (t.conn.fwd_flags, t.conn.rep_flags) = (fwd_flags, rep_flags);
 }
 
 #[cfg(test)]
