@@ -16,7 +16,7 @@ use crate::{
     datapath::{Attachments, Harvester},
     export::{ConnEvent, ConnectionView, EventKind, FlowLog, FlowMetrics, NatMappings, Shared},
     flow::{
-        decide_outcome, monotonic_ns, ConnId, ConnTable, FlowView, Outcome, Seen, Settled,
+        decide_outcome, monotonic_ns, ConnId, ConnTable, FastSet, FlowView, Outcome, Seen, Settled,
         WallClock,
     },
     identity::{reload::Reloaded, watch::WatchEvent, Kind, Store},
@@ -332,8 +332,9 @@ impl Pipeline {
             }
         }
         // An attempt decided without new packets (given up on) still gets an event.
+        let has_event: FastSet<ConnId> = due.iter().map(|d| d.0).collect();
         for &id in &decided {
-            if !due.iter().any(|d| d.0 == id) {
+            if !has_event.contains(&id) {
                 due.push((id, EventKind::Update, self.table.take_delta(id)));
             }
         }
@@ -390,15 +391,15 @@ impl Pipeline {
 
     /// Outcomes of what started, changed or ended, and of attempts still waiting for an
     /// answer. Returns the connections whose outcome became known now.
-    fn decide_outcomes(&mut self, settled: &Settled, stopping: bool) -> Vec<ConnId> {
+    fn decide_outcomes(&mut self, settled: &Settled, stopping: bool) -> FastSet<ConnId> {
         let now = monotonic_ns();
         self.undecided.extend(settled.started.iter().copied());
-        let ending: std::collections::BTreeSet<ConnId> = settled.ending.iter().copied().collect();
+        let ending: FastSet<ConnId> = settled.ending.iter().copied().collect();
         let mut ids: Vec<ConnId> = self.undecided.iter().copied().collect();
         ids.extend(settled.updated.iter().chain(&settled.ending).copied());
         ids.sort_unstable();
         ids.dedup();
-        let mut decided = Vec::new();
+        let mut decided = FastSet::default();
         for id in ids {
             let Some(t) = self.table.get_mut(id) else {
                 self.undecided.remove(&id);
@@ -417,7 +418,7 @@ impl Pipeline {
             });
             if now_known != t.extra.outcome && now_known.is_some() {
                 if t.extra.outcome.is_none() {
-                    decided.push(id);
+                    decided.insert(id);
                 }
                 t.extra.outcome = now_known;
                 t.extra.view = None;
