@@ -172,8 +172,20 @@ impl Agent {
 }
 
 impl Drop for Agent {
+    /// Never panics: a panic while a failing test unwinds would abort the process before
+    /// the lab guard removes the namespaces. A stuck agent is killed and said so.
     fn drop(&mut self) {
-        self.stop_with(libc::SIGTERM);
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        // SAFETY: signalling our own child process.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let waited = eventually(Duration::from_secs(10), || child.try_wait().ok().flatten());
+        if waited.is_none() {
+            eprintln!("agent in {} did not exit after SIGTERM: killed", self.ns);
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 }
 
