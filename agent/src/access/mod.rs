@@ -60,9 +60,8 @@ impl<R: Review> Guard<R> {
 
     /// The scope of a request carrying `token` (None: no Authorization header).
     pub async fn decide(&self, token: Option<&str>, wanted: &Wanted) -> Result<Scope, Denied> {
-        let token = token.filter(|t| !t.is_empty()).ok_or(Denied::NoToken)?;
-        let user = self.user(token).await?.ok_or(Denied::BadToken)?;
-        if self.granted(token, &user, None).await? {
+        let (token, user) = self.caller(token).await?;
+        if self.granted(token, &user, Question::Flows(None)).await? {
             return Ok(Scope::All);
         }
         if wanted.namespaces.is_empty() {
@@ -76,7 +75,10 @@ impl<R: Review> Guard<R> {
         }
         let mut allowed = std::collections::BTreeSet::new();
         for ns in wanted.namespaces.iter().take(MAX_NAMESPACES) {
-            if self.granted(token, &user, Some(ns)).await? {
+            if self
+                .granted(token, &user, Question::Flows(Some(ns)))
+                .await?
+            {
                 allowed.insert(ns.clone());
             }
         }
@@ -92,23 +94,8 @@ impl<R: Review> Guard<R> {
 
     /// A request for the non-resource URL `path` (/metrics): allowed or why not.
     pub async fn check_path(&self, token: Option<&str>, path: &str) -> Result<(), Denied> {
-        let token = token.filter(|t| !t.is_empty()).ok_or(Denied::NoToken)?;
-        let user = self.user(token).await?.ok_or(Denied::BadToken)?;
-        let now = Instant::now();
-        let cached = lock(&self.grants).get(token, path, now);
-        let allowed = match cached {
-            Some(g) => g,
-            None => {
-                let g = self
-                    .review
-                    .authorize_path(&user, path)
-                    .await
-                    .map_err(|e| Denied::Unavailable(e.to_string()))?;
-                lock(&self.grants).put(token, path, g, now);
-                g
-            }
-        };
-        if allowed {
+        let (token, user) = self.caller(token).await?;
+        if self.granted(token, &user, Question::Path(path)).await? {
             Ok(())
         } else {
             Err(Denied::Forbidden(format!(
@@ -116,6 +103,13 @@ impl<R: Review> Guard<R> {
                 user.name
             )))
         }
+    }
+
+    /// The token and who it belongs to, or why the request gets nothing.
+    async fn caller<'t>(&self, token: Option<&'t str>) -> Result<(&'t str, User), Denied> {
+        let token = token.filter(|t| !t.is_empty()).ok_or(Denied::NoToken)?;
+        let user = self.user(token).await?.ok_or(Denied::BadToken)?;
+        Ok((token, user))
     }
 
     async fn user(&self, token: &str) -> Result<Option<User>, Denied> {
@@ -132,19 +126,39 @@ impl<R: Review> Guard<R> {
         Ok(u)
     }
 
-    async fn granted(&self, token: &str, user: &User, ns: Option<&str>) -> Result<bool, Denied> {
+    /// The answer to `q` for this token's user, from the cache or the API.
+    async fn granted(&self, token: &str, user: &User, q: Question<'_>) -> Result<bool, Denied> {
         let now = Instant::now();
-        let what = ns.unwrap_or("*");
-        if let Some(g) = lock(&self.grants).get(token, what, now) {
+        let key = q.key();
+        if let Some(g) = lock(&self.grants).get(token, key, now) {
             return Ok(g);
         }
-        let g = self
-            .review
-            .authorize(user, ns)
-            .await
-            .map_err(|e| Denied::Unavailable(e.to_string()))?;
-        lock(&self.grants).put(token, what, g, now);
+        let answer = match q {
+            Question::Flows(ns) => self.review.authorize(user, ns).await,
+            Question::Path(path) => self.review.authorize_path(user, path).await,
+        };
+        let g = answer.map_err(|e| Denied::Unavailable(e.to_string()))?;
+        lock(&self.grants).put(token, key, g, now);
         Ok(g)
+    }
+}
+
+/// What a SubjectAccessReview asks.
+#[derive(Clone, Copy)]
+enum Question<'a> {
+    /// `get` on flows.tenantflow.io in a namespace (None: in all).
+    Flows(Option<&'a str>),
+    /// `get` on a non-resource URL.
+    Path(&'a str),
+}
+
+impl<'a> Question<'a> {
+    /// The cache key: a namespace, `*` for all, or the URL path (which alone starts with `/`).
+    fn key(self) -> &'a str {
+        match self {
+            Question::Flows(ns) => ns.unwrap_or("*"),
+            Question::Path(path) => path,
+        }
     }
 }
 

@@ -59,6 +59,17 @@ pub struct Attached {
     pub(super) egress: Option<SchedClassifierLinkId>,
 }
 
+impl Attached {
+    /// The link of one direction (None only while putting it back first failed).
+    pub(super) fn link_mut(&mut self, ingress: bool) -> &mut Option<SchedClassifierLinkId> {
+        if ingress {
+            &mut self.ingress
+        } else {
+            &mut self.egress
+        }
+    }
+}
+
 /// The set of interfaces the observers are attached to, keyed by ifindex.
 pub struct Attachments {
     pub(super) mode: AttachMode,

@@ -73,22 +73,12 @@ impl BatchReader {
             };
             // SAFETY: attr points at live buffers sized for `count` keys and values; the
             // kernel writes at most that many and the cursor.
-            let ret = unsafe {
-                libc::syscall(
-                    libc::SYS_bpf,
-                    BPF_MAP_LOOKUP_BATCH,
-                    &mut attr as *mut BatchAttr,
-                    size_of::<BatchAttr>() as u32,
-                )
-            };
-            let end = ret < 0;
-            if end {
-                let err = io::Error::last_os_error();
+            let end = match unsafe { super::sys_bpf::bpf(BPF_MAP_LOOKUP_BATCH, &mut attr) } {
+                Ok(()) => false,
                 // ENOENT: the batch reached the end of the map (with `count` still filled).
-                if err.raw_os_error() != Some(libc::ENOENT) {
-                    return Err(err);
-                }
-            }
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => true,
+                Err(e) => return Err(e),
+            };
             for i in 0..attr.count as usize {
                 let base = i * self.stride * self.cpus;
                 for cpu in 0..self.cpus {

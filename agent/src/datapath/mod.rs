@@ -17,6 +17,7 @@ mod position;
 mod select;
 mod slots;
 mod stay_first;
+mod sys_bpf;
 
 pub use attach::{remove_clsact, AttachMode, Attached, Attachments};
 pub use clock::KernelClock;

@@ -54,22 +54,12 @@ pub fn tcx_chain(ifindex: u32, ingress: bool) -> io::Result<Vec<u32>> {
         prog_cnt: MAX_CHAIN as u32,
         ..Default::default()
     };
-    // SAFETY: `attr` is a valid bpf_attr prefix and `prog_ids` points to MAX_CHAIN u32s
-    // that outlive the call.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_PROG_QUERY,
-            &mut attr as *mut QueryAttr,
-            std::mem::size_of::<QueryAttr>(),
-        )
-    };
-    if rc < 0 {
-        let e = io::Error::last_os_error();
+    // SAFETY: `attr` is the query member of bpf_attr and `prog_ids` points to MAX_CHAIN
+    // u32s that outlive the call.
+    match unsafe { super::sys_bpf::bpf(BPF_PROG_QUERY, &mut attr) } {
         // ENOSPC: a chain longer than MAX_CHAIN; the first MAX_CHAIN ids are still filled.
-        if e.raw_os_error() != Some(libc::ENOSPC) {
-            return Err(e);
-        }
+        Err(e) if e.raw_os_error() != Some(libc::ENOSPC) => return Err(e),
+        _ => {}
     }
     ids.truncate((attr.prog_cnt as usize).min(MAX_CHAIN));
     Ok(ids)

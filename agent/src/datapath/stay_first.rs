@@ -140,44 +140,24 @@ impl Attachments {
         let Some(a) = self.by_index.get_mut(&index) else {
             return false;
         };
-        let slot = if ingress {
-            &mut a.ingress
-        } else {
-            &mut a.egress
-        };
         let Ok(p) = classifier(ebpf, prog) else {
             return false;
         };
-        // The old link leaves aya's bookkeeping now; dropping it detaches it.
-        let old = slot.take().and_then(|id| p.take_link(id).ok());
+        // The old link leaves aya's bookkeeping now; dropping it detaches it. tcx refuses
+        // the same program twice on a hook, so there the old link goes first; on clsact the
+        // new filter goes ahead and the old one after, so nothing is missed.
+        let mut old = a
+            .link_mut(ingress)
+            .take()
+            .and_then(|id| p.take_link(id).ok());
         if mode != AttachMode::Netlink {
-            // tcx refuses the same program twice on a hook: the old link goes first.
-            drop(old);
-            return self.reattach(ebpf, index, ingress, prog, at, None);
+            drop(old.take());
         }
-        // clsact: the new filter goes ahead, then the old one is removed; nothing is missed.
-        self.reattach(ebpf, index, ingress, prog, at, old)
-    }
-
-    fn reattach(
-        &mut self,
-        ebpf: &mut Ebpf,
-        index: u32,
-        ingress: bool,
-        prog: &'static str,
-        at: TcAttachType,
-        old: Option<aya::programs::tc::SchedClassifierLink>,
-    ) -> bool {
-        let a = self.by_index.get_mut(&index).expect("hook checked above");
-        let result = attach_one(ebpf, prog, &a.name, at, self.mode);
+        let result = attach_one(ebpf, prog, &a.name, at, mode);
         drop(old);
         match result {
             Ok(new) => {
-                *(if ingress {
-                    &mut a.ingress
-                } else {
-                    &mut a.egress
-                }) = Some(new);
+                *a.link_mut(ingress) = Some(new);
                 true
             }
             Err(e) => {

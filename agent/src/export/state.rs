@@ -87,7 +87,7 @@ impl Shared {
         self.ready.load(Ordering::Acquire)
     }
 
-    pub(crate) fn now_ms(&self) -> u64 {
+    fn now_ms(&self) -> u64 {
         // +1 so a request in the first millisecond still counts as one.
         self.epoch.elapsed().as_millis() as u64 + 1
     }
