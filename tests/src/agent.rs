@@ -155,19 +155,25 @@ impl Agent {
 
     /// Send `sig` and wait for exit; returns the exit code.
     pub fn stop_with(&mut self, sig: i32) -> Option<i32> {
+        match self.terminate(sig)? {
+            Some(status) => status.code(),
+            None => panic!("agent did not exit after signal {sig}"),
+        }
+    }
+
+    /// Send `sig` and wait up to 10 s; an agent still running then is killed (`Some(None)`).
+    /// None when this handle did not start the agent or it was stopped already.
+    fn terminate(&mut self, sig: i32) -> Option<Option<std::process::ExitStatus>> {
         let mut child = self.child.take()?;
         // `ip netns exec` execs the agent, so the child pid is the agent's.
         // SAFETY: signalling our own child process.
         unsafe { libc::kill(child.id() as i32, sig) };
         let waited = eventually(Duration::from_secs(10), || child.try_wait().ok().flatten());
-        match waited {
-            Some(status) => status.code(),
-            None => {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("agent did not exit after signal {sig}");
-            }
+        if waited.is_none() {
+            let _ = child.kill();
+            let _ = child.wait();
         }
+        Some(waited)
     }
 }
 
@@ -175,16 +181,8 @@ impl Drop for Agent {
     /// Never panics: a panic while a failing test unwinds would abort the process before
     /// the lab guard removes the namespaces. A stuck agent is killed and said so.
     fn drop(&mut self) {
-        let Some(mut child) = self.child.take() else {
-            return;
-        };
-        // SAFETY: signalling our own child process.
-        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-        let waited = eventually(Duration::from_secs(10), || child.try_wait().ok().flatten());
-        if waited.is_none() {
+        if let Some(None) = self.terminate(libc::SIGTERM) {
             eprintln!("agent in {} did not exit after SIGTERM: killed", self.ns);
-            let _ = child.kill();
-            let _ = child.wait();
         }
     }
 }

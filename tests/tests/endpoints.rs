@@ -93,6 +93,32 @@ fn records_on_a_non_loopback_address_are_refused() {
     );
 }
 
+/// GET `url` with curl from inside `ns`, trusting `ca`, with a bearer token if given;
+/// returns (status, body), status 0 when nothing answered.
+fn https_get(ns: &str, ca: &str, token: Option<&str>, url: &str) -> (u16, String) {
+    let mut args = vec![
+        "netns",
+        "exec",
+        ns,
+        "curl",
+        "-sS",
+        "--max-time",
+        "10",
+        "--cacert",
+        ca,
+    ];
+    args.extend(["-w", "\n%{http_code}"]);
+    let auth = token.map(|t| format!("Authorization: Bearer {t}"));
+    if let Some(h) = &auth {
+        args.extend(["-H", h.as_str()]);
+    }
+    args.push(url);
+    let out = Command::new("ip").args(&args).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    (code.trim().parse().unwrap_or(0), body.to_owned())
+}
+
 /// A lab CA and the records listener's certificate from it, for node 1's addresses and the
 /// name the chart's certificate carries. Returns (ca.crt, tls.crt, tls.key).
 fn certificate(
@@ -243,29 +269,8 @@ fn exposed_records_answer_each_caller_with_what_rbac_grants() {
     // Every request comes from a pod of tenant beta, to the node's pod-side address.
     let client = t.pod_ns(api1);
     let base = format!("https://{}:9991", t.node(1).pod_gw());
-    let get = |token: Option<&str>, path: &str| -> (u16, String) {
-        let mut args = vec![
-            "netns".to_owned(),
-            "exec".into(),
-            client.clone(),
-            "curl".into(),
-            "-sS".into(),
-            "--max-time".into(),
-            "10".into(),
-            "--cacert".into(),
-            ca.clone(),
-            "-w".into(),
-            "\n%{http_code}".into(),
-        ];
-        if let Some(t) = token {
-            args.extend(["-H".into(), format!("Authorization: Bearer {t}")]);
-        }
-        args.push(format!("{base}{path}"));
-        let out = Command::new("ip").args(&args).output().unwrap();
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
-        (code.trim().parse().unwrap_or(0), body.to_owned())
-    };
+    let get =
+        |token: Option<&str>, path: &str| https_get(&client, &ca, token, &format!("{base}{path}"));
     let ours = |body: &str| -> Vec<serde_json::Value> {
         let mut v: Vec<serde_json::Value> = serde_json::from_str::<Vec<serde_json::Value>>(body)
             .unwrap_or_else(|e| panic!("{e}: {body}"))
@@ -564,31 +569,9 @@ fn metrics_behind_a_token_are_scraped_by_prometheus() {
         &[("KUBECONFIG", kubeconfig.as_str())],
     );
     let client = t.pod_ns(t.pod("api-1"));
-    let get = |token: Option<&str>, path: &str| -> u16 {
-        let mut args = vec![
-            "netns".to_owned(),
-            "exec".into(),
-            client.clone(),
-            "curl".into(),
-            "-s".into(),
-            "-o".into(),
-            "/dev/null".into(),
-            "-w".into(),
-            "%{http_code}".into(),
-            "--max-time".into(),
-            "10".into(),
-            "--cacert".into(),
-            ca.clone(),
-        ];
-        if let Some(t) = token {
-            args.extend(["-H".into(), format!("Authorization: Bearer {t}")]);
-        }
-        args.push(format!("https://{}:9990{path}", t.node(1).pod_gw()));
-        let out = Command::new("ip").args(&args).output().unwrap();
-        String::from_utf8_lossy(&out.stdout)
-            .trim()
-            .parse()
-            .unwrap_or(0)
+    let get = |token: Option<&str>, path: &str| {
+        let url = format!("https://{}:9990{path}", t.node(1).pod_gw());
+        https_get(&client, &ca, token, &url).0
     };
     let ready = tenantflow_tests::eventually(std::time::Duration::from_secs(20), || {
         assert!(

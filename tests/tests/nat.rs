@@ -31,6 +31,31 @@ fn tcp_bytes(segs: u64, payload: u64) -> u64 {
     segs * 20 + 40 + (segs - 1) * 32 + payload
 }
 
+/// Send `n` UDP datagrams of `size` bytes from `bind` in `ns` to `to`, received in `rx_ns`;
+/// returns the sender address:port the receiver saw (what a firewall would see).
+fn udp_seen_as(ns: &str, bind: &str, rx_ns: &str, to: &str, n: u64, size: u64) -> String {
+    let rx = traffic_bg(rx_ns, &["udp-recv", to, &n.to_string(), "--peers"]);
+    traffic(
+        ns,
+        &[
+            "udp-send",
+            to,
+            &n.to_string(),
+            &size.to_string(),
+            "--bind",
+            bind,
+        ],
+    );
+    let out = finish(rx);
+    out.lines()
+        .nth(1)
+        .expect("receiver saw a sender")
+        .split(' ')
+        .next()
+        .unwrap()
+        .to_owned()
+}
+
 per_model!(
     pod_to_internet_udp_and_tcp_carry_pod_and_node_addresses,
     super::pod_to_internet_udp_and_tcp_carry_pod_and_node_addresses
@@ -42,30 +67,14 @@ fn pod_to_internet_udp_and_tcp_carry_pod_and_node_addresses(model: Model) {
     let ns = t.pod_ns(jobs);
     let agent = Agent::start(&t.node_ns(1), &[]);
 
-    let rx = traffic_bg(
-        &t.internet_ns(),
-        &["udp-recv", &format!("{INTERNET_HOST}:5353"), "5", "--peers"],
-    );
-    traffic(
+    let peer = udp_seen_as(
         &ns,
-        &[
-            "udp-send",
-            &format!("{INTERNET_HOST}:5353"),
-            "5",
-            "100",
-            "--bind",
-            &format!("{}:6000", jobs.ip()),
-        ],
+        &format!("{}:6000", jobs.ip()),
+        &t.internet_ns(),
+        &format!("{INTERNET_HOST}:5353"),
+        5,
+        100,
     );
-    let out = finish(rx);
-    let peer = out
-        .lines()
-        .nth(1)
-        .expect("receiver saw a sender")
-        .split(' ')
-        .next()
-        .unwrap()
-        .to_owned();
     assert!(
         peer.starts_with(&format!("{NODE1}:")),
         "the internet host must see the node address: {peer}"
@@ -514,30 +523,14 @@ fn pod_to_vnet_keeps_the_pod_address_only_under_azure_cni(model: Model) {
     let jobs = t.pod("jobs-1");
     let node2 = t.node(2).ip();
     let agent = tenantflow_tests::lab_agent(&lab, 1, &[]);
-    let rx = traffic_bg(
-        &t.node_ns(2),
-        &["udp-recv", &format!("{node2}:9200"), "4", "--peers"],
-    );
-    traffic(
+    let peer = udp_seen_as(
         &t.pod_ns(jobs),
-        &[
-            "udp-send",
-            &format!("{node2}:9200"),
-            "4",
-            "30",
-            "--bind",
-            &format!("{}:9201", jobs.ip()),
-        ],
+        &format!("{}:9201", jobs.ip()),
+        &t.node_ns(2),
+        &format!("{node2}:9200"),
+        4,
+        30,
     );
-    let out = finish(rx);
-    let peer = out
-        .lines()
-        .nth(1)
-        .unwrap()
-        .split(' ')
-        .next()
-        .unwrap()
-        .to_owned();
     let snat = model != Model::AzureCni;
     let want_peer = if snat { NODE1.to_owned() } else { jobs.ip() };
     assert!(

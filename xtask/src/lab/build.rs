@@ -253,14 +253,18 @@ fn azure_node(t: &Topology, n: u8) -> Result<()> {
     Ok(())
 }
 
+/// The pod's `eth0` in its namespace, paired with `host` on its node.
+fn veth_to_pod(node_ns: &str, host: &str, pod_ns: &str) -> Result<()> {
+    ip(&[
+        "-n", node_ns, "link", "add", host, "type", "veth", "peer", "name", "eth0", "netns", pod_ns,
+    ])
+}
+
 fn azure_pod(t: &Topology, p: &Pod) -> Result<()> {
     let node_ns = t.node_ns(p.node);
     let pod_ns = t.pod_ns(p);
     let host = p.host_iface();
-    ip(&[
-        "-n", &node_ns, "link", "add", &host, "type", "veth", "peer", "name", "eth0", "netns",
-        &pod_ns,
-    ])?;
+    veth_to_pod(&node_ns, &host, &pod_ns)?;
     ip(&["-n", &node_ns, "link", "set", &host, "up"])?;
     sysctl(&node_ns, &format!("net.ipv4.conf.{host}.proxy_arp=1"))?;
     sysctl(&node_ns, &format!("net.ipv4.neigh.{host}.proxy_delay=0"))?;
@@ -316,10 +320,7 @@ fn pod(t: &Topology, p: &Pod) -> Result<()> {
     let node_ns = node.name.clone();
     let pod_ns = t.pod_ns(p);
     let host = p.host_iface();
-    ip(&[
-        "-n", &node_ns, "link", "add", &host, "type", "veth", "peer", "name", "eth0", "netns",
-        &pod_ns,
-    ])?;
+    veth_to_pod(&node_ns, &host, &pod_ns)?;
     ip(&["-n", &node_ns, "link", "set", &host, "master", "cbr0", "up"])?;
     ip(&[
         "-n",
