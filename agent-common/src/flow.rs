@@ -72,6 +72,14 @@ impl FlowKey {
     }
 }
 
+/// A TCP SYN without ACK passed here: this direction opened the connection (OR-ed flags
+/// cannot tell the opener: both ends OR to SYN|ACK).
+pub const MARK_OPENED: u8 = 1;
+/// An ICMP error answering this flow passed here. The kernel keys an error by the header it
+/// embeds (reversed: it travels the flow's way back), so it lands on the flow it answers
+/// instead of becoming an unrelated ICMP flow; its packet and bytes count in that direction.
+pub const MARK_ICMP_ERROR: u8 = 2;
+
 /// Counters for one [`FlowKey`], one copy per CPU (summed by the agent).
 #[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -87,9 +95,9 @@ pub struct FlowStats {
     pub last_seen_ns: u64,
     /// OR of TCP flags seen (FIN=0x01 SYN=0x02 RST=0x04 PSH=0x08 ACK=0x10 URG=0x20 ...).
     pub tcp_flags: u8,
-    /// 1 once a TCP SYN without ACK passed here: this direction opened the connection.
-    /// Its own bit because OR-ed flags cannot tell the opener (both ends OR to SYN|ACK).
-    pub opened: u8,
+    /// [`MARK_OPENED`] | [`MARK_ICMP_ERROR`]: facts about single packets that OR-ed TCP
+    /// flags cannot carry.
+    pub marks: u8,
     pub _pad1: u16,
     /// Sequence number of the SYN that opened it (0 if none was seen in this occupation).
     /// NAT keeps sequence numbers, so the pod's and the uplink's sightings of one TCP

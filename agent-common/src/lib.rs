@@ -18,5 +18,5 @@ pub use cache::{
     EVICTIONS_BYTES, EVICTIONS_WAKE_BYTES,
 };
 pub use counters::Counter;
-pub use flow::{Direction, FlowKey, FlowStats};
+pub use flow::{Direction, FlowKey, FlowStats, MARK_ICMP_ERROR, MARK_OPENED};
 pub use process::{SockOwner, MAX_SOCKETS};

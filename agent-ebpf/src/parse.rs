@@ -9,7 +9,7 @@
 //! loads are correct at any alignment, so an odd frame would cost speed, not correctness.
 //! Words keep network byte order; userspace decodes them.
 
-use agent_common::FlowKey;
+use agent_common::{FlowKey, MARK_ICMP_ERROR, MARK_OPENED};
 use aya_ebpf::programs::TcContext;
 use core::mem;
 use network_types::eth::EthHdr;
@@ -62,7 +62,7 @@ const TCP_ACK: u8 = 0x10;
 
 /// A TCP SYN without ACK: the opener's first packet.
 #[inline(always)]
-pub fn opens(tcp_flags: u8) -> bool {
+fn opens(tcp_flags: u8) -> bool {
     tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN
 }
 
@@ -88,6 +88,9 @@ pub struct Parsed {
     /// connection is read from `tcp_flags` where needed, so the hot path carries one value
     /// fewer.
     pub syn_seq: u32,
+    /// `agent_common::MARK_*` bits this packet sets on its flow (0 for almost every packet,
+    /// so the hot path tests one value).
+    pub marks: u8,
 }
 
 pub enum Outcome {
@@ -140,6 +143,7 @@ pub fn parse(ctx: &TcContext) -> Outcome {
         hdr_len: l4_off - l3_off,
         tcp_flags: 0,
         syn_seq: 0,
+        marks: 0,
     };
     if has_l4 && parse_l4(ctx, l4_off, &mut parsed).is_none() {
         return Outcome::Unparsable;
@@ -220,6 +224,7 @@ fn parse_l4(ctx: &TcContext, off: usize, p: &mut Parsed) -> Option<()> {
             if opens(p.tcp_flags) {
                 // Words 2-3 are the sequence number, already loaded with the header.
                 p.syn_seq = (u16::from_be(tcp[2]) as u32) << 16 | u16::from_be(tcp[3]) as u32;
+                p.marks = MARK_OPENED;
             }
             p.hdr_len += ((lo(tcp[6]) >> 4) as usize) * 4;
         }
@@ -234,15 +239,78 @@ fn parse_l4(ctx: &TcContext, off: usize, p: &mut Parsed) -> Option<()> {
             // SAFETY: bounds checked by ptr_at; type|code, checksum, identifier.
             let icmp = unsafe { *ptr_at::<[u16; 3]>(ctx, off)? };
             let ty = lo(icmp[0]);
+            p.hdr_len += 8;
+            if is_error(p.key.proto, ty) && answered_flow(ctx, off + 8, &mut p.key).is_some() {
+                p.marks = MARK_ICMP_ERROR;
+                return Some(());
+            }
             p.key.dst_port = u16::from_be(icmp[0]);
             // The identifier keeps concurrent pings apart; only echo messages carry one.
             if is_echo(p.key.proto, ty) {
                 p.key.src_port = u16::from_be(icmp[2]);
             }
-            p.hdr_len += 8;
         }
         _ => {}
     }
+    Some(())
+}
+
+/// Destination unreachable, time exceeded, parameter problem (ICMP 3, 11, 12; ICMPv6 1-4):
+/// errors that embed the header of the packet they answer.
+#[inline(always)]
+fn is_error(proto: u8, ty: u8) -> bool {
+    match proto {
+        IPPROTO_ICMP => ty == 3 || ty == 11 || ty == 12,
+        _ => (1..=4).contains(&ty),
+    }
+}
+
+/// Re-keys an ICMP error as the flow it answers, reversed: the error travels that flow's
+/// way back, so it is counted as that flow's reply instead of as unrelated ICMP. `off` is
+/// the embedded IP header. None (the key untouched) when the embedded header is cut short
+/// or answers something that is no flow of ours (another error, a non-echo message).
+#[inline(always)]
+fn answered_flow(ctx: &TcContext, off: usize, key: &mut FlowKey) -> Option<()> {
+    let mut k = *key;
+    let l4 = if key.family == 4 {
+        // SAFETY: bounds checked by ptr_at; 2-aligned like the outer header.
+        let ip = unsafe { &*ptr_at::<Ip4>(ctx, off)? };
+        let ihl = ((lo(ip.vihl_tos) & 0x0f) as usize) * 4;
+        if ihl < mem::size_of::<Ip4>() {
+            return None;
+        }
+        k.proto = hi(ip.ttl_proto);
+        k.src_addr = [ip.dst[0] as u64 | (ip.dst[1] as u64) << 16, 0];
+        k.dst_addr = [ip.src[0] as u64 | (ip.src[1] as u64) << 16, 0];
+        off + ihl
+    } else {
+        // SAFETY: as above. Extension headers are not walked: an error quoting one is rare
+        // and stays an ICMPv6 flow.
+        let ip = unsafe { &*ptr_at::<Ip6>(ctx, off)? };
+        k.proto = lo(ip.next_hop);
+        k.src_addr = [join(&ip.dst[..4]), join(&ip.dst[4..])];
+        k.dst_addr = [join(&ip.src[..4]), join(&ip.src[4..])];
+        off + mem::size_of::<Ip6>()
+    };
+    // SAFETY: bounds checked by ptr_at; every error quotes at least 8 transport bytes.
+    let w = unsafe { *ptr_at::<[u16; 3]>(ctx, l4)? };
+    match k.proto {
+        IPPROTO_TCP | IPPROTO_UDP => {
+            k.src_port = u16::from_be(w[1]);
+            k.dst_port = u16::from_be(w[0]);
+        }
+        // An unanswerable ping: keyed as the echo reply it did not get.
+        IPPROTO_ICMP if lo(w[0]) == 8 => {
+            k.src_port = u16::from_be(w[2]);
+            k.dst_port = 0;
+        }
+        IPPROTO_ICMPV6 if lo(w[0]) == 128 => {
+            k.src_port = u16::from_be(w[2]);
+            k.dst_port = 129 << 8;
+        }
+        _ => return None,
+    }
+    *key = k;
     Some(())
 }
 

@@ -1,6 +1,8 @@
 //! TC classifier entry points: thin wrappers that never influence the packet's fate.
 
-use agent_common::{Counter, Direction, Evicted, FlowKey, FlowSet, FlowStats, CACHE_WAYS};
+use agent_common::{
+    Counter, Direction, Evicted, FlowKey, FlowSet, FlowStats, CACHE_WAYS, MARK_OPENED,
+};
 use aya_ebpf::{
     bindings::TC_ACT_UNSPEC,
     cty::c_void,
@@ -12,7 +14,7 @@ use core::ptr::write_volatile;
 
 use crate::{
     maps::{bump, evict, hash_seed, idle_ns, now, set_mask, FLOW_CACHE, SOCK_FLOWS},
-    parse::{opens, parse, Outcome, Parsed},
+    parse::{parse, Outcome, Parsed},
 };
 
 /// Attached at TC ingress of pod veths and uplinks.
@@ -86,7 +88,7 @@ fn record(ctx: &TcContext, dir: Direction, mut p: Parsed) {
             if now.wrapping_sub(st.last_seen_ns) > idle_ns() {
                 st.first_seen_ns = now;
                 st.tcp_flags = 0;
-                st.opened = 0;
+                st.marks = 0;
                 if dir == Direction::Egress {
                     remember_socket(ctx, &p.key);
                 }
@@ -95,10 +97,12 @@ fn record(ctx: &TcContext, dir: Direction, mut p: Parsed) {
             st.bytes += bytes;
             st.last_seen_ns = now;
             st.tcp_flags |= p.tcp_flags;
-            if opens(p.tcp_flags) {
-                // A SYN on a live slot: the tuple was reused by a new connection.
-                st.opened = 1;
-                st.syn_seq = p.syn_seq;
+            if p.marks != 0 {
+                st.marks |= p.marks;
+                if p.marks & MARK_OPENED != 0 {
+                    // A SYN on a live slot: the tuple was reused by a new connection.
+                    st.syn_seq = p.syn_seq;
+                }
             }
             return;
         }
@@ -138,7 +142,7 @@ fn occupy(set: &mut FlowSet, set_index: u32, p: &Parsed, segs: u64, bytes: u64, 
         first_seen_ns: now,
         last_seen_ns: now,
         tcp_flags: p.tcp_flags,
-        opened: opens(p.tcp_flags) as u8,
+        marks: p.marks,
         _pad1: 0,
         syn_seq: p.syn_seq,
     };

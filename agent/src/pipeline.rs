@@ -411,12 +411,20 @@ impl Pipeline {
                 dport: c.tuple.dport,
                 fwd_flags: c.fwd_flags,
                 rep_flags: c.rep_flags,
+                rep_icmp_error: c.rep_icmp_error,
                 fwd_packets: c.forward.packets,
                 rep_packets: c.reply.packets,
                 age_ns: now.saturating_sub(c.first_seen_ns),
                 ended: stopping || ending.contains(&id),
             });
-            if now_known != t.extra.outcome && now_known.is_some() {
+            // Decided once; the one later change is an established connection's abort.
+            let change = match (t.extra.outcome, now_known) {
+                (_, None) => false,
+                (None, Some(_)) => true,
+                (Some(Outcome::Established), Some(Outcome::Reset)) => true,
+                _ => false,
+            };
+            if change {
                 if t.extra.outcome.is_none() {
                     decided.insert(id);
                 }

@@ -25,7 +25,7 @@ pub fn stats(packets: u64, bytes: u64, first: u64, last: u64, tcp_flags: u8) -> 
         first_seen_ns: first,
         last_seen_ns: last,
         tcp_flags,
-        opened: u8::from(tcp_flags & 0x12 == 0x02),
+        marks: u8::from(tcp_flags & 0x12 == 0x02) * agent_common::MARK_OPENED,
         _pad1: 0,
         syn_seq: 0,
     }

@@ -1,6 +1,8 @@
 //! How each attempt went, in the lab: a TCP handshake that completes, one refused (nothing
 //! listens), one unanswered (a policy drops the SYN), a UDP datagram nobody answers and a
-//! ping that is answered. Each record carries its outcome, the `/flows` filter finds it,
+//! ping that is answered; a UDP datagram to a closed port and a SYN to a port that rejects
+//! with ICMP, both refused by the ICMP error that answers them (counted as their reply, never
+//! as an ICMP flow of its own). Each record carries its outcome, the `/flows` filter finds it,
 //! and `tenantflow_connection_attempts_total` counts each attempt exactly once.
 
 use std::time::Duration;
@@ -76,6 +78,29 @@ fn each_attempt_carries_its_outcome_and_is_counted_once() {
         ],
     );
     assert_eq!(finish(rx).trim(), "2");
+    // Refused by ICMP: a datagram to a closed port, and a SYN that a REJECT rule answers
+    // with port unreachable.
+    traffic(
+        &client,
+        &[
+            "udp-send",
+            &format!("{}:7005", api2.ip()),
+            "1",
+            "10",
+            "--bind",
+            &format!("{}:7005", web1.ip()),
+        ],
+    );
+    in_ns(
+        &t.pod_ns(api2),
+        &[
+            "iptables", "-A", "INPUT", "-p", "tcp", "--dport", "7006", "-j", "REJECT",
+        ],
+    );
+    assert_eq!(
+        traffic(&client, &["tcp-try", &format!("{}:7006", api2.ip())]).trim(),
+        "refused"
+    );
     // A ping web-2 answers.
     in_ns(&client, &["ping", "-c", "1", "-W", "2", &web2.ip()]);
     let _ = srv;
@@ -96,18 +121,36 @@ fn each_attempt_carries_its_outcome_and_is_counted_once() {
     let established = by_port(7001, "established");
     assert_eq!(established["outcome"], "established");
     assert_eq!(by_port(7002, "refused")["outcome"], "refused");
+    // The error (20 IP + 8 ICMP + the 38 bytes of the datagram it quotes) is the reply.
+    let udp_refused = by_port(7005, "refused");
+    assert_eq!(
+        (&udp_refused["forward"], &udp_refused["reply"]),
+        (
+            &serde_json::json!({"packets": 1, "bytes": 38}),
+            &serde_json::json!({"packets": 1, "bytes": 66})
+        ),
+        "{udp_refused:#}"
+    );
+    assert_eq!(by_port(7006, "refused")["outcome"], "refused");
+    let icmp: Vec<Value> = agent
+        .connections("")
+        .into_iter()
+        .filter(|c| c["proto"] == "icmp")
+        .collect();
+    assert_eq!(icmp.len(), 1, "only the ping: {icmp:#?}");
     // Given up on 3 s after the first SYN, and 3 s after the datagrams.
     std::thread::sleep(Duration::from_millis(3200));
     assert_eq!(by_port(7003, "unanswered")["outcome"], "unanswered");
     assert_eq!(by_port(7004, "unreplied")["outcome"], "unreplied");
 
-    // The filter finds exactly the failed TCP attempts.
-    let failed: Vec<u64> = ["refused", "unanswered"]
+    // The filter finds exactly the failed attempts.
+    let mut failed: Vec<u64> = ["refused", "unanswered"]
         .iter()
         .flat_map(|o| agent.connections(&format!("?outcome={o}&ip={}", web1.ip())))
         .map(|c| c["dst_port"].as_u64().unwrap())
         .collect();
-    assert_eq!(failed, [7002, 7003]);
+    failed.sort_unstable();
+    assert_eq!(failed, [7002, 7003, 7005, 7006]);
 
     // Each counted once, by source namespace, destination tenant and kind, outcome.
     let exported: Vec<String> = agent
@@ -121,7 +164,7 @@ fn each_attempt_carries_its_outcome_and_is_counted_once() {
     assert_eq!(exported.len(), 5, "{exported:#?}");
     assert_eq!(attempts(&agent, "alpha", "established"), Some(1.0));
     assert_eq!(attempts(&agent, "alpha", "replied"), Some(1.0));
-    assert_eq!(attempts(&agent, "beta", "refused"), Some(1.0));
+    assert_eq!(attempts(&agent, "beta", "refused"), Some(3.0));
     assert_eq!(attempts(&agent, "beta", "unanswered"), Some(1.0));
     assert_eq!(attempts(&agent, "beta", "unreplied"), Some(1.0));
     assert_eq!(attempts(&agent, "beta", "established"), None);

@@ -95,6 +95,8 @@ pub struct Connection {
     /// TCP flags seen from the initiator, and from the responder (for the outcome).
     pub fwd_flags: u8,
     pub rep_flags: u8,
+    /// An ICMP error came back from the responder's way (for the outcome).
+    pub rep_icmp_error: bool,
 }
 
 impl Connection {
@@ -113,6 +115,7 @@ impl Connection {
             tcp_flags: 0,
             fwd_flags: 0,
             rep_flags: 0,
+            rep_icmp_error: false,
         }
     }
 

@@ -23,7 +23,8 @@ pub const ANSWER_WITHIN_NS: u64 = 3_000_000_000;
 pub enum Outcome {
     /// TCP: the handshake completed (SYN-ACK came back), or data flowed both ways.
     Established,
-    /// TCP: a RST answered the SYN (nothing listens there).
+    /// TCP: a RST or an ICMP error (unreachable, prohibited) answered the SYN. UDP, ICMP
+    /// echo: an ICMP error came back (port unreachable: nothing listens there).
     Refused,
     /// TCP: SYN(s) and no answer (dropped by a NetworkPolicy, an NSG, or a dead host).
     Unanswered,
@@ -67,6 +68,8 @@ pub struct Seen {
     /// TCP flags seen from the initiator, and back from the responder.
     pub fwd_flags: u8,
     pub rep_flags: u8,
+    /// An ICMP error answering the connection came back.
+    pub rep_icmp_error: bool,
     pub fwd_packets: u64,
     pub rep_packets: u64,
     /// Since the first packet.
@@ -93,7 +96,7 @@ pub fn decide(s: Seen) -> Option<Outcome> {
             if s.rep_flags & (SYN | ACK) == SYN | ACK {
                 return Some(established());
             }
-            if s.rep_flags & RST != 0 && s.fwd_flags & SYN != 0 {
+            if (s.rep_flags & RST != 0 || s.rep_icmp_error) && s.fwd_flags & SYN != 0 {
                 return Some(Outcome::Refused);
             }
             if s.fwd_flags & SYN != 0 && s.rep_packets == 0 {
@@ -110,7 +113,9 @@ pub fn decide(s: Seen) -> Option<Outcome> {
         PROTO_ICMP if s.dport >> 8 != 8 => None,
         PROTO_ICMPV6 if s.dport >> 8 != 128 => None,
         PROTO_UDP | PROTO_ICMP | PROTO_ICMPV6 => {
-            if s.rep_packets > 0 {
+            if s.rep_icmp_error {
+                Some(Outcome::Refused)
+            } else if s.rep_packets > 0 {
                 Some(Outcome::Replied)
             } else {
                 waited.then_some(Outcome::Unreplied)
@@ -153,6 +158,15 @@ mod tests {
             "closed, then a late write answered with RST"
         );
         assert_eq!(tcp(SYN, RST | ACK, 1, 0, false), Some(Outcome::Refused));
+        let unreachable = decide(Seen {
+            proto: PROTO_TCP,
+            fwd_flags: SYN,
+            rep_icmp_error: true,
+            fwd_packets: 1,
+            rep_packets: 1,
+            ..Default::default()
+        });
+        assert_eq!(unreachable, Some(Outcome::Refused), "REJECT with ICMP");
         assert_eq!(tcp(SYN, 0, 0, 1, false), None, "may still be answered");
         assert_eq!(tcp(SYN, 0, 0, 3, false), Some(Outcome::Unanswered));
         assert_eq!(tcp(SYN, 0, 0, 1, true), Some(Outcome::Unanswered));
@@ -183,6 +197,14 @@ mod tests {
         assert_eq!(udp(1, 0, false), Some(Outcome::Replied));
         assert_eq!(udp(0, 0, false), None);
         assert_eq!(udp(0, 3, false), Some(Outcome::Unreplied));
+        let port_unreachable = decide(Seen {
+            proto: PROTO_UDP,
+            rep_icmp_error: true,
+            fwd_packets: 1,
+            rep_packets: 1,
+            ..Default::default()
+        });
+        assert_eq!(port_unreachable, Some(Outcome::Refused));
         assert_eq!(udp(0, 0, true), Some(Outcome::Unreplied));
         let other = decide(Seen {
             proto: 47,

@@ -1,6 +1,6 @@
 //! Totals of one flow at one observation point, folded from successive harvests.
 
-use agent_common::FlowStats;
+use agent_common::{FlowStats, MARK_ICMP_ERROR, MARK_OPENED};
 
 /// Totals of one flow at one observation point, as userspace knows them.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -14,6 +14,8 @@ pub struct FlowEntry {
     pub opened: bool,
     /// That SYN's sequence number (0: none seen).
     pub syn_seq: u32,
+    /// An ICMP error answering this flow passed here (counted in its packets).
+    pub icmp_error: bool,
 }
 
 impl FlowEntry {
@@ -28,6 +30,7 @@ impl FlowEntry {
             tcp_flags,
             opened: tcp_flags & 0x12 == 0x02,
             syn_seq: 0,
+            icmp_error: false,
         }
     }
 
@@ -43,6 +46,7 @@ impl FlowEntry {
         self.last_seen_ns = self.last_seen_ns.max(o.last_seen_ns);
         self.tcp_flags |= o.tcp_flags;
         self.opened |= o.opened;
+        self.icmp_error |= o.icmp_error;
         if o.syn_seq != 0 {
             self.syn_seq = o.syn_seq;
         }
@@ -56,8 +60,9 @@ impl FlowEntry {
             first_seen_ns: k.first_seen_ns,
             last_seen_ns: k.last_seen_ns,
             tcp_flags: k.tcp_flags,
-            opened: k.opened != 0,
+            opened: k.marks & MARK_OPENED != 0,
             syn_seq: k.syn_seq,
+            icmp_error: k.marks & MARK_ICMP_ERROR != 0,
         });
     }
 }

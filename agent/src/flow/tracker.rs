@@ -746,7 +746,7 @@ fn refresh<A>(t: &mut Tracked<A>, iface: &impl Fn(u32) -> Option<String>) {
             })
             .collect();
     }
-    let (mut fwd_flags, mut rep_flags) = (0u8, 0u8);
+    let (mut fwd_flags, mut rep_flags, mut rep_icmp_error) = (0u8, 0u8, false);
     for (s, p) in t.conn.sightings.iter_mut().zip(&t.points) {
         first = first.min(p.entry.first_seen_ns);
         last = last.max(p.entry.last_seen_ns);
@@ -755,6 +755,7 @@ fn refresh<A>(t: &mut Tracked<A>, iface: &impl Fn(u32) -> Option<String>) {
             fwd_flags |= p.entry.tcp_flags;
         } else {
             rep_flags |= p.entry.tcp_flags;
+            rep_icmp_error |= p.entry.icmp_error;
         }
         s.forward = p.forward;
         s.post_nat = p.post_nat;
@@ -765,6 +766,7 @@ fn refresh<A>(t: &mut Tracked<A>, iface: &impl Fn(u32) -> Option<String>) {
     }
     t.conn.settle((first, last), flags);
     (t.conn.fwd_flags, t.conn.rep_flags) = (fwd_flags, rep_flags);
+    t.conn.rep_icmp_error = rep_icmp_error;
 }
 
 #[cfg(test)]

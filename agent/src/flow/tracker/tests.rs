@@ -299,7 +299,7 @@ fn the_initiator_is_the_syn_sender_and_never_flips_across_harvests() {
     let id = s1.started[0];
     assert_eq!(conn(&tab, id).tuple, client);
     let mut syn = d(VETH, Direction::Ingress, client, 3, 1, 0x02 | 0x10);
-    syn.stats.opened = 1;
+    syn.stats.marks = agent_common::MARK_OPENED;
     let s2 = harvest(&mut tab, &mut nat, &[syn], 11);
     assert!(s2.started.is_empty());
     let s3 = harvest(
@@ -321,7 +321,7 @@ fn both_directions_in_one_harvest_are_one_connection_opened_by_the_syn_side() {
     let fwd = t(PROTO_TCP, "10.244.1.10", 7001, "10.244.2.10", 7000);
     let rev = fwd.reversed().unwrap();
     let mut syn = d(VETH, Direction::Ingress, fwd, 5, 2, 0x12);
-    syn.stats.opened = 1;
+    syn.stats.marks = agent_common::MARK_OPENED;
     let s = harvest(
         &mut Table::new(false),
         &mut NatTable::new(),
@@ -413,7 +413,7 @@ fn remapped_ports_with_equal_counts_are_paired_by_the_syn_sequence_number() {
     );
     let syn = |ifindex, dir, tu, seq| {
         let mut x = d(ifindex, dir, tu, 5, 1, 0x02 | 0x10);
-        x.stats.opened = 1;
+        x.stats.marks = agent_common::MARK_OPENED;
         x.stats.syn_seq = seq;
         x
     };
