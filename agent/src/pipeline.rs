@@ -20,6 +20,7 @@ use crate::{
         WallClock,
     },
     identity::{reload::Reloaded, watch::WatchEvent, Kind, Store},
+    lateral::{Edges, Fanout},
     nat::{Mechanism, NatEvent, NatTable},
     process::{Attribution, ProcessInfo},
 };
@@ -50,6 +51,7 @@ pub struct Sinks {
     pub metrics: FlowMetrics,
     pub nat_mappings: NatMappings,
     pub log: Option<FlowLog>,
+    pub fanout: Fanout,
 }
 
 /// What the pipeline attaches to each connection of the table.
@@ -64,6 +66,8 @@ pub struct Annotation {
     view: Option<Arc<ConnectionView>>,
     /// How the attempt went, once known.
     outcome: Option<Outcome>,
+    /// The first answered connection on its edge since learning ended.
+    new_edge: bool,
 }
 
 pub struct Pipeline {
@@ -79,6 +83,8 @@ pub struct Pipeline {
     /// Reported connections whose outcome is not known yet: looked at every harvest, as
     /// an unanswered attempt sends nothing more that would touch it.
     undecided: std::collections::BTreeSet<ConnId>,
+    /// Paths seen before, to flag new ones.
+    edges: Edges,
 }
 
 impl Pipeline {
@@ -89,6 +95,7 @@ impl Pipeline {
         identity: Identity,
         sinks: Sinks,
         processes: Option<Attribution>,
+        edges: Edges,
     ) -> Self {
         Self {
             table: ConnTable::new(mechanism == Mechanism::Conntrack),
@@ -100,6 +107,7 @@ impl Pipeline {
             sinks,
             processes,
             undecided: Default::default(),
+            edges,
         }
     }
 
@@ -242,7 +250,15 @@ impl Pipeline {
         if shared.records_wanted() {
             self.publish(attachments, shared);
         }
+        self.save_edges(false, shared);
         timer.observe_duration();
+    }
+
+    fn save_edges(&mut self, force: bool, shared: &Shared) {
+        if let Err(e) = self.edges.save(Instant::now(), force) {
+            shared.metrics.harvest_errors.inc();
+            warn!(error = %e, "edges not saved");
+        }
     }
 
     /// `/flows` and `/observations` snapshots: records are rebuilt only for connections
@@ -258,6 +274,7 @@ impl Pipeline {
             let mut v = ConnectionView::new(t.id, &t.conn, class.clone(), &clock);
             v.process = t.extra.process.clone();
             v.outcome = t.extra.outcome;
+            v.new_edge = t.extra.new_edge;
             let v = Arc::new(v);
             t.extra.view = Some(v.clone());
             views.push(v);
@@ -357,6 +374,7 @@ impl Pipeline {
                     delta,
                     outcome: t.extra.outcome,
                     decided: decided.contains(&id),
+                    new_edge: t.extra.new_edge,
                 })
             })
             .collect();
@@ -365,6 +383,7 @@ impl Pipeline {
             .metrics
             .observe(&events, &self.identity.store, wall);
         self.sinks.nat_mappings.observe(&events);
+        self.sinks.fanout.observe(&events, wall);
         if let Some(log) = &mut self.sinks.log {
             match log.observe(&events, wall, &WallClock::now()) {
                 Ok(n) => m.flow_log_records.inc_by(n),
@@ -427,6 +446,13 @@ impl Pipeline {
             if change {
                 if t.extra.outcome.is_none() {
                     decided.insert(id);
+                    let answered = matches!(
+                        now_known,
+                        Some(Outcome::Established | Outcome::Reset | Outcome::Replied)
+                    );
+                    if let (true, Some(k)) = (answered, &t.extra.class) {
+                        t.extra.new_edge = self.edges.walk(k, &t.conn.tuple);
+                    }
                 }
                 t.extra.outcome = now_known;
                 t.extra.view = None;
@@ -443,5 +469,6 @@ impl Pipeline {
         let name = |i: u32| attachments.get(i).map(|a| a.name.clone());
         let settled = self.table.drain(name);
         self.report(settled, true, shared);
+        self.save_edges(true, shared);
     }
 }

@@ -76,3 +76,33 @@ pub fn egress_view() -> crate::export::ConnectionView {
     let k = classify(&Config::default(), &store, &c);
     crate::export::ConnectionView::new(1, &c, k, &WallClock::now())
 }
+
+/// An endpoint of this kind with nothing else known.
+pub fn identity(kind: crate::classify::EndpointKind) -> crate::classify::EndpointIdentity {
+    crate::classify::EndpointIdentity {
+        kind,
+        pod: None,
+        namespace: None,
+        tenant: None,
+        node: None,
+        service: None,
+        workload: None,
+        mediator: false,
+    }
+}
+
+/// A classification to overwrite fields of (two internet addresses, nothing flagged).
+pub fn classification() -> crate::classify::Classification {
+    let c = crate::flow::Connection::new(crate::flow::test_tuple(
+        crate::flow::PROTO_TCP,
+        "198.51.100.1",
+        40000,
+        "203.0.113.10",
+        443,
+    ));
+    crate::classify::classify(
+        &crate::config::Config::default(),
+        &crate::identity::Store::default(),
+        &c,
+    )
+}

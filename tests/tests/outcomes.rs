@@ -13,9 +13,10 @@ use tenantflow_tests::{
 };
 
 fn attempts(agent: &tenantflow_tests::Agent, dst_tenant: &str, outcome: &str) -> Option<f64> {
+    let cross = dst_tenant != "alpha";
     // Exposition sorts labels by name.
     agent.metric(&format!(
-        "tenantflow_connection_attempts_total{{dst_kind=\"pod\",dst_tenant=\"{dst_tenant}\",outcome=\"{outcome}\",src_namespace=\"alpha-web\",src_tenant=\"alpha\"}}"
+        "tenantflow_connection_attempts_total{{cross_tenant=\"{cross}\",dst_kind=\"pod\",dst_tenant=\"{dst_tenant}\",outcome=\"{outcome}\",src_namespace=\"alpha-web\",src_tenant=\"alpha\"}}"
     ))
 }
 

@@ -20,6 +20,7 @@ use crate::{
         NatMappings, Shared,
     },
     identity::{self, reload::Reloaded, snapshot, Store},
+    lateral::{EdgeConfig, Edges, Fanout, FanoutConfig},
     nat::{self, Mechanism},
     pipeline::{Identity, Pipeline, Sinks},
     process::{self, Attribution},
@@ -118,6 +119,24 @@ pub struct AgentArgs {
     /// into the container). Default: the cgroup2 mount of /proc/self/mountinfo.
     #[arg(long, value_name = "DIR")]
     pub cgroup_root: Option<std::path::PathBuf>,
+    /// Fan-out is the number of distinct destinations a source workload opened connections
+    /// to within this sliding window (tenantflow_fanout_destinations).
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    pub fanout_window: Duration,
+    /// Most source workloads whose fan-out is tracked (6 KiB each at most); past it the
+    /// one idle longest is replaced.
+    #[arg(long, default_value_t = 1024)]
+    pub fanout_max_sources: usize,
+    /// Where the set of known edges (source workload → destination, port) persists across
+    /// restarts; the chart mounts a hostPath here. Default: memory only.
+    #[arg(long, value_name = "FILE")]
+    pub edge_file: Option<std::path::PathBuf>,
+    /// Edges first seen this soon after the first start are learned, not flagged as new.
+    #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
+    pub edge_learning: Duration,
+    /// Most edges kept (about 24 bytes each); past it the least recently used go.
+    #[arg(long, default_value_t = 65_536)]
+    pub edge_limit: usize,
     /// Do not attribute node-originated flows to processes (no cgroup hooks).
     #[arg(long)]
     pub no_process_attribution: bool,
@@ -285,6 +304,28 @@ async fn run_async(args: AgentArgs) -> anyhow::Result<()> {
             grace: args.metrics_grace,
         },
     );
+    let registry = &shared.metrics.registry;
+    let fanout = Fanout::new(
+        registry,
+        FanoutConfig {
+            window: args.fanout_window,
+            max_sources: args.fanout_max_sources,
+            workload_labels: args.metrics_workload_labels,
+        },
+    )
+    .context("registering fan-out metrics")?;
+    let (edges, edge_problem) = Edges::open(
+        registry,
+        EdgeConfig {
+            learning: args.edge_learning,
+            max_edges: args.edge_limit,
+            file: args.edge_file.clone(),
+        },
+    )
+    .context("registering edge metrics")?;
+    if let Some(e) = edge_problem {
+        warn!(error = %e, "edges: starting without the saved set");
+    }
     let mut pipeline = Pipeline::new(
         mechanism,
         args.idle_timeout,
@@ -294,8 +335,10 @@ async fn run_async(args: AgentArgs) -> anyhow::Result<()> {
             metrics: flow_metrics,
             nat_mappings: NatMappings::new(&shared.metrics.registry, args.metrics_max_nat_mappings),
             log: flow_log,
+            fanout,
         },
         processes,
+        edges,
     );
     pipeline.publish_identity(&shared);
     let (watch_tx, mut watch_rx) = tokio::sync::mpsc::unbounded_channel();

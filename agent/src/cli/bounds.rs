@@ -73,6 +73,35 @@ pub fn check(a: &AgentArgs) -> Result<(), UsageError> {
         30 * DAY,
         "5m",
     )?;
+    within(
+        "--fanout-window",
+        a.fanout_window,
+        Duration::from_secs(6),
+        DAY,
+        "60s",
+    )?;
+    within(
+        "--edge-learning",
+        a.edge_learning,
+        Duration::ZERO,
+        365 * DAY,
+        "24h",
+    )?;
+    for (flag, v, max, e_g) in [
+        (
+            "--fanout-max-sources",
+            a.fanout_max_sources,
+            1 << 20,
+            "1024",
+        ),
+        ("--edge-limit", a.edge_limit, 1 << 24, "65536"),
+    ] {
+        if v == 0 || v > max {
+            return Err(UsageError(format!(
+                "{flag} {v}: must be from 1 to {max} (e.g. {e_g})"
+            )));
+        }
+    }
     if let Some(d) = a.test_conntrack_delay {
         within("--test-conntrack-delay", d, Duration::ZERO, HOUR, "3s")?;
     }
@@ -115,6 +144,8 @@ mod tests {
                 "--flow-log-update-interval 0s",
             ),
             (&["--metrics-grace", "400d"], "--metrics-grace"),
+            (&["--fanout-window", "1s"], "--fanout-window 1s"),
+            (&["--edge-learning", "2years"], "--edge-learning"),
         ] {
             let e = check(&args(flags)).unwrap_err().0;
             assert!(e.starts_with(flag), "{flags:?}: {e}");

@@ -43,6 +43,8 @@ pub struct ConnEvent<'a> {
     pub outcome: Option<Outcome>,
     /// The outcome was first decided in this harvest (counted as an attempt once).
     pub decided: bool,
+    /// The first answered connection on its edge since learning ended.
+    pub new_edge: bool,
 }
 
 impl ConnEvent<'_> {
@@ -51,6 +53,7 @@ impl ConnEvent<'_> {
         let mut v = ConnectionView::new(self.id, self.conn, self.class.clone(), clock);
         v.process = self.process.cloned();
         v.outcome = self.outcome;
+        v.new_edge = self.new_edge;
         v
     }
 }

@@ -274,6 +274,7 @@ mod tests {
                 delta: Default::default(),
                 outcome: None,
                 decided: false,
+                new_edge: false,
             })
             .collect()
     }

@@ -123,6 +123,7 @@ impl Family {
                 "src_tenant",
                 "dst_tenant",
                 "dst_kind",
+                "cross_tenant",
                 "outcome",
             ],
         };
@@ -411,6 +412,7 @@ impl FlowMetrics {
             label(src.tenant.as_deref()),
             label(far.tenant.as_deref()),
             far.kind.as_str().to_owned(),
+            k.cross_tenant.to_string(),
             outcome.as_str().to_owned(),
         ];
         if self.cfg.workload_labels {
@@ -561,6 +563,7 @@ mod tests {
             delta: (counts(fwd), counts(rev)),
             outcome: None,
             decided: false,
+            new_edge: false,
         }
     }
 
@@ -613,7 +616,7 @@ mod tests {
         m.observe(&[with(EventKind::Start, None, false)], &store, t0);
         let series = |o: &str| {
             format!(
-                "tenantflow_connection_attempts_total{{src_namespace=\"alpha-web\",src_tenant=\"alpha\",dst_tenant=\"beta\",dst_kind=\"pod\",outcome=\"{o}\"}}"
+                "tenantflow_connection_attempts_total{{src_namespace=\"alpha-web\",src_tenant=\"alpha\",dst_tenant=\"beta\",dst_kind=\"pod\",cross_tenant=\"true\",outcome=\"{o}\"}}"
             )
         };
         assert_eq!(value(&r, &series("unanswered")), None, "not known yet");

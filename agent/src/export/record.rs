@@ -69,6 +69,10 @@ pub struct ConnectionView {
     /// unreplied), once known: docs/flow-log.md.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub outcome: Option<crate::flow::Outcome>,
+    /// The first answered connection on its (source workload → destination, port) edge
+    /// since the learning period ended: docs/flow-log.md.
+    #[serde(skip_serializing_if = "std::ops::Not::not", default)]
+    pub new_edge: bool,
 }
 
 /// Forward sightings first, each direction by counting preference.
@@ -115,6 +119,7 @@ impl ConnectionView {
             class,
             process: None,
             outcome: None,
+            new_edge: false,
         }
     }
 
