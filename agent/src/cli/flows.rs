@@ -75,8 +75,13 @@ pub struct FlowsArgs {
     #[arg(short, long)]
     pub follow: bool,
     /// Show raw per-hook sightings instead of connections.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "summary")]
     pub observations: bool,
+    /// Fold connections by source workload → destination workload (or kind) and port,
+    /// flagged rows (verdicts, failed attempts, new edges) first. With --follow, the whole
+    /// summary is printed again every --interval.
+    #[arg(long)]
+    pub summary: bool,
     /// Poll interval with --follow.
     #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
     pub interval: Duration,
@@ -278,6 +283,8 @@ async fn run_async(args: FlowsArgs) -> anyhow::Result<()> {
     }
     if args.observations {
         show::<FlowView>(&args).await
+    } else if args.summary {
+        show_summary(&args).await
     } else {
         show::<ConnectionView>(&args).await
     }
@@ -368,11 +375,9 @@ fn client(args: &FlowsArgs) -> anyhow::Result<reqwest::Client> {
     b.build().context("building the HTTP client")
 }
 
-async fn show<T: Row>(args: &FlowsArgs) -> anyhow::Result<()> {
-    let client = client(args)?;
-    let token = token(args)?;
-    let token = token.as_deref();
-    let url = match &args.tls_server_name {
+/// The records URL, asking for (and verifying) the certificate's name when given.
+fn records_url(args: &FlowsArgs) -> anyhow::Result<String> {
+    Ok(match &args.tls_server_name {
         // Connect to the --agent address, but ask for (and verify) the certificate's name.
         Some(name) => {
             let mut u = reqwest::Url::parse(&args.url())?;
@@ -382,7 +387,37 @@ async fn show<T: Row>(args: &FlowsArgs) -> anyhow::Result<()> {
             u.to_string()
         }
         None => args.url(),
-    };
+    })
+}
+
+async fn show_summary(args: &FlowsArgs) -> anyhow::Result<()> {
+    let client = client(args)?;
+    let token = token(args)?;
+    let url = records_url(args)?;
+    loop {
+        let conns: Vec<ConnectionView> = fetch(&client, &url, token.as_deref()).await?;
+        let mut rows = super::summary::summarize(&conns);
+        if let Some(n) = args.limit {
+            rows.truncate(n);
+        }
+        let text = match args.output {
+            Output::Json if args.follow => serde_json::to_string(&rows)? + "\n",
+            Output::Json => serde_json::to_string_pretty(&rows)? + "\n",
+            Output::Table if args.follow => super::summary::render(&rows) + "\n",
+            Output::Table => super::summary::render(&rows),
+        };
+        if !emit(&text)? || !args.follow {
+            return Ok(());
+        }
+        tokio::time::sleep(args.interval).await;
+    }
+}
+
+async fn show<T: Row>(args: &FlowsArgs) -> anyhow::Result<()> {
+    let client = client(args)?;
+    let token = token(args)?;
+    let token = token.as_deref();
+    let url = records_url(args)?;
     if !args.follow {
         let mut rows: Vec<T> = fetch(&client, &url, token).await?;
         if let Some(n) = args.limit {
@@ -447,7 +482,7 @@ fn endpoint(ip: &std::net::IpAddr, port: u16, icmp: bool) -> String {
 }
 
 /// Aligned columns; the first row is the header.
-fn align<const N: usize>(rows: Vec<[String; N]>) -> String {
+pub(super) fn align<const N: usize>(rows: Vec<[String; N]>) -> String {
     let widths: Vec<usize> = (0..N)
         .map(|c| rows.iter().map(|r| r[c].len()).max().unwrap_or(0))
         .collect();

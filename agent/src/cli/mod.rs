@@ -5,6 +5,7 @@ mod bounds;
 mod check_config;
 mod flows;
 mod hooks;
+mod summary;
 
 use clap::{Parser, Subcommand};
 
