@@ -6,8 +6,8 @@ use std::{path::PathBuf, time::Duration};
 
 use serde_json::Value;
 use tenantflow_tests::{
-    eventually, finish, lab, lab_agent, prometheus::Prometheus, traffic, traffic_bg, udp_from_pod,
-    LabGuard,
+    eventually, finish, in_ns, lab, lab_agent, prometheus::Prometheus, traffic, traffic_bg,
+    udp_from_pod, LabGuard,
 };
 use xtask::lab::topology::{IMDS, INTERNET_HOST, PRIVATE_ENDPOINT};
 
@@ -62,10 +62,27 @@ fn tcp(lab: &LabGuard, from: &str, server_ns: &str, to: &str) {
     finish(srv);
 }
 
-/// Cross-tenant, unmediated, exempt, IMDS, kubelet, a Service, and egress via the gateway.
+/// Cross-tenant, unmediated, exempt, IMDS, kubelet, a Service, egress via the gateway, and
+/// two failed cross-tenant attempts (one refused, one dropped).
 fn every_kind_of_traffic(lab: &LabGuard) {
     let t = &lab.topo;
     let api2 = t.pod("api-2");
+    let web1 = t.pod_ns(t.pod("web-1"));
+    assert_eq!(
+        traffic(&web1, &["tcp-try", &format!("{}:7002", api2.ip())]).trim(),
+        "refused"
+    );
+    in_ns(
+        &t.pod_ns(api2),
+        &[
+            "iptables", "-A", "INPUT", "-p", "tcp", "--dport", "7003", "-j", "DROP",
+        ],
+    );
+    let dropped = &format!("{}:7003", api2.ip());
+    assert_eq!(
+        traffic(&web1, &["tcp-try", dropped, "--timeout-ms", "1500"]).trim(),
+        "timeout"
+    );
     udp(
         lab,
         "web-1",
@@ -140,7 +157,8 @@ fn every_kind_of_traffic(lab: &LabGuard) {
 fn every_panel_query_returns_data_from_the_lab() {
     let lab = lab("db");
     let t = &lab.topo;
-    let _agent = lab_agent(&lab, 1, &[]);
+    // Every path is new: no learning period.
+    let _agent = lab_agent(&lab, 1, &["--edge-learning", "0s"]);
     let rules = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("../deploy/helm/tenantflow/files/tenantflow.rules.yaml");
     let prom = Prometheus::start(&t.node_ns(1), "127.0.0.1:9990", &[rules]);
@@ -186,24 +204,32 @@ fn every_panel_query_returns_data_from_the_lab() {
             .filter(|(_, state, _)| state == "firing")
             .map(|(name, _, l)| {
                 format!(
-                    "{name} {} {} {} {}",
-                    l["src_namespace"], l["dst_namespace"], l["scope"], l["target"]
+                    "{name} {} {} {} {} {}>{}",
+                    l["src_namespace"],
+                    l["dst_namespace"],
+                    l["scope"],
+                    l["target"],
+                    l["src_tenant"],
+                    l["dst_tenant"]
                 )
             })
             .collect();
         firing.sort();
-        (firing.len() >= 6).then_some(())
+        (firing.len() >= 8).then_some(())
     });
     assert_eq!(
         firing,
         [
-            r#"TenantflowCrossTenantTraffic "alpha-web" "beta-api" null null"#,
+            r#"TenantflowCrossTenantTraffic "alpha-web" "beta-api" null null "alpha">"beta""#,
             // api-1 -> the web Service: the backend's tenant counts.
-            r#"TenantflowCrossTenantTraffic "beta-api" "alpha-web" null null"#,
-            r#"TenantflowSensitiveTargetAccess "alpha-jobs" null null "imds""#,
-            r#"TenantflowSensitiveTargetAccess "beta-api" null null "kubelet""#,
-            r#"TenantflowUnmediatedEgress "alpha-jobs" null "azure_platform" null"#,
-            r#"TenantflowUnmediatedEgress "alpha-jobs" null "internet" null"#,
+            r#"TenantflowCrossTenantTraffic "beta-api" "alpha-web" null null "beta">"alpha""#,
+            // The same path is new (no learning period); alpha -> beta only ever failed.
+            r#"TenantflowNewCrossTenantEdge null null null null "beta">"alpha""#,
+            r#"TenantflowSensitiveTargetAccess "alpha-jobs" null null "imds" "alpha">null"#,
+            r#"TenantflowSensitiveTargetAccess "beta-api" null null "kubelet" "beta">null"#,
+            r#"TenantflowUnansweredCrossTenant "alpha-web" null null null "alpha">"beta""#,
+            r#"TenantflowUnmediatedEgress "alpha-jobs" null "azure_platform" null "alpha">null"#,
+            r#"TenantflowUnmediatedEgress "alpha-jobs" null "internet" null "alpha">null"#,
         ]
     );
     assert!(
@@ -211,9 +237,9 @@ fn every_panel_query_returns_data_from_the_lab() {
         "queries without data:\n{}",
         failures.join("\n")
     );
-    // 35 panel targets and 8 template variables across the four dashboards.
+    // 44 panel targets and 10 template variables across the five dashboards.
     assert_eq!(
-        checked, 43,
+        checked, 54,
         "queries checked (update when dashboards change)"
     );
 }
