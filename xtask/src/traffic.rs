@@ -81,6 +81,15 @@ pub enum TrafficCmd {
         #[arg(long, default_value_t = 1000)]
         timeout_ms: u64,
     },
+    /// Try every port FIRST..=LAST of ADDR (a port scan, 32 at a time), each within
+    /// TIMEOUT_MS; print `connected=N refused=N timeout=N`.
+    TcpProbe {
+        addr: std::net::IpAddr,
+        first: u16,
+        last: u16,
+        #[arg(long, default_value_t = 1000)]
+        timeout_ms: u64,
+    },
     /// Open COUNT short connections to TO one after another: connect, send BYTES, close.
     /// Prints how many completed.
     TcpChurn {
@@ -251,14 +260,41 @@ pub fn run(cmd: TrafficCmd) -> Result<()> {
             Ok(())
         }
         TrafficCmd::TcpTry { to, timeout_ms } => {
-            let r = TcpStream::connect_timeout(&to, Duration::from_millis(timeout_ms));
-            let said = match r {
-                Ok(_) => "connected",
-                Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => "refused",
-                Err(e) if e.kind() == std::io::ErrorKind::TimedOut => "timeout",
-                Err(e) => return Err(anyhow::anyhow!("connect {to}: {e}")),
-            };
-            println!("{said}");
+            println!("{}", try_connect(to, timeout_ms)?);
+            Ok(())
+        }
+        TrafficCmd::TcpProbe {
+            addr,
+            first,
+            last,
+            timeout_ms,
+        } => {
+            let ports: Vec<u16> = (first..=last).collect();
+            let mut counts = [0u32; 3];
+            for chunk in ports.chunks(32) {
+                let tries: Vec<_> = chunk
+                    .iter()
+                    .map(|&p| {
+                        std::thread::spawn(move || {
+                            try_connect(SocketAddr::new(addr, p), timeout_ms)
+                        })
+                    })
+                    .collect();
+                for t in tries {
+                    let said = t
+                        .join()
+                        .map_err(|_| anyhow::anyhow!("probe thread panicked"))??;
+                    counts[match said {
+                        "connected" => 0,
+                        "refused" => 1,
+                        _ => 2,
+                    }] += 1;
+                }
+            }
+            println!(
+                "connected={} refused={} timeout={}",
+                counts[0], counts[1], counts[2]
+            );
             Ok(())
         }
         TrafficCmd::TcpChurn { to, count, bytes } => {
@@ -425,5 +461,16 @@ fn unsafe_bytes<T>(v: &T) -> Vec<u8> {
     // SAFETY: T is a plain C sockaddr struct; reading its bytes is always valid.
     unsafe {
         std::slice::from_raw_parts((v as *const T).cast::<u8>(), std::mem::size_of::<T>()).to_vec()
+    }
+}
+
+/// How one connection attempt went, from the client's side: `connected` (then closed),
+/// `refused` or `timeout`.
+fn try_connect(to: SocketAddr, timeout_ms: u64) -> Result<&'static str> {
+    match TcpStream::connect_timeout(&to, Duration::from_millis(timeout_ms)) {
+        Ok(_) => Ok("connected"),
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => Ok("refused"),
+        Err(e) if e.kind() == std::io::ErrorKind::TimedOut => Ok("timeout"),
+        Err(e) => Err(anyhow::anyhow!("connect {to}: {e}")),
     }
 }

@@ -5,6 +5,7 @@
 
 mod build;
 pub mod chain_end;
+pub mod compromise;
 pub mod manifest;
 pub mod topology;
 
