@@ -177,7 +177,8 @@ fn the_daemonset_has_least_privilege() {
         c["resources"]["requests"]["cpu"].is_string()
             && c["resources"]["limits"]["memory"].is_string()
     );
-    // Host mounts: BTF and the cgroup v2 root (process attribution), both read-only.
+    // Host mounts: BTF and the cgroup v2 root (process attribution), both read-only, and
+    // the directory of the known-edge set, the one writable path.
     let paths: Vec<&Value> = pod["volumes"]
         .as_array()
         .unwrap()
@@ -185,13 +186,30 @@ fn the_daemonset_has_least_privilege() {
         .filter(|v| !v["hostPath"].is_null())
         .map(|v| &v["hostPath"]["path"])
         .collect();
-    assert_eq!(paths, [&json!("/sys/kernel/btf"), &json!("/sys/fs/cgroup")]);
+    assert_eq!(
+        paths,
+        [
+            &json!("/sys/kernel/btf"),
+            &json!("/sys/fs/cgroup"),
+            &json!("/var/lib/tenantflow")
+        ]
+    );
+    assert!(c["args"]
+        .as_array()
+        .unwrap()
+        .contains(&json!("--edge-file=/var/lib/tenantflow/edges")));
     assert!(c["args"]
         .as_array()
         .unwrap()
         .contains(&json!("--cgroup-root=/run/tenantflow/cgroup")));
-    let mounts = c["volumeMounts"].as_array().unwrap();
-    assert!(mounts.iter().all(|m| m["readOnly"] == true), "{mounts:#?}");
+    let writable: Vec<&Value> = c["volumeMounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["readOnly"] != true)
+        .map(|m| &m["mountPath"])
+        .collect();
+    assert_eq!(writable, [&json!("/var/lib/tenantflow")]);
     let annotations = &ds["spec"]["template"]["metadata"]["annotations"];
     assert_eq!(
         (
@@ -212,7 +230,7 @@ fn process_attribution_off_drops_the_cgroup_mount() {
         .iter()
         .filter(|v| !v["hostPath"].is_null())
         .collect();
-    assert_eq!(host.len(), 1);
+    assert_eq!(host.len(), 2, "BTF and the edge set");
     assert!(pod["containers"][0]["args"]
         .as_array()
         .unwrap()
@@ -255,6 +273,10 @@ fn rbac_is_read_only_on_four_kinds() {
             "TenantflowCrossTenantTraffic",
             "TenantflowUnmediatedEgress",
             "TenantflowSensitiveTargetAccess",
+            "TenantflowPossibleScan",
+            "TenantflowFanoutJump",
+            "TenantflowUnansweredCrossTenant",
+            "TenantflowNewCrossTenantEdge",
             "TenantflowAgentDown",
             "TenantflowAgentNotReady",
             "TenantflowFlowCountsLost",
@@ -274,7 +296,7 @@ fn alert_rules_pass_promtool_and_their_unit_tests() {
         "deploy/helm/tenantflow/files/tenantflow.rules.yaml",
     ]));
     assert_eq!(code, 0, "{out}");
-    assert!(out.contains("SUCCESS: 9 rules found"), "{out}");
+    assert!(out.contains("SUCCESS: 13 rules found"), "{out}");
     let (code, out) =
         run(Command::new(&promtool).args(["test", "rules", "deploy/prometheus/rules_test.yaml"]));
     assert_eq!(code, 0, "{out}");
@@ -284,7 +306,7 @@ fn alert_rules_pass_promtool_and_their_unit_tests() {
 #[test]
 fn dashboards_validate_against_the_grafana_schema() {
     let files = dashboards();
-    assert_eq!(files.len(), 4);
+    assert_eq!(files.len(), 5);
     let (code, out) = run(Command::new("node")
         .arg("tests/grafana/validate-dashboards.cjs")
         .args(&files)
@@ -292,7 +314,7 @@ fn dashboards_validate_against_the_grafana_schema() {
     assert_eq!(code, 0, "{out}");
     assert_eq!(
         out.lines().filter(|l| l.starts_with("ok ")).count(),
-        4,
+        5,
         "{out}"
     );
     // The validator rejects what Grafana would not load.

@@ -142,6 +142,12 @@ fn podman_args(
                 "/sys/fs/cgroup" => xtask::lab::manifest::cgroup_dir(&lab.topo.prefix)
                     .display()
                     .to_string(),
+                // The node's state directory: one of this test's own.
+                "/var/lib/tenantflow" => {
+                    let state = dir.join("state");
+                    std::fs::create_dir_all(&state).unwrap();
+                    state.display().to_string()
+                }
                 other => other.to_owned(),
             }
         };
@@ -281,5 +287,10 @@ fn the_agent_runs_from_its_image_under_the_charts_security_context() {
     let (_, exit, _) = podman(&["inspect", "--format", "{{.State.ExitCode}}", &name]);
     assert_eq!(exit.trim(), "0", "clean exit on SIGTERM:\n{}", logs());
     assert_eq!(tcx_hooks(&node), vec![], "nothing left attached");
+    // The edge set was written through the one writable mount at shutdown: a header of 20
+    // bytes and 12 per edge.
+    let edges = std::fs::read(dir.join("state/edges")).expect("edge file saved");
+    assert_eq!(&edges[..8], b"TFEDGE01");
+    assert_eq!((edges.len() - 20) % 12, 0);
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -14,7 +14,7 @@ use anyhow::{Context as _, Result};
 use clap::Args;
 use xtask::{
     exec,
-    lab::{manifest, topology, LabGuard, Topology},
+    lab::{compromise, manifest, topology, LabGuard, Topology},
     setup,
 };
 
@@ -53,6 +53,11 @@ fn spawn(ns: &str, program: &str, args: &[&str]) -> Result<Child> {
         .with_context(|| format!("starting {program} in {ns}"))
 }
 
+/// The agent's learning period in the demo, and when web-1 turns bad (after it).
+const LEARNING: &str = "60s";
+const COMPROMISED_AFTER: Duration = Duration::from_secs(70);
+const PROBE_EVERY: Duration = Duration::from_secs(30);
+
 pub fn run(args: DemoArgs) -> Result<()> {
     exec::require_root("the demo")?;
     setup::setup()?;
@@ -73,23 +78,36 @@ pub fn run(args: DemoArgs) -> Result<()> {
         .arg(&agent_bin)
         .args(["agent", "--listen", "127.0.0.1:9990", "--config"])
         .arg(manifest::config_path(&lab.topo.prefix))
+        // A fresh lab has no history to learn: the first minute is the learning period.
+        .args(["--edge-learning", LEARNING])
         .stderr(log)
         .spawn()?;
     let mut procs = Procs(vec![agent]);
     servers(t, me, &mut procs)?;
+    let _compromise = compromise::prepare(t, &[me, "traffic"], false)?;
 
     let deadline = args
         .duration
         .map(|d| Instant::now() + Duration::from_secs(d));
     let mut round = 0u64;
+    let started = Instant::now();
+    let mut last_probe = None;
     while !stop.load(Ordering::SeqCst) && deadline.is_none_or(|d| Instant::now() < d) {
         clients(t, me)?;
         round += 1;
+        // After the learning minute, web-1 is compromised and probes its way around
+        // every 30 s: its failed attempts and new edges lead the table.
+        let compromised = started.elapsed() >= COMPROMISED_AFTER;
+        if compromised && last_probe.is_none_or(|p: Instant| p.elapsed() >= PROBE_EVERY) {
+            compromise::probe(t, &[me, "traffic"])?;
+            last_probe = Some(Instant::now());
+        }
         let table = exec::in_ns(
             &node1,
             &[
                 agent_bin.to_str().unwrap_or("tenantflow"),
                 "flows",
+                "--summary",
                 "--limit",
                 "30",
             ],
@@ -98,8 +116,15 @@ pub fn run(args: DemoArgs) -> Result<()> {
         print!("\x1b[2J\x1b[H");
         println!(
             "tenantflow demo — lab {:?}, agent on {node1}, round {round}. Ctrl-C to stop.\n\
-             Agent log: target/demo-agent.log. Metrics: ip netns exec {node1} curl -s 127.0.0.1:9990/metrics\n",
-            t.prefix
+             Agent log: target/demo-agent.log. Metrics: ip netns exec {node1} curl -s 127.0.0.1:9990/metrics\n\
+             Connections folded by workload and port, flagged first{}. Per connection: ip netns exec {node1} {} flows\n",
+            t.prefix,
+            if compromised {
+                " (web-1 is compromised: it scans api-2, tries dropped ports on api-1 and knocks on node 2's kubelet)"
+            } else {
+                ""
+            },
+            agent_bin.display()
         );
         print!("{table}");
         std::thread::sleep(Duration::from_secs(2));

@@ -231,9 +231,15 @@ pub fn run(cmd: TrafficCmd) -> Result<()> {
             for _ in 0..conns {
                 let (mut s, peer) = listener.accept()?;
                 let mut sink = Vec::new();
-                s.read_to_end(&mut sink)?;
-                s.write_all(&vec![0xa5u8; reply])?;
-                s.shutdown(Shutdown::Write)?;
+                let served = s
+                    .read_to_end(&mut sink)
+                    .and_then(|_| s.write_all(&vec![0xa5u8; reply]))
+                    .and_then(|()| s.shutdown(Shutdown::Write));
+                // A peer that hung up early (a port scan) must not stop the server.
+                if let Err(e) = served {
+                    eprintln!("{peer}: {e}");
+                    continue;
+                }
                 // Wait for the peer's close so our FIN is acknowledged before we exit.
                 let _ = s.read(&mut [0u8; 1]);
                 if peers {

@@ -183,6 +183,8 @@ pub fn render(rows: &[SummaryRow]) -> String {
             r.destination.clone(),
             r.proto.clone(),
             match r.port {
+                // ICMP carries type << 8 | code where ports would be.
+                Some(p) if r.proto.starts_with("icmp") => format!("type {}", p >> 8),
                 Some(p) => p.to_string(),
                 None => format!("{} ports", r.ports),
             },
