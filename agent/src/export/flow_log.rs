@@ -17,7 +17,7 @@ use serde::Serialize;
 use super::{ConnEvent, ConnectionView, EventKind};
 use crate::{
     classify::{Classification, Egress},
-    flow::{ConnId, WallClock},
+    flow::{ConnId, Outcome, WallClock},
 };
 
 /// Which connections are logged.
@@ -25,16 +25,22 @@ use crate::{
 pub enum LogFilter {
     #[default]
     All,
-    /// Cross-tenant, unmediated egress or sensitive-target connections only.
+    /// Cross-tenant, unmediated egress, sensitive-target, failed (refused, unanswered)
+    /// and new-edge connections only: what a security team acts on.
     Flagged,
 }
 
 impl LogFilter {
-    fn admits(self, k: &Classification) -> bool {
+    fn admits(self, ev: &ConnEvent) -> bool {
+        let k: &Classification = ev.class;
         match self {
             LogFilter::All => true,
             LogFilter::Flagged => {
-                k.cross_tenant || k.egress == Egress::Unmediated || k.sensitive.is_some()
+                k.cross_tenant
+                    || k.egress == Egress::Unmediated
+                    || k.sensitive.is_some()
+                    || ev.new_edge
+                    || matches!(ev.outcome, Some(Outcome::Refused | Outcome::Unanswered))
             }
         }
     }
@@ -211,7 +217,7 @@ impl FlowLog {
             if ev.kind.is_final() {
                 self.open.remove(&ev.id);
             }
-            if self.cfg.filter.admits(ev.class) {
+            if self.cfg.filter.admits(ev) {
                 out.push((kind, ev.view(clock)));
             }
         }
@@ -376,18 +382,31 @@ mod tests {
         let mut log = FlowLog::open(cfg(d.join("f.json"), 1 << 20, 1, LogFilter::Flagged)).unwrap();
         let t0 = Instant::now();
         // Without an inventory 10.0.0.53 is private and 203.0.113.10 internet: neither
-        // source is a pod, so the only flagged one is IMDS (sensitive).
+        // source is a pod, so of these only IMDS (sensitive) is flagged by its verdicts; a
+        // refused attempt and a new edge are flagged by what happened.
         let v = [
             conn(1, "10.0.0.53"),
             conn(2, "169.254.169.254"),
             conn(3, "203.0.113.10"),
+            conn(4, "203.0.113.11"),
+            conn(5, "203.0.113.12"),
+            conn(6, "203.0.113.13"),
         ];
         let c = WallClock::now();
         log.observe(&evs(EventKind::Start, &v), t0, &c).unwrap();
-        assert_eq!(log.observe(&evs(EventKind::End, &v), t0, &c).unwrap(), 1);
+        let mut ends = evs(EventKind::End, &v);
+        ends[3].outcome = Some(Outcome::Refused);
+        ends[4].new_edge = true;
+        ends[5].outcome = Some(Outcome::Unreplied);
+        assert_eq!(log.observe(&ends, t0, &c).unwrap(), 3);
         let all = lines(&d);
-        assert_eq!(all[0]["dst"], "169.254.169.254");
+        let dsts: Vec<&str> = all.iter().map(|r| r["dst"].as_str().unwrap()).collect();
+        assert_eq!(dsts, ["169.254.169.254", "203.0.113.11", "203.0.113.12"]);
         assert_eq!(all[0]["sensitive"], "imds");
+        assert_eq!(
+            (&all[1]["outcome"], &all[2]["new_edge"]),
+            (&serde_json::json!("refused"), &serde_json::json!(true))
+        );
         std::fs::remove_dir_all(&d).unwrap();
     }
 }
