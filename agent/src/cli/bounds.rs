@@ -146,6 +146,8 @@ mod tests {
             (&["--metrics-grace", "400d"], "--metrics-grace"),
             (&["--fanout-window", "1s"], "--fanout-window 1s"),
             (&["--edge-learning", "2years"], "--edge-learning"),
+            (&["--edge-limit", "0"], "--edge-limit 0"),
+            (&["--fanout-max-sources", "0"], "--fanout-max-sources 0"),
         ] {
             let e = check(&args(flags)).unwrap_err().0;
             assert!(e.starts_with(flag), "{flags:?}: {e}");
