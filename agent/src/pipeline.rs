@@ -98,7 +98,7 @@ impl Pipeline {
         edges: Edges,
     ) -> Self {
         Self {
-            table: ConnTable::new(mechanism == Mechanism::Conntrack),
+            table: ConnTable::new(mechanism != Mechanism::None),
             classified_at: None,
             nat: NatTable::new(),
             idle,

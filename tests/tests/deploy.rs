@@ -238,6 +238,34 @@ fn process_attribution_off_drops_the_cgroup_mount() {
 }
 
 #[test]
+fn cilium_snat_mounts_the_hosts_bpffs_read_only() {
+    let docs = documents(&helm_template(&["--set", "agent.ciliumSnat=true"]));
+    let pod = &find(&docs, "DaemonSet")["spec"]["template"]["spec"];
+    let c = &pod["containers"][0];
+    assert!(c["args"]
+        .as_array()
+        .unwrap()
+        .contains(&json!("--cilium-bpffs=/run/tenantflow/bpffs")));
+    let mount = c["volumeMounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == "bpffs")
+        .expect("bpffs mounted");
+    assert_eq!(
+        (&mount["mountPath"], &mount["readOnly"]),
+        (&json!("/run/tenantflow/bpffs"), &json!(true))
+    );
+    let vol = pod["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == "bpffs")
+        .unwrap();
+    assert_eq!(vol["hostPath"]["path"], "/sys/fs/bpf");
+}
+
+#[test]
 fn rbac_is_read_only_on_four_kinds() {
     let docs = documents(&helm_template(&ALL_ON));
     let roles: Vec<&Value> = docs

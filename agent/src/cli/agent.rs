@@ -137,6 +137,14 @@ pub struct AgentArgs {
     /// Most edges kept (about 24 bytes each); past it the least recently used go.
     #[arg(long, default_value_t = 65_536)]
     pub edge_limit: usize,
+    /// bpffs where Cilium pins its maps (the host's /sys/fs/bpf, mounted read-only): SNAT
+    /// of Cilium's BPF masquerade is read from `tc/globals/cilium_snat_v4_external` (and
+    /// v6) there when present.
+    #[arg(long, value_name = "DIR", default_value = "/sys/fs/bpf")]
+    pub cilium_bpffs: std::path::PathBuf,
+    /// Do not look for Cilium's SNAT maps.
+    #[arg(long)]
+    pub no_cilium_snat: bool,
     /// Do not attribute node-originated flows to processes (no cgroup hooks).
     #[arg(long)]
     pub no_process_attribution: bool,
@@ -259,13 +267,18 @@ async fn run_async(args: AgentArgs) -> anyhow::Result<()> {
         delay: args.test_conntrack_delay,
         rcvbuf: args.test_conntrack_rcvbuf,
     };
-    let mechanism = match nat::spawn_conntrack(nat_tx, faults) {
-        Ok(()) => Mechanism::Conntrack,
+    let conntrack = match nat::spawn_conntrack(nat_tx.clone(), faults) {
+        Ok(()) => true,
         Err(e) => {
-            warn!(error = %e, "no NAT source: flows will carry no pre/post-NAT addresses");
-            Mechanism::None
+            warn!(error = %e, "conntrack unavailable: netfilter NAT will not be joined");
+            false
         }
     };
+    let cilium = cilium_snat(&args, nat_tx);
+    let mechanism = Mechanism::of(conntrack, cilium);
+    if mechanism == Mechanism::None {
+        warn!("no NAT source: flows will carry no pre/post-NAT addresses");
+    }
     info!(nat_mechanism = mechanism.as_str(), "NAT source probed");
     let shared = Arc::new(Shared::new(AgentMetrics::new(
         mode_name(mode),
@@ -408,6 +421,33 @@ async fn run_async(args: AgentArgs) -> anyhow::Result<()> {
     datapath::remove_clsact(&qdiscs).await;
     info!("detached from all interfaces");
     outcome
+}
+
+/// Cilium's BPF masquerade maps, when pinned under --cilium-bpffs: probed, then polled every
+/// half harvest. A map of an unknown layout is reported and left alone.
+fn cilium_snat(args: &AgentArgs, tx: tokio::sync::mpsc::UnboundedSender<nat::NatEvent>) -> bool {
+    if args.no_cilium_snat {
+        return false;
+    }
+    let maps = match nat::cilium::open(&args.cilium_bpffs) {
+        Ok(m) if m.is_empty() => return false,
+        Ok(m) => m,
+        Err(e) => {
+            warn!(error = %e, "Cilium's SNAT maps cannot be used");
+            return false;
+        }
+    };
+    let names: Vec<String> = maps.iter().map(|m| m.path.display().to_string()).collect();
+    match nat::cilium::spawn(maps, tx, args.harvest_interval / 2) {
+        Ok(()) => {
+            info!(maps = ?names, "reading SNAT from Cilium's BPF masquerade maps");
+            true
+        }
+        Err(e) => {
+            warn!(error = %e, "cannot start the Cilium SNAT reader");
+            false
+        }
+    }
 }
 
 /// The identity source: the snapshot file the config names; else the Kubernetes API

@@ -30,3 +30,4 @@ pub(crate) use object::{load_err, map_err, program, take_map, take_raw_map};
 pub use select::{Role, Selector, DEFAULT_POD_PATTERNS};
 pub use slots::Delta;
 pub use stay_first::{Moved, Positions};
+pub(crate) use sys_bpf::bpf;

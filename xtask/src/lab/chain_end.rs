@@ -100,6 +100,25 @@ pub fn attach(prefix: &str, ns: &str, iface: &str, ingress: bool, at: Placement)
     Ok(())
 }
 
+/// Link a loaded program last on `iface`'s tcx hook in `ns` and pin the link as
+/// `pin_name` under the lab's directory (it stays attached until unpinned).
+pub(crate) fn link_last(
+    prefix: &str,
+    ns: &str,
+    iface: &str,
+    ingress: bool,
+    prog: &OwnedFd,
+    pin_name: &str,
+) -> Result<()> {
+    ensure_bpffs()?;
+    let dir = pin_dir(prefix);
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let link = in_netns(ns, || link_tcx(prog, iface, ingress, BPF_F_AFTER))?;
+    let path = dir.join(pin_name);
+    let _ = std::fs::remove_file(&path);
+    pin(&link, &path)
+}
+
 /// Take a tcx chain-ender off again (unpinning its link detaches it); legacy filters are
 /// removed with `tc filter del`.
 pub fn detach(prefix: &str, ns: &str, iface: &str, ingress: bool, at: Placement) -> Result<()> {
@@ -129,14 +148,14 @@ pub fn remove(prefix: &str) {
 
 /// `tc` in network namespace `ns`. Not `ip netns exec`: it mounts a fresh /sys, which
 /// hides the bpffs holding the pinned program.
-fn tc(ns: &str, args: &[&str]) -> Result<()> {
+pub(crate) fn tc(ns: &str, args: &[&str]) -> Result<()> {
     let net = format!("--net=/var/run/netns/{ns}");
     let mut all = vec![net.as_str(), "tc"];
     all.extend_from_slice(args);
     run("nsenter", &all).map(drop)
 }
 
-fn ensure_bpffs() -> Result<()> {
+pub(crate) fn ensure_bpffs() -> Result<()> {
     let mounts = std::fs::read_to_string("/proc/self/mounts").context("reading mounts")?;
     if mounts
         .lines()
@@ -147,7 +166,7 @@ fn ensure_bpffs() -> Result<()> {
     run("mount", &["-t", "bpf", "bpf", BPFFS]).map(drop)
 }
 
-fn sys_bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<i64> {
+pub(crate) fn sys_bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<i64> {
     // SAFETY: `attr` is a properly laid out bpf_attr prefix for `cmd`; pointers inside it
     // refer to buffers the caller keeps alive for the call.
     let rc = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr as *mut T, std::mem::size_of::<T>()) };
@@ -174,18 +193,34 @@ struct ProgLoad {
 }
 
 fn load() -> Result<OwnedFd> {
+    load_insns(&PROGRAM, "lab_chain_end")
+}
+
+/// Load a TC program of raw instructions; the verifier's log is in the error if refused.
+pub(crate) fn load_insns(insns: &[u64], prog_name: &str) -> Result<OwnedFd> {
     let license = CString::new("GPL").expect("static");
     let mut name = [0u8; 16];
-    name[..13].copy_from_slice(b"lab_chain_end");
+    let n = prog_name.len().min(15);
+    name[..n].copy_from_slice(&prog_name.as_bytes()[..n]);
+    let mut log = vec![0u8; 64 * 1024];
     let mut attr = ProgLoad {
         prog_type: BPF_PROG_TYPE_SCHED_CLS,
-        insn_cnt: PROGRAM.len() as u32,
-        insns: PROGRAM.as_ptr() as u64,
+        insn_cnt: insns.len() as u32,
+        insns: insns.as_ptr() as u64,
         license: license.as_ptr() as u64,
+        log_level: 1,
+        log_size: log.len() as u32,
+        log_buf: log.as_mut_ptr() as u64,
         prog_name: name,
         ..Default::default()
     };
-    let fd = sys_bpf(BPF_PROG_LOAD, &mut attr).context("loading the lab chain-ender")?;
+    let fd = sys_bpf(BPF_PROG_LOAD, &mut attr).with_context(|| {
+        let end = log.iter().position(|&b| b == 0).unwrap_or(log.len());
+        format!(
+            "loading the lab program {prog_name}: {}",
+            String::from_utf8_lossy(&log[..end])
+        )
+    })?;
     // SAFETY: the kernel returned a new fd we now own.
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
@@ -235,7 +270,7 @@ struct ObjPin {
     _pad: u32,
 }
 
-fn pin(fd: &OwnedFd, path: &Path) -> Result<()> {
+pub(crate) fn pin(fd: &OwnedFd, path: &Path) -> Result<()> {
     let cpath = CString::new(path.to_string_lossy().as_bytes()).context("pin path")?;
     let mut attr = ObjPin {
         pathname: cpath.as_ptr() as u64,

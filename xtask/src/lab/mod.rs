@@ -5,6 +5,7 @@
 
 mod build;
 pub mod chain_end;
+pub mod cilium_snat;
 pub mod compromise;
 pub mod manifest;
 pub mod topology;
@@ -59,6 +60,7 @@ pub fn down(prefix: &str) -> Result<usize> {
     }
     manifest::remove(prefix);
     chain_end::remove(prefix);
+    cilium_snat::remove(prefix);
     Ok(all.len())
 }
 

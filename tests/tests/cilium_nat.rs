@@ -1,0 +1,149 @@
+//! SNAT from Cilium's BPF masquerade: no iptables rule and no nf_conntrack entry, only
+//! Cilium's pinned SNAT map (`xtask/src/lab/cilium_snat.rs` stands in for Cilium on node 1).
+//! The agent finds the map by probing, says so in its mechanism metric, and joins the pod's
+//! connection with its post-SNAT side from the map: one record, pod as the source, the
+//! node address and port a firewall sees, nothing unjoined.
+
+use std::net::Ipv4Addr;
+
+use serde_json::Value;
+use tenantflow_tests::{
+    agent::wait_connection, finish, in_ns, lab, lab_agent, traffic, traffic_bg,
+};
+use xtask::lab::{
+    cilium_snat::{self, Snat},
+    topology::INTERNET_HOST,
+};
+
+#[test]
+fn snat_of_ciliums_bpf_masquerade_is_joined_from_its_map_without_conntrack() {
+    let lab = lab("cs");
+    let t = &lab.topo;
+    let pod: Ipv4Addr = t.pod("web-1").ip().parse().unwrap();
+    let node: Ipv4Addr = t.node(1).ip().parse().unwrap();
+    let remote: Ipv4Addr = INTERNET_HOST.parse().unwrap();
+    let map = cilium_snat::create_map(&t.prefix).unwrap();
+    cilium_snat::masquerade(&t.prefix, t, 1, pod, remote).unwrap();
+    for (proto, sport, dport) in [(6u8, 40100u16, 443u16), (17, 40101, 5353)] {
+        let s = Snat {
+            proto,
+            pod: (pod, sport),
+            remote: (remote, dport),
+            node: (node, sport),
+        };
+        cilium_snat::record(&map, s).unwrap();
+    }
+    let bpffs = cilium_snat::bpffs(&t.prefix);
+    let agent = lab_agent(&lab, 1, &["--cilium-bpffs", bpffs.to_str().unwrap()]);
+    assert_eq!(
+        agent.metric(r#"tenantflow_nat_mechanism{mechanism="conntrack+cilium_bpf_masquerade"}"#),
+        Some(1.0)
+    );
+
+    let web1 = t.pod_ns(t.pod("web-1"));
+    let srv = traffic_bg(
+        &t.internet_ns(),
+        &["tcp-serve", &format!("{remote}:443"), "700", "--peers"],
+    );
+    let got = traffic(
+        &web1,
+        &[
+            "tcp-send",
+            &format!("{remote}:443"),
+            "300",
+            "--bind",
+            &format!("{pod}:40100"),
+        ],
+    );
+    assert_eq!(got.trim(), "700");
+    // The firewall's view: the node address and the NAT port.
+    assert_eq!(finish(srv).trim(), format!("300 {node}:40100"));
+    let rx = traffic_bg(
+        &t.internet_ns(),
+        &["udp-recv", &format!("{remote}:5353"), "2", "--peers"],
+    );
+    traffic(
+        &web1,
+        &[
+            "udp-send",
+            &format!("{remote}:5353"),
+            "2",
+            "50",
+            "--bind",
+            &format!("{pod}:40101"),
+        ],
+    );
+    assert_eq!(finish(rx).trim(), format!("2\n{node}:40101 2"));
+    // Netfilter never tracked them: nothing to join but Cilium's map.
+    let tracked = in_ns(&t.node_ns(1), &["conntrack", "-L", "-s", &pod.to_string()]);
+    assert!(
+        !tracked.contains("sport=4010"),
+        "conntrack holds them:\n{tracked}"
+    );
+
+    let pod_s = pod.to_string();
+    for port in [443u64, 5353] {
+        let c = wait_connection(
+            &agent,
+            |c: &Value| c["dst_port"] == port,
+            |c: &Value| c["nat_joined"] == true,
+        );
+        assert_eq!(c["src"], pod_s.as_str(), "{c:#}");
+        assert_eq!(
+            c["snat"],
+            serde_json::json!({"ip": node.to_string(), "port": port_of(port)}),
+            "{c:#}"
+        );
+        assert_eq!(c["nat_joined"], true);
+        assert!(c.get("snat_inferred").is_none(), "joined, not inferred");
+        assert_eq!(c["flow_class"], "pod_to_egress");
+        // Both hooks of each direction (pod veth, uplink before and after translation)
+        // counted the same packets: one connection, nothing split off.
+        for (dir, forward) in [("forward", true), ("reply", false)] {
+            let counts: Vec<(u64, u64)> = c["sightings"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|s| (s["direction"] == "forward") == forward)
+                .map(|s| (s["packets"].as_u64().unwrap(), s["bytes"].as_u64().unwrap()))
+                .collect();
+            let want = (
+                c[dir]["packets"].as_u64().unwrap(),
+                c[dir]["bytes"].as_u64().unwrap(),
+            );
+            let unanswered = port == 5353 && !forward;
+            assert!(counts.len() >= if unanswered { 0 } else { 2 }, "{c:#}");
+            assert!(counts.iter().all(|&x| x == want), "{dir}: {counts:?} {c:#}");
+        }
+        if port == 5353 {
+            // Two datagrams of 50 bytes (+ 28 of headers each), no answer.
+            assert_eq!(
+                (&c["forward"], &c["reply"]),
+                (
+                    &serde_json::json!({"packets": 2, "bytes": 156}),
+                    &serde_json::json!({"packets": 0, "bytes": 0})
+                )
+            );
+        }
+    }
+    // Nothing reported under the node's address, nothing unjoined.
+    let from_node: Vec<Value> = agent
+        .connections("")
+        .into_iter()
+        .filter(|c| c["src"] == node.to_string().as_str())
+        .collect();
+    assert_eq!(from_node, Vec::<Value>::new());
+    assert_eq!(
+        agent.metric("tenantflow_nat_unjoined_connections"),
+        Some(0.0)
+    );
+}
+
+/// The NAT port of the connection to `dport` (the pod's port: Cilium kept it).
+fn port_of(dport: u64) -> u16 {
+    if dport == 443 {
+        40100
+    } else {
+        40101
+    }
+}
