@@ -41,12 +41,14 @@ pub fn lab_model(tag: &str, model: Model) -> LabGuard {
         Model::Kubenet => tag.to_owned(),
         Model::AzureCni => format!("{tag}a"),
         Model::Overlay => format!("{tag}o"),
+        Model::Cilium => format!("{tag}c"),
     };
     LabGuard::up(Topology::with_model(&prefix(&tag), model)).expect("lab up")
 }
 
 /// `#[test]`s running `$body(model)` for every lab network model the test holds for:
-/// `per_model!(name, body)` makes `name::kubenet`, `name::azure_cni`, `name::overlay`.
+/// `per_model!(name, body)` makes `name::kubenet`, `name::azure_cni`, `name::overlay`,
+/// `name::cilium`.
 #[macro_export]
 macro_rules! per_model {
     ($name:ident, $body:path) => {
@@ -62,6 +64,10 @@ macro_rules! per_model {
             #[test]
             fn overlay() {
                 $body($crate::Model::Overlay)
+            }
+            #[test]
+            fn cilium() {
+                $body($crate::Model::Cilium)
             }
         }
     };

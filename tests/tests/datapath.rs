@@ -7,7 +7,8 @@ use std::time::Duration;
 use serde_json::Value;
 use tenantflow_tests::{
     agent::{wait_flow, wait_packets},
-    eventually, finish, in_ns, lab, lab_model, per_model, snmp, traffic, traffic_bg, Agent, Model,
+    agent_bin, eventually, finish, in_ns, lab, lab_model, per_model, snmp, traffic, traffic_bg,
+    Agent, Model,
 };
 
 /// Predicate for one direction of a 5-tuple as the /flows API reports it.
@@ -59,6 +60,25 @@ fn exchanges(v6: bool, model: Model) {
     }
     let agent = Agent::start(&t.node_ns(1), &[]);
     let veth = web1.host_iface();
+    if model == Model::Cilium {
+        // Cilium-like programs came first and end the chain; the agent went ahead of them.
+        let hooks = in_ns(&t.node_ns(1), &[agent_bin().to_str().unwrap(), "hooks"]);
+        for iface in [veth.as_str(), "eth0"] {
+            for (hook, observer) in [("ingress", "tf_ingress"), ("egress", "tf_egress")] {
+                let chain: Vec<&str> = hooks
+                    .lines()
+                    .map(|l| l.split('\t').collect::<Vec<_>>())
+                    .filter(|c| c[0] == iface && c[1] == hook)
+                    .map(|c| c[2])
+                    .collect();
+                assert_eq!(
+                    chain,
+                    [observer, "lab_chain_end"],
+                    "{iface} {hook}:\n{hooks}"
+                );
+            }
+        }
+    }
 
     // UDP: 5 datagrams of 100 bytes.
     let rx = traffic_bg(&ns2, &["udp-recv", &sock(&b, 5000), "5"]);

@@ -2,7 +2,10 @@
 
 use anyhow::Result;
 
-use super::topology::{self, Model, Pod, Topology};
+use super::{
+    chain_end::Placement,
+    topology::{self, Model, Pod, Topology},
+};
 use crate::exec::{in_ns, run};
 
 fn ip(args: &[&str]) -> Result<()> {
@@ -27,6 +30,24 @@ pub fn build(t: &Topology) -> Result<()> {
     }
     for n in 1..=t.nodes.len() as u8 {
         kube_proxy(t, n)?;
+    }
+    if t.model == Model::Cilium {
+        cilium_programs(t)?;
+    }
+    Ok(())
+}
+
+/// Cilium's programs, as far as an observer is concerned: on every `lxc*` and each node's
+/// uplink, both directions, first in the tcx chain, ending it.
+fn cilium_programs(t: &Topology) -> Result<()> {
+    let mut hooks: Vec<(String, String)> = (1..=t.nodes.len() as u8)
+        .map(|n| (t.node_ns(n), "eth0".to_owned()))
+        .collect();
+    hooks.extend(t.pods.iter().map(|p| (t.node_ns(p.node), p.host_iface())));
+    for (ns, iface) in hooks {
+        for ingress in [true, false] {
+            super::chain_end::attach(&t.prefix, &ns, &iface, ingress, Placement::TcxFirst)?;
+        }
     }
     Ok(())
 }
@@ -224,7 +245,7 @@ fn azure_node(t: &Topology, n: u8) -> Result<()> {
     sysctl(&ns, "net.ipv4.conf.eth0.proxy_arp=1")?;
     // Answer at once: the default proxy delay (up to 0.8 s) would drop first packets.
     sysctl(&ns, "net.ipv4.neigh.eth0.proxy_delay=0")?;
-    if t.model == Model::Overlay {
+    if matches!(t.model, Model::Overlay | Model::Cilium) {
         routes_to_other_nodes(t, n)?;
     }
     // ip-masq-agent: Azure CNI pods keep their VNet address inside the VNet; Overlay pods

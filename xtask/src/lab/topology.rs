@@ -39,6 +39,12 @@ pub enum Model {
     /// routes and proxy ARP, other nodes' pod CIDRs routed via the nodes; SNAT to the node
     /// for everything leaving the pod CIDR. IPv4 only in the lab.
     Overlay,
+    /// Azure CNI powered by Cilium, AKS's default configuration: routing as Overlay, host
+    /// veths `lxc*`, SNAT by iptables (ip-masq-agent, as AKS configures Cilium), and
+    /// Cilium-like programs (`chain_end.rs`) on every `lxc*` and the uplink, both
+    /// directions, attached with tcx ahead of everything before any agent starts: they end
+    /// the TC chain, so an observer placed after them sees nothing. IPv4 only in the lab.
+    Cilium,
 }
 
 /// The VNet address space (node subnet, and Azure CNI pods).
@@ -105,6 +111,7 @@ impl Pod {
     pub fn host_iface(&self) -> String {
         match self.model {
             Model::Kubenet => format!("veth{}", self.idx),
+            Model::Cilium => format!("lxc{}", self.idx),
             _ => format!("azv{}", self.idx),
         }
     }
