@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 use tenantflow_tests::{
-    agent::{wait_flow, wait_packets},
+    agent::{wait_connection, wait_flow, wait_packets},
     agent_bin, eventually, finish, in_ns, lab, lab_model, per_model, snmp, traffic, traffic_bg,
     Agent, Model,
 };
@@ -453,4 +453,70 @@ fn observer_drops_nothing_under_iperf3_load() {
         seen_uplink, arrived,
         "packets seen at the hooked uplink vs arrived at the receiver"
     );
+}
+
+/// Cilium's eBPF host routing (`xtask/src/lab/cilium_routing.rs`): packets for a pod are
+/// redirected into it with bpf_redirect_peer and pod traffic for another node leaves with
+/// bpf_redirect_neigh, so the host-side `lxc*` egress hook never sees a packet. Each
+/// direction is still counted exactly once, at the ingress hook where it entered the node;
+/// the stated limit is that the receiving pod's `lxc*` egress sighting is missing.
+#[test]
+fn cilium_host_routing_counts_each_direction_once_at_the_ingress_hooks() {
+    let lab = lab_model("hr", Model::Cilium);
+    let t = &lab.topo;
+    xtask::lab::cilium_routing::enable(t).unwrap();
+    let agent = Agent::start(&t.node_ns(1), &[]);
+    let web1 = t.pod("web-1");
+    let (a, a_ns) = (web1.ip(), t.pod_ns(web1));
+    for (peer, port) in [("web-2", 6100u16), ("api-1", 6200)] {
+        let p = t.pod(peer);
+        let (b, b_ns) = (p.ip(), t.pod_ns(p));
+        let (fwd_to, rep_to) = (format!("{b}:{port}"), format!("{a}:{}", port + 1));
+        let rx = traffic_bg(&b_ns, &["udp-recv", &fwd_to, "5"]);
+        traffic(&a_ns, &["udp-send", &fwd_to, "5", "100", "--bind", &rep_to]);
+        assert_eq!(finish(rx).trim(), "5");
+        let rx = traffic_bg(&a_ns, &["udp-recv", &rep_to, "3"]);
+        traffic(&b_ns, &["udp-send", &rep_to, "3", "50", "--bind", &fwd_to]);
+        assert_eq!(finish(rx).trim(), "3");
+        let c = wait_connection(
+            &agent,
+            |c: &Value| c["src"] == a.as_str() && c["dst_port"] == port,
+            |c: &Value| c["reply"]["packets"] == 3 && c["forward"]["packets"] == 5,
+        );
+        assert_eq!(
+            (&c["forward"], &c["reply"]),
+            (
+                &serde_json::json!({"packets": 5, "bytes": 640}),
+                &serde_json::json!({"packets": 3, "bytes": 234})
+            ),
+            "{peer}: {c:#}"
+        );
+        let mut seen: Vec<String> = c["sightings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| {
+                format!(
+                    "{} {} {}",
+                    s["iface"].as_str().unwrap(),
+                    s["hook"].as_str().unwrap(),
+                    s["direction"].as_str().unwrap()
+                )
+            })
+            .collect();
+        seen.sort();
+        let want: &[&str] = if peer == "web-2" {
+            // Out through the uplink (redirect_neigh passes its egress hook), back in
+            // through it and straight into the pod.
+            &[
+                "eth0 egress forward",
+                "eth0 ingress reply",
+                "lxc10 ingress forward",
+            ]
+        } else {
+            // Pod to pod on one node: each direction only where it left its sender.
+            &["lxc10 ingress forward", "lxc12 ingress reply"]
+        };
+        assert_eq!(seen, want, "{peer}: {c:#}");
+    }
 }

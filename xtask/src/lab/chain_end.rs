@@ -110,10 +110,33 @@ pub(crate) fn link_last(
     prog: &OwnedFd,
     pin_name: &str,
 ) -> Result<()> {
+    link_pinned(prefix, ns, (iface, ingress), prog, pin_name, BPF_F_AFTER)
+}
+
+/// As [`link_last`], first in the chain.
+pub(crate) fn link_first(
+    prefix: &str,
+    ns: &str,
+    iface: &str,
+    ingress: bool,
+    prog: &OwnedFd,
+    pin_name: &str,
+) -> Result<()> {
+    link_pinned(prefix, ns, (iface, ingress), prog, pin_name, BPF_F_BEFORE)
+}
+
+fn link_pinned(
+    prefix: &str,
+    ns: &str,
+    (iface, ingress): (&str, bool),
+    prog: &OwnedFd,
+    pin_name: &str,
+    flags: u32,
+) -> Result<()> {
     ensure_bpffs()?;
     let dir = pin_dir(prefix);
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    let link = in_netns(ns, || link_tcx(prog, iface, ingress, BPF_F_AFTER))?;
+    let link = in_netns(ns, || link_tcx(prog, iface, ingress, flags))?;
     let path = dir.join(pin_name);
     let _ = std::fs::remove_file(&path);
     pin(&link, &path)
@@ -283,7 +306,7 @@ pub(crate) fn pin(fd: &OwnedFd, path: &Path) -> Result<()> {
 
 /// Run `f` on a thread that has joined network namespace `ns` (ifindexes are per namespace;
 /// a thread's namespace is its own, so the caller's stays untouched).
-fn in_netns<T: Send>(ns: &str, f: impl FnOnce() -> Result<T> + Send) -> Result<T> {
+pub(crate) fn in_netns<T: Send>(ns: &str, f: impl FnOnce() -> Result<T> + Send) -> Result<T> {
     let path = format!("/var/run/netns/{ns}");
     let file = std::fs::File::open(&path).with_context(|| format!("opening {path}"))?;
     std::thread::scope(|s| {

@@ -22,6 +22,7 @@ use std::{
 use anyhow::{Context, Result};
 
 use super::{
+    asm::*,
     chain_end::{link_last, load_insns, pin, sys_bpf},
     topology::Topology,
 };
@@ -213,20 +214,6 @@ const DADDR: i32 = 14 + 16;
 const TCP_CSUM: i32 = 14 + 20 + 16;
 const UDP_CSUM: i32 = 14 + 20 + 6;
 
-/// One BPF instruction.
-fn insn(code: u8, dst: u8, src: u8, off: i16, imm: i32) -> u64 {
-    code as u64
-        | ((dst | src << 4) as u64) << 8
-        | (off as u16 as u64) << 16
-        | (imm as u32 as u64) << 32
-}
-
-/// An address as the packet holds it, read as a little-endian u32 (what a 4-byte load
-/// of the header gives).
-fn wire(a: Ipv4Addr) -> i32 {
-    u32::from_le_bytes(a.octets()) as i32
-}
-
 /// A TC program: for IPv4 packets from `matched.0` to `matched.1`, replace the address at
 /// `field` (`old` there) with `new`, fixing the IP and TCP/UDP checksums. Returns TC_ACT_OK
 /// (ends the chain, as Cilium's programs do).
@@ -276,64 +263,4 @@ fn nat_program(
     a.op(MOV_K, 5, 0, 0, 0);
     a.op(CALL, 0, 0, 0, STORE_BYTES);
     a.finish()
-}
-
-const MOV_X: u8 = 0xbf; // r_dst = r_src
-const MOV_K: u8 = 0xb7; // r_dst = imm
-const ADD_K: u8 = 0x07; // r_dst += imm
-const LDX_W: u8 = 0x61; // r_dst = *(u32 *)(r_src + off)
-const LDX_B: u8 = 0x71; // r_dst = *(u8 *)(r_src + off)
-const ST_W: u8 = 0x62; // *(u32 *)(r_dst + off) = imm
-const JNE_K: u8 = 0x55; // if r_dst != imm goto +off
-const JEQ_K: u8 = 0x15;
-const JNE32_K: u8 = 0x56; // 32-bit compare: imm is not sign-extended
-const CALL: u8 = 0x85;
-const EXIT: u8 = 0x95;
-const LOAD_BYTES: i32 = 26;
-const STORE_BYTES: i32 = 9;
-const L3_CSUM: i32 = 10;
-const L4_CSUM: i32 = 11;
-const PSEUDO_HDR: i32 = 0x10;
-const MANGLED_0: i32 = 0x20;
-
-/// Instructions, with jumps to the common exit resolved when finished.
-#[derive(Default)]
-struct Asm {
-    v: Vec<(u8, u8, u8, i16, i32, bool)>,
-}
-
-impl Asm {
-    fn op(&mut self, code: u8, dst: u8, src: u8, off: i16, imm: i32) {
-        self.v.push((code, dst, src, off, imm, false));
-    }
-
-    /// Jump to the exit when `r_dst <code> imm`.
-    fn out_if(&mut self, code: u8, dst: u8, imm: i32) {
-        self.v.push((code, dst, 0, 0, imm, true));
-    }
-
-    /// bpf_skb_load_bytes(skb, offset, r10 + at, len); r0 is its result.
-    fn load_bytes(&mut self, offset: i32, at: i32, len: i32) {
-        self.op(MOV_X, 1, 6, 0, 0);
-        self.op(MOV_K, 2, 0, 0, offset);
-        self.op(MOV_X, 3, 10, 0, 0);
-        self.op(ADD_K, 3, 0, 0, at);
-        self.op(MOV_K, 4, 0, 0, len);
-        self.op(CALL, 0, 0, 0, LOAD_BYTES);
-    }
-
-    /// Append `r0 = TC_ACT_OK; exit` and resolve the jumps to it.
-    fn finish(mut self) -> Vec<u64> {
-        let end = self.v.len();
-        self.op(MOV_K, 0, 0, 0, 0);
-        self.op(EXIT, 0, 0, 0, 0);
-        self.v
-            .iter()
-            .enumerate()
-            .map(|(i, &(code, dst, src, off, imm, to_end))| {
-                let off = if to_end { (end - i - 1) as i16 } else { off };
-                insn(code, dst, src, off, imm)
-            })
-            .collect()
-    }
 }

@@ -3,8 +3,10 @@
 //! Every name starts with the lab's prefix, so labs never collide and `down` removes exactly
 //! what `up` made. [`LabGuard`] tears a lab down on drop, even when a test panics.
 
+pub mod asm;
 mod build;
 pub mod chain_end;
+pub mod cilium_routing;
 pub mod cilium_snat;
 pub mod compromise;
 pub mod manifest;
