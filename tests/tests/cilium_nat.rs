@@ -2,7 +2,8 @@
 //! Cilium's pinned SNAT map (`xtask/src/lab/cilium_snat.rs` stands in for Cilium on node 1).
 //! The agent finds the map by probing, says so in its mechanism metric, and joins the pod's
 //! connection with its post-SNAT side from the map: one record, pod as the source, the
-//! node address and port a firewall sees, nothing unjoined.
+//! node address and port a firewall sees (another port for the second of two pods using the
+//! same source port), nothing unjoined.
 
 use std::net::Ipv4Addr;
 
@@ -22,17 +23,22 @@ fn snat_of_ciliums_bpf_masquerade_is_joined_from_its_map_without_conntrack() {
     let pod: Ipv4Addr = t.pod("web-1").ip().parse().unwrap();
     let node: Ipv4Addr = t.node(1).ip().parse().unwrap();
     let remote: Ipv4Addr = INTERNET_HOST.parse().unwrap();
+    let jobs: Ipv4Addr = t.pod("jobs-1").ip().parse().unwrap();
     let map = cilium_snat::create_map(&t.prefix).unwrap();
-    cilium_snat::masquerade(&t.prefix, t, 1, pod, remote).unwrap();
-    for (proto, sport, dport) in [(6u8, 40100u16, 443u16), (17, 40101, 5353)] {
-        let s = Snat {
-            proto,
-            pod: (pod, sport),
-            remote: (remote, dport),
-            node: (node, sport),
-        };
-        cilium_snat::record(&map, s).unwrap();
-    }
+    let snat = |proto, pod: Ipv4Addr, sport, dport, node_port| Snat {
+        proto,
+        pod: (pod, sport),
+        remote: (remote, dport),
+        node: (node, node_port),
+    };
+    let conns = [
+        snat(6, pod, 40100, 443, 40100),
+        snat(17, pod, 40101, 5353, 40101),
+        // Two pods, one source port, one destination: Cilium gives the second another port.
+        snat(6, pod, 40200, 443, 40200),
+        snat(6, jobs, 40200, 443, 40201),
+    ];
+    cilium_snat::masquerade(&t.prefix, t, 1, &map, &conns).unwrap();
     let bpffs = cilium_snat::bpffs(&t.prefix);
     let agent = lab_agent(&lab, 1, &["--cilium-bpffs", bpffs.to_str().unwrap()]);
     assert_eq!(
@@ -74,6 +80,33 @@ fn snat_of_ciliums_bpf_masquerade_is_joined_from_its_map_without_conntrack() {
         ],
     );
     assert_eq!(finish(rx).trim(), format!("2\n{node}:40101 2"));
+    let srv = traffic_bg(
+        &t.internet_ns(),
+        &[
+            "tcp-serve",
+            &format!("{remote}:443"),
+            "100",
+            "--peers",
+            "--conns",
+            "2",
+        ],
+    );
+    for from in [&pod, &jobs] {
+        let ns = if from == &pod {
+            web1.clone()
+        } else {
+            t.pod_ns(t.pod("jobs-1"))
+        };
+        let to = format!("{remote}:443");
+        let bind = format!("{from}:40200");
+        let got = traffic(&ns, &["tcp-send", &to, "50", "--bind", &bind]);
+        assert_eq!(got.trim(), "100");
+    }
+    assert_eq!(
+        finish(srv).trim(),
+        format!("50 {node}:40200\n50 {node}:40201"),
+        "the firewall sees two node ports"
+    );
     // Netfilter never tracked them: nothing to join but Cilium's map.
     let tracked = in_ns(&t.node_ns(1), &["conntrack", "-L", "-s", &pod.to_string()]);
     assert!(
@@ -81,17 +114,17 @@ fn snat_of_ciliums_bpf_masquerade_is_joined_from_its_map_without_conntrack() {
         "conntrack holds them:\n{tracked}"
     );
 
-    let pod_s = pod.to_string();
-    for port in [443u64, 5353] {
+    for s in conns {
+        let (src, sport) = (s.pod.0.to_string(), s.pod.1 as u64);
+        let port = s.remote.1 as u64;
         let c = wait_connection(
             &agent,
-            |c: &Value| c["dst_port"] == port,
+            |c: &Value| c["src"] == src.as_str() && c["src_port"] == sport,
             |c: &Value| c["nat_joined"] == true,
         );
-        assert_eq!(c["src"], pod_s.as_str(), "{c:#}");
         assert_eq!(
             c["snat"],
-            serde_json::json!({"ip": node.to_string(), "port": port_of(port)}),
+            serde_json::json!({"ip": node.to_string(), "port": s.node.1}),
             "{c:#}"
         );
         assert_eq!(c["nat_joined"], true);
@@ -137,13 +170,4 @@ fn snat_of_ciliums_bpf_masquerade_is_joined_from_its_map_without_conntrack() {
         agent.metric("tenantflow_nat_unjoined_connections"),
         Some(0.0)
     );
-}
-
-/// The NAT port of the connection to `dport` (the pod's port: Cilium kept it).
-fn port_of(dport: u64) -> u16 {
-    if dport == 443 {
-        40100
-    } else {
-        40101
-    }
 }

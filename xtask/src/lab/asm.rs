@@ -23,6 +23,8 @@ pub const MOV_K: u8 = 0xb7; // r_dst = imm
 pub const ADD_K: u8 = 0x07; // r_dst += imm
 pub const LDX_W: u8 = 0x61; // r_dst = *(u32 *)(r_src + off)
 pub const LDX_B: u8 = 0x71; // r_dst = *(u8 *)(r_src + off)
+pub const LDX_H: u8 = 0x69; // r_dst = *(u16 *)(r_src + off)
+pub const ST_H: u8 = 0x6a; // *(u16 *)(r_dst + off) = imm
 pub const ST_W: u8 = 0x62; // *(u32 *)(r_dst + off) = imm
 pub const JNE_K: u8 = 0x55; // if r_dst != imm goto +off
 pub const JEQ_K: u8 = 0x15;
@@ -74,10 +76,36 @@ impl Asm {
         self.v.is_empty()
     }
 
+    /// bpf_l3/l4_csum_replace(skb, offset, from, to, flags).
+    pub fn csum(&mut self, helper: i32, offset: i32, from: i32, to: i32, flags: i32) {
+        self.op(MOV_X, 1, 6, 0, 0);
+        self.op(MOV_K, 2, 0, 0, offset);
+        self.op(MOV_K, 3, 0, 0, from);
+        self.op(MOV_K, 4, 0, 0, to);
+        self.op(MOV_K, 5, 0, 0, flags);
+        self.op(CALL, 0, 0, 0, helper);
+    }
+
+    /// bpf_skb_store_bytes(skb, offset, r10 + at, len, 0).
+    pub fn store_bytes(&mut self, offset: i32, at: i32, len: i32) {
+        self.op(MOV_X, 1, 6, 0, 0);
+        self.op(MOV_K, 2, 0, 0, offset);
+        self.op(MOV_X, 3, 10, 0, 0);
+        self.op(ADD_K, 3, 0, 0, at);
+        self.op(MOV_K, 4, 0, 0, len);
+        self.op(MOV_K, 5, 0, 0, 0);
+        self.op(CALL, 0, 0, 0, STORE_BYTES);
+    }
+
     /// Append `r0 = TC_ACT_OK; exit` and resolve the jumps to it.
-    pub fn finish(mut self) -> Vec<u64> {
+    pub fn finish(self) -> Vec<u64> {
+        self.finish_with(0)
+    }
+
+    /// Append `r0 = ret; exit` and resolve the jumps to it.
+    pub fn finish_with(mut self, ret: i32) -> Vec<u64> {
         let end = self.v.len();
-        self.op(MOV_K, 0, 0, 0, 0);
+        self.op(MOV_K, 0, 0, 0, ret);
         self.op(EXIT, 0, 0, 0, 0);
         self.v
             .iter()

@@ -6,12 +6,13 @@
 //! `<bpffs>/tc/globals/`, with Cilium's 14-byte key and 40-byte value, holding the OUT and
 //! IN entries Cilium writes. The agent reads that map (`--cilium-bpffs`).
 //!
-//! The programs are a few dozen raw instructions (the lab needs no compiler): match one
-//! pod ↔ remote pair by address, rewrite the address and fix the IP and TCP/UDP checksums
-//! with the kernel's helpers. Limits, stated: addresses only, so the NAT port is the pod's
-//! port (Cilium keeps it too when it is free; a source-port collision, where Cilium picks
-//! another, is not reproduced); IPv4 without IP options; the entries are written by the
-//! lab when the translation is set up rather than on the first packet.
+//! The programs are a few dozen raw instructions each (`asm.rs`; the lab needs no
+//! compiler): one pair per connection, matching its addresses, protocol and port, rewriting
+//! address and port (the node port the lab chose, e.g. another one for the second of two
+//! pods using the same source port) and fixing the IP and TCP/UDP checksums with the
+//! kernel's helpers. Limits, stated: the connections and their node ports are chosen by the
+//! lab up front and written to the map then, not allocated by a program on the first
+//! packet; IPv4 without IP options.
 
 use std::{
     net::Ipv4Addr,
@@ -161,49 +162,62 @@ pub fn record(map: &OwnedFd, s: Snat) -> Result<()> {
     update(map, &inb, &value(s.pod.0, s.pod.1))
 }
 
-/// Translate `pod` ↔ node `n`'s address for traffic with `remote` on the node's uplink,
-/// after the agent's programs, and keep netfilter out of it (NOTRACK both ways, so neither
-/// conntrack nor the lab's MASQUERADE rule sees these packets).
-pub fn masquerade(
-    prefix: &str,
-    t: &Topology,
-    n: u8,
-    pod: Ipv4Addr,
-    remote: Ipv4Addr,
-) -> Result<()> {
+/// Masquerade each of `conns` on node `n`'s uplink as Cilium's BPF masquerade would:
+/// after the agent's programs (linked last), netfilter kept out (NOTRACK both ways, so
+/// neither conntrack nor the lab's MASQUERADE rule sees the packets), and the mapping
+/// recorded in `map`. A connection's node port may differ from the pod's (Cilium picks
+/// another port when two pods use the same one towards the same destination).
+pub fn masquerade(prefix: &str, t: &Topology, n: u8, map: &OwnedFd, conns: &[Snat]) -> Result<()> {
     let ns = t.node_ns(n);
-    let node: Ipv4Addr = t.node(n).ip().parse().context("node address")?;
-    let (p, r) = (pod.to_string(), remote.to_string());
-    for (src, dst) in [(&p, &r), (&r, &p)] {
-        in_ns(
+    for (i, s) in conns.iter().enumerate() {
+        let (p, r) = (s.pod.0.to_string(), s.remote.0.to_string());
+        for (src, dst) in [(&p, &r), (&r, &p)] {
+            let rule = ["PREROUTING", "-s", src, "-d", dst, "-j", "NOTRACK"];
+            let has =
+                |flag: &str| in_ns(&ns, &[&["iptables", "-t", "raw", flag][..], &rule].concat());
+            if has("-C").is_err() {
+                has("-I")?;
+            }
+        }
+        record(map, *s)?;
+        // Leaving: pod:port → remote becomes node:port → remote. Arriving: remote →
+        // node:port becomes remote → pod:port.
+        let out = Rewrite {
+            proto: s.proto,
+            addrs: (s.pod.0, s.remote.0),
+            port: (SPORT, s.pod.1),
+            field: (SADDR, SPORT),
+            old: s.pod,
+            new: s.node,
+        };
+        let back = Rewrite {
+            proto: s.proto,
+            addrs: (s.remote.0, s.node.0),
+            port: (DPORT, s.node.1),
+            field: (DADDR, DPORT),
+            old: s.node,
+            new: s.pod,
+        };
+        let prog = load_insns(&out.program(), "lab_snat_out")?;
+        link_last(
+            prefix,
             &ns,
-            &[
-                "iptables",
-                "-t",
-                "raw",
-                "-I",
-                "PREROUTING",
-                "-s",
-                src,
-                "-d",
-                dst,
-                "-j",
-                "NOTRACK",
-            ],
+            "eth0",
+            false,
+            &prog,
+            &format!("cilium-snat-{i}-egress"),
+        )?;
+        let prog = load_insns(&back.program(), "lab_snat_in")?;
+        link_last(
+            prefix,
+            &ns,
+            "eth0",
+            true,
+            &prog,
+            &format!("cilium-snat-{i}-ingress"),
         )?;
     }
-    // Leaving: pod → remote becomes node → remote. Arriving: remote → node becomes
-    // remote → pod.
-    let out = load_insns(
-        &nat_program((pod, remote), SADDR, pod, node),
-        "lab_snat_out",
-    )?;
-    link_last(prefix, &ns, "eth0", false, &out, "cilium-snat-egress")?;
-    let back = load_insns(
-        &nat_program((remote, node), DADDR, node, pod),
-        "lab_snat_in",
-    )?;
-    link_last(prefix, &ns, "eth0", true, &back, "cilium-snat-ingress")
+    Ok(())
 }
 
 /// Offsets in an Ethernet frame carrying IPv4 without options.
@@ -211,56 +225,71 @@ const PROTO: i32 = 14 + 9;
 const IP_CSUM: i32 = 14 + 10;
 const SADDR: i32 = 14 + 12;
 const DADDR: i32 = 14 + 16;
+const SPORT: i32 = 14 + 20;
+const DPORT: i32 = 14 + 22;
 const TCP_CSUM: i32 = 14 + 20 + 16;
 const UDP_CSUM: i32 = 14 + 20 + 6;
 
-/// A TC program: for IPv4 packets from `matched.0` to `matched.1`, replace the address at
-/// `field` (`old` there) with `new`, fixing the IP and TCP/UDP checksums. Returns TC_ACT_OK
-/// (ends the chain, as Cilium's programs do).
-fn nat_program(
-    matched: (Ipv4Addr, Ipv4Addr),
-    field: i32,
-    old: Ipv4Addr,
-    new: Ipv4Addr,
-) -> Vec<u64> {
-    let mut a = Asm::default();
-    a.op(MOV_X, 6, 1, 0, 0); // r6 = skb
-    a.op(LDX_W, 2, 6, 16, 0); // skb->protocol
-    a.out_if(JNE32_K, 2, 0x0008); // not ETH_P_IP (big-endian 0x0800)
-                                  // Load saddr and daddr to the stack.
-    a.load_bytes(SADDR, -8, 8);
-    a.out_if(JNE_K, 0, 0);
-    a.op(LDX_W, 2, 10, -8, 0);
-    a.out_if(JNE32_K, 2, wire(matched.0));
-    a.op(LDX_W, 2, 10, -4, 0);
-    a.out_if(JNE32_K, 2, wire(matched.1));
-    // The protocol byte, for where the transport checksum is.
-    a.load_bytes(PROTO, -16, 1);
-    a.out_if(JNE_K, 0, 0);
-    a.op(LDX_B, 7, 10, -16, 0);
-    a.op(MOV_K, 2, 0, 0, TCP_CSUM);
-    a.op(MOV_K, 5, 0, 0, PSEUDO_HDR | 4);
-    a.op(JEQ_K, 7, 0, 3, 6); // TCP: fix its checksum
-    a.op(MOV_K, 2, 0, 0, UDP_CSUM);
-    a.op(MOV_K, 5, 0, 0, PSEUDO_HDR | MANGLED_0 | 4);
-    a.op(JNE_K, 7, 0, 4, 17); // neither: only the IP checksum
-    a.op(MOV_X, 1, 6, 0, 0);
-    a.op(MOV_K, 3, 0, 0, wire(old));
-    a.op(MOV_K, 4, 0, 0, wire(new));
-    a.op(CALL, 0, 0, 0, L4_CSUM);
-    a.op(MOV_X, 1, 6, 0, 0);
-    a.op(MOV_K, 2, 0, 0, IP_CSUM);
-    a.op(MOV_K, 3, 0, 0, wire(old));
-    a.op(MOV_K, 4, 0, 0, wire(new));
-    a.op(MOV_K, 5, 0, 0, 4);
-    a.op(CALL, 0, 0, 0, L3_CSUM);
-    a.op(ST_W, 10, 0, -8, wire(new));
-    a.op(MOV_X, 1, 6, 0, 0);
-    a.op(MOV_K, 2, 0, 0, field);
-    a.op(MOV_X, 3, 10, 0, 0);
-    a.op(ADD_K, 3, 0, 0, -8);
-    a.op(MOV_K, 4, 0, 0, 4);
-    a.op(MOV_K, 5, 0, 0, 0);
-    a.op(CALL, 0, 0, 0, STORE_BYTES);
-    a.finish()
+/// A port as the packet holds it, read as a little-endian u16.
+fn wire16(p: u16) -> i32 {
+    u16::from_le_bytes(p.to_be_bytes()) as i32
+}
+
+/// One direction of one translated connection.
+struct Rewrite {
+    proto: u8,
+    /// (source, destination) the packet must carry.
+    addrs: (Ipv4Addr, Ipv4Addr),
+    /// (offset, value) of the port the packet must carry.
+    port: (i32, u16),
+    /// Offsets of the address and port rewritten.
+    field: (i32, i32),
+    old: (Ipv4Addr, u16),
+    new: (Ipv4Addr, u16),
+}
+
+impl Rewrite {
+    /// A TC program: a matching packet gets the new address and port, with the IP and
+    /// transport checksums fixed, and ends the chain (TC_ACT_OK, as Cilium's programs do);
+    /// anything else goes on to the next program (TCX_NEXT).
+    fn program(&self) -> Vec<u64> {
+        let udp = self.proto == 17;
+        let csum = if udp { UDP_CSUM } else { TCP_CSUM };
+        let mangled = if udp { MANGLED_0 } else { 0 };
+        let mut a = Asm::default();
+        a.op(MOV_X, 6, 1, 0, 0); // r6 = skb
+        a.op(LDX_W, 2, 6, 16, 0); // skb->protocol
+        a.out_if(JNE32_K, 2, 0x0008); // not ETH_P_IP (big-endian 0x0800)
+        a.load_bytes(SADDR, -8, 8);
+        a.out_if(JNE_K, 0, 0);
+        a.op(LDX_W, 2, 10, -8, 0);
+        a.out_if(JNE32_K, 2, wire(self.addrs.0));
+        a.op(LDX_W, 2, 10, -4, 0);
+        a.out_if(JNE32_K, 2, wire(self.addrs.1));
+        a.load_bytes(PROTO, -16, 1);
+        a.out_if(JNE_K, 0, 0);
+        a.op(LDX_B, 2, 10, -16, 0);
+        a.out_if(JNE_K, 2, self.proto as i32);
+        a.load_bytes(self.port.0, -24, 2);
+        a.out_if(JNE_K, 0, 0);
+        a.op(LDX_H, 2, 10, -24, 0);
+        a.out_if(JNE32_K, 2, wire16(self.port.1));
+        let (old, new) = (self.old, self.new);
+        a.csum(
+            L4_CSUM,
+            csum,
+            wire(old.0),
+            wire(new.0),
+            PSEUDO_HDR | mangled | 4,
+        );
+        a.csum(L4_CSUM, csum, wire16(old.1), wire16(new.1), mangled | 2);
+        a.csum(L3_CSUM, IP_CSUM, wire(old.0), wire(new.0), 4);
+        a.op(ST_W, 10, 0, -8, wire(new.0));
+        a.store_bytes(self.field.0, -8, 4);
+        a.op(ST_H, 10, 0, -4, wire16(new.1));
+        a.store_bytes(self.field.1, -4, 2);
+        a.op(MOV_K, 0, 0, 0, 0);
+        a.op(EXIT, 0, 0, 0, 0);
+        a.finish_with(-1)
+    }
 }
