@@ -9,6 +9,7 @@ pub mod cache;
 pub mod counters;
 pub mod flow;
 pub mod process;
+pub mod service;
 
 #[cfg(feature = "user")]
 mod user;
@@ -20,3 +21,4 @@ pub use cache::{
 pub use counters::Counter;
 pub use flow::{Direction, FlowKey, FlowStats, MARK_ICMP_ERROR, MARK_OPENED};
 pub use process::{SockOwner, MAX_SOCKETS};
+pub use service::{SvcAddr, SvcTuple, MAX_SERVICE_SOCKETS};

@@ -13,3 +13,7 @@ unsafe impl aya::Pod for crate::SockOwner {}
 unsafe impl aya::Pod for crate::FlowSet {}
 // SAFETY: see above.
 unsafe impl aya::Pod for crate::Evicted {}
+// SAFETY: #[repr(C)] u32s only, no padding.
+unsafe impl aya::Pod for crate::SvcAddr {}
+// SAFETY: as above.
+unsafe impl aya::Pod for crate::SvcTuple {}

@@ -14,6 +14,7 @@
 
 mod maps;
 mod parse;
+mod service;
 mod sock;
 mod tc;
 

@@ -1,8 +1,8 @@
 //! Maps shared with the agent. Names are part of the agent's contract (it looks them up).
 
 use agent_common::{
-    counters::COUNTER_SLOTS, Counter, Evicted, FlowKey, FlowSet, SockOwner, CACHE_SETS,
-    EVICTIONS_BYTES, EVICTIONS_WAKE_BYTES, MAX_SOCKETS,
+    counters::COUNTER_SLOTS, Counter, Evicted, FlowKey, FlowSet, SockOwner, SvcAddr, SvcTuple,
+    CACHE_SETS, EVICTIONS_BYTES, EVICTIONS_WAKE_BYTES, MAX_SERVICE_SOCKETS, MAX_SOCKETS,
 };
 use aya_ebpf::{
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
@@ -26,6 +26,16 @@ pub static SOCKS: LruHashMap<u64, SockOwner> = LruHashMap::with_max_entries(MAX_
 /// Flow key → cookie of the local socket that sent it (TC egress, first packet per CPU).
 #[map(name = "TF_SOCK_FLOWS")]
 pub static SOCK_FLOWS: LruHashMap<FlowKey, u64> = LruHashMap::with_max_entries(MAX_SOCKETS, 0);
+
+/// Socket cookie → the address its connect() asked for (before socket-LB rewrote it).
+#[map(name = "TF_SVC_ASKED")]
+pub static SVC_ASKED: LruHashMap<u64, SvcAddr> =
+    LruHashMap::with_max_entries(MAX_SERVICE_SOCKETS, 0);
+
+/// A TCP connection's real 4-tuple → the address it asked for, where they differ.
+#[map(name = "TF_SVC_FLOWS")]
+pub static SVC_FLOWS: LruHashMap<SvcTuple, SvcAddr> =
+    LruHashMap::with_max_entries(MAX_SERVICE_SOCKETS, 0);
 
 /// Health counters indexed by [`Counter`].
 #[map(name = "TF_COUNTERS")]

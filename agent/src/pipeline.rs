@@ -115,6 +115,8 @@ impl Pipeline {
         let now = monotonic_ns();
         match ev {
             NatEvent::New(e) => self.nat.insert(e),
+            NatEvent::Mapped(e) => self.nat.insert_external(e),
+            NatEvent::Unmapped(e) => self.nat.destroy(&e.orig, now),
             NatEvent::Destroy(e) => self.nat.destroy(&e.orig, now),
             NatEvent::Resync(all) => {
                 self.nat.resync(all, now);

@@ -21,6 +21,7 @@ use crate::{
     },
     identity::{self, reload::Reloaded, snapshot, Store},
     lateral::{EdgeConfig, Edges, Fanout, FanoutConfig},
+    nat::socket_lb::SocketLb,
     nat::{self, Mechanism},
     pipeline::{Identity, Pipeline, Sinks},
     process::{self, Attribution},
@@ -145,6 +146,11 @@ pub struct AgentArgs {
     /// Do not look for Cilium's SNAT maps.
     #[arg(long)]
     pub no_cilium_snat: bool,
+    /// The cgroup holding the pods (default: kubepods.slice or kubepods under the cgroup2
+    /// root). Hooks there see the Service address a pod's connect() asked for before
+    /// socket-LB (Cilium's kube-proxy replacement) rewrites it to a backend.
+    #[arg(long, value_name = "DIR")]
+    pub pods_cgroup: Option<std::path::PathBuf>,
     /// Do not attribute node-originated flows to processes (no cgroup hooks).
     #[arg(long)]
     pub no_process_attribution: bool,
@@ -300,6 +306,14 @@ async fn run_async(args: AgentArgs) -> anyhow::Result<()> {
         .metrics
         .process_attribution
         .set(i64::from(processes.is_some()));
+    let mut socket_lb = match attach_socket_lb(&mut loaded.ebpf, &args) {
+        Ok(s) => s,
+        Err(e) => {
+            let qdiscs = attachments.detach_all(&mut loaded.ebpf);
+            datapath::remove_clsact(&qdiscs).await;
+            return Err(e);
+        }
+    };
     publish_attachments(&shared, &attachments);
     let server = tokio::spawn(export::serve(listener, shared.clone(), metrics_guard));
     let records_server = tokio::spawn(export::serve_records(
@@ -397,6 +411,11 @@ async fn run_async(args: AgentArgs) -> anyhow::Result<()> {
                 while let Ok(ev) = nat_rx.try_recv() {
                     pipeline.on_nat(ev, &shared);
                 }
+                if let Some(s) = &mut socket_lb {
+                    for e in s.drain() {
+                        pipeline.on_nat(nat::NatEvent::Mapped(e), &shared);
+                    }
+                }
                 pipeline.harvest(&mut harvester, &attachments, &shared);
                 shared.mark_harvest();
             }
@@ -421,6 +440,42 @@ async fn run_async(args: AgentArgs) -> anyhow::Result<()> {
     datapath::remove_clsact(&qdiscs).await;
     info!("detached from all interfaces");
     outcome
+}
+
+/// The Service-intent hooks on the pods' cgroup: a cgroup given with --pods-cgroup must
+/// work; an auto-detected one that does not (or none) only leaves socket-LB Services
+/// unjoined.
+fn attach_socket_lb(ebpf: &mut aya::Ebpf, args: &AgentArgs) -> anyhow::Result<Option<SocketLb>> {
+    if args.bench_noop {
+        return Ok(None);
+    }
+    let (dir, explicit) = match &args.pods_cgroup {
+        Some(d) => (d.clone(), true),
+        None => {
+            let root = args.cgroup_root.clone().or_else(process::default_root);
+            match root
+                .as_deref()
+                .and_then(nat::socket_lb::default_pods_cgroup)
+            {
+                Some(d) => (d, false),
+                None => {
+                    info!("no kubepods cgroup: Services behind socket-LB will show their backend only");
+                    return Ok(None);
+                }
+            }
+        }
+    };
+    match nat::socket_lb::attach(ebpf, &dir) {
+        Ok(s) => {
+            info!(pods_cgroup = %dir.display(), "Service-intent hooks on");
+            Ok(Some(s))
+        }
+        Err(e) if explicit => Err(UsageError(format!("--pods-cgroup: {e}")).into()),
+        Err(e) => {
+            warn!(error = %e, "Service-intent hooks off: Services behind socket-LB will show their backend only");
+            Ok(None)
+        }
+    }
 }
 
 /// Cilium's BPF masquerade maps, when pinned under --cilium-bpffs: probed, then polled every

@@ -322,12 +322,12 @@ pub fn spawn(maps: Vec<SnatMap>, tx: UnboundedSender<NatEvent>, every: Duration)
                 failing = !ok;
                 if ok {
                     for (t, e) in &now {
-                        if known.get(t) != Some(e) && tx.send(NatEvent::New(*e)).is_err() {
+                        if known.get(t) != Some(e) && tx.send(NatEvent::Mapped(*e)).is_err() {
                             return;
                         }
                     }
                     for (t, e) in &known {
-                        if !now.contains_key(t) && tx.send(NatEvent::Destroy(*e)).is_err() {
+                        if !now.contains_key(t) && tx.send(NatEvent::Unmapped(*e)).is_err() {
                             return;
                         }
                     }

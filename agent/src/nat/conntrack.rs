@@ -48,6 +48,10 @@ pub enum NatEvent {
     Resync(Vec<NatEntry>),
     /// The kernel dropped events because we read too slowly.
     Lost,
+    /// A translation from another source (Cilium's SNAT maps, socket-LB), and its end.
+    /// Conntrack resyncs leave these alone.
+    Mapped(NatEntry),
+    Unmapped(NatEntry),
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -9,6 +9,7 @@
 pub mod cilium;
 mod conntrack;
 mod entry;
+pub mod socket_lb;
 mod table;
 
 pub use conntrack::{spawn_conntrack, Faults, NatError, NatEvent};

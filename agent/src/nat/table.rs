@@ -10,6 +10,9 @@ struct State {
     entry: NatEntry,
     /// Monotonic ns of the DESTROY event: kept a while so late harvests still join.
     destroyed_at: Option<u64>,
+    /// From a source other than conntrack (Cilium's maps, socket-LB): a conntrack resync
+    /// says nothing about it.
+    external: bool,
 }
 
 /// Conntrack entries by original tuple, plus a lookup from any sighting tuple.
@@ -37,6 +40,15 @@ impl NatTable {
 
     /// Add or refresh an entry (NEW event or dump).
     pub fn insert(&mut self, entry: NatEntry) {
+        self.insert_from(entry, false);
+    }
+
+    /// Add or refresh an entry from a source other than conntrack.
+    pub fn insert_external(&mut self, entry: NatEntry) {
+        self.insert_from(entry, true);
+    }
+
+    fn insert_from(&mut self, entry: NatEntry, external: bool) {
         let Some(sightings) = entry.sightings() else {
             return;
         };
@@ -51,6 +63,7 @@ impl NatTable {
             State {
                 entry,
                 destroyed_at: None,
+                external,
             },
         );
         self.fresh.push(entry);
@@ -74,9 +87,9 @@ impl NatTable {
         let fresh: std::collections::HashSet<FlowTuple> = entries.iter().map(|e| e.orig).collect();
         let gone: Vec<FlowTuple> = self
             .by_orig
-            .keys()
-            .filter(|k| !fresh.contains(*k))
-            .copied()
+            .iter()
+            .filter(|(k, s)| !s.external && !fresh.contains(*k))
+            .map(|(k, _)| *k)
             .collect();
         for k in gone {
             self.destroy(&k, now_ns);
@@ -193,5 +206,14 @@ mod tests {
         nt.gc(20, 5);
         assert_eq!(nt.len(), 1);
         assert!(nt.lookup(&other.orig).is_some());
+    }
+
+    #[test]
+    fn a_conntrack_resync_leaves_other_sources_entries_alone() {
+        let mut nt = NatTable::new();
+        nt.insert_external(snat());
+        nt.resync(vec![], 10);
+        nt.gc(100, 5);
+        assert_eq!(nt.len(), 1, "Cilium's mapping is not conntrack's to drop");
     }
 }

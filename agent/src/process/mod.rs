@@ -41,17 +41,7 @@ pub struct ProcessInfo {
 /// Load the cgroup hooks and attach them to the cgroup2 root (bpf links: they go with the
 /// agent's process, even on kill -9).
 pub fn attach(ebpf: &mut Ebpf, root: &std::path::Path) -> Result<(), DatapathError> {
-    let dir = std::fs::File::open(root).map_err(|e| DatapathError::Cgroup {
-        path: root.display().to_string(),
-        message: e.to_string(),
-    })?;
-    if !is_cgroup2(&dir) {
-        return Err(DatapathError::Cgroup {
-            path: root.display().to_string(),
-            message: "not a cgroup v2 directory (give the cgroup2 mount, e.g. /sys/fs/cgroup)"
-                .into(),
-        });
-    }
+    let dir = open_cgroup(root)?;
     for name in PROGRAMS {
         let prog: &mut CgroupSockAddr = datapath::program(ebpf, name)?;
         prog.load().map_err(datapath::load_err(name))?;
@@ -61,6 +51,22 @@ pub fn attach(ebpf: &mut Ebpf, root: &std::path::Path) -> Result<(), DatapathErr
             .map_err(datapath::load_err(name))?;
     }
     Ok(())
+}
+
+/// A cgroup v2 directory, opened for attaching programs to it.
+pub(crate) fn open_cgroup(path: &std::path::Path) -> Result<std::fs::File, DatapathError> {
+    let dir = std::fs::File::open(path).map_err(|e| DatapathError::Cgroup {
+        path: path.display().to_string(),
+        message: e.to_string(),
+    })?;
+    if !is_cgroup2(&dir) {
+        return Err(DatapathError::Cgroup {
+            path: path.display().to_string(),
+            message: "not a cgroup v2 directory (give the cgroup2 mount, e.g. /sys/fs/cgroup)"
+                .into(),
+        });
+    }
+    Ok(dir)
 }
 
 /// A directory on a cgroup2 filesystem: anything else would only fail later, inside the

@@ -12,6 +12,11 @@ pub fn insn(code: u8, dst: u8, src: u8, off: i16, imm: i32) -> u64 {
         | (imm as u32 as u64) << 32
 }
 
+/// A port as the packet holds it, read as a little-endian u16.
+pub fn wire16(p: u16) -> i32 {
+    u16::from_le_bytes(p.to_be_bytes()) as i32
+}
+
 /// An address as the packet holds it, read as a little-endian u32 (what a 4-byte load
 /// of the header gives).
 pub fn wire(a: Ipv4Addr) -> i32 {
@@ -25,6 +30,7 @@ pub const LDX_W: u8 = 0x61; // r_dst = *(u32 *)(r_src + off)
 pub const LDX_B: u8 = 0x71; // r_dst = *(u8 *)(r_src + off)
 pub const LDX_H: u8 = 0x69; // r_dst = *(u16 *)(r_src + off)
 pub const ST_H: u8 = 0x6a; // *(u16 *)(r_dst + off) = imm
+pub const STX_W: u8 = 0x63; // *(u32 *)(r_dst + off) = r_src
 pub const ST_W: u8 = 0x62; // *(u32 *)(r_dst + off) = imm
 pub const JNE_K: u8 = 0x55; // if r_dst != imm goto +off
 pub const JEQ_K: u8 = 0x15;

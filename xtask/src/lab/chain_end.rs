@@ -213,6 +213,8 @@ struct ProgLoad {
     kern_version: u32,
     prog_flags: u32,
     prog_name: [u8; 16],
+    prog_ifindex: u32,
+    expected_attach_type: u32,
 }
 
 fn load() -> Result<OwnedFd> {
@@ -221,13 +223,24 @@ fn load() -> Result<OwnedFd> {
 
 /// Load a TC program of raw instructions; the verifier's log is in the error if refused.
 pub(crate) fn load_insns(insns: &[u64], prog_name: &str) -> Result<OwnedFd> {
+    load_typed(insns, prog_name, BPF_PROG_TYPE_SCHED_CLS, 0)
+}
+
+/// Load a program of raw instructions of any type (with its expected attach type).
+pub(crate) fn load_typed(
+    insns: &[u64],
+    prog_name: &str,
+    prog_type: u32,
+    expected_attach_type: u32,
+) -> Result<OwnedFd> {
     let license = CString::new("GPL").expect("static");
     let mut name = [0u8; 16];
     let n = prog_name.len().min(15);
     name[..n].copy_from_slice(&prog_name.as_bytes()[..n]);
     let mut log = vec![0u8; 64 * 1024];
     let mut attr = ProgLoad {
-        prog_type: BPF_PROG_TYPE_SCHED_CLS,
+        prog_type,
+        expected_attach_type,
         insn_cnt: insns.len() as u32,
         insns: insns.as_ptr() as u64,
         license: license.as_ptr() as u64,
@@ -258,6 +271,35 @@ struct LinkCreate {
     relative_id: u32,
     _pad: u32,
     expected_revision: u64,
+}
+
+/// A bpf link of `prog` to the cgroup directory `cgroup` with `attach_type`, pinned at
+/// `pin_at` (it stays attached until unpinned).
+pub(crate) fn link_cgroup(
+    prog: &OwnedFd,
+    cgroup: &Path,
+    attach_type: u32,
+    pin_at: &Path,
+) -> Result<()> {
+    let dir =
+        std::fs::File::open(cgroup).with_context(|| format!("opening {}", cgroup.display()))?;
+    let mut attr = LinkCreate {
+        prog_fd: prog.as_raw_fd() as u32,
+        target_ifindex: dir.as_raw_fd() as u32,
+        attach_type,
+        ..Default::default()
+    };
+    let fd = sys_bpf(BPF_LINK_CREATE, &mut attr)
+        .with_context(|| format!("cgroup link on {}", cgroup.display()))?;
+    // SAFETY: the kernel returned a new fd we now own.
+    let link = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    ensure_bpffs()?;
+    if let Some(parent) = pin_at.parent() {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("creating {}", parent.display()))?;
+    }
+    let _ = std::fs::remove_file(pin_at);
+    pin(&link, pin_at)
 }
 
 fn link_tcx(prog: &OwnedFd, iface: &str, ingress: bool, flags: u32) -> Result<OwnedFd> {

@@ -230,11 +230,6 @@ const DPORT: i32 = 14 + 22;
 const TCP_CSUM: i32 = 14 + 20 + 16;
 const UDP_CSUM: i32 = 14 + 20 + 6;
 
-/// A port as the packet holds it, read as a little-endian u16.
-fn wire16(p: u16) -> i32 {
-    u16::from_le_bytes(p.to_be_bytes()) as i32
-}
-
 /// One direction of one translated connection.
 struct Rewrite {
     proto: u8,

@@ -10,6 +10,7 @@ pub mod cilium_routing;
 pub mod cilium_snat;
 pub mod compromise;
 pub mod manifest;
+pub mod socket_lb;
 pub mod topology;
 
 use anyhow::{bail, Result};
@@ -60,6 +61,7 @@ pub fn down(prefix: &str) -> Result<usize> {
     for ns in &all {
         exec::run("ip", &["netns", "del", ns])?;
     }
+    socket_lb::remove(&manifest::cgroup_dir(prefix), prefix);
     manifest::remove(prefix);
     chain_end::remove(prefix);
     cilium_snat::remove(prefix);

@@ -1,0 +1,115 @@
+//! Services under socket-LB (Cilium's kube-proxy replacement rewrites a ClusterIP to a
+//! backend inside connect(): no packet carries the VIP, and there is no DNAT to join). The
+//! kernel side (`agent-ebpf/src/service.rs`) hooks connect4 on the cgroup that holds the
+//! pods, which runs before socket-LB programs on the root cgroup, and sock_ops on the same
+//! cgroup; each TCP connection whose destination was rewritten appears in `TF_SVC_FLOWS`
+//! as (pod, source port, backend) → what connect() asked for. Each harvest the agent takes
+//! them out and joins them like a conntrack DNAT entry. TCP only: unconnected UDP has no
+//! moment where both the asked address and the source port are known.
+
+use std::{
+    net::{IpAddr, Ipv4Addr},
+    path::{Path, PathBuf},
+};
+
+use agent_common::{SvcAddr, SvcTuple};
+use aya::{
+    maps::{HashMap as BpfHashMap, MapData},
+    programs::{links::CgroupAttachMode, CgroupSockAddr, SockOps},
+    Ebpf,
+};
+
+use super::NatEntry;
+use crate::{
+    datapath::{self, DatapathError},
+    flow::{FlowTuple, PROTO_TCP},
+};
+
+/// The cgroup under which the kubelet puts pods: systemd driver, then cgroupfs.
+pub fn default_pods_cgroup(root: &Path) -> Option<PathBuf> {
+    ["kubepods.slice", "kubepods"]
+        .iter()
+        .map(|d| root.join(d))
+        .find(|p| p.is_dir())
+}
+
+pub struct SocketLb {
+    flows: BpfHashMap<MapData, SvcTuple, SvcAddr>,
+}
+
+/// Load the hooks and attach them to `pods` (bpf links: they go with the agent).
+pub fn attach(ebpf: &mut Ebpf, pods: &Path) -> Result<SocketLb, DatapathError> {
+    let dir = crate::process::open_cgroup(pods)?;
+    let name = "tf_svc_connect4";
+    let prog: &mut CgroupSockAddr = datapath::program(ebpf, name)?;
+    prog.load().map_err(datapath::load_err(name))?;
+    prog.attach(&dir, CgroupAttachMode::Single)
+        .map_err(datapath::load_err(name))?;
+    let name = "tf_svc_sockops";
+    let prog: &mut SockOps = datapath::program(ebpf, name)?;
+    prog.load().map_err(datapath::load_err(name))?;
+    prog.attach(&dir, CgroupAttachMode::Single)
+        .map_err(datapath::load_err(name))?;
+    Ok(SocketLb {
+        flows: datapath::take_map(ebpf, "TF_SVC_FLOWS")?,
+    })
+}
+
+fn v4(ip4: u32) -> IpAddr {
+    // The address's bytes as on the wire, read as a native u32.
+    IpAddr::V4(Ipv4Addr::from(ip4.to_ne_bytes()))
+}
+
+/// One rewritten connection as a DNAT entry: pod → VIP as asked, backend → pod back.
+pub fn entry(t: &SvcTuple, asked: &SvcAddr) -> NatEntry {
+    let pod = (v4(t.local.ip4), t.local.port as u16);
+    NatEntry {
+        orig: FlowTuple {
+            proto: PROTO_TCP,
+            src: pod.0,
+            sport: pod.1,
+            dst: v4(asked.ip4),
+            dport: asked.port as u16,
+        },
+        reply: FlowTuple {
+            proto: PROTO_TCP,
+            src: v4(t.remote.ip4),
+            sport: t.remote.port as u16,
+            dst: pod.0,
+            dport: pod.1,
+        },
+    }
+}
+
+impl SocketLb {
+    /// Every rewritten connection recorded since the last call, taken out of the map.
+    pub fn drain(&mut self) -> Vec<NatEntry> {
+        let found: Vec<(SvcTuple, SvcAddr)> = self.flows.iter().filter_map(Result::ok).collect();
+        for (k, _) in &found {
+            let _ = self.flows.remove(k);
+        }
+        found.iter().map(|(k, v)| entry(k, v)).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::flow::test_tuple as t;
+
+    #[test]
+    fn a_rewritten_connect_is_a_dnat_from_the_vip_to_the_backend() {
+        let addr = |ip: &str, port| SvcAddr {
+            ip4: u32::from_ne_bytes(ip.parse::<Ipv4Addr>().unwrap().octets()),
+            port,
+        };
+        let conn = SvcTuple {
+            local: addr("10.244.1.12", 41000),
+            remote: addr("10.244.2.10", 8080),
+        };
+        let e = entry(&conn, &addr("10.0.0.10", 80));
+        assert_eq!(e.orig, t(PROTO_TCP, "10.244.1.12", 41000, "10.0.0.10", 80));
+        assert_eq!(e.dnat(), Some(("10.244.2.10".parse().unwrap(), 8080)));
+        assert_eq!(e.snat(), None);
+    }
+}

@@ -1,0 +1,96 @@
+//! A stand-in for Cilium's socket-LB (kube-proxy replacement): a cgroup connect4 program
+//! that rewrites a Service VIP:port to one backend inside connect(), so no packet ever
+//! carries the VIP and netfilter has no DNAT to record. Like Cilium's, it sits above the
+//! pods' cgroup (Cilium's is on the root); the lab keeps it on a cgroup of its own,
+//! `<cgroup2>/<prefix>-slb`, with the pods' cgroup `kubepods` under it, so no process
+//! outside the test is touched. Raw instructions (`asm.rs`), linked and pinned under the
+//! lab's bpffs directory; [`remove`] unpins it and removes the cgroups.
+
+use std::{
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{Context, Result};
+
+use super::{
+    asm::*,
+    chain_end::{link_cgroup, load_typed, pin_dir},
+};
+
+const BPF_PROG_TYPE_CGROUP_SOCK_ADDR: u32 = 18;
+const BPF_CGROUP_INET4_CONNECT: u32 = 10;
+/// `struct bpf_sock_addr` offsets.
+const USER_IP4: i16 = 4;
+const USER_PORT: i16 = 24;
+
+/// The cgroup the stand-in is attached to, under the cgroup2 mount `root`.
+pub fn base(root: &Path, prefix: &str) -> PathBuf {
+    root.join(format!("{prefix}-slb"))
+}
+
+/// The pods' cgroup (what the agent's `--pods-cgroup` names).
+pub fn pods(root: &Path, prefix: &str) -> PathBuf {
+    base(root, prefix).join("kubepods")
+}
+
+/// Rewrite connect()s to `vip:port` into `backend:backend_port` for processes under the
+/// lab's pods cgroup. Returns the pods cgroup.
+pub fn enable(
+    root: &Path,
+    prefix: &str,
+    (vip, port): (Ipv4Addr, u16),
+    (backend, backend_port): (Ipv4Addr, u16),
+) -> Result<PathBuf> {
+    let pods = pods(root, prefix);
+    std::fs::create_dir_all(&pods).with_context(|| format!("creating {}", pods.display()))?;
+    let mut a = Asm::default();
+    a.op(MOV_X, 6, 1, 0, 0);
+    a.op(LDX_W, 2, 6, USER_IP4, 0);
+    a.out_if(JNE32_K, 2, wire(vip));
+    a.op(LDX_W, 2, 6, USER_PORT, 0);
+    a.out_if(JNE32_K, 2, wire16(port));
+    a.op(MOV_K, 2, 0, 0, wire(backend));
+    a.op(STX_W, 6, 2, USER_IP4, 0);
+    a.op(MOV_K, 2, 0, 0, wire16(backend_port));
+    a.op(STX_W, 6, 2, USER_PORT, 0);
+    // Allow the connect (1), rewritten or not.
+    let prog = load_typed(
+        &a.finish_with(1),
+        "lab_sock_lb",
+        BPF_PROG_TYPE_CGROUP_SOCK_ADDR,
+        BPF_CGROUP_INET4_CONNECT,
+    )?;
+    link_cgroup(
+        &prog,
+        &base(root, prefix),
+        BPF_CGROUP_INET4_CONNECT,
+        &pin_dir(prefix).join("socket-lb"),
+    )?;
+    Ok(pods)
+}
+
+/// Remove the lab's cgroups under `root` (deepest first; they must hold no process).
+pub fn remove(root: &Path, prefix: &str) {
+    let base = base(root, prefix);
+    if !base.exists() {
+        return;
+    }
+    let mut dirs: Vec<PathBuf> = walk(&base);
+    dirs.sort_by_key(|d| std::cmp::Reverse(d.components().count()));
+    for d in dirs {
+        let _ = std::fs::remove_dir(&d);
+    }
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = vec![dir.to_owned()];
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                out.extend(walk(&e.path()));
+            }
+        }
+    }
+    out
+}
