@@ -142,8 +142,29 @@ pub fn traffic_bg(ns: &str, args: &[&str]) -> std::process::Child {
         .stdout(std::process::Stdio::piped())
         .spawn()
         .expect("spawn tf-traffic");
-    // Give the server time to bind before a client connects.
-    std::thread::sleep(Duration::from_millis(150));
+    // A server must be bound before a client connects: a fixed pause lost that race on a
+    // loaded machine (a refused connect), so wait until the socket is there.
+    let proto = match args.first().copied() {
+        Some("tcp-serve" | "tcp-sink" | "relay") => Some("-ltn"),
+        Some("udp-recv") => Some("-lun"),
+        _ => None,
+    };
+    match (proto, args.get(1)) {
+        (Some(flags), Some(bind)) => {
+            let bound = eventually(Duration::from_secs(10), || {
+                let out = Command::new("ip")
+                    .args(["netns", "exec", ns, "ss", "-H", flags, "src", bind])
+                    .output()
+                    .ok()?;
+                (!out.stdout.is_empty()).then_some(())
+            });
+            assert!(
+                bound.is_some(),
+                "tf-traffic {args:?} in {ns} never bound {bind}"
+            );
+        }
+        _ => std::thread::sleep(Duration::from_millis(150)),
+    }
     child
 }
 
