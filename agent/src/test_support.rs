@@ -79,16 +79,7 @@ pub fn egress_view() -> crate::export::ConnectionView {
 
 /// An endpoint of this kind with nothing else known.
 pub fn identity(kind: crate::classify::EndpointKind) -> crate::classify::EndpointIdentity {
-    crate::classify::EndpointIdentity {
-        kind,
-        pod: None,
-        namespace: None,
-        tenant: None,
-        node: None,
-        service: None,
-        workload: None,
-        mediator: false,
-    }
+    crate::classify::EndpointIdentity::bare(kind)
 }
 
 /// A classification to overwrite fields of (two internet addresses, nothing flagged).

@@ -80,7 +80,8 @@ pub struct EndpointIdentity {
 }
 
 impl EndpointIdentity {
-    fn bare(kind: EndpointKind) -> Self {
+    /// An endpoint of this kind with nothing else known.
+    pub(crate) fn bare(kind: EndpointKind) -> Self {
         Self {
             kind,
             pod: None,

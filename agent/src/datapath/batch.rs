@@ -11,18 +11,18 @@ use std::{
 /// rest of the union when given a shorter attribute.
 #[repr(C)]
 #[derive(Default)]
-struct BatchAttr {
-    in_batch: u64,
-    out_batch: u64,
-    keys: u64,
-    values: u64,
-    count: u32,
-    map_fd: u32,
-    elem_flags: u64,
-    flags: u64,
+pub(crate) struct BatchAttr {
+    pub in_batch: u64,
+    pub out_batch: u64,
+    pub keys: u64,
+    pub values: u64,
+    pub count: u32,
+    pub map_fd: u32,
+    pub elem_flags: u64,
+    pub flags: u64,
 }
 
-const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
+pub(crate) const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
 
 /// Reads a per-CPU array in chunks into reusable buffers.
 pub struct BatchReader {

@@ -20,6 +20,7 @@ mod stay_first;
 mod sys_bpf;
 
 pub use attach::{remove_clsact, AttachMode, Attached, Attachments};
+pub(crate) use batch::{BatchAttr, BPF_MAP_LOOKUP_BATCH};
 pub use clock::KernelClock;
 pub use error::DatapathError;
 pub use harvest::{EvictionsFd, Harvest, Harvester, KernelCounters};

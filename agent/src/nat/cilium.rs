@@ -31,6 +31,7 @@ use tokio::sync::mpsc::UnboundedSender;
 use tracing::warn;
 
 use super::{NatEntry, NatEvent};
+use crate::datapath::{BatchAttr, BPF_MAP_LOOKUP_BATCH};
 use crate::flow::{FlowTuple, PROTO_TCP, PROTO_UDP};
 
 /// One of Cilium's SNAT maps: where it is pinned and the sizes this reader understands.
@@ -59,7 +60,6 @@ const BPF_MAP_TYPE_HASH: u32 = 1;
 const BPF_MAP_TYPE_LRU_HASH: u32 = 9;
 const BPF_OBJ_GET: libc::c_long = 7;
 const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
-const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
 const BPF_F_RDONLY: u32 = 1 << 3;
 /// Entries per batch call (a bucket larger than this is retried with more room).
 const CHUNK: u32 = 4096;
@@ -106,19 +106,6 @@ struct MapInfo {
     max_entries: u32,
     map_flags: u32,
     name: [u8; 16],
-}
-
-#[repr(C)]
-#[derive(Default)]
-struct BatchAttr {
-    in_batch: u64,
-    out_batch: u64,
-    keys: u64,
-    values: u64,
-    count: u32,
-    map_fd: u32,
-    elem_flags: u64,
-    flags: u64,
 }
 
 /// The SNAT maps pinned under `bpffs` (`<bpffs>/tc/globals/…`), probed. Empty when Cilium's

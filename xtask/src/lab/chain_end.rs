@@ -100,39 +100,17 @@ pub fn attach(prefix: &str, ns: &str, iface: &str, ingress: bool, at: Placement)
     Ok(())
 }
 
-/// Link a loaded program last on `iface`'s tcx hook in `ns` and pin the link as
-/// `pin_name` under the lab's directory (it stays attached until unpinned).
-pub(crate) fn link_last(
-    prefix: &str,
-    ns: &str,
-    iface: &str,
-    ingress: bool,
-    prog: &OwnedFd,
-    pin_name: &str,
-) -> Result<()> {
-    link_pinned(prefix, ns, (iface, ingress), prog, pin_name, BPF_F_AFTER)
-}
-
-/// As [`link_last`], first in the chain.
-pub(crate) fn link_first(
-    prefix: &str,
-    ns: &str,
-    iface: &str,
-    ingress: bool,
-    prog: &OwnedFd,
-    pin_name: &str,
-) -> Result<()> {
-    link_pinned(prefix, ns, (iface, ingress), prog, pin_name, BPF_F_BEFORE)
-}
-
-fn link_pinned(
+/// Link a loaded program on `iface`'s tcx hook in `ns`, first or last in the chain, and pin
+/// the link as `pin_name` under the lab's directory (it stays attached until unpinned).
+pub(crate) fn link_pinned(
     prefix: &str,
     ns: &str,
     (iface, ingress): (&str, bool),
     prog: &OwnedFd,
     pin_name: &str,
-    flags: u32,
+    first: bool,
 ) -> Result<()> {
+    let flags = if first { BPF_F_BEFORE } else { BPF_F_AFTER };
     ensure_bpffs()?;
     let dir = pin_dir(prefix);
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;

@@ -16,7 +16,7 @@ use anyhow::{bail, Context, Result};
 
 use super::{
     asm::*,
-    chain_end::{in_netns, link_first, load_insns},
+    chain_end::{in_netns, link_pinned, load_insns},
     topology::{Model, Topology, POD_CIDR},
 };
 
@@ -54,23 +54,23 @@ pub fn enable(t: &Topology) -> Result<()> {
         let peers: Vec<(Ipv4Addr, u32)> = local.iter().map(|l| (l.0, l.1)).collect();
         let uplink = ifindex(t, n, "eth0")?;
         let from_uplink = load_insns(&program(&peers, None), "lab_host_route")?;
-        link_first(
+        link_pinned(
             &t.prefix,
             &ns,
-            "eth0",
-            true,
+            ("eth0", true),
             &from_uplink,
             &format!("{ns}-eth0-route"),
+            true,
         )?;
         let from_pods = load_insns(&program(&peers, Some((uplink, net))), "lab_lxc_route")?;
         for (_, _, lxc) in &local {
-            link_first(
+            link_pinned(
                 &t.prefix,
                 &ns,
-                lxc,
-                true,
+                (lxc, true),
                 &from_pods,
                 &format!("{ns}-{lxc}-route"),
+                true,
             )?;
         }
     }

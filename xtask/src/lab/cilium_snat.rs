@@ -24,7 +24,7 @@ use anyhow::{Context, Result};
 
 use super::{
     asm::*,
-    chain_end::{link_last, load_insns, pin, sys_bpf},
+    chain_end::{link_pinned, load_insns, pin, sys_bpf},
     topology::Topology,
 };
 use crate::exec::in_ns;
@@ -199,22 +199,22 @@ pub fn masquerade(prefix: &str, t: &Topology, n: u8, map: &OwnedFd, conns: &[Sna
             new: s.pod,
         };
         let prog = load_insns(&out.program(), "lab_snat_out")?;
-        link_last(
+        link_pinned(
             prefix,
             &ns,
-            "eth0",
-            false,
+            ("eth0", false),
             &prog,
             &format!("cilium-snat-{i}-egress"),
+            false,
         )?;
         let prog = load_insns(&back.program(), "lab_snat_in")?;
-        link_last(
+        link_pinned(
             prefix,
             &ns,
-            "eth0",
-            true,
+            ("eth0", true),
             &prog,
             &format!("cilium-snat-{i}-ingress"),
+            false,
         )?;
     }
     Ok(())
