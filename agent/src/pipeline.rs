@@ -97,6 +97,8 @@ impl Pipeline {
         processes: Option<Attribution>,
         edges: Edges,
     ) -> Self {
+        let mut identity = identity;
+        identity.store.keep_pod_labels(gateway_label_keys(&config));
         Self {
             table: ConnTable::new(mechanism != Mechanism::None),
             classified_at: None,
@@ -195,6 +197,7 @@ impl Pipeline {
     pub fn on_reload(&mut self, r: Reloaded, shared: &Shared) {
         match r {
             Reloaded::Store(mut store) => {
+                store.keep_pod_labels(gateway_label_keys(&self.config));
                 store.resume_after(self.identity.store.version());
                 self.identity.store = store;
                 info!(
@@ -473,4 +476,13 @@ impl Pipeline {
         self.report(settled, true, shared);
         self.save_edges(true, shared);
     }
+}
+
+/// The pod label keys classification reads: those of the egress-gateway selectors.
+fn gateway_label_keys(config: &Config) -> std::collections::BTreeSet<String> {
+    config
+        .gateways
+        .iter()
+        .flat_map(|g| g.labels.keys().cloned())
+        .collect()
 }

@@ -40,6 +40,13 @@ enum Cmd {
     Image,
     /// Per-packet cost and throughput against a baseline, in one run.
     Bench(bench::BenchArgs),
+    /// The identity store at cluster scale: memory per pod, update and relist cost
+    /// (agent/benches/identity.rs).
+    BenchIdentity {
+        /// Pods in the synthetic cluster (5k nodes, 2k namespaces, 10k services).
+        #[arg(long, default_value_t = 200_000)]
+        pods: usize,
+    },
     /// Exact lab traffic (run inside a namespace with `ip netns exec`).
     #[command(subcommand, hide = true)]
     Traffic(xtask::traffic::TrafficCmd),
@@ -92,6 +99,19 @@ fn main() -> Result<()> {
         Cmd::Demo(args) => demo::run(args),
         Cmd::Test(args) => test::run(args),
         Cmd::Bench(args) => bench::run(args),
+        Cmd::BenchIdentity { pods } => {
+            setup::setup()?;
+            xtask::exec::run_visible(std::process::Command::new("cargo").args([
+                "bench",
+                "-p",
+                "tenantflow",
+                "--bench",
+                "identity",
+                "--",
+                "--pods",
+                &pods.to_string(),
+            ]))
+        }
         Cmd::Traffic(cmd) => xtask::traffic::run(cmd),
     }
 }

@@ -104,7 +104,10 @@ impl EndpointIdentity {
 
 fn is_mediator(config: &Config, p: &PodMeta) -> bool {
     config.gateways.iter().any(|g| {
-        g.namespace == p.namespace && g.labels.iter().all(|(k, v)| p.labels.get(k) == Some(v))
+        g.namespace == p.namespace
+            && g.labels
+                .iter()
+                .all(|(k, v)| p.labels.get(k) == Some(v.as_str()))
     })
 }
 

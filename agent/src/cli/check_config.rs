@@ -133,7 +133,9 @@ pub fn explain(c: &Config, store: Option<&Store>, file: &str) -> String {
                     .pods()
                     .filter(|p| {
                         p.namespace == g.namespace
-                            && g.labels.iter().all(|(k, v)| p.labels.get(k) == Some(v))
+                            && g.labels
+                                .iter()
+                                .all(|(k, v)| p.labels.get(k) == Some(v.as_str()))
                     })
                     .count();
                 let warn = if n == 0 {

@@ -8,7 +8,7 @@ mod store;
 pub mod tenant;
 pub mod watch;
 
-pub use objects::{Labels, NamespaceMeta, NodeMeta, Object, PodMeta, ServiceMeta};
+pub use objects::{Labels, NamespaceMeta, NodeMeta, Object, PodLabels, PodMeta, ServiceMeta};
 pub use store::{Change, Kind, Owner, Store};
 pub use tenant::{resolve as resolve_tenant, Tenant};
 

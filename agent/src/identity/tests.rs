@@ -9,7 +9,7 @@ fn pod(name: &str, ns: &str, ip: &str) -> Object {
         namespace: ns.into(),
         node: Some("n1".into()),
         host_network: false,
-        labels: Labels::new(),
+        labels: PodLabels::default(),
         owner: None,
         ips: vec![ip.parse().unwrap()],
     })
@@ -204,6 +204,62 @@ fn a_large_relist_leaves_exactly_the_new_inventory() {
         owner_name(&s, &ip(29_999)).as_deref(),
         Some("pod new-19999")
     );
+}
+
+/// A relist repeating most of the inventory re-indexes only what changed: a moved pod
+/// gets its new address, a pod the list lacks goes, a new one comes, the rest stay.
+#[test]
+fn a_relist_applies_only_the_difference() {
+    let mut s = Store::from_objects(vec![
+        pod("a", "x", "10.1.0.1"),
+        pod("b", "x", "10.1.0.2"),
+        pod("c", "x", "10.1.0.3"),
+    ]);
+    s.apply(Change::Replace(
+        Kind::Pod,
+        vec![
+            pod("a", "x", "10.1.0.1"),
+            pod("b", "x", "10.1.0.9"),
+            pod("d", "x", "10.1.0.3"),
+        ],
+    ));
+    assert_eq!(s.len(), 3);
+    assert_eq!(owner_name(&s, "10.1.0.1").as_deref(), Some("pod a"));
+    assert_eq!(owner_name(&s, "10.1.0.2"), None, "b moved");
+    assert_eq!(owner_name(&s, "10.1.0.9").as_deref(), Some("pod b"));
+    assert_eq!(
+        owner_name(&s, "10.1.0.3").as_deref(),
+        Some("pod d"),
+        "c gone, d took its address"
+    );
+    assert_eq!(s.ip_conflicts(), 0);
+    assert!(s.pod_by_uid("uid-c").is_none());
+}
+
+/// Only the pod labels egress-gateway selectors use are kept, in pods already held and in
+/// those applied later.
+#[test]
+fn pod_labels_are_kept_only_for_the_keys_asked_for() {
+    let labelled = |name: &str, ip: &str| {
+        let Object::Pod(mut p) = pod(name, "x", ip) else {
+            unreachable!()
+        };
+        p.labels = [("app", "gw"), ("team", "a"), ("version", "3")]
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect::<Labels>()
+            .into();
+        Object::Pod(p)
+    };
+    let mut s = Store::from_objects(vec![labelled("a", "10.1.0.1")]);
+    s.keep_pod_labels(["app".to_owned()].into());
+    s.apply(Change::Apply(labelled("b", "10.1.0.2")));
+    for ip in ["10.1.0.1", "10.1.0.2"] {
+        let Some(Owner::Pod(p)) = s.owner(ip.parse().unwrap()) else {
+            panic!("pod at {ip}")
+        };
+        assert_eq!(p.labels.keys().collect::<Vec<_>>(), ["app"]);
+    }
 }
 
 /// kubectl writes `kind: List` after the items, so a file cut at an item boundary has no

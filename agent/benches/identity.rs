@@ -1,0 +1,260 @@
+//! Identity at cluster scale: the identity store fed a synthetic cluster the size of the
+//! largest AKS clusters (200k pods with 5 labels each, 5k nodes, 2k namespaces, 10k
+//! services) the way the API watch feeds it: a list decoded from JSON into k8s-openapi
+//! objects, reduced to what the agent keeps, applied as one relist; then single pod
+//! updates, and a full relist (what every 410 Gone costs). Memory is counted by a counting
+//! allocator, so the numbers are live heap bytes, not RSS.
+//!
+//! `cargo xtask bench-identity [--pods N]` (or `cargo bench -p tenantflow --bench identity
+//! -- --pods N`). The last lines are `key=value`: store_bytes_per_pod, store_live_mib,
+//! relist_peak_mib, apply_us_p99, replace_s (applying a relist), relist_s (decoding and
+//! applying it), ready_s (a cold start: every kind's list decoded and applied).
+
+use std::{
+    alloc::{GlobalAlloc, Layout, System},
+    sync::atomic::{AtomicUsize, Ordering},
+    time::Instant,
+};
+
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
+use serde_json::{json, Value};
+use tenantflow::identity::{
+    Change, Kind, NamespaceMeta, NodeMeta, Object, PodMeta, ServiceMeta, Store,
+};
+
+struct Counting;
+
+static LIVE: AtomicUsize = AtomicUsize::new(0);
+static PEAK: AtomicUsize = AtomicUsize::new(0);
+
+fn grew(by: usize) {
+    let now = LIVE.fetch_add(by, Ordering::Relaxed) + by;
+    PEAK.fetch_max(now, Ordering::Relaxed);
+}
+
+// SAFETY: every call is passed to the system allocator unchanged; only sizes are counted.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
+        grew(l.size());
+        // SAFETY: as the caller promised for `l`.
+        unsafe { System.alloc(l) }
+    }
+    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
+        LIVE.fetch_sub(l.size(), Ordering::Relaxed);
+        // SAFETY: as the caller promised for `p` and `l`.
+        unsafe { System.dealloc(p, l) }
+    }
+    unsafe fn realloc(&self, p: *mut u8, l: Layout, new: usize) -> *mut u8 {
+        if new > l.size() {
+            grew(new - l.size());
+        } else {
+            LIVE.fetch_sub(l.size() - new, Ordering::Relaxed);
+        }
+        // SAFETY: as the caller promised.
+        unsafe { System.realloc(p, l, new) }
+    }
+}
+
+#[global_allocator]
+static ALLOC: Counting = Counting;
+
+fn live() -> usize {
+    LIVE.load(Ordering::Relaxed)
+}
+
+fn mib(b: usize) -> f64 {
+    b as f64 / (1024.0 * 1024.0)
+}
+
+struct Size {
+    pods: usize,
+    nodes: usize,
+    namespaces: usize,
+    services: usize,
+}
+
+fn args() -> Size {
+    let mut s = Size {
+        pods: 200_000,
+        nodes: 5_000,
+        namespaces: 2_000,
+        services: 10_000,
+    };
+    let a: Vec<String> = std::env::args().collect();
+    for w in a.windows(2) {
+        let n = || w[1].parse().expect("a number");
+        match w[0].as_str() {
+            "--pods" => s.pods = n(),
+            "--nodes" => s.nodes = n(),
+            "--namespaces" => s.namespaces = n(),
+            "--services" => s.services = n(),
+            _ => {}
+        }
+    }
+    s
+}
+
+fn v4(prefix: u8, i: usize) -> String {
+    format!(
+        "{prefix}.{}.{}.{}",
+        (i >> 16) & 255,
+        (i >> 8) & 255,
+        i & 255
+    )
+}
+
+fn pod(i: usize, s: &Size, generation: u32) -> Value {
+    let ns = format!("ns-{}", i % s.namespaces);
+    json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {
+            "name": format!("app-{}-{i:06x}", i / 10),
+            "namespace": ns,
+            "uid": format!("{:08x}-0000-4000-8000-{:012x}", i, generation),
+            "labels": {
+                "app": format!("app-{}", i / 10),
+                "pod-template-hash": format!("{:010x}", i / 10),
+                "team": format!("team-{}", i % 97),
+                "tier": "backend",
+                "version": format!("v{generation}"),
+            },
+            "ownerReferences": [{
+                "apiVersion": "apps/v1", "kind": "ReplicaSet",
+                "name": format!("app-{}-{:010x}", i / 10, i / 10),
+                "uid": format!("{:08x}-1111-4000-8000-000000000000", i / 10),
+                "controller": true,
+            }],
+        },
+        "spec": {"nodeName": format!("aks-pool-{}", i % s.nodes), "containers": []},
+        "status": {"podIP": v4(10, i + 1), "podIPs": [{"ip": v4(10, i + 1)}]},
+    })
+}
+
+/// A JSON list as the API server sends it.
+fn list(items: Vec<Value>) -> String {
+    serde_json::to_string(&json!({"kind": "List", "items": items})).expect("json")
+}
+
+/// Decoded and reduced the way the watch does.
+fn decode<K: serde::de::DeserializeOwned>(
+    text: &str,
+    reduce: impl Fn(&K) -> Object,
+) -> Vec<Object> {
+    #[derive(serde::Deserialize)]
+    struct List<K> {
+        items: Vec<K>,
+    }
+    let list: List<K> = serde_json::from_str(text).expect("decodes");
+    list.items.iter().map(reduce).collect()
+}
+
+/// Pods as the watch receives them: one object at a time (a list arrives in pages and the
+/// watcher hands out each object; the agent buffers only the reduced form until the
+/// relist is complete).
+fn pod_list(s: &Size, generation: u32) -> Vec<String> {
+    (0..s.pods)
+        .map(|i| pod(i, s, generation).to_string())
+        .collect()
+}
+
+fn pods(texts: &[String]) -> Vec<Object> {
+    texts
+        .iter()
+        .map(|t| {
+            let p: Pod = serde_json::from_str(t).expect("decodes");
+            Object::Pod(PodMeta::try_from(&p).expect("valid pod"))
+        })
+        .collect()
+}
+
+fn p99(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[(v.len() * 99 / 100).min(v.len() - 1)]
+}
+
+fn main() {
+    let s = args();
+    // What the API server would send, made before anything is measured.
+    let ns_text = list(
+        (0..s.namespaces)
+            .map(|i| json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": format!("ns-{i}"), "labels": {"tenant": format!("tenant-{}", i % 50)}}}))
+            .collect(),
+    );
+    let node_text = list(
+        (0..s.nodes)
+            .map(|i| json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": format!("aks-pool-{i}")}, "status": {"addresses": [{"type": "InternalIP", "address": v4(11, i + 1)}]}}))
+            .collect(),
+    );
+    let svc_text = list(
+        (0..s.services)
+            .map(|i| json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": format!("svc-{i}"), "namespace": format!("ns-{}", i % s.namespaces)}, "spec": {"clusterIP": v4(12, i + 1), "clusterIPs": [v4(12, i + 1)]}}))
+            .collect(),
+    );
+    let pod_text = pod_list(&s, 0);
+    let relist_text = pod_list(&s, 2);
+    let base = live();
+
+    // Cold start: decode, reduce and apply each kind's list.
+    let started = Instant::now();
+    let mut store = Store::new();
+    // What the agent keeps of a pod's labels: the keys egress-gateway selectors use (here
+    // one, `app`, as in the chart's example).
+    store.keep_pod_labels(["app".to_owned()].into());
+    let namespaces = decode(&ns_text, |n: &Namespace| {
+        Object::Namespace(NamespaceMeta::try_from(n).expect("valid"))
+    });
+    store.apply(Change::Replace(Kind::Namespace, namespaces));
+    let nodes = decode(&node_text, |n: &Node| {
+        Object::Node(NodeMeta::try_from(n).expect("valid"))
+    });
+    store.apply(Change::Replace(Kind::Node, nodes));
+    let services = decode(&svc_text, |n: &Service| {
+        Object::Service(ServiceMeta::try_from(n).expect("valid"))
+    });
+    store.apply(Change::Replace(Kind::Service, services));
+    let without_pods = live();
+    store.apply(Change::Replace(Kind::Pod, pods(&pod_text)));
+    let ready_s = started.elapsed().as_secs_f64();
+    let with_pods = live();
+    let per_pod = (with_pods - without_pods) as f64 / s.pods as f64;
+    let store_bytes = with_pods - base;
+
+    // Single updates: a pod relabelled (MODIFIED), and one deleted then re-added.
+    let changes = 20_000.min(s.pods);
+    let updated = pods(&pod_list(&Size { pods: changes, ..s }, 1));
+    let mut times = Vec::with_capacity(changes * 2);
+    for o in updated {
+        let t = Instant::now();
+        store.apply(Change::Apply(o.clone()));
+        times.push(t.elapsed().as_secs_f64() * 1e6);
+        let t = Instant::now();
+        store.apply(Change::Delete(o.clone()));
+        store.apply(Change::Apply(o));
+        times.push(t.elapsed().as_secs_f64() * 1e6 / 2.0);
+    }
+
+    // A relist (410 Gone): the whole pod list decoded and buffered (as the watch does),
+    // then replaced. The peak is what that adds on top of the store.
+    let before_relist = live();
+    PEAK.store(before_relist, Ordering::Relaxed);
+    let t = Instant::now();
+    let again = pods(&relist_text);
+    let replace = Instant::now();
+    store.apply(Change::Replace(Kind::Pod, again));
+    let replace_s = replace.elapsed().as_secs_f64();
+    let relist_s = t.elapsed().as_secs_f64();
+    let relist_peak = PEAK.load(Ordering::Relaxed) - before_relist;
+    assert_eq!(store.counts().get(&Kind::Pod), Some(&s.pods));
+
+    println!(
+        "identity bench: {} pods, {} nodes, {} namespaces, {} services",
+        s.pods, s.nodes, s.namespaces, s.services
+    );
+    println!("store_bytes_per_pod={per_pod:.0}");
+    println!("store_live_mib={:.1}", mib(store_bytes));
+    println!("relist_peak_mib={:.1}", mib(relist_peak));
+    println!("apply_us_p99={:.1}", p99(times));
+    println!("replace_s={replace_s:.2}");
+    println!("relist_s={relist_s:.2}");
+    println!("ready_s={ready_s:.2}");
+}
