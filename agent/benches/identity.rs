@@ -110,7 +110,7 @@ fn pod(i: usize, s: &Size, generation: u32) -> Value {
         "metadata": {
             "name": format!("app-{}-{i:06x}", i / 10),
             "namespace": ns,
-            "uid": format!("{:08x}-0000-4000-8000-{:012x}", i, generation),
+            "uid": format!("{i:08x}-0000-4000-8000-000000000000"),
             "labels": {
                 "app": format!("app-{}", i / 10),
                 "pod-template-hash": format!("{:010x}", i / 10),
