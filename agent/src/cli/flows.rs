@@ -581,8 +581,8 @@ fn who(id: &EndpointIdentity) -> String {
     }
 }
 
-/// The flags a security team acts on, or `-`.
-fn verdicts(k: &Classification) -> String {
+/// The flags a security team acts on.
+pub(super) fn verdict_list(k: &Classification) -> Vec<String> {
     let mut v = Vec::new();
     if k.cross_tenant {
         v.push("CROSS-TENANT".to_owned());
@@ -593,6 +593,12 @@ fn verdicts(k: &Classification) -> String {
     if let Some(s) = &k.sensitive {
         v.push(format!("SENSITIVE={s}"));
     }
+    v
+}
+
+/// The flags a security team acts on, or `-`.
+fn verdicts(k: &Classification) -> String {
+    let v = verdict_list(k);
     if v.is_empty() {
         "-".into()
     } else {

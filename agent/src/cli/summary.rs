@@ -86,20 +86,6 @@ fn destination(k: &Classification) -> String {
     }
 }
 
-fn verdicts(k: &Classification) -> Vec<String> {
-    let mut v = Vec::new();
-    if k.cross_tenant {
-        v.push("CROSS-TENANT".to_owned());
-    }
-    if k.egress != crate::classify::Egress::None {
-        v.push(format!("egress={}", k.egress.as_str()));
-    }
-    if let Some(s) = &k.sensitive {
-        v.push(format!("SENSITIVE={s}"));
-    }
-    v
-}
-
 /// Fold connections into rows, flagged first, then by connections and bytes.
 pub fn summarize(conns: &[ConnectionView]) -> Vec<SummaryRow> {
     type Key = (String, String, String, Option<u16>);
@@ -132,7 +118,7 @@ pub fn summarize(conns: &[ConnectionView]) -> Vec<SummaryRow> {
         }
         row.bytes += c.forward.bytes + c.reply.bytes;
         row.new_edges += u64::from(c.new_edge);
-        for v in verdicts(k) {
+        for v in super::flows::verdict_list(k) {
             if !row.verdicts.contains(&v) {
                 row.verdicts.push(v);
             }

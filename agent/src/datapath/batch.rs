@@ -74,7 +74,7 @@ impl BatchReader {
             // SAFETY: attr points at live buffers sized for `count` keys and values; the
             // kernel writes at most that many and the cursor.
             let end = match unsafe { super::sys_bpf::bpf(BPF_MAP_LOOKUP_BATCH, &mut attr) } {
-                Ok(()) => false,
+                Ok(_) => false,
                 // ENOENT: the batch reached the end of the map (with `count` still filled).
                 Err(e) if e.raw_os_error() == Some(libc::ENOENT) => true,
                 Err(e) => return Err(e),

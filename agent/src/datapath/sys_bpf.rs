@@ -3,12 +3,13 @@
 
 use std::io;
 
-/// `bpf(cmd, attr, sizeof attr)`.
+/// `bpf(cmd, attr, sizeof attr)`: the syscall's result (a new fd for the commands that make
+/// one, else 0).
 ///
 /// # Safety
 /// `attr` must be the layout of `union bpf_attr`'s member for `cmd`, and every pointer in
 /// it must point at memory that stays valid (and large enough) for the call.
-pub(crate) unsafe fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<()> {
+pub(crate) unsafe fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<i64> {
     // SAFETY: upheld by the caller, see above.
     let rc = unsafe {
         libc::syscall(
@@ -21,6 +22,6 @@ pub(crate) unsafe fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<()> {
     if rc < 0 {
         Err(io::Error::last_os_error())
     } else {
-        Ok(())
+        Ok(rc)
     }
 }

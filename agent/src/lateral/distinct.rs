@@ -122,10 +122,6 @@ impl Distinct {
             Distinct::Dense(_) => REGISTERS,
         }
     }
-
-    pub fn is_empty(&self) -> bool {
-        matches!(self, Distinct::Sparse(v) if v.is_empty())
-    }
 }
 
 #[cfg(test)]

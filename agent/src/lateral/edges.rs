@@ -24,7 +24,10 @@ use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 use thiserror::Error;
 
 use super::principal;
-use crate::{classify::Classification, flow::FlowTuple};
+use crate::{
+    classify::{Classification, EndpointIdentity, EndpointKind},
+    flow::FlowTuple,
+};
 
 const MAGIC: &[u8; 8] = b"TFEDGE01";
 const HEADER: usize = 8 + 8 + 4;
@@ -95,15 +98,19 @@ fn fnv1a(parts: &[&[u8]]) -> u64 {
     h
 }
 
+/// The end a connection reaches: a Service's backend when DNAT (or socket-LB) said which.
+fn far_end(k: &Classification) -> &EndpointIdentity {
+    match (&k.dst_identity.kind, &k.backend_identity) {
+        (EndpointKind::Service, Some(b)) => b,
+        _ => &k.dst_identity,
+    }
+}
+
 /// The edge a connection walks.
 pub fn edge_of(k: &Classification, t: &FlowTuple) -> u64 {
-    let far = match (&k.dst_identity.kind, &k.backend_identity) {
-        (crate::classify::EndpointKind::Service, Some(b)) => b,
-        _ => &k.dst_identity,
-    };
     fnv1a(&[
         principal(&k.src_identity).as_bytes(),
-        principal(far).as_bytes(),
+        principal(far_end(k)).as_bytes(),
         &[t.proto],
         &t.dport.to_be_bytes(),
     ])
@@ -187,7 +194,7 @@ impl Edges {
         }
     }
 
-    pub fn learning_until(&self) -> u64 {
+    fn learning_until(&self) -> u64 {
         self.learning_since + self.cfg.learning.as_secs()
     }
 
@@ -214,14 +221,10 @@ impl Edges {
             }
         };
         if new {
-            let far = match (&k.dst_identity.kind, &k.backend_identity) {
-                (crate::classify::EndpointKind::Service, Some(b)) => b,
-                _ => &k.dst_identity,
-            };
             self.new_edges
                 .with_label_values(&[
                     k.src_identity.tenant.as_deref().unwrap_or_default(),
-                    far.tenant.as_deref().unwrap_or_default(),
+                    far_end(k).tenant.as_deref().unwrap_or_default(),
                     if k.cross_tenant { "true" } else { "false" },
                 ])
                 .inc();

@@ -53,6 +53,9 @@ struct Window {
     current: usize,
     slot_start: Instant,
     last_seen: Instant,
+    /// The union's estimate, until a slot changes: most sources are quiet in most
+    /// harvests, and merging six sketches per source every second would be wasted.
+    estimate: Option<u64>,
 }
 
 pub struct Fanout {
@@ -77,7 +80,14 @@ impl Window {
             current: 0,
             slot_start: now,
             last_seen: now,
+            estimate: None,
         }
+    }
+
+    /// Count a destination in the current slot.
+    fn insert(&mut self, fp: u32) {
+        self.slots[self.current].insert(fp);
+        self.estimate = None;
     }
 
     /// Move the window to `now`, clearing slots that fell out of it.
@@ -89,18 +99,23 @@ impl Window {
             self.slot_start += slot;
             steps += 1;
         }
+        if steps > 0 {
+            self.estimate = None;
+        }
         if now.duration_since(self.slot_start) >= slot {
             // Idle longer than the window: everything above was cleared.
             self.slot_start = now;
         }
     }
 
-    fn estimate(&self) -> u64 {
-        let mut u = Distinct::default();
-        for s in &self.slots {
-            u.merge(s);
-        }
-        u.estimate()
+    fn estimate(&mut self) -> u64 {
+        *self.estimate.get_or_insert_with(|| {
+            let mut u = Distinct::default();
+            for s in &self.slots {
+                u.merge(s);
+            }
+            u.estimate()
+        })
     }
 
     fn bytes(&self) -> usize {
@@ -176,7 +191,7 @@ impl Fanout {
             }
             let w = self.sources.entry(src).or_insert_with(|| Window::new(now));
             w.advance(now, slot);
-            w.slots[w.current].insert(destination(&ev.conn.tuple));
+            w.insert(destination(&ev.conn.tuple));
             w.last_seen = now;
         }
         self.refresh(now, slot);
@@ -236,11 +251,11 @@ mod tests {
         let slot = Duration::from_secs(10);
         let mut w = Window::new(t0);
         for i in 0..50u32 {
-            w.slots[w.current].insert(i.wrapping_mul(0x9E37_79B9));
+            w.insert(i.wrapping_mul(0x9E37_79B9));
         }
         w.advance(t0 + Duration::from_secs(25), slot);
         for i in 40..90u32 {
-            w.slots[w.current].insert(i.wrapping_mul(0x9E37_79B9));
+            w.insert(i.wrapping_mul(0x9E37_79B9));
         }
         assert_eq!(w.estimate(), 90, "both slots inside the window");
         w.advance(t0 + Duration::from_secs(65), slot);
@@ -263,7 +278,7 @@ mod tests {
                 dst: std::net::IpAddr::V4((0x0a00_0000 + i).into()),
                 ..t
             };
-            w.slots[w.current].insert(destination(&t));
+            w.insert(destination(&t));
         }
         assert_eq!(w.bytes(), MAX_BYTES_PER_SOURCE);
         let e = w.estimate() as f64;

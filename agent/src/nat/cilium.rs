@@ -134,21 +134,9 @@ fn open_one(path: &Path, spec: MapSpec) -> Result<SnatMap, CiliumError> {
         file_flags: BPF_F_RDONLY,
         ..Default::default()
     };
-    // SAFETY: the attribute is BPF_OBJ_GET's; the path outlives the call. The kernel
-    // returns the new fd as the syscall's result, which `bpf` does not pass on: use the raw
-    // call here.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_OBJ_GET,
-            &mut get as *mut ObjGetAttr,
-            std::mem::size_of::<ObjGetAttr>() as u32,
-        )
-    };
-    if fd < 0 {
-        return Err(open_err(io::Error::last_os_error()));
-    }
-    // SAFETY: a fresh fd the kernel just gave us.
+    // SAFETY: the attribute is BPF_OBJ_GET's; the path outlives the call.
+    let fd = unsafe { crate::datapath::bpf(BPF_OBJ_GET, &mut get) }.map_err(open_err)?;
+    // SAFETY: a fresh fd the kernel just gave us (the call's result).
     let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
     let mut info = MapInfo::default();
     let mut attr = InfoAttr {
@@ -214,7 +202,7 @@ impl SnatMap {
             // SAFETY: buffers hold `count` keys and values of the probed sizes; the
             // cursors are u32 (a hash map's batch token is a bucket index).
             let end = match unsafe { crate::datapath::bpf(BPF_MAP_LOOKUP_BATCH, &mut attr) } {
-                Ok(()) => false,
+                Ok(_) => false,
                 Err(e) if e.raw_os_error() == Some(libc::ENOENT) => true,
                 // One bucket holds more than `chunk`: retry it with more room.
                 Err(e) if e.raw_os_error() == Some(libc::ENOSPC) => {

@@ -157,14 +157,25 @@ pub(crate) fn tc(ns: &str, args: &[&str]) -> Result<()> {
 }
 
 pub(crate) fn ensure_bpffs() -> Result<()> {
-    let mounts = std::fs::read_to_string("/proc/self/mounts").context("reading mounts")?;
-    if mounts
-        .lines()
-        .any(|l| l.split(' ').nth(1) == Some(BPFFS) && l.split(' ').nth(2) == Some("bpf"))
-    {
+    mount_bpffs(Path::new(BPFFS))
+}
+
+/// A bpffs mounted at `dir` (mounted now unless one already is).
+pub(crate) fn mount_bpffs(dir: &Path) -> Result<()> {
+    if is_bpffs(dir) {
         return Ok(());
     }
-    run("mount", &["-t", "bpf", "bpf", BPFFS]).map(drop)
+    run("mount", &["-t", "bpf", "bpf", &dir.to_string_lossy()]).map(drop)
+}
+
+/// Whether a bpffs is mounted exactly at `dir`.
+pub(crate) fn is_bpffs(dir: &Path) -> bool {
+    std::fs::read_to_string("/proc/self/mounts").is_ok_and(|m| {
+        m.lines().any(|l| {
+            let f: Vec<&str> = l.split(' ').collect();
+            f.len() > 2 && Path::new(f[1]) == dir && f[2] == "bpf"
+        })
+    })
 }
 
 pub(crate) fn sys_bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<i64> {

@@ -24,7 +24,7 @@ use anyhow::{Context, Result};
 
 use super::{
     asm::*,
-    chain_end::{link_pinned, load_insns, pin, sys_bpf},
+    chain_end::{is_bpffs, link_pinned, load_insns, mount_bpffs, pin, sys_bpf},
     topology::Topology,
 };
 use crate::exec::in_ns;
@@ -41,15 +41,6 @@ pub fn bpffs(prefix: &str) -> PathBuf {
     PathBuf::from("/run/tenantflow-lab")
         .join(prefix)
         .join("bpffs")
-}
-
-fn is_bpffs(dir: &std::path::Path) -> bool {
-    std::fs::read_to_string("/proc/self/mounts").is_ok_and(|m| {
-        m.lines().any(|l| {
-            let f: Vec<&str> = l.split(' ').collect();
-            f.len() > 2 && std::path::Path::new(f[1]) == dir && f[2] == "bpf"
-        })
-    })
 }
 
 /// Unmount and remove the lab's bpffs (with the map in it), if any.
@@ -91,9 +82,7 @@ struct MapUpdate {
 pub fn create_map(prefix: &str) -> Result<OwnedFd> {
     let root = bpffs(prefix);
     std::fs::create_dir_all(&root).with_context(|| format!("creating {}", root.display()))?;
-    if !is_bpffs(&root) {
-        crate::exec::run("mount", &["-t", "bpf", "bpf", &root.to_string_lossy()])?;
-    }
+    mount_bpffs(&root)?;
     let dir = root.join("tc/globals");
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let mut name = [0u8; 16];
