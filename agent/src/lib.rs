@@ -13,6 +13,7 @@ pub mod flow;
 mod fuzz_support;
 pub mod identity;
 pub mod input;
+pub mod inventory;
 pub mod lateral;
 pub mod logging;
 pub mod nat;

@@ -7,7 +7,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use tracing::{info, warn};
+use tracing::warn;
 
 use crate::{
     classify,
@@ -19,32 +19,11 @@ use crate::{
         decide_outcome, monotonic_ns, ConnId, ConnTable, FastSet, FlowView, Outcome, Seen, Settled,
         WallClock,
     },
-    identity::{reload::Reloaded, watch::WatchEvent, Kind, Store},
+    inventory::SharedStore,
     lateral::{Edges, Fanout},
     nat::{Mechanism, NatEvent, NatTable},
     process::{Attribution, ProcessInfo},
 };
-
-/// Where identities come from and how fresh they are.
-pub struct Identity {
-    pub store: Store,
-    pub source: &'static str,
-    /// The snapshot file, when that is the source (reloaded by its own thread).
-    pub snapshot: Option<std::path::PathBuf>,
-    /// Kinds whose full list has been applied (the API watch); a snapshot is complete at once.
-    pub synced: std::collections::BTreeSet<Kind>,
-    /// Object counts need republishing (kept off the per-event path).
-    pub dirty: bool,
-}
-
-impl Identity {
-    pub const KINDS: [Kind; 4] = [Kind::Pod, Kind::Namespace, Kind::Node, Kind::Service];
-
-    /// Complete enough to serve: every kind listed at least once.
-    pub fn ready(&self) -> bool {
-        self.source != "kubernetes" || Self::KINDS.iter().all(|k| self.synced.contains(k))
-    }
-}
 
 /// Where connection events go each harvest.
 pub struct Sinks {
@@ -77,7 +56,8 @@ pub struct Pipeline {
     nat: NatTable,
     idle: Duration,
     config: Config,
-    identity: Identity,
+    /// Written by the identity task only; read once per harvest.
+    identity: SharedStore,
     sinks: Sinks,
     processes: Option<Attribution>,
     /// Reported connections whose outcome is not known yet: looked at every harvest, as
@@ -92,13 +72,11 @@ impl Pipeline {
         mechanism: Mechanism,
         idle: Duration,
         config: Config,
-        identity: Identity,
+        identity: SharedStore,
         sinks: Sinks,
         processes: Option<Attribution>,
         edges: Edges,
     ) -> Self {
-        let mut identity = identity;
-        identity.store.keep_pod_labels(gateway_label_keys(&config));
         Self {
             table: ConnTable::new(mechanism != Mechanism::None),
             classified_at: None,
@@ -131,88 +109,6 @@ impl Pipeline {
         }
     }
 
-    pub fn identity_ready(&self) -> bool {
-        self.identity.ready()
-    }
-
-    /// One event from the Kubernetes API watch.
-    pub fn on_watch(&mut self, ev: WatchEvent, shared: &Shared) {
-        let m = &shared.metrics;
-        match ev {
-            WatchEvent::Change(c) => {
-                self.identity.store.apply(c);
-                self.identity.dirty = true;
-                m.metadata_stale.set(0);
-            }
-            WatchEvent::Synced(kind) => {
-                if self.identity.synced.insert(kind) {
-                    info!(?kind, "identity: initial list applied");
-                }
-                self.publish_identity(shared);
-            }
-            WatchEvent::BadObject(e) => {
-                m.metadata_errors.inc();
-                warn!(error = %e, "identity: object skipped");
-            }
-            WatchEvent::Unavailable(e) => {
-                m.metadata_stale.set(1);
-                warn!(error = %e, "identity: Kubernetes API unavailable, keeping the last-known inventory");
-            }
-        }
-    }
-
-    /// Identity metrics after a load or change.
-    pub fn publish_identity(&self, shared: &Shared) {
-        let m = &shared.metrics;
-        let counts = self.identity.store.counts();
-        for kind in [Kind::Pod, Kind::Namespace, Kind::Node, Kind::Service] {
-            m.metadata_objects
-                .with_label_values(&[&format!("{kind:?}").to_lowercase(), self.identity.source])
-                .set(counts.get(&kind).copied().unwrap_or(0) as i64);
-        }
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default();
-        m.metadata_last_sync.set(now.as_secs() as i64);
-        m.metadata_stale.set(0);
-        let conflicts = self.identity.store.ip_conflicts() as i64;
-        if conflicts != m.metadata_ip_conflicts.get() && conflicts > 0 {
-            warn!(
-                addresses = conflicts,
-                "identity: addresses claimed by more than one object (the newest claim owns each; brief during pod IP reuse, lasting in a bad snapshot)"
-            );
-        }
-        m.metadata_ip_conflicts.set(conflicts);
-        let store = &self.identity.store;
-        let mut by_tenant: std::collections::BTreeMap<String, Vec<String>> = Default::default();
-        for name in store.namespace_names() {
-            let t =
-                crate::identity::tenant::resolve(&self.config.tenancy, name, store.namespace(name));
-            by_tenant.entry(t).or_default().push(name.to_owned());
-        }
-        shared.set_tenant_namespaces(by_tenant);
-    }
-
-    /// A changed snapshot, already parsed and indexed off this loop: swapped in at once.
-    pub fn on_reload(&mut self, r: Reloaded, shared: &Shared) {
-        match r {
-            Reloaded::Store(mut store) => {
-                store.keep_pod_labels(gateway_label_keys(&self.config));
-                store.resume_after(self.identity.store.version());
-                self.identity.store = store;
-                info!(
-                    objects = self.identity.store.len(),
-                    "identity snapshot reloaded"
-                );
-                self.publish_identity(shared);
-            }
-            Reloaded::Invalid(e) => {
-                shared.metrics.metadata_errors.inc();
-                warn!(error = %e, "identity snapshot changed but is invalid: keeping the last good one");
-            }
-        }
-    }
-
     pub fn harvest(
         &mut self,
         harvester: &mut Harvester,
@@ -239,10 +135,6 @@ impl Pipeline {
         self.table.join(&fresh, &self.nat);
         // Keep mappings of closed connections as long as their counters may still be shown.
         self.nat.gc(now, idle_ns.saturating_mul(2));
-        if self.identity.dirty {
-            self.identity.dirty = false;
-            self.publish_identity(shared);
-        }
         let name = |i: u32| attachments.get(i).map(|a| a.name.clone());
         let settled = self.table.settle(now, idle_ns, name);
         let stats = settled.stats;
@@ -298,9 +190,11 @@ impl Pipeline {
     /// what ended. `stopping`: final events are shutdowns, not ends.
     fn report(&mut self, settled: Settled, stopping: bool, shared: &Shared) {
         let m = &shared.metrics;
-        let version = self.identity.store.version();
+        let identity = self.identity.clone();
+        let store = identity.read();
+        let version = store.version();
         let procs = match &mut self.processes {
-            Some(a) if !settled.started.is_empty() => a.read(&self.identity.store),
+            Some(a) if !settled.started.is_empty() => a.read(&store),
             _ => Default::default(),
         };
         let mut touched: Vec<ConnId> = settled
@@ -323,7 +217,7 @@ impl Pipeline {
                 continue;
             };
             if t.extra.class.is_none() || t.nat_changed || identity_changed {
-                let k = classify::classify(&self.config, &self.identity.store, &t.conn);
+                let k = classify::classify(&self.config, &store, &t.conn);
                 t.extra.reclassified |= t.extra.class.as_ref() != Some(&k);
                 t.extra.class = Some(k);
                 t.nat_changed = false;
@@ -386,7 +280,7 @@ impl Pipeline {
         let wall = Instant::now();
         self.sinks
             .metrics
-            .observe(&events, &self.identity.store, wall);
+            .observe(&events, &store, wall);
         self.sinks.nat_mappings.observe(&events);
         self.sinks.fanout.observe(&events, wall);
         if let Some(log) = &mut self.sinks.log {
@@ -479,7 +373,7 @@ impl Pipeline {
 }
 
 /// The pod label keys classification reads: those of the egress-gateway selectors.
-fn gateway_label_keys(config: &Config) -> std::collections::BTreeSet<String> {
+pub fn gateway_label_keys(config: &Config) -> std::collections::BTreeSet<String> {
     config
         .gateways
         .iter()

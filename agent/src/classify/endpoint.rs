@@ -104,7 +104,7 @@ impl EndpointIdentity {
 
 fn is_mediator(config: &Config, p: &PodMeta) -> bool {
     config.gateways.iter().any(|g| {
-        g.namespace == p.namespace
+        *g.namespace == *p.namespace
             && g.labels
                 .iter()
                 .all(|(k, v)| p.labels.get(k) == Some(v.as_str()))
@@ -116,22 +116,22 @@ pub fn resolve(config: &Config, store: &Store, ip: IpAddr) -> EndpointIdentity {
     let tenant = |ns: &str| Some(resolve_tenant(&config.tenancy, ns, store.namespace(ns)));
     match store.owner(ip) {
         Some(Owner::Pod(p)) => EndpointIdentity {
-            pod: Some(p.name.clone()),
+            pod: Some(p.name.to_string()),
             tenant: tenant(&p.namespace),
-            namespace: Some(p.namespace.clone()),
-            node: p.node.clone(),
-            workload: p.owner.clone(),
+            namespace: Some(p.namespace.to_string()),
+            node: p.node.as_deref().map(str::to_owned),
+            workload: p.owner.as_deref().map(str::to_owned),
             mediator: is_mediator(config, p),
             ..EndpointIdentity::bare(EndpointKind::Pod)
         },
         Some(Owner::Node(n)) => EndpointIdentity {
-            node: Some(n.name.clone()),
+            node: Some(n.name.to_string()),
             ..EndpointIdentity::bare(EndpointKind::Node)
         },
         Some(Owner::Service(s)) => EndpointIdentity {
-            service: Some(s.name.clone()),
+            service: Some(s.name.to_string()),
             tenant: tenant(&s.namespace),
-            namespace: Some(s.namespace.clone()),
+            namespace: Some(s.namespace.to_string()),
             ..EndpointIdentity::bare(EndpointKind::Service)
         },
         None => {

@@ -23,7 +23,8 @@ use crate::{
     lateral::{EdgeConfig, Edges, Fanout, FanoutConfig},
     nat::socket_lb::SocketLb,
     nat::{self, Mechanism},
-    pipeline::{Identity, Pipeline, Sinks},
+    inventory::{self, Inventory, SharedStore},
+    pipeline::{gateway_label_keys, Pipeline, Sinks},
     process::{self, Attribution},
     shutdown::Shutdown,
 };
@@ -48,6 +49,11 @@ pub struct AgentArgs {
     /// How often the kernel flow map is read.
     #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
     pub harvest_interval: Duration,
+    /// How the Kubernetes API watchers (re)list: `paged` (lists from the API server's
+    /// watch cache, no quorum read) or `streaming` (watch-list, Kubernetes 1.27+ with the
+    /// WatchList feature on).
+    #[arg(long, value_enum, default_value = "paged")]
+    pub initial_list: identity::watch::InitialList,
     /// How often every hook is checked for the observer still running first (another
     /// datapath attaching later goes ahead of it); a displaced observer is moved back.
     #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
@@ -231,8 +237,15 @@ async fn run_async(args: AgentArgs) -> anyhow::Result<()> {
         Some(path) => Config::load(path).map_err(|e| UsageError(e.to_string()))?,
         None => Config::default(),
     };
-    let (reload_tx, mut reload_rx) = tokio::sync::mpsc::unbounded_channel();
-    let (identity, kube_client) = load_identity(&config, reload_tx).await?;
+    let (reload_tx, reload_rx) = tokio::sync::mpsc::unbounded_channel();
+    let (store, source, kube_client) = load_identity(&config, reload_tx).await?;
+    let identity = SharedStore::new(store);
+    let inventory = Inventory {
+        store: identity.clone(),
+        source,
+        tenancy: config.tenancy.clone(),
+        pod_label_keys: gateway_label_keys(&config),
+    };
     let flow_log = open_flow_log(&args)?;
     let programs = if args.bench_noop {
         Programs::Noop
@@ -367,14 +380,13 @@ async fn run_async(args: AgentArgs) -> anyhow::Result<()> {
         processes,
         edges,
     );
-    pipeline.publish_identity(&shared);
-    let (watch_tx, mut watch_rx) = tokio::sync::mpsc::unbounded_channel();
+    let (watch_tx, watch_rx) = tokio::sync::mpsc::channel(inventory::QUEUE);
     if let Some(client) = kube_client {
-        identity::watch::spawn_all(client, watch_tx);
+        identity::watch::spawn_all(client, args.initial_list, watch_tx);
     } else {
         drop(watch_tx);
     }
-    shared.set_ready(pipeline.identity_ready());
+    let identity_task = tokio::spawn(inventory.run(watch_rx, reload_rx, shared.clone()));
     shared.set_stall_limit(stall_limit(args.harvest_interval));
     shared.mark_harvest();
     let mut tick = tokio::time::interval(args.harvest_interval);
@@ -400,11 +412,6 @@ async fn run_async(args: AgentArgs) -> anyhow::Result<()> {
                 None => break Err(anyhow::anyhow!("rtnetlink link event stream ended")),
             },
             Some(ev) = nat_rx.recv() => pipeline.on_nat(ev, &shared),
-            Some(r) = reload_rx.recv() => pipeline.on_reload(r, &shared),
-            Some(ev) = watch_rx.recv() => {
-                pipeline.on_watch(ev, &shared);
-                shared.set_ready(pipeline.identity_ready());
-            }
             _ = tick.tick() => {
                 // Conntrack events already queued belong to this harvest: joining them
                 // first is what keeps a pod's post-SNAT half from being held too long.
@@ -432,6 +439,7 @@ async fn run_async(args: AgentArgs) -> anyhow::Result<()> {
             },
         }
     };
+    identity_task.abort();
     shared.set_ready(false);
     pipeline.shutdown(&attachments, &shared);
     server.abort();
@@ -510,14 +518,7 @@ fn cilium_snat(args: &AgentArgs, tx: tokio::sync::mpsc::UnboundedSender<nat::Nat
 async fn load_identity(
     config: &Config,
     reload: tokio::sync::mpsc::UnboundedSender<Reloaded>,
-) -> anyhow::Result<(Identity, Option<kube::Client>)> {
-    let empty = |source| Identity {
-        store: Store::new(),
-        source,
-        snapshot: None,
-        synced: Default::default(),
-        dirty: false,
-    };
+) -> anyhow::Result<(Store, &'static str, Option<kube::Client>)> {
     if let Some(path) = &config.snapshot {
         let path = std::path::PathBuf::from(path);
         // Watching starts before the first read, so a rewrite during it is not missed.
@@ -526,19 +527,12 @@ async fn load_identity(
             snapshot::load(&path).map_err(|e| UsageError(format!("identity.snapshot: {e}")))?;
         let store = Store::from_objects(objects);
         info!(file = %path.display(), objects = store.len(), "identity snapshot loaded");
-        return Ok((
-            Identity {
-                store,
-                snapshot: Some(path),
-                ..empty("snapshot")
-            },
-            None,
-        ));
+        return Ok((store, "snapshot", None));
     }
     match kube::Client::try_default().await {
         Ok(client) => {
             info!("identity: watching the Kubernetes API");
-            Ok((empty("kubernetes"), Some(client)))
+            Ok((Store::new(), "kubernetes", Some(client)))
         }
         Err(e) if std::env::var_os("KUBERNETES_SERVICE_HOST").is_some() => Err(UsageError(format!(
             "identity: running in a cluster but the Kubernetes API client cannot be configured ({e}): mount the service account token (automountServiceAccountToken: true)"
@@ -546,7 +540,7 @@ async fn load_identity(
         .into()),
         Err(e) => {
             warn!(error = %e, "no identity source (no identity.snapshot, no kubeconfig, not in a cluster): flows carry addresses only");
-            Ok((empty("none"), None))
+            Ok((Store::new(), "none", None))
         }
     }
 }

@@ -120,19 +120,19 @@ pub fn explain(c: &Config, store: Option<&Store>, file: &str) -> String {
                 .map(|(k, n)| format!("{n} {k:?}"))
                 .collect();
             let _ = writeln!(o, "identity snapshot: {}", counts.join(", "));
-            let mut namespaces: Vec<&str> = s.pods().map(|p| p.namespace.as_str()).collect();
+            let mut namespaces: Vec<&str> = s.pods().map(|p| &*p.namespace).collect();
             namespaces.sort_unstable();
             namespaces.dedup();
             for ns in namespaces {
                 let tenant = resolve_tenant(t, ns, s.namespace(ns));
-                let pods = s.pods().filter(|p| p.namespace == ns).count();
+                let pods = s.pods().filter(|p| &*p.namespace == ns).count();
                 let _ = writeln!(o, "  namespace {ns}: tenant {tenant}, {pods} pods");
             }
             for g in &c.gateways {
                 let n = s
                     .pods()
                     .filter(|p| {
-                        p.namespace == g.namespace
+                        *p.namespace == *g.namespace
                             && g.labels
                                 .iter()
                                 .all(|(k, v)| p.labels.get(k) == Some(v.as_str()))

@@ -455,7 +455,7 @@ impl FlowMetrics {
         let live_ns: HashSet<&str> = store.namespace_names().collect();
         let live_workloads: HashSet<(&str, &str)> = store
             .pods()
-            .filter_map(|p| p.owner.as_deref().map(|o| (p.namespace.as_str(), o)))
+            .filter_map(|p| p.owner.as_deref().map(|o| (&*p.namespace, o)))
             .collect();
         let grace = self.cfg.grace;
         let mut drop = Vec::new();
@@ -798,7 +798,7 @@ mod tests {
         // The destination's pods are gone (ReplicaSet deleted); the namespace stays.
         let keep: Vec<_> = store
             .pods()
-            .filter(|p| p.name != "p1")
+            .filter(|p| &*p.name != "p1")
             .cloned()
             .map(crate::identity::Object::Pod)
             .collect();

@@ -29,6 +29,8 @@ pub struct AgentMetrics {
     pub metadata_stale: IntGauge,
     pub metadata_ip_conflicts: IntGauge,
     pub metadata_errors: IntCounter,
+    pub identity_queue: IntGauge,
+    pub identity_queue_capacity: IntGauge,
     pub flow_log_records: IntCounter,
     pub flow_log_errors: IntCounter,
     kernel_packets: IntCounter,
@@ -142,6 +144,17 @@ impl AgentMetrics {
                 &r,
                 "tenantflow_metadata_errors_total",
                 "Identity updates rejected as invalid (the last good inventory stays in use).",
+            ),
+            identity_queue: gauge(
+                &r,
+                "tenantflow_identity_queue_depth",
+                "Identity changes received from the watch and not applied yet. Near \
+                 tenantflow_identity_queue_capacity the watch is read more slowly (never dropped).",
+            ),
+            identity_queue_capacity: gauge(
+                &r,
+                "tenantflow_identity_queue_capacity",
+                "How many identity changes may wait to be applied.",
             ),
             flow_log_records: counter(
                 &r,

@@ -3,12 +3,13 @@
 
 mod objects;
 pub mod reload;
+pub mod slim;
 pub mod snapshot;
 mod store;
 pub mod tenant;
 pub mod watch;
 
-pub use objects::{Labels, NamespaceMeta, NodeMeta, Object, PodLabels, PodMeta, ServiceMeta};
+pub use objects::{Labels, Name, NamespaceMeta, NodeMeta, Object, PodLabels, PodMeta, ServiceMeta};
 pub use store::{Change, Kind, Owner, Store};
 pub use tenant::{resolve as resolve_tenant, Tenant};
 

@@ -1,7 +1,7 @@
 //! The few fields of each Kubernetes object the agent needs, taken from the k8s-openapi
 //! types both identity sources (API watch, offline snapshot) produce.
 
-use std::{collections::BTreeMap, net::IpAddr};
+use std::{collections::BTreeMap, net::IpAddr, sync::Arc};
 
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -9,6 +9,10 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use super::IdentityError;
 
 pub type Labels = BTreeMap<String, String>;
+
+/// A name many objects share (namespace, node, owning workload): the store interns it, so
+/// 200k pods in 2k namespaces hold 2k copies, not 200k.
+pub type Name = Arc<str>;
 
 /// A pod's labels in one sorted slice: a `BTreeMap` allocates a node for eleven entries
 /// however few it holds (~560 bytes), which at 200k pods is most of what a pod costs.
@@ -51,38 +55,40 @@ impl From<Labels> for PodLabels {
     }
 }
 
+/// What classification needs of a pod, and nothing else: at 200k pods every field costs
+/// megabytes (boxed slices instead of `String`/`Vec` save their capacity word).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PodMeta {
-    pub name: String,
+    pub name: Box<str>,
     /// metadata.uid: what the pod's cgroup path carries.
-    pub uid: Option<String>,
-    pub namespace: String,
-    pub node: Option<String>,
+    pub uid: Option<Box<str>>,
+    pub namespace: Name,
+    pub node: Option<Name>,
     pub host_network: bool,
     pub labels: PodLabels,
     /// `Kind/name` of the controlling owner (ReplicaSet, DaemonSet, Job…), if any.
-    pub owner: Option<String>,
-    pub ips: Vec<IpAddr>,
+    pub owner: Option<Name>,
+    pub ips: Box<[IpAddr]>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NamespaceMeta {
-    pub name: String,
+    pub name: Name,
     pub labels: Labels,
     pub annotations: Labels,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NodeMeta {
-    pub name: String,
-    pub ips: Vec<IpAddr>,
+    pub name: Name,
+    pub ips: Box<[IpAddr]>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ServiceMeta {
-    pub name: String,
-    pub namespace: String,
-    pub ips: Vec<IpAddr>,
+    pub name: Box<str>,
+    pub namespace: Name,
+    pub ips: Box<[IpAddr]>,
 }
 
 /// One object of any of the four kinds.
@@ -174,14 +180,14 @@ impl TryFrom<&Pod> for PodMeta {
             .and_then(|o| o.iter().find(|r| r.controller == Some(true)).or(o.first()))
             .map(|r| format!("{}/{}", r.kind, r.name));
         Ok(PodMeta {
-            uid: p.metadata.uid.clone(),
-            name,
-            namespace,
-            node: spec.and_then(|s| s.node_name.clone()),
+            uid: p.metadata.uid.as_deref().map(Into::into),
+            name: name.into(),
+            namespace: namespace.into(),
+            node: spec.and_then(|s| s.node_name.as_deref()).map(Into::into),
             host_network: spec.and_then(|s| s.host_network).unwrap_or(false),
             labels: p.metadata.labels.clone().unwrap_or_default().into(),
-            owner,
-            ips,
+            owner: owner.map(Into::into),
+            ips: ips.into(),
         })
     }
 }
@@ -190,7 +196,7 @@ impl TryFrom<&Namespace> for NamespaceMeta {
     type Error = IdentityError;
     fn try_from(n: &Namespace) -> Result<Self, IdentityError> {
         Ok(NamespaceMeta {
-            name: name("Namespace", &n.metadata)?,
+            name: name("Namespace", &n.metadata)?.into(),
             labels: n.metadata.labels.clone().unwrap_or_default(),
             annotations: n.metadata.annotations.clone().unwrap_or_default(),
         })
@@ -214,7 +220,10 @@ impl TryFrom<&Node> for NodeMeta {
                 )?);
             }
         }
-        Ok(NodeMeta { name, ips })
+        Ok(NodeMeta {
+            name: name.into(),
+            ips: ips.into(),
+        })
     }
 }
 
@@ -249,9 +258,9 @@ impl TryFrom<&Service> for ServiceMeta {
             add(format!("spec.clusterIPs[{i}]"), v)?;
         }
         Ok(ServiceMeta {
-            name,
-            namespace,
-            ips,
+            name: name.into(),
+            namespace: namespace.into(),
+            ips: ips.into(),
         })
     }
 }

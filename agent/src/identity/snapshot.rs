@@ -86,10 +86,10 @@ fn no_duplicates(objects: &[Object]) -> Result<(), IdentityError> {
     let mut seen = std::collections::HashMap::new();
     for (i, o) in objects.iter().enumerate() {
         let (kind, ns, name) = match o {
-            Object::Pod(p) => ("Pod", p.namespace.as_str(), p.name.as_str()),
-            Object::Namespace(n) => ("Namespace", "", n.name.as_str()),
-            Object::Node(n) => ("Node", "", n.name.as_str()),
-            Object::Service(v) => ("Service", v.namespace.as_str(), v.name.as_str()),
+            Object::Pod(p) => ("Pod", &*p.namespace, &*p.name),
+            Object::Namespace(n) => ("Namespace", "", &*n.name),
+            Object::Node(n) => ("Node", "", &*n.name),
+            Object::Service(v) => ("Service", &*v.namespace, &*v.name),
         };
         if let Some(first) = seen.insert((kind, ns, name), i) {
             let full = if ns.is_empty() {

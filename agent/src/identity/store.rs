@@ -1,12 +1,19 @@
-//! The current inventory of pods, namespaces, nodes and services, with an address index
-//! kept up to date incrementally so a watch event costs O(1), not a rebuild.
+//! The current inventory of pods, namespaces, nodes and services, sized for the largest
+//! clusters (200k pods): objects live once in a slab, and every index (name, address,
+//! uid) holds a 4-byte slot number instead of a copy of the key, so a watch event costs
+//! O(1) and a pod costs a few hundred bytes. Names many objects share are interned.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
+    hash::{BuildHasher, Hash},
     net::IpAddr,
+    sync::Arc,
 };
 
-use super::{NamespaceMeta, NodeMeta, Object, PodMeta, ServiceMeta};
+use foldhash::fast::RandomState;
+use hashbrown::HashTable;
+
+use super::{Name, NamespaceMeta, NodeMeta, Object, PodMeta, ServiceMeta};
 
 /// Which of the four kinds a change is about (a watch relists one kind at a time).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -15,6 +22,14 @@ pub enum Kind {
     Namespace,
     Node,
     Service,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 4] = [Kind::Pod, Kind::Namespace, Kind::Node, Kind::Service];
+
+    fn index(self) -> usize {
+        self as usize
+    }
 }
 
 impl Object {
@@ -27,12 +42,13 @@ impl Object {
         }
     }
 
-    fn key(&self) -> Key {
+    /// (kind, namespace, name): what identifies an object across updates.
+    fn key(&self) -> (Kind, &str, &str) {
         match self {
-            Object::Pod(p) => Key(Kind::Pod, p.namespace.clone(), p.name.clone()),
-            Object::Namespace(n) => Key(Kind::Namespace, String::new(), n.name.clone()),
-            Object::Node(n) => Key(Kind::Node, String::new(), n.name.clone()),
-            Object::Service(s) => Key(Kind::Service, s.namespace.clone(), s.name.clone()),
+            Object::Pod(p) => (Kind::Pod, &p.namespace, &p.name),
+            Object::Namespace(n) => (Kind::Namespace, "", &n.name),
+            Object::Node(n) => (Kind::Node, "", &n.name),
+            Object::Service(s) => (Kind::Service, &s.namespace, &s.name),
         }
     }
 
@@ -47,17 +63,27 @@ impl Object {
             Object::Service(s) => &s.ips,
         }
     }
-}
 
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-struct Key(Kind, String, String);
+    fn uid(&self) -> Option<&str> {
+        match self {
+            Object::Pod(p) => p.uid.as_deref(),
+            _ => None,
+        }
+    }
+}
 
 /// One change from an identity source.
 #[derive(Clone, Debug)]
 pub enum Change {
     Apply(Object),
     Delete(Object),
-    /// Everything of `kind` is exactly this (a watch relist or a 410 Gone resync).
+    /// A relist of this kind begins: every object of the kind that is not applied again
+    /// before [`Change::Listed`] goes then (mark and sweep, so a relist of 200k pods is
+    /// streamed through, never buffered).
+    Relist(Kind),
+    /// The relist of this kind is complete.
+    Listed(Kind),
+    /// Everything of `kind` is exactly this (a snapshot file; `Relist`, applies, `Listed`).
     Replace(Kind, Vec<Object>),
 }
 
@@ -69,21 +95,39 @@ pub enum Owner<'a> {
     Service(&'a ServiceMeta),
 }
 
+type Id = u32;
+
+#[derive(Debug)]
+struct Slot {
+    object: Option<Object>,
+    /// The relist generation of its kind in which it was last applied.
+    mark: u32,
+}
+
 #[derive(Default, Debug)]
 pub struct Store {
-    objects: BTreeMap<Key, Object>,
-    by_ip: HashMap<IpAddr, Key>,
+    slots: Vec<Slot>,
+    free: Vec<Id>,
+    hasher: RandomState,
+    by_name: HashTable<Id>,
+    by_ip: HashMap<IpAddr, Id, RandomState>,
     /// Other objects claiming an address `by_ip` gives to someone else (a pod IP reused
     /// before the old pod's delete arrived; two pods in a bad snapshot). Usually empty; it
     /// makes giving the address back O(1) instead of a scan of every object.
-    shadowed: HashMap<IpAddr, Vec<Key>>,
-    by_uid: HashMap<String, Key>,
-    /// Bumped by every change: classifications made at an older version are stale.
+    shadowed: HashMap<IpAddr, Vec<Id>, RandomState>,
+    by_uid: HashTable<Id>,
+    names: HashSet<Name, RandomState>,
+    /// Interned names added since unused ones were last dropped.
+    names_added: usize,
+    generation: [u32; 4],
+    listing: [bool; 4],
+    counts: [usize; 4],
+    /// Bumped by every change that altered the inventory: classifications made at an older
+    /// version are stale. A relist repeating what is held leaves it alone.
     version: u64,
     /// Pod label keys worth keeping (those egress-gateway selectors use); `None` keeps
-    /// all. A pod's labels are most of what it costs in memory (~680 of ~1,500 bytes with
-    /// five labels), and nothing else reads them.
-    pod_label_keys: Option<std::collections::BTreeSet<String>>,
+    /// all. A pod's labels were most of what it cost in memory, and nothing else reads them.
+    pod_label_keys: Option<BTreeSet<String>>,
 }
 
 impl Store {
@@ -101,117 +145,254 @@ impl Store {
     }
 
     /// Keep only these pod label keys, from now on and in the pods already held.
-    pub fn keep_pod_labels(&mut self, keys: std::collections::BTreeSet<String>) {
-        for o in self.objects.values_mut() {
-            if let Object::Pod(p) = o {
+    pub fn keep_pod_labels(&mut self, keys: BTreeSet<String>) {
+        for slot in &mut self.slots {
+            if let Some(Object::Pod(p)) = &mut slot.object {
                 p.labels.retain(|k| keys.contains(k));
             }
         }
         self.pod_label_keys = Some(keys);
     }
 
-    fn slim(&self, mut o: Object) -> Object {
-        if let (Object::Pod(p), Some(keys)) = (&mut o, &self.pod_label_keys) {
-            p.labels.retain(|k| keys.contains(k));
+    /// The pod label keys kept (`None`: all).
+    pub fn kept_pod_labels(&self) -> Option<&BTreeSet<String>> {
+        self.pod_label_keys.as_ref()
+    }
+
+    fn intern(&mut self, s: &Name) -> Name {
+        if let Some(held) = self.names.get(s) {
+            return held.clone();
+        }
+        self.names_added += 1;
+        self.names.insert(s.clone());
+        s.clone()
+    }
+
+    /// Drop interned names no object uses any more (owners change name with every
+    /// rollout), once enough were added that it is worth a pass.
+    fn forget_unused_names(&mut self) {
+        if self.names_added > self.names.len() / 2 + 1024 {
+            self.names.retain(|n| Arc::strong_count(n) > 1);
+            self.names_added = 0;
+        }
+    }
+
+    /// Reduce an incoming object to what is kept, sharing names with those held.
+    fn ingest(&mut self, mut o: Object) -> Object {
+        match &mut o {
+            Object::Pod(p) => {
+                if let Some(keys) = &self.pod_label_keys {
+                    p.labels.retain(|k| keys.contains(k));
+                }
+                p.namespace = self.intern(&p.namespace);
+                if let Some(n) = &p.node {
+                    p.node = Some(self.intern(n));
+                }
+                if let Some(w) = &p.owner {
+                    p.owner = Some(self.intern(w));
+                }
+            }
+            Object::Namespace(n) => n.name = self.intern(&n.name),
+            Object::Node(n) => n.name = self.intern(&n.name),
+            Object::Service(s) => s.namespace = self.intern(&s.namespace),
         }
         o
     }
 
-    fn put(&mut self, o: Object) {
-        let key = o.key();
-        if let Some(old) = self.objects.remove(&key) {
-            self.unindex(&key, &old);
+    fn hash_key(&self, (kind, ns, name): (Kind, &str, &str)) -> u64 {
+        self.hasher.hash_one((kind, ns, name))
+    }
+
+    fn hash_uid(&self, uid: &str) -> u64 {
+        self.hasher.hash_one(uid)
+    }
+
+    fn object(&self, id: Id) -> Option<&Object> {
+        self.slots.get(id as usize)?.object.as_ref()
+    }
+
+    fn find(&self, key: (Kind, &str, &str)) -> Option<Id> {
+        let slots = &self.slots;
+        self.by_name
+            .find(self.hash_key(key), |&id| {
+                slots[id as usize].object.as_ref().map(Object::key) == Some(key)
+            })
+            .copied()
+    }
+
+    /// Add or update one object; false when it was already held exactly like this.
+    fn put(&mut self, o: Object) -> bool {
+        let kind = o.kind();
+        let mark = self.generation[kind.index()];
+        if let Some(id) = self.find(o.key()) {
+            let slot = &mut self.slots[id as usize];
+            slot.mark = mark;
+            if slot.object.as_ref() == Some(&o) {
+                return false;
+            }
+            let old = slot.object.take().expect("indexed slots hold an object");
+            self.unindex(id, &old);
+            self.index(id, &o);
+            self.slots[id as usize].object = Some(o);
+            return true;
         }
-        self.index(&key, &o);
-        self.objects.insert(key, o);
+        let h = self.hash_key(o.key());
+        let id = match self.free.pop() {
+            Some(id) => id,
+            None => {
+                self.slots.push(Slot {
+                    object: None,
+                    mark,
+                });
+                Id::try_from(self.slots.len() - 1).expect("fewer than 2^32 objects")
+            }
+        };
+        self.index(id, &o);
+        self.slots[id as usize] = Slot {
+            object: Some(o),
+            mark,
+        };
+        let (slots, hasher) = (&self.slots, &self.hasher);
+        self.by_name.insert_unique(h, id, |&i| {
+            let key = slots[i as usize].object.as_ref().map(Object::key);
+            hasher.hash_one(key.expect("indexed slots hold an object"))
+        });
+        self.counts[kind.index()] += 1;
+        true
+    }
+
+    fn remove(&mut self, id: Id) {
+        let Some(old) = self.slots[id as usize].object.take() else {
+            return;
+        };
+        let h = self.hash_key(old.key());
+        if let Ok(e) = self.by_name.find_entry(h, |&i| i == id) {
+            e.remove();
+        }
+        self.unindex(id, &old);
+        self.counts[old.kind().index()] -= 1;
+        self.free.push(id);
     }
 
     pub fn apply(&mut self, change: Change) {
-        self.version += 1;
-        match change {
+        let changed = match change {
             Change::Apply(o) => {
-                let o = self.slim(o);
-                self.put(o);
+                let o = self.ingest(o);
+                self.put(o)
             }
-            Change::Delete(o) => {
-                let key = o.key();
-                if let Some(old) = self.objects.remove(&key) {
-                    self.unindex(&key, &old);
+            Change::Delete(o) => match self.find(o.key()) {
+                Some(id) => {
+                    self.remove(id);
+                    true
                 }
+                None => false,
+            },
+            Change::Relist(kind) => {
+                let g = &mut self.generation[kind.index()];
+                *g = g.wrapping_add(1);
+                self.listing[kind.index()] = true;
+                false
             }
-            // A relist mostly repeats what is held (every 410 Gone relists everything):
-            // only what differs is re-indexed, then what the list lacks goes.
+            Change::Listed(kind) => self.sweep(kind),
             Change::Replace(kind, objects) => {
-                let mut listed: std::collections::HashSet<Key> =
-                    std::collections::HashSet::with_capacity(objects.len());
+                self.apply(Change::Relist(kind));
                 for o in objects.into_iter().filter(|o| o.kind() == kind) {
-                    let o = self.slim(o);
-                    let key = o.key();
-                    if self.objects.get(&key) != Some(&o) {
-                        self.put(o);
-                    }
-                    listed.insert(key);
+                    self.apply(Change::Apply(o));
                 }
-                let stale: Vec<Key> = self
-                    .objects
-                    .keys()
-                    .filter(|k| k.0 == kind && !listed.contains(*k))
-                    .cloned()
-                    .collect();
-                for key in stale {
-                    if let Some(old) = self.objects.remove(&key) {
-                        self.unindex(&key, &old);
-                    }
-                }
+                self.apply(Change::Listed(kind));
+                false
             }
+        };
+        if changed {
+            self.version += 1;
         }
+        self.forget_unused_names();
     }
 
-    fn index(&mut self, key: &Key, o: &Object) {
-        if let Object::Pod(PodMeta { uid: Some(uid), .. }) = o {
-            self.by_uid.insert(uid.clone(), key.clone());
+    /// End a relist: what it did not list goes. True if anything went.
+    fn sweep(&mut self, kind: Kind) -> bool {
+        if !std::mem::take(&mut self.listing[kind.index()]) {
+            return false;
         }
+        let mark = self.generation[kind.index()];
+        let stale: Vec<Id> = self
+            .slots
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.mark != mark && s.object.as_ref().map(Object::kind) == Some(kind))
+            .map(|(i, _)| i as Id)
+            .collect();
+        for &id in &stale {
+            self.remove(id);
+        }
+        !stale.is_empty()
+    }
+
+    fn is_node(&self, id: Id) -> bool {
+        matches!(self.object(id), Some(Object::Node(_)))
+    }
+
+    /// Index `o`, about to be stored at `id` (not yet in its slot).
+    fn index(&mut self, id: Id, o: &Object) {
+        if let Some(uid) = o.uid() {
+            let h = self.hash_uid(uid);
+            let slots = &self.slots;
+            // A uid held by another pod (a bad snapshot): the newest wins.
+            if let Ok(e) = self.by_uid.find_entry(h, |&i| {
+                slots[i as usize].object.as_ref().and_then(Object::uid) == Some(uid)
+            }) {
+                e.remove();
+            }
+            let (slots, hasher) = (&self.slots, &self.hasher);
+            self.by_uid.insert_unique(h, id, |&i| {
+                let uid = slots[i as usize].object.as_ref().and_then(Object::uid);
+                // The slot being inserted holds nothing yet; it is never rehashed here.
+                hasher.hash_one(uid.unwrap_or_default())
+            });
+        }
+        let is_node = o.kind() == Kind::Node;
         for ip in o.ips() {
-            match self.by_ip.get(ip) {
+            match self.by_ip.get(ip).copied() {
                 None => {
-                    self.by_ip.insert(*ip, key.clone());
+                    self.by_ip.insert(*ip, id);
                 }
                 // Nodes win over pods and services: an address a node holds is the node's.
-                Some(k) if k.0 == Kind::Node && key.0 != Kind::Node => {
-                    self.shadowed.entry(*ip).or_default().push(key.clone());
+                Some(holder) if self.is_node(holder) && !is_node => {
+                    self.shadowed.entry(*ip).or_default().push(id);
                 }
                 // Otherwise the newest claim wins; the older one waits its turn.
-                Some(_) => {
-                    let old = self.by_ip.insert(*ip, key.clone()).expect("present");
-                    self.shadowed.entry(*ip).or_default().push(old);
+                Some(holder) => {
+                    self.by_ip.insert(*ip, id);
+                    self.shadowed.entry(*ip).or_default().push(holder);
                 }
             }
         }
     }
 
-    fn unindex(&mut self, key: &Key, o: &Object) {
-        if let Object::Pod(PodMeta { uid: Some(uid), .. }) = o {
-            if self.by_uid.get(uid) == Some(key) {
-                self.by_uid.remove(uid);
+    /// Remove `o`, held at `id` (already taken out of its slot), from the indexes.
+    fn unindex(&mut self, id: Id, o: &Object) {
+        if let Some(uid) = o.uid() {
+            if let Ok(e) = self.by_uid.find_entry(self.hash_uid(uid), |&i| i == id) {
+                e.remove();
             }
         }
         for ip in o.ips() {
-            if self.by_ip.get(ip) == Some(key) {
+            if self.by_ip.get(ip) == Some(&id) {
                 self.by_ip.remove(ip);
                 // Give the address back to the next claimant: a node first, else the newest.
-                if let Some(waiting) = self.shadowed.get_mut(ip) {
+                if let Some(mut waiting) = self.shadowed.remove(ip) {
                     let next = waiting
                         .iter()
-                        .rposition(|k| k.0 == Kind::Node)
+                        .rposition(|&k| self.is_node(k))
                         .unwrap_or(waiting.len() - 1);
                     let k = waiting.remove(next);
-                    if waiting.is_empty() {
-                        self.shadowed.remove(ip);
+                    if !waiting.is_empty() {
+                        self.shadowed.insert(*ip, waiting);
                     }
                     self.by_ip.insert(*ip, k);
                 }
             } else if let Some(waiting) = self.shadowed.get_mut(ip) {
-                if let Some(i) = waiting.iter().position(|k| k == key) {
+                if let Some(i) = waiting.iter().position(|&k| k == id) {
                     waiting.remove(i);
                 }
                 if waiting.is_empty() {
@@ -227,7 +408,7 @@ impl Store {
     }
 
     pub fn owner(&self, ip: IpAddr) -> Option<Owner<'_>> {
-        match self.objects.get(self.by_ip.get(&ip)?)? {
+        match self.object(*self.by_ip.get(&ip)?)? {
             Object::Pod(p) => Some(Owner::Pod(p)),
             Object::Node(n) => Some(Owner::Node(n)),
             Object::Service(s) => Some(Owner::Service(s)),
@@ -236,48 +417,54 @@ impl Store {
     }
 
     pub fn namespace(&self, name: &str) -> Option<&NamespaceMeta> {
-        match self
-            .objects
-            .get(&Key(Kind::Namespace, String::new(), name.into()))
-        {
-            Some(Object::Namespace(n)) => Some(n),
+        match self.object(self.find((Kind::Namespace, "", name))?)? {
+            Object::Namespace(n) => Some(n),
             _ => None,
         }
     }
 
+    /// Every object held, in no particular order.
+    pub fn objects(&self) -> impl Iterator<Item = &Object> {
+        self.slots.iter().filter_map(|s| s.object.as_ref())
+    }
+
     pub fn namespace_names(&self) -> impl Iterator<Item = &str> {
-        self.objects.values().filter_map(|o| match o {
-            Object::Namespace(n) => Some(n.name.as_str()),
+        self.objects().filter_map(|o| match o {
+            Object::Namespace(n) => Some(&*n.name),
             _ => None,
         })
     }
 
     /// The pod with this metadata.uid (what its cgroup path carries).
     pub fn pod_by_uid(&self, uid: &str) -> Option<&PodMeta> {
-        match self.objects.get(self.by_uid.get(uid)?)? {
+        let slots = &self.slots;
+        let id = self.by_uid.find(self.hash_uid(uid), |&i| {
+            slots[i as usize].object.as_ref().and_then(Object::uid) == Some(uid)
+        })?;
+        match self.object(*id)? {
             Object::Pod(p) => Some(p),
             _ => None,
         }
     }
 
     pub fn pods(&self) -> impl Iterator<Item = &PodMeta> {
-        self.objects.values().filter_map(|o| match o {
+        self.objects().filter_map(|o| match o {
             Object::Pod(p) => Some(p),
             _ => None,
         })
     }
 
-    /// Objects per kind, for metrics and logs.
+    /// Objects per kind (kinds with none left out), for metrics and logs.
     pub fn counts(&self) -> BTreeMap<Kind, usize> {
-        let mut m = BTreeMap::new();
-        for k in self.objects.keys() {
-            *m.entry(k.0).or_default() += 1;
-        }
-        m
+        Kind::ALL
+            .into_iter()
+            .map(|k| (k, self.counts[k.index()]))
+            .filter(|&(_, n)| n > 0)
+            .collect()
     }
 
     pub fn len(&self) -> usize {
-        self.objects.len()
+        self.counts.iter().sum()
     }
 
     /// Continue the version sequence of the store this one replaces, so classifications
@@ -286,12 +473,12 @@ impl Store {
         self.version = previous + 1;
     }
 
-    /// Changes applied so far.
+    /// Changes applied so far that altered the inventory.
     pub fn version(&self) -> u64 {
         self.version
     }
 
     pub fn is_empty(&self) -> bool {
-        self.objects.is_empty()
+        self.len() == 0
     }
 }

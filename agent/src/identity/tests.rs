@@ -4,14 +4,14 @@ use super::*;
 
 fn pod(name: &str, ns: &str, ip: &str) -> Object {
     Object::Pod(PodMeta {
-        uid: Some(format!("uid-{name}")),
+        uid: Some(format!("uid-{name}").into()),
         name: name.into(),
         namespace: ns.into(),
         node: Some("n1".into()),
         host_network: false,
         labels: PodLabels::default(),
         owner: None,
-        ips: vec![ip.parse().unwrap()],
+        ips: vec![ip.parse().unwrap()].into(),
     })
 }
 
@@ -156,7 +156,7 @@ fn watch_changes_update_the_address_index() {
     ));
     assert_eq!(owner_name(&s, "10.244.1.6"), None);
     assert_eq!(owner_name(&s, "10.244.1.8").as_deref(), Some("pod e"));
-    assert_eq!(s.pod_by_uid("uid-e").map(|p| p.name.as_str()), Some("e"));
+    assert_eq!(s.pod_by_uid("uid-e").map(|p| &*p.name), Some("e"));
     assert!(s.pod_by_uid("uid-a").is_none(), "gone with the relist");
     assert!(
         s.namespace("x").is_some(),

@@ -1,6 +1,6 @@
 //! Live identity from the Kubernetes API: one watcher per kind (pods, namespaces, nodes,
-//! services), relisting after a 410 Gone, retrying with backoff while the API server is
-//! unreachable. Every change goes through the same [`Change`] path as the snapshot file;
+//! services) of slim objects, relisting after a 410 Gone, retrying with backoff while the
+//! API server is unreachable. Every change goes through the same [`Change`] path as the snapshot file;
 //! the last-known inventory stays in use while the API is away.
 
 use std::fmt::Debug;
@@ -12,9 +12,11 @@ use kube::{
     Api, Client, Resource,
 };
 use serde::de::DeserializeOwned;
-use tokio::sync::mpsc::UnboundedSender;
+use tokio::sync::mpsc::Sender;
 
-use super::{Change, IdentityError, Kind, NamespaceMeta, NodeMeta, Object, PodMeta, ServiceMeta};
+use super::{
+    slim::Slim, Change, IdentityError, Kind, NamespaceMeta, NodeMeta, Object, PodMeta, ServiceMeta,
+};
 
 /// What a watcher reports.
 #[derive(Debug)]
@@ -64,66 +66,83 @@ impl Watched for Service {
     }
 }
 
-/// Start the four watchers; events arrive on `tx` until it is dropped.
-pub fn spawn_all(client: Client, tx: UnboundedSender<WatchEvent>) {
-    tokio::spawn(run(Api::<Pod>::all(client.clone()), tx.clone()));
-    tokio::spawn(run(Api::<Namespace>::all(client.clone()), tx.clone()));
-    tokio::spawn(run(Api::<Node>::all(client.clone()), tx.clone()));
-    tokio::spawn(run(Api::<Service>::all(client), tx));
+impl<K: Watched> Watched for Slim<K>
+where
+    Slim<K>: DeserializeOwned,
+{
+    const KIND: Kind = K::KIND;
+    fn to_object(&self) -> Result<Object, IdentityError> {
+        self.0.to_object()
+    }
+}
+
+/// How the watchers list: what the API server is asked to do at every (re)list.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum InitialList {
+    /// Paged lists (500 per page) served from the API server's watch cache
+    /// (`resourceVersion=0`): no quorum read from etcd, however many agents relist.
+    #[default]
+    Paged,
+    /// One watch that streams the initial state (`sendInitialEvents`, Kubernetes 1.27+
+    /// with the WatchList feature): no list response held in the API server's memory.
+    Streaming,
+}
+
+fn config(list: InitialList) -> watcher::Config {
+    let c = watcher::Config::default().page_size(500);
+    match list {
+        InitialList::Paged => c.any_semantic(),
+        InitialList::Streaming => c.streaming_lists(),
+    }
+}
+
+/// Start the four cluster-wide watchers (slim objects); events arrive on `tx` until it
+/// is dropped.
+pub fn spawn_all(client: Client, list: InitialList, tx: Sender<WatchEvent>) {
+    tokio::spawn(run(Api::<Slim<Pod>>::all(client.clone()), list, tx.clone()));
+    tokio::spawn(run(Api::<Slim<Namespace>>::all(client.clone()), list, tx.clone()));
+    tokio::spawn(run(Api::<Slim<Node>>::all(client.clone()), list, tx.clone()));
+    tokio::spawn(run(Api::<Slim<Service>>::all(client), list, tx));
 }
 
 /// Watch one kind until the receiver goes away.
-pub async fn run<K: Watched>(api: Api<K>, tx: UnboundedSender<WatchEvent>) {
-    let stream = watcher(api, watcher::Config::default()).default_backoff();
+pub async fn run<K: Watched>(api: Api<K>, list: InitialList, tx: Sender<WatchEvent>) {
+    let stream = watcher(api, config(list)).default_backoff();
     translate::<K>(stream, tx).await
 }
 
-/// Turn watcher events into inventory changes: a relist is buffered and applied as one
-/// `Replace`, so objects deleted while the watch was down disappear too.
+/// Turn watcher events into inventory changes. A relist is streamed through the store
+/// (`Relist`, each object, `Listed`), never buffered: objects it does not repeat, those
+/// deleted while the watch was down, go at its end.
 pub async fn translate<K: Watched>(
     stream: impl Stream<Item = Result<watcher::Event<K>, watcher::Error>>,
-    tx: UnboundedSender<WatchEvent>,
+    tx: Sender<WatchEvent>,
 ) {
     futures::pin_mut!(stream);
-    let mut relist: Vec<Object> = Vec::new();
     while let Some(ev) = stream.next().await {
         let out = match ev {
-            Ok(watcher::Event::Init) => {
-                relist.clear();
-                continue;
-            }
-            Ok(watcher::Event::InitApply(o)) => {
-                match o.to_object() {
-                    Ok(obj) => relist.push(obj),
-                    Err(e) => {
-                        if tx.send(WatchEvent::BadObject(e)).is_err() {
-                            return;
-                        }
-                    }
-                }
-                continue;
-            }
+            Ok(watcher::Event::Init) => WatchEvent::Change(Change::Relist(K::KIND)),
+            Ok(watcher::Event::InitApply(o) | watcher::Event::Apply(o)) => match o.to_object() {
+                Ok(obj) => WatchEvent::Change(Change::Apply(obj)),
+                Err(e) => WatchEvent::BadObject(e),
+            },
             Ok(watcher::Event::InitDone) => {
-                let all = std::mem::take(&mut relist);
                 if tx
-                    .send(WatchEvent::Change(Change::Replace(K::KIND, all)))
+                    .send(WatchEvent::Change(Change::Listed(K::KIND)))
+                    .await
                     .is_err()
                 {
                     return;
                 }
                 WatchEvent::Synced(K::KIND)
             }
-            Ok(watcher::Event::Apply(o)) => match o.to_object() {
-                Ok(obj) => WatchEvent::Change(Change::Apply(obj)),
-                Err(e) => WatchEvent::BadObject(e),
-            },
             Ok(watcher::Event::Delete(o)) => match o.to_object() {
                 Ok(obj) => WatchEvent::Change(Change::Delete(obj)),
                 Err(e) => WatchEvent::BadObject(e),
             },
             Err(e) => WatchEvent::Unavailable(format!("{:?} watch: {e}", K::KIND)),
         };
-        if tx.send(out).is_err() {
+        if tx.send(out).await.is_err() {
             return;
         }
     }
