@@ -210,6 +210,8 @@ fn main() {
     // What the agent keeps of a pod's labels: the keys egress-gateway selectors use (here
     // one, `app`, as in the chart's example).
     store.keep_pod_labels(["app".to_owned()].into());
+    // And the uids of this node's pods only (an agent's own node).
+    store.keep_uids_of("aks-pool-0");
     relist(&mut store, Kind::Namespace, &ns_text, |n: &Namespace| {
         Object::Namespace(NamespaceMeta::try_from(n).expect("valid"))
     });

@@ -16,6 +16,7 @@ use crate::{
     config::Tenancy,
     export::Shared,
     identity::{reload::Reloaded, tenant, watch::WatchEvent, Kind, Store},
+    index::journal::Journal,
 };
 
 /// Changes applied under one write lock: small enough that a harvest waiting for the
@@ -54,13 +55,16 @@ pub struct Inventory {
     pub tenancy: Tenancy,
     /// Pod label keys classification reads (those of egress-gateway selectors).
     pub pod_label_keys: BTreeSet<String>,
+    /// Index mode: every change is versioned and passed on to followers.
+    pub journal: Option<Arc<Journal>>,
 }
 
 impl Inventory {
     /// Complete enough to serve: every kind listed at least once (a snapshot is complete
     /// when loaded, and having no source is complete by definition).
     fn ready(&self, synced: &BTreeSet<Kind>) -> bool {
-        self.source != "kubernetes" || Kind::ALL.iter().all(|k| synced.contains(k))
+        !matches!(self.source, "kubernetes" | "index")
+            || Kind::ALL.iter().all(|k| synced.contains(k))
     }
 
     /// Apply changes until both inputs close. Readiness and identity metrics are
@@ -142,11 +146,15 @@ impl Inventory {
                     m.metadata_errors.inc();
                     warn!(error = %e, "identity: object skipped");
                 }
+                WatchEvent::Available => m.metadata_stale.set(0),
                 WatchEvent::Unavailable(e) => {
                     m.metadata_stale.set(1);
-                    warn!(error = %e, "identity: Kubernetes API unavailable, keeping the last-known inventory");
+                    warn!(error = %e, "identity: source unavailable, keeping the last-known inventory");
                 }
             }
+        }
+        if let Some(j) = &self.journal {
+            j.publish(&mut store);
         }
         newly
     }
@@ -159,7 +167,7 @@ impl Inventory {
                 {
                     let mut held = self.store.write();
                     store.resume_after(held.version());
-                    *held = store;
+                    *held = *store;
                     info!(objects = held.len(), "identity snapshot reloaded");
                 }
                 self.publish(shared);

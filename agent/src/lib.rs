@@ -12,6 +12,7 @@ pub mod flow;
 #[cfg(test)]
 mod fuzz_support;
 pub mod identity;
+pub mod index;
 pub mod input;
 pub mod inventory;
 pub mod lateral;

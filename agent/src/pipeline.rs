@@ -278,9 +278,7 @@ impl Pipeline {
             })
             .collect();
         let wall = Instant::now();
-        self.sinks
-            .metrics
-            .observe(&events, &store, wall);
+        self.sinks.metrics.observe(&events, &store, wall);
         self.sinks.nat_mappings.observe(&events);
         self.sinks.fanout.observe(&events, wall);
         if let Some(log) = &mut self.sinks.log {

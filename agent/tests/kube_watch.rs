@@ -2,7 +2,8 @@
 //! API-server payloads: a PodList, a watch stream with ADDED/MODIFIED/DELETED, a bookmark,
 //! an unreadable object, and a 410 Gone that forces a relist in which a pod deleted during
 //! the gap disappears. No API server can run here; the payloads follow the wire format
-//! byte for byte (fixtures/kube-api).
+//! byte for byte (fixtures/kube-api). Pods are slim-decoded and relists streamed through
+//! the store (relist, objects, listed) as the agent does.
 
 use std::time::Duration;
 
@@ -10,7 +11,8 @@ use http::{Request, Response, StatusCode};
 use k8s_openapi::api::core::v1::Pod;
 use kube::{client::Body, Api, Client};
 use tenantflow::identity::{
-    watch::{self, WatchEvent},
+    slim::Slim,
+    watch::{self, InitialList, WatchEvent},
     Change, Kind, Owner, Store,
 };
 use tokio::sync::mpsc;
@@ -48,7 +50,7 @@ async fn answer(handle: &mut Handle, watch: Option<&str>, body: &str) {
     );
 }
 
-async fn next(rx: &mut mpsc::UnboundedReceiver<WatchEvent>) -> WatchEvent {
+async fn next(rx: &mut mpsc::Receiver<WatchEvent>) -> WatchEvent {
     tokio::time::timeout(Duration::from_secs(10), rx.recv())
         .await
         .expect("event in time")
@@ -66,8 +68,12 @@ fn pod_at(store: &Store, ip: &str) -> Option<String> {
 async fn watch_applies_events_and_relists_after_410_gone() {
     let (svc, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
     let client = Client::new(svc, "default");
-    let (tx, mut rx) = mpsc::unbounded_channel();
-    tokio::spawn(watch::run(Api::<Pod>::all(client), tx));
+    let (tx, mut rx) = mpsc::channel(64);
+    tokio::spawn(watch::run(
+        Api::<Slim<Pod>>::all(client),
+        InitialList::Cache,
+        tx,
+    ));
 
     let server = tokio::spawn(async move {
         answer(&mut handle, None, LIST).await;
@@ -83,6 +89,8 @@ async fn watch_applies_events_and_relists_after_410_gone() {
     // Initial list.
     let apply = |store: &mut Store, ev: WatchEvent, seen: &mut Vec<String>| {
         let tag = match &ev {
+            WatchEvent::Change(Change::Relist(k)) => format!("relist {k:?}"),
+            WatchEvent::Change(Change::Listed(k)) => format!("listed {k:?}"),
             WatchEvent::Change(Change::Replace(k, v)) => format!("replace {k:?} {}", v.len()),
             WatchEvent::Change(Change::Apply(o)) => format!("apply {}", o.describe()),
             WatchEvent::Change(Change::Delete(o)) => format!("delete {}", o.describe()),
@@ -91,13 +99,14 @@ async fn watch_applies_events_and_relists_after_410_gone() {
             WatchEvent::Unavailable(e) => {
                 format!("unavailable {}", e.contains("too old resource version"))
             }
+            WatchEvent::Available => "available".into(),
         };
         seen.push(tag);
         if let WatchEvent::Change(c) = ev {
             store.apply(c);
         }
     };
-    for _ in 0..2 {
+    for _ in 0..5 {
         let ev = next(&mut rx).await;
         apply(&mut store, ev, &mut seen);
     }
@@ -120,21 +129,27 @@ async fn watch_applies_events_and_relists_after_410_gone() {
         Some("alpha-jobs/jobs-5f6d7c8b9-klmno")
     );
     // Relist after the 410: jobs was deleted while the watch was gone, cron is new.
-    for _ in 0..2 {
+    for _ in 0..5 {
         let ev = next(&mut rx).await;
         apply(&mut store, ev, &mut seen);
     }
     assert_eq!(
         seen,
         [
-            "replace Pod 2",
+            "relist Pod",
+            "apply Pod alpha-web/web-6d5b8c7f9-abcde",
+            "apply Pod beta-api/api-58c7d9b6f4-fghij",
+            "listed Pod",
             "synced Pod",
             "apply Pod alpha-jobs/jobs-5f6d7c8b9-klmno",
             "apply Pod alpha-jobs/jobs-5f6d7c8b9-klmno",
             "bad Pod alpha-jobs/broken-1: field `status.podIPs[0].ip`: \"10.244.1.999\" is not an IP address",
             "delete Pod alpha-web/web-6d5b8c7f9-abcde",
             "unavailable true",
-            "replace Pod 2",
+            "relist Pod",
+            "apply Pod beta-api/api-58c7d9b6f4-fghij",
+            "apply Pod alpha-jobs/cron-28912345-pqrst",
+            "listed Pod",
             "synced Pod",
         ]
     );
@@ -155,8 +170,12 @@ async fn watch_applies_events_and_relists_after_410_gone() {
 async fn an_unreachable_api_server_is_reported_and_retried() {
     let (svc, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
     let client = Client::new(svc, "default");
-    let (tx, mut rx) = mpsc::unbounded_channel();
-    tokio::spawn(watch::run(Api::<Pod>::all(client), tx));
+    let (tx, mut rx) = mpsc::channel(64);
+    tokio::spawn(watch::run(
+        Api::<Slim<Pod>>::all(client),
+        InitialList::Cache,
+        tx,
+    ));
     let server = tokio::spawn(async move {
         // First attempt: the API server answers 503; the retry gets the list.
         let (_req, send) = handle.next_request().await.unwrap();
@@ -170,18 +189,26 @@ async fn an_unreachable_api_server_is_reported_and_retried() {
         let (_req, _send) = handle.next_request().await.unwrap();
         std::future::pending::<()>().await;
     });
-    let first = tokio::time::timeout(Duration::from_secs(10), rx.recv())
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(matches!(first, WatchEvent::Unavailable(_)), "{first:?}");
-    let second = tokio::time::timeout(Duration::from_secs(10), rx.recv())
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(
-        matches!(second, WatchEvent::Change(Change::Replace(Kind::Pod, ref v)) if v.len() == 2),
-        "{second:?}"
+    let mut seen = Vec::new();
+    for _ in 0..4 {
+        let ev = next(&mut rx).await;
+        seen.push(match ev {
+            WatchEvent::Change(Change::Relist(k)) => format!("relist {k:?}"),
+            WatchEvent::Change(Change::Apply(o)) => format!("apply {}", o.describe()),
+            WatchEvent::Unavailable(e) => format!("unavailable {}", e.contains("503")),
+            other => format!("{other:?}"),
+        });
+    }
+    // A relist begins, fails (the store keeps everything: only `Listed` sweeps), and the
+    // retry lists.
+    assert_eq!(
+        seen,
+        [
+            "relist Pod",
+            "unavailable true",
+            "relist Pod",
+            "apply Pod alpha-web/web-6d5b8c7f9-abcde",
+        ]
     );
     server.abort();
 }

@@ -20,10 +20,11 @@ use crate::{
         NatMappings, Shared,
     },
     identity::{self, reload::Reloaded, snapshot, Store},
+    index::follow,
+    inventory::{self, Inventory, SharedStore},
     lateral::{EdgeConfig, Edges, Fanout, FanoutConfig},
     nat::socket_lb::SocketLb,
     nat::{self, Mechanism},
-    inventory::{self, Inventory, SharedStore},
     pipeline::{gateway_label_keys, Pipeline, Sinks},
     process::{self, Attribution},
     shutdown::Shutdown,
@@ -49,10 +50,15 @@ pub struct AgentArgs {
     /// How often the kernel flow map is read.
     #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
     pub harvest_interval: Duration,
-    /// How the Kubernetes API watchers (re)list: `paged` (lists from the API server's
-    /// watch cache, no quorum read) or `streaming` (watch-list, Kubernetes 1.27+ with the
-    /// WatchList feature on).
-    #[arg(long, value_enum, default_value = "paged")]
+    /// Index mode: follow the identity index at these base URLs (replicas, tried in turn;
+    /// comma-separated) instead of watching the whole cluster. The agent still watches
+    /// its own node's pods.
+    #[arg(long, value_delimiter = ',')]
+    pub identity_index: Vec<String>,
+    /// How the Kubernetes API watchers (re)list: `cache` (from the API server's watch
+    /// cache, no etcd read, one response per kind), `paged` (500 per page, may read etcd)
+    /// or `streaming` (watch-list: Kubernetes 1.27+ with the WatchList feature on).
+    #[arg(long, value_enum, default_value = "cache")]
     pub initial_list: identity::watch::InitialList,
     /// How often every hook is checked for the observer still running first (another
     /// datapath attaching later goes ahead of it); a displaced observer is moved back.
@@ -238,13 +244,19 @@ async fn run_async(args: AgentArgs) -> anyhow::Result<()> {
         None => Config::default(),
     };
     let (reload_tx, reload_rx) = tokio::sync::mpsc::unbounded_channel();
-    let (store, source, kube_client) = load_identity(&config, reload_tx).await?;
+    let node = node_name(&args);
+    let (mut store, source, kube_client) =
+        load_identity(&config, &args.identity_index, reload_tx).await?;
+    if source != "snapshot" {
+        store.keep_uids_of(&node);
+    }
     let identity = SharedStore::new(store);
     let inventory = Inventory {
         store: identity.clone(),
         source,
         tenancy: config.tenancy.clone(),
         pod_label_keys: gateway_label_keys(&config),
+        journal: None,
     };
     let flow_log = open_flow_log(&args)?;
     let programs = if args.bench_noop {
@@ -381,10 +393,30 @@ async fn run_async(args: AgentArgs) -> anyhow::Result<()> {
         edges,
     );
     let (watch_tx, watch_rx) = tokio::sync::mpsc::channel(inventory::QUEUE);
-    if let Some(client) = kube_client {
-        identity::watch::spawn_all(client, args.initial_list, watch_tx);
-    } else {
-        drop(watch_tx);
+    match (source, kube_client) {
+        ("index", client) => {
+            let m = &shared.metrics;
+            let metrics = follow::FollowMetrics {
+                connected: m.index_connected.clone(),
+                last_frame: m.index_last_frame.clone(),
+                resyncs: m.index_resyncs.clone(),
+            };
+            if let Some(client) = client {
+                identity::watch::spawn_local_pods(
+                    client,
+                    &node,
+                    args.initial_list,
+                    watch_tx.clone(),
+                );
+            }
+            tokio::spawn(follow::follow(
+                args.identity_index.clone(),
+                watch_tx,
+                metrics,
+            ));
+        }
+        (_, Some(client)) => identity::watch::spawn_all(client, args.initial_list, watch_tx),
+        (_, None) => drop(watch_tx),
     }
     let identity_task = tokio::spawn(inventory.run(watch_rx, reload_rx, shared.clone()));
     shared.set_stall_limit(stall_limit(args.harvest_interval));
@@ -517,8 +549,24 @@ fn cilium_snat(args: &AgentArgs, tx: tokio::sync::mpsc::UnboundedSender<nat::Nat
 /// (in-cluster service account or kubeconfig); else none, with a warning.
 async fn load_identity(
     config: &Config,
+    index: &[String],
     reload: tokio::sync::mpsc::UnboundedSender<Reloaded>,
 ) -> anyhow::Result<(Store, &'static str, Option<kube::Client>)> {
+    if !index.is_empty() {
+        if config.snapshot.is_some() {
+            return Err(UsageError(
+                "--identity-index and identity.snapshot name two identity sources: keep one".into(),
+            )
+            .into());
+        }
+        follow::check_urls(index).map_err(UsageError)?;
+        // The API is needed only for this node's pods; without it the index serves them too.
+        let client = kube::Client::try_default().await.ok();
+        if client.is_none() {
+            warn!("identity: no Kubernetes API client; this node's pods come from the index only");
+        }
+        return Ok((Store::new(), "index", client));
+    }
     if let Some(path) = &config.snapshot {
         let path = std::path::PathBuf::from(path);
         // Watching starts before the first read, so a rewrite during it is not missed.
@@ -574,15 +622,20 @@ fn attach_processes(ebpf: &mut aya::Ebpf, args: &AgentArgs) -> anyhow::Result<Op
     }
 }
 
+/// This node's name: --node-name / $NODE_NAME (the chart sets it), else the hostname.
+fn node_name(args: &AgentArgs) -> String {
+    args.node_name.clone().unwrap_or_else(|| {
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_owned())
+            .unwrap_or_default()
+    })
+}
+
 fn open_flow_log(args: &AgentArgs) -> anyhow::Result<Option<FlowLog>> {
     let Some(target) = &args.flow_log else {
         return Ok(None);
     };
-    let node = args.node_name.clone().unwrap_or_else(|| {
-        std::fs::read_to_string("/proc/sys/kernel/hostname")
-            .map(|h| h.trim().to_owned())
-            .unwrap_or_default()
-    });
+    let node = node_name(args);
     let cfg = FlowLogConfig {
         path: (target != "-").then(|| target.into()),
         max_bytes: args.flow_log_max_bytes,

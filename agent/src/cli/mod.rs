@@ -5,6 +5,7 @@ mod bounds;
 mod check_config;
 mod flows;
 mod hooks;
+mod index;
 mod summary;
 
 use clap::{Parser, Subcommand};
@@ -37,6 +38,9 @@ pub enum Command {
     CheckConfig(check_config::CheckConfigArgs),
     /// List the tcx programs attached to each interface in this network namespace.
     Hooks(hooks::HooksArgs),
+    /// Watch the Kubernetes API once for the whole cluster and serve identity to agents
+    /// started with --identity-index (index mode, for large clusters).
+    Index(index::IndexArgs),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
@@ -45,6 +49,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Flows(args) => flows::run(args),
         Command::Hooks(args) => hooks::run(args),
         Command::CheckConfig(args) => check_config::run(args),
+        Command::Index(args) => index::run(args),
     }
 }
 

@@ -120,6 +120,23 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 /// tenant, no pod names, addresses or processes.
 /// With `guarded`, served over TLS and `/metrics` needs a reviewed token; the probes stay
 /// open (the kubelet sends none).
+/// /metrics, /healthz and /readyz (`metrics` is the /metrics route, guarded or not).
+pub fn public_router(
+    shared: Arc<Shared>,
+    metrics_route: axum::routing::MethodRouter<Arc<Shared>>,
+) -> Router {
+    Router::new()
+        .route("/metrics", metrics_route)
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .with_state(shared)
+}
+
+/// The open /metrics route.
+pub fn metrics_route() -> axum::routing::MethodRouter<Arc<Shared>> {
+    get(metrics)
+}
+
 pub async fn serve(
     listener: TcpListener,
     shared: Arc<Shared>,
@@ -132,11 +149,7 @@ pub async fn serve(
             super::guarded::metrics_authorized::<KubeReview>,
         ));
     }
-    let app = Router::new()
-        .route("/metrics", metrics_route)
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .with_state(shared);
+    let app = public_router(shared, metrics_route);
     match guarded {
         None => axum::serve(listener, app).await,
         Some((_, tls)) => crate::access::tls::serve(listener, tls, app).await,

@@ -31,6 +31,9 @@ pub struct AgentMetrics {
     pub metadata_errors: IntCounter,
     pub identity_queue: IntGauge,
     pub identity_queue_capacity: IntGauge,
+    pub index_connected: IntGauge,
+    pub index_last_frame: IntGauge,
+    pub index_resyncs: IntCounter,
     pub flow_log_records: IntCounter,
     pub flow_log_errors: IntCounter,
     kernel_packets: IntCounter,
@@ -155,6 +158,23 @@ impl AgentMetrics {
                 &r,
                 "tenantflow_identity_queue_capacity",
                 "How many identity changes may wait to be applied.",
+            ),
+            index_connected: gauge(
+                &r,
+                "tenantflow_identity_index_connected",
+                "1 while following an identity index (index mode), else 0.",
+            ),
+            index_last_frame: gauge(
+                &r,
+                "tenantflow_identity_index_last_frame_timestamp_seconds",
+                "Unix time of the last frame from the identity index (a heartbeat arrives every \
+                 2 s): time() minus this is how stale the inventory may be.",
+            ),
+            index_resyncs: counter(
+                &r,
+                "tenantflow_identity_index_resyncs_total",
+                "Full snapshots received from the identity index (first connection, another \
+                 replica, or too far behind to resume).",
             ),
             flow_log_records: counter(
                 &r,

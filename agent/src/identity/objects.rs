@@ -16,7 +16,7 @@ pub type Name = Arc<str>;
 
 /// A pod's labels in one sorted slice: a `BTreeMap` allocates a node for eleven entries
 /// however few it holds (~560 bytes), which at 200k pods is most of what a pod costs.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct PodLabels(Box<[(Box<str>, Box<str>)]>);
 
 impl PodLabels {
@@ -57,7 +57,7 @@ impl From<Labels> for PodLabels {
 
 /// What classification needs of a pod, and nothing else: at 200k pods every field costs
 /// megabytes (boxed slices instead of `String`/`Vec` save their capacity word).
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct PodMeta {
     pub name: Box<str>,
     /// metadata.uid: what the pod's cgroup path carries.
@@ -71,20 +71,20 @@ pub struct PodMeta {
     pub ips: Box<[IpAddr]>,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct NamespaceMeta {
     pub name: Name,
     pub labels: Labels,
     pub annotations: Labels,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct NodeMeta {
     pub name: Name,
     pub ips: Box<[IpAddr]>,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ServiceMeta {
     pub name: Box<str>,
     pub namespace: Name,
@@ -92,7 +92,7 @@ pub struct ServiceMeta {
 }
 
 /// One object of any of the four kinds.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Object {
     Pod(PodMeta),
     Namespace(NamespaceMeta),

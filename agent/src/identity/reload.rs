@@ -21,7 +21,7 @@ use super::{snapshot, IdentityError, Store};
 /// What the reloader hands the agent.
 pub enum Reloaded {
     /// The new file, parsed and indexed.
-    Store(Store),
+    Store(Box<Store>),
     /// The file changed but is not a valid snapshot.
     Invalid(IdentityError),
 }
@@ -76,7 +76,7 @@ pub fn spawn(path: PathBuf, poll: Duration, tx: UnboundedSender<Reloaded>) {
                 loaded = now;
                 pending = None;
                 let msg = match result {
-                    Ok(objects) => Reloaded::Store(Store::from_objects(objects)),
+                    Ok(objects) => Reloaded::Store(Box::new(Store::from_objects(objects))),
                     Err(e) => Reloaded::Invalid(e),
                 };
                 if tx.send(msg).is_err() {

@@ -16,7 +16,9 @@ use hashbrown::HashTable;
 use super::{Name, NamespaceMeta, NodeMeta, Object, PodMeta, ServiceMeta};
 
 /// Which of the four kinds a change is about (a watch relists one kind at a time).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 pub enum Kind {
     Pod,
     Namespace,
@@ -128,6 +130,11 @@ pub struct Store {
     /// Pod label keys worth keeping (those egress-gateway selectors use); `None` keeps
     /// all. A pod's labels were most of what it cost in memory, and nothing else reads them.
     pod_label_keys: Option<BTreeSet<String>>,
+    /// Keep pod uids only for pods of this node (`None`: all). A uid is read only to
+    /// attribute a local process's cgroup to its pod, and is 36 bytes of every pod.
+    uid_node: Option<String>,
+    /// Changes that altered the inventory, for an index to pass on (`None`: not kept).
+    journal: Option<Vec<Change>>,
 }
 
 impl Store {
@@ -152,6 +159,25 @@ impl Store {
             }
         }
         self.pod_label_keys = Some(keys);
+    }
+
+    /// Keep pod uids only for pods on `node` (those whose cgroups this node holds).
+    pub fn keep_uids_of(&mut self, node: &str) {
+        self.uid_node = Some(node.to_owned());
+    }
+
+    /// Record every change that alters the inventory (applied objects as held, deleted
+    /// ones, those a relist swept), for [`Store::take_journal`].
+    pub fn keep_journal(&mut self) {
+        self.journal.get_or_insert_with(Vec::new);
+    }
+
+    /// The changes recorded since the last call (only `Apply` and `Delete`).
+    pub fn take_journal(&mut self) -> Vec<Change> {
+        self.journal
+            .as_mut()
+            .map(std::mem::take)
+            .unwrap_or_default()
     }
 
     /// The pod label keys kept (`None`: all).
@@ -183,6 +209,11 @@ impl Store {
             Object::Pod(p) => {
                 if let Some(keys) = &self.pod_label_keys {
                     p.labels.retain(|k| keys.contains(k));
+                }
+                if let Some(node) = &self.uid_node {
+                    if p.node.as_deref() != Some(node.as_str()) {
+                        p.uid = None;
+                    }
                 }
                 p.namespace = self.intern(&p.namespace);
                 if let Some(n) = &p.node {
@@ -233,6 +264,9 @@ impl Store {
             let old = slot.object.take().expect("indexed slots hold an object");
             self.unindex(id, &old);
             self.index(id, &o);
+            if let Some(j) = &mut self.journal {
+                j.push(Change::Apply(o.clone()));
+            }
             self.slots[id as usize].object = Some(o);
             return true;
         }
@@ -240,14 +274,14 @@ impl Store {
         let id = match self.free.pop() {
             Some(id) => id,
             None => {
-                self.slots.push(Slot {
-                    object: None,
-                    mark,
-                });
+                self.slots.push(Slot { object: None, mark });
                 Id::try_from(self.slots.len() - 1).expect("fewer than 2^32 objects")
             }
         };
         self.index(id, &o);
+        if let Some(j) = &mut self.journal {
+            j.push(Change::Apply(o.clone()));
+        }
         self.slots[id as usize] = Slot {
             object: Some(o),
             mark,
@@ -272,6 +306,9 @@ impl Store {
         self.unindex(id, &old);
         self.counts[old.kind().index()] -= 1;
         self.free.push(id);
+        if let Some(j) = &mut self.journal {
+            j.push(Change::Delete(old));
+        }
     }
 
     pub fn apply(&mut self, change: Change) {

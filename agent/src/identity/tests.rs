@@ -262,6 +262,88 @@ fn pod_labels_are_kept_only_for_the_keys_asked_for() {
     }
 }
 
+/// A streamed relist keeps serving the old inventory until it is complete; only then
+/// does what it did not repeat go. A relist that breaks off (no `Listed`) removes nothing,
+/// and the next complete one sweeps as usual. Repeating what is held changes no version.
+#[test]
+fn a_streamed_relist_sweeps_only_when_complete() {
+    let mut s = Store::from_objects(vec![pod("a", "x", "10.1.0.1"), pod("b", "x", "10.1.0.2")]);
+    let v = s.version();
+    s.apply(Change::Relist(Kind::Pod));
+    s.apply(Change::Apply(pod("a", "x", "10.1.0.1")));
+    assert_eq!(s.version(), v, "a repeated object is no change");
+    assert_eq!(
+        owner_name(&s, "10.1.0.2").as_deref(),
+        Some("pod b"),
+        "kept until Listed"
+    );
+    // Broken off: a new relist starts over.
+    s.apply(Change::Relist(Kind::Pod));
+    s.apply(Change::Apply(pod("b", "x", "10.1.0.2")));
+    s.apply(Change::Apply(pod("c", "x", "10.1.0.3")));
+    s.apply(Change::Listed(Kind::Pod));
+    assert_eq!(
+        owner_name(&s, "10.1.0.1"),
+        None,
+        "a was not in the complete relist"
+    );
+    assert_eq!(owner_name(&s, "10.1.0.2").as_deref(), Some("pod b"));
+    assert_eq!(owner_name(&s, "10.1.0.3").as_deref(), Some("pod c"));
+    assert_eq!(s.len(), 2);
+    assert_eq!(s.version(), v + 2, "c added, a swept");
+    // A `Listed` without a relist in progress sweeps nothing.
+    s.apply(Change::Listed(Kind::Pod));
+    assert_eq!(s.len(), 2);
+}
+
+/// An agent keeps uids only for its own node's pods: they are what its cgroups hold.
+#[test]
+fn uids_are_kept_for_this_nodes_pods_only() {
+    let mut s = Store::new();
+    s.keep_uids_of("n1");
+    let Object::Pod(mut remote) = pod("r", "x", "10.1.0.9") else {
+        unreachable!()
+    };
+    remote.node = Some("n2".into());
+    s.apply(Change::Apply(pod("l", "x", "10.1.0.1")));
+    s.apply(Change::Apply(Object::Pod(remote)));
+    assert_eq!(s.pod_by_uid("uid-l").map(|p| &*p.name), Some("l"));
+    assert!(s.pod_by_uid("uid-r").is_none());
+    assert_eq!(owner_name(&s, "10.1.0.9").as_deref(), Some("pod r"));
+}
+
+/// The journal an index passes on: what changed, in order, including what a relist swept;
+/// nothing for an object applied again unchanged.
+#[test]
+fn the_journal_records_every_change_once() {
+    let mut s = Store::new();
+    s.keep_journal();
+    let describe = |c: &Change| match c {
+        Change::Apply(o) => format!("apply {}", o.describe()),
+        Change::Delete(o) => format!("delete {}", o.describe()),
+        other => format!("{other:?}"),
+    };
+    s.apply(Change::Apply(pod("a", "x", "10.1.0.1")));
+    s.apply(Change::Apply(pod("a", "x", "10.1.0.1")));
+    s.apply(Change::Apply(pod("a", "x", "10.1.0.5")));
+    s.apply(Change::Apply(pod("b", "x", "10.1.0.2")));
+    s.apply(Change::Replace(Kind::Pod, vec![pod("b", "x", "10.1.0.2")]));
+    s.apply(Change::Delete(pod("b", "x", "10.1.0.2")));
+    s.apply(Change::Delete(pod("b", "x", "10.1.0.2")));
+    let j: Vec<String> = s.take_journal().iter().map(describe).collect();
+    assert_eq!(
+        j,
+        [
+            "apply Pod x/a",
+            "apply Pod x/a",
+            "apply Pod x/b",
+            "delete Pod x/a",
+            "delete Pod x/b",
+        ]
+    );
+    assert!(s.take_journal().is_empty());
+}
+
 /// kubectl writes `kind: List` after the items, so a file cut at an item boundary has no
 /// kind and is refused rather than taken for a smaller cluster.
 #[test]

@@ -28,6 +28,8 @@ pub enum WatchEvent {
     BadObject(IdentityError),
     /// The API server is unreachable or refused the watch; the last state stays in use.
     Unavailable(String),
+    /// The source is reachable again (a change would say so too, but a quiet one sends none).
+    Available,
 }
 
 /// The k8s-openapi types the agent watches, with their conversion.
@@ -76,22 +78,27 @@ where
     }
 }
 
-/// How the watchers list: what the API server is asked to do at every (re)list.
+/// How the watchers (re)list, which decides what a list costs the API server.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum InitialList {
-    /// Paged lists (500 per page) served from the API server's watch cache
-    /// (`resourceVersion=0`): no quorum read from etcd, however many agents relist.
+    /// `resourceVersion=0`: served from the API server's watch cache, never a quorum read
+    /// from etcd (what client-go informers do). The cache ignores `limit`, so each kind
+    /// arrives as one response.
     #[default]
+    Cache,
+    /// Consistent paged lists, 500 objects per page: bounded response size, but each page
+    /// may be read from etcd.
     Paged,
     /// One watch that streams the initial state (`sendInitialEvents`, Kubernetes 1.27+
-    /// with the WatchList feature): no list response held in the API server's memory.
+    /// with the WatchList feature on): from the cache, object by object.
     Streaming,
 }
 
 fn config(list: InitialList) -> watcher::Config {
     let c = watcher::Config::default().page_size(500);
     match list {
-        InitialList::Paged => c.any_semantic(),
+        InitialList::Cache => c.any_semantic(),
+        InitialList::Paged => c,
         InitialList::Streaming => c.streaming_lists(),
     }
 }
@@ -100,15 +107,32 @@ fn config(list: InitialList) -> watcher::Config {
 /// is dropped.
 pub fn spawn_all(client: Client, list: InitialList, tx: Sender<WatchEvent>) {
     tokio::spawn(run(Api::<Slim<Pod>>::all(client.clone()), list, tx.clone()));
-    tokio::spawn(run(Api::<Slim<Namespace>>::all(client.clone()), list, tx.clone()));
-    tokio::spawn(run(Api::<Slim<Node>>::all(client.clone()), list, tx.clone()));
+    tokio::spawn(run(
+        Api::<Slim<Namespace>>::all(client.clone()),
+        list,
+        tx.clone(),
+    ));
+    tokio::spawn(run(
+        Api::<Slim<Node>>::all(client.clone()),
+        list,
+        tx.clone(),
+    ));
     tokio::spawn(run(Api::<Slim<Service>>::all(client), list, tx));
 }
 
 /// Watch one kind until the receiver goes away.
 pub async fn run<K: Watched>(api: Api<K>, list: InitialList, tx: Sender<WatchEvent>) {
     let stream = watcher(api, config(list)).default_backoff();
-    translate::<K>(stream, tx).await
+    translate::<K>(stream, tx, true).await
+}
+
+/// Index mode: the pods of this node only (`spec.nodeName` field selector), straight from
+/// the API so a new local pod is known without a hop through the index. Its lists are
+/// not relists of the inventory (the index's snapshot is): they only add and update.
+pub fn spawn_local_pods(client: Client, node: &str, list: InitialList, tx: Sender<WatchEvent>) {
+    let cfg = config(list).fields(&format!("spec.nodeName={node}"));
+    let stream = watcher(Api::<Slim<Pod>>::all(client), cfg).default_backoff();
+    tokio::spawn(translate::<Slim<Pod>>(stream, tx, false));
 }
 
 /// Turn watcher events into inventory changes. A relist is streamed through the store
@@ -117,10 +141,12 @@ pub async fn run<K: Watched>(api: Api<K>, list: InitialList, tx: Sender<WatchEve
 pub async fn translate<K: Watched>(
     stream: impl Stream<Item = Result<watcher::Event<K>, watcher::Error>>,
     tx: Sender<WatchEvent>,
+    relists: bool,
 ) {
     futures::pin_mut!(stream);
     while let Some(ev) = stream.next().await {
         let out = match ev {
+            Ok(watcher::Event::Init | watcher::Event::InitDone) if !relists => continue,
             Ok(watcher::Event::Init) => WatchEvent::Change(Change::Relist(K::KIND)),
             Ok(watcher::Event::InitApply(o) | watcher::Event::Apply(o)) => match o.to_object() {
                 Ok(obj) => WatchEvent::Change(Change::Apply(obj)),

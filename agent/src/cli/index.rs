@@ -1,0 +1,106 @@
+//! `tenantflow index`: the cluster-wide watches, run once for the whole cluster, serving
+//! every agent the inventory as a snapshot plus deltas (see `index/`). Same config, same
+//! store and the same identity task as an agent in direct mode.
+
+use std::{net::SocketAddr, path::PathBuf, sync::Arc};
+
+use anyhow::Context as _;
+use clap::Args;
+use tracing::info;
+
+use super::agent::UsageError;
+use crate::{
+    config::Config,
+    export::{self, AgentMetrics, Shared},
+    identity::{watch, Store},
+    index::{
+        journal::{Journal, JournalMetrics},
+        serve,
+    },
+    inventory::{self, Inventory, SharedStore},
+    pipeline::gateway_label_keys,
+    shutdown::Shutdown,
+};
+
+#[derive(Debug, Args)]
+pub struct IndexArgs {
+    /// Where followers connect (HTTP/2 without TLS, inside the cluster), and where
+    /// /metrics, /healthz and /readyz are served.
+    #[arg(long, default_value = "0.0.0.0:9993")]
+    pub listen: SocketAddr,
+    /// The agents' config file: tenancy and egress-gateway selectors decide what of each
+    /// pod is kept, exactly as an agent would keep it.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// How the watchers (re)list (see `tenantflow agent --help`).
+    #[arg(long, value_enum, default_value = "cache")]
+    pub initial_list: watch::InitialList,
+    /// Bytes of recent changes kept so a follower that reconnects resumes instead of
+    /// taking a full snapshot.
+    #[arg(long, default_value_t = 64 << 20)]
+    pub resume_bytes: usize,
+}
+
+pub fn run(args: IndexArgs) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    rt.block_on(run_async(args))
+}
+
+async fn run_async(args: IndexArgs) -> anyhow::Result<()> {
+    let mut shutdown = Shutdown::install().context("installing SIGTERM/SIGINT handlers")?;
+    let config = match &args.config {
+        Some(path) => Config::load(path).map_err(|e| UsageError(e.to_string()))?,
+        None => Config::default(),
+    };
+    if config.snapshot.is_some() {
+        return Err(UsageError(
+            "identity.snapshot: the index watches the Kubernetes API; remove identity.snapshot from its config".into(),
+        )
+        .into());
+    }
+    let client = kube::Client::try_default().await.map_err(|e| {
+        UsageError(format!(
+            "the index needs the Kubernetes API ({e}): run it in the cluster with its service account, or set KUBECONFIG"
+        ))
+    })?;
+    let listener = export::bind(args.listen).await.map_err(|e| {
+        UsageError(format!(
+            "--listen {}: cannot bind ({e}); pick a free address",
+            args.listen
+        ))
+    })?;
+    let shared = Arc::new(Shared::new(AgentMetrics::new("none", "none")));
+    let mut store = Store::new();
+    store.keep_journal();
+    let store = SharedStore::new(store);
+    let journal = Arc::new(Journal::new(
+        store.clone(),
+        args.resume_bytes,
+        JournalMetrics::new(&shared.metrics.registry).context("registering index metrics")?,
+    ));
+    let inventory = Inventory {
+        store,
+        source: "kubernetes",
+        tenancy: config.tenancy.clone(),
+        pod_label_keys: gateway_label_keys(&config),
+        journal: Some(journal.clone()),
+    };
+    let (tx, rx) = tokio::sync::mpsc::channel(inventory::QUEUE);
+    watch::spawn_all(client, args.initial_list, tx);
+    // No snapshot file to reload.
+    let (_, reload) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(inventory.run(rx, reload, shared.clone()));
+    let app = serve::router(journal).merge(export::public_router(shared, export::metrics_route()));
+    info!(listen = %args.listen, "index: serving followers");
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            let s = shutdown.signalled().await;
+            info!(signal = s, "index: shutting down");
+        })
+        .await
+        .context("serving followers")
+}

@@ -1,0 +1,194 @@
+//! An agent following the identity index: one long-lived HTTP/2 stream whose frames
+//! become the same identity changes the API watch produces, so the store and everything
+//! after it do not know which source fed them. While the index is unreachable the last
+//! inventory stays in use and the agent says so; it reconnects with backoff, to the next
+//! replica address each time, and resumes from its version when the index still can.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use futures::StreamExt;
+use tokio::sync::mpsc::Sender;
+use tracing::info;
+
+use super::protocol::{Frame, Position, PATH};
+use crate::identity::{watch::WatchEvent, Change, Kind};
+
+/// The follower's own series (registered with the agent's metrics).
+#[derive(Clone)]
+pub struct FollowMetrics {
+    pub connected: prometheus::IntGauge,
+    pub last_frame: prometheus::IntGauge,
+    pub resyncs: prometheus::IntCounter,
+}
+
+/// Why a stream ended.
+#[derive(Debug, thiserror::Error)]
+enum Broken {
+    #[error("{0}")]
+    Http(#[from] reqwest::Error),
+    #[error("index answered {0}")]
+    Status(reqwest::StatusCode),
+    #[error("bad frame from the index ({0}); starting over with a full resync")]
+    Frame(serde_json::Error),
+    #[error("the stream ended")]
+    Ended,
+    #[error("the agent is stopping")]
+    Closed,
+}
+
+const BACKOFF_MIN: Duration = Duration::from_millis(250);
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
+
+/// Follow the index at `urls` (base URLs of its replicas, tried in turn) until `tx`
+/// closes.
+pub async fn follow(urls: Vec<String>, tx: Sender<WatchEvent>, m: FollowMetrics) {
+    let client = match reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .http2_keep_alive_interval(Duration::from_secs(10))
+        .http2_keep_alive_timeout(Duration::from_secs(10))
+        .connect_timeout(Duration::from_secs(5))
+        .build()
+    {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = tx
+                .send(WatchEvent::Unavailable(format!(
+                    "identity index client: {e}"
+                )))
+                .await;
+            return;
+        }
+    };
+    let mut at = Position::default();
+    let mut backoff = BACKOFF_MIN;
+    for url in urls.iter().cycle() {
+        let began = std::time::Instant::now();
+        let e = stream(&client, url, &mut at, &tx, &m).await;
+        m.connected.set(0);
+        if matches!(e, Broken::Closed) {
+            return;
+        }
+        if matches!(e, Broken::Frame(_)) {
+            at = Position::default();
+        }
+        let msg = format!("identity index {url}: {e}");
+        if tx.send(WatchEvent::Unavailable(msg)).await.is_err() {
+            return;
+        }
+        // A stream that lived a while was healthy: start the backoff over.
+        if began.elapsed() > BACKOFF_MAX {
+            backoff = BACKOFF_MIN;
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(BACKOFF_MAX);
+    }
+}
+
+fn now_s() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs() as i64
+}
+
+/// One stream, until it breaks. `at` advances with every frame applied.
+async fn stream(
+    client: &reqwest::Client,
+    url: &str,
+    at: &mut Position,
+    tx: &Sender<WatchEvent>,
+    m: &FollowMetrics,
+) -> Broken {
+    let req = client
+        .get(format!("{}{PATH}", url.trim_end_matches('/')))
+        .query(&[("epoch", at.epoch), ("after", at.after)]);
+    let resp = match req.send().await {
+        Ok(r) if r.status().is_success() => r,
+        Ok(r) => return Broken::Status(r.status()),
+        Err(e) => return e.into(),
+    };
+    info!(
+        url,
+        epoch = at.epoch,
+        after = at.after,
+        "identity: following the index"
+    );
+    m.connected.set(1);
+    let mut body = resp.bytes_stream();
+    let mut buf: Vec<u8> = Vec::new();
+    let mut first = true;
+    loop {
+        let chunk = match body.next().await {
+            Some(Ok(c)) => c,
+            Some(Err(e)) => return e.into(),
+            None => return Broken::Ended,
+        };
+        m.last_frame.set(now_s());
+        if std::mem::take(&mut first) && tx.send(WatchEvent::Available).await.is_err() {
+            return Broken::Closed;
+        }
+        buf.extend_from_slice(&chunk);
+        let mut start = 0;
+        while let Some(end) = buf[start..].iter().position(|&b| b == b'\n') {
+            let line = &buf[start..start + end];
+            start += end + 1;
+            let frame: Frame = match serde_json::from_slice(line) {
+                Ok(f) => f,
+                Err(e) => return Broken::Frame(e),
+            };
+            for ev in events(frame, at, m) {
+                if tx.send(ev).await.is_err() {
+                    return Broken::Closed;
+                }
+            }
+        }
+        buf.drain(..start);
+    }
+}
+
+/// What one frame means for the store, advancing `at`.
+fn events(frame: Frame, at: &mut Position, m: &FollowMetrics) -> Vec<WatchEvent> {
+    let change = |c| vec![WatchEvent::Change(c)];
+    match frame {
+        Frame::Snapshot { epoch, version, .. } => {
+            m.resyncs.inc();
+            *at = Position {
+                epoch,
+                after: version,
+            };
+            Kind::ALL
+                .into_iter()
+                .map(|k| WatchEvent::Change(Change::Relist(k)))
+                .collect()
+        }
+        Frame::Apply { v, object } => {
+            at.after = at.after.max(v);
+            change(Change::Apply(object))
+        }
+        Frame::Delete { v, object } => {
+            at.after = at.after.max(v);
+            change(Change::Delete(object))
+        }
+        Frame::Synced { version } => {
+            at.after = version;
+            Kind::ALL
+                .into_iter()
+                .flat_map(|k| [WatchEvent::Change(Change::Listed(k)), WatchEvent::Synced(k)])
+                .collect()
+        }
+        Frame::Heartbeat { .. } => Vec::new(),
+    }
+}
+
+/// The replica addresses, checked before anything starts.
+pub fn check_urls(urls: &[String]) -> Result<(), String> {
+    if urls.is_empty() {
+        return Err("--identity-index: give at least one index address".into());
+    }
+    match urls.iter().find(|u| !u.starts_with("http://")) {
+        Some(u) => Err(format!(
+            "--identity-index {u}: give the index's base URL (plain HTTP/2 inside the cluster), e.g. http://tenantflow-index.tenantflow.svc:9993"
+        )),
+        None => Ok(()),
+    }
+}

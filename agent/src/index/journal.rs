@@ -1,0 +1,233 @@
+//! The index's record of what changed: every change to its inventory gets the next
+//! version and is kept in a bounded ring (so a follower that reconnects after a blip
+//! resumes from its version) and broadcast to the followers connected now. A full
+//! snapshot is encoded once and shared by every follower that needs one, until the ring
+//! no longer covers the changes since it.
+
+use std::{
+    collections::VecDeque,
+    sync::{Arc, Mutex, PoisonError},
+};
+
+use bytes::Bytes;
+use prometheus::{IntCounterVec, IntGauge, Opts, Registry};
+use tokio::sync::broadcast;
+
+use super::protocol::{Frame, Position};
+use crate::{
+    identity::{Change, Store},
+    inventory::SharedStore,
+};
+
+/// One versioned change, encoded once for every follower.
+#[derive(Clone, Debug)]
+pub struct Delta {
+    pub v: u64,
+    pub line: Bytes,
+}
+
+/// The whole inventory at one version, as the frames a follower reads.
+pub struct Snapshot {
+    pub version: u64,
+    pub body: Bytes,
+}
+
+/// What a follower is sent before the live deltas.
+pub enum Start {
+    /// Only the deltas after its position.
+    Resume(Vec<Delta>),
+    /// A full resync: the snapshot, then the deltas after it.
+    Resync(Arc<Snapshot>, Vec<Delta>),
+}
+
+#[derive(Clone)]
+pub struct JournalMetrics {
+    pub followers: IntGauge,
+    pub version: IntGauge,
+    /// Bytes sent, by `part` (snapshot, delta, heartbeat).
+    pub bytes: IntCounterVec,
+    /// Frames sent, by `part`.
+    pub frames: IntCounterVec,
+    /// Streams started, by `start` (resume, resync).
+    pub starts: IntCounterVec,
+}
+
+impl JournalMetrics {
+    pub fn new(r: &Registry) -> prometheus::Result<Self> {
+        let followers = IntGauge::new(
+            "tenantflow_index_followers",
+            "Agents following the index now.",
+        )?;
+        let version = IntGauge::new(
+            "tenantflow_index_version",
+            "Version of the index's inventory (one per change).",
+        )?;
+        let bytes = IntCounterVec::new(
+            Opts::new(
+                "tenantflow_index_sent_bytes_total",
+                "Bytes sent to followers, by part of the stream.",
+            ),
+            &["part"],
+        )?;
+        let frames = IntCounterVec::new(
+            Opts::new(
+                "tenantflow_index_sent_frames_total",
+                "Frames sent to followers, by part of the stream.",
+            ),
+            &["part"],
+        )?;
+        let starts = IntCounterVec::new(
+            Opts::new(
+                "tenantflow_index_streams_total",
+                "Follower streams started: `resume` (deltas only) or `resync` (snapshot).",
+            ),
+            &["start"],
+        )?;
+        r.register(Box::new(followers.clone()))?;
+        r.register(Box::new(version.clone()))?;
+        r.register(Box::new(bytes.clone()))?;
+        r.register(Box::new(frames.clone()))?;
+        r.register(Box::new(starts.clone()))?;
+        Ok(Self {
+            followers,
+            version,
+            bytes,
+            frames,
+            starts,
+        })
+    }
+}
+
+struct Inner {
+    version: u64,
+    ring: VecDeque<Delta>,
+    ring_bytes: usize,
+    snapshot: Option<Arc<Snapshot>>,
+}
+
+pub struct Journal {
+    /// This process's life: versions of another epoch mean nothing here.
+    pub epoch: u64,
+    store: SharedStore,
+    inner: Mutex<Inner>,
+    live: broadcast::Sender<Delta>,
+    ring_limit: usize,
+    pub metrics: JournalMetrics,
+}
+
+/// Deltas waiting for a slow follower before it is cut off (it reconnects and resumes
+/// from the ring).
+const LIVE: usize = 16_384;
+
+impl Journal {
+    /// Keep at most `ring_limit` bytes of deltas for resuming followers.
+    pub fn new(store: SharedStore, ring_limit: usize, metrics: JournalMetrics) -> Self {
+        let epoch = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos() as u64;
+        Self {
+            epoch,
+            store,
+            inner: Mutex::new(Inner {
+                version: 0,
+                ring: VecDeque::new(),
+                ring_bytes: 0,
+                snapshot: None,
+            }),
+            live: broadcast::channel(LIVE).0,
+            ring_limit,
+            metrics,
+        }
+    }
+
+    fn inner(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Version and pass on the changes the store recorded. Called with the store's write
+    /// lock held, so versions follow the order the store applied them in.
+    pub fn publish(&self, store: &mut Store) {
+        let changes = store.take_journal();
+        if changes.is_empty() {
+            return;
+        }
+        let mut inner = self.inner();
+        for c in changes {
+            inner.version += 1;
+            let v = inner.version;
+            let frame = match c {
+                Change::Apply(object) => Frame::Apply { v, object },
+                Change::Delete(object) => Frame::Delete { v, object },
+                _ => continue,
+            };
+            let d = Delta {
+                v,
+                line: Bytes::from(frame.encode()),
+            };
+            inner.ring_bytes += d.line.len();
+            inner.ring.push_back(d.clone());
+            while inner.ring_bytes > self.ring_limit {
+                match inner.ring.pop_front() {
+                    Some(old) => inner.ring_bytes -= old.line.len(),
+                    None => break,
+                }
+            }
+            // No follower connected is not an error.
+            let _ = self.live.send(d);
+        }
+        self.metrics.version.set(inner.version as i64);
+    }
+
+    /// Where a follower at `at` starts, and its subscription to what comes after. Taken
+    /// under the store's read lock, so no change can fall between the two.
+    pub fn start(&self, at: Position) -> (Start, broadcast::Receiver<Delta>) {
+        let store = self.store.read();
+        let rx = self.live.subscribe();
+        let mut inner = self.inner();
+        // The oldest version a follower may stand at and still be resumed.
+        let oldest = inner.ring.front().map_or(inner.version, |d| d.v - 1);
+        let after = |ring: &VecDeque<Delta>, v: u64| -> Vec<Delta> {
+            ring.iter().filter(|d| d.v > v).cloned().collect()
+        };
+        if at.epoch == self.epoch && (oldest..=inner.version).contains(&at.after) {
+            self.metrics.starts.with_label_values(&["resume"]).inc();
+            return (Start::Resume(after(&inner.ring, at.after)), rx);
+        }
+        self.metrics.starts.with_label_values(&["resync"]).inc();
+        let snapshot = match &inner.snapshot {
+            Some(s) if s.version >= oldest => s.clone(),
+            _ => {
+                let s = Arc::new(encode_snapshot(&store, self.epoch, inner.version));
+                inner.snapshot = Some(s.clone());
+                s
+            }
+        };
+        let rest = after(&inner.ring, snapshot.version);
+        (Start::Resync(snapshot, rest), rx)
+    }
+}
+
+/// Every object held, as the frames of a resync.
+fn encode_snapshot(store: &Store, epoch: u64, version: u64) -> Snapshot {
+    let mut body = Frame::Snapshot {
+        epoch,
+        version,
+        objects: store.len() as u64,
+    }
+    .encode();
+    for o in store.objects() {
+        body.extend(
+            Frame::Apply {
+                v: version,
+                object: o.clone(),
+            }
+            .encode(),
+        );
+    }
+    body.extend(Frame::Synced { version }.encode());
+    Snapshot {
+        version,
+        body: Bytes::from(body),
+    }
+}

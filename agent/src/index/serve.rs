@@ -1,0 +1,103 @@
+//! The index's stream endpoint: where a follower stands decides what it is sent first
+//! (deltas to resume, or a full resync), then every change as it happens, with a
+//! heartbeat when nothing does.
+
+use std::sync::Arc;
+
+use axum::{
+    body::Body,
+    extract::{Query, State},
+    http::header,
+    response::IntoResponse,
+    routing::get,
+    Router,
+};
+use bytes::Bytes;
+use tokio::sync::broadcast::{error::RecvError, Receiver};
+
+use super::{
+    journal::{Delta, Journal, Start},
+    protocol::{Frame, Position, HEARTBEAT, PATH},
+};
+
+pub fn router(journal: Arc<Journal>) -> Router {
+    Router::new().route(PATH, get(stream)).with_state(journal)
+}
+
+/// Counts a follower for as long as its stream lives.
+struct Following(Arc<Journal>);
+
+impl Following {
+    fn new(j: Arc<Journal>) -> Self {
+        j.metrics.followers.inc();
+        Self(j)
+    }
+}
+
+impl Drop for Following {
+    fn drop(&mut self) {
+        self.0.metrics.followers.dec();
+    }
+}
+
+async fn stream(State(j): State<Arc<Journal>>, Query(at): Query<Position>) -> impl IntoResponse {
+    let (start, rx) = j.start(at);
+    let count = |part: &str, frames: u64, bytes: usize| {
+        j.metrics.frames.with_label_values(&[part]).inc_by(frames);
+        j.metrics
+            .bytes
+            .with_label_values(&[part])
+            .inc_by(bytes as u64);
+    };
+    let (mut first, deltas, mut last) = match start {
+        Start::Resume(d) => (Vec::new(), d, at.after),
+        Start::Resync(s, d) => {
+            // Snapshot frame, objects, Synced.
+            count("snapshot", 1, s.body.len());
+            (vec![s.body.clone()], d, s.version)
+        }
+    };
+    for d in deltas {
+        count("delta", 1, d.line.len());
+        last = d.v;
+        first.push(d.line);
+    }
+    let live = futures::stream::unfold(
+        (rx, last, Following::new(j.clone())),
+        |(mut rx, last, f)| async move {
+            let (line, v) = next(&mut rx, last).await?;
+            let part = if v == last { "heartbeat" } else { "delta" };
+            f.0.metrics.frames.with_label_values(&[part]).inc();
+            f.0.metrics
+                .bytes
+                .with_label_values(&[part])
+                .inc_by(line.len() as u64);
+            Some((Ok::<_, std::io::Error>(line), (rx, v, f)))
+        },
+    );
+    let body = futures::stream::iter(first.into_iter().map(Ok)).chain(live);
+    (
+        [(header::CONTENT_TYPE, "application/x-ndjson")],
+        Body::from_stream(body),
+    )
+}
+
+use futures::StreamExt as _;
+
+/// The next line for a follower at `last`: a delta, or a heartbeat after a quiet spell.
+/// `None` ends the stream: the follower fell too far behind (it resumes from the ring on
+/// reconnect) or the index is stopping.
+async fn next(rx: &mut Receiver<Delta>, last: u64) -> Option<(Bytes, u64)> {
+    loop {
+        tokio::select! {
+            r = rx.recv() => match r {
+                Ok(d) if d.v <= last => continue,
+                Ok(d) => return Some((d.line, d.v)),
+                Err(RecvError::Lagged(_) | RecvError::Closed) => return None,
+            },
+            _ = tokio::time::sleep(HEARTBEAT) => {
+                return Some((Bytes::from(Frame::Heartbeat { version: last }.encode()), last));
+            }
+        }
+    }
+}
