@@ -2,6 +2,8 @@
 //! namespace a test makes carries its own prefix and is removed by a guard on drop.
 
 pub mod agent;
+pub mod index_follower;
+pub mod kube_api;
 pub mod kube_auth;
 pub mod netns_http;
 pub mod prometheus;

@@ -97,7 +97,12 @@ pub enum InitialList {
 fn config(list: InitialList) -> watcher::Config {
     let c = watcher::Config::default().page_size(500);
     match list {
-        InitialList::Cache => c.any_semantic(),
+        // kube leaves `resourceVersion=0` out of a list that has a limit (a limit would
+        // make the API server read etcd anyway), so the cache list has none.
+        InitialList::Cache => watcher::Config {
+            page_size: None,
+            ..c.any_semantic()
+        },
         InitialList::Paged => c,
         InitialList::Streaming => c.streaming_lists(),
     }

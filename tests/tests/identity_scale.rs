@@ -1,0 +1,257 @@
+//! Identity at cluster scale, against the synthetic API server (tests/src/kube_api.rs):
+//! `tenantflow index` reaches ready at 200k pods and stays exact through pod churn with
+//! address reuse and a forced 410 Gone; a hundred followers converge on the same table,
+//! and keep it while the index is killed, then resync from the new one.
+
+use std::{
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use tenantflow_tests::{
+    agent_bin, eventually,
+    index_follower::{Follower, View},
+    kube_api::{pod_ip, KubeApi, Size},
+};
+
+/// `tenantflow index` on a free loopback port, following the synthetic API as `index`.
+struct Index {
+    child: Child,
+    pub addr: String,
+    log: std::path::PathBuf,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Index {
+    fn start(api: &KubeApi, addr: &str, tag: &str) -> Self {
+        let log = std::env::temp_dir().join(format!("tf-index-{tag}-{}.log", std::process::id()));
+        let child = Command::new(agent_bin())
+            .args(["index", "--listen", addr])
+            .env("KUBECONFIG", api.kubeconfig("index"))
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("spawn the index");
+        let mut ix = Self {
+            child,
+            addr: addr.to_owned(),
+            log,
+        };
+        ix.wait_ready(Duration::from_secs(180));
+        ix
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn get(&self, path: &str) -> Option<(u16, String)> {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(&self.addr).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+        write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").ok()?;
+        let mut raw = String::new();
+        s.read_to_string(&mut raw).ok()?;
+        let (head, body) = raw.split_once("\r\n\r\n")?;
+        Some((
+            head.split_whitespace().nth(1)?.parse().ok()?,
+            body.to_owned(),
+        ))
+    }
+
+    fn metric(&self, name: &str) -> Option<f64> {
+        let (_, body) = self.get("/metrics")?;
+        body.lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+    }
+
+    fn wait_ready(&mut self, within: Duration) {
+        let started = Instant::now();
+        loop {
+            if let Ok(Some(st)) = self.child.try_wait() {
+                panic!("index exited ({st}):\n{}", self.log_text());
+            }
+            if matches!(self.get("/readyz"), Some((200, _))) {
+                return;
+            }
+            assert!(
+                started.elapsed() < within,
+                "index not ready in {within:?}:\n{}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Index {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Wait until every follower's pod table is `truth`; panics with the first difference.
+fn converge(
+    followers: &[Follower],
+    truth: &std::collections::BTreeMap<String, String>,
+) -> Vec<View> {
+    let views = eventually(Duration::from_secs(120), || {
+        let views: Vec<View> = followers.iter().map(Follower::view).collect();
+        views
+            .iter()
+            .all(|v| v.synced && &v.pods == truth)
+            .then_some(views)
+    });
+    views.unwrap_or_else(|| {
+        let v = followers[0].view();
+        let missing = truth.iter().find(|(k, val)| v.pods.get(*k) != Some(val));
+        let extra = v.pods.iter().find(|(k, _)| !truth.contains_key(*k));
+        panic!(
+            "followers did not converge: first has {} pods, truth {}; missing {missing:?}, extra {extra:?}",
+            v.pods.len(),
+            truth.len()
+        )
+    })
+}
+
+#[test]
+fn the_index_reaches_ready_at_200k_pods_and_stays_exact_through_churn_and_a_410() {
+    let size = Size {
+        pods: 200_000,
+        nodes: 5_000,
+        namespaces: 2_000,
+        services: 10_000,
+    };
+    let api = KubeApi::start(size, vec![], None);
+    let addr = format!("127.0.0.1:{}", free_port());
+    let started = Instant::now();
+    let index = Index::start(&api, &addr, "200k");
+    eprintln!("index ready at 200k pods in {:?}", started.elapsed());
+    // One list and one watch per kind, cluster-wide, from the watch cache.
+    let s = api.stats("index");
+    let mut lists = s.lists.clone();
+    lists.sort();
+    assert_eq!(lists, ["namespaces?", "nodes?", "pods?", "services?"]);
+    assert_eq!(s.watches_open, 4);
+    assert_eq!(
+        index.metric("tenantflow_metadata_objects{kind=\"pod\",source=\"kubernetes\"}"),
+        Some(200_000.0)
+    );
+
+    let followers: Vec<Follower> = (0..2).map(|_| Follower::start(&addr)).collect();
+    let first = converge(&followers, &api.generated_pods());
+    assert_eq!(first[0].pods.len(), 200_000);
+
+    // Churn. Deleted pods' addresses go to new pods (a delete, then a create)…
+    for id in 0..500 {
+        api.delete_pod(id);
+        api.create_pod(&pod_ip(id));
+    }
+    // …or the new pod arrives before the old one's delete: the late delete must not
+    // take the address from its new owner.
+    for id in 500..1_000 {
+        api.create_pod(&pod_ip(id));
+        api.delete_pod(id);
+    }
+    for id in 1_000..1_100 {
+        api.move_pod(id, &format!("10.200.0.{}", id - 1_000));
+    }
+    // Deleted while no watch saw it: only the relist after the 410 removes them.
+    for id in 2_000..2_050 {
+        api.delete_pod_silently(id);
+    }
+    api.force_gone();
+    let truth = api.generated_pods();
+    assert_eq!(truth.len(), 200_000 - 50);
+    let views = converge(&followers, &truth);
+    // 500 deletes + 500 creates, 500 creates + 500 late deletes, 100 moves, 50 swept.
+    for v in &views {
+        assert_eq!(v.deltas, 2_150, "one delta per change, nothing else");
+        assert_eq!(v.resyncs, 1, "deltas only after the first snapshot");
+    }
+    assert_eq!(views[0].version, views[1].version);
+    // Every kind relisted once more after the 410.
+    let relisted = api.stats("index").lists.len();
+    assert_eq!(relisted, 8, "{:?}", api.stats("index").lists);
+    let bytes_per_delta = views[0].delta_bytes as f64 / views[0].deltas as f64;
+    eprintln!("bytes_per_delta={bytes_per_delta:.0}");
+    assert_eq!(
+        index.metric("tenantflow_metadata_objects{kind=\"pod\",source=\"kubernetes\"}"),
+        Some(199_950.0)
+    );
+    drop(index);
+}
+
+#[test]
+fn a_hundred_followers_converge_keep_their_table_while_the_index_is_down_and_resync() {
+    let size = Size {
+        pods: 2_000,
+        nodes: 50,
+        namespaces: 20,
+        services: 100,
+    };
+    let api = KubeApi::start(size, vec![], None);
+    let addr = format!("127.0.0.1:{}", free_port());
+    let mut index = Index::start(&api, &addr, "followers");
+    let followers: Vec<Follower> = (0..100).map(|_| Follower::start(&addr)).collect();
+    converge(&followers, &api.generated_pods());
+    assert_eq!(index.metric("tenantflow_index_followers"), Some(100.0));
+    assert_eq!(
+        index.metric("tenantflow_index_streams_total{start=\"resync\"}"),
+        Some(100.0)
+    );
+    for id in 0..100 {
+        api.move_pod(id, &format!("10.201.0.{id}"));
+    }
+    let truth = api.generated_pods();
+    let views = converge(&followers, &truth);
+    assert!(views
+        .iter()
+        .all(|v| v.deltas == 100 && v.version == views[0].version));
+    let sent = index
+        .metric("tenantflow_index_sent_bytes_total{part=\"delta\"}")
+        .unwrap();
+    eprintln!(
+        "bytes_per_delta={:.0} (index: {sent} bytes for 100 deltas to 100 followers)",
+        views[0].delta_bytes as f64 / 100.0
+    );
+    assert_eq!(
+        sent as u64,
+        views.iter().map(|v| v.delta_bytes).sum::<u64>()
+    );
+
+    // The index dies mid-stream: followers keep their table while it is away…
+    index.kill();
+    let down = eventually(Duration::from_secs(10), || {
+        followers.iter().all(|f| !f.view().connected).then_some(())
+    });
+    assert!(down.is_some(), "followers noticed the index went away");
+    for id in 100..150 {
+        api.delete_pod(id);
+    }
+    for f in &followers {
+        assert_eq!(
+            f.view().pods,
+            truth,
+            "last state kept while the index is down"
+        );
+    }
+    // …and a new index (another epoch) resyncs every one of them to the new truth.
+    let index = Index::start(&api, &addr, "followers-2");
+    let truth = api.generated_pods();
+    let views = converge(&followers, &truth);
+    assert!(views.iter().all(|v| v.resyncs == 2));
+    assert_eq!(index.metric("tenantflow_index_followers"), Some(100.0));
+}
