@@ -3,6 +3,7 @@
 
 pub mod agent;
 pub mod index_follower;
+pub mod index_process;
 pub mod kube_api;
 pub mod kube_auth;
 pub mod netns_http;

@@ -3,104 +3,14 @@
 //! address reuse and a forced 410 Gone; a hundred followers converge on the same table,
 //! and keep it while the index is killed, then resync from the new one.
 
-use std::{
-    process::{Child, Command, Stdio},
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use tenantflow_tests::{
-    agent_bin, eventually,
+    eventually,
     index_follower::{Follower, View},
+    index_process::{free_port, Index},
     kube_api::{pod_ip, KubeApi, Size},
 };
-
-/// `tenantflow index` on a free loopback port, following the synthetic API as `index`.
-struct Index {
-    child: Child,
-    pub addr: String,
-    log: std::path::PathBuf,
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-impl Index {
-    fn start(api: &KubeApi, addr: &str, tag: &str) -> Self {
-        let log = std::env::temp_dir().join(format!("tf-index-{tag}-{}.log", std::process::id()));
-        let child = Command::new(agent_bin())
-            .args(["index", "--listen", addr])
-            .env("KUBECONFIG", api.kubeconfig("index"))
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .expect("spawn the index");
-        let mut ix = Self {
-            child,
-            addr: addr.to_owned(),
-            log,
-        };
-        ix.wait_ready(Duration::from_secs(180));
-        ix
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn get(&self, path: &str) -> Option<(u16, String)> {
-        use std::io::{Read, Write};
-        let mut s = std::net::TcpStream::connect(&self.addr).ok()?;
-        s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-        write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").ok()?;
-        let mut raw = String::new();
-        s.read_to_string(&mut raw).ok()?;
-        let (head, body) = raw.split_once("\r\n\r\n")?;
-        Some((
-            head.split_whitespace().nth(1)?.parse().ok()?,
-            body.to_owned(),
-        ))
-    }
-
-    fn metric(&self, name: &str) -> Option<f64> {
-        let (_, body) = self.get("/metrics")?;
-        body.lines()
-            .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
-    }
-
-    fn wait_ready(&mut self, within: Duration) {
-        let started = Instant::now();
-        loop {
-            if let Ok(Some(st)) = self.child.try_wait() {
-                panic!("index exited ({st}):\n{}", self.log_text());
-            }
-            if matches!(self.get("/readyz"), Some((200, _))) {
-                return;
-            }
-            assert!(
-                started.elapsed() < within,
-                "index not ready in {within:?}:\n{}",
-                self.log_text()
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    }
-
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Index {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
 
 /// Wait until every follower's pod table is `truth`; panics with the first difference.
 fn converge(
@@ -137,7 +47,7 @@ fn the_index_reaches_ready_at_200k_pods_and_stays_exact_through_churn_and_a_410(
     let api = KubeApi::start(size, vec![], None);
     let addr = format!("127.0.0.1:{}", free_port());
     let started = Instant::now();
-    let index = Index::start(&api, &addr, "200k");
+    let index = Index::start(&api, &addr, None, "200k");
     eprintln!("index ready at 200k pods in {:?}", started.elapsed());
     // One list and one watch per kind, cluster-wide, from the watch cache.
     let s = api.stats("index");
@@ -204,7 +114,7 @@ fn a_hundred_followers_converge_keep_their_table_while_the_index_is_down_and_res
     };
     let api = KubeApi::start(size, vec![], None);
     let addr = format!("127.0.0.1:{}", free_port());
-    let mut index = Index::start(&api, &addr, "followers");
+    let mut index = Index::start(&api, &addr, None, "followers");
     let followers: Vec<Follower> = (0..100).map(|_| Follower::start(&addr)).collect();
     converge(&followers, &api.generated_pods());
     assert_eq!(index.metric("tenantflow_index_followers"), Some(100.0));
@@ -249,7 +159,7 @@ fn a_hundred_followers_converge_keep_their_table_while_the_index_is_down_and_res
         );
     }
     // …and a new index (another epoch) resyncs every one of them to the new truth.
-    let index = Index::start(&api, &addr, "followers-2");
+    let index = Index::start(&api, &addr, None, "followers-2");
     let truth = api.generated_pods();
     let views = converge(&followers, &truth);
     assert!(views.iter().all(|v| v.resyncs == 2));

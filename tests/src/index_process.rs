@@ -1,0 +1,114 @@
+//! `tenantflow index` as a test process: started against the synthetic API server, on a
+//! loopback address of the test's choosing (optionally inside a lab namespace), killed
+//! on drop.
+
+use std::{
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use crate::{agent_bin, kube_api::KubeApi, netns_http};
+
+pub struct Index {
+    child: Child,
+    pub addr: String,
+    netns: Option<String>,
+    log: std::path::PathBuf,
+}
+
+/// A free port on the host's loopback (inside a fresh lab namespace every port is free).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Index {
+    /// Start it (in `netns`, if given) following `api` as client `index`; waits for ready.
+    pub fn start(api: &KubeApi, addr: &str, netns: Option<&str>, tag: &str) -> Self {
+        let log = std::env::temp_dir().join(format!("tf-index-{tag}-{}.log", std::process::id()));
+        let mut cmd = match netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(agent_bin());
+                c
+            }
+            None => Command::new(agent_bin()),
+        };
+        let child = cmd
+            .args(["index", "--listen", addr])
+            .env("KUBECONFIG", api.kubeconfig("index"))
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("spawn the index");
+        let mut ix = Self {
+            child,
+            addr: addr.to_owned(),
+            netns: netns.map(str::to_owned),
+            log,
+        };
+        ix.wait_ready(Duration::from_secs(180));
+        ix
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn get(&self, path: &str) -> Option<(u16, String)> {
+        if let Some(ns) = &self.netns {
+            return netns_http::get(ns, &self.addr, path).ok();
+        }
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(&self.addr).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+        write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").ok()?;
+        let mut raw = String::new();
+        s.read_to_string(&mut raw).ok()?;
+        let (head, body) = raw.split_once("\r\n\r\n")?;
+        Some((
+            head.split_whitespace().nth(1)?.parse().ok()?,
+            body.to_owned(),
+        ))
+    }
+
+    /// One sample of its /metrics, by exact name and labels.
+    pub fn metric(&self, name: &str) -> Option<f64> {
+        let (_, body) = self.get("/metrics")?;
+        body.lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+    }
+
+    fn wait_ready(&mut self, within: Duration) {
+        let started = Instant::now();
+        loop {
+            if let Ok(Some(st)) = self.child.try_wait() {
+                panic!("index exited ({st}):\n{}", self.log_text());
+            }
+            if matches!(self.get("/readyz"), Some((200, _))) {
+                return;
+            }
+            assert!(
+                started.elapsed() < within,
+                "index not ready in {within:?}:\n{}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// SIGKILL: no goodbye to its followers.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Index {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

@@ -1,0 +1,143 @@
+//! Index mode in the lab: a real agent on lab node 1 follows `tenantflow index` (both
+//! against the synthetic API server serving the lab's objects plus generated ones) and
+//! names the pods of real traffic; it opens exactly one API watch (its own node's pods);
+//! with the index killed it keeps naming them and says it is stale; a new index resyncs it.
+
+use std::time::Duration;
+
+use serde_json::Value;
+use tenantflow_tests::{
+    agent::{counts, wait_connection, LISTEN},
+    eventually,
+    index_process::Index,
+    kube_api::{KubeApi, Size},
+    lab, udp_from_pod, Agent,
+};
+
+fn pod_of(c: &Value, end: &str) -> (String, String, String) {
+    let id = &c[end];
+    (
+        id["pod"].as_str().unwrap_or("").to_owned(),
+        id["namespace"].as_str().unwrap_or("").to_owned(),
+        id["tenant"].as_str().unwrap_or("").to_owned(),
+    )
+}
+
+#[test]
+fn an_agent_in_index_mode_names_pods_opens_one_watch_and_survives_the_index() {
+    let lab = lab("xi");
+    let t = &lab.topo;
+    let ns1 = t.node_ns(1);
+    let node1 = t.node(1).name.clone();
+    let items = xtask::lab::manifest::snapshot(t)["items"]
+        .as_array()
+        .unwrap()
+        .clone();
+    // The lab's objects and 1,000 generated pods on 10 other nodes.
+    let size = Size {
+        pods: 1_000,
+        nodes: 10,
+        namespaces: 5,
+        services: 5,
+    };
+    let api = KubeApi::start(size, items, Some(&ns1));
+    let index_addr = "127.0.0.1:9993";
+    let mut index = Index::start(&api, index_addr, Some(&ns1), "lab");
+    // The agent's config without the snapshot: identity comes from the index.
+    let cfg = std::fs::read_to_string(xtask::lab::manifest::config_path(&t.prefix)).unwrap();
+    let cfg: String = cfg
+        .lines()
+        .filter(|l| !l.contains("snapshot:") && *l != "identity:")
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let cfg_path = std::env::temp_dir().join(format!("tf-index-agent-{}.yaml", t.prefix));
+    std::fs::write(&cfg_path, cfg).unwrap();
+    let kubeconfig = api.kubeconfig("agent");
+    let agent = Agent::start_env(
+        &ns1,
+        LISTEN,
+        "200ms",
+        &[
+            "--config",
+            cfg_path.to_str().unwrap(),
+            "--identity-index",
+            &format!("http://{index_addr}"),
+            "--node-name",
+            &node1,
+        ],
+        &[("KUBECONFIG", kubeconfig.to_str().unwrap())],
+    );
+    let m = |name: &str| agent.metric(name);
+    assert_eq!(
+        m("tenantflow_metadata_objects{kind=\"pod\",source=\"index\"}"),
+        Some((t.pods.len() + 1_000) as f64)
+    );
+    assert_eq!(m("tenantflow_identity_index_connected"), Some(1.0));
+    assert_eq!(m("tenantflow_identity_index_resyncs_total"), Some(1.0));
+
+    let udp = |sport: u16| {
+        let api2 = t.pod("api-2");
+        let sent = udp_from_pod(
+            &lab,
+            "web-1",
+            sport,
+            &t.pod_ns(api2),
+            &format!("{}:7000", api2.ip()),
+            3,
+            100,
+        );
+        wait_connection(
+            &agent,
+            |c| c["src_port"] == sport && c["dst"] == api2.ip(),
+            |c| counts(c, "forward") == sent,
+        )
+    };
+    let c = udp(7101);
+    let web1 = t.pod("web-1");
+    assert_eq!(
+        pod_of(&c, "src_identity"),
+        ("web-1".into(), web1.namespace.clone(), "alpha".into())
+    );
+    assert_eq!(pod_of(&c, "dst_identity").0, "api-2");
+    assert_eq!(c["cross_tenant"], true);
+
+    // The agent asked the API for its own node's pods only: one list, one watch.
+    let s = api.stats("agent");
+    let own = format!("pods?spec.nodeName={node1}");
+    assert_eq!(s.lists, [own.clone()]);
+    assert_eq!(s.watches, [own]);
+    assert_eq!(s.watches_open, 1);
+
+    // The index dies: the agent keeps the inventory and says it is stale.
+    index.kill();
+    let stale = eventually(Duration::from_secs(10), || {
+        (m("tenantflow_identity_index_connected") == Some(0.0)
+            && m("tenantflow_metadata_stale") == Some(1.0))
+        .then_some(())
+    });
+    assert!(stale.is_some(), "{}", agent.log_text());
+    let last = m("tenantflow_identity_index_last_frame_timestamp_seconds").unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        m("tenantflow_identity_index_last_frame_timestamp_seconds"),
+        Some(last),
+        "no frame while the index is down"
+    );
+    let c = udp(7102);
+    assert_eq!(
+        pod_of(&c, "src_identity").0,
+        "web-1",
+        "last state still names pods"
+    );
+
+    // A new index: the agent reconnects (backoff) and resyncs from it.
+    let _index = Index::start(&api, index_addr, Some(&ns1), "lab-2");
+    let back = eventually(Duration::from_secs(40), || {
+        (m("tenantflow_identity_index_connected") == Some(1.0)
+            && m("tenantflow_identity_index_resyncs_total") == Some(2.0)
+            && m("tenantflow_metadata_stale") == Some(0.0))
+        .then_some(())
+    });
+    assert!(back.is_some(), "{}", agent.log_text());
+    assert_eq!(api.stats("agent").watches_open, 1);
+}
