@@ -30,6 +30,8 @@ pub struct View {
     pub deltas: u64,
     pub delta_bytes: u64,
     pub heartbeats: u64,
+    /// HTTP status of the last answer.
+    pub status: u16,
     /// Pod → its addresses, to drop them when it changes or goes.
     held: HashMap<String, Vec<String>>,
 }
@@ -104,14 +106,19 @@ impl View {
 }
 
 impl Follower {
-    /// Follow the index at `addr` (host:port) until dropped.
-    pub fn start(addr: &str) -> Self {
+    /// Follow the index at `addr` (host:port) with bearer `token` until dropped.
+    pub fn start(addr: &str, token: &str) -> Self {
         let view = Arc::new(Mutex::new(View::default()));
         let stop = Arc::new(AtomicBool::new(false));
-        let (v, s, addr) = (view.clone(), stop.clone(), addr.to_owned());
+        let (v, s, addr, token) = (
+            view.clone(),
+            stop.clone(),
+            addr.to_owned(),
+            token.to_owned(),
+        );
         std::thread::spawn(move || {
             while !s.load(Ordering::Relaxed) {
-                let _ = follow_once(&addr, &v, &s);
+                let _ = follow_once(&addr, &token, &v, &s);
                 v.lock().unwrap().connected = false;
                 std::thread::sleep(Duration::from_millis(200));
             }
@@ -130,7 +137,12 @@ impl Drop for Follower {
     }
 }
 
-fn follow_once(addr: &str, view: &Mutex<View>, stop: &AtomicBool) -> std::io::Result<()> {
+fn follow_once(
+    addr: &str,
+    token: &str,
+    view: &Mutex<View>,
+    stop: &AtomicBool,
+) -> std::io::Result<()> {
     let mut s = TcpStream::connect(addr)?;
     s.set_read_timeout(Some(Duration::from_secs(10)))?;
     let (epoch, after) = {
@@ -140,18 +152,30 @@ fn follow_once(addr: &str, view: &Mutex<View>, stop: &AtomicBool) -> std::io::Re
     // HTTP/1.0: the body runs until the index closes the connection.
     write!(
         s,
-        "GET /v1/identity?epoch={epoch}&after={after} HTTP/1.0\r\nHost: {addr}\r\n\r\n"
+        "GET /v1/identity?epoch={epoch}&after={after} HTTP/1.0\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\n\r\n"
     )?;
     let mut r = BufReader::new(s);
     let mut line = String::new();
+    let mut status = 0;
     loop {
         line.clear();
         if r.read_line(&mut line)? == 0 {
             return Ok(());
         }
+        if status == 0 {
+            status = line
+                .split_whitespace()
+                .nth(1)
+                .and_then(|c| c.parse().ok())
+                .unwrap_or(0);
+        }
         if line == "\r\n" {
             break;
         }
+    }
+    view.lock().unwrap().status = status;
+    if status != 200 {
+        return Ok(());
     }
     view.lock().unwrap().connected = true;
     while !stop.load(Ordering::Relaxed) {

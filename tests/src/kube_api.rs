@@ -65,6 +65,11 @@ struct Model {
     /// Bumped to end every open watch.
     watch_epoch: u64,
     clients: HashMap<String, ClientStats>,
+    /// Token → user (TokenReview), and the non-resource paths each user may get.
+    users: HashMap<String, String>,
+    paths: HashMap<String, Vec<String>>,
+    /// Reviews asked: (kind, token or user, path).
+    reviews: Vec<(String, String, String)>,
 }
 
 pub struct KubeApi {
@@ -288,6 +293,9 @@ impl KubeApi {
                 gone: Vec::new(),
                 watch_epoch: 0,
                 clients: HashMap::new(),
+                users: HashMap::new(),
+                paths: HashMap::new(),
+                reviews: Vec::new(),
             }),
             Condvar::new(),
         ));
@@ -395,6 +403,20 @@ impl KubeApi {
         });
     }
 
+    /// `token` authenticates as `user`, whom RBAC grants `get` on the non-resource `paths`.
+    pub fn grant(&self, token: &str, user: &str, paths: &[&str]) {
+        self.change(|m| {
+            m.users.insert(token.into(), user.into());
+            m.paths
+                .insert(user.into(), paths.iter().map(|p| p.to_string()).collect());
+        });
+    }
+
+    /// Every TokenReview and SubjectAccessReview asked: (kind, token or user, path).
+    pub fn reviews(&self) -> Vec<(String, String, String)> {
+        self.state.0.lock().unwrap().reviews.clone()
+    }
+
     pub fn stats(&self, token: &str) -> ClientStats {
         let (m, _) = &*self.state;
         m.lock()
@@ -442,6 +464,26 @@ fn serve(conn: TcpStream, st: &(Mutex<Model>, Condvar)) -> std::io::Result<()> {
         if std::env::var_os("TF_KUBEAPI_TRACE").is_some() {
             eprintln!("kubeapi: {}", head.lines().next().unwrap_or(""));
         }
+        if head.starts_with("POST ") {
+            let len = head
+                .lines()
+                .find_map(|l| {
+                    let (k, v) = l.split_once(':')?;
+                    k.eq_ignore_ascii_case("content-length")
+                        .then(|| v.trim().parse().ok())?
+                })
+                .unwrap_or(0);
+            let mut body = vec![0u8; len];
+            std::io::Read::read_exact(&mut r, &mut body)?;
+            let req: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+            let out = review(&head, &req, &mut st.0.lock().unwrap()).to_string();
+            write!(
+                conn,
+                "HTTP/1.1 201 Created\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{out}",
+                out.len()
+            )?;
+            continue;
+        }
         let Some(req) = parse(&head) else {
             conn.write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n")?;
             continue;
@@ -488,6 +530,46 @@ fn serve(conn: TcpStream, st: &(Mutex<Model>, Condvar)) -> std::io::Result<()> {
         }
         result?;
     }
+}
+
+fn fixture(name: &str) -> Value {
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures/kube-auth")
+        .join(name);
+    serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap()
+}
+
+/// A TokenReview or a SubjectAccessReview for a non-resource path, answered with the
+/// recorded API payloads.
+fn review(head: &str, req: &Value, m: &mut Model) -> Value {
+    if head.contains("/tokenreviews") {
+        let token = req["spec"]["token"].as_str().unwrap_or("").to_owned();
+        m.reviews
+            .push(("TokenReview".into(), token.clone(), String::new()));
+        let mut v = match m.users.get(&token) {
+            Some(user) => {
+                let mut v = fixture("tokenreview-authenticated.json");
+                v["status"]["user"]["username"] = user.clone().into();
+                v
+            }
+            None => fixture("tokenreview-unauthenticated.json"),
+        };
+        v["spec"]["token"] = token.into();
+        return v;
+    }
+    let user = req["spec"]["user"].as_str().unwrap_or("").to_owned();
+    let attrs = &req["spec"]["nonResourceAttributes"];
+    let path = attrs["path"].as_str().unwrap_or("").to_owned();
+    m.reviews
+        .push(("SubjectAccessReview".into(), user.clone(), path.clone()));
+    let allowed = attrs["verb"] == "get" && m.paths.get(&user).is_some_and(|p| p.contains(&path));
+    let mut v = fixture(if allowed {
+        "subjectaccessreview-allowed.json"
+    } else {
+        "subjectaccessreview-denied.json"
+    });
+    v["spec"] = req["spec"].clone();
+    v
 }
 
 fn matches_node(req: &Request, node: Option<&str>) -> bool {

@@ -41,6 +41,14 @@ fn an_agent_in_index_mode_names_pods_opens_one_watch_and_survives_the_index() {
         services: 5,
     };
     let api = KubeApi::start(size, items, Some(&ns1));
+    // The agent shows its service account token; RBAC grants it /v1/identity.
+    api.grant(
+        "agent-sa-token",
+        "system:serviceaccount:tenantflow:tenantflow",
+        &["/v1/identity"],
+    );
+    let token_file = std::env::temp_dir().join(format!("tf-index-token-{}", t.prefix));
+    std::fs::write(&token_file, "agent-sa-token\n").unwrap();
     let index_addr = "127.0.0.1:9993";
     let mut index = Index::start(&api, index_addr, Some(&ns1), "lab");
     // The agent's config without the snapshot: identity comes from the index.
@@ -64,6 +72,8 @@ fn an_agent_in_index_mode_names_pods_opens_one_watch_and_survives_the_index() {
             &format!("http://{index_addr}"),
             "--node-name",
             &node1,
+            "--identity-index-token-file",
+            token_file.to_str().unwrap(),
         ],
         &[("KUBECONFIG", kubeconfig.to_str().unwrap())],
     );
@@ -107,6 +117,18 @@ fn an_agent_in_index_mode_names_pods_opens_one_watch_and_survives_the_index() {
     assert_eq!(s.lists, [own.clone()]);
     assert_eq!(s.watches, [own]);
     assert_eq!(s.watches_open, 1);
+    // The index reviewed the agent's token once (cached since).
+    assert_eq!(
+        api.reviews(),
+        [
+            ("TokenReview".into(), "agent-sa-token".into(), String::new()),
+            (
+                "SubjectAccessReview".into(),
+                "system:serviceaccount:tenantflow:tenantflow".into(),
+                "/v1/identity".into()
+            ),
+        ]
+    );
 
     // The index dies: the agent keeps the inventory and says it is stale.
     index.kill();

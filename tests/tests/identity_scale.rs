@@ -36,6 +36,20 @@ fn converge(
     })
 }
 
+/// The agents' token, which the synthetic API's RBAC grants `get` on /v1/identity (as the
+/// chart's ClusterRole does for the agents' service account).
+const AGENT: &str = "agent-token";
+
+fn api_with_agents(size: Size) -> KubeApi {
+    let api = KubeApi::start(size, vec![], None);
+    api.grant(
+        AGENT,
+        "system:serviceaccount:tenantflow:tenantflow",
+        &["/v1/identity"],
+    );
+    api
+}
+
 #[test]
 fn the_index_reaches_ready_at_200k_pods_and_stays_exact_through_churn_and_a_410() {
     let size = Size {
@@ -44,7 +58,7 @@ fn the_index_reaches_ready_at_200k_pods_and_stays_exact_through_churn_and_a_410(
         namespaces: 2_000,
         services: 10_000,
     };
-    let api = KubeApi::start(size, vec![], None);
+    let api = api_with_agents(size);
     let addr = format!("127.0.0.1:{}", free_port());
     let started = Instant::now();
     let index = Index::start(&api, &addr, None, "200k");
@@ -60,7 +74,7 @@ fn the_index_reaches_ready_at_200k_pods_and_stays_exact_through_churn_and_a_410(
         Some(200_000.0)
     );
 
-    let followers: Vec<Follower> = (0..2).map(|_| Follower::start(&addr)).collect();
+    let followers: Vec<Follower> = (0..2).map(|_| Follower::start(&addr, AGENT)).collect();
     let first = converge(&followers, &api.generated_pods());
     assert_eq!(first[0].pods.len(), 200_000);
 
@@ -112,11 +126,38 @@ fn a_hundred_followers_converge_keep_their_table_while_the_index_is_down_and_res
         namespaces: 20,
         services: 100,
     };
-    let api = KubeApi::start(size, vec![], None);
+    let api = api_with_agents(size);
     let addr = format!("127.0.0.1:{}", free_port());
     let mut index = Index::start(&api, &addr, None, "followers");
-    let followers: Vec<Follower> = (0..100).map(|_| Follower::start(&addr)).collect();
+    let followers: Vec<Follower> = (0..100).map(|_| Follower::start(&addr, AGENT)).collect();
     converge(&followers, &api.generated_pods());
+    // Only a token RBAC grants /v1/identity follows: an unknown one gets 401, a known
+    // user without the grant 403, and neither a single frame.
+    api.grant(
+        "reader",
+        "system:serviceaccount:team-a:reader",
+        &["/metrics"],
+    );
+    let strangers = [
+        Follower::start(&addr, "intruder"),
+        Follower::start(&addr, "reader"),
+    ];
+    let refused = eventually(Duration::from_secs(10), || {
+        let s: Vec<u16> = strangers.iter().map(|f| f.view().status).collect();
+        (s == [401, 403]).then_some(())
+    });
+    assert!(
+        refused.is_some(),
+        "{:?}",
+        strangers
+            .iter()
+            .map(|f| f.view().status)
+            .collect::<Vec<_>>()
+    );
+    assert!(strangers
+        .iter()
+        .all(|f| f.view().pods.is_empty() && f.view().resyncs == 0));
+    drop(strangers);
     assert_eq!(index.metric("tenantflow_index_followers"), Some(100.0));
     assert_eq!(
         index.metric("tenantflow_index_streams_total{start=\"resync\"}"),

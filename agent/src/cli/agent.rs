@@ -55,6 +55,10 @@ pub struct AgentArgs {
     /// its own node's pods.
     #[arg(long, value_delimiter = ',')]
     pub identity_index: Vec<String>,
+    /// The token shown to the identity index (its RBAC decides: `get` on the non-resource
+    /// URL /v1/identity). Default: the pod's service account token.
+    #[arg(long, default_value = follow::TOKEN)]
+    pub identity_index_token_file: std::path::PathBuf,
     /// How the Kubernetes API watchers (re)list: `cache` (from the API server's watch
     /// cache, no etcd read, one response per kind), `paged` (500 per page, may read etcd)
     /// or `streaming` (watch-list: Kubernetes 1.27+ with the WatchList feature on).
@@ -411,6 +415,7 @@ async fn run_async(args: AgentArgs) -> anyhow::Result<()> {
             }
             tokio::spawn(follow::follow(
                 args.identity_index.clone(),
+                args.identity_index_token_file.clone(),
                 watch_tx,
                 metrics,
             ));

@@ -10,8 +10,9 @@ use tracing::info;
 
 use super::agent::UsageError;
 use crate::{
+    access::{Guard, KubeReview},
     config::Config,
-    export::{self, AgentMetrics, Shared},
+    export::{self, guarded::path_authorized, AgentMetrics, Shared},
     identity::{watch, Store},
     index::{
         journal::{Journal, JournalMetrics},
@@ -21,6 +22,12 @@ use crate::{
     pipeline::gateway_label_keys,
     shutdown::Shutdown,
 };
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum FollowerAuth {
+    Kubernetes,
+    None,
+}
 
 #[derive(Debug, Args)]
 pub struct IndexArgs {
@@ -35,6 +42,14 @@ pub struct IndexArgs {
     /// How the watchers (re)list (see `tenantflow agent --help`).
     #[arg(long, value_enum, default_value = "cache")]
     pub initial_list: watch::InitialList,
+    /// Who may follow: `kubernetes` (a bearer token the API accepts, whose user RBAC grants
+    /// `get` on the non-resource URL /v1/identity: the chart grants it to the agents' service
+    /// account) or `none` (anyone who can reach --listen: the inventory of every pod).
+    #[arg(long, value_enum, default_value = "kubernetes")]
+    pub auth: FollowerAuth,
+    /// How long a token's review is reused.
+    #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+    pub auth_cache_ttl: std::time::Duration,
     /// Bytes of recent changes kept so a follower that reconnects resumes instead of
     /// taking a full snapshot.
     #[arg(long, default_value_t = 64 << 20)]
@@ -90,11 +105,22 @@ async fn run_async(args: IndexArgs) -> anyhow::Result<()> {
         journal: Some(journal.clone()),
     };
     let (tx, rx) = tokio::sync::mpsc::channel(inventory::QUEUE);
+    let mut followers = serve::router(journal);
+    if args.auth == FollowerAuth::Kubernetes {
+        let guard = Arc::new(Guard::new(
+            KubeReview::new(client.clone()),
+            args.auth_cache_ttl,
+        ));
+        followers = followers.route_layer(axum::middleware::from_fn_with_state(
+            guard,
+            path_authorized::<KubeReview>,
+        ));
+    }
     watch::spawn_all(client, args.initial_list, tx);
     // No snapshot file to reload.
     let (_, reload) = tokio::sync::mpsc::unbounded_channel();
     tokio::spawn(inventory.run(rx, reload, shared.clone()));
-    let app = serve::router(journal).merge(export::public_router(shared, export::metrics_route()));
+    let app = followers.merge(export::public_router(shared, export::metrics_route()));
     info!(listen = %args.listen, "index: serving followers");
     axum::serve(listener, app)
         .with_graceful_shutdown(async move {

@@ -81,14 +81,16 @@ pub async fn authorize<R: Review>(
     }
 }
 
-/// `/metrics` behind the same review: a token granted `get` on the non-resource URL
-/// `/metrics` (what Prometheus' usual ClusterRole grants).
-pub async fn metrics_authorized<R: Review>(
+/// A path behind the same review: a token granted `get` on the request's path as a
+/// non-resource URL (`/metrics`, what Prometheus' usual ClusterRole grants; the identity
+/// index's `/v1/identity`, what the agent's ClusterRole grants).
+pub async fn path_authorized<R: Review>(
     State(guard): State<Arc<Guard<R>>>,
     req: Request,
     next: Next,
 ) -> Response {
-    match guard.check_path(bearer(&req).as_deref(), "/metrics").await {
+    let path = req.uri().path().to_owned();
+    match guard.check_path(bearer(&req).as_deref(), &path).await {
         Ok(()) => next.run(req).await,
         Err(d) => refusal(d),
     }

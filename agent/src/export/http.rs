@@ -146,7 +146,7 @@ pub async fn serve(
     if let Some((guard, _)) = &guarded {
         metrics_route = metrics_route.route_layer(middleware::from_fn_with_state(
             guard.clone(),
-            super::guarded::metrics_authorized::<KubeReview>,
+            super::guarded::path_authorized::<KubeReview>,
         ));
     }
     let app = public_router(shared, metrics_route);

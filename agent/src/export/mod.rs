@@ -4,7 +4,7 @@
 mod event;
 mod flow_log;
 mod flow_metrics;
-mod guarded;
+pub mod guarded;
 mod http;
 mod metrics;
 mod nat_mappings;

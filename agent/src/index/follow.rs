@@ -26,8 +26,8 @@ pub struct FollowMetrics {
 enum Broken {
     #[error("{0}")]
     Http(#[from] reqwest::Error),
-    #[error("index answered {0}")]
-    Status(reqwest::StatusCode),
+    #[error("index answered {0}: {1}")]
+    Status(reqwest::StatusCode, String),
     #[error("bad frame from the index ({0}); starting over with a full resync")]
     Frame(serde_json::Error),
     #[error("the stream ended")]
@@ -39,9 +39,18 @@ enum Broken {
 const BACKOFF_MIN: Duration = Duration::from_millis(250);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
 
+/// The service account token the agent shows the index (re-read at every connection:
+/// projected tokens rotate).
+pub const TOKEN: &str = "/var/run/secrets/kubernetes.io/serviceaccount/token";
+
 /// Follow the index at `urls` (base URLs of its replicas, tried in turn) until `tx`
-/// closes.
-pub async fn follow(urls: Vec<String>, tx: Sender<WatchEvent>, m: FollowMetrics) {
+/// closes, showing the token in `token_file` (when it exists).
+pub async fn follow(
+    urls: Vec<String>,
+    token_file: std::path::PathBuf,
+    tx: Sender<WatchEvent>,
+    m: FollowMetrics,
+) {
     let client = match reqwest::Client::builder()
         .http2_prior_knowledge()
         .http2_keep_alive_interval(Duration::from_secs(10))
@@ -63,7 +72,8 @@ pub async fn follow(urls: Vec<String>, tx: Sender<WatchEvent>, m: FollowMetrics)
     let mut backoff = BACKOFF_MIN;
     for url in urls.iter().cycle() {
         let began = std::time::Instant::now();
-        let e = stream(&client, url, &mut at, &tx, &m).await;
+        let token = std::fs::read_to_string(&token_file).ok();
+        let e = stream(&client, url, token.as_deref(), &mut at, &tx, &m).await;
         m.connected.set(0);
         if matches!(e, Broken::Closed) {
             return;
@@ -95,16 +105,24 @@ fn now_s() -> i64 {
 async fn stream(
     client: &reqwest::Client,
     url: &str,
+    token: Option<&str>,
     at: &mut Position,
     tx: &Sender<WatchEvent>,
     m: &FollowMetrics,
 ) -> Broken {
-    let req = client
+    let mut req = client
         .get(format!("{}{PATH}", url.trim_end_matches('/')))
         .query(&[("epoch", at.epoch), ("after", at.after)]);
+    if let Some(t) = token {
+        req = req.bearer_auth(t.trim());
+    }
     let resp = match req.send().await {
         Ok(r) if r.status().is_success() => r,
-        Ok(r) => return Broken::Status(r.status()),
+        Ok(r) => {
+            let status = r.status();
+            let why = r.text().await.unwrap_or_default();
+            return Broken::Status(status, why.trim().to_owned());
+        }
         Err(e) => return e.into(),
     };
     info!(
