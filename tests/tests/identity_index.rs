@@ -114,7 +114,7 @@ fn an_agent_in_index_mode_names_pods_opens_one_watch_and_survives_the_index() {
     // The agent asked the API for its own node's pods only: one list, one watch.
     let s = api.stats("agent");
     let own = format!("pods?spec.nodeName={node1}");
-    assert_eq!(s.lists, [own.clone()]);
+    assert_eq!(s.lists, std::slice::from_ref(&own));
     assert_eq!(s.watches, [own]);
     assert_eq!(s.watches_open, 1);
     // The index reviewed the agent's token once (cached since).
