@@ -526,3 +526,75 @@ fn validates_strictly(tag: &str, yaml: &str) {
     }
     std::fs::remove_file(&file).unwrap();
 }
+
+#[test]
+fn index_mode_adds_a_least_privilege_deployment_and_narrows_the_agents_rbac() {
+    let yaml = helm_template(&["--set", "index.enabled=true"]);
+    validates_strictly("index", &yaml);
+    let docs = documents(&yaml);
+    let by_name = |kind: &str, name: &str| {
+        docs.iter()
+            .find(|d| d["kind"] == kind && d["metadata"]["name"] == name)
+            .unwrap_or_else(|| panic!("no {kind}/{name}"))
+    };
+    // The agents: their own node's pods, and following the index.
+    assert_eq!(
+        by_name("ClusterRole", "tenantflow")["rules"],
+        json!([
+            {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]},
+            {"nonResourceURLs": ["/v1/identity"], "verbs": ["get"]},
+        ])
+    );
+    let ds = find(&docs, "DaemonSet");
+    let args = ds["spec"]["template"]["spec"]["containers"][0]["args"]
+        .as_array()
+        .unwrap();
+    assert!(args.contains(&json!(
+        "--identity-index=http://tenantflow-index.tenantflow.svc:9993"
+    )));
+    // The index: read-only on the four kinds, and reviewing followers' tokens.
+    assert_eq!(
+        by_name("ClusterRole", "tenantflow-index")["rules"],
+        json!([
+            {"apiGroups": [""], "resources": ["pods", "namespaces", "nodes", "services"], "verbs": ["get", "list", "watch"]},
+            {"apiGroups": ["authentication.k8s.io"], "resources": ["tokenreviews"], "verbs": ["create"]},
+            {"apiGroups": ["authorization.k8s.io"], "resources": ["subjectaccessreviews"], "verbs": ["create"]},
+        ])
+    );
+    assert_eq!(
+        by_name("ClusterRoleBinding", "tenantflow-index")["subjects"],
+        json!([{"kind": "ServiceAccount", "name": "tenantflow-index", "namespace": "tenantflow"}])
+    );
+    let dep = by_name("Deployment", "tenantflow-index");
+    assert_eq!(dep["spec"]["replicas"], 2);
+    let pod = &dep["spec"]["template"]["spec"];
+    assert_eq!(pod["serviceAccountName"], "tenantflow-index");
+    assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+    assert!(
+        pod["hostNetwork"].is_null(),
+        "the index needs no host network"
+    );
+    let c = &pod["containers"][0];
+    assert_eq!(
+        c["securityContext"],
+        json!({"allowPrivilegeEscalation": false, "readOnlyRootFilesystem": true,
+               "capabilities": {"drop": ["ALL"]}})
+    );
+    assert_eq!(c["args"][1], "index");
+    // Its pods never match the DaemonSet's selector, and the Service and budget find them.
+    let ds_sel = &ds["spec"]["selector"]["matchLabels"];
+    let labels = &dep["spec"]["template"]["metadata"]["labels"];
+    assert_ne!(
+        labels["app.kubernetes.io/name"],
+        ds_sel["app.kubernetes.io/name"]
+    );
+    for sel in [
+        &by_name("Service", "tenantflow-index")["spec"]["selector"],
+        &by_name("PodDisruptionBudget", "tenantflow-index")["spec"]["selector"]["matchLabels"],
+        &dep["spec"]["selector"]["matchLabels"],
+    ] {
+        for (k, v) in sel.as_object().unwrap() {
+            assert_eq!(&labels[k], v, "{k}");
+        }
+    }
+}
