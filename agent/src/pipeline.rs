@@ -204,10 +204,21 @@ impl Pipeline {
             .chain(&settled.ending)
             .copied()
             .collect();
-        let identity_changed = self.classified_at != Some(version);
-        if identity_changed {
-            // The inventory changed: every open connection may have new identities.
-            touched.extend(self.table.reported().map(|t| t.id));
+        // The inventory changed: open connections with an address whose owner changed
+        // get classified again (all of them when that is not known).
+        let mut revisit: FastSet<ConnId> = FastSet::default();
+        if self.classified_at != Some(version) {
+            let changed = self.classified_at.and_then(|v| store.touched_since(v));
+            revisit.extend(
+                self.table
+                    .reported()
+                    .filter(|t| match &changed {
+                        Some(ips) => classify::addresses(&t.conn).any(|ip| ips.contains(&ip)),
+                        None => true,
+                    })
+                    .map(|t| t.id),
+            );
+            touched.extend(revisit.iter().copied());
             self.classified_at = Some(version);
         }
         touched.sort_unstable();
@@ -216,7 +227,7 @@ impl Pipeline {
             let Some(t) = self.table.get_mut(id) else {
                 continue;
             };
-            if t.extra.class.is_none() || t.nat_changed || identity_changed {
+            if t.extra.class.is_none() || t.nat_changed || revisit.contains(&id) {
                 let k = classify::classify(&self.config, &store, &t.conn);
                 t.extra.reclassified |= t.extra.class.as_ref() != Some(&k);
                 t.extra.class = Some(k);

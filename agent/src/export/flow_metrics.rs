@@ -6,7 +6,7 @@
 //! family past which traffic lands in one `_overflow` series (totals stay right).
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::HashMap,
     time::{Duration, Instant},
 };
 
@@ -447,24 +447,21 @@ impl FlowMetrics {
     }
 
     /// Drop series whose namespace or workload has been gone longer than the grace period.
+    /// One lookup per series (bounded by --metrics-max-series), never a walk over the
+    /// inventory: at 200k pods that walk cost more than the harvest.
     fn gc(&mut self, store: &Store, now: Instant) {
         if store.is_empty() {
             // No identity source (or not loaded yet): nothing can be known to be deleted.
             return;
         }
-        let live_ns: HashSet<&str> = store.namespace_names().collect();
-        let live_workloads: HashSet<(&str, &str)> = store
-            .pods()
-            .filter_map(|p| p.owner.as_deref().map(|o| (&*p.namespace, o)))
-            .collect();
         let grace = self.cfg.grace;
         let mut drop = Vec::new();
         for (key, r) in self.series.iter_mut() {
-            let gone = r.namespaces.iter().any(|n| !live_ns.contains(n.as_str()))
+            let gone = r.namespaces.iter().any(|n| store.namespace(n).is_none())
                 || (self.cfg.workload_labels
                     && r.workloads
                         .iter()
-                        .any(|(n, w)| !live_workloads.contains(&(n.as_str(), w.as_str()))));
+                        .any(|(n, w)| !store.has_workload(n, w)));
             match (gone, r.gone_since) {
                 (false, _) => r.gone_since = None,
                 (true, None) => r.gone_since = Some(now),

@@ -135,7 +135,17 @@ pub struct Store {
     uid_node: Option<String>,
     /// Changes that altered the inventory, for an index to pass on (`None`: not kept).
     journal: Option<Vec<Change>>,
+    /// Which addresses each version changed the owner of (`None`: possibly every one, as
+    /// when a namespace's tenant changes), oldest first, bounded: lets classification
+    /// revisit only the connections a change touches.
+    touched: std::collections::VecDeque<(u64, Option<IpAddr>)>,
+    /// Pods per workload (`namespace\0owner`), so "is this workload still there" is one
+    /// lookup instead of a walk over every pod.
+    workloads: HashMap<Box<str>, u32, RandomState>,
 }
+
+/// Most address changes remembered; a classifier further behind re-checks everything.
+const TOUCHED: usize = 65_536;
 
 impl Store {
     pub fn new() -> Self {
@@ -230,6 +240,47 @@ impl Store {
         o
     }
 
+    /// Remember what the change being applied (the next version) touches.
+    fn touch(&mut self, o: &Object) {
+        let v = self.version + 1;
+        match o {
+            Object::Namespace(_) => self.touched.push_back((v, None)),
+            _ => {
+                let ips = match o {
+                    Object::Pod(p) => &p.ips[..],
+                    Object::Node(n) => &n.ips[..],
+                    Object::Service(s) => &s.ips[..],
+                    Object::Namespace(_) => &[],
+                };
+                self.touched.extend(ips.iter().map(|ip| (v, Some(*ip))));
+            }
+        }
+        while self.touched.len() > TOUCHED {
+            self.touched.pop_front();
+        }
+    }
+
+    /// The addresses whose owner (or its details) changed after `version`; `None` when
+    /// that is not known (too long ago, or a change that may touch any address).
+    pub fn touched_since(&self, version: u64) -> Option<HashSet<IpAddr>> {
+        if version >= self.version {
+            return Some(HashSet::new());
+        }
+        // Every version after `version` must still be in the log.
+        match self.touched.front() {
+            Some(&(v, _)) if v <= version + 1 => {}
+            _ => return None,
+        }
+        let mut out = HashSet::new();
+        for &(v, ip) in self.touched.iter().rev() {
+            if v <= version {
+                break;
+            }
+            out.insert(ip?);
+        }
+        Some(out)
+    }
+
     fn hash_key(&self, (kind, ns, name): (Kind, &str, &str)) -> u64 {
         self.hasher.hash_one((kind, ns, name))
     }
@@ -264,6 +315,8 @@ impl Store {
             let old = slot.object.take().expect("indexed slots hold an object");
             self.unindex(id, &old);
             self.index(id, &o);
+            self.touch(&old);
+            self.touch(&o);
             if let Some(j) = &mut self.journal {
                 j.push(Change::Apply(o.clone()));
             }
@@ -279,6 +332,7 @@ impl Store {
             }
         };
         self.index(id, &o);
+        self.touch(&o);
         if let Some(j) = &mut self.journal {
             j.push(Change::Apply(o.clone()));
         }
@@ -304,6 +358,7 @@ impl Store {
             e.remove();
         }
         self.unindex(id, &old);
+        self.touch(&old);
         self.counts[old.kind().index()] -= 1;
         self.free.push(id);
         if let Some(j) = &mut self.journal {
@@ -369,8 +424,28 @@ impl Store {
         matches!(self.object(id), Some(Object::Node(_)))
     }
 
+    fn workload_key(ns: &str, owner: &str) -> Box<str> {
+        format!("{ns}\0{owner}").into()
+    }
+
+    /// Does any pod of `owner` (`Kind/name`) exist in namespace `ns`?
+    pub fn has_workload(&self, ns: &str, owner: &str) -> bool {
+        self.workloads.contains_key(&Self::workload_key(ns, owner))
+    }
+
     /// Index `o`, about to be stored at `id` (not yet in its slot).
     fn index(&mut self, id: Id, o: &Object) {
+        if let Object::Pod(PodMeta {
+            namespace,
+            owner: Some(w),
+            ..
+        }) = o
+        {
+            *self
+                .workloads
+                .entry(Self::workload_key(namespace, w))
+                .or_default() += 1;
+        }
         if let Some(uid) = o.uid() {
             let h = self.hash_uid(uid);
             let slots = &self.slots;
@@ -408,6 +483,20 @@ impl Store {
 
     /// Remove `o`, held at `id` (already taken out of its slot), from the indexes.
     fn unindex(&mut self, id: Id, o: &Object) {
+        if let Object::Pod(PodMeta {
+            namespace,
+            owner: Some(w),
+            ..
+        }) = o
+        {
+            let key = Self::workload_key(namespace, w);
+            if let Some(n) = self.workloads.get_mut(&key) {
+                *n -= 1;
+                if *n == 0 {
+                    self.workloads.remove(&key);
+                }
+            }
+        }
         if let Some(uid) = o.uid() {
             if let Ok(e) = self.by_uid.find_entry(self.hash_uid(uid), |&i| i == id) {
                 e.remove();
@@ -508,6 +597,9 @@ impl Store {
     /// made against the old one count as stale.
     pub fn resume_after(&mut self, previous: u64) {
         self.version = previous + 1;
+        // Everything may have changed: a classifier at `previous` re-checks all.
+        self.touched.clear();
+        self.touched.push_back((self.version, None));
     }
 
     /// Changes applied so far that altered the inventory.

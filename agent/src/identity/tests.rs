@@ -344,6 +344,37 @@ fn the_journal_records_every_change_once() {
     assert!(s.take_journal().is_empty());
 }
 
+/// Classification revisits only connections whose addresses changed owner: the store
+/// says which addresses a version range touched, and "all" when a namespace (tenancy)
+/// changed or the range is older than it remembers.
+#[test]
+fn the_store_says_which_addresses_changed_since_a_version() {
+    let ips = |v: &[&str]| -> std::collections::HashSet<std::net::IpAddr> {
+        v.iter().map(|s| s.parse().unwrap()).collect()
+    };
+    let mut s = Store::from_objects(vec![pod("a", "x", "10.1.0.1"), pod("b", "x", "10.1.0.2")]);
+    let v0 = s.version();
+    assert_eq!(s.touched_since(v0), Some(ips(&[])));
+    s.apply(Change::Apply(pod("a", "x", "10.1.0.1"))); // unchanged: no version
+    s.apply(Change::Apply(pod("a", "x", "10.1.0.3"))); // moved
+    s.apply(Change::Delete(pod("b", "x", "10.1.0.2")));
+    assert_eq!(
+        s.touched_since(v0),
+        Some(ips(&["10.1.0.1", "10.1.0.3", "10.1.0.2"]))
+    );
+    assert_eq!(s.touched_since(v0 + 1), Some(ips(&["10.1.0.2"])));
+    let v1 = s.version();
+    s.apply(Change::Apply(Object::Namespace(NamespaceMeta {
+        name: "x".into(),
+        labels: Labels::new(),
+        annotations: Labels::new(),
+    })));
+    assert_eq!(s.touched_since(v1), None, "a namespace may change any tenant");
+    let mut fresh = Store::new();
+    fresh.resume_after(s.version());
+    assert_eq!(fresh.touched_since(s.version()), None, "a swapped store: all");
+}
+
 /// kubectl writes `kind: List` after the items, so a file cut at an item boundary has no
 /// kind and is refused rather than taken for a smaller cluster.
 #[test]
