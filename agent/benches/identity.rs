@@ -9,7 +9,8 @@
 //! `cargo xtask bench-identity [--pods N]` (or `cargo bench -p tenantflow --bench identity
 //! -- --pods N`). The last lines are `key=value`: store_bytes_per_pod, store_live_mib,
 //! relist_peak_mib, apply_us_p99, replace_s (applying a relist), relist_s (decoding and
-//! applying it), ready_s (a cold start: every kind's list decoded and applied).
+//! applying it), snapshot_mib (what index mode streams a new follower), ready_s (a cold
+//! start: every kind's list decoded and applied).
 
 use std::{
     alloc::{GlobalAlloc, Layout, System},
@@ -19,8 +20,11 @@ use std::{
 
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
 use serde_json::{json, Value};
-use tenantflow::identity::{
-    slim::Slim, Change, Kind, NamespaceMeta, NodeMeta, Object, PodMeta, ServiceMeta, Store,
+use tenantflow::{
+    identity::{
+        slim::Slim, Change, Kind, NamespaceMeta, NodeMeta, Object, PodMeta, ServiceMeta, Store,
+    },
+    index::protocol::Frame,
 };
 
 struct Counting;
@@ -228,6 +232,19 @@ fn main() {
     let per_pod = (with_pods - without_pods) as f64 / s.pods as f64;
     let store_bytes = with_pods - base;
 
+    // What index mode sends a new follower: every object as one frame of its stream.
+    let snapshot_bytes: usize = store
+        .objects()
+        .map(|o| {
+            Frame::Apply {
+                v: 1,
+                object: o.clone(),
+            }
+            .encode()
+            .len()
+        })
+        .sum();
+
     // Single updates: a pod relabelled (MODIFIED), and one deleted then re-added.
     let changes = 20_000.min(s.pods);
     let updated: Vec<Object> = pod_list(&Size { pods: changes, ..s }, 1)
@@ -270,5 +287,6 @@ fn main() {
     println!("apply_us_p99={:.1}", p99(times));
     println!("replace_s={replace_s:.2}");
     println!("relist_s={relist_s:.2}");
+    println!("snapshot_mib={:.1}", mib(snapshot_bytes));
     println!("ready_s={ready_s:.2}");
 }

@@ -37,9 +37,13 @@ pub struct Classification {
 /// The addresses classification looks up: when the owner of none of them changed, the
 /// classification stands.
 pub fn addresses(c: &Connection) -> impl Iterator<Item = std::net::IpAddr> {
-    [Some(c.tuple.src), Some(c.tuple.dst), c.dnat.map(|(ip, _)| ip)]
-        .into_iter()
-        .flatten()
+    [
+        Some(c.tuple.src),
+        Some(c.tuple.dst),
+        c.dnat.map(|(ip, _)| ip),
+    ]
+    .into_iter()
+    .flatten()
 }
 
 pub fn classify(config: &Config, store: &Store, c: &Connection) -> Classification {

@@ -459,9 +459,7 @@ impl FlowMetrics {
         for (key, r) in self.series.iter_mut() {
             let gone = r.namespaces.iter().any(|n| store.namespace(n).is_none())
                 || (self.cfg.workload_labels
-                    && r.workloads
-                        .iter()
-                        .any(|(n, w)| !store.has_workload(n, w)));
+                    && r.workloads.iter().any(|(n, w)| !store.has_workload(n, w)));
             match (gone, r.gone_since) {
                 (false, _) => r.gone_since = None,
                 (true, None) => r.gone_since = Some(now),

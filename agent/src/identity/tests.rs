@@ -369,10 +369,18 @@ fn the_store_says_which_addresses_changed_since_a_version() {
         labels: Labels::new(),
         annotations: Labels::new(),
     })));
-    assert_eq!(s.touched_since(v1), None, "a namespace may change any tenant");
+    assert_eq!(
+        s.touched_since(v1),
+        None,
+        "a namespace may change any tenant"
+    );
     let mut fresh = Store::new();
     fresh.resume_after(s.version());
-    assert_eq!(fresh.touched_since(s.version()), None, "a swapped store: all");
+    assert_eq!(
+        fresh.touched_since(s.version()),
+        None,
+        "a swapped store: all"
+    );
 }
 
 /// kubectl writes `kind: List` after the items, so a file cut at an item boundary has no
