@@ -26,8 +26,15 @@ pub fn free_port() -> u16 {
 }
 
 impl Index {
-    /// Start it (in `netns`, if given) following `api` as client `index`; waits for ready.
-    pub fn start(api: &KubeApi, addr: &str, netns: Option<&str>, tag: &str) -> Self {
+    /// Start it (in `netns`, if given) following `api` as client `index`, with the agents'
+    /// `config` if given; waits for ready.
+    pub fn start(
+        api: &KubeApi,
+        addr: &str,
+        netns: Option<&str>,
+        config: Option<&std::path::Path>,
+        tag: &str,
+    ) -> Self {
         let log = std::env::temp_dir().join(format!("tf-index-{tag}-{}.log", std::process::id()));
         let mut cmd = match netns {
             Some(ns) => {
@@ -37,8 +44,11 @@ impl Index {
             }
             None => Command::new(agent_bin()),
         };
+        cmd.args(["index", "--listen", addr]);
+        if let Some(c) = config {
+            cmd.arg("--config").arg(c);
+        }
         let child = cmd
-            .args(["index", "--listen", addr])
             .env("KUBECONFIG", api.kubeconfig("index"))
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())

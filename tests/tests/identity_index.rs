@@ -1,7 +1,9 @@
-//! Index mode in the lab: a real agent on lab node 1 follows `tenantflow index` (both
-//! against the synthetic API server serving the lab's objects plus generated ones) and
-//! names the pods of real traffic; it opens exactly one API watch (its own node's pods);
-//! with the index killed it keeps naming them and says it is stale; a new index resyncs it.
+//! Identity from the Kubernetes API in the lab, in both modes, against the synthetic API
+//! server serving the lab's objects plus generated ones. Direct mode: a real agent on lab
+//! node 1 watches the four kinds itself. Index mode: it follows `tenantflow index` and
+//! opens exactly one API watch (its own node's pods); with the index killed it keeps
+//! naming pods and says it is stale; a new index resyncs it. In both, real traffic gets
+//! the right pods, tenants, cross-tenant verdict and egress-gateway membership.
 
 use std::time::Duration;
 
@@ -23,9 +25,24 @@ fn pod_of(c: &Value, end: &str) -> (String, String, String) {
     )
 }
 
+#[derive(Clone, Copy, PartialEq)]
+enum Mode {
+    Direct,
+    Index,
+}
+
 #[test]
-fn an_agent_in_index_mode_names_pods_opens_one_watch_and_survives_the_index() {
-    let lab = lab("xi");
+fn direct_mode_names_pods_from_four_cluster_wide_watches() {
+    run(Mode::Direct);
+}
+
+#[test]
+fn index_mode_names_pods_opens_one_watch_and_survives_the_index() {
+    run(Mode::Index);
+}
+
+fn run(mode: Mode) {
+    let lab = lab(if mode == Mode::Index { "xi" } else { "xd" });
     let t = &lab.topo;
     let ns1 = t.node_ns(1);
     let node1 = t.node(1).name.clone();
@@ -50,7 +67,6 @@ fn an_agent_in_index_mode_names_pods_opens_one_watch_and_survives_the_index() {
     let token_file = std::env::temp_dir().join(format!("tf-index-token-{}", t.prefix));
     std::fs::write(&token_file, "agent-sa-token\n").unwrap();
     let index_addr = "127.0.0.1:9993";
-    let mut index = Index::start(&api, index_addr, Some(&ns1), "lab");
     // The agent's config without the snapshot: identity comes from the index.
     let cfg = std::fs::read_to_string(xtask::lab::manifest::config_path(&t.prefix)).unwrap();
     let cfg: String = cfg
@@ -60,30 +76,47 @@ fn an_agent_in_index_mode_names_pods_opens_one_watch_and_survives_the_index() {
         .collect();
     let cfg_path = std::env::temp_dir().join(format!("tf-index-agent-{}.yaml", t.prefix));
     std::fs::write(&cfg_path, cfg).unwrap();
+    let mut index = (mode == Mode::Index)
+        .then(|| Index::start(&api, index_addr, Some(&ns1), Some(&cfg_path), "lab"));
     let kubeconfig = api.kubeconfig("agent");
+    let index_url = format!("http://{index_addr}");
+    let mut args = vec![
+        "--config",
+        cfg_path.to_str().unwrap(),
+        "--node-name",
+        &node1,
+    ];
+    if mode == Mode::Index {
+        args.extend([
+            "--identity-index",
+            &index_url,
+            "--identity-index-token-file",
+            token_file.to_str().unwrap(),
+        ]);
+    }
     let agent = Agent::start_env(
         &ns1,
         LISTEN,
         "200ms",
-        &[
-            "--config",
-            cfg_path.to_str().unwrap(),
-            "--identity-index",
-            &format!("http://{index_addr}"),
-            "--node-name",
-            &node1,
-            "--identity-index-token-file",
-            token_file.to_str().unwrap(),
-        ],
+        &args,
         &[("KUBECONFIG", kubeconfig.to_str().unwrap())],
     );
     let m = |name: &str| agent.metric(name);
+    let source = if mode == Mode::Index {
+        "index"
+    } else {
+        "kubernetes"
+    };
     assert_eq!(
-        m("tenantflow_metadata_objects{kind=\"pod\",source=\"index\"}"),
+        m(&format!(
+            "tenantflow_metadata_objects{{kind=\"pod\",source=\"{source}\"}}"
+        )),
         Some((t.pods.len() + 1_000) as f64)
     );
-    assert_eq!(m("tenantflow_identity_index_connected"), Some(1.0));
-    assert_eq!(m("tenantflow_identity_index_resyncs_total"), Some(1.0));
+    assert_eq!(
+        m("tenantflow_identity_index_connected"),
+        Some(if mode == Mode::Index { 1.0 } else { 0.0 })
+    );
 
     let udp = |sport: u16| {
         let api2 = t.pod("api-2");
@@ -110,6 +143,38 @@ fn an_agent_in_index_mode_names_pods_opens_one_watch_and_survives_the_index() {
     );
     assert_eq!(pod_of(&c, "dst_identity").0, "api-2");
     assert_eq!(c["cross_tenant"], true);
+    // Egress-gateway membership survives slim decoding, label reduction (and the index).
+    let gw = t.pod("egress-gw-1");
+    let sent = udp_from_pod(
+        &lab,
+        "jobs-1",
+        7103,
+        &t.pod_ns(gw),
+        &format!("{}:7000", gw.ip()),
+        2,
+        50,
+    );
+    let c = wait_connection(
+        &agent,
+        |c| c["src_port"] == 7103 && c["dst"] == gw.ip(),
+        |c| counts(c, "forward") == sent,
+    );
+    assert_eq!(c["dst_identity"]["pod"], "egress-gw-1");
+    assert_eq!(c["dst_identity"]["mediator"], true);
+    assert_eq!(c["dst_identity"]["tenant"], "platform");
+
+    if mode == Mode::Direct {
+        // Four cluster-wide lists from the watch cache and four watches, no review.
+        let s = api.stats("agent");
+        let mut lists = s.lists.clone();
+        lists.sort();
+        assert_eq!(lists, ["namespaces?", "nodes?", "pods?", "services?"]);
+        assert_eq!(s.watches_open, 4);
+        assert_eq!(api.reviews(), []);
+        return;
+    }
+    let mut index = index.take().expect("index mode");
+    assert_eq!(m("tenantflow_identity_index_resyncs_total"), Some(1.0));
 
     // The agent asked the API for its own node's pods only: one list, one watch.
     let s = api.stats("agent");
@@ -153,7 +218,7 @@ fn an_agent_in_index_mode_names_pods_opens_one_watch_and_survives_the_index() {
     );
 
     // A new index: the agent reconnects (backoff) and resyncs from it.
-    let _index = Index::start(&api, index_addr, Some(&ns1), "lab-2");
+    let _index = Index::start(&api, index_addr, Some(&ns1), Some(&cfg_path), "lab-2");
     let back = eventually(Duration::from_secs(40), || {
         (m("tenantflow_identity_index_connected") == Some(1.0)
             && m("tenantflow_identity_index_resyncs_total") == Some(2.0)

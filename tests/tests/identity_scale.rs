@@ -61,7 +61,7 @@ fn the_index_reaches_ready_at_200k_pods_and_stays_exact_through_churn_and_a_410(
     let api = api_with_agents(size);
     let addr = format!("127.0.0.1:{}", free_port());
     let started = Instant::now();
-    let index = Index::start(&api, &addr, None, "200k");
+    let index = Index::start(&api, &addr, None, None, "200k");
     eprintln!("index ready at 200k pods in {:?}", started.elapsed());
     // One list and one watch per kind, cluster-wide, from the watch cache.
     let s = api.stats("index");
@@ -128,7 +128,7 @@ fn a_hundred_followers_converge_keep_their_table_while_the_index_is_down_and_res
     };
     let api = api_with_agents(size);
     let addr = format!("127.0.0.1:{}", free_port());
-    let mut index = Index::start(&api, &addr, None, "followers");
+    let mut index = Index::start(&api, &addr, None, None, "followers");
     let followers: Vec<Follower> = (0..100).map(|_| Follower::start(&addr, AGENT)).collect();
     converge(&followers, &api.generated_pods());
     // Only a token RBAC grants /v1/identity follows: an unknown one gets 401, a known
@@ -200,7 +200,7 @@ fn a_hundred_followers_converge_keep_their_table_while_the_index_is_down_and_res
         );
     }
     // …and a new index (another epoch) resyncs every one of them to the new truth.
-    let index = Index::start(&api, &addr, None, "followers-2");
+    let index = Index::start(&api, &addr, None, None, "followers-2");
     let truth = api.generated_pods();
     let views = converge(&followers, &truth);
     assert!(views.iter().all(|v| v.resyncs == 2));

@@ -255,6 +255,7 @@ async fn run_async(args: AgentArgs) -> anyhow::Result<()> {
         store.keep_uids_of(&node);
     }
     let identity = SharedStore::new(store);
+    let gateway_labels = gateway_label_keys(&config);
     let inventory = Inventory {
         store: identity.clone(),
         source,
@@ -404,6 +405,8 @@ async fn run_async(args: AgentArgs) -> anyhow::Result<()> {
                 connected: m.index_connected.clone(),
                 last_frame: m.index_last_frame.clone(),
                 resyncs: m.index_resyncs.clone(),
+                errors: m.metadata_errors.clone(),
+                wanted_labels: gateway_labels.clone(),
             };
             if let Some(client) = client {
                 identity::watch::spawn_local_pods(

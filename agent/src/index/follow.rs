@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures::StreamExt;
 use tokio::sync::mpsc::Sender;
-use tracing::info;
+use tracing::{error, info};
 
 use super::protocol::{Frame, Position, PATH};
 use crate::identity::{watch::WatchEvent, Change, Kind};
@@ -19,6 +19,10 @@ pub struct FollowMetrics {
     pub connected: prometheus::IntGauge,
     pub last_frame: prometheus::IntGauge,
     pub resyncs: prometheus::IntCounter,
+    /// `tenantflow_metadata_errors_total`: a snapshot unfit for this agent's config.
+    pub errors: prometheus::IntCounter,
+    /// Pod label keys this agent's egress-gateway selectors use.
+    pub wanted_labels: std::collections::BTreeSet<String>,
 }
 
 /// Why a stream ended.
@@ -168,8 +172,27 @@ async fn stream(
 fn events(frame: Frame, at: &mut Position, m: &FollowMetrics) -> Vec<WatchEvent> {
     let change = |c| vec![WatchEvent::Change(c)];
     match frame {
-        Frame::Snapshot { epoch, version, .. } => {
+        Frame::Snapshot {
+            epoch,
+            version,
+            labels,
+            ..
+        } => {
             m.resyncs.inc();
+            if let Some(kept) = labels {
+                let missing: Vec<&String> = m
+                    .wanted_labels
+                    .iter()
+                    .filter(|k| !kept.contains(k))
+                    .collect();
+                if !missing.is_empty() {
+                    m.errors.inc();
+                    error!(
+                        ?missing,
+                        "identity index drops pod labels this agent's egress-gateway selectors use: no pod will match them; give the index the agents' config (--config)"
+                    );
+                }
+            }
             *at = Position {
                 epoch,
                 after: version,
@@ -208,5 +231,64 @@ pub fn check_urls(urls: &[String]) -> Result<(), String> {
             "--identity-index {u}: give the index's base URL (plain HTTP/2 inside the cluster), e.g. http://tenantflow-index.tenantflow.svc:9993"
         )),
         None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn metrics(wanted: &[&str]) -> FollowMetrics {
+        FollowMetrics {
+            connected: prometheus::IntGauge::new("c", "c").unwrap(),
+            last_frame: prometheus::IntGauge::new("l", "l").unwrap(),
+            resyncs: prometheus::IntCounter::new("r", "r").unwrap(),
+            errors: prometheus::IntCounter::new("e", "e").unwrap(),
+            wanted_labels: wanted.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    fn snapshot(labels: Option<&[&str]>) -> Frame {
+        Frame::Snapshot {
+            epoch: 7,
+            version: 40,
+            objects: 0,
+            labels: labels.map(|l| l.iter().map(|s| s.to_string()).collect()),
+        }
+    }
+
+    /// A snapshot starts a relist of every kind and sets the position; `synced` ends it.
+    #[test]
+    fn a_snapshot_relists_every_kind_and_synced_completes_it() {
+        let m = metrics(&["app"]);
+        let mut at = Position::default();
+        let evs = events(snapshot(Some(&["app"])), &mut at, &m);
+        assert_eq!(evs.len(), 4);
+        assert!(evs
+            .iter()
+            .all(|e| matches!(e, WatchEvent::Change(Change::Relist(_)))));
+        assert_eq!(
+            at,
+            Position {
+                epoch: 7,
+                after: 40
+            }
+        );
+        let evs = events(Frame::Synced { version: 40 }, &mut at, &m);
+        assert_eq!(evs.len(), 8, "listed and synced per kind");
+        assert_eq!((m.resyncs.get(), m.errors.get()), (1, 0));
+        assert!(events(Frame::Heartbeat { version: 40 }, &mut at, &m).is_empty());
+    }
+
+    /// An index that drops labels this agent's gateway selectors read would silently make
+    /// every gateway pod an ordinary one: it is counted as an identity error and logged.
+    #[test]
+    fn an_index_dropping_labels_the_agent_selects_on_is_an_error() {
+        let m = metrics(&["app", "role"]);
+        let mut at = Position::default();
+        events(snapshot(Some(&["app"])), &mut at, &m);
+        assert_eq!(m.errors.get(), 1);
+        events(snapshot(None), &mut at, &m);
+        assert_eq!(m.errors.get(), 1, "an index keeping every label is fine");
     }
 }

@@ -214,6 +214,7 @@ fn encode_snapshot(store: &Store, epoch: u64, version: u64) -> Snapshot {
         epoch,
         version,
         objects: store.len() as u64,
+        labels: store.kept_pod_labels().map(|k| k.iter().cloned().collect()),
     }
     .encode();
     for o in store.objects() {

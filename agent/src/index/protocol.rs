@@ -21,10 +21,14 @@ pub const HEARTBEAT: std::time::Duration = std::time::Duration::from_secs(2);
 #[serde(rename_all = "snake_case")]
 pub enum Frame {
     /// A full state follows: `objects` `Apply` frames (all at `version`), then `Synced`.
+    /// `labels`: the pod label keys the index keeps (those its egress-gateway selectors
+    /// use; `None`: all), so a follower can tell when its own selectors need others.
     Snapshot {
         epoch: u64,
         version: u64,
         objects: u64,
+        #[serde(default)]
+        labels: Option<Vec<String>>,
     },
     /// Added or changed (as the index holds it: labels reduced, names interned).
     Apply {
