@@ -109,7 +109,8 @@ fn v4(prefix: u8, i: usize) -> String {
 }
 
 fn pod(i: usize, s: &Size, generation: u32) -> Value {
-    let ns = format!("ns-{}", i % s.namespaces);
+    // A workload's pods share its namespace (ten pods per ReplicaSet).
+    let ns = format!("ns-{}", (i / 10) % s.namespaces);
     json!({
         "apiVersion": "v1", "kind": "Pod",
         "metadata": {

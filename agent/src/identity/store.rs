@@ -144,8 +144,9 @@ pub struct Store {
     workloads: HashMap<Box<str>, u32, RandomState>,
 }
 
-/// Most address changes remembered; a classifier further behind re-checks everything.
-const TOUCHED: usize = 65_536;
+/// Most address changes remembered (512 KiB): far more than one harvest's worth of churn;
+/// a classifier further behind (a relist after a 410) re-checks everything.
+const TOUCHED: usize = 16_384;
 
 impl Store {
     pub fn new() -> Self {
@@ -252,11 +253,15 @@ impl Store {
                     Object::Service(s) => &s.ips[..],
                     Object::Namespace(_) => &[],
                 };
-                self.touched.extend(ips.iter().map(|ip| (v, Some(*ip))));
+                for ip in ips {
+                    self.touched.push_back((v, Some(*ip)));
+                }
             }
         }
-        while self.touched.len() > TOUCHED {
-            self.touched.pop_front();
+        // Trimmed as it grows past the bound, so it never reallocates beyond it.
+        if self.touched.len() >= TOUCHED {
+            let excess = self.touched.len() - TOUCHED / 2;
+            self.touched.drain(..excess);
         }
     }
 
