@@ -1,24 +1,38 @@
 //! Services under socket-LB: Cilium's kube-proxy replacement rewrites a ClusterIP to a
-//! backend inside connect(), so no packet carries the VIP. `tf_svc_connect4` is attached to
-//! the cgroup that holds the pods, below the root where Cilium's socket-LB sits: cgroup
-//! programs of a descendant run before its ancestors', so it sees the address the
-//! application asked for. `tf_svc_sockops` sees the connection's real 4-tuple once TCP has
-//! chosen the source port and records the pair when the destination was rewritten. Both
-//! only observe: the connect hook allows every call, sock_ops changes nothing.
+//! backend inside connect() (TCP, connected UDP) or sendmsg() (unconnected UDP), so no
+//! packet carries the VIP. `tf_svc_connect4` and `tf_svc_sendmsg4` are attached to the
+//! cgroup that holds the pods, below the root where Cilium's socket-LB sits: cgroup
+//! programs of a descendant run before its ancestors', so they see the address the
+//! application asked for. The real 4-tuple comes later: `tf_svc_sockops` sees a TCP
+//! connection's once TCP has chosen the source port; `tf_svc_egress` sees a UDP datagram's
+//! as it leaves the socket. Each records the pair when the destination was rewritten. All
+//! only observe: the address hooks allow every call, sock_ops changes nothing, the egress
+//! hook passes every packet (a non-UDP packet after one byte read).
 
 use agent_common::{SvcAddr, SvcTuple};
 use aya_ebpf::{
     bindings::BPF_SOCK_OPS_TCP_CONNECT_CB,
     cty::c_void,
     helpers::bpf_get_socket_cookie,
-    macros::{cgroup_sock_addr, sock_ops},
-    programs::{SockAddrContext, SockOpsContext},
+    macros::{cgroup_skb, cgroup_sock_addr, sock_ops},
+    programs::{SkBuffContext, SockAddrContext, SockOpsContext},
 };
 
 use crate::maps::{SVC_ASKED, SVC_FLOWS};
 
 #[cgroup_sock_addr(connect4)]
 pub fn tf_svc_connect4(ctx: SockAddrContext) -> i32 {
+    remember_asked(&ctx)
+}
+
+#[cgroup_sock_addr(sendmsg4)]
+pub fn tf_svc_sendmsg4(ctx: SockAddrContext) -> i32 {
+    remember_asked(&ctx)
+}
+
+/// Remember, per socket, the address the application asked for (the latest, for UDP).
+#[inline(always)]
+fn remember_asked(ctx: &SockAddrContext) -> i32 {
     // SAFETY: the context pointer the kernel passed in.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.sock_addr as *mut c_void) };
     // SAFETY: a valid bpf_sock_addr for connect4; user_ip4/user_port are readable.
@@ -57,9 +71,53 @@ pub fn tf_svc_sockops(ctx: SockOpsContext) -> u32 {
                 port: ctx.local_port(),
             },
             remote,
+            proto: IPPROTO_TCP,
         };
         let _ = SVC_FLOWS.insert(t, asked, 0);
     }
     let _ = SVC_ASKED.remove(cookie);
     1
+}
+
+const IPPROTO_TCP: u32 = 6;
+const IPPROTO_UDP: u8 = 17;
+
+/// A UDP datagram leaving a pod's socket (cgroup_skb data starts at the IP header): when its
+/// destination differs from what the socket last asked for, socket-LB rewrote it.
+#[cgroup_skb]
+pub fn tf_svc_egress(ctx: SkBuffContext) -> i32 {
+    let _ = udp_rewritten(&ctx);
+    1
+}
+
+#[inline(always)]
+fn udp_rewritten(ctx: &SkBuffContext) -> Option<()> {
+    let vihl: u8 = ctx.load(0).ok()?;
+    if vihl >> 4 != 4 || ctx.load::<u8>(9).ok()? != IPPROTO_UDP {
+        return None;
+    }
+    // SAFETY: the context pointer the kernel passed in.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.skb.skb as *mut c_void) };
+    // SAFETY: a plain lookup; the value is copied out at once.
+    let asked = (unsafe { SVC_ASKED.get(cookie) }).copied()?;
+    let l4 = ((vihl & 0x0f) as usize) * 4;
+    let ports: u32 = ctx.load(l4).ok()?;
+    let ports = u32::from_be(ports);
+    let t = SvcTuple {
+        local: SvcAddr {
+            ip4: ctx.load(12).ok()?,
+            port: ports >> 16,
+        },
+        remote: SvcAddr {
+            ip4: ctx.load(16).ok()?,
+            port: ports & 0xffff,
+        },
+        proto: IPPROTO_UDP as u32,
+    };
+    // Recorded once per flow: a lookup costs less than rewriting the entry every datagram.
+    // SAFETY: plain lookups of plain values.
+    if t.remote != asked && unsafe { SVC_FLOWS.get(t) }.is_none() {
+        let _ = SVC_FLOWS.insert(t, asked, 0);
+    }
+    Some(())
 }

@@ -52,6 +52,9 @@ enum Config {
 #[derive(Debug, Default, Clone, Copy)]
 struct Sample {
     ns_per_run: Option<f64>,
+    /// The socket-LB egress hook (cgroup_skb) per UDP datagram of the client, which runs
+    /// in the pods' cgroup.
+    svc_ns_per_run: Option<f64>,
     udp_pps: f64,
     tcp_bps: f64,
 }
@@ -125,19 +128,27 @@ impl Bench {
     fn one(&self, cfg: Config) -> Result<Sample> {
         let t = &self.lab.topo;
         let node = t.node_ns(1);
+        let pods = self.pods_cgroup()?;
+        let pods_arg = pods.to_string_lossy().into_owned();
         let mut agent = match cfg {
             Config::Baseline => None,
             Config::Floor => Some(self.start_agent(&["--bench-noop"])?),
-            Config::Agent => Some(self.start_agent(&[])?),
+            Config::Agent => Some(self.start_agent(&["--pods-cgroup", &pods_arg])?),
         };
         let ids = if agent.is_some() {
             self.prog_ids(&node)?
         } else {
             vec![]
         };
+        let svc = match cfg {
+            Config::Agent => prog_id_named("tf_svc_egress")?,
+            _ => vec![],
+        };
         let before = run_stats(&ids)?;
+        let svc_before = run_stats(&svc)?;
         let udp_pps = self.iperf(&["-u", "-b", "0", "-l", "64"])?;
         let after = run_stats(&ids)?;
+        let svc_after = run_stats(&svc)?;
         let tcp_bps = self.iperf(&[])?;
         if let Some(a) = agent.as_mut() {
             // SAFETY: signalling our own child.
@@ -148,8 +159,13 @@ impl Bench {
             let runs = (after.1 - before.1).max(1) as f64;
             (after.0 - before.0) as f64 / runs
         });
+        let svc_ns_per_run = (!svc.is_empty()).then(|| {
+            let runs = (svc_after.1 - svc_before.1).max(1) as f64;
+            (svc_after.0 - svc_before.0) as f64 / runs
+        });
         Ok(Sample {
             ns_per_run,
+            svc_ns_per_run,
             udp_pps,
             tcp_bps,
         })
@@ -181,6 +197,16 @@ impl Bench {
             std::thread::sleep(Duration::from_millis(50));
         }
         bail!("agent did not attach within 5 s")
+    }
+
+    /// The lab's pods cgroup (what `--pods-cgroup` names): the iperf3 client runs in it,
+    /// so the socket-LB hooks see its traffic as a pod's.
+    fn pods_cgroup(&self) -> Result<std::path::PathBuf> {
+        let t = &self.lab.topo;
+        let root = xtask::lab::manifest::cgroup_dir(&t.prefix);
+        let pods = xtask::lab::socket_lb::pods(&root, &t.prefix);
+        std::fs::create_dir_all(&pods)?;
+        Ok(pods)
     }
 
     /// Programs on the measured path: veth10 (web-1's host side) and the uplink.
@@ -222,7 +248,15 @@ impl Bench {
         // Client and server pinned to different CPUs: far less run-to-run noise on 2 cores.
         let mut args = vec!["iperf3", "-c", &dst, "-t", &secs, "--json", "-A", "0"];
         args.extend_from_slice(extra);
-        let out = exec::in_ns(&t.pod_ns(web1), &args)?;
+        // The client as a pod's process: in the pods cgroup, in web-1's namespace.
+        let procs = self.pods_cgroup()?.join("cgroup.procs");
+        let script = format!(
+            "echo $$ > {} && exec ip netns exec {} {}",
+            procs.display(),
+            t.pod_ns(web1),
+            args.join(" ")
+        );
+        let out = exec::run("sh", &["-c", &script])?;
         server.wait_with_output()?;
         let v: Value = serde_json::from_str(&out).context("iperf3 JSON")?;
         let end = &v["end"];
@@ -238,6 +272,17 @@ impl Bench {
                 .context("iperf3 TCP bits_per_second")
         }
     }
+}
+
+/// Ids of the loaded programs called `name`.
+fn prog_id_named(name: &str) -> Result<Vec<String>> {
+    let v: Value = serde_json::from_str(&exec::run("bpftool", &["prog", "show", "--json"])?)?;
+    Ok(v.as_array()
+        .into_iter()
+        .flatten()
+        .filter(|p| p["name"] == name)
+        .filter_map(|p| p["id"].as_u64().map(|i| i.to_string()))
+        .collect())
 }
 
 /// Summed (run_time_ns, run_cnt) of the programs, from the kernel's BPF stats.
@@ -279,6 +324,7 @@ fn report(samples: &[(Config, Sample)]) {
     };
     let floor = pick(Config::Floor, |s| s.ns_per_run);
     let agent = pick(Config::Agent, |s| s.ns_per_run);
+    let svc = pick(Config::Agent, |s| s.svc_ns_per_run);
     let base_tcp = pick(Config::Baseline, |s| Some(s.tcp_bps));
     let agent_tcp = pick(Config::Agent, |s| Some(s.tcp_bps));
     let base_udp = pick(Config::Baseline, |s| Some(s.udp_pps));
@@ -291,6 +337,7 @@ fn report(samples: &[(Config, Sample)]) {
     println!("floor_ns_per_packet={floor:.1}");
     println!("ns_per_packet={agent:.1}");
     println!("overhead_ns_per_packet={:.1}", agent - floor);
+    println!("socket_lb_egress_ns_per_packet={svc:.1}");
     println!("throughput_ratio={:.3}", agent_tcp / base_tcp);
 }
 

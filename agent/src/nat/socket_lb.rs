@@ -1,11 +1,11 @@
 //! Services under socket-LB (Cilium's kube-proxy replacement rewrites a ClusterIP to a
-//! backend inside connect(): no packet carries the VIP, and there is no DNAT to join). The
-//! kernel side (`agent-ebpf/src/service.rs`) hooks connect4 on the cgroup that holds the
-//! pods, which runs before socket-LB programs on the root cgroup, and sock_ops on the same
-//! cgroup; each TCP connection whose destination was rewritten appears in `TF_SVC_FLOWS`
-//! as (pod, source port, backend) → what connect() asked for. Each harvest the agent takes
-//! them out and joins them like a conntrack DNAT entry. TCP only: unconnected UDP has no
-//! moment where both the asked address and the source port are known.
+//! backend inside connect() or sendmsg(): no packet carries the VIP, and there is no DNAT
+//! to join). The kernel side (`agent-ebpf/src/service.rs`) hooks connect4 and sendmsg4 on
+//! the cgroup that holds the pods, which run before socket-LB programs on the root cgroup,
+//! plus sock_ops (TCP) and cgroup_skb egress (UDP) on the same cgroup; each TCP connection
+//! or UDP flow whose destination was rewritten appears in `TF_SVC_FLOWS` as (protocol,
+//! pod, source port, backend) → what the application asked for. Each harvest the agent
+//! takes them out and joins them like a conntrack DNAT entry.
 
 use std::{
     net::{IpAddr, Ipv4Addr},
@@ -15,14 +15,14 @@ use std::{
 use agent_common::{SvcAddr, SvcTuple};
 use aya::{
     maps::{HashMap as BpfHashMap, MapData},
-    programs::{links::CgroupAttachMode, CgroupSockAddr, SockOps},
+    programs::{links::CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr, SockOps},
     Ebpf,
 };
 
 use super::NatEntry;
 use crate::{
     datapath::{self, DatapathError},
-    flow::{FlowTuple, PROTO_TCP},
+    flow::FlowTuple,
 };
 
 /// The cgroup under which the kubelet puts pods: systemd driver, then cgroupfs.
@@ -40,10 +40,16 @@ pub struct SocketLb {
 /// Load the hooks and attach them to `pods` (bpf links: they go with the agent).
 pub fn attach(ebpf: &mut Ebpf, pods: &Path) -> Result<SocketLb, DatapathError> {
     let dir = crate::process::open_cgroup(pods)?;
-    let name = "tf_svc_connect4";
-    let prog: &mut CgroupSockAddr = datapath::program(ebpf, name)?;
+    for name in ["tf_svc_connect4", "tf_svc_sendmsg4"] {
+        let prog: &mut CgroupSockAddr = datapath::program(ebpf, name)?;
+        prog.load().map_err(datapath::load_err(name))?;
+        prog.attach(&dir, CgroupAttachMode::Single)
+            .map_err(datapath::load_err(name))?;
+    }
+    let name = "tf_svc_egress";
+    let prog: &mut CgroupSkb = datapath::program(ebpf, name)?;
     prog.load().map_err(datapath::load_err(name))?;
-    prog.attach(&dir, CgroupAttachMode::Single)
+    prog.attach(&dir, CgroupSkbAttachType::Egress, CgroupAttachMode::Single)
         .map_err(datapath::load_err(name))?;
     let name = "tf_svc_sockops";
     let prog: &mut SockOps = datapath::program(ebpf, name)?;
@@ -63,16 +69,17 @@ fn v4(ip4: u32) -> IpAddr {
 /// One rewritten connection as a DNAT entry: pod → VIP as asked, backend → pod back.
 pub fn entry(t: &SvcTuple, asked: &SvcAddr) -> NatEntry {
     let pod = (v4(t.local.ip4), t.local.port as u16);
+    let proto = t.proto as u8;
     NatEntry {
         orig: FlowTuple {
-            proto: PROTO_TCP,
+            proto,
             src: pod.0,
             sport: pod.1,
             dst: v4(asked.ip4),
             dport: asked.port as u16,
         },
         reply: FlowTuple {
-            proto: PROTO_TCP,
+            proto,
             src: v4(t.remote.ip4),
             sport: t.remote.port as u16,
             dst: pod.0,
@@ -95,7 +102,7 @@ impl SocketLb {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::flow::test_tuple as t;
+    use crate::flow::{test_tuple as t, PROTO_TCP, PROTO_UDP};
 
     #[test]
     fn a_rewritten_connect_is_a_dnat_from_the_vip_to_the_backend() {
@@ -106,10 +113,22 @@ mod tests {
         let conn = SvcTuple {
             local: addr("10.244.1.12", 41000),
             remote: addr("10.244.2.10", 8080),
+            proto: PROTO_TCP as u32,
         };
         let e = entry(&conn, &addr("10.0.0.10", 80));
         assert_eq!(e.orig, t(PROTO_TCP, "10.244.1.12", 41000, "10.0.0.10", 80));
         assert_eq!(e.dnat(), Some(("10.244.2.10".parse().unwrap(), 8080)));
         assert_eq!(e.snat(), None);
+        // A UDP datagram sendmsg() rewrote: the same join, for UDP.
+        let udp = SvcTuple {
+            proto: PROTO_UDP as u32,
+            ..conn
+        };
+        let e = entry(&udp, &addr("10.0.0.53", 53));
+        assert_eq!(e.orig, t(PROTO_UDP, "10.244.1.12", 41000, "10.0.0.53", 53));
+        assert_eq!(
+            e.reply,
+            t(PROTO_UDP, "10.244.2.10", 8080, "10.244.1.12", 41000)
+        );
     }
 }

@@ -1,6 +1,7 @@
-//! A stand-in for Cilium's socket-LB (kube-proxy replacement): a cgroup connect4 program
-//! that rewrites a Service VIP:port to one backend inside connect(), so no packet ever
-//! carries the VIP and netfilter has no DNAT to record. Like Cilium's, it sits above the
+//! A stand-in for Cilium's socket-LB (kube-proxy replacement): cgroup connect4 and
+//! sendmsg4 programs that rewrite a Service VIP:port to one backend inside connect() and
+//! sendmsg(), and a recvmsg4 program that turns the backend back into the VIP for the
+//! application, so no packet ever carries the VIP and netfilter has no DNAT to record. Like Cilium's, it sits above the
 //! pods' cgroup (Cilium's is on the root); the lab keeps it on a cgroup of its own,
 //! `<cgroup2>/<prefix>-slb`, with the pods' cgroup `kubepods` under it, so no process
 //! outside the test is touched. Raw instructions (`asm.rs`), linked and pinned under the
@@ -20,6 +21,8 @@ use super::{
 
 const BPF_PROG_TYPE_CGROUP_SOCK_ADDR: u32 = 18;
 const BPF_CGROUP_INET4_CONNECT: u32 = 10;
+const BPF_CGROUP_UDP4_SENDMSG: u32 = 14;
+const BPF_CGROUP_UDP4_RECVMSG: u32 = 19;
 /// `struct bpf_sock_addr` offsets.
 const USER_IP4: i16 = 4;
 const USER_PORT: i16 = 24;
@@ -34,40 +37,52 @@ pub fn pods(root: &Path, prefix: &str) -> PathBuf {
     base(root, prefix).join("kubepods")
 }
 
-/// Rewrite connect()s to `vip:port` into `backend:backend_port` for processes under the
-/// lab's pods cgroup. Returns the pods cgroup.
+/// Rewrite connect()s and sendmsg()s to `vip:port` into `backend:backend_port` (and
+/// recvmsg()s from the backend back into the VIP) for processes under the lab's pods
+/// cgroup. Returns the pods cgroup.
 pub fn enable(
     root: &Path,
     prefix: &str,
-    (vip, port): (Ipv4Addr, u16),
-    (backend, backend_port): (Ipv4Addr, u16),
+    vip: (Ipv4Addr, u16),
+    backend: (Ipv4Addr, u16),
 ) -> Result<PathBuf> {
     let pods = pods(root, prefix);
     std::fs::create_dir_all(&pods).with_context(|| format!("creating {}", pods.display()))?;
+    for (attach, from, to, pin) in [
+        (BPF_CGROUP_INET4_CONNECT, vip, backend, "socket-lb"),
+        (BPF_CGROUP_UDP4_SENDMSG, vip, backend, "socket-lb-sendmsg"),
+        (BPF_CGROUP_UDP4_RECVMSG, backend, vip, "socket-lb-recvmsg"),
+    ] {
+        let prog = load_typed(
+            &rewrite(from, to),
+            "lab_sock_lb",
+            BPF_PROG_TYPE_CGROUP_SOCK_ADDR,
+            attach,
+        )?;
+        link_cgroup(
+            &prog,
+            &base(root, prefix),
+            attach,
+            &pin_dir(prefix).join(pin),
+        )?;
+    }
+    Ok(pods)
+}
+
+/// A sock_addr program turning `from` into `to` (user_ip4/user_port), allowing the call.
+fn rewrite((ip, port): (Ipv4Addr, u16), (to_ip, to_port): (Ipv4Addr, u16)) -> Vec<u64> {
     let mut a = Asm::default();
     a.op(MOV_X, 6, 1, 0, 0);
     a.op(LDX_W, 2, 6, USER_IP4, 0);
-    a.out_if(JNE32_K, 2, wire(vip));
+    a.out_if(JNE32_K, 2, wire(ip));
     a.op(LDX_W, 2, 6, USER_PORT, 0);
     a.out_if(JNE32_K, 2, wire16(port));
-    a.op(MOV_K, 2, 0, 0, wire(backend));
+    a.op(MOV_K, 2, 0, 0, wire(to_ip));
     a.op(STX_W, 6, 2, USER_IP4, 0);
-    a.op(MOV_K, 2, 0, 0, wire16(backend_port));
+    a.op(MOV_K, 2, 0, 0, wire16(to_port));
     a.op(STX_W, 6, 2, USER_PORT, 0);
-    // Allow the connect (1), rewritten or not.
-    let prog = load_typed(
-        &a.finish_with(1),
-        "lab_sock_lb",
-        BPF_PROG_TYPE_CGROUP_SOCK_ADDR,
-        BPF_CGROUP_INET4_CONNECT,
-    )?;
-    link_cgroup(
-        &prog,
-        &base(root, prefix),
-        BPF_CGROUP_INET4_CONNECT,
-        &pin_dir(prefix).join("socket-lb"),
-    )?;
-    Ok(pods)
+    // Allow the call (1), rewritten or not.
+    a.finish_with(1)
 }
 
 /// Remove the lab's cgroups under `root` (deepest first; they must hold no process).
