@@ -2,12 +2,16 @@
 //! TC_ACT_OK / TC_ACT_REDIRECT, so nothing after them runs): the lab's chain-ender sits on
 //! every node-1 hook, placed before the agent starts or after it (a Cilium restart), with
 //! tcx and as a legacy clsact filter at priority 1. Counts at the pod side stay exact.
+//! Each test runs on kubenet (`veth*`, a bridge) and on the Cilium model (`lxc*`, no
+//! bridge, routed), where the lab's own Cilium-like programs are taken off node 1 first so
+//! each test places the variant it is about (tcx or legacy, before or after the agent).
 
 use std::time::Duration;
 
 use serde_json::Value;
 use tenantflow_tests::{
-    agent::wait_flow, eventually, in_ns, lab, lab_agent, udp_from_pod, Agent, LabGuard,
+    agent::wait_flow, eventually, in_ns, lab_agent, lab_model, udp_from_pod, Agent, LabGuard,
+    Model,
 };
 use xtask::lab::chain_end::{self, Placement};
 
@@ -47,6 +51,33 @@ fn remove(lab: &LabGuard, at: Placement) {
                 .unwrap_or_else(|e| panic!("removing chain-ender on {iface}: {e:#}"));
         }
     }
+}
+
+/// A lab of `model` with nothing on node 1's hooks yet: the Cilium model's own tcx
+/// programs (first, ending the chain) are taken off node 1, so each test places what it
+/// tests.
+fn bare_lab(tag: &str, model: Model) -> LabGuard {
+    let lab = lab_model(tag, model);
+    if model == Model::Cilium {
+        remove(&lab, Placement::TcxFirst);
+    }
+    lab
+}
+
+/// `name` on kubenet and on the Cilium model.
+macro_rules! kubenet_and_cilium {
+    ($name:ident) => {
+        mod $name {
+            #[test]
+            fn kubenet() {
+                super::$name(tenantflow_tests::Model::Kubenet)
+            }
+            #[test]
+            fn cilium() {
+                super::$name(tenantflow_tests::Model::Cilium)
+            }
+        }
+    };
 }
 
 fn udp_to(dst: String, dport: u16, src: String, sport: u16) -> impl Fn(&Value) -> bool {
@@ -118,9 +149,9 @@ fn wait_moves(agent: &Agent, reason: &str, want: f64) {
     assert_eq!(not_first(agent), 0.0, "every observer first again");
 }
 
-#[test]
-fn tcx_first_although_a_chain_ender_was_there_before() {
-    let lab = lab("ho1");
+kubenet_and_cilium!(tcx_first_although_a_chain_ender_was_there_before);
+fn tcx_first_although_a_chain_ender_was_there_before(model: Model) {
+    let lab = bare_lab("ho1", model);
     place(&lab, Placement::TcxFirst);
     let agent = lab_agent(&lab, 1, &["--attach-mode", "tcx"]);
     exact_round(&lab, &agent, 1);
@@ -128,9 +159,9 @@ fn tcx_first_although_a_chain_ender_was_there_before() {
     assert_eq!(not_first(&agent), 0.0);
 }
 
-#[test]
-fn tcx_moves_back_first_after_a_chain_ender_goes_ahead_and_again_after_it_reattaches() {
-    let lab = lab("ho2");
+kubenet_and_cilium!(tcx_moves_back_first_after_a_chain_ender_goes_ahead_and_again_after_it_reattaches);
+fn tcx_moves_back_first_after_a_chain_ender_goes_ahead_and_again_after_it_reattaches(model: Model) {
+    let lab = bare_lab("ho2", model);
     let agent = lab_agent(
         &lab,
         1,
@@ -153,9 +184,9 @@ fn tcx_moves_back_first_after_a_chain_ender_goes_ahead_and_again_after_it_reatta
     exact_round(&lab, &agent, 4);
 }
 
-#[test]
-fn clsact_first_although_a_prio_1_chain_ender_was_there_before() {
-    let lab = lab("ho3");
+kubenet_and_cilium!(clsact_first_although_a_prio_1_chain_ender_was_there_before);
+fn clsact_first_although_a_prio_1_chain_ender_was_there_before(model: Model) {
+    let lab = bare_lab("ho3", model);
     place(&lab, Placement::Legacy);
     let agent = lab_agent(&lab, 1, &["--attach-mode", "netlink"]);
     exact_round(&lab, &agent, 1);
@@ -163,9 +194,9 @@ fn clsact_first_although_a_prio_1_chain_ender_was_there_before() {
     assert_eq!(not_first(&agent), 0.0);
 }
 
-#[test]
-fn clsact_moves_back_first_and_reattaches_a_removed_filter() {
-    let lab = lab("ho4");
+kubenet_and_cilium!(clsact_moves_back_first_and_reattaches_a_removed_filter);
+fn clsact_moves_back_first_and_reattaches_a_removed_filter(model: Model) {
+    let lab = bare_lab("ho4", model);
     let agent = lab_agent(
         &lab,
         1,
@@ -190,9 +221,9 @@ fn clsact_moves_back_first_and_reattaches_a_removed_filter() {
     );
 }
 
-#[test]
-fn a_netlink_observer_behind_a_tcx_program_says_so() {
-    let lab = lab("ho5");
+kubenet_and_cilium!(a_netlink_observer_behind_a_tcx_program_says_so);
+fn a_netlink_observer_behind_a_tcx_program_says_so(model: Model) {
+    let lab = bare_lab("ho5", model);
     place(&lab, Placement::TcxFirst);
     let agent = lab_agent(
         &lab,
