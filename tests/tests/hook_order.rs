@@ -10,8 +10,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 use tenantflow_tests::{
-    agent::wait_flow, eventually, in_ns, lab_agent, lab_model, udp_from_pod, Agent, LabGuard,
-    Model,
+    agent::wait_flow, eventually, in_ns, lab_agent, lab_model, udp_from_pod, Agent, LabGuard, Model,
 };
 use xtask::lab::chain_end::{self, Placement};
 
@@ -159,7 +158,9 @@ fn tcx_first_although_a_chain_ender_was_there_before(model: Model) {
     assert_eq!(not_first(&agent), 0.0);
 }
 
-kubenet_and_cilium!(tcx_moves_back_first_after_a_chain_ender_goes_ahead_and_again_after_it_reattaches);
+kubenet_and_cilium!(
+    tcx_moves_back_first_after_a_chain_ender_goes_ahead_and_again_after_it_reattaches
+);
 fn tcx_moves_back_first_after_a_chain_ender_goes_ahead_and_again_after_it_reattaches(model: Model) {
     let lab = bare_lab("ho2", model);
     let agent = lab_agent(

@@ -217,12 +217,7 @@ fn datapath_defaults() -> Vec<String> {
 }
 
 pub fn run(args: AgentArgs) -> anyhow::Result<()> {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
-    rt.block_on(run_async(args))
+    super::block_on(run_async(args))
 }
 
 async fn run_async(args: AgentArgs) -> anyhow::Result<()> {
@@ -243,10 +238,7 @@ async fn run_async(args: AgentArgs) -> anyhow::Result<()> {
             args.flows_listen
         ))
     })?;
-    let config = match &args.config {
-        Some(path) => Config::load(path).map_err(|e| UsageError(e.to_string()))?,
-        None => Config::default(),
-    };
+    let config = super::load_config(args.config.as_deref())?;
     let (reload_tx, reload_rx) = tokio::sync::mpsc::unbounded_channel();
     let node = node_name(&args);
     let (mut store, source, kube_client) =

@@ -11,7 +11,6 @@ use tracing::info;
 use super::agent::UsageError;
 use crate::{
     access::{Guard, KubeReview},
-    config::Config,
     export::{self, guarded::path_authorized, AgentMetrics, Shared},
     identity::{watch, Store},
     index::{
@@ -57,20 +56,12 @@ pub struct IndexArgs {
 }
 
 pub fn run(args: IndexArgs) -> anyhow::Result<()> {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
-    rt.block_on(run_async(args))
+    super::block_on(run_async(args))
 }
 
 async fn run_async(args: IndexArgs) -> anyhow::Result<()> {
     let mut shutdown = Shutdown::install().context("installing SIGTERM/SIGINT handlers")?;
-    let config = match &args.config {
-        Some(path) => Config::load(path).map_err(|e| UsageError(e.to_string()))?,
-        None => Config::default(),
-    };
+    let config = super::load_config(args.config.as_deref())?;
     if config.snapshot.is_some() {
         return Err(UsageError(
             "identity.snapshot: the index watches the Kubernetes API; remove identity.snapshot from its config".into(),

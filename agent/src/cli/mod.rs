@@ -55,6 +55,26 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
+/// Run a long-lived command on the two-worker runtime both daemons use (a node agent
+/// should not take a thread per core).
+fn block_on<F: std::future::Future<Output = anyhow::Result<()>>>(f: F) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?
+        .block_on(f)
+}
+
+/// The config file given, else the built-in defaults; a bad file is bad input.
+fn load_config(path: Option<&std::path::Path>) -> anyhow::Result<crate::config::Config> {
+    Ok(match path {
+        Some(p) => crate::config::Config::load(p).map_err(|e| agent::UsageError(e.to_string()))?,
+        None => crate::config::Config::default(),
+    })
+}
+
 /// 64 for input the user must fix, 1 for everything else.
 pub fn exit_code(e: &anyhow::Error) -> i32 {
     if e.chain().any(|c| {
