@@ -18,7 +18,7 @@ impl Scope {
     fn owns(&self, e: &EndpointIdentity) -> bool {
         match self {
             Scope::All => true,
-            Scope::Namespaces(ns) => e.namespace.as_ref().is_some_and(|n| ns.contains(n)),
+            Scope::Namespaces(ns) => e.namespace.as_deref().is_some_and(|n| ns.contains(n)),
         }
     }
 

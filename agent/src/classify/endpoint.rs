@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     config::Config,
-    identity::{resolve_tenant, Owner, PodMeta, Store},
+    identity::{resolve_tenant, Name, Owner, PodMeta, Store},
 };
 
 /// Azure's fixed platform endpoints: the wireserver and IMDS.
@@ -56,24 +56,26 @@ impl EndpointKind {
     }
 }
 
-/// One end of a flow, as far as the agent knows it.
+/// One end of a flow, as far as the agent knows it. Names are shared with the identity
+/// store (interned), so a classified connection holds pointers, not copies: at 100k
+/// connections the copies were most of what classification allocated.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EndpointIdentity {
     pub kind: EndpointKind,
     #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub pod: Option<String>,
+    pub pod: Option<Name>,
     #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub namespace: Option<String>,
+    pub namespace: Option<Name>,
     #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub tenant: Option<String>,
+    pub tenant: Option<Name>,
     /// The node a pod runs on, or the node an address belongs to.
     #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub node: Option<String>,
+    pub node: Option<Name>,
     #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub service: Option<String>,
+    pub service: Option<Name>,
     /// `Kind/name` of the pod's controlling owner.
     #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub workload: Option<String>,
+    pub workload: Option<Name>,
     /// An approved egress mediator (a configured gateway pod).
     #[serde(skip_serializing_if = "std::ops::Not::not", default)]
     pub mediator: bool,
@@ -113,25 +115,31 @@ fn is_mediator(config: &Config, p: &PodMeta) -> bool {
 
 /// Resolve one address.
 pub fn resolve(config: &Config, store: &Store, ip: IpAddr) -> EndpointIdentity {
-    let tenant = |ns: &str| Some(resolve_tenant(&config.tenancy, ns, store.namespace(ns)));
+    let tenant = |ns: &str| {
+        Some(Name::from(resolve_tenant(
+            &config.tenancy,
+            ns,
+            store.namespace(ns),
+        )))
+    };
     match store.owner(ip) {
         Some(Owner::Pod(p)) => EndpointIdentity {
-            pod: Some(p.name.to_string()),
+            pod: Some(Name::from(&*p.name)),
             tenant: tenant(&p.namespace),
-            namespace: Some(p.namespace.to_string()),
-            node: p.node.as_deref().map(str::to_owned),
-            workload: p.owner.as_deref().map(str::to_owned),
+            namespace: Some(p.namespace.clone()),
+            node: p.node.clone(),
+            workload: p.owner.clone(),
             mediator: is_mediator(config, p),
             ..EndpointIdentity::bare(EndpointKind::Pod)
         },
         Some(Owner::Node(n)) => EndpointIdentity {
-            node: Some(n.name.to_string()),
+            node: Some(n.name.clone()),
             ..EndpointIdentity::bare(EndpointKind::Node)
         },
         Some(Owner::Service(s)) => EndpointIdentity {
-            service: Some(s.name.to_string()),
+            service: Some(Name::from(&*s.name)),
             tenant: tenant(&s.namespace),
-            namespace: Some(s.namespace.to_string()),
+            namespace: Some(s.namespace.clone()),
             ..EndpointIdentity::bare(EndpointKind::Service)
         },
         None => {

@@ -494,9 +494,9 @@ fn refs(ids: &[&EndpointIdentity]) -> Refs {
     let mut r = Refs::default();
     for id in ids {
         if let Some(ns) = &id.namespace {
-            r.namespaces.push(ns.clone());
+            r.namespaces.push(ns.to_string());
             if let Some(w) = &id.workload {
-                r.workloads.push((ns.clone(), w.clone()));
+                r.workloads.push((ns.to_string(), w.to_string()));
             }
         }
     }

@@ -70,11 +70,11 @@ impl FlowQuery {
         };
         self.namespace
             .as_ref()
-            .is_none_or(|n| ends().any(|e| e.namespace.as_ref() == Some(n)))
+            .is_none_or(|n| ends().any(|e| e.namespace.as_deref() == Some(n.as_str())))
             && self
                 .tenant
                 .as_ref()
-                .is_none_or(|t| ends().any(|e| e.tenant.as_ref() == Some(t)))
+                .is_none_or(|t| ends().any(|e| e.tenant.as_deref() == Some(t.as_str())))
             && self.class.is_none_or(|x| x == k.flow_class)
             && self.egress.is_none_or(|x| x == k.egress)
             && self.cross_tenant.is_none_or(|x| x == k.cross_tenant)

@@ -106,8 +106,8 @@ fn labels(ev: &ConnEvent) -> Option<Vec<String>> {
         t.dport.to_string(),
         t.src.to_string(),
         t.sport.to_string(),
-        src.namespace.clone().unwrap_or_default(),
-        src.pod.clone().unwrap_or_default(),
-        src.tenant.clone().unwrap_or_default(),
+        src.namespace.as_deref().unwrap_or_default().to_owned(),
+        src.pod.as_deref().unwrap_or_default().to_owned(),
+        src.tenant.as_deref().unwrap_or_default().to_owned(),
     ])
 }

@@ -338,7 +338,7 @@ mod tests {
             namespace: Some(ns.into()),
             workload: Some(w.into()),
             tenant: Some(tenant.into()),
-            pod: Some(format!("{w}-abc")),
+            pod: Some(format!("{w}-abc").into()),
             ..crate::test_support::identity(EndpointKind::Pod)
         }
     }

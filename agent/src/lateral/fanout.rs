@@ -133,8 +133,8 @@ fn destination(t: &FlowTuple) -> u32 {
 fn source_of(k: &Classification) -> Option<Source> {
     let s = &k.src_identity;
     matches!(s.kind, EndpointKind::Pod | EndpointKind::Node).then(|| Source {
-        namespace: s.namespace.clone().unwrap_or_default(),
-        tenant: s.tenant.clone().unwrap_or_default(),
+        namespace: s.namespace.as_deref().unwrap_or_default().to_owned(),
+        tenant: s.tenant.as_deref().unwrap_or_default().to_owned(),
         workload: principal(s),
     })
 }
