@@ -73,9 +73,14 @@ pub enum NatError {
 pub struct Faults {
     /// Hand every event (and dump) to the agent this much later than it arrived.
     pub delay: Option<Duration>,
-    /// Event socket buffer in bytes instead of [`RCVBUF`]: a small one overflows.
+    /// Event socket buffer in bytes instead of [`RCVBUF`]; the event loop then also pauses
+    /// [`STALL`] after every read until the buffer has overflowed once (reading as fast
+    /// as events come, a small buffer may still keep up).
     pub rcvbuf: Option<usize>,
 }
+
+/// The pause after each read while an injected small buffer has not overflowed yet.
+const STALL: Duration = Duration::from_millis(200);
 
 /// Where the conntrack thread's events go: straight to the agent, or through a delay.
 #[derive(Clone)]
@@ -138,9 +143,10 @@ pub fn spawn_conntrack(tx: UnboundedSender<NatEvent>, faults: Faults) -> Result<
         None => Out::Direct(tx),
     };
     out.send(NatEvent::Resync(initial));
+    let stall = faults.rcvbuf.is_some();
     thread::Builder::new()
         .name("conntrack".into())
-        .spawn(move || event_loop(events, out))
+        .spawn(move || event_loop(events, out, stall))
         .map_err(NatError::Open)?;
     Ok(())
 }
@@ -166,7 +172,7 @@ fn force_rcvbuf(s: &Socket, bytes: usize) -> io::Result<()> {
     }
 }
 
-fn event_loop(events: Socket, tx: Out) {
+fn event_loop(events: Socket, tx: Out, mut stall: bool) {
     let mut buf = vec![0u8; 1 << 16];
     while !tx.is_closed() {
         let n = {
@@ -175,6 +181,9 @@ fn event_loop(events: Socket, tx: Out) {
         };
         match n {
             Ok(n) => {
+                if stall {
+                    thread::sleep(STALL);
+                }
                 for msg in parse_all(&buf[..n]) {
                     let ev = match msg {
                         Parsed::Entry(e, true) => NatEvent::New(e),
@@ -187,6 +196,7 @@ fn event_loop(events: Socket, tx: Out) {
                 }
             }
             Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {
+                stall = false;
                 warn!("conntrack events lost (socket buffer full): resyncing from a dump");
                 tx.send(NatEvent::Lost);
                 match dump() {
