@@ -114,8 +114,9 @@ impl Bench {
             for cfg in [Config::Baseline, Config::Floor, Config::Agent] {
                 let s = self.one(cfg)?;
                 eprintln!(
-                    "bench: round {r} {cfg:?}: ns/run={} udp_pps={:.0} tcp_gbps={:.3}",
+                    "bench: round {r} {cfg:?}: ns/run={} svc_ns/run={} udp_pps={:.0} tcp_gbps={:.3}",
                     s.ns_per_run.map_or("-".into(), |v| format!("{v:.1}")),
+                    s.svc_ns_per_run.map_or("-".into(), |v| format!("{v:.1}")),
                     s.udp_pps,
                     s.tcp_bps / 1e9
                 );
@@ -132,7 +133,9 @@ impl Bench {
         let pods_arg = pods.to_string_lossy().into_owned();
         let mut agent = match cfg {
             Config::Baseline => None,
-            Config::Floor => Some(self.start_agent(&["--bench-noop"])?),
+            Config::Floor => {
+                Some(self.start_agent(&["--bench-noop", "--pods-cgroup", &pods_arg])?)
+            }
             Config::Agent => Some(self.start_agent(&["--pods-cgroup", &pods_arg])?),
         };
         let ids = if agent.is_some() {
@@ -141,8 +144,9 @@ impl Bench {
             vec![]
         };
         let svc = match cfg {
-            Config::Agent => prog_id_named("tf_svc_egress")?,
-            _ => vec![],
+            Config::Agent => wait_prog_named("tf_svc_egress")?,
+            Config::Floor => wait_prog_named("tf_svc_noop")?,
+            Config::Baseline => vec![],
         };
         let before = run_stats(&ids)?;
         let svc_before = run_stats(&svc)?;
@@ -285,6 +289,19 @@ fn prog_id_named(name: &str) -> Result<Vec<String>> {
         .collect())
 }
 
+/// Ids of the programs called `name`, once the agent has loaded them (the cgroup hooks
+/// come after the interfaces).
+fn wait_prog_named(name: &str) -> Result<Vec<String>> {
+    for _ in 0..100 {
+        let ids = prog_id_named(name)?;
+        if !ids.is_empty() {
+            return Ok(ids);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    bail!("the agent did not load {name} within 5 s")
+}
+
 /// Summed (run_time_ns, run_cnt) of the programs, from the kernel's BPF stats.
 fn run_stats(ids: &[String]) -> Result<(u64, u64)> {
     let mut total = (0, 0);
@@ -325,6 +342,7 @@ fn report(samples: &[(Config, Sample)]) {
     let floor = pick(Config::Floor, |s| s.ns_per_run);
     let agent = pick(Config::Agent, |s| s.ns_per_run);
     let svc = pick(Config::Agent, |s| s.svc_ns_per_run);
+    let svc_floor = pick(Config::Floor, |s| s.svc_ns_per_run);
     let base_tcp = pick(Config::Baseline, |s| Some(s.tcp_bps));
     let agent_tcp = pick(Config::Agent, |s| Some(s.tcp_bps));
     let base_udp = pick(Config::Baseline, |s| Some(s.udp_pps));
@@ -337,7 +355,12 @@ fn report(samples: &[(Config, Sample)]) {
     println!("floor_ns_per_packet={floor:.1}");
     println!("ns_per_packet={agent:.1}");
     println!("overhead_ns_per_packet={:.1}", agent - floor);
+    println!("socket_lb_egress_floor_ns_per_packet={svc_floor:.1}");
     println!("socket_lb_egress_ns_per_packet={svc:.1}");
+    println!(
+        "socket_lb_egress_overhead_ns_per_packet={:.1}",
+        svc - svc_floor
+    );
     println!("throughput_ratio={:.3}", agent_tcp / base_tcp);
 }
 

@@ -487,6 +487,10 @@ async fn run_async(args: AgentArgs) -> anyhow::Result<()> {
 /// unjoined.
 fn attach_socket_lb(ebpf: &mut aya::Ebpf, args: &AgentArgs) -> anyhow::Result<Option<SocketLb>> {
     if args.bench_noop {
+        if let Some(d) = &args.pods_cgroup {
+            nat::socket_lb::attach_floor(ebpf, d)
+                .map_err(|e| UsageError(format!("--pods-cgroup: {e}")))?;
+        }
         return Ok(None);
     }
     let (dir, explicit) = match &args.pods_cgroup {

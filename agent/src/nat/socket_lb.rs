@@ -61,6 +61,18 @@ pub fn attach(ebpf: &mut Ebpf, pods: &Path) -> Result<SocketLb, DatapathError> {
     })
 }
 
+/// The benchmark's floor (`--bench-noop`): an empty egress program where `tf_svc_egress`
+/// would go, so its cost can be measured above dispatch.
+pub fn attach_floor(ebpf: &mut Ebpf, pods: &Path) -> Result<(), DatapathError> {
+    let dir = crate::process::open_cgroup(pods)?;
+    let name = "tf_svc_noop";
+    let prog: &mut CgroupSkb = datapath::program(ebpf, name)?;
+    prog.load().map_err(datapath::load_err(name))?;
+    prog.attach(&dir, CgroupSkbAttachType::Egress, CgroupAttachMode::Single)
+        .map_err(datapath::load_err(name))?;
+    Ok(())
+}
+
 fn v4(ip4: u32) -> IpAddr {
     // The address's bytes as on the wire, read as a native u32.
     IpAddr::V4(Ipv4Addr::from(ip4.to_ne_bytes()))
