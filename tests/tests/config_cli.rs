@@ -239,3 +239,37 @@ fn duplicate_keys_and_expanding_aliases_exit_64_naming_them() {
     assert!(err.contains("anchors.yaml"), "names the file: {err}");
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// `tenantflow index` refuses what cannot work, before touching the API: a config naming
+/// a snapshot (the index watches the API), no API to watch, a bad follower list for an
+/// agent.
+#[test]
+fn the_index_and_index_mode_refuse_bad_input_with_exit_64() {
+    let f = Files::write("cix");
+    let (code, _, err) = run(&["index", "--config", &f.config()]);
+    assert_eq!(code, 64, "{err}");
+    assert!(
+        err.contains(
+            "identity.snapshot: the index watches the Kubernetes API; remove identity.snapshot"
+        ),
+        "{err}"
+    );
+    let empty = std::env::temp_dir().join(format!("tf-empty-kubeconfig-{}", std::process::id()));
+    std::fs::write(&empty, "").unwrap();
+    let out = Command::new(agent_bin())
+        .args(["index", "--listen", "127.0.0.1:0"])
+        .env("KUBECONFIG", &empty)
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(64), "{err}");
+    assert!(err.contains("the index needs the Kubernetes API"), "{err}");
+    let (code, _, err) = run(&["agent", "--identity-index", "tenantflow-index:9993"]);
+    assert_eq!(code, 64, "{err}");
+    assert!(
+        err.contains("--identity-index tenantflow-index:9993: give the index's base URL"),
+        "{err}"
+    );
+    std::fs::remove_file(&empty).unwrap();
+}

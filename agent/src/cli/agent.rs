@@ -563,7 +563,6 @@ async fn load_identity(
             )
             .into());
         }
-        follow::check_urls(index).map_err(UsageError)?;
         // The API is needed only for this node's pods; without it the index serves them too.
         let client = kube::Client::try_default().await.ok();
         if client.is_none() {

@@ -29,6 +29,9 @@ fn within(
 }
 
 pub fn check(a: &AgentArgs) -> Result<(), UsageError> {
+    if !a.identity_index.is_empty() {
+        crate::index::follow::check_urls(&a.identity_index).map_err(UsageError)?;
+    }
     within(
         "--harvest-interval",
         a.harvest_interval,

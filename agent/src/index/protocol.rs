@@ -49,8 +49,9 @@ pub enum Frame {
     },
 }
 
-/// Where a follower stands (the query of its request).
+/// Where a follower stands (the query of its request; missing: a new follower).
 #[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(default)]
 pub struct Position {
     pub epoch: u64,
     pub after: u64,
