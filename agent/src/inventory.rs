@@ -50,7 +50,7 @@ impl SharedStore {
 /// What the identity task needs to know besides the changes themselves.
 pub struct Inventory {
     pub store: SharedStore,
-    /// `kubernetes`, `snapshot` or `none`: the `source` label of the object counts.
+    /// `kubernetes`, `index`, `snapshot` or `none`: the `source` label of the object counts.
     pub source: &'static str,
     pub tenancy: Tenancy,
     /// Pod label keys classification reads (those of egress-gateway selectors).

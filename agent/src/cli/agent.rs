@@ -252,7 +252,7 @@ async fn run_async(args: AgentArgs) -> anyhow::Result<()> {
         store: identity.clone(),
         source,
         tenancy: config.tenancy.clone(),
-        pod_label_keys: gateway_label_keys(&config),
+        pod_label_keys: gateway_labels.clone(),
         journal: None,
     };
     let flow_log = open_flow_log(&args)?;

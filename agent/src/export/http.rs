@@ -116,11 +116,7 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::bind(addr).await
 }
 
-/// What Prometheus and the kubelet need, on the node address: counts by namespace and
-/// tenant, no pod names, addresses or processes.
-/// With `guarded`, served over TLS and `/metrics` needs a reviewed token; the probes stay
-/// open (the kubelet sends none).
-/// /metrics, /healthz and /readyz (`metrics` is the /metrics route, guarded or not).
+/// /metrics, /healthz and /readyz (`metrics_route` is the /metrics route, guarded or not).
 pub fn public_router(
     shared: Arc<Shared>,
     metrics_route: axum::routing::MethodRouter<Arc<Shared>>,
@@ -137,12 +133,16 @@ pub fn metrics_route() -> axum::routing::MethodRouter<Arc<Shared>> {
     get(metrics)
 }
 
+/// What Prometheus and the kubelet need, on the node address: counts by namespace and
+/// tenant, no pod names, addresses or processes.
+/// With `guarded`, served over TLS and `/metrics` needs a reviewed token; the probes stay
+/// open (the kubelet sends none).
 pub async fn serve(
     listener: TcpListener,
     shared: Arc<Shared>,
     guarded: Option<(Arc<Guard<KubeReview>>, Arc<rustls::ServerConfig>)>,
 ) -> std::io::Result<()> {
-    let mut metrics_route = get(metrics);
+    let mut metrics_route = metrics_route();
     if let Some((guard, _)) = &guarded {
         metrics_route = metrics_route.route_layer(middleware::from_fn_with_state(
             guard.clone(),

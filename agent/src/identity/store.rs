@@ -139,6 +139,8 @@ pub struct Store {
     /// when a namespace's tenant changes), oldest first, bounded: lets classification
     /// revisit only the connections a change touches.
     touched: std::collections::VecDeque<(u64, Option<IpAddr>)>,
+    /// The newest version some of whose entries were trimmed from `touched`.
+    touched_floor: u64,
     /// Pods per workload (`namespace\0owner`), so "is this workload still there" is one
     /// lookup instead of a walk over every pod.
     workloads: HashMap<Box<str>, u32, RandomState>,
@@ -246,21 +248,18 @@ impl Store {
         let v = self.version + 1;
         match o {
             Object::Namespace(_) => self.touched.push_back((v, None)),
+            // What it owns: a hostNetwork pod's addresses are its node's.
             _ => {
-                let ips = match o {
-                    Object::Pod(p) => &p.ips[..],
-                    Object::Node(n) => &n.ips[..],
-                    Object::Service(s) => &s.ips[..],
-                    Object::Namespace(_) => &[],
-                };
-                for ip in ips {
+                for ip in o.ips() {
                     self.touched.push_back((v, Some(*ip)));
                 }
             }
         }
-        // Trimmed as it grows past the bound, so it never reallocates beyond it.
+        // Trimmed as it grows past the bound, so it never reallocates beyond it. A version
+        // that lost entries (possibly one still being applied) is no longer reported.
         if self.touched.len() >= TOUCHED {
             let excess = self.touched.len() - TOUCHED / 2;
+            self.touched_floor = self.touched_floor.max(self.touched[excess - 1].0);
             self.touched.drain(..excess);
         }
     }
@@ -271,10 +270,9 @@ impl Store {
         if version >= self.version {
             return Some(HashSet::new());
         }
-        // Every version after `version` must still be in the log.
-        match self.touched.front() {
-            Some(&(v, _)) if v <= version + 1 => {}
-            _ => return None,
+        // Every version after `version` must be whole in the log.
+        if version < self.touched_floor {
+            return None;
         }
         let mut out = HashSet::new();
         for &(v, ip) in self.touched.iter().rev() {
@@ -604,7 +602,7 @@ impl Store {
         self.version = previous + 1;
         // Everything may have changed: a classifier at `previous` re-checks all.
         self.touched.clear();
-        self.touched.push_back((self.version, None));
+        self.touched_floor = self.version;
     }
 
     /// Changes applied so far that altered the inventory.

@@ -383,6 +383,23 @@ fn the_store_says_which_addresses_changed_since_a_version() {
     );
 }
 
+/// A change touching more addresses than the log keeps is never reported in part: the
+/// log drops whole versions, so the classifier re-checks everything instead.
+#[test]
+fn a_version_too_large_for_the_touched_log_means_check_everything() {
+    let ip = |i: u32| format!("10.{}.{}.{}", 100 + (i >> 16), (i >> 8) & 255, i & 255);
+    let mut s = Store::from_objects(
+        (0..20_000)
+            .map(|i| pod(&format!("p-{i}"), "x", &ip(i)))
+            .collect(),
+    );
+    let v = s.version();
+    // One relist that lists nothing: every pod goes in one version.
+    s.apply(Change::Replace(Kind::Pod, vec![]));
+    assert_eq!(s.version(), v + 1);
+    assert_eq!(s.touched_since(v), None);
+}
+
 /// kubectl writes `kind: List` after the items, so a file cut at an item boundary has no
 /// kind and is refused rather than taken for a smaller cluster.
 #[test]
