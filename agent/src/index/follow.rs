@@ -139,6 +139,9 @@ async fn stream(
     let mut body = resp.bytes_stream();
     let mut buf: Vec<u8> = Vec::new();
     let mut first = true;
+    // The epoch of a snapshot being read: the position moves to it only once the snapshot
+    // is complete, so a stream cut inside one resyncs rather than resuming half a store.
+    let mut resync: Option<u64> = None;
     loop {
         let chunk = match body.next().await {
             Some(Ok(c)) => c,
@@ -158,7 +161,7 @@ async fn stream(
                 Ok(f) => f,
                 Err(e) => return Broken::Frame(e),
             };
-            for ev in events(frame, at, m) {
+            for ev in events(frame, at, &mut resync, m) {
                 if tx.send(ev).await.is_err() {
                     return Broken::Closed;
                 }
@@ -168,16 +171,17 @@ async fn stream(
     }
 }
 
-/// What one frame means for the store, advancing `at`.
-fn events(frame: Frame, at: &mut Position, m: &FollowMetrics) -> Vec<WatchEvent> {
+/// What one frame means for the store, advancing `at` (`resync`: the epoch of a snapshot
+/// being read).
+fn events(
+    frame: Frame,
+    at: &mut Position,
+    resync: &mut Option<u64>,
+    m: &FollowMetrics,
+) -> Vec<WatchEvent> {
     let change = |c| vec![WatchEvent::Change(c)];
     match frame {
-        Frame::Snapshot {
-            epoch,
-            version,
-            labels,
-            ..
-        } => {
+        Frame::Snapshot { epoch, labels, .. } => {
             m.resyncs.inc();
             if let Some(kept) = labels {
                 let missing: Vec<&String> = m
@@ -193,25 +197,31 @@ fn events(frame: Frame, at: &mut Position, m: &FollowMetrics) -> Vec<WatchEvent>
                     );
                 }
             }
-            *at = Position {
-                epoch,
-                after: version,
-            };
+            // Until `Synced`, nothing to resume from.
+            *at = Position::default();
+            *resync = Some(epoch);
             Kind::ALL
                 .into_iter()
                 .map(|k| WatchEvent::Change(Change::Relist(k)))
                 .collect()
         }
         Frame::Apply { v, object } => {
-            at.after = at.after.max(v);
+            if resync.is_none() {
+                at.after = at.after.max(v);
+            }
             change(Change::Apply(object))
         }
         Frame::Delete { v, object } => {
-            at.after = at.after.max(v);
+            if resync.is_none() {
+                at.after = at.after.max(v);
+            }
             change(Change::Delete(object))
         }
         Frame::Synced { version } => {
-            at.after = version;
+            *at = Position {
+                epoch: resync.take().unwrap_or(at.epoch),
+                after: version,
+            };
             Kind::ALL
                 .into_iter()
                 .flat_map(|k| [WatchEvent::Change(Change::Listed(k)), WatchEvent::Synced(k)])
@@ -257,16 +267,20 @@ mod tests {
         }
     }
 
-    /// A snapshot starts a relist of every kind and sets the position; `synced` ends it.
+    /// A snapshot starts a relist of every kind; only `synced` gives a position to resume
+    /// from, so a stream cut inside a snapshot resyncs instead of resuming half a store.
     #[test]
     fn a_snapshot_relists_every_kind_and_synced_completes_it() {
         let m = metrics(&["app"]);
-        let mut at = Position::default();
-        let evs = events(snapshot(Some(&["app"])), &mut at, &m);
+        let (mut at, mut resync) = (Position::default(), None);
+        let evs = events(snapshot(Some(&["app"])), &mut at, &mut resync, &m);
         assert_eq!(evs.len(), 4);
         assert!(evs
             .iter()
             .all(|e| matches!(e, WatchEvent::Change(Change::Relist(_)))));
+        assert_eq!(at, Position::default(), "cut here: resync");
+        let evs = events(Frame::Synced { version: 40 }, &mut at, &mut resync, &m);
+        assert_eq!(evs.len(), 8, "listed and synced per kind");
         assert_eq!(
             at,
             Position {
@@ -274,10 +288,9 @@ mod tests {
                 after: 40
             }
         );
-        let evs = events(Frame::Synced { version: 40 }, &mut at, &m);
-        assert_eq!(evs.len(), 8, "listed and synced per kind");
         assert_eq!((m.resyncs.get(), m.errors.get()), (1, 0));
-        assert!(events(Frame::Heartbeat { version: 40 }, &mut at, &m).is_empty());
+        let hb = events(Frame::Heartbeat { version: 40 }, &mut at, &mut resync, &m);
+        assert!(hb.is_empty());
     }
 
     /// An index that drops labels this agent's gateway selectors read would silently make
@@ -285,10 +298,10 @@ mod tests {
     #[test]
     fn an_index_dropping_labels_the_agent_selects_on_is_an_error() {
         let m = metrics(&["app", "role"]);
-        let mut at = Position::default();
-        events(snapshot(Some(&["app"])), &mut at, &m);
+        let (mut at, mut resync) = (Position::default(), None);
+        events(snapshot(Some(&["app"])), &mut at, &mut resync, &m);
         assert_eq!(m.errors.get(), 1);
-        events(snapshot(None), &mut at, &m);
+        events(snapshot(None), &mut at, &mut resync, &m);
         assert_eq!(m.errors.get(), 1, "an index keeping every label is fine");
     }
 }
