@@ -1,7 +1,7 @@
 //! Live identity from the Kubernetes API: one watcher per kind (pods, namespaces, nodes,
 //! services) of slim objects, relisting after a 410 Gone, retrying with backoff while the
-//! API server is unreachable. Every change goes through the same [`Change`] path as the snapshot file;
-//! the last-known inventory stays in use while the API is away.
+//! API server is unreachable. Every change goes through the same [`Change`] path as the
+//! snapshot file; the last-known inventory stays in use while the API is away.
 
 use std::fmt::Debug;
 

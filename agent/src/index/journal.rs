@@ -53,6 +53,12 @@ pub struct JournalMetrics {
 }
 
 impl JournalMetrics {
+    /// `frames` frames of `bytes` bytes sent as `part` of a stream.
+    pub fn sent(&self, part: &str, frames: u64, bytes: usize) {
+        self.frames.with_label_values(&[part]).inc_by(frames);
+        self.bytes.with_label_values(&[part]).inc_by(bytes as u64);
+    }
+
     pub fn new(r: &Registry) -> prometheus::Result<Self> {
         let followers = IntGauge::new(
             "tenantflow_index_followers",
@@ -154,13 +160,14 @@ impl Journal {
         }
         let mut inner = self.inner();
         for c in changes {
-            inner.version += 1;
-            let v = inner.version;
+            let v = inner.version + 1;
             let frame = match c {
                 Change::Apply(object) => Frame::Apply { v, object },
                 Change::Delete(object) => Frame::Delete { v, object },
+                // The store journals only these two.
                 _ => continue,
             };
+            inner.version = v;
             let d = Delta {
                 v,
                 line: Bytes::from(frame.encode()),

@@ -13,6 +13,7 @@ use axum::{
     Router,
 };
 use bytes::Bytes;
+use futures::StreamExt as _;
 use tokio::sync::broadcast::{error::RecvError, Receiver};
 
 use super::{
@@ -42,13 +43,7 @@ impl Drop for Following {
 
 async fn stream(State(j): State<Arc<Journal>>, Query(at): Query<Position>) -> impl IntoResponse {
     let (start, rx) = j.start(at);
-    let count = |part: &str, frames: u64, bytes: usize| {
-        j.metrics.frames.with_label_values(&[part]).inc_by(frames);
-        j.metrics
-            .bytes
-            .with_label_values(&[part])
-            .inc_by(bytes as u64);
-    };
+    let count = |part, frames, bytes| j.metrics.sent(part, frames, bytes);
     let (mut first, deltas, mut last) = match start {
         Start::Resume(d) => (Vec::new(), d, at.after),
         Start::Resync(s, d) => {
@@ -67,11 +62,7 @@ async fn stream(State(j): State<Arc<Journal>>, Query(at): Query<Position>) -> im
         |(mut rx, last, f)| async move {
             let (line, v) = next(&mut rx, last).await?;
             let part = if v == last { "heartbeat" } else { "delta" };
-            f.0.metrics.frames.with_label_values(&[part]).inc();
-            f.0.metrics
-                .bytes
-                .with_label_values(&[part])
-                .inc_by(line.len() as u64);
+            f.0.metrics.sent(part, 1, line.len());
             Some((Ok::<_, std::io::Error>(line), (rx, v, f)))
         },
     );
@@ -81,8 +72,6 @@ async fn stream(State(j): State<Arc<Journal>>, Query(at): Query<Position>) -> im
         Body::from_stream(body),
     )
 }
-
-use futures::StreamExt as _;
 
 /// The next line for a follower at `last`: a delta, or a heartbeat after a quiet spell.
 /// `None` ends the stream: the follower fell too far behind (it resumes from the ring on
