@@ -7,7 +7,7 @@
 //! connection's once TCP has chosen the source port; `tf_svc_egress` sees a UDP datagram's
 //! as it leaves the socket. Each records the pair when the destination was rewritten. All
 //! only observe: the address hooks allow every call, sock_ops changes nothing, the egress
-//! hook passes every packet (a non-UDP packet after one byte read).
+//! hook passes every packet (a non-UDP packet after two byte loads).
 
 use agent_common::{SvcAddr, SvcTuple};
 use aya_ebpf::{
@@ -18,7 +18,10 @@ use aya_ebpf::{
     programs::{SkBuffContext, SockAddrContext, SockOpsContext},
 };
 
-use crate::maps::{SVC_ASKED, SVC_FLOWS};
+use crate::{
+    maps::{SVC_ASKED, SVC_FLOWS},
+    parse::{IPPROTO_TCP, IPPROTO_UDP},
+};
 
 #[cgroup_sock_addr(connect4)]
 pub fn tf_svc_connect4(ctx: SockAddrContext) -> i32 {
@@ -71,16 +74,13 @@ pub fn tf_svc_sockops(ctx: SockOpsContext) -> u32 {
                 port: ctx.local_port(),
             },
             remote,
-            proto: IPPROTO_TCP,
+            proto: IPPROTO_TCP as u32,
         };
         let _ = SVC_FLOWS.insert(t, asked, 0);
     }
     let _ = SVC_ASKED.remove(cookie);
     1
 }
-
-const IPPROTO_TCP: u32 = 6;
-const IPPROTO_UDP: u8 = 17;
 
 /// Does nothing: the benchmark's floor for the egress hook (dispatch plus stats cost).
 #[cgroup_skb]

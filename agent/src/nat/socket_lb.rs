@@ -46,11 +46,7 @@ pub fn attach(ebpf: &mut Ebpf, pods: &Path) -> Result<SocketLb, DatapathError> {
         prog.attach(&dir, CgroupAttachMode::Single)
             .map_err(datapath::load_err(name))?;
     }
-    let name = "tf_svc_egress";
-    let prog: &mut CgroupSkb = datapath::program(ebpf, name)?;
-    prog.load().map_err(datapath::load_err(name))?;
-    prog.attach(&dir, CgroupSkbAttachType::Egress, CgroupAttachMode::Single)
-        .map_err(datapath::load_err(name))?;
+    attach_egress(ebpf, &dir, "tf_svc_egress")?;
     let name = "tf_svc_sockops";
     let prog: &mut SockOps = datapath::program(ebpf, name)?;
     prog.load().map_err(datapath::load_err(name))?;
@@ -64,11 +60,18 @@ pub fn attach(ebpf: &mut Ebpf, pods: &Path) -> Result<SocketLb, DatapathError> {
 /// The benchmark's floor (`--bench-noop`): an empty egress program where `tf_svc_egress`
 /// would go, so its cost can be measured above dispatch.
 pub fn attach_floor(ebpf: &mut Ebpf, pods: &Path) -> Result<(), DatapathError> {
-    let dir = crate::process::open_cgroup(pods)?;
-    let name = "tf_svc_noop";
+    attach_egress(ebpf, &crate::process::open_cgroup(pods)?, "tf_svc_noop")
+}
+
+/// Load `name`, a cgroup_skb program, onto the egress of cgroup `dir`.
+fn attach_egress(
+    ebpf: &mut Ebpf,
+    dir: &std::fs::File,
+    name: &'static str,
+) -> Result<(), DatapathError> {
     let prog: &mut CgroupSkb = datapath::program(ebpf, name)?;
     prog.load().map_err(datapath::load_err(name))?;
-    prog.attach(&dir, CgroupSkbAttachType::Egress, CgroupAttachMode::Single)
+    prog.attach(dir, CgroupSkbAttachType::Egress, CgroupAttachMode::Single)
         .map_err(datapath::load_err(name))?;
     Ok(())
 }
