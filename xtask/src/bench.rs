@@ -159,14 +159,8 @@ impl Bench {
             unsafe { libc::kill(a.id() as i32, libc::SIGTERM) };
             a.wait()?;
         }
-        let ns_per_run = (!ids.is_empty()).then(|| {
-            let runs = (after.1 - before.1).max(1) as f64;
-            (after.0 - before.0) as f64 / runs
-        });
-        let svc_ns_per_run = (!svc.is_empty()).then(|| {
-            let runs = (svc_after.1 - svc_before.1).max(1) as f64;
-            (svc_after.0 - svc_before.0) as f64 / runs
-        });
+        let ns_per_run = per_run(&ids, before, after);
+        let svc_ns_per_run = per_run(&svc, svc_before, svc_after);
         Ok(Sample {
             ns_per_run,
             svc_ns_per_run,
@@ -300,6 +294,12 @@ fn wait_prog_named(name: &str) -> Result<Vec<String>> {
         std::thread::sleep(Duration::from_millis(50));
     }
     bail!("the agent did not load {name} within 5 s")
+}
+
+/// Nanoseconds per run of the programs `ids` between two readings of their stats (none
+/// when there are no programs).
+fn per_run(ids: &[String], (ns0, runs0): (u64, u64), (ns1, runs1): (u64, u64)) -> Option<f64> {
+    (!ids.is_empty()).then(|| (ns1 - ns0) as f64 / (runs1 - runs0).max(1) as f64)
 }
 
 /// Summed (run_time_ns, run_cnt) of the programs, from the kernel's BPF stats.
