@@ -13,7 +13,7 @@ use crate::{
     classify,
     classify::Classification,
     config::Config,
-    datapath::{Attachments, Harvester},
+    datapath::{Harvest, Harvester, Interfaces},
     export::{ConnEvent, ConnectionView, EventKind, FlowLog, FlowMetrics, NatMappings, Shared},
     flow::{
         decide_outcome, monotonic_ns, ConnId, ConnTable, FastSet, FlowView, Outcome, Seen, Settled,
@@ -112,30 +112,37 @@ impl Pipeline {
     pub fn harvest(
         &mut self,
         harvester: &mut Harvester,
-        attachments: &Attachments,
+        interfaces: &impl Interfaces,
         shared: &Shared,
     ) {
         let m = &shared.metrics;
         let timer = m.harvest_duration.start_timer();
-        let now = monotonic_ns();
-        let harvest = match harvester.harvest() {
-            Ok(h) => h,
+        match harvester.harvest() {
+            Ok(h) => self.ingest(h, interfaces, shared),
             Err(e) => {
                 m.harvest_errors.inc();
                 warn!(error = %e, "harvest failed");
                 return;
             }
-        };
+        }
+        timer.observe_duration();
+    }
+
+    /// Everything a harvest does after reading the kernel: pure userspace, so it is
+    /// benchmarked on its own (`agent/benches/harvest.rs`).
+    pub fn ingest(&mut self, harvest: Harvest, interfaces: &impl Interfaces, shared: &Shared) {
+        let m = &shared.metrics;
+        let now = monotonic_ns();
         m.flow_map_entries.set(harvest.occupied as i64);
         m.observe_kernel(harvest.counters);
         let idle_ns = u64::try_from(self.idle.as_nanos()).unwrap_or(u64::MAX);
-        let role = |i: u32| attachments.get(i).map(|a| a.role);
+        let role = |i: u32| interfaces.role(i);
         self.table.apply(&harvest.deltas, &self.nat, role);
         let fresh = self.nat.take_fresh();
         self.table.join(&fresh, &self.nat);
         // Keep mappings of closed connections as long as their counters may still be shown.
         self.nat.gc(now, idle_ns.saturating_mul(2));
-        let name = |i: u32| attachments.get(i).map(|a| a.name.clone());
+        let name = |i: u32| interfaces.name(i).map(str::to_owned);
         let settled = self.table.settle(now, idle_ns, name);
         let stats = settled.stats;
         self.report(settled, false, shared);
@@ -145,10 +152,9 @@ impl Pipeline {
         m.held_connections.set(stats.held as i64);
         m.connections.set(stats.reported as i64);
         if shared.records_wanted() {
-            self.publish(attachments, shared);
+            self.publish(interfaces, shared);
         }
         self.save_edges(false, shared);
-        timer.observe_duration();
     }
 
     fn save_edges(&mut self, force: bool, shared: &Shared) {
@@ -160,7 +166,7 @@ impl Pipeline {
 
     /// `/flows` and `/observations` snapshots: records are rebuilt only for connections
     /// that changed since they were last built.
-    fn publish(&mut self, attachments: &Attachments, shared: &Shared) {
+    fn publish(&mut self, interfaces: &impl Interfaces, shared: &Shared) {
         let clock = WallClock::now();
         let mut views = Vec::new();
         for t in self.table.reported_mut() {
@@ -176,7 +182,7 @@ impl Pipeline {
             t.extra.view = Some(v.clone());
             views.push(v);
         }
-        let iface = |i: u32| attachments.get(i).map(|a| (a.name.as_str(), a.role));
+        let iface = |i: u32| interfaces.name(i).zip(interfaces.role(i));
         let observations = self
             .table
             .all()
@@ -373,8 +379,8 @@ impl Pipeline {
     }
 
     /// Stopping: everything open is reported and gets its final record.
-    pub fn shutdown(&mut self, attachments: &Attachments, shared: &Shared) {
-        let name = |i: u32| attachments.get(i).map(|a| a.name.clone());
+    pub fn shutdown(&mut self, interfaces: &impl Interfaces, shared: &Shared) {
+        let name = |i: u32| interfaces.name(i).map(str::to_owned);
         let settled = self.table.drain(name);
         self.report(settled, true, shared);
         self.save_edges(true, shared);
