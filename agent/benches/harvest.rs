@@ -21,7 +21,7 @@ use tenantflow::{
     datapath::{Delta, Harvest, Role},
     export::{AgentMetrics, FlowMetrics, FlowMetricsConfig, NatMappings, Shared},
     flow::{monotonic_ns, FlowTuple, PROTO_UDP},
-    identity::{snapshot, Store},
+    identity::{snapshot, Name, Store},
     inventory::SharedStore,
     lateral::{EdgeConfig, Edges, Fanout, FanoutConfig},
     nat::{Mechanism, NatEntry, NatEvent},
@@ -179,9 +179,9 @@ fn pipeline(shared: &Shared) -> Pipeline {
 
 fn main() {
     let (connections, rounds) = args();
-    let interfaces: BTreeMap<u32, (String, Role)> = [
-        (POD_IF, ("veth10".to_string(), Role::Pod)),
-        (UPLINK_IF, ("eth0".to_string(), Role::Uplink)),
+    let interfaces: BTreeMap<u32, (Name, Role)> = [
+        (POD_IF, ("veth10".into(), Role::Pod)),
+        (UPLINK_IF, ("eth0".into(), Role::Uplink)),
     ]
     .into();
     let shared = Shared::new(AgentMetrics::new("tcx", "conntrack"));
@@ -190,6 +190,7 @@ fn main() {
     for i in 0..connections {
         p.on_nat(NatEvent::New(nat_entry(i)), &shared);
     }
+    let nat_heap = live() - base;
     // The first harvests place, join and report every connection; the rest are the
     // steady state measured.
     let warmup = 3;
@@ -216,6 +217,7 @@ fn main() {
     println!("ingest_ms_p50={:.1}", times[times.len() / 2]);
     println!("ingest_ms_max={:.1}", times[times.len() - 1]);
     println!("heap_mib={:.1}", mib(heap));
+    println!("nat_heap_mib={:.1}", mib(nat_heap));
     println!(
         "heap_bytes_per_connection={}",
         heap / connections.max(1) as usize

@@ -11,7 +11,7 @@ use tracing::warn;
 
 use crate::{
     classify,
-    classify::Classification,
+    classify::{Classification, SharedClasses},
     config::Config,
     datapath::{Harvest, Harvester, Interfaces},
     export::{ConnEvent, ConnectionView, EventKind, FlowLog, FlowMetrics, NatMappings, Shared},
@@ -36,10 +36,11 @@ pub struct Sinks {
 /// What the pipeline attaches to each connection of the table.
 #[derive(Debug, Default)]
 pub struct Annotation {
-    class: Option<Classification>,
+    class: Option<Arc<Classification>>,
     /// Reclassified since the connection's last event.
     reclassified: bool,
-    process: Option<ProcessInfo>,
+    /// Boxed: host processes' connections are few, every connection carries the field.
+    process: Option<Box<ProcessInfo>>,
     /// The published record, built only while records are wanted and then only when the
     /// connection changed.
     view: Option<Arc<ConnectionView>>,
@@ -51,6 +52,7 @@ pub struct Annotation {
 
 pub struct Pipeline {
     table: ConnTable<Annotation>,
+    classes: SharedClasses,
     /// Identity store version of the last full reclassification.
     classified_at: Option<u64>,
     nat: NatTable,
@@ -79,6 +81,7 @@ impl Pipeline {
     ) -> Self {
         Self {
             table: ConnTable::new(mechanism != Mechanism::None),
+            classes: SharedClasses::default(),
             classified_at: None,
             nat: NatTable::new(),
             idle,
@@ -142,7 +145,7 @@ impl Pipeline {
         self.table.join(&fresh, &self.nat);
         // Keep mappings of closed connections as long as their counters may still be shown.
         self.nat.gc(now, idle_ns.saturating_mul(2));
-        let name = |i: u32| interfaces.name(i).map(str::to_owned);
+        let name = |i: u32| interfaces.name(i).cloned();
         let settled = self.table.settle(now, idle_ns, name);
         let stats = settled.stats;
         self.report(settled, false, shared);
@@ -174,15 +177,15 @@ impl Pipeline {
                 views.extend(t.extra.view.clone());
                 continue;
             };
-            let mut v = ConnectionView::new(t.id, &t.conn, class.clone(), &clock);
-            v.process = t.extra.process.clone();
+            let mut v = ConnectionView::new(t.id, &t.conn, Classification::clone(class), &clock);
+            v.process = t.extra.process.as_deref().cloned();
             v.outcome = t.extra.outcome;
             v.new_edge = t.extra.new_edge;
             let v = Arc::new(v);
             t.extra.view = Some(v.clone());
             views.push(v);
         }
-        let iface = |i: u32| interfaces.name(i).zip(interfaces.role(i));
+        let iface = |i: u32| interfaces.name(i).map(|n| &**n).zip(interfaces.role(i));
         let observations = self
             .table
             .all()
@@ -235,8 +238,8 @@ impl Pipeline {
             };
             if t.extra.class.is_none() || t.nat_changed || revisit.contains(&id) {
                 let k = classify::classify(&self.config, &store, &t.conn);
-                t.extra.reclassified |= t.extra.class.as_ref() != Some(&k);
-                t.extra.class = Some(k);
+                t.extra.reclassified |= t.extra.class.as_deref() != Some(&k);
+                t.extra.class = Some(self.classes.share(k));
                 t.nat_changed = false;
             }
             if t.extra.process.is_none() && !procs.is_empty() {
@@ -244,7 +247,7 @@ impl Pipeline {
                 t.extra.process = procs
                     .get(tu)
                     .or_else(|| tu.reversed().and_then(|r| procs.get(&r)))
-                    .cloned();
+                    .map(|p| Box::new(p.clone()));
             }
             t.extra.view = None;
         }
@@ -284,8 +287,8 @@ impl Pipeline {
                     kind,
                     id,
                     conn: &t.conn,
-                    class: t.extra.class.as_ref()?,
-                    process: t.extra.process.as_ref(),
+                    class: t.extra.class.as_deref()?,
+                    process: t.extra.process.as_deref(),
                     reclassified: t.extra.reclassified,
                     delta,
                     outcome: t.extra.outcome,
@@ -380,7 +383,7 @@ impl Pipeline {
 
     /// Stopping: everything open is reported and gets its final record.
     pub fn shutdown(&mut self, interfaces: &impl Interfaces, shared: &Shared) {
-        let name = |i: u32| interfaces.name(i).map(str::to_owned);
+        let name = |i: u32| interfaces.name(i).cloned();
         let settled = self.table.drain(name);
         self.report(settled, true, shared);
         self.save_edges(true, shared);

@@ -59,7 +59,7 @@ impl EndpointKind {
 /// One end of a flow, as far as the agent knows it. Names are shared with the identity
 /// store (interned), so a classified connection holds pointers, not copies: at 100k
 /// connections the copies were most of what classification allocated.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct EndpointIdentity {
     pub kind: EndpointKind,
     #[serde(skip_serializing_if = "Option::is_none", default)]

@@ -4,18 +4,20 @@
 
 mod class;
 mod endpoint;
+mod shared;
 mod verdict;
 
 use serde::{Deserialize, Serialize};
 
 pub use class::{FlowClass, Scope};
 pub use endpoint::{EndpointIdentity, EndpointKind, AZURE_PLATFORM};
+pub use shared::SharedClasses;
 pub use verdict::{Egress, TenantRelation};
 
 use crate::{config::Config, flow::Connection, identity::Store};
 
 /// Everything the agent concludes about one connection.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Classification {
     /// The initiator, before SNAT.
     pub src_identity: EndpointIdentity,

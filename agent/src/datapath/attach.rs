@@ -52,7 +52,7 @@ impl AttachMode {
 /// One observed interface.
 #[derive(Debug)]
 pub struct Attached {
-    pub name: String,
+    pub name: crate::identity::Name,
     pub role: Role,
     /// None only while putting it back first failed; the next position check retries.
     pub(super) ingress: Option<SchedClassifierLinkId>,
@@ -159,7 +159,7 @@ impl Attachments {
         self.by_index.insert(
             index,
             Attached {
-                name: name.to_owned(),
+                name: name.into(),
                 role,
                 ingress: Some(ingress),
                 egress: Some(egress),
@@ -179,8 +179,8 @@ impl Attachments {
                 let _ = p.take_link(id);
             }
         }
-        info!(iface = gone.name, index, "interface removed, forgotten");
-        Some(gone.name)
+        info!(iface = &*gone.name, index, "interface removed, forgotten");
+        Some(gone.name.to_string())
     }
 
     /// Detach from every interface (clean shutdown). In netlink mode returns the ifindexes
@@ -192,7 +192,7 @@ impl Attachments {
             for (prog, id) in [(self.progs.0, a.ingress), (self.progs.1, a.egress)] {
                 if let (Ok(p), Some(id)) = (classifier(ebpf, prog), id) {
                     if let Err(e) = p.detach(id) {
-                        debug!(iface = a.name, index, error = %e, "detach (interface may be gone)");
+                        debug!(iface = &*a.name, index, error = %e, "detach (interface may be gone)");
                     }
                 }
             }

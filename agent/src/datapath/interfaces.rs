@@ -4,10 +4,12 @@
 use std::collections::BTreeMap;
 
 use super::{Attachments, Role};
+use crate::identity::Name;
 
 pub trait Interfaces {
     fn role(&self, ifindex: u32) -> Option<Role>;
-    fn name(&self, ifindex: u32) -> Option<&str>;
+    /// Shared: every sighting on the interface holds the one name.
+    fn name(&self, ifindex: u32) -> Option<&Name>;
 }
 
 impl Interfaces for Attachments {
@@ -15,18 +17,18 @@ impl Interfaces for Attachments {
         self.get(ifindex).map(|a| a.role)
     }
 
-    fn name(&self, ifindex: u32) -> Option<&str> {
-        self.get(ifindex).map(|a| a.name.as_str())
+    fn name(&self, ifindex: u32) -> Option<&Name> {
+        self.get(ifindex).map(|a| &a.name)
     }
 }
 
 /// Interfaces by ifindex, as a test or benchmark lays them out.
-impl Interfaces for BTreeMap<u32, (String, Role)> {
+impl Interfaces for BTreeMap<u32, (Name, Role)> {
     fn role(&self, ifindex: u32) -> Option<Role> {
         self.get(&ifindex).map(|(_, r)| *r)
     }
 
-    fn name(&self, ifindex: u32) -> Option<&str> {
-        self.get(&ifindex).map(|(n, _)| n.as_str())
+    fn name(&self, ifindex: u32) -> Option<&Name> {
+        self.get(&ifindex).map(|(n, _)| n)
     }
 }

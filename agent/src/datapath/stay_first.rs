@@ -78,7 +78,7 @@ impl Attachments {
             };
             if let Some(why) = why {
                 if self.move_first(ebpf, index, ingress) {
-                    let name = self.by_index[&index].name.clone();
+                    let name = self.by_index[&index].name.to_string();
                     info!(
                         iface = name,
                         direction = direction(ingress),
@@ -161,7 +161,7 @@ impl Attachments {
                 true
             }
             Err(e) => {
-                warn!(iface = a.name, direction = direction(ingress), error = %e, "could not put the observer back first");
+                warn!(iface = &*a.name, direction = direction(ingress), error = %e, "could not put the observer back first");
                 false
             }
         }
@@ -178,13 +178,13 @@ impl Attachments {
         if changed && !first {
             let name = &self.by_index[&index].name;
             if behind_tcx {
-                warn!(iface = name, direction = direction(ingress), "a tcx program runs before every clsact filter here, so this observer sees only what it passes on: use --attach-mode tcx");
+                warn!(iface = &**name, direction = direction(ingress), "a tcx program runs before every clsact filter here, so this observer sees only what it passes on: use --attach-mode tcx");
             } else {
-                warn!(iface = name, direction = direction(ingress), "observer is not first on this hook and cannot be moved: programs ahead of it may hide packets");
+                warn!(iface = &**name, direction = direction(ingress), "observer is not first on this hook and cannot be moved: programs ahead of it may hide packets");
             }
         } else if changed {
             info!(
-                iface = self.by_index[&index].name,
+                iface = &*self.by_index[&index].name,
                 direction = direction(ingress),
                 "observer first again"
             );

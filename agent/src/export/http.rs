@@ -86,7 +86,7 @@ impl FlowQuery {
             && self
                 .iface
                 .as_ref()
-                .is_none_or(|i| c.sightings.iter().any(|s| s.iface == *i))
+                .is_none_or(|i| c.sightings.iter().any(|s| *s.iface == **i))
             && self.proto.is_none_or(|p| p == c.proto)
             && self.ip.is_none_or(|ip| c.addresses().any(|a| a == ip))
             && self.port.is_none_or(|p| c.ports().any(|x| x == p))

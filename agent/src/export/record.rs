@@ -101,7 +101,7 @@ impl ConnectionView {
             sightings: sorted(&c.sightings)
                 .into_iter()
                 .map(|s| SightingView {
-                    iface: s.iface.clone(),
+                    iface: s.iface.to_string(),
                     role: s
                         .role
                         .map(|r| format!("{r:?}").to_lowercase())

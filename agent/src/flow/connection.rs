@@ -41,7 +41,7 @@ impl Counts {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Sighting {
     pub ifindex: u32,
-    pub iface: String,
+    pub iface: crate::identity::Name,
     pub role: Option<Role>,
     /// TC hook: true for ingress.
     pub ingress: bool,

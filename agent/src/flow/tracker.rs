@@ -16,6 +16,7 @@
 //! what it is.
 
 use agent_common::{Direction, FlowKey};
+use smallvec::SmallVec;
 
 use super::{
     connection::rank, initiator, Connection, Counts, FastMap as HashMap, FastSet as HashSet,
@@ -23,6 +24,7 @@ use super::{
 };
 use crate::{
     datapath::{Delta, Role},
+    identity::Name,
     nat::{NatEntry, NatTable, Side},
 };
 
@@ -78,7 +80,8 @@ pub struct Tracked<A> {
     pub extra: A,
     /// Its NAT translation changed since the last settle: classification inputs changed.
     pub nat_changed: bool,
-    points: Vec<Point>,
+    /// Inline: nearly every connection has one or two (pod veth, uplink).
+    points: SmallVec<[Point; 2]>,
     reported: bool,
     first_round: u64,
     joined_round: Option<u64>,
@@ -129,7 +132,8 @@ pub struct TableStats {
 }
 
 pub struct ConnTable<A> {
-    conns: HashMap<ConnId, Tracked<A>>,
+    /// Boxed: a table slot then costs a pointer, not a whole connection, while empty.
+    conns: HashMap<ConnId, Box<Tracked<A>>>,
     by_key: HashMap<FlowKey, ConnId>,
     by_tuple: HashMap<FlowTuple, ConnId>,
     unreported: HashSet<ConnId>,
@@ -178,11 +182,11 @@ impl<A: Default> ConnTable<A> {
     }
 
     pub fn get(&self, id: ConnId) -> Option<&Tracked<A>> {
-        self.conns.get(&id)
+        self.conns.get(&id).map(|t| &**t)
     }
 
     pub fn get_mut(&mut self, id: ConnId) -> Option<&mut Tracked<A>> {
-        self.conns.get_mut(&id)
+        self.conns.get_mut(&id).map(|t| &mut **t)
     }
 
     /// Every connection, reported or held.
@@ -196,16 +200,19 @@ impl<A: Default> ConnTable<A> {
 
     /// Connections sinks know about (reported, not yet ended).
     pub fn reported(&self) -> impl Iterator<Item = &Tracked<A>> {
-        self.conns.values().filter(|t| t.reported)
+        self.conns.values().map(|t| &**t).filter(|t| t.reported)
     }
 
     pub fn reported_mut(&mut self) -> impl Iterator<Item = &mut Tracked<A>> {
-        self.conns.values_mut().filter(|t| t.reported)
+        self.conns
+            .values_mut()
+            .map(|t| &mut **t)
+            .filter(|t| t.reported)
     }
 
     /// Every connection with its observation points (held ones too).
     pub fn all(&self) -> impl Iterator<Item = &Tracked<A>> {
-        self.conns.values()
+        self.conns.values().map(|t| &**t)
     }
 
     /// Fold one harvest's deltas in: known observation points add up, new ones attach to
@@ -294,12 +301,12 @@ impl<A: Default> ConnTable<A> {
         self.next_id += 1;
         self.conns.insert(
             id,
-            Tracked {
+            Box::new(Tracked {
                 id,
                 conn: Connection::new(tuple),
                 extra: A::default(),
                 nat_changed: false,
-                points: Vec::new(),
+                points: SmallVec::new(),
                 reported: false,
                 first_round: self.round,
                 joined_round: None,
@@ -307,7 +314,7 @@ impl<A: Default> ConnTable<A> {
                 exported: Default::default(),
                 late: false,
                 dirty: false,
-            },
+            }),
         );
         self.by_tuple.insert(tuple, id);
         self.unreported.insert(id);
@@ -471,7 +478,7 @@ impl<A: Default> ConnTable<A> {
         &mut self,
         now_ns: u64,
         idle_ns: u64,
-        iface: impl Fn(u32) -> Option<String>,
+        iface: impl Fn(u32) -> Option<Name>,
     ) -> Settled {
         let mut out = Settled::default();
         let limit = if self.resync_pending {
@@ -528,7 +535,7 @@ impl<A: Default> ConnTable<A> {
     }
 
     /// The agent is stopping: everything open is reported and ends.
-    pub fn drain(&mut self, iface: impl Fn(u32) -> Option<String>) -> Settled {
+    pub fn drain(&mut self, iface: impl Fn(u32) -> Option<Name>) -> Settled {
         let mut out = Settled::default();
         let mut pending: Vec<ConnId> = self.unreported.iter().copied().collect();
         pending.sort_unstable();
@@ -557,7 +564,7 @@ impl<A: Default> ConnTable<A> {
     }
 
     /// Rebuild changed connections; reported ones that did not just start are updates.
-    fn refresh_changed(&mut self, out: &mut Settled, iface: &impl Fn(u32) -> Option<String>) {
+    fn refresh_changed(&mut self, out: &mut Settled, iface: &impl Fn(u32) -> Option<Name>) {
         let started: HashSet<ConnId> = out.started.iter().copied().collect();
         let mut changed = std::mem::take(&mut self.changed);
         changed.sort_unstable();
@@ -723,7 +730,7 @@ fn syn_seq<A>(t: &Tracked<A>) -> u32 {
 /// Rebuild the user-facing connection from its observation points: counts in place when
 /// the points are the ones it already shows (the common case), the sightings anew when
 /// points were added or moved.
-fn refresh<A>(t: &mut Tracked<A>, iface: &impl Fn(u32) -> Option<String>) {
+fn refresh<A>(t: &mut Tracked<A>, iface: &impl Fn(u32) -> Option<Name>) {
     let mut first = u64::MAX;
     let mut last = 0;
     let mut flags = 0;
@@ -737,7 +744,7 @@ fn refresh<A>(t: &mut Tracked<A>, iface: &impl Fn(u32) -> Option<String>) {
             .iter()
             .map(|p| Sighting {
                 ifindex: p.key.ifindex,
-                iface: iface(p.key.ifindex).unwrap_or_default(),
+                iface: iface(p.key.ifindex).unwrap_or_else(|| Name::from("")),
                 role: p.role,
                 ingress: p.key.direction == Direction::Ingress as u8,
                 forward: p.forward,

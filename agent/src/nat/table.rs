@@ -1,9 +1,11 @@
 //! Every known conntrack entry, indexed by each tuple its packets can carry.
-
-use std::collections::HashMap;
+//!
+//! Packets before translation carry the original tuple or its reverse, found in the table
+//! itself; only tuples after translation need an index of their own, and only when they
+//! differ (most entries on a node translate nothing: pod-to-pod on the same network).
 
 use super::{NatEntry, Side};
-use crate::flow::FlowTuple;
+use crate::flow::{FastMap as HashMap, FastSet, FlowTuple};
 
 #[derive(Debug)]
 struct State {
@@ -15,11 +17,13 @@ struct State {
     external: bool,
 }
 
-/// Conntrack entries by original tuple, plus a lookup from any sighting tuple.
+/// Conntrack entries by original tuple, plus a lookup from the translated tuples.
 #[derive(Debug, Default)]
 pub struct NatTable {
     by_orig: HashMap<FlowTuple, State>,
-    by_sighting: HashMap<FlowTuple, (FlowTuple, Side)>,
+    /// Tuples after translation (forward or reply) that differ from the untranslated
+    /// ones → the entry's original tuple.
+    by_post: HashMap<FlowTuple, (FlowTuple, Side)>,
     /// Entries added or changed since [`NatTable::take_fresh`]: the connection table
     /// joins exactly these, not the whole table, each harvest.
     fresh: Vec<NatEntry>,
@@ -55,8 +59,8 @@ impl NatTable {
         if let Some(old) = self.by_orig.remove(&entry.orig) {
             self.unindex(&old.entry);
         }
-        for (tuple, side) in sightings {
-            self.by_sighting.insert(tuple, (entry.orig, side));
+        for (tuple, side) in post_only(&sightings) {
+            self.by_post.insert(tuple, (entry.orig, side));
         }
         self.by_orig.insert(
             entry.orig,
@@ -84,7 +88,7 @@ impl NatTable {
     /// Replace the whole table with a fresh dump (after lost events). Entries missing from
     /// the dump were destroyed while we were not listening.
     pub fn resync(&mut self, entries: Vec<NatEntry>, now_ns: u64) {
-        let fresh: std::collections::HashSet<FlowTuple> = entries.iter().map(|e| e.orig).collect();
+        let fresh: FastSet<FlowTuple> = entries.iter().map(|e| e.orig).collect();
         let gone: Vec<FlowTuple> = self
             .by_orig
             .iter()
@@ -119,13 +123,13 @@ impl NatTable {
 
     fn unindex(&mut self, entry: &NatEntry) {
         if let Some(sightings) = entry.sightings() {
-            for (tuple, _) in sightings {
+            for (tuple, _) in post_only(&sightings) {
                 if self
-                    .by_sighting
+                    .by_post
                     .get(&tuple)
                     .is_some_and(|(o, _)| *o == entry.orig)
                 {
-                    self.by_sighting.remove(&tuple);
+                    self.by_post.remove(&tuple);
                 }
             }
         }
@@ -133,9 +137,24 @@ impl NatTable {
 
     /// The entry a packet with this tuple belongs to, and on which side it was seen.
     pub fn lookup(&self, tuple: &FlowTuple) -> Option<(&NatEntry, Side)> {
-        let (orig, side) = self.by_sighting.get(tuple)?;
+        if let Some(s) = self.by_orig.get(tuple) {
+            return Some((&s.entry, Side::ForwardPre));
+        }
+        if let Some(s) = tuple.reversed().and_then(|r| self.by_orig.get(&r)) {
+            return Some((&s.entry, Side::ReplyPre));
+        }
+        let (orig, side) = self.by_post.get(tuple)?;
         self.by_orig.get(orig).map(|s| (&s.entry, *side))
     }
+}
+
+/// The translated sightings that are not also untranslated ones.
+fn post_only(sightings: &[(FlowTuple, Side); 4]) -> impl Iterator<Item = (FlowTuple, Side)> + '_ {
+    let pre = [sightings[0].0, sightings[1].0];
+    sightings[2..]
+        .iter()
+        .copied()
+        .filter(move |(t, _)| !pre.contains(t))
 }
 
 #[cfg(test)]
@@ -180,6 +199,41 @@ mod tests {
             Some((o, Side::ReplyPost))
         );
         assert_eq!(at(t("10.224.0.4", 5002, "203.0.113.10", 53)), None);
+    }
+
+    #[test]
+    fn an_untranslated_entry_is_seen_before_nat_only() {
+        let mut nt = NatTable::new();
+        let o = t("10.244.1.10", 5000, "10.244.2.20", 80);
+        nt.insert(NatEntry {
+            orig: o,
+            reply: t("10.244.2.20", 80, "10.244.1.10", 5000),
+        });
+        let at = |tuple| nt.lookup(&tuple).map(|(e, s)| (e.orig, s));
+        assert_eq!(at(o), Some((o, Side::ForwardPre)));
+        assert_eq!(
+            at(t("10.244.2.20", 80, "10.244.1.10", 5000)),
+            Some((o, Side::ReplyPre))
+        );
+        assert!(nt.by_post.is_empty());
+    }
+
+    #[test]
+    fn replacing_an_entry_drops_its_old_translation() {
+        let mut nt = NatTable::new();
+        nt.insert(snat());
+        let mut moved = snat();
+        moved.reply = t("203.0.113.10", 53, "10.224.0.4", 6001);
+        nt.insert(moved);
+        assert!(nt
+            .lookup(&t("10.224.0.4", 5001, "203.0.113.10", 53))
+            .is_none());
+        assert_eq!(
+            nt.lookup(&t("10.224.0.4", 6001, "203.0.113.10", 53))
+                .map(|(_, s)| s),
+            Some(Side::ForwardPost)
+        );
+        assert_eq!(nt.by_post.len(), 2);
     }
 
     #[test]

@@ -25,8 +25,8 @@ fn role(i: u32) -> Option<Role> {
     }
 }
 
-fn name(i: u32) -> Option<String> {
-    role(i).map(|r| format!("{r:?}{i}"))
+fn name(i: u32) -> Option<crate::identity::Name> {
+    role(i).map(|r| format!("{r:?}{i}").into())
 }
 
 fn key(ifindex: u32, dir: Direction, tu: FlowTuple) -> FlowKey {
