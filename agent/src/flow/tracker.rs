@@ -240,7 +240,6 @@ impl<A: Default> ConnTable<A> {
             let tuple = FlowTuple::from(&key);
             let r = role(key.ifindex);
             if let Some((e, side)) = nat.lookup(&tuple) {
-                let e = *e;
                 let id = self.joined(&e);
                 self.attach(id, key, entry, r, side);
             } else if let Some(&id) = self.by_tuple.get(&tuple) {

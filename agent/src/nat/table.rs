@@ -1,15 +1,17 @@
 //! Every known conntrack entry, indexed by each tuple its packets can carry.
 //!
 //! Packets before translation carry the original tuple or its reverse, found in the table
-//! itself; only tuples after translation need an index of their own, and only when they
-//! differ (most entries on a node translate nothing: pod-to-pod on the same network).
+//! itself; after translation they carry the reply tuple or its reverse, so one more index
+//! by reply tuple finds them, needed only for entries that translate (most on a node
+//! translate nothing: pod-to-pod on the same network).
 
 use super::{NatEntry, Side};
 use crate::flow::{FastMap as HashMap, FastSet, FlowTuple};
 
 #[derive(Debug)]
 struct State {
-    entry: NatEntry,
+    /// The reply tuple (the original one is the key).
+    reply: FlowTuple,
     /// Monotonic ns of the DESTROY event: kept a while so late harvests still join.
     destroyed_at: Option<u64>,
     /// From a source other than conntrack (Cilium's maps, socket-LB): a conntrack resync
@@ -21,9 +23,8 @@ struct State {
 #[derive(Debug, Default)]
 pub struct NatTable {
     by_orig: HashMap<FlowTuple, State>,
-    /// Tuples after translation (forward or reply) that differ from the untranslated
-    /// ones → the entry's original tuple.
-    by_post: HashMap<FlowTuple, (FlowTuple, Side)>,
+    /// Reply tuple → original tuple, for entries whose reply is not the original reversed.
+    by_reply: HashMap<FlowTuple, FlowTuple>,
     /// Entries added or changed since [`NatTable::take_fresh`]: the connection table
     /// joins exactly these, not the whole table, each harvest.
     fresh: Vec<NatEntry>,
@@ -53,19 +54,19 @@ impl NatTable {
     }
 
     fn insert_from(&mut self, entry: NatEntry, external: bool) {
-        let Some(sightings) = entry.sightings() else {
+        if entry.sightings().is_none() {
             return;
-        };
-        if let Some(old) = self.by_orig.remove(&entry.orig) {
-            self.unindex(&old.entry);
         }
-        for (tuple, side) in post_only(&sightings) {
-            self.by_post.insert(tuple, (entry.orig, side));
+        if let Some(old) = self.by_orig.remove(&entry.orig) {
+            self.unindex(&entry.orig, &old.reply);
+        }
+        if translates(&entry) {
+            self.by_reply.insert(entry.reply, entry.orig);
         }
         self.by_orig.insert(
             entry.orig,
             State {
-                entry,
+                reply: entry.reply,
                 destroyed_at: None,
                 external,
             },
@@ -116,45 +117,43 @@ impl NatTable {
             .collect();
         for k in old {
             if let Some(s) = self.by_orig.remove(&k) {
-                self.unindex(&s.entry);
+                self.unindex(&k, &s.reply);
             }
         }
     }
 
-    fn unindex(&mut self, entry: &NatEntry) {
-        if let Some(sightings) = entry.sightings() {
-            for (tuple, _) in post_only(&sightings) {
-                if self
-                    .by_post
-                    .get(&tuple)
-                    .is_some_and(|(o, _)| *o == entry.orig)
-                {
-                    self.by_post.remove(&tuple);
-                }
-            }
+    fn unindex(&mut self, orig: &FlowTuple, reply: &FlowTuple) {
+        if self.by_reply.get(reply) == Some(orig) {
+            self.by_reply.remove(reply);
         }
     }
 
     /// The entry a packet with this tuple belongs to, and on which side it was seen.
-    pub fn lookup(&self, tuple: &FlowTuple) -> Option<(&NatEntry, Side)> {
-        if let Some(s) = self.by_orig.get(tuple) {
-            return Some((&s.entry, Side::ForwardPre));
+    pub fn lookup(&self, tuple: &FlowTuple) -> Option<(NatEntry, Side)> {
+        let entry = |orig: &FlowTuple| {
+            self.by_orig.get(orig).map(|s| NatEntry {
+                orig: *orig,
+                reply: s.reply,
+            })
+        };
+        let rev = tuple.reversed();
+        if let Some(e) = entry(tuple) {
+            return Some((e, Side::ForwardPre));
         }
-        if let Some(s) = tuple.reversed().and_then(|r| self.by_orig.get(&r)) {
-            return Some((&s.entry, Side::ReplyPre));
+        if let Some(e) = rev.as_ref().and_then(entry) {
+            return Some((e, Side::ReplyPre));
         }
-        let (orig, side) = self.by_post.get(tuple)?;
-        self.by_orig.get(orig).map(|s| (&s.entry, *side))
+        if let Some(e) = self.by_reply.get(tuple).and_then(entry) {
+            return Some((e, Side::ReplyPost));
+        }
+        let e = rev.and_then(|r| self.by_reply.get(&r)).and_then(entry)?;
+        Some((e, Side::ForwardPost))
     }
 }
 
-/// The translated sightings that are not also untranslated ones.
-fn post_only(sightings: &[(FlowTuple, Side); 4]) -> impl Iterator<Item = (FlowTuple, Side)> + '_ {
-    let pre = [sightings[0].0, sightings[1].0];
-    sightings[2..]
-        .iter()
-        .copied()
-        .filter(move |(t, _)| !pre.contains(t))
+/// Packets after translation carry tuples packets before it do not.
+fn translates(e: &NatEntry) -> bool {
+    e.orig.reversed() != Some(e.reply)
 }
 
 #[cfg(test)]
@@ -215,7 +214,7 @@ mod tests {
             at(t("10.244.2.20", 80, "10.244.1.10", 5000)),
             Some((o, Side::ReplyPre))
         );
-        assert!(nt.by_post.is_empty());
+        assert!(nt.by_reply.is_empty());
     }
 
     #[test]
@@ -233,7 +232,7 @@ mod tests {
                 .map(|(_, s)| s),
             Some(Side::ForwardPost)
         );
-        assert_eq!(nt.by_post.len(), 2);
+        assert_eq!(nt.by_reply.len(), 1);
     }
 
     #[test]
