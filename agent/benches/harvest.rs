@@ -111,10 +111,12 @@ fn harvest(connections: u32) -> Harvest {
         deltas.push(Delta {
             key: key(POD_IF, Direction::Ingress, POD, sport, dport),
             stats,
+            slot: 2 * i,
         });
         deltas.push(Delta {
             key: key(UPLINK_IF, Direction::Egress, NODE, snat_port, dport),
             stats,
+            slot: 2 * i + 1,
         });
     }
     Harvest {

@@ -31,6 +31,6 @@ pub use load::{check_kernel, load, Loaded, Programs, MIN_KERNEL};
 pub use lock::{acquire as lock_agent, AgentLock, LockError};
 pub(crate) use object::{load_err, map_err, program, take_map, take_raw_map};
 pub use select::{Role, Selector, DEFAULT_POD_PATTERNS};
-pub use slots::Delta;
+pub use slots::{Delta, NO_SLOT};
 pub use stay_first::{Moved, Positions};
 pub(crate) use sys_bpf::bpf;

@@ -36,7 +36,13 @@ pub struct Delta {
     /// `packets` and `bytes` are the increase; first/last seen and TCP flags are the slot's
     /// (first seen = when this occupation, or its return from idle, began).
     pub stats: FlowStats,
+    /// The cache slot read (CPU × slot, dense), so the consumer can remember where the
+    /// flow went and skip its key lookup next time; [`NO_SLOT`] for eviction records.
+    pub slot: u32,
 }
+
+/// A delta that came from an eviction record, not a slot still holding the flow.
+pub const NO_SLOT: u32 = u32::MAX;
 
 #[derive(Debug, Default)]
 pub struct SlotDeltas {
@@ -74,6 +80,7 @@ impl SlotDeltas {
             return None;
         }
         let id = (cpu, slot);
+        let dense = cpu as usize * self.per_cpu + slot as usize;
         let round = self.round;
         let cell = self.cell(id);
         let base = match *cell {
@@ -100,7 +107,7 @@ impl SlotDeltas {
             }
             Some(_) => {}
         }
-        delta(s.key, &s.stats, base.as_ref())
+        delta(s.key, &s.stats, base.as_ref(), u32::try_from(dense).unwrap_or(NO_SLOT))
     }
 
     /// A slot's final counters, sent by the kernel when another flow took the slot.
@@ -115,7 +122,7 @@ impl SlotDeltas {
             }
             _ => self.displaced.remove(&(id, e.seq)),
         };
-        delta(e.key, &e.stats, base.as_ref())
+        delta(e.key, &e.stats, base.as_ref(), NO_SLOT)
     }
 
     /// Close a harvest: forget displaced occupations whose record never came.
@@ -132,7 +139,7 @@ impl SlotDeltas {
     }
 }
 
-fn delta(key: FlowKey, now: &FlowStats, base: Option<&Seen>) -> Option<Delta> {
+fn delta(key: FlowKey, now: &FlowStats, base: Option<&Seen>, slot: u32) -> Option<Delta> {
     let (packets, bytes) = match base {
         Some(b) if b.key == key => (
             now.packets.saturating_sub(b.packets),
@@ -150,6 +157,7 @@ fn delta(key: FlowKey, now: &FlowStats, base: Option<&Seen>) -> Option<Delta> {
             bytes,
             ..*now
         },
+        slot,
     })
 }
 
@@ -187,6 +195,16 @@ mod tests {
             cpu,
             slot: slot_index,
         }
+    }
+
+    #[test]
+    fn slot_reads_name_their_slot_and_records_none() {
+        let mut t = SlotDeltas::new(16);
+        assert_eq!(t.observed(1, 4, &slot(1, 1, 2, 200)).map(|d| d.slot), Some(20));
+        assert_eq!(
+            t.evicted(&evicted(1, 4, 1, 1, 3, 300)).map(|d| d.slot),
+            Some(NO_SLOT)
+        );
     }
 
     fn counts(d: Option<Delta>) -> Option<(u16, u64, u64)> {

@@ -23,7 +23,7 @@ use super::{
     FlowEntry, FlowTuple, Sighting, PROTO_TCP, PROTO_UDP,
 };
 use crate::{
-    datapath::{Delta, Role},
+    datapath::{Delta, Role, NO_SLOT},
     identity::Name,
     nat::{NatEntry, NatTable, Side},
 };
@@ -136,6 +136,9 @@ pub struct ConnTable<A> {
     conns: HashMap<ConnId, Box<Tracked<A>>>,
     by_key: HashMap<FlowKey, ConnId>,
     by_tuple: HashMap<FlowTuple, ConnId>,
+    /// Per cache slot (dense, as [`Delta::slot`]): the connection and point index its
+    /// flow was last added to, packed `id << 8 | index` (0: none). Checked, never trusted.
+    hints: Vec<u64>,
     unreported: HashSet<ConnId>,
     /// Connections whose `dirty` flag is set (a list, not a set: the flag dedups).
     changed: Vec<ConnId>,
@@ -158,6 +161,7 @@ impl<A: Default> ConnTable<A> {
             conns: HashMap::default(),
             by_key: HashMap::default(),
             by_tuple: HashMap::default(),
+            hints: Vec::new(),
             unreported: HashSet::default(),
             changed: Vec::new(),
             orphans: Vec::new(),
@@ -221,18 +225,38 @@ impl<A: Default> ConnTable<A> {
     pub fn apply(&mut self, deltas: &[Delta], nat: &NatTable, role: impl Fn(u32) -> Option<Role>) {
         let mut fresh: HashMap<FlowKey, FlowEntry> = HashMap::default();
         for d in deltas {
-            match self.by_key.get(&d.key) {
-                Some(&id) => {
-                    let t = self.conns.get_mut(&id).expect("indexed connection");
-                    if let Some(p) = t.points.iter_mut().find(|p| p.key == d.key) {
-                        p.entry.add(&d.stats);
-                    }
-                    if !t.dirty {
-                        t.dirty = true;
-                        self.changed.push(id);
-                    }
+            let hinted = self.hints.get(d.slot as usize).copied().unwrap_or(0);
+            let (id, point) = (hinted >> 8, (hinted & 0xff) as usize);
+            // The slot's flow went here last time: check the key where it points instead
+            // of looking it up (one table walk fewer per delta at node scale).
+            let hit = self
+                .conns
+                .get_mut(&id)
+                .filter(|t| t.points.get(point).is_some_and(|p| p.key == d.key));
+            let (id, t) = match hit {
+                Some(t) => (id, t),
+                None => {
+                    let Some(&id) = self.by_key.get(&d.key) else {
+                        fresh.entry(d.key).or_default().add(&d.stats);
+                        continue;
+                    };
+                    (id, self.conns.get_mut(&id).expect("indexed connection"))
                 }
-                None => fresh.entry(d.key).or_default().add(&d.stats),
+            };
+            let Some(i) = t.points.iter().position(|p| p.key == d.key) else {
+                continue;
+            };
+            t.points[i].entry.add(&d.stats);
+            if !t.dirty {
+                t.dirty = true;
+                self.changed.push(id);
+            }
+            if d.slot != NO_SLOT && i < 0x100 {
+                let slot = d.slot as usize;
+                if slot >= self.hints.len() {
+                    self.hints.resize(slot + 1, 0);
+                }
+                self.hints[slot] = id << 8 | i as u64;
             }
         }
         let mut loose: HashMap<FlowTuple, Vec<(FlowKey, FlowEntry)>> = HashMap::default();
