@@ -15,7 +15,7 @@ use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 use super::{ConnEvent, EventKind};
 use crate::{
     classify::{Classification, EndpointIdentity, EndpointKind},
-    flow::ConnId,
+    flow::{ConnId, Counts, FastMap},
     identity::Store,
 };
 
@@ -161,7 +161,7 @@ pub struct FlowMetrics {
     series_gauge: IntGauge,
     last_gc: Option<Instant>,
     /// Byte and packet series of open connections, looked up once.
-    handles: HashMap<ConnId, Handles>,
+    handles: FastMap<ConnId, Handles>,
     /// Bumped whenever series are dropped: cached handles older than this are re-resolved.
     gen: u64,
 }
@@ -226,7 +226,7 @@ impl FlowMetrics {
             overflow,
             series_gauge,
             last_gc: None,
-            handles: HashMap::new(),
+            handles: FastMap::default(),
             gen: 0,
         }
     }
@@ -248,40 +248,7 @@ impl FlowMetrics {
             }
             let (fwd, rep) = ev.delta;
             if !(fwd.is_zero() && rep.is_zero()) {
-                let gen = self.gen;
-                let h = self.handles.entry(ev.id).or_insert(Handles {
-                    gen,
-                    dirs: [Dir::Unresolved, Dir::Unresolved],
-                });
-                if h.gen != gen || ev.reclassified {
-                    *h = Handles {
-                        gen,
-                        dirs: [Dir::Unresolved, Dir::Unresolved],
-                    };
-                }
-                for (i, (dir, d)) in [("tx", fwd), ("rx", rep)].into_iter().enumerate() {
-                    if d.is_zero() {
-                        continue;
-                    }
-                    if matches!(self.handles[&ev.id].dirs[i], Dir::Unresolved) {
-                        let resolved = self.resolve(k, dir);
-                        if let Some(h) = self.handles.get_mut(&ev.id) {
-                            h.dirs[i] = resolved;
-                        }
-                    }
-                    match &self.handles[&ev.id].dirs[i] {
-                        Dir::Series(packets, bytes) => {
-                            packets.inc_by(d.packets);
-                            bytes.inc_by(d.bytes);
-                        }
-                        _ => {
-                            let mut l = self.base(k);
-                            l.0.push(dir.to_owned());
-                            self.inc(Family::Packets, l.clone(), d.packets);
-                            self.inc(Family::Bytes, l, d.bytes);
-                        }
-                    }
-                }
+                self.add_traffic(ev, k, [fwd, rep]);
             }
             if ev.kind.is_final() {
                 self.handles.remove(&ev.id);
@@ -295,6 +262,54 @@ impl FlowMetrics {
             self.last_gc = Some(now);
         }
         self.series_gauge.set(self.series.len() as i64);
+    }
+
+    /// Add a connection's new packets and bytes to its series, resolving the handles it
+    /// lacks (the steady state is one map lookup per event).
+    fn add_traffic(&mut self, ev: &ConnEvent, k: &Classification, delta: [Counts; 2]) {
+        const DIRS: [&str; 2] = ["tx", "rx"];
+        let gen = self.gen;
+        let stale = match self.handles.get(&ev.id) {
+            Some(h) => h.gen != gen || ev.reclassified,
+            None => true,
+        };
+        if stale {
+            self.handles.insert(
+                ev.id,
+                Handles {
+                    gen,
+                    dirs: [Dir::Unresolved, Dir::Unresolved],
+                },
+            );
+        }
+        for i in 0..2 {
+            let unresolved = matches!(self.handles[&ev.id].dirs[i], Dir::Unresolved);
+            if !delta[i].is_zero() && unresolved {
+                let resolved = self.resolve(k, DIRS[i]);
+                if let Some(h) = self.handles.get_mut(&ev.id) {
+                    h.dirs[i] = resolved;
+                }
+            }
+        }
+        let mut capped = [false; 2];
+        if let Some(h) = self.handles.get(&ev.id) {
+            for (i, (dir, d)) in h.dirs.iter().zip(delta).enumerate() {
+                match dir {
+                    _ if d.is_zero() => {}
+                    Dir::Series(packets, bytes) => {
+                        packets.inc_by(d.packets);
+                        bytes.inc_by(d.bytes);
+                    }
+                    _ => capped[i] = true,
+                }
+            }
+        }
+        for i in (0..2).filter(|&i| capped[i]) {
+            let mut l = self.base(k);
+            l.0.push(DIRS[i].to_owned());
+            self.inc(Family::Packets, l.clone(), delta[i].packets);
+            self.inc(Family::Bytes, l, delta[i].bytes);
+        }
     }
 
     /// The packets and bytes series of one direction of a connection with this
