@@ -200,7 +200,7 @@ fn main() {
     for round in 0..warmup + rounds {
         let h = harvest(connections);
         let t = Instant::now();
-        p.ingest(h, &interfaces, &shared);
+        p.ingest(&h, &interfaces, &shared);
         if round >= warmup {
             times.push(t.elapsed().as_secs_f64() * 1e3);
         }

@@ -52,6 +52,8 @@ pub struct Annotation {
 
 pub struct Pipeline {
     table: ConnTable<Annotation>,
+    /// The last harvest's buffer, reused.
+    harvest: Harvest,
     classes: SharedClasses,
     /// Identity store version of the last full reclassification.
     classified_at: Option<u64>,
@@ -81,6 +83,7 @@ impl Pipeline {
     ) -> Self {
         Self {
             table: ConnTable::new(mechanism != Mechanism::None),
+            harvest: Harvest::default(),
             classes: SharedClasses::default(),
             classified_at: None,
             nat: NatTable::new(),
@@ -120,20 +123,21 @@ impl Pipeline {
     ) {
         let m = &shared.metrics;
         let timer = m.harvest_duration.start_timer();
-        match harvester.harvest() {
-            Ok(h) => self.ingest(h, interfaces, shared),
+        let mut harvest = std::mem::take(&mut self.harvest);
+        match harvester.harvest(&mut harvest) {
+            Ok(()) => self.ingest(&harvest, interfaces, shared),
             Err(e) => {
                 m.harvest_errors.inc();
                 warn!(error = %e, "harvest failed");
-                return;
             }
         }
+        self.harvest = harvest;
         timer.observe_duration();
     }
 
     /// Everything a harvest does after reading the kernel: pure userspace, so it is
     /// benchmarked on its own (`agent/benches/harvest.rs`).
-    pub fn ingest(&mut self, harvest: Harvest, interfaces: &impl Interfaces, shared: &Shared) {
+    pub fn ingest(&mut self, harvest: &Harvest, interfaces: &impl Interfaces, shared: &Shared) {
         let m = &shared.metrics;
         let now = monotonic_ns();
         m.flow_map_entries.set(harvest.occupied as i64);

@@ -119,12 +119,12 @@ impl Harvester {
         }
     }
 
-    pub fn harvest(&mut self) -> Result<Harvest, DatapathError> {
+    /// Read the cache into `out`, replacing what it held; its buffer is kept, so a busy
+    /// node's hundreds of thousands of deltas do not cost a fresh allocation every time.
+    pub fn harvest(&mut self, out: &mut Harvest) -> Result<(), DatapathError> {
         self.drain_evictions();
-        let mut out = Harvest {
-            deltas: std::mem::take(&mut self.pending),
-            ..Default::default()
-        };
+        out.deltas.clear();
+        out.deltas.append(&mut self.pending);
         let slots = &mut self.slots;
         let deltas = &mut out.deltas;
         self.reader
@@ -147,7 +147,7 @@ impl Harvester {
         self.slots.end_round();
         out.occupied = self.slots.occupied();
         out.counters = self.read_counters()?;
-        Ok(out)
+        Ok(())
     }
 
     fn read_counters(&self) -> Result<KernelCounters, DatapathError> {

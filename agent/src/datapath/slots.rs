@@ -23,7 +23,9 @@ type SlotId = (u32, u32);
 #[derive(Clone, Copy, Debug)]
 struct Seen {
     seq: u64,
-    key: FlowKey,
+    /// A fingerprint of the flow's key, not the key: one of these exists per cache slot
+    /// of every CPU, and the fingerprint only has to tell a torn copy from the real one.
+    key: u64,
     packets: u64,
     bytes: u64,
     round: u64,
@@ -85,7 +87,7 @@ impl SlotDeltas {
         let cell = self.cell(id);
         let base = match *cell {
             Some(seen) if seen.seq == s.seq_begin => {
-                if seen.key != s.key {
+                if seen.key != fingerprint(&s.key) {
                     // Same occupation, other key: a torn copy; the next read settles it.
                     return None;
                 }
@@ -95,7 +97,7 @@ impl SlotDeltas {
         };
         let old = cell.replace(Seen {
             seq: s.seq_begin,
-            key: s.key,
+            key: fingerprint(&s.key),
             packets: s.stats.packets,
             bytes: s.stats.bytes,
             round,
@@ -139,9 +141,14 @@ impl SlotDeltas {
     }
 }
 
+fn fingerprint(key: &FlowKey) -> u64 {
+    use std::hash::BuildHasher;
+    foldhash::fast::FixedState::default().hash_one(key)
+}
+
 fn delta(key: FlowKey, now: &FlowStats, base: Option<&Seen>, slot: u32) -> Option<Delta> {
     let (packets, bytes) = match base {
-        Some(b) if b.key == key => (
+        Some(b) if b.key == fingerprint(&key) => (
             now.packets.saturating_sub(b.packets),
             now.bytes.saturating_sub(b.bytes),
         ),

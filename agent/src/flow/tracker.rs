@@ -61,6 +61,11 @@ impl MissReason {
     }
 }
 
+/// Observation points of one new tuple in one harvest: inline, as a burst of new
+/// connections (an agent starting on a busy node) brings one or two per tuple by the
+/// hundred thousand.
+type Loose = SmallVec<[(FlowKey, FlowEntry); 1]>;
+
 /// One observation point of a connection and its totals.
 #[derive(Clone, Debug)]
 struct Point {
@@ -259,7 +264,7 @@ impl<A: Default> ConnTable<A> {
                 self.hints[slot] = id << 8 | i as u64;
             }
         }
-        let mut loose: HashMap<FlowTuple, Vec<(FlowKey, FlowEntry)>> = HashMap::default();
+        let mut loose: HashMap<FlowTuple, Loose> = HashMap::default();
         for (key, entry) in fresh {
             let tuple = FlowTuple::from(&key);
             let r = role(key.ifindex);
@@ -280,7 +285,7 @@ impl<A: Default> ConnTable<A> {
     /// New connections: both directions seen in this harvest are decided together.
     fn place_new(
         &mut self,
-        mut loose: HashMap<FlowTuple, Vec<(FlowKey, FlowEntry)>>,
+        mut loose: HashMap<FlowTuple, Loose>,
         role: impl Fn(u32) -> Option<Role>,
     ) {
         let mut tuples: Vec<FlowTuple> = loose.keys().copied().collect();
