@@ -47,6 +47,16 @@ enum Cmd {
         #[arg(long, default_value_t = 200_000)]
         pods: usize,
     },
+    /// A harvest's userspace work at node scale, without a kernel: time per harvest and
+    /// heap per connection (agent/benches/harvest.rs).
+    BenchHarvest {
+        /// Active masqueraded connections, each seen at the pod veth and the uplink.
+        #[arg(long, default_value_t = 100_000)]
+        connections: u32,
+        /// Harvests measured (after three to place and join every connection).
+        #[arg(long, default_value_t = 20)]
+        rounds: usize,
+    },
     /// Exact lab traffic (run inside a namespace with `ip netns exec`).
     #[command(subcommand, hide = true)]
     Traffic(xtask::traffic::TrafficCmd),
@@ -99,19 +109,29 @@ fn main() -> Result<()> {
         Cmd::Demo(args) => demo::run(args),
         Cmd::Test(args) => test::run(args),
         Cmd::Bench(args) => bench::run(args),
-        Cmd::BenchIdentity { pods } => {
-            setup::setup()?;
-            xtask::exec::run_visible(std::process::Command::new("cargo").args([
-                "bench",
-                "-p",
-                "tenantflow",
-                "--bench",
-                "identity",
-                "--",
-                "--pods",
-                &pods.to_string(),
-            ]))
-        }
+        Cmd::BenchIdentity { pods } => cargo_bench("identity", &["--pods", &pods.to_string()]),
+        Cmd::BenchHarvest {
+            connections,
+            rounds,
+        } => cargo_bench(
+            "harvest",
+            &[
+                "--connections",
+                &connections.to_string(),
+                "--rounds",
+                &rounds.to_string(),
+            ],
+        ),
         Cmd::Traffic(cmd) => xtask::traffic::run(cmd),
     }
+}
+
+/// One of the agent's in-process benches (`agent/benches/`), after setting the machine up.
+fn cargo_bench(name: &str, args: &[&str]) -> Result<()> {
+    setup::setup()?;
+    xtask::exec::run_visible(
+        std::process::Command::new("cargo")
+            .args(["bench", "-p", "tenantflow", "--bench", name, "--"])
+            .args(args),
+    )
 }

@@ -109,7 +109,12 @@ impl SlotDeltas {
             }
             Some(_) => {}
         }
-        delta(s.key, &s.stats, base.as_ref(), u32::try_from(dense).unwrap_or(NO_SLOT))
+        delta(
+            s.key,
+            &s.stats,
+            base.as_ref(),
+            u32::try_from(dense).unwrap_or(NO_SLOT),
+        )
     }
 
     /// A slot's final counters, sent by the kernel when another flow took the slot.
@@ -207,7 +212,10 @@ mod tests {
     #[test]
     fn slot_reads_name_their_slot_and_records_none() {
         let mut t = SlotDeltas::new(16);
-        assert_eq!(t.observed(1, 4, &slot(1, 1, 2, 200)).map(|d| d.slot), Some(20));
+        assert_eq!(
+            t.observed(1, 4, &slot(1, 1, 2, 200)).map(|d| d.slot),
+            Some(20)
+        );
         assert_eq!(
             t.evicted(&evicted(1, 4, 1, 1, 3, 300)).map(|d| d.slot),
             Some(NO_SLOT)

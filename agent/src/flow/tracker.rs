@@ -234,9 +234,9 @@ impl<A: Default> ConnTable<A> {
             let (id, point) = (hinted >> 8, (hinted & 0xff) as usize);
             // The slot's flow went here last time: check the key where it points instead
             // of looking it up (one table walk fewer per delta at node scale).
-            let hit = self
-                .conns
-                .get_mut(&id)
+            let hit = (hinted != 0)
+                .then(|| self.conns.get_mut(&id))
+                .flatten()
                 .filter(|t| t.points.get(point).is_some_and(|p| p.key == d.key));
             let (id, t) = match hit {
                 Some(t) => (id, t),
