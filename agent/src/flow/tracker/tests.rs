@@ -471,3 +471,139 @@ fn an_echo_request_and_its_reply_are_one_connection_in_either_harvest_order() {
         assert_eq!((c.tuple, c.forward.packets, c.reply.packets), (req, 3, 3));
     }
 }
+
+/// A delta read from cache slot `slot` (the hint path), else as [`d`].
+fn ds(slot: u32, ifindex: u32, dir: Direction, tu: FlowTuple, packets: u64, at: u64) -> Delta {
+    Delta {
+        slot,
+        ..d(ifindex, dir, tu, packets, at, 0)
+    }
+}
+
+#[test]
+fn a_slot_hint_counts_steady_traffic_on_the_point_it_names() {
+    let mut nat = NatTable::new();
+    let mut tab = Table::new(false);
+    let a = t(PROTO_UDP, POD, 5000, NET, 53);
+    let b = t(PROTO_UDP, POD, 5001, NET, 53);
+    let s = harvest(
+        &mut tab,
+        &mut nat,
+        &[
+            ds(0, VETH, Direction::Ingress, a, 1, 1),
+            ds(1, VETH, Direction::Ingress, b, 1, 1),
+        ],
+        2,
+    );
+    let ids: Vec<ConnId> = s.started.clone();
+    for round in 0..3 {
+        // The second harvest learns the hints, the rest use them; slot 1 also carries a
+        // flow the table has not seen (a new occupation): the hint must not claim it.
+        let c = t(PROTO_UDP, POD, 6000 + round, NET, 53);
+        harvest(
+            &mut tab,
+            &mut nat,
+            &[
+                ds(0, VETH, Direction::Ingress, a, 2, 10 + u64::from(round)),
+                ds(1, VETH, Direction::Ingress, b, 3, 10 + u64::from(round)),
+                ds(1, VETH, Direction::Ingress, c, 1, 10 + u64::from(round)),
+            ],
+            20 + u64::from(round),
+        );
+    }
+    let count = |id| conn(&tab, id).forward.packets;
+    let by_port = |p: u16| {
+        tab.all()
+            .find(|x| x.conn.tuple.sport == p)
+            .map(|x| x.conn.forward.packets)
+    };
+    assert_eq!((count(ids[0]), count(ids[1])), (1 + 3 * 2, 1 + 3 * 3));
+    assert_eq!(
+        (by_port(6000), by_port(6001), by_port(6002)),
+        (Some(1), Some(1), Some(1))
+    );
+    assert_eq!(tab.len(), 5);
+}
+
+#[test]
+fn a_hint_left_by_an_ended_connection_does_not_claim_the_slots_next_flow() {
+    let mut nat = NatTable::new();
+    let mut tab = Table::new(false);
+    let old = t(PROTO_UDP, POD, 5000, NET, 53);
+    let s = harvest(
+        &mut tab,
+        &mut nat,
+        &[ds(7, VETH, Direction::Ingress, old, 1, 1)],
+        2,
+    );
+    harvest(
+        &mut tab,
+        &mut nat,
+        &[ds(7, VETH, Direction::Ingress, old, 1, 3)],
+        4,
+    );
+    // Idle past the timeout: it ends and is forgotten; the slot's hint still names it.
+    let end = harvest(&mut tab, &mut nat, &[], 4 + IDLE + 10);
+    assert_eq!(end.ending, s.started);
+    tab.remove_ended(&end.ending);
+    let new = t(PROTO_UDP, POD, 5001, NET, 53);
+    let s2 = harvest(
+        &mut tab,
+        &mut nat,
+        &[ds(7, VETH, Direction::Ingress, new, 4, 2_000)],
+        2_001,
+    );
+    assert_eq!(s2.started.len(), 1);
+    assert_ne!(s2.started, s.started);
+    assert_eq!(conn(&tab, s2.started[0]).forward.packets, 4);
+    assert_eq!(conn(&tab, s2.started[0]).tuple, new);
+}
+
+#[test]
+fn a_hinted_point_moved_by_a_late_join_still_counts_once_on_its_connection() {
+    // The uplink half is placed (and hinted) as its own connection before conntrack's
+    // entry arrives; the join merges it into the pod's connection and moves its point.
+    let (orig, post, e) = snat_flow(5000, 7000);
+    let mut nat = NatTable::new();
+    let mut tab = Table::new(true);
+    harvest(
+        &mut tab,
+        &mut nat,
+        &[
+            ds(0, VETH, Direction::Ingress, orig, 1, 1),
+            ds(1, UPLINK, Direction::Egress, post, 1, 1),
+        ],
+        2,
+    );
+    harvest(
+        &mut tab,
+        &mut nat,
+        &[
+            ds(0, VETH, Direction::Ingress, orig, 1, 3),
+            ds(1, UPLINK, Direction::Egress, post, 1, 3),
+        ],
+        4,
+    );
+    nat.insert(e);
+    for at in [5, 7] {
+        harvest(
+            &mut tab,
+            &mut nat,
+            &[
+                ds(0, VETH, Direction::Ingress, orig, 1, at),
+                ds(1, UPLINK, Direction::Egress, post, 1, at),
+            ],
+            at + 1,
+        );
+    }
+    assert_eq!(tab.len(), 1);
+    let c = &tab.all().next().expect("one connection").conn;
+    assert_eq!(c.tuple, orig);
+    let counts: Vec<(u32, u64)> = c
+        .sightings
+        .iter()
+        .map(|s| (s.ifindex, s.counts.packets))
+        .collect();
+    assert_eq!(counts, [(VETH, 4), (UPLINK, 4)]);
+    assert_eq!(c.forward.packets, 4);
+}
