@@ -112,11 +112,13 @@ fn harvest(connections: u32) -> Harvest {
             key: key(POD_IF, Direction::Ingress, POD, sport, dport),
             stats,
             slot: 2 * i,
+            evicted: false,
         });
         deltas.push(Delta {
             key: key(UPLINK_IF, Direction::Egress, NODE, snat_port, dport),
             stats,
             slot: 2 * i + 1,
+            evicted: false,
         });
     }
     Harvest {

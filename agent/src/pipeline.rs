@@ -261,22 +261,33 @@ impl Pipeline {
         } else {
             EventKind::End
         };
+        // Each event takes the connection's unreported counts and its reclassified flag
+        // (cleared here: the event carries it).
+        let table = &mut self.table;
+        let mut take = |id: ConnId, kind: EventKind| {
+            let (delta, reclassified) = table.get_mut(id).map_or_else(Default::default, |t| {
+                (t.take_delta(), std::mem::take(&mut t.extra.reclassified))
+            });
+            (id, kind, delta, reclassified)
+        };
         let mut due = Vec::new();
         for (ids, kind) in [
             (&settled.started, EventKind::Start),
             (&settled.updated, EventKind::Update),
             (&settled.ending, last),
         ] {
-            for &id in ids {
-                due.push((id, kind, self.table.take_delta(id)));
-            }
+            due.extend(ids.iter().map(|&id| take(id, kind)));
         }
         // An attempt decided without new packets (given up on) still gets an event.
-        let has_event: FastSet<ConnId> = due.iter().map(|d| d.0).collect();
-        for &id in &decided {
-            if !has_event.contains(&id) {
-                due.push((id, EventKind::Update, self.table.take_delta(id)));
-            }
+        if !decided.is_empty() {
+            let has_event: FastSet<ConnId> = due
+                .iter()
+                .map(|d| d.0)
+                .filter(|id| decided.contains(id))
+                .collect();
+            let mut late: Vec<ConnId> = decided.difference(&has_event).copied().collect();
+            late.sort_unstable();
+            due.extend(late.into_iter().map(|id| take(id, EventKind::Update)));
         }
         for reason in &settled.misses {
             m.nat_join_misses
@@ -285,7 +296,7 @@ impl Pipeline {
         }
         let events: Vec<ConnEvent> = due
             .iter()
-            .filter_map(|&(id, kind, delta)| {
+            .filter_map(|&(id, kind, delta, reclassified)| {
                 let t = self.table.get(id)?;
                 Some(ConnEvent {
                     kind,
@@ -293,7 +304,7 @@ impl Pipeline {
                     conn: &t.conn,
                     class: t.extra.class.as_deref()?,
                     process: t.extra.process.as_deref(),
-                    reclassified: t.extra.reclassified,
+                    reclassified,
                     delta,
                     outcome: t.extra.outcome,
                     decided: decided.contains(&id),
@@ -315,11 +326,6 @@ impl Pipeline {
             }
         }
         drop(events);
-        for &(id, _, _) in &due {
-            if let Some(t) = self.table.get_mut(id) {
-                t.extra.reclassified = false;
-            }
-        }
         for id in &settled.ending {
             self.undecided.remove(id);
         }

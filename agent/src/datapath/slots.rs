@@ -38,12 +38,15 @@ pub struct Delta {
     /// `packets` and `bytes` are the increase; first/last seen and TCP flags are the slot's
     /// (first seen = when this occupation, or its return from idle, began).
     pub stats: FlowStats,
-    /// The cache slot read (CPU × slot, dense), so the consumer can remember where the
-    /// flow went and skip its key lookup next time; [`NO_SLOT`] for eviction records.
+    /// The cache slot (CPU × slot, dense), so the consumer can remember where the flow
+    /// went and skip its key lookup next time ([`NO_SLOT`]: none).
     pub slot: u32,
+    /// From an eviction record: the slot holds, or will hold, another flow, so where this
+    /// one went says nothing about the slot's next delta.
+    pub evicted: bool,
 }
 
-/// A delta that came from an eviction record, not a slot still holding the flow.
+/// A delta with no slot to remember.
 pub const NO_SLOT: u32 = u32::MAX;
 
 #[derive(Debug, Default)]
@@ -67,6 +70,11 @@ impl SlotDeltas {
         }
     }
 
+    /// The slot's number across all CPUs, as deltas carry it.
+    fn dense(&self, (cpu, slot): SlotId) -> u32 {
+        u32::try_from(cpu as usize * self.per_cpu + slot as usize).unwrap_or(NO_SLOT)
+    }
+
     fn cell(&mut self, (cpu, slot): SlotId) -> &mut Option<Seen> {
         let i = cpu as usize * self.per_cpu + slot as usize;
         if i >= self.current.len() {
@@ -82,7 +90,7 @@ impl SlotDeltas {
             return None;
         }
         let id = (cpu, slot);
-        let dense = cpu as usize * self.per_cpu + slot as usize;
+        let dense = self.dense(id);
         let round = self.round;
         let cell = self.cell(id);
         let base = match *cell {
@@ -109,12 +117,7 @@ impl SlotDeltas {
             }
             Some(_) => {}
         }
-        delta(
-            s.key,
-            &s.stats,
-            base.as_ref(),
-            u32::try_from(dense).unwrap_or(NO_SLOT),
-        )
+        delta(s.key, &s.stats, base.as_ref(), dense, false)
     }
 
     /// A slot's final counters, sent by the kernel when another flow took the slot.
@@ -129,7 +132,7 @@ impl SlotDeltas {
             }
             _ => self.displaced.remove(&(id, e.seq)),
         };
-        delta(e.key, &e.stats, base.as_ref(), NO_SLOT)
+        delta(e.key, &e.stats, base.as_ref(), self.dense(id), true)
     }
 
     /// Close a harvest: forget displaced occupations whose record never came.
@@ -151,7 +154,13 @@ fn fingerprint(key: &FlowKey) -> u64 {
     foldhash::fast::FixedState::default().hash_one(key)
 }
 
-fn delta(key: FlowKey, now: &FlowStats, base: Option<&Seen>, slot: u32) -> Option<Delta> {
+fn delta(
+    key: FlowKey,
+    now: &FlowStats,
+    base: Option<&Seen>,
+    slot: u32,
+    evicted: bool,
+) -> Option<Delta> {
     let (packets, bytes) = match base {
         Some(b) if b.key == fingerprint(&key) => (
             now.packets.saturating_sub(b.packets),
@@ -170,6 +179,7 @@ fn delta(key: FlowKey, now: &FlowStats, base: Option<&Seen>, slot: u32) -> Optio
             ..*now
         },
         slot,
+        evicted,
     })
 }
 
@@ -210,15 +220,13 @@ mod tests {
     }
 
     #[test]
-    fn slot_reads_name_their_slot_and_records_none() {
+    fn deltas_name_their_slot_and_whether_it_was_evicted() {
         let mut t = SlotDeltas::new(16);
+        let at = |d: Option<Delta>| d.map(|d| (d.slot, d.evicted));
+        assert_eq!(at(t.observed(1, 4, &slot(1, 1, 2, 200))), Some((20, false)));
         assert_eq!(
-            t.observed(1, 4, &slot(1, 1, 2, 200)).map(|d| d.slot),
-            Some(20)
-        );
-        assert_eq!(
-            t.evicted(&evicted(1, 4, 1, 1, 3, 300)).map(|d| d.slot),
-            Some(NO_SLOT)
+            at(t.evicted(&evicted(1, 4, 1, 1, 3, 300))),
+            Some((20, true))
         );
     }
 

@@ -99,6 +99,14 @@ pub struct Tracked<A> {
 }
 
 impl<A> Tracked<A> {
+    /// The counts not yet handed to sinks (forward, reply); afterwards they are.
+    pub fn take_delta(&mut self) -> (Counts, Counts) {
+        let (f, r) = self.exported;
+        let d = (self.conn.forward.since(f), self.conn.reply.since(r));
+        self.exported = (f.max(self.conn.forward), r.max(self.conn.reply));
+        d
+    }
+
     /// Totals per observation point: the `/observations` view.
     pub fn observations(&self) -> impl Iterator<Item = (&FlowKey, &FlowEntry)> {
         self.points.iter().map(|p| (&p.key, &p.entry))
@@ -256,7 +264,7 @@ impl<A: Default> ConnTable<A> {
                 t.dirty = true;
                 self.changed.push(id);
             }
-            if d.slot != NO_SLOT && i < 0x100 {
+            if d.slot != NO_SLOT && !d.evicted && i < 0x100 {
                 let slot = d.slot as usize;
                 if slot >= self.hints.len() {
                     self.hints.resize(slot + 1, 0);
@@ -697,13 +705,10 @@ impl<A: Default> ConnTable<A> {
 
     /// The counts not yet handed to sinks (forward, reply); afterwards they are.
     pub fn take_delta(&mut self, id: ConnId) -> (Counts, Counts) {
-        let Some(t) = self.conns.get_mut(&id) else {
-            return Default::default();
-        };
-        let (f, r) = t.exported;
-        let d = (t.conn.forward.since(f), t.conn.reply.since(r));
-        t.exported = (f.max(t.conn.forward), r.max(t.conn.reply));
-        d
+        self.conns
+            .get_mut(&id)
+            .map(|t| t.take_delta())
+            .unwrap_or_default()
     }
 
     /// Forget connections that ended (after sinks have read them); returns their

@@ -58,6 +58,7 @@ fn d(ifindex: u32, dir: Direction, tu: FlowTuple, packets: u64, at: u64, flags: 
         key: key(ifindex, dir, tu),
         stats: stats(packets, packets * 100, at, at, flags),
         slot: crate::datapath::NO_SLOT,
+        evicted: false,
     }
 }
 
