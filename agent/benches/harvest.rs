@@ -7,15 +7,17 @@
 //! (the lab bench measures that too).
 //!
 //! `cargo bench -p tenantflow --bench harvest [-- --connections N --rounds R]`. The last
-//! lines are `key=value`: connections, ingest_ms_p50, ingest_ms_max, heap_mib,
-//! heap_bytes_per_connection (live heap after the last harvest, counted by allocator).
+//! lines are `key=value`: connections, ingest_ms_p50, ingest_ms_max, heap_mib (live heap
+//! after the last harvest, counted by allocator), nat_heap_mib (conntrack's entries alone),
+//! peak_heap_mib (the most live at any moment: the harvests that place every connection),
+//! heap_bytes_per_connection.
 
 mod common;
 
 use std::{collections::BTreeMap, net::Ipv4Addr, time::Duration, time::Instant};
 
 use agent_common::{Direction, FlowKey, FlowStats};
-use common::{live, mib};
+use common::{live, mib, PEAK};
 use tenantflow::{
     config::Config,
     datapath::{Delta, Harvest, Role},
@@ -190,6 +192,7 @@ fn main() {
     .into();
     let shared = Shared::new(AgentMetrics::new("tcx", "conntrack"));
     let base = live();
+    PEAK.store(base, std::sync::atomic::Ordering::Relaxed);
     let mut p = pipeline(&shared);
     for i in 0..connections {
         p.on_nat(NatEvent::New(nat_entry(i)), &shared);
@@ -222,6 +225,10 @@ fn main() {
     println!("ingest_ms_max={:.1}", times[times.len() - 1]);
     println!("heap_mib={:.1}", mib(heap));
     println!("nat_heap_mib={:.1}", mib(nat_heap));
+    println!(
+        "peak_heap_mib={:.1}",
+        mib(PEAK.load(std::sync::atomic::Ordering::Relaxed) - base)
+    );
     println!(
         "heap_bytes_per_connection={}",
         heap / connections.max(1) as usize

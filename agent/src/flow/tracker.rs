@@ -236,8 +236,11 @@ impl<A: Default> ConnTable<A> {
     /// their connection (through conntrack's tuples, or the tuple and its reverse), and
     /// flows that belong to nothing yet become connections.
     pub fn apply(&mut self, deltas: &[Delta], nat: &NatTable, role: impl Fn(u32) -> Option<Role>) {
-        let mut fresh: HashMap<FlowKey, FlowEntry> = HashMap::default();
-        for d in deltas {
+        // Deltas of flows no connection has yet, by index: gathered exactly, sorted and
+        // merged per key below (a burst of new connections then costs one flat vector,
+        // not a growing hash map).
+        let mut unknown: Vec<u32> = Vec::new();
+        for (n, d) in deltas.iter().enumerate() {
             let hinted = self.hints.get(d.slot as usize).copied().unwrap_or(0);
             let (id, point) = (hinted >> 8, (hinted & 0xff) as usize);
             // The slot's flow went here last time: check the key where it points instead
@@ -250,7 +253,7 @@ impl<A: Default> ConnTable<A> {
                 Some(t) => (id, t),
                 None => {
                     let Some(&id) = self.by_key.get(&d.key) else {
-                        fresh.entry(d.key).or_default().add(&d.stats);
+                        unknown.push(u32::try_from(n).unwrap_or(u32::MAX));
                         continue;
                     };
                     (id, self.conns.get_mut(&id).expect("indexed connection"))
@@ -272,6 +275,22 @@ impl<A: Default> ConnTable<A> {
                 self.hints[slot] = id << 8 | i as u64;
             }
         }
+        let mut fresh: Vec<(FlowKey, FlowEntry)> = Vec::with_capacity(unknown.len());
+        fresh.extend(unknown.iter().filter_map(|&n| {
+            let d = deltas.get(n as usize)?;
+            let mut e = FlowEntry::default();
+            e.add(&d.stats);
+            Some((d.key, e))
+        }));
+        fresh.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        // One flow on several CPUs: one entry.
+        fresh.dedup_by(|later, kept| {
+            let same = later.0 == kept.0;
+            if same {
+                kept.1.merge(&later.1);
+            }
+            same
+        });
         let mut loose: HashMap<FlowTuple, Loose> = HashMap::default();
         for (key, entry) in fresh {
             let tuple = FlowTuple::from(&key);
