@@ -372,10 +372,13 @@ fn pod_to_pod_has_no_translation_and_every_class_is_counted_once(model: Model) {
             .collect()
     };
     let mut conns = Vec::new();
+    // Conntrack's event can land a harvest after the packets: the pod's connection is then
+    // reported first and joined (with its uplink half) at the next harvest.
     eventually(Duration::from_secs(6), || {
         conns = udp(&agent);
         let p: u64 = conns.iter().map(|c| counts(c, "forward").0).sum();
-        (conns.len() == 3 && p == sent_packets).then_some(())
+        let joined = conns.iter().all(|c| c["nat_joined"] == true);
+        (conns.len() == 3 && p == sent_packets && joined).then_some(())
     });
     assert_eq!(conns.len(), 3, "one record per connection: {conns:#?}");
     assert_eq!(
