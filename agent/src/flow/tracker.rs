@@ -282,7 +282,7 @@ impl<A: Default> ConnTable<A> {
             e.add(&d.stats);
             Some((d.key, e))
         }));
-        fresh.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        fresh.sort_unstable_by_key(|f| f.0);
         // One flow on several CPUs: one entry.
         fresh.dedup_by(|later, kept| {
             let same = later.0 == kept.0;
