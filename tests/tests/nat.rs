@@ -401,6 +401,27 @@ fn pod_to_pod_has_no_translation_and_every_class_is_counted_once(model: Model) {
         .map(|c| c["sightings"].as_array().unwrap().len())
         .collect();
     assert_eq!(sightings, [2, 2, 2]);
+    // Untranslated flows are seen before NAT only; the egress flow after it at the uplink.
+    let stages: Vec<Vec<String>> = conns
+        .iter()
+        .map(|c| {
+            c["sightings"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|s| s["nat_stage"].as_str().unwrap().to_owned())
+                .collect()
+        })
+        .collect();
+    let egress_at = conns.iter().position(|c| c["dst"] == INTERNET_HOST);
+    for (i, st) in stages.iter().enumerate() {
+        let want = if Some(i) == egress_at {
+            ["pre_nat", "post_nat"]
+        } else {
+            ["pre_nat", "pre_nat"]
+        };
+        assert_eq!(st, &want, "{:#}", conns[i]);
+    }
     assert_eq!(
         agent.metric("tenantflow_nat_unjoined_connections"),
         Some(0.0)
