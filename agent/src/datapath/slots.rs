@@ -70,13 +70,18 @@ impl SlotDeltas {
         }
     }
 
-    /// The slot's number across all CPUs, as deltas carry it.
-    fn dense(&self, (cpu, slot): SlotId) -> u32 {
-        u32::try_from(cpu as usize * self.per_cpu + slot as usize).unwrap_or(NO_SLOT)
+    /// The slot's number across all CPUs: its place in `current`, and what deltas carry.
+    fn index(&self, (cpu, slot): SlotId) -> usize {
+        cpu as usize * self.per_cpu + slot as usize
     }
 
-    fn cell(&mut self, (cpu, slot): SlotId) -> &mut Option<Seen> {
-        let i = cpu as usize * self.per_cpu + slot as usize;
+    /// As deltas carry it.
+    fn dense(&self, id: SlotId) -> u32 {
+        u32::try_from(self.index(id)).unwrap_or(NO_SLOT)
+    }
+
+    fn cell(&mut self, id: SlotId) -> &mut Option<Seen> {
+        let i = self.index(id);
         if i >= self.current.len() {
             self.current.resize(i + 1, None);
         }
@@ -91,11 +96,12 @@ impl SlotDeltas {
         }
         let id = (cpu, slot);
         let dense = self.dense(id);
+        let key = fingerprint(&s.key);
         let round = self.round;
         let cell = self.cell(id);
         let base = match *cell {
             Some(seen) if seen.seq == s.seq_begin => {
-                if seen.key != fingerprint(&s.key) {
+                if seen.key != key {
                     // Same occupation, other key: a torn copy; the next read settles it.
                     return None;
                 }
@@ -105,7 +111,7 @@ impl SlotDeltas {
         };
         let old = cell.replace(Seen {
             seq: s.seq_begin,
-            key: fingerprint(&s.key),
+            key,
             packets: s.stats.packets,
             bytes: s.stats.bytes,
             round,
@@ -117,7 +123,7 @@ impl SlotDeltas {
             }
             Some(_) => {}
         }
-        delta(s.key, &s.stats, base.as_ref(), dense, false)
+        delta(s.key, key, &s.stats, base.as_ref(), dense, false)
     }
 
     /// A slot's final counters, sent by the kernel when another flow took the slot.
@@ -132,7 +138,15 @@ impl SlotDeltas {
             }
             _ => self.displaced.remove(&(id, e.seq)),
         };
-        delta(e.key, &e.stats, base.as_ref(), self.dense(id), true)
+        let dense = self.dense(id);
+        delta(
+            e.key,
+            fingerprint(&e.key),
+            &e.stats,
+            base.as_ref(),
+            dense,
+            true,
+        )
     }
 
     /// Close a harvest: forget displaced occupations whose record never came.
@@ -154,15 +168,17 @@ fn fingerprint(key: &FlowKey) -> u64 {
     foldhash::fast::FixedState::default().hash_one(key)
 }
 
+/// `fingerprint`: of `key`, computed once by the caller.
 fn delta(
     key: FlowKey,
+    fingerprint: u64,
     now: &FlowStats,
     base: Option<&Seen>,
     slot: u32,
     evicted: bool,
 ) -> Option<Delta> {
     let (packets, bytes) = match base {
-        Some(b) if b.key == fingerprint(&key) => (
+        Some(b) if b.key == fingerprint => (
             now.packets.saturating_sub(b.packets),
             now.bytes.saturating_sub(b.bytes),
         ),

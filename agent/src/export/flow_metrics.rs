@@ -180,6 +180,23 @@ enum Dir {
     Series(IntCounter, IntCounter),
 }
 
+/// Add `delta` to the series `h` holds; returns the directions with traffic whose family
+/// is capped (counted through [`FlowMetrics::inc`] by the caller).
+fn count(h: &Handles, delta: [Counts; 2]) -> [bool; 2] {
+    let mut capped = [false; 2];
+    for (i, (dir, d)) in h.dirs.iter().zip(delta).enumerate() {
+        match dir {
+            _ if d.is_zero() => {}
+            Dir::Series(packets, bytes) => {
+                packets.inc_by(d.packets);
+                bytes.inc_by(d.bytes);
+            }
+            _ => capped[i] = true,
+        }
+    }
+    capped
+}
+
 fn label(v: Option<&str>) -> String {
     v.unwrap_or_default().to_owned()
 }
@@ -265,45 +282,37 @@ impl FlowMetrics {
     }
 
     /// Add a connection's new packets and bytes to its series, resolving the handles it
-    /// lacks (the steady state is one map lookup per event).
+    /// lacks: the steady state (handles current, every direction with traffic resolved) is
+    /// one map lookup per event.
     fn add_traffic(&mut self, ev: &ConnEvent, k: &Classification, delta: [Counts; 2]) {
         const DIRS: [&str; 2] = ["tx", "rx"];
         let gen = self.gen;
-        let stale = match self.handles.get(&ev.id) {
-            Some(h) => h.gen != gen || ev.reclassified,
-            None => true,
+        let current = |h: &Handles| h.gen == gen && !ev.reclassified;
+        let ready = |h: &Handles| {
+            current(h)
+                && (0..2).all(|i| delta[i].is_zero() || !matches!(h.dirs[i], Dir::Unresolved))
         };
-        if stale {
-            self.handles.insert(
-                ev.id,
-                Handles {
-                    gen,
-                    dirs: [Dir::Unresolved, Dir::Unresolved],
-                },
-            );
-        }
-        for i in 0..2 {
-            let unresolved = matches!(self.handles[&ev.id].dirs[i], Dir::Unresolved);
-            if !delta[i].is_zero() && unresolved {
-                let resolved = self.resolve(k, DIRS[i]);
-                if let Some(h) = self.handles.get_mut(&ev.id) {
-                    h.dirs[i] = resolved;
-                }
-            }
-        }
-        let mut capped = [false; 2];
-        if let Some(h) = self.handles.get(&ev.id) {
-            for (i, (dir, d)) in h.dirs.iter().zip(delta).enumerate() {
-                match dir {
-                    _ if d.is_zero() => {}
-                    Dir::Series(packets, bytes) => {
-                        packets.inc_by(d.packets);
-                        bytes.inc_by(d.bytes);
+        let capped = match self.handles.get(&ev.id).filter(|h| ready(h)) {
+            Some(h) => count(h, delta),
+            None => {
+                let mut h = self
+                    .handles
+                    .remove(&ev.id)
+                    .filter(|h| current(h))
+                    .unwrap_or(Handles {
+                        gen,
+                        dirs: [Dir::Unresolved, Dir::Unresolved],
+                    });
+                for i in 0..2 {
+                    if !delta[i].is_zero() && matches!(h.dirs[i], Dir::Unresolved) {
+                        h.dirs[i] = self.resolve(k, DIRS[i]);
                     }
-                    _ => capped[i] = true,
                 }
+                let capped = count(&h, delta);
+                self.handles.insert(ev.id, h);
+                capped
             }
-        }
+        };
         for i in (0..2).filter(|&i| capped[i]) {
             let mut l = self.base(k);
             l.0.push(DIRS[i].to_owned());

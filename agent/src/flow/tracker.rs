@@ -236,11 +236,10 @@ impl<A: Default> ConnTable<A> {
     /// their connection (through conntrack's tuples, or the tuple and its reverse), and
     /// flows that belong to nothing yet become connections.
     pub fn apply(&mut self, deltas: &[Delta], nat: &NatTable, role: impl Fn(u32) -> Option<Role>) {
-        // Deltas of flows no connection has yet, by index: gathered exactly, sorted and
-        // merged per key below (a burst of new connections then costs one flat vector,
-        // not a growing hash map).
-        let mut unknown: Vec<u32> = Vec::new();
-        for (n, d) in deltas.iter().enumerate() {
+        // Deltas of flows no connection has yet: gathered, then sorted and merged per key
+        // below (a burst of new connections costs one flat vector, not a growing map).
+        let mut unknown: Vec<&Delta> = Vec::new();
+        for d in deltas {
             let hinted = self.hints.get(d.slot as usize).copied().unwrap_or(0);
             let (id, point) = (hinted >> 8, (hinted & 0xff) as usize);
             // The slot's flow went here last time: check the key where it points instead
@@ -249,18 +248,19 @@ impl<A: Default> ConnTable<A> {
                 .then(|| self.conns.get_mut(&id))
                 .flatten()
                 .filter(|t| t.points.get(point).is_some_and(|p| p.key == d.key));
-            let (id, t) = match hit {
-                Some(t) => (id, t),
+            let (id, t, i) = match hit {
+                Some(t) => (id, t, point),
                 None => {
                     let Some(&id) = self.by_key.get(&d.key) else {
-                        unknown.push(u32::try_from(n).unwrap_or(u32::MAX));
+                        unknown.push(d);
                         continue;
                     };
-                    (id, self.conns.get_mut(&id).expect("indexed connection"))
+                    let t = self.conns.get_mut(&id).expect("indexed connection");
+                    let Some(i) = t.points.iter().position(|p| p.key == d.key) else {
+                        continue;
+                    };
+                    (id, t, i)
                 }
-            };
-            let Some(i) = t.points.iter().position(|p| p.key == d.key) else {
-                continue;
             };
             t.points[i].entry.add(&d.stats);
             if !t.dirty {
@@ -276,11 +276,10 @@ impl<A: Default> ConnTable<A> {
             }
         }
         let mut fresh: Vec<(FlowKey, FlowEntry)> = Vec::with_capacity(unknown.len());
-        fresh.extend(unknown.iter().filter_map(|&n| {
-            let d = deltas.get(n as usize)?;
+        fresh.extend(unknown.iter().map(|d| {
             let mut e = FlowEntry::default();
             e.add(&d.stats);
-            Some((d.key, e))
+            (d.key, e)
         }));
         fresh.sort_unstable_by_key(|f| f.0);
         // One flow on several CPUs: one entry.

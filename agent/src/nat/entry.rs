@@ -48,6 +48,11 @@ impl NatEntry {
         self.reply.reversed()
     }
 
+    /// Packets after translation carry tuples packets before it do not (SNAT or DNAT).
+    pub fn translates(&self) -> bool {
+        self.forward_post() != Some(self.orig)
+    }
+
     /// Source after SNAT (node or egress address and port), if SNAT happened.
     pub fn snat(&self) -> Option<(IpAddr, u16)> {
         let post = self.forward_post()?;

@@ -60,7 +60,7 @@ impl NatTable {
         if let Some(old) = self.by_orig.remove(&entry.orig) {
             self.unindex(&entry.orig, &old.reply);
         }
-        if translates(&entry) {
+        if entry.translates() {
             self.by_reply.insert(entry.reply, entry.orig);
         }
         self.by_orig.insert(
@@ -149,11 +149,6 @@ impl NatTable {
         let e = rev.and_then(|r| self.by_reply.get(&r)).and_then(entry)?;
         Some((e, Side::ForwardPost))
     }
-}
-
-/// Packets after translation carry tuples packets before it do not.
-fn translates(e: &NatEntry) -> bool {
-    e.orig.reversed() != Some(e.reply)
 }
 
 #[cfg(test)]
