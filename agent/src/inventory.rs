@@ -10,12 +10,18 @@ use std::{
 };
 
 use tokio::sync::mpsc::{Receiver, UnboundedReceiver};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::{
     config::Tenancy,
     export::Shared,
-    identity::{reload::Reloaded, tenant, watch::WatchEvent, Kind, Store},
+    identity::{
+        health::{Health, Transition},
+        reload::Reloaded,
+        tenant,
+        watch::{Source, WatchEvent},
+        Kind, Store,
+    },
     index::journal::Journal,
 };
 
@@ -57,16 +63,12 @@ pub struct Inventory {
     pub pod_label_keys: BTreeSet<String>,
     /// Index mode: every change is versioned and passed on to followers.
     pub journal: Option<Arc<Journal>>,
+    /// The inputs that must all be listed and healthy for the inventory to be current
+    /// (none for a snapshot file or no source: complete when loaded).
+    pub sources: Vec<Source>,
 }
 
 impl Inventory {
-    /// Complete enough to serve: every kind listed at least once (a snapshot is complete
-    /// when loaded, and having no source is complete by definition).
-    fn ready(&self, synced: &BTreeSet<Kind>) -> bool {
-        !matches!(self.source, "kubernetes" | "index")
-            || Kind::ALL.iter().all(|k| synced.contains(k))
-    }
-
     /// Apply changes until both inputs close. Readiness and identity metrics are
     /// published here; object counts at most once a second.
     pub async fn run(
@@ -80,9 +82,12 @@ impl Inventory {
         self.store
             .write()
             .keep_pod_labels(self.pod_label_keys.clone());
-        let mut synced = BTreeSet::new();
+        let mut health = Health::new(self.sources.clone());
+        if self.sources.is_empty() {
+            m.metadata_last_sync.set(unix_now());
+        }
         self.publish(&shared);
-        shared.set_ready(self.ready(&synced));
+        self.judge(&health, &shared);
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut dirty = false;
@@ -102,13 +107,14 @@ impl Inventory {
                         }
                     }
                     m.identity_queue.set(watch.len() as i64);
-                    let newly_synced = self.apply(batch, &shared, &mut synced);
+                    let was_ready = health.ready();
+                    self.apply(batch, &shared, &mut health);
                     dirty = true;
-                    if newly_synced {
+                    if health.ready() && !was_ready {
                         self.publish(&shared);
                         dirty = false;
-                        shared.set_ready(self.ready(&synced));
                     }
+                    self.judge(&health, &shared);
                     // Let the harvest (and everything else) in between batches.
                     tokio::task::yield_now().await;
                 }
@@ -120,43 +126,83 @@ impl Inventory {
                     if std::mem::take(&mut dirty) {
                         self.publish(&shared);
                     }
+                    self.judge(&health, &shared);
                 }
             }
         }
     }
 
-    /// One batch of watch events under one write lock. True when a kind became synced.
-    fn apply(&self, batch: Vec<WatchEvent>, shared: &Shared, synced: &mut BTreeSet<Kind>) -> bool {
+    /// Readiness, staleness and the last-sync time from the sources' health. The sync time
+    /// moves only while every source is current (with no source, at each load instead).
+    fn judge(&self, health: &Health, shared: &Shared) {
         let m = &shared.metrics;
-        let mut newly = false;
+        let stale = health.stale();
+        for &s in health.sources() {
+            m.identity_source_current
+                .with_label_values(&[s.label()])
+                .set(health.is_current(s) as i64);
+        }
+        m.metadata_stale.set(stale as i64);
+        if !stale && !health.sources().is_empty() {
+            m.metadata_last_sync.set(unix_now());
+        }
+        shared.set_ready(health.ready());
+        if let Some(j) = &self.journal {
+            j.set_stale(stale);
+        }
+    }
+
+    /// One batch of watch events under one write lock.
+    fn apply(&self, batch: Vec<WatchEvent>, shared: &Shared, health: &mut Health) {
+        let m = &shared.metrics;
         let mut store = self.store.write();
         for ev in batch {
             match ev {
-                WatchEvent::Change(c) => {
-                    store.apply(c);
-                    m.metadata_stale.set(0);
-                }
-                WatchEvent::Synced(kind) => {
-                    if synced.insert(kind) {
-                        info!(?kind, "identity: initial list applied");
+                WatchEvent::Change(c) => store.apply(c),
+                WatchEvent::Relisting(s, why) => {
+                    m.identity_relists
+                        .with_label_values(&[s.label(), why.label()])
+                        .inc();
+                    if health.relisting(s, why) == Transition::RelistStarted {
+                        info!(
+                            source = s.label(),
+                            reason = why.label(),
+                            "identity: listing started"
+                        );
                     }
-                    newly = true;
+                }
+                WatchEvent::Synced(s) => {
+                    m.identity_relists_completed
+                        .with_label_values(&[s.label()])
+                        .inc();
+                    if let Transition::RelistCompleted(took) = health.synced(s) {
+                        info!(source = s.label(), took = ?took, objects = store.len(), "identity: listing completed, source current");
+                    }
                 }
                 WatchEvent::BadObject(e) => {
                     m.metadata_errors.inc();
                     warn!(error = %e, "identity: object skipped");
                 }
-                WatchEvent::Available => m.metadata_stale.set(0),
-                WatchEvent::Unavailable(e) => {
-                    m.metadata_stale.set(1);
-                    warn!(error = %e, "identity: source unavailable, keeping the last-known inventory");
+                WatchEvent::Available(s) => {
+                    if health.available(s) == Transition::Recovered {
+                        info!(
+                            source = s.label(),
+                            "identity: source reachable again, nothing missed"
+                        );
+                    }
+                }
+                WatchEvent::Unavailable(s, e) => {
+                    if health.unavailable(s) == Transition::Lost {
+                        warn!(source = s.label(), error = %e, "identity: source unavailable, keeping the last-known inventory");
+                    } else {
+                        debug!(source = s.label(), error = %e, "identity: still unavailable");
+                    }
                 }
             }
         }
         if let Some(j) = &self.journal {
             j.publish(&mut store);
         }
-        newly
     }
 
     /// A changed snapshot, parsed and indexed on the reload thread: swapped in at once.
@@ -171,6 +217,7 @@ impl Inventory {
                     info!(objects = held.len(), "identity snapshot reloaded");
                 }
                 self.publish(shared);
+                shared.metrics.metadata_last_sync.set(unix_now());
             }
             Reloaded::Invalid(e) => {
                 shared.metrics.metadata_errors.inc();
@@ -189,10 +236,6 @@ impl Inventory {
                 .with_label_values(&[&format!("{kind:?}").to_lowercase(), self.source])
                 .set(counts.get(&kind).copied().unwrap_or(0) as i64);
         }
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default();
-        m.metadata_last_sync.set(now.as_secs() as i64);
         let conflicts = store.ip_conflicts() as i64;
         if conflicts != m.metadata_ip_conflicts.get() && conflicts > 0 {
             warn!(
@@ -209,4 +252,11 @@ impl Inventory {
         drop(store);
         shared.set_tenant_namespaces(by_tenant);
     }
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs() as i64
 }

@@ -19,7 +19,7 @@ use crate::{
         self, AgentMetrics, FlowLog, FlowLogConfig, FlowMetrics, FlowMetricsConfig, LogFilter,
         NatMappings, Shared,
     },
-    identity::{self, reload::Reloaded, snapshot, Store},
+    identity::{self, reload::Reloaded, snapshot, watch::Source, Store},
     index::follow,
     inventory::{self, Inventory, SharedStore},
     lateral::{EdgeConfig, Edges, Fanout, FanoutConfig},
@@ -254,6 +254,7 @@ async fn run_async(args: AgentArgs) -> anyhow::Result<()> {
         tenancy: config.tenancy.clone(),
         pod_label_keys: gateway_labels.clone(),
         journal: None,
+        sources: identity_sources(source, kube_client.is_some()),
     };
     let flow_log = open_flow_log(&args)?;
     let programs = if args.bench_noop {
@@ -810,4 +811,16 @@ fn publish_attachments(shared: &Shared, attachments: &Attachments) {
     m.with_label_values(&["pod"]).set(pods as i64);
     m.with_label_values(&["uplink"])
         .set((attachments.len() - pods) as i64);
+}
+
+/// What must be listed and healthy for this agent's inventory to be current: the index
+/// stream and (with API access) the own-node pod watch beside it, or the four cluster-wide
+/// watches; a snapshot file needs nothing once loaded.
+fn identity_sources(source: &str, api: bool) -> Vec<Source> {
+    match source {
+        "index" if api => vec![Source::Index, Source::LocalPods],
+        "index" => vec![Source::Index],
+        "kubernetes" => Source::CLUSTER.to_vec(),
+        _ => Vec::new(),
+    }
 }

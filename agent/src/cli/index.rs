@@ -94,6 +94,7 @@ async fn run_async(args: IndexArgs) -> anyhow::Result<()> {
         tenancy: config.tenancy.clone(),
         pod_label_keys: gateway_label_keys(&config),
         journal: Some(journal.clone()),
+        sources: watch::Source::CLUSTER.to_vec(),
     };
     let (tx, rx) = tokio::sync::mpsc::channel(inventory::QUEUE);
     let mut followers = serve::router(journal);

@@ -30,6 +30,9 @@ pub struct AgentMetrics {
     pub metadata_ip_conflicts: IntGauge,
     pub metadata_errors: IntCounter,
     pub identity_queue: IntGauge,
+    pub identity_relists: IntCounterVec,
+    pub identity_relists_completed: IntCounterVec,
+    pub identity_source_current: IntGaugeVec,
     pub identity_queue_capacity: IntGauge,
     pub index_connected: IntGauge,
     pub index_last_frame: IntGauge,
@@ -49,6 +52,20 @@ fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
     r.register(Box::new(c.clone()))
         .expect("metric registered once");
     c
+}
+
+fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("static metric definition");
+    r.register(Box::new(c.clone()))
+        .expect("metric registered once");
+    c
+}
+
+fn gauge_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("static metric definition");
+    r.register(Box::new(g.clone()))
+        .expect("metric registered once");
+    g
 }
 
 fn gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
@@ -130,12 +147,15 @@ impl AgentMetrics {
             metadata_last_sync: gauge(
                 &r,
                 "tenantflow_metadata_last_sync_timestamp_seconds",
-                "Unix time the identity inventory was last known complete (snapshot load, watch sync).",
+                "Unix time the identity inventory was last known complete and current: a snapshot \
+                 loaded, or every source (each watch, the index stream) synced and healthy. It \
+                 stops moving while any source is down or relisting, so its age is the staleness.",
             ),
             metadata_stale: gauge(
                 &r,
                 "tenantflow_metadata_stale",
-                "1 while the identity source is unreachable and the last-known inventory is used.",
+                "1 while any identity source (a watch, the index stream, or the index's own \
+                 watches) is unreachable or relisting and the last-known inventory is used.",
             ),
             metadata_ip_conflicts: gauge(
                 &r,
@@ -147,6 +167,26 @@ impl AgentMetrics {
                 &r,
                 "tenantflow_metadata_errors_total",
                 "Identity updates rejected as invalid (the last good inventory stays in use).",
+            ),
+            identity_relists: counter_vec(
+                &r,
+                "tenantflow_identity_relists_total",
+                "Lists of an identity source started, by source and reason (start, expired: the \
+                 watch's version was compacted away, too_large: the server was behind it, resync: \
+                 the index sent a snapshot). Failed attempts are retried and counted again.",
+                &["source", "reason"],
+            ),
+            identity_relists_completed: counter_vec(
+                &r,
+                "tenantflow_identity_relists_completed_total",
+                "Lists of an identity source completed (the source is current again).",
+                &["source"],
+            ),
+            identity_source_current: gauge_vec(
+                &r,
+                "tenantflow_identity_source_current",
+                "1 while the identity source is listed and its watch (or stream) is healthy.",
+                &["source"],
             ),
             identity_queue: gauge(
                 &r,

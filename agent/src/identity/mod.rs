@@ -1,7 +1,11 @@
 //! Who owns an address: pods, namespaces, nodes and services from the Kubernetes API (or an
 //! offline snapshot of it), and the tenant each namespace belongs to.
 
+mod backoff;
+pub mod health;
+pub mod list;
 mod objects;
+pub mod reflector;
 pub mod reload;
 pub mod slim;
 pub mod snapshot;
@@ -24,6 +28,8 @@ pub enum IdentityError {
         field: String,
         message: String,
     },
+    #[error("a {kind} from the API could not be read (skipped): {message}")]
+    Unreadable { kind: String, message: String },
 }
 
 #[cfg(test)]

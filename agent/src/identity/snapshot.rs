@@ -40,7 +40,9 @@ pub fn load(path: &Path) -> Result<Vec<Object>, IdentityError> {
             field,
             message,
         },
-        IdentityError::Snapshot { message, .. } => IdentityError::Snapshot { file, message },
+        IdentityError::Snapshot { message, .. } | IdentityError::Unreadable { message, .. } => {
+            IdentityError::Snapshot { file, message }
+        }
     })
 }
 

@@ -1,35 +1,95 @@
-//! Live identity from the Kubernetes API: one watcher per kind (pods, namespaces, nodes,
-//! services) of slim objects, relisting after a 410 Gone, retrying with backoff while the
-//! API server is unreachable. Every change goes through the same [`Change`] path as the
-//! snapshot file; the last-known inventory stays in use while the API is away.
+//! Live identity from the Kubernetes API: one reflector per kind (pods, namespaces, nodes,
+//! services) of slim objects (see [`super::reflector`] for how it lists, watches and
+//! relists). Every change goes through the same [`Change`] path as the snapshot file; the
+//! last-known inventory stays in use while the API is away.
 
 use std::fmt::Debug;
 
-use futures::{Stream, StreamExt};
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
-use kube::{
-    runtime::{watcher, WatchStreamExt},
-    Api, Client, Resource,
-};
+use kube::{Api, Client, Resource};
 use serde::de::DeserializeOwned;
 use tokio::sync::mpsc::Sender;
 
 use super::{
-    slim::Slim, Change, IdentityError, Kind, NamespaceMeta, NodeMeta, Object, PodMeta, ServiceMeta,
+    reflector::{self, Setup},
+    slim::Slim,
+    Change, IdentityError, Kind, NamespaceMeta, NodeMeta, Object, PodMeta, ServiceMeta,
 };
+
+/// Which identity input an event is about: readiness and staleness are judged per source,
+/// so one healthy input never hides another that is down.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Source {
+    /// A cluster-wide watch of one kind (direct mode, and the index itself).
+    Api(Kind),
+    /// This node's pods (`spec.nodeName`), watched beside the index stream.
+    LocalPods,
+    /// The identity index stream.
+    Index,
+}
+
+impl Source {
+    /// The four cluster-wide watches of direct mode and of the index.
+    pub const CLUSTER: [Source; 4] = [
+        Source::Api(Kind::Pod),
+        Source::Api(Kind::Namespace),
+        Source::Api(Kind::Node),
+        Source::Api(Kind::Service),
+    ];
+
+    /// The `source` label of the identity source series.
+    pub fn label(self) -> &'static str {
+        match self {
+            Source::Api(Kind::Pod) => "pods",
+            Source::Api(Kind::Namespace) => "namespaces",
+            Source::Api(Kind::Node) => "nodes",
+            Source::Api(Kind::Service) => "services",
+            Source::LocalPods => "local_pods",
+            Source::Index => "index",
+        }
+    }
+}
+
+/// Why a source lists (again): the `reason` label of the relist series.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reason {
+    /// The first list after start-up.
+    Start,
+    /// The version a watch resumed from was compacted away (410 Gone, as an HTTP status
+    /// or as an ERROR event).
+    Expired,
+    /// The server is behind the version asked for ("too large resource version", e.g.
+    /// after etcd was restored from a backup): relisted with a consistent read.
+    TooLarge,
+    /// The index sent a full snapshot (a new follower, another replica, too far behind).
+    Resync,
+}
+
+impl Reason {
+    pub fn label(self) -> &'static str {
+        match self {
+            Reason::Start => "start",
+            Reason::Expired => "expired",
+            Reason::TooLarge => "too_large",
+            Reason::Resync => "resync",
+        }
+    }
+}
 
 /// What a watcher reports.
 #[derive(Debug)]
 pub enum WatchEvent {
     Change(Change),
-    /// A full list of `Kind` was applied: the inventory of that kind is complete.
-    Synced(Kind),
+    /// A (re)list of the source begins: it is not current until `Synced`.
+    Relisting(Source, Reason),
+    /// The source's full state was applied and it is current.
+    Synced(Source),
     /// An object the agent could not read (skipped; the rest continues).
     BadObject(IdentityError),
-    /// The API server is unreachable or refused the watch; the last state stays in use.
-    Unavailable(String),
-    /// The source is reachable again (a change would say so too, but a quiet one sends none).
-    Available,
+    /// The source is unreachable or refused; the last state stays in use.
+    Unavailable(Source, String),
+    /// The source answers again and missed nothing (a watch resumed from its version).
+    Available(Source),
 }
 
 /// The k8s-openapi types the agent watches, with their conversion.
@@ -78,103 +138,64 @@ where
     }
 }
 
-/// How the watchers (re)list, which decides what a list costs the API server.
+/// How the watchers (re)list, which decides what a list costs the API server. Every mode
+/// decodes item by item, so none costs the agent more than one object at a time.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum InitialList {
     /// `resourceVersion=0`: served from the API server's watch cache, never a quorum read
     /// from etcd (what client-go informers do). The cache ignores `limit`, so each kind
-    /// arrives as one response.
+    /// arrives as one response, which the API server builds whole in its own memory.
     #[default]
     Cache,
     /// Consistent paged lists, 500 objects per page: bounded response size, but each page
     /// may be read from etcd.
     Paged,
     /// One watch that streams the initial state (`sendInitialEvents`, Kubernetes 1.27+
-    /// with the WatchList feature on): from the cache, object by object.
+    /// with the WatchList feature on): from the cache, object by object, the cheapest
+    /// for the API server.
     Streaming,
-}
-
-fn config(list: InitialList) -> watcher::Config {
-    let c = watcher::Config::default().page_size(500);
-    match list {
-        // kube leaves `resourceVersion=0` out of a list that has a limit (a limit would
-        // make the API server read etcd anyway), so the cache list has none.
-        InitialList::Cache => watcher::Config {
-            page_size: None,
-            ..c.any_semantic()
-        },
-        InitialList::Paged => c,
-        InitialList::Streaming => c.streaming_lists(),
-    }
 }
 
 /// Start the four cluster-wide watchers (slim objects); events arrive on `tx` until it
 /// is dropped.
 pub fn spawn_all(client: Client, list: InitialList, tx: Sender<WatchEvent>) {
-    tokio::spawn(run(Api::<Slim<Pod>>::all(client.clone()), list, tx.clone()));
-    tokio::spawn(run(
+    let setup = |kind| Setup {
+        list,
+        fields: None,
+        source: Source::Api(kind),
+        sweeps: true,
+    };
+    tokio::spawn(reflector::run(
+        Api::<Slim<Pod>>::all(client.clone()),
+        setup(Kind::Pod),
+        tx.clone(),
+    ));
+    tokio::spawn(reflector::run(
         Api::<Slim<Namespace>>::all(client.clone()),
-        list,
+        setup(Kind::Namespace),
         tx.clone(),
     ));
-    tokio::spawn(run(
+    tokio::spawn(reflector::run(
         Api::<Slim<Node>>::all(client.clone()),
-        list,
+        setup(Kind::Node),
         tx.clone(),
     ));
-    tokio::spawn(run(Api::<Slim<Service>>::all(client), list, tx));
-}
-
-/// Watch one kind until the receiver goes away.
-pub async fn run<K: Watched>(api: Api<K>, list: InitialList, tx: Sender<WatchEvent>) {
-    let stream = watcher(api, config(list)).default_backoff();
-    translate::<K>(stream, tx, true).await
+    tokio::spawn(reflector::run(
+        Api::<Slim<Service>>::all(client),
+        setup(Kind::Service),
+        tx,
+    ));
 }
 
 /// Index mode: the pods of this node only (`spec.nodeName` field selector), straight from
 /// the API so a new local pod is known without a hop through the index. Its lists are
 /// not relists of the inventory (the index's snapshot is): they only add and update.
 pub fn spawn_local_pods(client: Client, node: &str, list: InitialList, tx: Sender<WatchEvent>) {
-    let cfg = config(list).fields(&format!("spec.nodeName={node}"));
-    let stream = watcher(Api::<Slim<Pod>>::all(client), cfg).default_backoff();
-    tokio::spawn(translate::<Slim<Pod>>(stream, tx, false));
-}
-
-/// Turn watcher events into inventory changes. A relist is streamed through the store
-/// (`Relist`, each object, `Listed`), never buffered: objects it does not repeat, those
-/// deleted while the watch was down, go at its end.
-pub async fn translate<K: Watched>(
-    stream: impl Stream<Item = Result<watcher::Event<K>, watcher::Error>>,
-    tx: Sender<WatchEvent>,
-    relists: bool,
-) {
-    futures::pin_mut!(stream);
-    while let Some(ev) = stream.next().await {
-        let out = match ev {
-            Ok(watcher::Event::Init | watcher::Event::InitDone) if !relists => continue,
-            Ok(watcher::Event::Init) => WatchEvent::Change(Change::Relist(K::KIND)),
-            Ok(watcher::Event::InitApply(o) | watcher::Event::Apply(o)) => match o.to_object() {
-                Ok(obj) => WatchEvent::Change(Change::Apply(obj)),
-                Err(e) => WatchEvent::BadObject(e),
-            },
-            Ok(watcher::Event::InitDone) => {
-                if tx
-                    .send(WatchEvent::Change(Change::Listed(K::KIND)))
-                    .await
-                    .is_err()
-                {
-                    return;
-                }
-                WatchEvent::Synced(K::KIND)
-            }
-            Ok(watcher::Event::Delete(o)) => match o.to_object() {
-                Ok(obj) => WatchEvent::Change(Change::Delete(obj)),
-                Err(e) => WatchEvent::BadObject(e),
-            },
-            Err(e) => WatchEvent::Unavailable(format!("{:?} watch: {e}", K::KIND)),
-        };
-        if tx.send(out).await.is_err() {
-            return;
-        }
-    }
+    let setup = Setup {
+        list,
+        fields: Some(format!("spec.nodeName={node}")),
+        source: Source::LocalPods,
+        sweeps: false,
+    };
+    tokio::spawn(reflector::run(Api::<Slim<Pod>>::all(client), setup, tx));
 }

@@ -11,7 +11,10 @@ use tokio::sync::mpsc::Sender;
 use tracing::{error, info};
 
 use super::protocol::{Frame, Position, PATH};
-use crate::identity::{watch::WatchEvent, Change, Kind};
+use crate::identity::{
+    watch::{Reason, Source, WatchEvent},
+    Change, Kind,
+};
 
 /// The follower's own series (registered with the agent's metrics).
 #[derive(Clone)]
@@ -65,9 +68,10 @@ pub async fn follow(
         Ok(c) => c,
         Err(e) => {
             let _ = tx
-                .send(WatchEvent::Unavailable(format!(
-                    "identity index client: {e}"
-                )))
+                .send(WatchEvent::Unavailable(
+                    Source::Index,
+                    format!("identity index client: {e}"),
+                ))
                 .await;
             return;
         }
@@ -86,7 +90,11 @@ pub async fn follow(
             at = Position::default();
         }
         let msg = format!("identity index {url}: {e}");
-        if tx.send(WatchEvent::Unavailable(msg)).await.is_err() {
+        if tx
+            .send(WatchEvent::Unavailable(Source::Index, msg))
+            .await
+            .is_err()
+        {
             return;
         }
         // A stream that lived a while was healthy: start the backoff over.
@@ -138,10 +146,7 @@ async fn stream(
     m.connected.set(1);
     let mut body = resp.bytes_stream();
     let mut buf: Vec<u8> = Vec::new();
-    let mut first = true;
-    // The epoch of a snapshot being read: the position moves to it only once the snapshot
-    // is complete, so a stream cut inside one resyncs rather than resuming half a store.
-    let mut resync: Option<u64> = None;
+    let mut st = StreamState::default();
     loop {
         let chunk = match body.next().await {
             Some(Ok(c)) => c,
@@ -149,9 +154,6 @@ async fn stream(
             None => return Broken::Ended,
         };
         m.last_frame.set(now_s());
-        if std::mem::take(&mut first) && tx.send(WatchEvent::Available).await.is_err() {
-            return Broken::Closed;
-        }
         buf.extend_from_slice(&chunk);
         let mut start = 0;
         while let Some(end) = buf[start..].iter().position(|&b| b == b'\n') {
@@ -161,7 +163,7 @@ async fn stream(
                 Ok(f) => f,
                 Err(e) => return Broken::Frame(e),
             };
-            for ev in events(frame, at, &mut resync, m) {
+            for ev in events(frame, at, &mut st, m) {
                 if tx.send(ev).await.is_err() {
                     return Broken::Closed;
                 }
@@ -171,12 +173,25 @@ async fn stream(
     }
 }
 
-/// What one frame means for the store, advancing `at` (`resync`: the epoch of a snapshot
-/// being read).
+/// What a follower knows of the stream it is reading.
+#[derive(Debug, Default)]
+struct StreamState {
+    /// The epoch of a snapshot being read: the position moves to it only once the
+    /// snapshot is complete, so a stream cut inside one resyncs rather than resuming half
+    /// a store.
+    resync: Option<u64>,
+    /// The index said its own inventory is not current.
+    index_stale: bool,
+}
+
+const INDEX_STALE: &str =
+    "the identity index reports its own inventory stale (its API watches are down or relisting)";
+
+/// What one frame means for the store and the index source's health, advancing `at`.
 fn events(
     frame: Frame,
     at: &mut Position,
-    resync: &mut Option<u64>,
+    st: &mut StreamState,
     m: &FollowMetrics,
 ) -> Vec<WatchEvent> {
     let change = |c| vec![WatchEvent::Change(c)];
@@ -199,33 +214,60 @@ fn events(
             }
             // Until `Synced`, nothing to resume from.
             *at = Position::default();
-            *resync = Some(epoch);
-            Kind::ALL
-                .into_iter()
-                .map(|k| WatchEvent::Change(Change::Relist(k)))
+            st.resync = Some(epoch);
+            std::iter::once(WatchEvent::Relisting(Source::Index, Reason::Resync))
+                .chain(
+                    Kind::ALL
+                        .into_iter()
+                        .map(|k| WatchEvent::Change(Change::Relist(k))),
+                )
                 .collect()
         }
         Frame::Apply { v, object } => {
-            if resync.is_none() {
+            if st.resync.is_none() {
                 at.after = at.after.max(v);
             }
             change(Change::Apply(object))
         }
         Frame::Delete { v, object } => {
-            if resync.is_none() {
+            if st.resync.is_none() {
                 at.after = at.after.max(v);
             }
             change(Change::Delete(object))
         }
-        Frame::Synced { version } => {
-            *at = Position {
-                epoch: resync.take().unwrap_or(at.epoch),
-                after: version,
-            };
-            Kind::ALL
-                .into_iter()
-                .flat_map(|k| [WatchEvent::Change(Change::Listed(k)), WatchEvent::Synced(k)])
-                .collect()
+        Frame::Synced { version, stale } => {
+            let mut out = Vec::new();
+            match st.resync.take() {
+                Some(epoch) => {
+                    *at = Position {
+                        epoch,
+                        after: version,
+                    };
+                    out.extend(
+                        Kind::ALL
+                            .into_iter()
+                            .map(|k| WatchEvent::Change(Change::Listed(k))),
+                    );
+                    out.push(WatchEvent::Synced(Source::Index));
+                }
+                None => {
+                    at.after = at.after.max(version);
+                    out.push(WatchEvent::Available(Source::Index));
+                }
+            }
+            st.index_stale = stale;
+            if stale {
+                out.push(WatchEvent::Unavailable(Source::Index, INDEX_STALE.into()));
+            }
+            out
+        }
+        Frame::Heartbeat { stale, .. } if stale != st.index_stale => {
+            st.index_stale = stale;
+            vec![if stale {
+                WatchEvent::Unavailable(Source::Index, INDEX_STALE.into())
+            } else {
+                WatchEvent::Available(Source::Index)
+            }]
         }
         Frame::Heartbeat { .. } => Vec::new(),
     }
@@ -272,15 +314,28 @@ mod tests {
     #[test]
     fn a_snapshot_relists_every_kind_and_synced_completes_it() {
         let m = metrics(&["app"]);
-        let (mut at, mut resync) = (Position::default(), None);
-        let evs = events(snapshot(Some(&["app"])), &mut at, &mut resync, &m);
-        assert_eq!(evs.len(), 4);
-        assert!(evs
+        let (mut at, mut st) = (Position::default(), StreamState::default());
+        let evs = events(snapshot(Some(&["app"])), &mut at, &mut st, &m);
+        assert_eq!(evs.len(), 5);
+        assert!(matches!(
+            evs[0],
+            WatchEvent::Relisting(Source::Index, Reason::Resync)
+        ));
+        assert!(evs[1..]
             .iter()
             .all(|e| matches!(e, WatchEvent::Change(Change::Relist(_)))));
         assert_eq!(at, Position::default(), "cut here: resync");
-        let evs = events(Frame::Synced { version: 40 }, &mut at, &mut resync, &m);
-        assert_eq!(evs.len(), 8, "listed and synced per kind");
+        let synced = Frame::Synced {
+            version: 40,
+            stale: false,
+        };
+        let evs = events(synced, &mut at, &mut st, &m);
+        assert_eq!(
+            evs.len(),
+            5,
+            "listed per kind, then the index source synced"
+        );
+        assert!(matches!(evs[4], WatchEvent::Synced(Source::Index)));
         assert_eq!(
             at,
             Position {
@@ -289,8 +344,25 @@ mod tests {
             }
         );
         assert_eq!((m.resyncs.get(), m.errors.get()), (1, 0));
-        let hb = events(Frame::Heartbeat { version: 40 }, &mut at, &mut resync, &m);
-        assert!(hb.is_empty());
+        let beat = |stale| Frame::Heartbeat { version: 40, stale };
+        assert!(events(beat(false), &mut at, &mut st, &m).is_empty());
+        // The index's own staleness reaches the follower as its index source's health.
+        let evs = events(beat(true), &mut at, &mut st, &m);
+        assert!(matches!(
+            evs[..],
+            [WatchEvent::Unavailable(Source::Index, _)]
+        ));
+        assert!(events(beat(true), &mut at, &mut st, &m).is_empty());
+        let evs = events(beat(false), &mut at, &mut st, &m);
+        assert!(matches!(evs[..], [WatchEvent::Available(Source::Index)]));
+        // A resumed stream's `Synced` makes the source current again, no relist.
+        let resumed = Frame::Synced {
+            version: 55,
+            stale: false,
+        };
+        let evs = events(resumed, &mut at, &mut st, &m);
+        assert!(matches!(evs[..], [WatchEvent::Available(Source::Index)]));
+        assert_eq!(at.after, 55);
     }
 
     /// An index that drops labels this agent's gateway selectors read would silently make
@@ -298,10 +370,10 @@ mod tests {
     #[test]
     fn an_index_dropping_labels_the_agent_selects_on_is_an_error() {
         let m = metrics(&["app", "role"]);
-        let (mut at, mut resync) = (Position::default(), None);
-        events(snapshot(Some(&["app"])), &mut at, &mut resync, &m);
+        let (mut at, mut st) = (Position::default(), StreamState::default());
+        events(snapshot(Some(&["app"])), &mut at, &mut st, &m);
         assert_eq!(m.errors.get(), 1);
-        events(snapshot(None), &mut at, &mut resync, &m);
+        events(snapshot(None), &mut at, &mut st, &m);
         assert_eq!(m.errors.get(), 1, "an index keeping every label is fine");
     }
 }

@@ -11,7 +11,7 @@ use std::{
 
 use bytes::Bytes;
 use prometheus::{IntCounterVec, IntGauge, Opts, Registry};
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, watch};
 
 use super::protocol::{Frame, Position};
 use crate::{
@@ -117,6 +117,8 @@ pub struct Journal {
     store: SharedStore,
     inner: Mutex<Inner>,
     live: broadcast::Sender<Delta>,
+    /// The index's own inventory is not current (a watch down or relisting).
+    stale: watch::Sender<bool>,
     ring_limit: usize,
     pub metrics: JournalMetrics,
 }
@@ -142,6 +144,7 @@ impl Journal {
                 snapshot: None,
             }),
             live: broadcast::channel(LIVE).0,
+            stale: watch::Sender::new(true),
             ring_limit,
             metrics,
         }
@@ -184,6 +187,17 @@ impl Journal {
             let _ = self.live.send(d);
         }
         self.metrics.version.set(inner.version as i64);
+    }
+
+    /// Tell followers whether the index's inventory is current.
+    pub fn set_stale(&self, stale: bool) {
+        self.stale
+            .send_if_modified(|s| std::mem::replace(s, stale) != stale);
+    }
+
+    /// The index's staleness now and as it changes.
+    pub fn staleness(&self) -> watch::Receiver<bool> {
+        self.stale.subscribe()
     }
 
     /// Where a follower at `at` starts, and its subscription to what comes after. Taken
@@ -233,7 +247,6 @@ fn encode_snapshot(store: &Store, epoch: u64, version: u64) -> Snapshot {
             .encode(),
         );
     }
-    body.extend(Frame::Synced { version }.encode());
     Snapshot {
         version,
         body: Bytes::from(body),

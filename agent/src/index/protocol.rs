@@ -5,8 +5,11 @@
 //! still holds deltas after gets only those deltas. Any other follower (new, too far
 //! behind, or talking to another replica) gets a full resync: `Snapshot`, its objects as
 //! `Apply` frames, `Synced`, then deltas — the 410 Gone of this protocol, answered in the
-//! same response. `Heartbeat` every few seconds lets a follower tell a quiet index from a
-//! dead connection.
+//! same response. Either way `Synced` follows the catch-up, at the index's version when the
+//! stream started, so a follower is caught up (ready) only once it has applied everything
+//! the index had. `Heartbeat` every few seconds lets a follower tell a quiet index from a
+//! dead connection; it and `Synced` carry the index's own staleness (its API watches down
+//! or relisting), so a follower never reports current what its index does not.
 
 use serde::{Deserialize, Serialize};
 
@@ -20,7 +23,8 @@ pub const HEARTBEAT: std::time::Duration = std::time::Duration::from_secs(2);
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(rename_all = "snake_case")]
 pub enum Frame {
-    /// A full state follows: `objects` `Apply` frames (all at `version`), then `Synced`.
+    /// A full state follows: `objects` `Apply` frames (all at `version`), then the deltas
+    /// after it, then `Synced`.
     /// `labels`: the pod label keys the index keeps (those its egress-gateway selectors
     /// use; `None`: all), so a follower can tell when its own selectors need others.
     Snapshot {
@@ -31,21 +35,22 @@ pub enum Frame {
         labels: Option<Vec<String>>,
     },
     /// Added or changed (as the index holds it: labels reduced, names interned).
-    Apply {
-        v: u64,
-        object: Object,
-    },
+    Apply { v: u64, object: Object },
     /// Gone (deleted, or missing from a relist).
-    Delete {
-        v: u64,
-        object: Object,
-    },
-    /// The snapshot is complete: the follower's inventory is the index's at `version`.
+    Delete { v: u64, object: Object },
+    /// Caught up: the follower's inventory is the index's at `version`, the index's
+    /// version when this stream began. Live deltas follow.
     Synced {
         version: u64,
+        /// The index's own inventory is not current (absent from older indexes: false).
+        #[serde(default)]
+        stale: bool,
     },
+    /// Sent after a quiet spell, and at once when the index's staleness changes.
     Heartbeat {
         version: u64,
+        #[serde(default)]
+        stale: bool,
     },
 }
 

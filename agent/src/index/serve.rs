@@ -14,7 +14,10 @@ use axum::{
 };
 use bytes::Bytes;
 use futures::StreamExt as _;
-use tokio::sync::broadcast::{error::RecvError, Receiver};
+use tokio::sync::{
+    broadcast::{error::RecvError, Receiver},
+    watch,
+};
 
 use super::{
     journal::{Delta, Journal, Start},
@@ -43,11 +46,12 @@ impl Drop for Following {
 
 async fn stream(State(j): State<Arc<Journal>>, Query(at): Query<Position>) -> impl IntoResponse {
     let (start, rx) = j.start(at);
+    let mut stale = j.staleness();
     let count = |part, frames, bytes| j.metrics.sent(part, frames, bytes);
     let (mut first, deltas, mut last) = match start {
         Start::Resume(d) => (Vec::new(), d, at.after),
         Start::Resync(s, d) => {
-            // Snapshot frame, objects, Synced.
+            // Snapshot frame and objects.
             count("snapshot", 1, s.body.len());
             (vec![s.body.clone()], d, s.version)
         }
@@ -57,13 +61,21 @@ async fn stream(State(j): State<Arc<Journal>>, Query(at): Query<Position>) -> im
         last = d.v;
         first.push(d.line);
     }
+    // Caught up with everything the index had when the stream began.
+    let synced = Frame::Synced {
+        version: last,
+        stale: *stale.borrow_and_update(),
+    }
+    .encode();
+    count("synced", 1, synced.len());
+    first.push(Bytes::from(synced));
     let live = futures::stream::unfold(
-        (rx, last, Following::new(j.clone())),
-        |(mut rx, last, f)| async move {
-            let (line, v) = next(&mut rx, last).await?;
+        (rx, stale, last, Following::new(j.clone())),
+        |(mut rx, mut stale, last, f)| async move {
+            let (line, v) = next(&mut rx, &mut stale, last).await?;
             let part = if v == last { "heartbeat" } else { "delta" };
             f.0.metrics.sent(part, 1, line.len());
-            Some((Ok::<_, std::io::Error>(line), (rx, v, f)))
+            Some((Ok::<_, std::io::Error>(line), (rx, stale, v, f)))
         },
     );
     let body = futures::stream::iter(first.into_iter().map(Ok)).chain(live);
@@ -73,10 +85,14 @@ async fn stream(State(j): State<Arc<Journal>>, Query(at): Query<Position>) -> im
     )
 }
 
-/// The next line for a follower at `last`: a delta, or a heartbeat after a quiet spell.
-/// `None` ends the stream: the follower fell too far behind (it resumes from the ring on
-/// reconnect) or the index is stopping.
-async fn next(rx: &mut Receiver<Delta>, last: u64) -> Option<(Bytes, u64)> {
+/// The next line for a follower at `last`: a delta, or a heartbeat after a quiet spell or
+/// when the index's staleness changes. `None` ends the stream: the follower fell too far
+/// behind (it resumes from the ring on reconnect) or the index is stopping.
+async fn next(
+    rx: &mut Receiver<Delta>,
+    stale: &mut watch::Receiver<bool>,
+    last: u64,
+) -> Option<(Bytes, u64)> {
     loop {
         tokio::select! {
             r = rx.recv() => match r {
@@ -84,9 +100,16 @@ async fn next(rx: &mut Receiver<Delta>, last: u64) -> Option<(Bytes, u64)> {
                 Ok(d) => return Some((d.line, d.v)),
                 Err(RecvError::Lagged(_) | RecvError::Closed) => return None,
             },
-            _ = tokio::time::sleep(HEARTBEAT) => {
-                return Some((Bytes::from(Frame::Heartbeat { version: last }.encode()), last));
+            changed = stale.changed() => {
+                changed.ok()?;
             }
+            _ = tokio::time::sleep(HEARTBEAT) => {}
         }
+        let stale = *stale.borrow_and_update();
+        let beat = Frame::Heartbeat {
+            version: last,
+            stale,
+        };
+        return Some((Bytes::from(beat.encode()), last));
     }
 }
