@@ -32,6 +32,11 @@ pub struct View {
     pub heartbeats: u64,
     /// HTTP status of the last answer.
     pub status: u16,
+    /// The index says its own inventory is not current (from `synced` and heartbeats).
+    pub index_stale: bool,
+    /// At the first `synced` of this follower: the version it named and how many pod
+    /// addresses the follower held then (a follower is ready only once caught up).
+    pub first_synced: Option<(u64, usize)>,
     /// Pod → its addresses, to drop them when it changes or goes.
     held: HashMap<String, Vec<String>>,
 }
@@ -97,8 +102,13 @@ impl View {
         } else if let Some(s) = f.get("synced") {
             self.version = s["version"].as_u64().unwrap();
             self.synced = true;
-        } else if f.get("heartbeat").is_some() {
+            self.index_stale = s["stale"] == true;
+            if self.first_synced.is_none() {
+                self.first_synced = Some((self.version, self.pods.len()));
+            }
+        } else if let Some(h) = f.get("heartbeat") {
             self.heartbeats += 1;
+            self.index_stale = h["stale"] == true;
         } else {
             panic!("unknown frame {line}");
         }

@@ -64,6 +64,11 @@ impl Index {
         ix
     }
 
+    /// The index's pid (`ip netns exec` execs it, so the same process).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }

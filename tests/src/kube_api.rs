@@ -4,8 +4,12 @@
 //! holding them), plus fixed objects (the lab's). Lists are paged with continue tokens,
 //! or whole from the "watch cache" for `resourceVersion=0`; watches stream NDJSON events
 //! with BOOKMARKs, initial events for watch-lists, a `spec.nodeName` field selector for
-//! pods, and a 410 Gone on demand. Every request is counted per client (by bearer token):
-//! requests, body bytes, watches open now and ever, and what each asked.
+//! pods. Failures on demand: a 410 Gone as an ERROR event or as the HTTP status, a
+//! resourceVersion that moves backwards (etcd restored: "too large resource version"),
+//! and an outage (503 to everything). Pods come compact or at the size a real API server
+//! serves them (about 6.8 KB: managedFields, containers, env, probes, statuses). Every
+//! request is counted per client (by bearer token): requests, body bytes, watches open
+//! now and ever, and what each asked.
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -60,8 +64,14 @@ struct Model {
     pods: BTreeMap<u64, Option<String>>,
     next_pod: u64,
     events: Vec<Event>,
-    /// Kinds whose next watch is answered 410 Gone.
+    /// Kinds whose next watch is answered 410 Gone (an ERROR event in a 200 stream).
     gone: Vec<&'static str>,
+    /// Kinds whose next watch is answered with the HTTP status 410.
+    gone_status: Vec<&'static str>,
+    /// Every request is answered 503 (the API server is away).
+    down: bool,
+    /// Pods at the size a real API server serves them.
+    realistic: bool,
     /// Bumped to end every open watch.
     watch_epoch: u64,
     clients: HashMap<String, ClientStats>,
@@ -104,9 +114,49 @@ fn pod_node(size: &Size, i: u64) -> String {
     format!("node-{}", i % size.nodes.max(1))
 }
 
+/// The recorded shape of a real pod (tests/fixtures/kube-api/pod-realistic.json), split at
+/// its `{{FIELD}}` placeholders once, so 200k of them render quickly.
+fn realistic_parts() -> &'static Vec<(String, Option<String>)> {
+    static PARTS: std::sync::OnceLock<Vec<(String, Option<String>)>> = std::sync::OnceLock::new();
+    PARTS.get_or_init(|| {
+        let p =
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/kube-api/pod-realistic.json");
+        let text = std::fs::read_to_string(p).expect("pod-realistic.json");
+        let mut out = Vec::new();
+        let mut rest = text.trim_end();
+        while let Some(at) = rest.find("{{") {
+            let end = rest[at..].find("}}").expect("closed placeholder") + at;
+            out.push((rest[..at].to_owned(), Some(rest[at + 2..end].to_owned())));
+            rest = &rest[end + 2..];
+        }
+        out.push((rest.to_owned(), None));
+        out
+    })
+}
+
+/// A generated pod at the size real ones have (about 6.8 KB).
+fn realistic_pod_json(size: &Size, i: u64, ip: &str, rv: u64) -> String {
+    let mut out = String::with_capacity(7 * 1024);
+    for (text, field) in realistic_parts() {
+        out.push_str(text);
+        match field.as_deref() {
+            Some("NAME") => out.push_str(&pod_name(i)),
+            Some("NS") => out.push_str(&pod_namespace(size, i)),
+            Some("APP") => out.push_str(&format!("gen-{}", i / 10)),
+            Some("UID") => out.push_str(&format!("00000000-0000-4000-8000-{i:012x}")),
+            Some("RV") => out.push_str(&rv.to_string()),
+            Some("IP") => out.push_str(ip),
+            Some("NODE") => out.push_str(&pod_node(size, i)),
+            Some(other) => panic!("unknown placeholder {other}"),
+            None => {}
+        }
+    }
+    out
+}
+
 /// A generated pod as the API server sends it, with the fields real ones carry and the
 /// agent must skip (managedFields, containers, conditions).
-fn pod_json(size: &Size, i: u64, ip: &str, rv: u64) -> String {
+fn compact_pod_json(size: &Size, i: u64, ip: &str, rv: u64) -> String {
     json!({
         "apiVersion": "v1", "kind": "Pod",
         "metadata": {
@@ -126,7 +176,16 @@ fn pod_json(size: &Size, i: u64, ip: &str, rv: u64) -> String {
     .to_string()
 }
 
-fn generated(size: &Size, kind: &str, i: u64) -> String {
+fn pod_json(m: &Model, i: u64, ip: &str, rv: u64) -> String {
+    if m.realistic {
+        realistic_pod_json(&m.size, i, ip, rv)
+    } else {
+        compact_pod_json(&m.size, i, ip, rv)
+    }
+}
+
+fn generated(m: &Model, kind: &str, i: u64) -> String {
+    let size = &m.size;
     match kind {
         "namespaces" => json!({"apiVersion": "v1", "kind": "Namespace",
             "metadata": {"name": format!("ns-{i}"), "resourceVersion": BASE_RV.to_string(),
@@ -143,7 +202,7 @@ fn generated(size: &Size, kind: &str, i: u64) -> String {
                 "resourceVersion": BASE_RV.to_string()},
             "spec": {"clusterIP": format!("172.21.{}.{}", i >> 8, i & 255)}})
         .to_string(),
-        _ => pod_json(size, i, &pod_ip(i), BASE_RV),
+        _ => pod_json(m, i, &pod_ip(i), BASE_RV),
     }
 }
 
@@ -160,13 +219,13 @@ impl Model {
     /// Generated object `i` of `kind` as it is now (None: deleted), with its node.
     fn object(&self, kind: &str, i: u64) -> Option<(String, Option<String>)> {
         if kind != "pods" {
-            return Some((generated(&self.size, kind, i), None));
+            return Some((generated(self, kind, i), None));
         }
         let node = Some(pod_node(&self.size, i));
         match self.pods.get(&i) {
             Some(None) => None,
-            Some(Some(ip)) => Some((pod_json(&self.size, i, ip, self.rv), node)),
-            None if i < self.size.pods => Some((generated(&self.size, kind, i), node)),
+            Some(Some(ip)) => Some((pod_json(self, i, ip, self.rv), node)),
+            None if i < self.size.pods => Some((generated(self, kind, i), node)),
             None => None,
         }
     }
@@ -291,6 +350,9 @@ impl KubeApi {
                 next_pod: size.pods,
                 events: Vec::new(),
                 gone: Vec::new(),
+                gone_status: Vec::new(),
+                down: false,
+                realistic: false,
                 watch_epoch: 0,
                 clients: HashMap::new(),
                 users: HashMap::new(),
@@ -353,7 +415,7 @@ impl KubeApi {
             id = m.next_pod;
             m.next_pod += 1;
             m.pods.insert(id, Some(ip.to_owned()));
-            let line = pod_json(&m.size, id, ip, m.rv + 1);
+            let line = pod_json(m, id, ip, m.rv + 1);
             m.record("pods", "ADDED", &line, Some(pod_node(&m.size, id)));
         });
         id
@@ -363,7 +425,7 @@ impl KubeApi {
     pub fn move_pod(&self, id: u64, ip: &str) {
         self.change(|m| {
             m.pods.insert(id, Some(ip.to_owned()));
-            let line = pod_json(&m.size, id, ip, m.rv + 1);
+            let line = pod_json(m, id, ip, m.rv + 1);
             m.record("pods", "MODIFIED", &line, Some(pod_node(&m.size, id)));
         });
     }
@@ -381,7 +443,7 @@ impl KubeApi {
                 .flatten()
                 .unwrap_or_else(|| pod_ip(id));
             m.pods.insert(id, None);
-            let line = pod_json(&m.size, id, &ip, m.rv + 1);
+            let line = pod_json(m, id, &ip, m.rv + 1);
             m.record("pods", "DELETED", &line, node);
         });
     }
@@ -401,6 +463,45 @@ impl KubeApi {
             m.gone = KINDS.to_vec();
             m.watch_epoch += 1;
         });
+    }
+
+    /// Every open watch ends, and each kind's next watch is answered with the HTTP status
+    /// 410 (not an event in a stream), as some API server paths do.
+    pub fn force_gone_status(&self) {
+        self.change(|m| {
+            m.gone_status = KINDS.to_vec();
+            m.watch_epoch += 1;
+        });
+    }
+
+    /// etcd restored from a backup: the resourceVersion moves `by` backwards, every open
+    /// watch ends, and a watch from a version past the current one is answered "too
+    /// large resource version" (504), as the API server does.
+    pub fn restore_backwards(&self, by: u64) {
+        self.change(|m| {
+            m.rv = m.rv.saturating_sub(by).max(BASE_RV);
+            m.events.clear();
+            m.watch_epoch += 1;
+        });
+    }
+
+    /// The API server goes away (`true`: every open watch ends, every request is answered
+    /// 503) or comes back.
+    pub fn set_down(&self, down: bool) {
+        self.change(|m| {
+            m.down = down;
+            m.watch_epoch += 1;
+        });
+    }
+
+    /// Pods at the size a real API server serves them (about 6.8 KB each), from now on.
+    pub fn set_realistic(&self, on: bool) {
+        self.change(|m| m.realistic = on);
+    }
+
+    /// The resourceVersion now.
+    pub fn resource_version(&self) -> u64 {
+        self.state.0.lock().unwrap().rv
     }
 
     /// `token` authenticates as `user`, whom RBAC grants `get` on the non-resource `paths`.
@@ -488,6 +589,14 @@ fn serve(conn: TcpStream, st: &(Mutex<Model>, Condvar)) -> std::io::Result<()> {
             conn.write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n")?;
             continue;
         };
+        if let Some((status, body)) = refusal(&req, &mut st.0.lock().unwrap()) {
+            write!(
+                conn,
+                "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            )?;
+            continue;
+        }
         conn.write_all(
             b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n",
         )?;
@@ -529,6 +638,46 @@ fn serve(conn: TcpStream, st: &(Mutex<Model>, Condvar)) -> std::io::Result<()> {
             }
         }
         result?;
+    }
+}
+
+/// A request the server refuses instead of answering: everything while it is down, a
+/// watch due a 410 status, a watch from a version it has not reached.
+fn refusal(req: &Request, m: &mut Model) -> Option<(&'static str, String)> {
+    let status = |code: u16, reason: &str, message: String, details: &str| {
+        format!("{{\"kind\":\"Status\",\"apiVersion\":\"v1\",\"metadata\":{{}},\"status\":\"Failure\",\"message\":\"{message}\",\"reason\":\"{reason}\",{details}\"code\":{code}}}")
+    };
+    if m.down {
+        let body = status(
+            503,
+            "ServiceUnavailable",
+            "the server is currently unable to handle the request".into(),
+            "",
+        );
+        return Some(("503 Service Unavailable", body));
+    }
+    if !req.watch {
+        return None;
+    }
+    if let Some(i) = m.gone_status.iter().position(|k| *k == req.kind) {
+        m.gone_status.remove(i);
+        let message = format!(
+            "too old resource version: {} ({})",
+            req.rv.unwrap_or(0),
+            m.rv
+        );
+        return Some(("410 Gone", status(410, "Expired", message, "")));
+    }
+    match req.rv {
+        Some(rv) if rv > m.rv => {
+            let message = format!("Too large resource version: {rv}, current: {}", m.rv);
+            let details = "\"details\":{\"causes\":[{\"reason\":\"ResourceVersionTooLarge\",\"message\":\"Too large resource version\"}],\"retryAfterSeconds\":1},";
+            Some((
+                "504 Gateway Timeout",
+                status(504, "Timeout", message, details),
+            ))
+        }
+        _ => None,
     }
 }
 

@@ -565,7 +565,7 @@ async fn load_identity(
             .into());
         }
         // The API is needed only for this node's pods; without it the index serves them too.
-        let client = kube::Client::try_default().await.ok();
+        let client = crate::identity::client::connect().await.ok();
         if client.is_none() {
             warn!("identity: no Kubernetes API client; this node's pods come from the index only");
         }
@@ -581,7 +581,7 @@ async fn load_identity(
         info!(file = %path.display(), objects = store.len(), "identity snapshot loaded");
         return Ok((store, "snapshot", None));
     }
-    match kube::Client::try_default().await {
+    match crate::identity::client::connect().await {
         Ok(client) => {
             info!("identity: watching the Kubernetes API");
             Ok((Store::new(), "kubernetes", Some(client)))

@@ -68,7 +68,7 @@ async fn run_async(args: IndexArgs) -> anyhow::Result<()> {
         )
         .into());
     }
-    let client = kube::Client::try_default().await.map_err(|e| {
+    let client = crate::identity::client::connect().await.map_err(|e| {
         UsageError(format!(
             "the index needs the Kubernetes API ({e}): run it in the cluster with its service account, or set KUBECONFIG"
         ))

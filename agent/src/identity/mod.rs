@@ -2,6 +2,7 @@
 //! offline snapshot of it), and the tenant each namespace belongs to.
 
 mod backoff;
+pub mod client;
 pub mod health;
 pub mod list;
 mod objects;

@@ -1,0 +1,388 @@
+//! Identity at real object sizes and through API failures, against the synthetic API
+//! server serving pods as a real one does (about 6.8 KB each): the index and a direct-mode
+//! agent keep their peak memory as the pod list grows fourfold; the index and its
+//! followers come back exact after an outage ending in a 410 status, a 410 event and a
+//! resourceVersion that moved backwards, saying they are stale while (and only while) they
+//! are; and a follower joining after heavy churn is ready only once caught up.
+
+use std::{collections::BTreeMap, time::Duration};
+
+use tenantflow_tests::{
+    eventually,
+    index_follower::{Follower, View},
+    index_process::{free_port, Index},
+    kube_api::{pod_ip, KubeApi, Size},
+    prefix, require_root, Agent,
+};
+
+/// The agents' token, which the synthetic API's RBAC grants `get` on /v1/identity.
+const AGENT: &str = "agent-token";
+
+fn api(size: Size, realistic: bool) -> KubeApi {
+    api_in(size, realistic, None)
+}
+
+fn api_in(size: Size, realistic: bool, netns: Option<&str>) -> KubeApi {
+    let api = KubeApi::start(size, vec![], netns);
+    api.set_realistic(realistic);
+    api.grant(
+        AGENT,
+        "system:serviceaccount:tenantflow:tenantflow",
+        &["/v1/identity"],
+    );
+    api
+}
+
+/// A metric sample by name and exact label set, whatever order the labels are printed in.
+fn sample(metrics: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    metrics.lines().find_map(|l| {
+        let (series, value) = l.rsplit_once(' ')?;
+        let (n, rest) = series.split_once('{').unwrap_or((series, "}"));
+        if n != name {
+            return None;
+        }
+        let mut got: Vec<&str> = rest
+            .trim_end_matches('}')
+            .split(',')
+            .filter(|p| !p.is_empty())
+            .collect();
+        let mut want: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
+        got.sort_unstable();
+        want.sort();
+        (got == want).then(|| value.parse().ok())?
+    })
+}
+
+fn index_metrics(ix: &Index) -> String {
+    ix.get("/metrics").expect("index /metrics").1
+}
+
+/// Relists of `source` started for `reason`, and completed.
+fn relists(m: &str, source: &str, reason: &str) -> (Option<f64>, Option<f64>) {
+    (
+        sample(
+            m,
+            "tenantflow_identity_relists_total",
+            &[("reason", reason), ("source", source)],
+        ),
+        sample(
+            m,
+            "tenantflow_identity_relists_completed_total",
+            &[("source", source)],
+        ),
+    )
+}
+
+const KINDS: [&str; 4] = ["pods", "namespaces", "nodes", "services"];
+
+fn converge(f: &Follower, truth: &BTreeMap<String, String>, within: Duration) -> View {
+    eventually(within, || {
+        let v = f.view();
+        (v.synced && &v.pods == truth).then_some(v)
+    })
+    .unwrap_or_else(|| {
+        let v = f.view();
+        panic!(
+            "follower did not converge within {within:?}: {} pods, truth {}",
+            v.pods.len(),
+            truth.len()
+        )
+    })
+}
+
+/// Wait until the index and its follower agree on staleness `stale`.
+fn wait_stale(ix: &Index, f: &Follower, stale: bool) {
+    let want = stale as u8 as f64;
+    let ok = eventually(Duration::from_secs(40), || {
+        let m = index_metrics(ix);
+        (sample(&m, "tenantflow_metadata_stale", &[]) == Some(want)
+            && f.view().index_stale == stale)
+            .then_some(())
+    });
+    assert!(
+        ok.is_some(),
+        "index stale={:?}, follower index_stale={}, want {stale}\n{}",
+        sample(&index_metrics(ix), "tenantflow_metadata_stale", &[]),
+        f.view().index_stale,
+        ix.log_text()
+    );
+}
+
+#[test]
+fn the_index_and_its_followers_recover_exactly_from_every_expired_version_path() {
+    let size = Size {
+        pods: 3_000,
+        nodes: 30,
+        namespaces: 20,
+        services: 50,
+    };
+    let api = api(size, true);
+    let addr = format!("127.0.0.1:{}", free_port());
+    let ix = Index::start(&api, &addr, None, None, "recovery");
+    let f = Follower::start(&addr, AGENT);
+    converge(&f, &api.generated_pods(), Duration::from_secs(60));
+    wait_stale(&ix, &f, false);
+    let m = index_metrics(&ix);
+    for kind in KINDS {
+        assert_eq!(relists(&m, kind, "start"), (Some(1.0), Some(1.0)), "{kind}");
+        assert_eq!(
+            sample(
+                &m,
+                "tenantflow_identity_source_current",
+                &[("source", kind)]
+            ),
+            Some(1.0)
+        );
+    }
+
+    // The API server goes away. Both say stale, and the last-sync time stops.
+    api.set_down(true);
+    wait_stale(&ix, &f, true);
+    let m = index_metrics(&ix);
+    assert_eq!(
+        sample(
+            &m,
+            "tenantflow_identity_source_current",
+            &[("source", "pods")]
+        ),
+        Some(0.0)
+    );
+    let synced_at = sample(&m, "tenantflow_metadata_last_sync_timestamp_seconds", &[]).unwrap();
+    // Changes no watch sees: only a relist can find them.
+    for id in 0..40 {
+        api.delete_pod_silently(id);
+    }
+    for id in 3_000..3_020 {
+        api.create_pod(&pod_ip(id));
+    }
+    // Long enough for the failing watches to retry several times (the last-sync time
+    // is in whole seconds): it must not move while the source is down.
+    std::thread::sleep(Duration::from_millis(2_500));
+    let m = index_metrics(&ix);
+    assert_eq!(
+        sample(&m, "tenantflow_metadata_last_sync_timestamp_seconds", &[]),
+        Some(synced_at),
+        "last sync moved during the outage"
+    );
+    assert_eq!(sample(&m, "tenantflow_metadata_stale", &[]), Some(1.0));
+
+    // It comes back answering the watches' versions with a 410 status: every kind
+    // relists, once, and the follower matches the server exactly.
+    api.force_gone_status();
+    api.set_down(false);
+    let truth = api.generated_pods();
+    assert_eq!(truth.len(), 3_000 - 40 + 20);
+    converge(&f, &truth, Duration::from_secs(60));
+    wait_stale(&ix, &f, false);
+    let m = index_metrics(&ix);
+    for kind in KINDS {
+        assert_eq!(
+            relists(&m, kind, "expired"),
+            (Some(1.0), Some(2.0)),
+            "{kind}"
+        );
+    }
+    assert!(
+        sample(&m, "tenantflow_metadata_last_sync_timestamp_seconds", &[]).unwrap() > synced_at
+    );
+    let log = ix.log_text();
+    assert!(
+        log.contains("identity: listing completed, source current"),
+        "{log}"
+    );
+
+    // A 410 as an ERROR event in the watch stream.
+    for id in 40..60 {
+        api.delete_pod_silently(id);
+    }
+    api.force_gone();
+    let truth = api.generated_pods();
+    converge(&f, &truth, Duration::from_secs(60));
+    wait_stale(&ix, &f, false);
+    let m = index_metrics(&ix);
+    assert_eq!(relists(&m, "pods", "expired"), (Some(2.0), Some(3.0)));
+
+    // etcd restored from a backup: the watches' versions are now in the future.
+    for id in 60..80 {
+        api.delete_pod_silently(id);
+    }
+    api.restore_backwards(30);
+    let truth = api.generated_pods();
+    assert_eq!(truth.len(), 3_000 - 80 + 20);
+    converge(&f, &truth, Duration::from_secs(60));
+    wait_stale(&ix, &f, false);
+    let m = index_metrics(&ix);
+    for kind in KINDS {
+        assert_eq!(
+            relists(&m, kind, "too_large"),
+            (Some(1.0), Some(4.0)),
+            "{kind}"
+        );
+    }
+    // Object counts are published once a second.
+    let counted = eventually(Duration::from_secs(5), || {
+        let m = index_metrics(&ix);
+        let pods = &[("kind", "pod"), ("source", "kubernetes")];
+        (sample(&m, "tenantflow_metadata_objects", pods) == Some(truth.len() as f64)).then_some(())
+    });
+    assert!(counted.is_some(), "the index counts {} pods", truth.len());
+}
+
+#[test]
+fn a_follower_joining_after_heavy_churn_is_ready_only_once_caught_up() {
+    let size = Size {
+        pods: 2_000,
+        nodes: 20,
+        namespaces: 10,
+        services: 20,
+    };
+    let api = api(size, false);
+    let addr = format!("127.0.0.1:{}", free_port());
+    let ix = Index::start(&api, &addr, None, None, "caughtup");
+    // The first follower makes the index encode (and keep) a snapshot.
+    let first = Follower::start(&addr, AGENT);
+    converge(&first, &api.generated_pods(), Duration::from_secs(60));
+    let before = sample(&index_metrics(&ix), "tenantflow_index_version", &[]).unwrap();
+    // Heavy churn after that snapshot: 3,000 new pods, 1,000 deleted.
+    for id in 2_000..5_000 {
+        api.create_pod(&format!("10.250.{}.{}", id >> 8, id & 255));
+    }
+    for id in 0..1_000 {
+        api.delete_pod(id);
+    }
+    let truth = api.generated_pods();
+    assert_eq!(truth.len(), 4_000);
+    converge(&first, &truth, Duration::from_secs(60));
+    let now = sample(&index_metrics(&ix), "tenantflow_index_version", &[]).unwrap();
+    assert_eq!(now - before, 4_000.0, "one version per change");
+    // A new follower: its `synced` names the index's current version, and by then it
+    // holds every pod the index does.
+    let late = Follower::start(&addr, AGENT);
+    let v = converge(&late, &truth, Duration::from_secs(60));
+    assert_eq!(v.first_synced, Some((now as u64, 4_000)));
+    assert_eq!(v.resyncs, 1);
+}
+
+/// Peak RSS (VmHWM) of a process, in bytes.
+fn peak_rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+        .expect("VmHWM");
+    kb * 1024
+}
+
+/// A network namespace with an uplink (one end of a veth pair) for a direct-mode agent, removed on drop.
+struct Netns(String);
+
+impl Netns {
+    fn new(name: String) -> Self {
+        let run = |args: &[&str]| {
+            let st = std::process::Command::new("ip")
+                .args(args)
+                .status()
+                .unwrap();
+            assert!(st.success(), "ip {args:?}");
+        };
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", &name])
+            .stderr(std::process::Stdio::null())
+            .status();
+        run(&["netns", "add", &name]);
+        let ns = Self(name);
+        run(&["-n", &ns.0, "link", "set", "lo", "up"]);
+        run(&[
+            "-n", &ns.0, "link", "add", "up0", "type", "veth", "peer", "name", "up0p",
+        ]);
+        run(&["-n", &ns.0, "link", "set", "up0", "up"]);
+        ns
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", &self.0])
+            .status();
+    }
+}
+
+const MIB: f64 = 1024.0 * 1024.0;
+
+/// One size: the pod list's bytes, the index's and the agent's peak RSS once ready.
+fn peaks(pods: u64, tag: &str) -> (u64, u64, u64) {
+    let size = Size {
+        pods,
+        nodes: 100,
+        namespaces: 50,
+        services: 200,
+    };
+    let ns = Netns::new(prefix(&format!("rss{tag}")));
+    let api = api_in(size, true, Some(&ns.0));
+    let addr = format!("127.0.0.1:{}", free_port());
+    let ix = Index::start(&api, &addr, Some(&ns.0), None, &format!("rss{tag}"));
+    let index_peak = peak_rss(ix.pid());
+    let list_bytes = api.stats("index").bytes;
+    drop(ix);
+    let kubeconfig = api.kubeconfig("agent");
+    let mut agent = Agent::spawn_env(
+        &ns.0,
+        "127.0.0.1:9990",
+        "1s",
+        &["--uplink", "up0", "--node-name", "node-0"],
+        &[("KUBECONFIG", kubeconfig.to_str().unwrap())],
+    );
+    // A debug build decodes a few megabytes a second: wait for the list, however long.
+    let ready = eventually(Duration::from_secs(240), || {
+        assert!(
+            agent.exited().is_none(),
+            "agent exited:\n{}",
+            agent.log_text()
+        );
+        matches!(agent.get("/readyz"), Ok((200, _))).then_some(())
+    });
+    assert!(ready.is_some(), "agent not ready:\n{}", agent.log_text());
+    let objects = agent.metric("tenantflow_metadata_objects{kind=\"pod\",source=\"kubernetes\"}");
+    assert_eq!(objects, Some(pods as f64), "{}", agent.log_text());
+    let agent_peak = peak_rss(agent.pid().unwrap());
+    eprintln!(
+        "pods={pods} list_mib={:.0} index_peak_mib={:.0} agent_peak_mib={:.0}",
+        list_bytes as f64 / MIB,
+        index_peak as f64 / MIB,
+        agent_peak as f64 / MIB
+    );
+    (list_bytes, index_peak, agent_peak)
+}
+
+/// Reading the whole list before decoding it makes peak memory a multiple of the list;
+/// decoded item by item, a list four times as long costs only what the store keeps of
+/// the extra pods (a few hundred bytes each), not the extra hundreds of megabytes.
+#[test]
+fn peak_memory_of_the_index_and_a_direct_mode_agent_does_not_follow_the_list_size() {
+    require_root();
+    let (small_list, small_index, small_agent) = peaks(5_000, "s");
+    let (big_list, big_index, big_agent) = peaks(20_000, "b");
+    let list_growth = big_list - small_list;
+    assert!(
+        list_growth > 95 * 1024 * 1024,
+        "the list grew by {:.0} MiB",
+        list_growth as f64 / MIB
+    );
+    // 15,000 more pods: the store (and the index's resume ring) keep about 1 KiB each.
+    let bound = 40 * 1024 * 1024;
+    for (who, small, big) in [
+        ("index", small_index, big_index),
+        ("agent", small_agent, big_agent),
+    ] {
+        assert!(
+            big.saturating_sub(small) < bound,
+            "{who} peak grew {:.0} MiB ({:.0} -> {:.0}) while the list grew {:.0} MiB",
+            big.saturating_sub(small) as f64 / MIB,
+            small as f64 / MIB,
+            big as f64 / MIB,
+            list_growth as f64 / MIB
+        );
+    }
+}
