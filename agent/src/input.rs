@@ -32,7 +32,25 @@ pub enum InputError {
 /// The file's text if it is a regular, readable, UTF-8 file of at most `max` bytes whose
 /// bracket nesting stays within [`MAX_DEPTH`].
 pub fn read(path: &Path, max: u64, hint: &'static str) -> Result<String, InputError> {
-    let meta = std::fs::metadata(path).map_err(open_err)?;
+    let bytes = read_bytes(path, max, hint)?;
+    let text =
+        String::from_utf8(bytes).map_err(|e| InputError::NotUtf8(e.utf8_error().valid_up_to()))?;
+    check_depth(&text)?;
+    Ok(text)
+}
+
+/// The bytes of a regular file of at most `max` bytes. The file is opened without
+/// blocking (a FIFO would wait for a writer) and judged by what was opened, not by its
+/// name (a symlink swapped between a check and the open changes nothing); a file that
+/// grows while it is read is still cut at the limit.
+pub fn read_bytes(path: &Path, max: u64, hint: &'static str) -> Result<Vec<u8>, InputError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+        .map_err(open_err)?;
+    let meta = file.metadata().map_err(open_err)?;
     let ft = meta.file_type();
     if !ft.is_file() {
         use std::os::unix::fs::FileTypeExt;
@@ -57,10 +75,7 @@ pub fn read(path: &Path, max: u64, hint: &'static str) -> Result<String, InputEr
         });
     }
     let mut bytes = Vec::with_capacity(meta.len() as usize);
-    std::fs::File::open(path)
-        .map_err(open_err)?
-        // A file that grows while we read is still cut at the limit.
-        .take(max + 1)
+    file.take(max + 1)
         .read_to_end(&mut bytes)
         .map_err(open_err)?;
     if bytes.len() as u64 > max {
@@ -70,10 +85,7 @@ pub fn read(path: &Path, max: u64, hint: &'static str) -> Result<String, InputEr
             hint,
         });
     }
-    let text =
-        String::from_utf8(bytes).map_err(|e| InputError::NotUtf8(e.utf8_error().valid_up_to()))?;
-    check_depth(&text)?;
-    Ok(text)
+    Ok(bytes)
 }
 
 /// [`read`], then the YAML shape check (no expanding aliases, no duplicate keys).

@@ -29,6 +29,10 @@ use crate::{
 /// lock waits well under a millisecond.
 const BATCH: usize = 256;
 
+/// Past this many pods, an agent in direct mode says index mode is the better fit
+/// (docs/scale.md, "When to switch").
+const DIRECT_MODE_PODS: usize = 30_000;
+
 /// How many watch events may wait for the identity task before the watchers are made
 /// to wait (backpressure on the API stream; nothing is dropped).
 pub const QUEUE: usize = 8192;
@@ -83,9 +87,6 @@ impl Inventory {
             .write()
             .keep_pod_labels(self.pod_label_keys.clone());
         let mut health = Health::new(self.sources.clone());
-        if self.sources.is_empty() {
-            m.metadata_last_sync.set(unix_now());
-        }
         self.publish(&shared);
         self.judge(&health, &shared);
         let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -143,7 +144,8 @@ impl Inventory {
                 .set(health.is_current(s) as i64);
         }
         m.metadata_stale.set(stale as i64);
-        if !stale && !health.sources().is_empty() {
+        // A snapshot (no source to wait for) is current with its file, which is watched.
+        if !stale {
             m.metadata_last_sync.set(unix_now());
         }
         shared.set_ready(health.ready());
@@ -178,6 +180,7 @@ impl Inventory {
                     if let Transition::RelistCompleted(took) = health.synced(s) {
                         info!(source = s.label(), took = ?took, objects = store.len(), "identity: listing completed, source current");
                     }
+                    self.advise_index_mode(s, &store);
                 }
                 WatchEvent::BadObject(e) => {
                     m.metadata_errors.inc();
@@ -205,6 +208,19 @@ impl Inventory {
         }
     }
 
+    /// Direct mode is the small-cluster mode: past [`DIRECT_MODE_PODS`] an agent says so
+    /// (every agent listing every pod is what loads the API server).
+    fn advise_index_mode(&self, s: Source, store: &Store) {
+        let pods = store.counts().get(&Kind::Pod).copied().unwrap_or(0);
+        if s == Source::Api(Kind::Pod) && self.journal.is_none() && pods > DIRECT_MODE_PODS {
+            warn!(
+                pods,
+                "identity: direct mode at this cluster size makes every agent list and watch every pod; \
+                 enable index mode (chart: index.enabled=true, docs/scale.md)"
+            );
+        }
+    }
+
     /// A changed snapshot, parsed and indexed on the reload thread: swapped in at once.
     fn reloaded(&self, r: Reloaded, shared: &Shared) {
         match r {
@@ -217,7 +233,6 @@ impl Inventory {
                     info!(objects = held.len(), "identity snapshot reloaded");
                 }
                 self.publish(shared);
-                shared.metrics.metadata_last_sync.set(unix_now());
             }
             Reloaded::Invalid(e) => {
                 shared.metrics.metadata_errors.inc();

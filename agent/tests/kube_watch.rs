@@ -363,3 +363,45 @@ async fn an_unreachable_api_server_is_reported_and_retried() {
     );
     server.abort();
 }
+
+const INVALID: &str = r#"{"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure","message":"ListOptions.meta.k8s.io \"\" is invalid: sendInitialEvents: Forbidden: sendInitialEvents is forbidden for watch unless the WatchList feature gate is enabled","reason":"Invalid","code":422}"#;
+
+/// `--initial-list streaming` against an API server without the WatchList feature: the
+/// watch-list is refused as invalid, and the reflector lists from the watch cache instead
+/// of retrying a request that can never succeed.
+#[tokio::test]
+async fn a_refused_watch_list_falls_back_to_a_cache_list() {
+    let (svc, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let (tx, mut rx) = mpsc::channel(64);
+    let setup = Setup {
+        list: InitialList::Streaming,
+        fields: None,
+        source: Source::Api(Kind::Pod),
+        sweeps: true,
+    };
+    tokio::spawn(reflector::run(
+        Api::<Slim<Pod>>::all(Client::new(svc, "default")),
+        setup,
+        tx,
+    ));
+    let server = tokio::spawn(async move {
+        let (req, send) = handle.next_request().await.expect("a watch-list");
+        let uri = req.uri().to_string();
+        assert!(uri.contains("sendInitialEvents=true"), "{uri}");
+        send.send_response(
+            Response::builder()
+                .status(StatusCode::UNPROCESSABLE_ENTITY)
+                .body(Body::from(INVALID.as_bytes().to_vec()))
+                .unwrap(),
+        );
+        let list = answer(&mut handle, None, LIST).await;
+        assert!(list.contains("resourceVersion=0"), "{list}");
+        let (_req, _send) = handle.next_request().await.expect("watch");
+        std::future::pending::<()>().await;
+    });
+    let mut store = Store::new();
+    let seen = take(&mut rx, &mut store, 8).await;
+    assert_eq!(seen[..2], ["relisting pods start", "relist Pod"]);
+    assert_eq!(seen[2..], FIRST_LIST);
+    server.abort();
+}

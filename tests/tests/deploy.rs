@@ -309,6 +309,7 @@ fn rbac_is_read_only_on_four_kinds() {
             "TenantflowAgentNotReady",
             "TenantflowFlowCountsLost",
             "TenantflowMetadataStale",
+            "TenantflowIdentityOutOfDate",
             "TenantflowNatJoinMissesHigh",
             "TenantflowObserverNotFirst",
         ]
@@ -324,7 +325,7 @@ fn alert_rules_pass_promtool_and_their_unit_tests() {
         "deploy/helm/tenantflow/files/tenantflow.rules.yaml",
     ]));
     assert_eq!(code, 0, "{out}");
-    assert!(out.contains("SUCCESS: 13 rules found"), "{out}");
+    assert!(out.contains("SUCCESS: 14 rules found"), "{out}");
     let (code, out) =
         run(Command::new(&promtool).args(["test", "rules", "deploy/prometheus/rules_test.yaml"]));
     assert_eq!(code, 0, "{out}");

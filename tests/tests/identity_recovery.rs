@@ -8,11 +8,11 @@
 use std::{collections::BTreeMap, time::Duration};
 
 use tenantflow_tests::{
-    eventually,
+    eventually, identity_peak,
     index_follower::{Follower, View},
     index_process::{free_port, Index},
     kube_api::{pod_ip, KubeApi, Size},
-    prefix, require_root, Agent,
+    require_root,
 };
 
 /// The agents' token, which the synthetic API's RBAC grants `get` on /v1/identity.
@@ -263,97 +263,13 @@ fn a_follower_joining_after_heavy_churn_is_ready_only_once_caught_up() {
     assert_eq!(v.resyncs, 1);
 }
 
-/// Peak RSS (VmHWM) of a process, in bytes.
-fn peak_rss(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
-    let kb: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
-        .expect("VmHWM");
-    kb * 1024
-}
-
-/// A network namespace with an uplink (one end of a veth pair) for a direct-mode agent, removed on drop.
-struct Netns(String);
-
-impl Netns {
-    fn new(name: String) -> Self {
-        let run = |args: &[&str]| {
-            let st = std::process::Command::new("ip")
-                .args(args)
-                .status()
-                .unwrap();
-            assert!(st.success(), "ip {args:?}");
-        };
-        let _ = std::process::Command::new("ip")
-            .args(["netns", "del", &name])
-            .stderr(std::process::Stdio::null())
-            .status();
-        run(&["netns", "add", &name]);
-        let ns = Self(name);
-        run(&["-n", &ns.0, "link", "set", "lo", "up"]);
-        run(&[
-            "-n", &ns.0, "link", "add", "up0", "type", "veth", "peer", "name", "up0p",
-        ]);
-        run(&["-n", &ns.0, "link", "set", "up0", "up"]);
-        ns
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("ip")
-            .args(["netns", "del", &self.0])
-            .status();
-    }
-}
-
 const MIB: f64 = 1024.0 * 1024.0;
 
-/// One size: the pod list's bytes, the index's and the agent's peak RSS once ready.
+/// One size: the pod list's bytes, the index's and the direct-mode agent's peak RSS.
 fn peaks(pods: u64, tag: &str) -> (u64, u64, u64) {
-    let size = Size {
-        pods,
-        nodes: 100,
-        namespaces: 50,
-        services: 200,
-    };
-    let ns = Netns::new(prefix(&format!("rss{tag}")));
-    let api = api_in(size, true, Some(&ns.0));
-    let addr = format!("127.0.0.1:{}", free_port());
-    let ix = Index::start(&api, &addr, Some(&ns.0), None, &format!("rss{tag}"));
-    let index_peak = peak_rss(ix.pid());
-    let list_bytes = api.stats("index").bytes;
-    drop(ix);
-    let kubeconfig = api.kubeconfig("agent");
-    let mut agent = Agent::spawn_env(
-        &ns.0,
-        "127.0.0.1:9990",
-        "1s",
-        &["--uplink", "up0", "--node-name", "node-0"],
-        &[("KUBECONFIG", kubeconfig.to_str().unwrap())],
-    );
-    // A debug build decodes a few megabytes a second: wait for the list, however long.
-    let ready = eventually(Duration::from_secs(240), || {
-        assert!(
-            agent.exited().is_none(),
-            "agent exited:\n{}",
-            agent.log_text()
-        );
-        matches!(agent.get("/readyz"), Ok((200, _))).then_some(())
-    });
-    assert!(ready.is_some(), "agent not ready:\n{}", agent.log_text());
-    let objects = agent.metric("tenantflow_metadata_objects{kind=\"pod\",source=\"kubernetes\"}");
-    assert_eq!(objects, Some(pods as f64), "{}", agent.log_text());
-    let agent_peak = peak_rss(agent.pid().unwrap());
-    eprintln!(
-        "pods={pods} list_mib={:.0} index_peak_mib={:.0} agent_peak_mib={:.0}",
-        list_bytes as f64 / MIB,
-        index_peak as f64 / MIB,
-        agent_peak as f64 / MIB
-    );
-    (list_bytes, index_peak, agent_peak)
+    let p = identity_peak::measure(pods, tag, false);
+    eprintln!("{p:?}");
+    (p.list_bytes, p.index.0, p.direct.0)
 }
 
 /// Reading the whole list before decoding it makes peak memory a multiple of the list;

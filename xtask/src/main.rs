@@ -41,11 +41,16 @@ enum Cmd {
     /// Per-packet cost and throughput against a baseline, in one run.
     Bench(bench::BenchArgs),
     /// The identity store at cluster scale: memory per pod, update and relist cost
-    /// (agent/benches/identity.rs).
+    /// (agent/benches/identity.rs); then peak RSS and time to ready of the real decode
+    /// path at real object sizes: the index, a direct-mode agent and an agent following
+    /// the index (tests/src/identity_peak.rs; needs root).
     BenchIdentity {
         /// Pods in the synthetic cluster (5k nodes, 2k namespaces, 10k services).
         #[arg(long, default_value_t = 200_000)]
         pods: usize,
+        /// Only the in-process store bench (no processes, no root).
+        #[arg(long)]
+        store_only: bool,
     },
     /// A harvest's userspace work at node scale, without a kernel: time per harvest and
     /// heap per connection (agent/benches/harvest.rs).
@@ -109,7 +114,13 @@ fn main() -> Result<()> {
         Cmd::Demo(args) => demo::run(args),
         Cmd::Test(args) => test::run(args),
         Cmd::Bench(args) => bench::run(args),
-        Cmd::BenchIdentity { pods } => cargo_bench("identity", &["--pods", &pods.to_string()]),
+        Cmd::BenchIdentity { pods, store_only } => {
+            cargo_bench("identity", &["--pods", &pods.to_string()])?;
+            if store_only {
+                return Ok(());
+            }
+            identity_peak(pods)
+        }
         Cmd::BenchHarvest {
             connections,
             rounds,
@@ -124,6 +135,29 @@ fn main() -> Result<()> {
         ),
         Cmd::Traffic(cmd) => xtask::traffic::run(cmd),
     }
+}
+
+/// The real processes at real object sizes, from a release build.
+fn identity_peak(pods: usize) -> Result<()> {
+    xtask::exec::require_root("the identity peak-memory bench")?;
+    xtask::exec::run_visible(std::process::Command::new("cargo").args([
+        "build",
+        "--release",
+        "-p",
+        "tenantflow",
+        "-p",
+        "tenantflow-tests",
+        "--bin",
+        "tenantflow",
+        "--bin",
+        "tf-identity-peak",
+    ]))?;
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    xtask::exec::run_visible(
+        std::process::Command::new(root.join("target/release/tf-identity-peak"))
+            .args(["--pods", &pods.to_string()])
+            .env("TENANTFLOW_BIN", root.join("target/release/tenantflow")),
+    )
 }
 
 /// One of the agent's in-process benches (`agent/benches/`), after setting the machine up.

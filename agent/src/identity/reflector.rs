@@ -19,7 +19,7 @@ use kube::{
 };
 use tokio::sync::mpsc::Sender;
 use tokio_util::{compat::FuturesAsyncReadCompatExt, io::SyncIoBridge};
-use tracing::debug;
+use tracing::{debug, warn};
 
 use super::{
     backoff::Backoff,
@@ -210,6 +210,17 @@ impl<K: Watched> Reflector<K> {
         wp.field_selector = self.setup.fields.clone();
         let mut stream = match self.api.watch(&wp, "").await {
             Ok(s) => s.boxed(),
+            // An API server without the WatchList feature rejects the request as invalid:
+            // list from the watch cache instead, from now on.
+            Err(kube::Error::Api(s)) if matches!(s.code, 400 | 422) => {
+                warn!(
+                    source = self.setup.source.label(),
+                    status = %s,
+                    "identity: the API server refuses watch-lists (--initial-list streaming needs the WatchList feature); listing from its watch cache instead"
+                );
+                self.setup.list = InitialList::Cache;
+                return Err(Failure::Relist(Reason::Start));
+            }
             Err(e) => return Err(self.failure(e)),
         };
         while let Some(ev) = stream.next().await {

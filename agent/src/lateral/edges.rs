@@ -51,6 +51,11 @@ pub enum EdgeFileError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("edge file {path}: {why}; point --edge-file at a regular file of ours (edges are kept in memory only until the agent restarts with one)")]
+    Refused {
+        path: PathBuf,
+        why: crate::input::InputError,
+    },
     #[error("edge file {path}: {why}; it was moved to {moved} and learning starts over")]
     Corrupt {
         path: PathBuf,
@@ -173,10 +178,26 @@ impl Edges {
         let Some(path) = self.cfg.file.clone() else {
             return Ok(());
         };
-        let bytes = match std::fs::read(&path) {
+        use crate::input::InputError;
+        // Read like every other input: regular files only, bounded, never blocking (a
+        // FIFO, `/dev/zero` or a huge sparse file is refused before a byte is read).
+        let bytes = match crate::input::read_bytes(
+            &path,
+            MAX_FILE,
+            "an edge file holds at most a few million edges: delete it to learn afresh",
+        ) {
             Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-            Err(source) => return Err(EdgeFileError::Read { path, source }),
+            Err(InputError::Open(e)) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(InputError::Open(source)) => return Err(EdgeFileError::Read { path, source }),
+            Err(InputError::Denied) => {
+                let source = std::io::Error::from(std::io::ErrorKind::PermissionDenied);
+                return Err(EdgeFileError::Read { path, source });
+            }
+            Err(why) => {
+                // Never written over either: it is not ours.
+                self.cfg.file = None;
+                return Err(EdgeFileError::Refused { path, why });
+            }
         };
         match parse(&bytes) {
             Ok((since, entries)) => {
@@ -292,6 +313,10 @@ impl Edges {
         self.edges.is_empty()
     }
 }
+
+/// The largest edge file read: 64 MiB, over five million edges (the default limit is
+/// 65,536, under 800 KB).
+const MAX_FILE: u64 = 64 << 20;
 
 fn parse(b: &[u8]) -> Result<(u64, Vec<(u64, u32)>), String> {
     if b.len() < HEADER || &b[..8] != MAGIC {
@@ -417,6 +442,61 @@ mod tests {
         );
         assert!(fresh.is_empty());
         assert!(path.with_extension("corrupt").exists());
+    }
+
+    /// What a careless or hostile `--edge-file` points at is refused before a byte is
+    /// read (no memory taken, no open that waits for a writer) and never written over;
+    /// edges are kept in memory.
+    #[test]
+    fn devices_fifos_and_huge_files_are_refused_unread_and_left_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let zero = dir.path().join("zero");
+        std::os::unix::fs::symlink("/dev/zero", &zero).unwrap();
+        let fifo = dir.path().join("fifo");
+        let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let sparse = dir.path().join("sparse");
+        let f = std::fs::File::create(&sparse).unwrap();
+        f.set_len(4 << 30).unwrap();
+        for (path, why) in [
+            (&zero, "it is a device, not a regular file"),
+            (&fifo, "it is a FIFO, not a regular file"),
+            (
+                &sparse,
+                "it is 4294967296 bytes, over the limit of 67108864",
+            ),
+        ] {
+            let (mut e, problem) = Edges::open(
+                &Registry::new(),
+                EdgeConfig {
+                    learning: Duration::ZERO,
+                    max_edges: 100,
+                    file: Some(path.clone()),
+                },
+            )
+            .unwrap();
+            let msg = problem.expect("reported").to_string();
+            assert!(
+                msg.starts_with(&format!("edge file {}: {why}", path.display())),
+                "{msg}"
+            );
+            assert_eq!(e.file_errors.get(), 1);
+            let k = class(
+                pod("a", "Deployment/web", "alpha"),
+                pod("a", "Deployment/db", "alpha"),
+            );
+            assert!(e.walk(&k, &test_tuple(PROTO_TCP, "10.0.0.1", 1, "10.0.0.3", 5432)));
+            e.save(Instant::now(), true).unwrap();
+        }
+        let meta = std::fs::symlink_metadata(&zero).unwrap();
+        assert!(
+            meta.file_type().is_symlink(),
+            "the symlink was not written over"
+        );
+        use std::os::unix::fs::FileTypeExt;
+        assert!(std::fs::metadata(&fifo).unwrap().file_type().is_fifo());
+        assert_eq!(std::fs::metadata(&sparse).unwrap().len(), 4 << 30);
     }
 
     #[test]
