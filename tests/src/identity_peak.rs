@@ -88,7 +88,7 @@ pub fn size(pods: u64) -> Size {
 
 /// Start an agent in `ns` and wait (as long as a debug build needs) until it is ready;
 /// returns it with the time that took.
-fn ready_agent(ns: &str, extra: &[&str], kubeconfig: &str) -> (Agent, Duration) {
+pub fn ready_agent(ns: &str, extra: &[&str], kubeconfig: &str) -> (Agent, Duration) {
     let started = Instant::now();
     let mut args = vec!["--uplink", "up0", "--node-name", "node-0"];
     args.extend_from_slice(extra);

@@ -64,10 +64,11 @@ struct Model {
     pods: BTreeMap<u64, Option<String>>,
     next_pod: u64,
     events: Vec<Event>,
-    /// Kinds whose next watch is answered 410 Gone (an ERROR event in a 200 stream).
-    gone: Vec<&'static str>,
-    /// Kinds whose next watch is answered with the HTTP status 410.
-    gone_status: Vec<&'static str>,
+    /// (client, kind) whose next watch is answered 410 Gone (an ERROR event in a 200
+    /// stream): every client's version is compacted away, each learns it on its own.
+    gone: Vec<(String, &'static str)>,
+    /// (client, kind) whose next watch is answered with the HTTP status 410.
+    gone_status: Vec<(String, &'static str)>,
     /// Every request is answered 503 (the API server is away).
     down: bool,
     /// Pods at the size a real API server serves them.
@@ -228,6 +229,14 @@ impl Model {
             None if i < self.size.pods => Some((generated(self, kind, i), node)),
             None => None,
         }
+    }
+
+    /// Every (client, kind) pair, for expiring every client's watches.
+    fn every_client_kind(&self) -> Vec<(String, &'static str)> {
+        self.clients
+            .keys()
+            .flat_map(|c| KINDS.map(|k| (c.clone(), k)))
+            .collect()
     }
 
     fn record(&mut self, kind: &'static str, typ: &str, object: &str, node: Option<String>) {
@@ -460,7 +469,7 @@ impl KubeApi {
     /// resourceVersion was compacted away): every watcher must relist.
     pub fn force_gone(&self) {
         self.change(|m| {
-            m.gone = KINDS.to_vec();
+            m.gone = m.every_client_kind();
             m.watch_epoch += 1;
         });
     }
@@ -469,7 +478,7 @@ impl KubeApi {
     /// 410 (not an event in a stream), as some API server paths do.
     pub fn force_gone_status(&self) {
         self.change(|m| {
-            m.gone_status = KINDS.to_vec();
+            m.gone_status = m.every_client_kind();
             m.watch_epoch += 1;
         });
     }
@@ -659,7 +668,11 @@ fn refusal(req: &Request, m: &mut Model) -> Option<(&'static str, String)> {
     if !req.watch {
         return None;
     }
-    if let Some(i) = m.gone_status.iter().position(|k| *k == req.kind) {
+    if let Some(i) = m
+        .gone_status
+        .iter()
+        .position(|(c, k)| *c == req.token && *k == req.kind)
+    {
         m.gone_status.remove(i);
         let message = format!(
             "too old resource version: {} ({})",
@@ -826,7 +839,11 @@ fn watch(req: &Request, st: &(Mutex<Model>, Condvar), body: &mut Chunked) -> std
     let (m, cv) = st;
     let (epoch, mut sent) = {
         let mut g = m.lock().unwrap();
-        if let Some(i) = g.gone.iter().position(|k| *k == req.kind) {
+        if let Some(i) = g
+            .gone
+            .iter()
+            .position(|(c, k)| *c == req.token && *k == req.kind)
+        {
             g.gone.remove(i);
             drop(g);
             body.send(&format!(

@@ -302,3 +302,107 @@ fn peak_memory_of_the_index_and_a_direct_mode_agent_does_not_follow_the_list_siz
         );
     }
 }
+
+fn agent_metrics(a: &tenantflow_tests::Agent) -> String {
+    a.get("/metrics").expect("agent /metrics").1
+}
+
+/// Wait until the agent's metrics satisfy `ok`; panics with its log.
+fn wait_agent(a: &tenantflow_tests::Agent, what: &str, ok: impl Fn(&str) -> bool) {
+    let done = eventually(Duration::from_secs(60), || {
+        ok(&agent_metrics(a)).then_some(())
+    });
+    assert!(done.is_some(), "agent: {what}\n{}", a.log_text());
+}
+
+fn stale_is(m: &str, v: f64) -> bool {
+    sample(m, "tenantflow_metadata_stale", &[]) == Some(v)
+}
+
+/// Real agents, both modes: an outage ending in a 410 status makes them stale and then
+/// exact again; an agent following the index is stale while its index is (the index's own
+/// watches down), not only while its own stream or watch is.
+#[test]
+fn real_agents_in_both_modes_recover_exactly_and_are_stale_while_their_source_is() {
+    require_root();
+    let ns = identity_peak::Netns::new(tenantflow_tests::prefix("rcag"));
+    let api = api_in(identity_peak::size(2_000), true, Some(&ns.0));
+    let kubeconfig = api.kubeconfig("agent");
+    let kubeconfig = kubeconfig.to_str().unwrap();
+    let pods_of = |m: &str, source: &str| {
+        sample(
+            m,
+            "tenantflow_metadata_objects",
+            &[("kind", "pod"), ("source", source)],
+        )
+    };
+
+    // Direct mode.
+    let (agent, _) = identity_peak::ready_agent(&ns.0, &[], kubeconfig);
+    wait_agent(&agent, "current after start", |m| stale_is(m, 0.0));
+    api.set_down(true);
+    wait_agent(&agent, "stale while the API is down", |m| {
+        stale_is(m, 1.0)
+            && sample(
+                m,
+                "tenantflow_identity_source_current",
+                &[("source", "pods")],
+            ) == Some(0.0)
+    });
+    for id in 0..30 {
+        api.delete_pod_silently(id);
+    }
+    api.force_gone_status();
+    api.set_down(false);
+    let truth = api.generated_pods().len() as f64;
+    assert_eq!(truth, 1_970.0);
+    wait_agent(&agent, "exact and current after the 410", |m| {
+        stale_is(m, 0.0) && pods_of(m, "kubernetes") == Some(truth)
+    });
+    let m = agent_metrics(&agent);
+    assert_eq!(relists(&m, "pods", "expired"), (Some(1.0), Some(2.0)));
+    drop(agent);
+
+    // Index mode: the index's staleness reaches the agent.
+    let addr = format!("127.0.0.1:{}", free_port());
+    let _ix = Index::start(&api, &addr, Some(&ns.0), None, "rcag");
+    let token = std::env::temp_dir().join(format!("tf-rcag-token-{}", ns.0));
+    std::fs::write(&token, format!("{AGENT}\n")).unwrap();
+    let url = format!("http://{addr}");
+    let extra = [
+        "--identity-index",
+        url.as_str(),
+        "--identity-index-token-file",
+        token.to_str().unwrap(),
+    ];
+    let (agent, _) = identity_peak::ready_agent(&ns.0, &extra, kubeconfig);
+    let current = |m: &str, source: &str| {
+        sample(
+            m,
+            "tenantflow_identity_source_current",
+            &[("source", source)],
+        )
+    };
+    wait_agent(&agent, "current following the index", |m| {
+        stale_is(m, 0.0)
+            && current(m, "index") == Some(1.0)
+            && current(m, "local_pods") == Some(1.0)
+            && pods_of(m, "index") == Some(truth)
+    });
+    api.set_down(true);
+    wait_agent(&agent, "stale while its index is", |m| {
+        stale_is(m, 1.0)
+            && current(m, "index") == Some(0.0)
+            && sample(m, "tenantflow_identity_index_connected", &[]) == Some(1.0)
+    });
+    for id in 30..60 {
+        api.delete_pod_silently(id);
+    }
+    api.force_gone_status();
+    api.set_down(false);
+    let truth = api.generated_pods().len() as f64;
+    assert_eq!(truth, 1_940.0);
+    wait_agent(&agent, "exact and current after the index relisted", |m| {
+        stale_is(m, 0.0) && current(m, "index") == Some(1.0) && pods_of(m, "index") == Some(truth)
+    });
+}
