@@ -32,7 +32,12 @@ pub enum InputError {
 /// The file's text if it is a regular, readable, UTF-8 file of at most `max` bytes whose
 /// bracket nesting stays within [`MAX_DEPTH`].
 pub fn read(path: &Path, max: u64, hint: &'static str) -> Result<String, InputError> {
-    let bytes = read_bytes(path, max, hint)?;
+    let mut bytes = read_bytes(path, max, hint)?;
+    // Editors on Windows save UTF-8 with a byte-order mark; it is not content (YAML
+    // would read it as the start of a second document).
+    if bytes.starts_with(b"\xEF\xBB\xBF") {
+        bytes.drain(..3);
+    }
     let text =
         String::from_utf8(bytes).map_err(|e| InputError::NotUtf8(e.utf8_error().valid_up_to()))?;
     check_depth(&text)?;
@@ -142,6 +147,13 @@ mod tests {
     fn a_normal_file_reads_whole() {
         let p = file("ok", b"a: [1, {b: \"[[[\"}]  # [[[\n");
         assert_eq!(read(&p, 1024, "").unwrap(), "a: [1, {b: \"[[[\"}]  # [[[\n");
+        let _ = std::fs::remove_file(p);
+    }
+
+    #[test]
+    fn a_byte_order_mark_is_not_content() {
+        let p = file("bom", b"\xEF\xBB\xBFa: 1\n");
+        assert_eq!(read_yaml(&p, 1024, "").unwrap(), "a: 1\n");
         let _ = std::fs::remove_file(p);
     }
 

@@ -266,6 +266,71 @@ fn a_second_agent_refuses_and_leaves_the_first_one_attached() {
     assert_eq!(next.stop_with(libc::SIGTERM), Some(0));
 }
 
+/// An unprivileged process in the node's network namespace (uid 65534, no capabilities,
+/// as any hostNetwork pod could run) binds the lock name first: the agent is not kept from
+/// starting. It names the squatter, takes a root-only file lock instead, and that lock
+/// still refuses a second agent.
+#[test]
+fn an_unprivileged_squatter_on_the_lock_name_does_not_stop_the_agent() {
+    use std::io::BufRead;
+    let lab = lab("lq");
+    let node = lab.topo.node_ns(1);
+    let mut squatter = Command::new("ip")
+        .args(["netns", "exec", &node])
+        .args([
+            "setpriv",
+            "--reuid",
+            "65534",
+            "--regid",
+            "65534",
+            "--clear-groups",
+        ])
+        .args(["--inh-caps=-all", "--bounding-set=-all", "/usr/bin/python3", "-c"])
+        .arg(
+            "import socket,time\n\
+             s=socket.socket(socket.AF_UNIX)\n\
+             s.bind('\\0tenantflow-agent')\n\
+             s.listen(1)\n\
+             print('bound',flush=True)\n\
+             time.sleep(120)",
+        )
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn the squatter");
+    let mut line = String::new();
+    std::io::BufReader::new(squatter.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line.trim(), "bound", "the squatter holds the name");
+    let mut first = Agent::start(&node, &["--attach-mode", "netlink"]);
+    let log = first.log_text();
+    assert!(
+        log.contains("held by a process that is not root")
+            && log.contains(&format!("pid {} (python3), uid 65534", squatter.id())),
+        "{log}"
+    );
+    let (code, err) = run_agent(
+        &node,
+        &["--attach-mode", "netlink", "--listen", "127.0.0.1:9991"],
+    );
+    assert_eq!(code, Some(64), "{err}");
+    assert!(
+        err.contains("another tenantflow agent is running (pid ")
+            && err.contains(&format!("pid {} (tenantflow)", first.pid().unwrap())),
+        "{err}"
+    );
+    for i in NODE1_IFACES {
+        assert_eq!(
+            tc_state(&node, i),
+            (1, 1, true),
+            "{i}: the first agent's filters stay"
+        );
+    }
+    assert_eq!(first.stop_with(libc::SIGTERM), Some(0));
+    let _ = squatter.kill();
+    let _ = squatter.wait();
+}
+
 /// A cgroup root that is not a cgroup v2 directory is named as such (not as a failed
 /// kernel attach), and nothing stays attached.
 #[test]

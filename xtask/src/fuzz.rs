@@ -12,6 +12,7 @@ const TARGETS: &[&str] = &[
     "identity::tests::fuzz_snapshot_parser",
     "nat::conntrack::tests::fuzz_conntrack_messages",
     "export::http::tests::fuzz_flows_query",
+    "lateral::edges::tests::fuzz_edge_file_parser",
 ];
 
 pub fn run(cases: u64) -> Result<()> {

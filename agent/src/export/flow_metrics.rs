@@ -429,6 +429,12 @@ impl FlowMetrics {
     }
 
     fn attempt(&mut self, k: &Classification, outcome: crate::flow::Outcome) {
+        // An attempt is counted by how it was answered. A connection established and reset
+        // within one harvest is first known as `reset`, but the attempt was established.
+        let outcome = match outcome {
+            crate::flow::Outcome::Reset => crate::flow::Outcome::Established,
+            o => o,
+        };
         let src = &k.src_identity;
         let far = far_end(k);
         let mut l = vec![
@@ -650,6 +656,15 @@ mod tests {
             t0,
         );
         assert_eq!(value(&r, &series("established")), Some(1));
+        assert_eq!(value(&r, &series("reset")), None);
+        // Established and reset within one harvest: first known as reset, counted as
+        // the established attempt it was.
+        m.observe(
+            &[with(EventKind::End, Some(Outcome::Reset), true)],
+            &store,
+            t0,
+        );
+        assert_eq!(value(&r, &series("established")), Some(2));
         assert_eq!(value(&r, &series("reset")), None);
     }
 

@@ -535,4 +535,24 @@ mod tests {
             "the oldest is new again"
         );
     }
+
+    proptest::proptest! {
+        #![proptest_config(crate::fuzz_support::config())]
+        /// Mutations of a real edge file (header, entries, cut short, padded): refused with
+        /// a reason, never a panic.
+        #[test]
+        fn fuzz_edge_file_parser(bytes in crate::fuzz_support::mutated({
+            let mut e = edges(0, 100, None);
+            let k = class(
+                pod("a", "Deployment/web", "alpha"),
+                pod("b", "Deployment/db", "beta"),
+            );
+            for port in 0..4u16 {
+                e.walk(&k, &test_tuple(PROTO_TCP, "10.0.0.1", 1, "10.0.0.3", port));
+            }
+            vec![e.encode(), Vec::new(), MAGIC.to_vec()]
+        })) {
+            let _ = parse(&bytes);
+        }
+    }
 }
