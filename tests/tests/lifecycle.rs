@@ -285,7 +285,12 @@ fn an_unprivileged_squatter_on_the_lock_name_does_not_stop_the_agent() {
             "65534",
             "--clear-groups",
         ])
-        .args(["--inh-caps=-all", "--bounding-set=-all", "/usr/bin/python3", "-c"])
+        .args([
+            "--inh-caps=-all",
+            "--bounding-set=-all",
+            "/usr/bin/python3",
+            "-c",
+        ])
         .arg(
             "import socket,time\n\
              s=socket.socket(socket.AF_UNIX)\n\

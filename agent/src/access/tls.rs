@@ -1,17 +1,10 @@
-//! TLS for the exposed records listener: a certificate and key from files (the chart's
-//! Secret, user-supplied or generated), each connection's handshake bounded in time so a
-//! client that connects and stalls holds nothing but its own task.
+//! TLS for the exposed listeners: a certificate and key from files (the chart's Secret,
+//! user-supplied or generated). Connections are served by `export::listener`, which
+//! bounds each handshake in time.
 
-use std::{path::Path, sync::Arc, time::Duration};
+use std::{path::Path, sync::Arc};
 
-use hyper_util::{rt::TokioIo, service::TowerToHyperService};
 use rustls::pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer};
-use tokio::net::TcpListener;
-use tokio_rustls::TlsAcceptor;
-use tracing::debug;
-
-/// Longest a client may take to finish the TLS handshake.
-const HANDSHAKE: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
@@ -51,32 +44,4 @@ pub fn load(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, TlsErr
         .with_single_cert(certs, key)
         .map_err(|e| TlsError::Pair(e.to_string()))?;
     Ok(Arc::new(config))
-}
-
-/// Serve `app` over TLS on `listener` until the task is aborted.
-pub async fn serve(
-    listener: TcpListener,
-    config: Arc<rustls::ServerConfig>,
-    app: axum::Router,
-) -> std::io::Result<()> {
-    let acceptor = TlsAcceptor::from(config);
-    loop {
-        let (tcp, peer) = listener.accept().await?;
-        let acceptor = acceptor.clone();
-        let app = app.clone();
-        tokio::spawn(async move {
-            let tls = match tokio::time::timeout(HANDSHAKE, acceptor.accept(tcp)).await {
-                Ok(Ok(tls)) => tls,
-                Ok(Err(e)) => return debug!(%peer, error = %e, "TLS handshake failed"),
-                Err(_) => return debug!(%peer, "TLS handshake timed out"),
-            };
-            let service = TowerToHyperService::new(app);
-            if let Err(e) = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(tls), service)
-                .await
-            {
-                debug!(%peer, error = %e, "records connection ended with an error");
-            }
-        });
-    }
 }

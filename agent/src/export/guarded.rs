@@ -1,6 +1,7 @@
 //! What stands before the records handlers: per-caller bounds (a cap on requests in
-//! flight, a deadline per request) on every records listener, and on an exposed one the
-//! guard that turns a bearer token into a [`Scope`] or a clear 401/403/503.
+//! flight and a deadline, both covering the whole response, written out to the slowest
+//! reader) on every records listener, and on an exposed one the guard that turns a bearer
+//! token into a [`Scope`] or a clear 401/403/503.
 
 use std::{sync::Arc, time::Duration};
 
@@ -10,30 +11,33 @@ use axum::{
     middleware::Next,
     response::{IntoResponse, Response},
 };
-use tokio::sync::Semaphore;
+use futures::StreamExt as _;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::Shared;
 use crate::access::{Denied, Guard, Review, Wanted};
 
-/// Requests served at once; more get 503 at once rather than queueing.
-const IN_FLIGHT: usize = 16;
-/// A request (including a slow client's) gets this long.
-const DEADLINE: Duration = Duration::from_secs(30);
+/// Requests served at once, counted until their response is written out; more get 503 at
+/// once rather than queueing.
+pub const IN_FLIGHT: usize = 16;
+/// A request gets this long, from arriving to the last byte of its response read by the
+/// client; a reader slower than that is cut off.
+pub const DEADLINE: Duration = Duration::from_secs(30);
 
 pub struct Bounds {
-    permits: Semaphore,
+    permits: Arc<Semaphore>,
 }
 
 impl Default for Bounds {
     fn default() -> Self {
         Self {
-            permits: Semaphore::new(IN_FLIGHT),
+            permits: Arc::new(Semaphore::new(IN_FLIGHT)),
         }
     }
 }
 
 pub async fn bounded(State(b): State<Arc<Bounds>>, req: Request, next: Next) -> Response {
-    let Ok(_permit) = b.permits.try_acquire() else {
+    let Ok(permit) = b.permits.clone().try_acquire_owned() else {
         return (
             StatusCode::SERVICE_UNAVAILABLE,
             [(header::RETRY_AFTER, "1")],
@@ -41,14 +45,42 @@ pub async fn bounded(State(b): State<Arc<Bounds>>, req: Request, next: Next) -> 
         )
             .into_response();
     };
-    match tokio::time::timeout(DEADLINE, next.run(req)).await {
-        Ok(r) => r,
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    match tokio::time::timeout_at(deadline, next.run(req)).await {
+        Ok(r) => hold_until_sent(r, permit, deadline),
         Err(_) => (
             StatusCode::SERVICE_UNAVAILABLE,
             format!("request took longer than {}s\n", DEADLINE.as_secs()),
         )
             .into_response(),
     }
+}
+
+/// The response with its body streamed through: the in-flight permit is held until the
+/// last byte is written (or the client goes), and a body still being read at `deadline`
+/// is cut off (the connection is closed mid-response).
+fn hold_until_sent(
+    resp: Response,
+    permit: OwnedSemaphorePermit,
+    deadline: tokio::time::Instant,
+) -> Response {
+    let (parts, body) = resp.into_parts();
+    let data = body.into_data_stream();
+    let body = futures::stream::unfold(Some((data, permit)), move |state| async move {
+        let (mut data, permit) = state?;
+        match tokio::time::timeout_at(deadline, data.next()).await {
+            Ok(Some(chunk)) => Some((chunk, Some((data, permit)))),
+            Ok(None) => None,
+            Err(_) => Some((
+                Err(axum::Error::new(format!(
+                    "response not read within {}s: cut off",
+                    DEADLINE.as_secs()
+                ))),
+                None,
+            )),
+        }
+    });
+    Response::from_parts(parts, axum::body::Body::from_stream(body))
 }
 
 #[derive(serde::Deserialize, Default)]

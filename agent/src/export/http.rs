@@ -9,7 +9,7 @@ use axum::{
     middleware,
     response::IntoResponse,
     routing::get,
-    Extension, Json, Router,
+    Extension, Router,
 };
 use serde::Deserialize;
 use tokio::net::TcpListener;
@@ -149,10 +149,16 @@ pub async fn serve(
             super::guarded::path_authorized::<KubeReview>,
         ));
     }
+    let conns = conn_metrics(&shared);
     let app = public_router(shared, metrics_route);
-    match guarded {
-        None => axum::serve(listener, app).await,
-        Some((_, tls)) => crate::access::tls::serve(listener, tls, app).await,
+    let tls = guarded.map(|(_, tls)| tls);
+    super::listener::serve("public", listener, app, tls, conns).await
+}
+
+fn conn_metrics(shared: &Shared) -> super::listener::ConnMetrics {
+    super::listener::ConnMetrics {
+        open: shared.metrics.http_connections.clone(),
+        refused: shared.metrics.http_refused.clone(),
     }
 }
 
@@ -164,12 +170,12 @@ pub async fn serve_records(
     shared: Arc<Shared>,
     exposed: Option<(Arc<Guard<KubeReview>>, Arc<rustls::ServerConfig>)>,
 ) -> std::io::Result<()> {
-    match exposed {
-        None => axum::serve(listener, records_router::<KubeReview>(shared, None)).await,
-        Some((guard, tls)) => {
-            crate::access::tls::serve(listener, tls, records_router(shared, Some(guard))).await
-        }
-    }
+    let conns = conn_metrics(&shared);
+    let (app, tls) = match exposed {
+        None => (records_router::<KubeReview>(shared, None), None),
+        Some((guard, tls)) => (records_router(shared, Some(guard)), Some(tls)),
+    };
+    super::listener::serve("records", listener, app, tls, conns).await
 }
 
 /// The records routes, bounded per caller, behind the guard when there is one.
@@ -263,8 +269,9 @@ async fn flows(
     out.sort_unstable_by_key(|c| c.id);
     let next = (out.len() > limit).then(|| out[limit - 1].id);
     out.truncate(limit);
-    let body: Vec<ConnectionView> = out.iter().map(|c| scope.redact(c)).collect();
-    let mut resp = Json(body).into_response();
+    // Redacted and encoded as the client reads, a chunk at a time.
+    let body = super::json_stream::array(out, move |c| scope.redact(c));
+    let mut resp = ([(header::CONTENT_TYPE, "application/json")], body).into_response();
     if let Some(n) = next {
         resp.headers_mut()
             .insert(NEXT_AFTER, header::HeaderValue::from(n));
@@ -299,7 +306,8 @@ async fn observations(
     s.fresh_records().await;
     let out: Vec<FlowView> =
         s.observations(|all| all.iter().filter(|f| q.matches(f)).cloned().collect());
-    Json(out).into_response()
+    let body = super::json_stream::array(out, |f| f.clone());
+    ([(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 
 #[cfg(test)]

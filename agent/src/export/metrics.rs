@@ -30,6 +30,8 @@ pub struct AgentMetrics {
     pub metadata_ip_conflicts: IntGauge,
     pub metadata_errors: IntCounter,
     pub identity_queue: IntGauge,
+    pub http_connections: IntGaugeVec,
+    pub http_refused: IntCounterVec,
     pub identity_relists: IntCounterVec,
     pub identity_relists_completed: IntCounterVec,
     pub identity_source_current: IntGaugeVec,
@@ -167,6 +169,20 @@ impl AgentMetrics {
                 &r,
                 "tenantflow_metadata_errors_total",
                 "Identity updates rejected as invalid (the last good inventory stays in use).",
+            ),
+            http_connections: gauge_vec(
+                &r,
+                "tenantflow_http_connections",
+                "Open connections to an HTTP listener (`public`: metrics and probes, \
+                 `records`: /flows).",
+                &["listener"],
+            ),
+            http_refused: counter_vec(
+                &r,
+                "tenantflow_http_connections_refused_total",
+                "Connections closed at once because the listener was at its cap: \
+                 `per_source` (256 open from one address) or `total` (1024).",
+                &["listener", "reason"],
             ),
             identity_relists: counter_vec(
                 &r,

@@ -6,6 +6,8 @@ mod flow_log;
 mod flow_metrics;
 pub mod guarded;
 mod http;
+mod json_stream;
+pub mod listener;
 mod metrics;
 mod nat_mappings;
 mod record;
