@@ -232,6 +232,7 @@ impl Inventory {
                     *held = *store;
                     info!(objects = held.len(), "identity snapshot reloaded");
                 }
+                release_freed_memory();
                 self.publish(shared);
             }
             Reloaded::Invalid(e) => {
@@ -274,4 +275,15 @@ fn unix_now() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default()
         .as_secs() as i64
+}
+
+/// Give the memory a swapped-out snapshot (and its parse, on the reload thread) held back
+/// to the system: glibc keeps freed heap in its arenas otherwise, and a swap from a large
+/// snapshot to a small one would leave the large one's footprint.
+fn release_freed_memory() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only returns free heap pages to the kernel.
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }

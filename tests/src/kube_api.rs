@@ -135,6 +135,11 @@ fn realistic_parts() -> &'static Vec<(String, Option<String>)> {
     })
 }
 
+/// Generated pod `i` as a real API server serves it (about 6.8 KB of JSON).
+pub fn realistic_pod(size: &Size, i: u64) -> String {
+    realistic_pod_json(size, i, &pod_ip(i), BASE_RV)
+}
+
 /// A generated pod at the size real ones have (about 6.8 KB).
 fn realistic_pod_json(size: &Size, i: u64, ip: &str, rv: u64) -> String {
     let mut out = String::with_capacity(7 * 1024);

@@ -11,10 +11,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use tenantflow_tests::{
-    agent::counts,
-    eventually, lab, traffic, udp_from_pod, Agent,
-};
+use tenantflow_tests::{agent::counts, eventually, lab, traffic, udp_from_pod, Agent};
 
 fn rss_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))

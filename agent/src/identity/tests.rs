@@ -101,6 +101,10 @@ fn bad_snapshots_name_the_object_and_the_field() {
         ("items: []\n", "has no `kind`"),
         ("kind: List\nitems: {a: b}\n", "kind List without an `items` array"),
         ("kind: [\n", "is not YAML"),
+        ("kind: List\nitems:\n- {apiVersion: v1, kind: Namespace, metadata: {name: a, name: b}}\n",
+         "key \"name\" appears twice in one mapping (line 3"),
+        ("kind: List\nbase: &p {apiVersion: v1, kind: Namespace, metadata: {name: a}}\nitems: [*p, *p]\n",
+         "it uses a YAML alias (line 3"),
         ("kind: List\nitems:\n- {apiVersion: v1, kind: Namespace, metadata: {name: a}}\n- {apiVersion: v1, kind: Pod, metadata: {name: p, namespace: a}}\n- {apiVersion: v1, kind: Pod, metadata: {name: p, namespace: a}}\n",
          "items[2] (Pod a/p): field `metadata.name`: the same Pod as items[1]: each object once"),
     ];
