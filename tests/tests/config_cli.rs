@@ -342,7 +342,10 @@ fn snapshot_memory_follows_the_file_not_a_yaml_tree_of_it() {
         "{out}"
     );
     let (big_peak, out) = check_peak(&dir, &big);
-    assert!(out.contains("identity snapshot: 1600 Pod, 10 Namespace"), "{out}");
+    assert!(
+        out.contains("identity snapshot: 1600 Pod, 10 Namespace"),
+        "{out}"
+    );
     // The file is held once while it is parsed, and decoding adds about half of it.
     assert!(
         big_peak.saturating_sub(small_peak) < 2 * growth,
@@ -351,4 +354,153 @@ fn snapshot_memory_follows_the_file_not_a_yaml_tree_of_it() {
         growth / 1024
     );
     let _ = std::fs::remove_dir_all(dir);
+}
+
+/// A fake agent on a free port: each connection gets `answer(n)` written after its request
+/// is read (n counts connections from 0).
+fn fake_agent(answer: impl Fn(u64, &mut std::net::TcpStream) + Send + 'static) -> String {
+    use std::io::Read;
+    let (l, url) = silent_server();
+    std::thread::spawn(move || {
+        for (n, s) in l.incoming().enumerate() {
+            let Ok(mut s) = s else { return };
+            let mut buf = [0u8; 4096];
+            let _ = s.read(&mut buf);
+            answer(n as u64, &mut s);
+        }
+    });
+    url
+}
+
+const OBSERVATION: &str = r#"{"iface":"veth10","ifindex":4,"role":"pod","hook":"ingress","proto":"udp","src":"10.244.1.10","dst":"10.0.0.10","src_port":5000,"dst_port":53,"packets":1,"bytes":1,"tcp_flags":0,"first_seen_ms":0,"last_seen_ms":0}"#;
+
+/// What a broken or hostile server can do to the CLI, each stopped with the reason: an
+/// endless body, a paging marker that repeats, pages that come slowly forever.
+#[test]
+fn an_endless_looping_or_dripping_answer_is_cut_off_with_the_reason() {
+    use std::io::Write;
+    let endless = fake_agent(|_, s| {
+        let _ = s.write_all(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n\r\n[");
+        let chunk = format!("{OBSERVATION},").repeat(1000);
+        while s.write_all(chunk.as_bytes()).is_ok() {}
+    });
+    let (code, _, err) = run(&["flows", "--agent", &endless, "--observations"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("sent more than 64 MiB in one page"), "{err}");
+
+    let looping = fake_agent(|_, s| {
+        let _ = write!(
+            s,
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nx-tenantflow-next-after: 5\r\ncontent-length: 2\r\nconnection: close\r\n\r\n[]"
+        );
+    });
+    let (code, _, err) = run(&["flows", "--agent", &looping]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("sent next-page marker 5 after 5: pages would repeat forever"),
+        "{err}"
+    );
+
+    // Each page promptly answered but slowly, forever: --timeout bounds the whole answer.
+    let dripping = fake_agent(|n, s| {
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        let _ = write!(
+            s,
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nx-tenantflow-next-after: {}\r\ncontent-length: 2\r\nconnection: close\r\n\r\n[]",
+            n + 1
+        );
+    });
+    let (code, _, err) = run(&["flows", "--agent", &dripping, "--timeout", "2s"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains(
+            "did not answer in time: one answer, every page of it, must arrive within --timeout 2s"
+        ),
+        "{err}"
+    );
+}
+
+/// `--follow` while the agent restarts: nothing listens, then it answers; the CLI says it
+/// is waiting (once) and goes on with the records, instead of exiting on the first refusal.
+#[test]
+fn follow_waits_for_a_restarting_agent() {
+    use std::io::{BufRead, Read, Write};
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    drop(l);
+    let mut cli = Command::new(agent_bin())
+        .args([
+            "flows",
+            "--agent",
+            &format!("http://{addr}"),
+            "--observations",
+        ])
+        .args(["--follow", "--interval", "100ms", "-o", "json"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut err = std::io::BufReader::new(cli.stderr.take().unwrap());
+    let mut line = String::new();
+    err.read_line(&mut line).unwrap();
+    assert!(
+        line.contains("nothing accepted the connection")
+            && line.contains("retrying until it answers"),
+        "{line}"
+    );
+    // The agent is back.
+    let l = std::net::TcpListener::bind(addr).unwrap();
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { return };
+            let mut buf = [0u8; 4096];
+            let _ = s.read(&mut buf);
+            let body = format!("[{OBSERVATION}]");
+            let _ = write!(
+                s,
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    let mut out = std::io::BufReader::new(cli.stdout.take().unwrap());
+    let mut record = String::new();
+    out.read_line(&mut record).unwrap();
+    assert!(record.contains("\"src_port\":5000"), "{record}");
+    line.clear();
+    err.read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "tenantflow: the agent answers again");
+    let _ = cli.kill();
+    let _ = cli.wait();
+}
+
+/// `flows --follow | head -1` with nothing changing: the CLI notices the reader left
+/// without waiting for a change to print.
+#[test]
+fn follow_stops_when_the_reader_leaves_even_if_nothing_changes() {
+    use std::io::{BufRead, Write};
+    let url = fake_agent(|_, s| {
+        let body = format!("[{OBSERVATION}]");
+        let _ = write!(
+            s,
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+            body.len()
+        );
+    });
+    let mut cli = Command::new(agent_bin())
+        .args(["flows", "--agent", &url, "--observations", "--follow"])
+        .args(["--interval", "1h", "-o", "table"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut out = std::io::BufReader::new(cli.stdout.take().unwrap());
+    let mut header = String::new();
+    out.read_line(&mut header).unwrap();
+    drop(out);
+    // With an hour between polls, only noticing the closed pipe ends it.
+    let ended = tenantflow_tests::eventually(std::time::Duration::from_secs(10), || {
+        cli.try_wait().unwrap()
+    });
+    assert_eq!(ended.and_then(|s| s.code()), Some(0), "still running");
 }

@@ -85,7 +85,9 @@ pub struct FlowsArgs {
     /// Poll interval with --follow.
     #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
     pub interval: Duration,
-    /// Give up on a request the agent has not answered in this long.
+    /// Give up on an answer the agent has not finished in this long (all its pages
+    /// together). With --follow, an agent that does not answer (restarting, busy) is
+    /// waited for, with a note on stderr.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     pub timeout: Duration,
     /// A Kubernetes bearer token for an agent that checks them (--flows-auth kubernetes),
@@ -143,27 +145,148 @@ pub fn run(args: FlowsArgs) -> anyhow::Result<()> {
     rt.block_on(run_async(args))
 }
 
-/// Every page of `url` (the agent pages large answers; see `x-tenantflow-next-after`).
+/// Every page of `url` (the agent pages large answers; see `x-tenantflow-next-after`),
+/// within `deadline` for all of them together: a server that pages forever or drips its
+/// answer cannot hold the CLI longer than `--timeout`.
 async fn fetch<T: DeserializeOwned>(
+    client: &reqwest::Client,
+    url: &str,
+    token: Option<&str>,
+    deadline: Duration,
+) -> anyhow::Result<Vec<T>> {
+    match tokio::time::timeout(deadline, fetch_all(client, url, token)).await {
+        Ok(r) => r,
+        Err(_) => anyhow::bail!(
+            "the agent at {url} did not answer in time: one answer, every page of it, must arrive within --timeout {}",
+            humantime::format_duration(deadline)
+        ),
+    }
+}
+
+async fn fetch_all<T: DeserializeOwned>(
     client: &reqwest::Client,
     url: &str,
     token: Option<&str>,
 ) -> anyhow::Result<Vec<T>> {
     let mut all = Vec::new();
-    let mut after: Option<String> = None;
+    let mut after: Option<u64> = None;
     loop {
-        let page_url = match &after {
+        let page_url = match after {
             None => url.to_owned(),
             Some(a) if url.contains('?') => format!("{url}&after={a}"),
             Some(a) => format!("{url}?after={a}"),
         };
         let (page, next) = fetch_page(client, &page_url, token).await?;
         all.extend(page);
-        match next {
-            Some(n) => after = Some(n),
-            None => return Ok(all),
+        let Some(next) = next else {
+            return Ok(all);
+        };
+        let next: u64 = next.parse().map_err(|_| {
+            anyhow::anyhow!("the agent's next-page marker {next:?} is not a record id: is --agent a tenantflow agent?")
+        })?;
+        // Pages move forward by record id; a marker that does not is a loop.
+        if after.is_some_and(|a| next <= a) {
+            anyhow::bail!(
+                "the agent sent next-page marker {next} after {}: pages would repeat forever; stopping (is --agent a tenantflow agent?)",
+                after.unwrap_or_default()
+            );
+        }
+        after = Some(next);
+    }
+}
+
+/// A failure that may pass (the agent restarting, busy, briefly unreachable).
+#[derive(Debug)]
+struct Transient(String);
+
+impl std::fmt::Display for Transient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Transient {}
+
+/// With --follow, an agent that restarts is waited for (said once on stderr) instead of
+/// ending the follow; None when stdout closed meanwhile.
+async fn fetch_following<T: DeserializeOwned>(
+    client: &reqwest::Client,
+    url: &str,
+    token: Option<&str>,
+    args: &FlowsArgs,
+) -> anyhow::Result<Option<Vec<T>>> {
+    let mut waiting = false;
+    let mut backoff = Duration::from_millis(250);
+    loop {
+        match fetch(client, url, token, args.timeout).await {
+            Ok(rows) => {
+                if waiting {
+                    eprintln!("tenantflow: the agent answers again");
+                }
+                return Ok(Some(rows));
+            }
+            Err(e) if e.downcast_ref::<Transient>().is_some() => {
+                if !waiting {
+                    eprintln!("tenantflow: {e}; retrying until it answers (Ctrl-C stops)");
+                    waiting = true;
+                }
+                if wait_or_closed(backoff).await {
+                    return Ok(None);
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+            Err(e) => return Err(e),
         }
     }
+}
+
+/// Wait `d`, or less if stdout's reader went away (`| head -1` has what it wanted):
+/// true then, so --follow stops at once instead of at its next write.
+async fn wait_or_closed(d: Duration) -> bool {
+    let until = tokio::time::Instant::now() + d;
+    loop {
+        if stdout_closed() {
+            return true;
+        }
+        let now = tokio::time::Instant::now();
+        if now >= until {
+            return false;
+        }
+        tokio::time::sleep((until - now).min(Duration::from_millis(100))).await;
+    }
+}
+
+/// A pipe whose reader closed reports POLLERR on the write end; a terminal or file never.
+fn stdout_closed() -> bool {
+    let mut p = libc::pollfd {
+        fd: libc::STDOUT_FILENO,
+        events: 0,
+        revents: 0,
+    };
+    // SAFETY: one pollfd on our own stdout, no wait.
+    let n = unsafe { libc::poll(&mut p, 1, 0) };
+    n == 1 && p.revents & (libc::POLLERR | libc::POLLHUP) != 0
+}
+
+/// Most bytes one page may carry: a full page of 10,000 records is about 12 MB.
+const MAX_PAGE_BYTES: usize = 64 << 20;
+
+/// The body, at most [`MAX_PAGE_BYTES`]: an endless or huge answer is an error, not memory.
+async fn body(resp: reqwest::Response, url: &str) -> anyhow::Result<Vec<u8>> {
+    use futures::StreamExt as _;
+    let mut out = Vec::new();
+    let mut chunks = resp.bytes_stream();
+    while let Some(c) = chunks.next().await {
+        let c = c.with_context(|| format!("reading the answer from {url}"))?;
+        if out.len() + c.len() > MAX_PAGE_BYTES {
+            anyhow::bail!(
+                "the agent at {url} sent more than {} MiB in one page: not a tenantflow agent, or a broken one (--agent)",
+                MAX_PAGE_BYTES >> 20
+            );
+        }
+        out.extend_from_slice(&c);
+    }
+    Ok(out)
 }
 
 async fn fetch_page<T: DeserializeOwned>(
@@ -191,7 +314,9 @@ async fn fetch_page<T: DeserializeOwned>(
         } else {
             "the request failed"
         };
-        anyhow::anyhow!("cannot reach the agent at {url}: {why} (--agent) ({e}: {cause})")
+        anyhow::Error::new(Transient(format!(
+            "cannot reach the agent at {url}: {why} (--agent) ({e}: {cause})"
+        )))
     })?;
     let status = resp.status();
     if !status.is_success() {
@@ -204,14 +329,20 @@ async fn fetch_page<T: DeserializeOwned>(
             403 => " (ask for a namespace you may read: --namespace or --tenant)",
             _ => "",
         };
-        anyhow::bail!("agent answered {status}: {}{hint}", body.trim());
+        let msg = format!("agent answered {status}: {}{hint}", body.trim());
+        // Busy, starting or restarting: worth waiting for with --follow.
+        if status.is_server_error() {
+            return Err(anyhow::Error::new(Transient(msg)));
+        }
+        anyhow::bail!(msg);
     }
     let next = resp
         .headers()
         .get(crate::export::NEXT_AFTER)
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
-    let rows = resp.json().await.context("agent sent malformed JSON")?;
+    let bytes = body(resp, url).await?;
+    let rows = serde_json::from_slice(&bytes).context("agent sent malformed JSON")?;
     Ok((rows, next))
 }
 
@@ -395,7 +526,14 @@ async fn show_summary(args: &FlowsArgs) -> anyhow::Result<()> {
     let token = token(args)?;
     let url = records_url(args)?;
     loop {
-        let conns: Vec<ConnectionView> = fetch(&client, &url, token.as_deref()).await?;
+        let conns: Vec<ConnectionView> = if args.follow {
+            match fetch_following(&client, &url, token.as_deref(), args).await? {
+                Some(c) => c,
+                None => return Ok(()),
+            }
+        } else {
+            fetch(&client, &url, token.as_deref(), args.timeout).await?
+        };
         let mut rows = super::summary::summarize(&conns);
         if let Some(n) = args.limit {
             rows.truncate(n);
@@ -406,10 +544,9 @@ async fn show_summary(args: &FlowsArgs) -> anyhow::Result<()> {
             Output::Table if args.follow => super::summary::render(&rows) + "\n",
             Output::Table => super::summary::render(&rows),
         };
-        if !emit(&text)? || !args.follow {
+        if !emit(&text)? || !args.follow || wait_or_closed(args.interval).await {
             return Ok(());
         }
-        tokio::time::sleep(args.interval).await;
     }
 }
 
@@ -419,7 +556,7 @@ async fn show<T: Row>(args: &FlowsArgs) -> anyhow::Result<()> {
     let token = token.as_deref();
     let url = records_url(args)?;
     if !args.follow {
-        let mut rows: Vec<T> = fetch(&client, &url, token).await?;
+        let mut rows: Vec<T> = fetch(&client, &url, token, args.timeout).await?;
         if let Some(n) = args.limit {
             rows.sort_by_key(|r| std::cmp::Reverse(r.bytes()));
             rows.truncate(n);
@@ -434,7 +571,9 @@ async fn show<T: Row>(args: &FlowsArgs) -> anyhow::Result<()> {
     let mut seen: HashMap<String, u64> = HashMap::new();
     let mut header = true;
     loop {
-        let rows: Vec<T> = fetch(&client, &url, token).await?;
+        let Some(rows) = fetch_following::<T>(&client, &url, token, args).await? else {
+            return Ok(());
+        };
         let changed: Vec<&T> = rows
             .iter()
             .filter(|r| seen.get(&r.identity()) != Some(&r.activity()))
@@ -459,10 +598,9 @@ async fn show<T: Row>(args: &FlowsArgs) -> anyhow::Result<()> {
             }
             Output::Table => String::new(),
         };
-        if !emit(&text)? {
+        if !emit(&text)? || wait_or_closed(args.interval).await {
             return Ok(());
         }
-        tokio::time::sleep(args.interval).await;
     }
 }
 
