@@ -91,6 +91,56 @@ fn netlink_mode_cleans_up_after_kill_and_restart() {
     }
 }
 
+/// An agent killed in netlink (clsact) mode leaves its filters; `tenantflow hooks` shows
+/// them, and the next agent removes them whatever mode it runs in (here tcx, where nothing
+/// else would), and at its clean stop the emptied qdiscs too: nothing of either is left.
+#[test]
+fn a_restart_in_tcx_mode_removes_what_a_killed_netlink_agent_left() {
+    let lab = lab("lx");
+    let node = lab.topo.node_ns(1);
+    let mut agent = Agent::start(&node, &["--attach-mode", "netlink"]);
+    agent.stop_with(libc::SIGKILL);
+    let mut left_behind: Vec<(String, String, String)> = NODE1_IFACES
+        .iter()
+        .flat_map(|i| {
+            [
+                (i.to_string(), "clsact/egress".into(), "tf_egress".into()),
+                (i.to_string(), "clsact/ingress".into(), "tf_ingress".into()),
+            ]
+        })
+        .collect();
+    left_behind.sort();
+    assert_eq!(
+        tcx_hooks(&node),
+        left_behind,
+        "hooks lists the dead agent's filters"
+    );
+    let mut agent = Agent::start(&node, &["--attach-mode", "tcx"]);
+    assert_eq!(
+        tcx_hooks(&node),
+        expected(&NODE1_IFACES),
+        "only this agent's tcx links"
+    );
+    for i in NODE1_IFACES {
+        let (ingress, egress, _) = tc_state(&node, i);
+        assert_eq!(
+            (ingress, egress),
+            (0, 0),
+            "{i}: the dead agent's filters removed"
+        );
+    }
+    assert_eq!(
+        agent.stop_with(libc::SIGTERM),
+        Some(0),
+        "{}",
+        agent.log_text()
+    );
+    for i in NODE1_IFACES {
+        assert_eq!(tc_state(&node, i), (0, 0, false), "{i}: nothing left");
+    }
+    assert_eq!(tcx_hooks(&node), vec![]);
+}
+
 #[test]
 fn netlink_mode_keeps_a_clsact_qdisc_that_another_tool_uses() {
     let lab = lab("lq");
@@ -273,7 +323,7 @@ fn a_second_agent_refuses_and_leaves_the_first_one_attached() {
 #[test]
 fn an_unprivileged_squatter_on_the_lock_name_does_not_stop_the_agent() {
     use std::io::BufRead;
-    let lab = lab("lq");
+    let lab = lab("lz");
     let node = lab.topo.node_ns(1);
     let mut squatter = Command::new("ip")
         .args(["netns", "exec", &node])

@@ -1,5 +1,7 @@
-//! `tenantflow hooks`: which tcx programs sit on each interface of this network namespace.
-//! For operators ("is the agent attached here?") and for the lifecycle tests.
+//! `tenantflow hooks`: the hooks of ours on each interface of this network namespace: tcx
+//! programs, and legacy clsact (cls_bpf) filters, ours or left by an agent killed in
+//! netlink mode. For operators ("is the agent attached here? did a crash leave anything?")
+//! and for the lifecycle tests.
 
 use aya::programs::{SchedClassifier, TcAttachType};
 use clap::Args;
@@ -18,6 +20,11 @@ pub fn run(args: HooksArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     let links = rt.block_on(datapath::list_links())?;
+    let netlink = rt.block_on(async {
+        let (conn, handle, _) = rtnetlink::new_connection().ok()?;
+        tokio::spawn(conn);
+        Some(handle)
+    });
     println!("IFACE\tHOOK\tPROGRAM\tID");
     for link in links
         .iter()
@@ -35,6 +42,15 @@ pub fn run(args: HooksArgs) -> anyhow::Result<()> {
                 let name = p.name_as_str().unwrap_or("?");
                 println!("{}\t{hook}\t{name}\t{}", link.name, p.id());
             }
+        }
+        let Some(handle) = &netlink else { continue };
+        // Interfaces without a clsact qdisc answer with an error: nothing there.
+        let filters = rt
+            .block_on(datapath::legacy_filters(handle, link.index))
+            .unwrap_or_default();
+        for f in filters {
+            let id = f.prog_id.map_or("?".into(), |i| i.to_string());
+            println!("{}\tclsact/{}\t{}\t{id}", link.name, f.hook, f.program);
         }
     }
     Ok(())

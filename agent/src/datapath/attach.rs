@@ -81,6 +81,9 @@ pub struct Attachments {
     pub(super) by_index: BTreeMap<u32, Attached>,
     /// Hooks (ifindex, ingress) last found with the observer not first.
     pub(super) not_first: BTreeSet<(u32, bool)>,
+    /// Interfaces whose clsact qdisc held a predecessor's filters (tcx mode): removed at
+    /// exit if nobody else's filters are there.
+    pub(super) stale_qdiscs: Vec<u32>,
 }
 
 impl Attachments {
@@ -107,6 +110,7 @@ impl Attachments {
             tcx_available,
             by_index: BTreeMap::new(),
             not_first: BTreeSet::new(),
+            stale_qdiscs: Vec::new(),
         })
     }
 
@@ -141,9 +145,13 @@ impl Attachments {
         if self.by_index.contains_key(&index) {
             return Ok(());
         }
+        // Whatever mode this run is in: a predecessor killed in netlink mode left its
+        // filters, and in tcx mode nothing else would ever remove them.
+        let removed = remove_stale_filters(name);
         if self.mode == AttachMode::Netlink {
-            remove_stale_filters(name);
             add_clsact(name)?;
+        } else if removed {
+            self.stale_qdiscs.push(index);
         }
         let (prog_in, prog_eg) = self.progs;
         let ingress = attach_one(ebpf, prog_in, name, TcAttachType::Ingress, self.mode)?;
@@ -200,6 +208,8 @@ impl Attachments {
                 qdiscs.push(index);
             }
         }
+        // A predecessor's clsact qdiscs this run emptied: removed if still empty.
+        qdiscs.extend(std::mem::take(&mut self.stale_qdiscs));
         qdiscs
     }
 }
@@ -294,7 +304,9 @@ fn add_clsact(iface: &str) -> Result<(), DatapathError> {
 }
 
 /// A predecessor killed with SIGKILL leaves its cls_bpf filters behind; remove them by name.
-fn remove_stale_filters(iface: &str) {
+/// True if any was there.
+fn remove_stale_filters(iface: &str) -> bool {
+    let mut removed = false;
     for (at, name) in [
         (TcAttachType::Ingress, PROG_INGRESS),
         (TcAttachType::Egress, PROG_EGRESS),
@@ -302,14 +314,18 @@ fn remove_stale_filters(iface: &str) {
         (TcAttachType::Egress, PROG_NOOP),
     ] {
         match tc::qdisc_detach_program(iface, at, name) {
-            Ok(()) => warn!(
-                iface,
-                program = name,
-                "removed a stale filter left by an earlier agent"
-            ),
+            Ok(()) => {
+                removed = true;
+                warn!(
+                    iface,
+                    program = name,
+                    "removed a stale filter left by an earlier agent"
+                )
+            }
             Err(e) => debug!(iface, program = name, error = %e, "no stale filter"),
         }
     }
+    removed
 }
 
 /// Remove clsact qdiscs that hold no filter any more, so a legacy-mode run leaves no
