@@ -128,6 +128,8 @@ pub fn tcx_hooks(ns: &str) -> Vec<(String, String, String)> {
     let mut v: Vec<_> = out
         .lines()
         .skip(1)
+        // Interface hooks only: cgroup hooks are the host's, shared by every lab node.
+        .filter(|l| !l.starts_with("cgroup:"))
         .map(|l| {
             let c: Vec<&str> = l.split('\t').collect();
             (c[0].to_owned(), c[1].to_owned(), c[2].to_owned())

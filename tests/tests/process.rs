@@ -76,6 +76,31 @@ fn node_processes_and_escaped_containers_are_attributed() {
         "connect4/6 and sendmsg4/6 on the cgroup root"
     );
     assert_eq!(agent.metric("tenantflow_process_attribution"), Some(1.0));
+    // `tenantflow hooks` lists them beside the interface hooks.
+    let out = Command::new(tenantflow_tests::agent_bin())
+        .args(["hooks", "--cgroup"])
+        .arg(&root)
+        .output()
+        .unwrap();
+    let listed: std::collections::BTreeSet<(String, String)> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.starts_with(&format!("cgroup:{}\t", root.display())))
+        .map(|l| {
+            let c: Vec<&str> = l.split('\t').collect();
+            (c[1].to_owned(), c[2].to_owned())
+        })
+        .collect();
+    for (hook, prog) in [
+        ("cgroup/connect4", "tf_connect4"),
+        ("cgroup/connect6", "tf_connect6"),
+        ("cgroup/sendmsg4", "tf_sendmsg4"),
+        ("cgroup/sendmsg6", "tf_sendmsg6"),
+    ] {
+        assert!(
+            listed.contains(&(hook.to_owned(), prog.to_owned())),
+            "{hook} {prog} not in {listed:?}"
+        );
+    }
     let node_ip = t.node(1).ip();
     let to = format!("{INTERNET_HOST}:5600");
 

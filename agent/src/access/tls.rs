@@ -18,10 +18,20 @@ pub enum TlsError {
     Pair(String),
 }
 
+/// A PEM certificate chain or key is a few KiB.
+const PEM_MAX: u64 = 1 << 20;
+const PEM_HINT: &str = "a PEM certificate chain or key is a few KiB";
+
 /// A server configuration from PEM files.
 pub fn load(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, TlsError> {
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
-        .and_then(|it| it.collect::<Result<_, _>>())
+    // Read like every other input: regular files only, bounded, never a blocking open.
+    let cert_pem =
+        crate::input::read_bytes(cert, PEM_MAX, PEM_HINT).map_err(|e| TlsError::Cert {
+            path: cert.display().to_string(),
+            message: e.to_string(),
+        })?;
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&cert_pem)
+        .collect::<Result<_, _>>()
         .map_err(|e| TlsError::Cert {
             path: cert.display().to_string(),
             message: e.to_string(),
@@ -32,7 +42,11 @@ pub fn load(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, TlsErr
             message: "no certificate in it".into(),
         });
     }
-    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| TlsError::Key {
+    let key_pem = crate::input::read_bytes(key, PEM_MAX, PEM_HINT).map_err(|e| TlsError::Key {
+        path: key.display().to_string(),
+        message: e.to_string(),
+    })?;
+    let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| TlsError::Key {
         path: key.display().to_string(),
         message: e.to_string(),
     })?;

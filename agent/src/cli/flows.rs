@@ -463,7 +463,13 @@ fn kubeconfig_token() -> Option<String> {
         return Some(t.expose_secret().trim().to_owned());
     }
     let file = auth.token_file.as_ref()?;
-    Some(std::fs::read_to_string(file).ok()?.trim().to_owned())
+    let text = crate::input::read(
+        std::path::Path::new(file),
+        64 * 1024,
+        "a token is a few KiB",
+    )
+    .ok()?;
+    Some(text.trim().to_owned())
 }
 
 fn client(args: &FlowsArgs) -> anyhow::Result<reqwest::Client> {

@@ -1,6 +1,6 @@
 //! `tenantflow hooks`: the hooks of ours on each interface of this network namespace: tcx
 //! programs, and legacy clsact (cls_bpf) filters, ours or left by an agent killed in
-//! netlink mode. For operators ("is the agent attached here? did a crash leave anything?")
+//! netlink mode, and (without `--iface`) our programs on the cgroup2 root. For operators ("is the agent attached here? did a crash leave anything?")
 //! and for the lifecycle tests.
 
 use aya::programs::{SchedClassifier, TcAttachType};
@@ -13,6 +13,9 @@ pub struct HooksArgs {
     /// Only this interface.
     #[arg(long)]
     pub iface: Option<String>,
+    /// Also list our programs on this cgroup (default: the cgroup2 root the agent uses).
+    #[arg(long, value_name = "DIR")]
+    pub cgroup: Option<std::path::PathBuf>,
 }
 
 pub fn run(args: HooksArgs) -> anyhow::Result<()> {
@@ -51,6 +54,20 @@ pub fn run(args: HooksArgs) -> anyhow::Result<()> {
         for f in filters {
             let id = f.prog_id.map_or("?".into(), |i| i.to_string());
             println!("{}\tclsact/{}\t{}\t{id}", link.name, f.hook, f.program);
+        }
+    }
+    if args.iface.is_none() {
+        let root = args.cgroup.clone().or_else(crate::process::default_root);
+        for (hook, name, id) in root
+            .as_deref()
+            .and_then(|r| datapath::cgroup_hooks::list(r).ok())
+            .unwrap_or_default()
+        {
+            let root = root
+                .as_deref()
+                .map(|r| r.display().to_string())
+                .unwrap_or_default();
+            println!("cgroup:{root}\tcgroup/{hook}\t{name}\t{id}");
         }
     }
     Ok(())

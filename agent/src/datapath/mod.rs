@@ -6,6 +6,7 @@
 mod attach;
 mod batch;
 mod caps;
+pub mod cgroup_hooks;
 mod clock;
 mod error;
 mod harvest;

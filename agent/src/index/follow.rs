@@ -80,7 +80,8 @@ pub async fn follow(
     let mut backoff = BACKOFF_MIN;
     for url in urls.iter().cycle() {
         let began = std::time::Instant::now();
-        let token = std::fs::read_to_string(&token_file).ok();
+        // Bounded and never blocking, like every file the agent reads.
+        let token = crate::input::read(&token_file, 64 * 1024, "a token is a few KiB").ok();
         let e = stream(&client, url, token.as_deref(), &mut at, &tx, &m).await;
         m.connected.set(0);
         if matches!(e, Broken::Closed) {
