@@ -386,6 +386,62 @@ fn an_unprivileged_squatter_on_the_lock_name_does_not_stop_the_agent() {
     let _ = squatter.wait();
 }
 
+/// `--edge-file` naming a FIFO (which would block an open until someone writes), a symlink
+/// to `/dev/zero` (endless) or a 4 GiB sparse file: the agent starts and becomes ready,
+/// says which file it refused and why, keeps its RSS, and stops on SIGTERM.
+#[test]
+fn an_edge_file_that_is_no_regular_file_is_refused_without_blocking_or_reading() {
+    let lab = lab("le");
+    let node = lab.topo.node_ns(1);
+    let dir = std::env::temp_dir().join(format!("tf-edges-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let fifo = dir.join("fifo");
+    let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    let zero = dir.join("zero");
+    std::os::unix::fs::symlink("/dev/zero", &zero).unwrap();
+    let sparse = dir.join("sparse");
+    std::fs::File::create(&sparse)
+        .unwrap()
+        .set_len(4 << 30)
+        .unwrap();
+    for (file, why) in [
+        (&fifo, "it is a FIFO, not a regular file"),
+        (&zero, "it is a device, not a regular file"),
+        (
+            &sparse,
+            "it is 4294967296 bytes, over the limit of 67108864",
+        ),
+    ] {
+        let mut agent = Agent::start(&node, &["--edge-file", file.to_str().unwrap()]);
+        let log = agent.log_text();
+        assert!(
+            log.contains(&format!("edge file {}: {why}", file.display())),
+            "{log}"
+        );
+        let rss_kib: u64 =
+            std::fs::read_to_string(format!("/proc/{}/status", agent.pid().unwrap()))
+                .unwrap()
+                .lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.split_whitespace().next()?.parse().ok())
+                .unwrap();
+        assert!(rss_kib < 256 * 1024, "{why}: peak {rss_kib} KiB");
+        assert_eq!(
+            agent.stop_with(libc::SIGTERM),
+            Some(0),
+            "{}",
+            agent.log_text()
+        );
+    }
+    assert!(std::fs::symlink_metadata(&zero)
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 /// A cgroup root that is not a cgroup v2 directory is named as such (not as a failed
 /// kernel attach), and nothing stays attached.
 #[test]
