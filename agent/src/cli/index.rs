@@ -112,13 +112,18 @@ async fn run_async(args: IndexArgs) -> anyhow::Result<()> {
     // No snapshot file to reload.
     let (_, reload) = tokio::sync::mpsc::unbounded_channel();
     tokio::spawn(inventory.run(rx, reload, shared.clone()));
+    let conns = export::conn_metrics(&shared);
     let app = followers.merge(export::public_router(shared, export::metrics_route()));
     info!(listen = %args.listen, "index: serving followers");
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            let s = shutdown.signalled().await;
+    // The same bounded accept loop as the agent's listeners, speaking HTTP/2 too (agents
+    // follow over h2c). Followers' streams end with the process; they resume elsewhere.
+    tokio::select! {
+        served = export::listener::serve("index", listener, app, None, conns, export::listener::Protocol::Auto) => {
+            served.context("serving followers")
+        }
+        s = shutdown.signalled() => {
             info!(signal = s, "index: shutting down");
-        })
-        .await
-        .context("serving followers")
+            Ok(())
+        }
+    }
 }

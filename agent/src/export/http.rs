@@ -152,10 +152,18 @@ pub async fn serve(
     let conns = conn_metrics(&shared);
     let app = public_router(shared, metrics_route);
     let tls = guarded.map(|(_, tls)| tls);
-    super::listener::serve("public", listener, app, tls, conns).await
+    super::listener::serve(
+        "public",
+        listener,
+        app,
+        tls,
+        conns,
+        super::listener::Protocol::Http1,
+    )
+    .await
 }
 
-fn conn_metrics(shared: &Shared) -> super::listener::ConnMetrics {
+pub fn conn_metrics(shared: &Shared) -> super::listener::ConnMetrics {
     super::listener::ConnMetrics {
         open: shared.metrics.http_connections.clone(),
         refused: shared.metrics.http_refused.clone(),
@@ -175,7 +183,15 @@ pub async fn serve_records(
         None => (records_router::<KubeReview>(shared, None), None),
         Some((guard, tls)) => (records_router(shared, Some(guard)), Some(tls)),
     };
-    super::listener::serve("records", listener, app, tls, conns).await
+    super::listener::serve(
+        "records",
+        listener,
+        app,
+        tls,
+        conns,
+        super::listener::Protocol::Http1,
+    )
+    .await
 }
 
 /// The records routes, bounded per caller, behind the guard when there is one.

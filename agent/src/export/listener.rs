@@ -37,6 +37,15 @@ pub const PER_SOURCE: usize = 256;
 /// Open connections in total, per listener.
 pub const TOTAL: usize = 1024;
 
+/// What a listener speaks.
+#[derive(Clone, Copy, Debug)]
+pub enum Protocol {
+    /// HTTP/1.1 (metrics, probes, records).
+    Http1,
+    /// HTTP/1.1 or HTTP/2 with prior knowledge (the index's follower streams).
+    Auto,
+}
+
 /// The listener's connection series (registered with the agent's metrics).
 #[derive(Clone)]
 pub struct ConnMetrics {
@@ -81,6 +90,7 @@ pub async fn serve(
     app: axum::Router,
     tls: Option<Arc<rustls::ServerConfig>>,
     m: ConnMetrics,
+    protocol: Protocol,
 ) -> std::io::Result<()> {
     let slots = Arc::new(Mutex::new(Slots {
         total: 0,
@@ -114,9 +124,9 @@ pub async fn serve(
         tokio::spawn(async move {
             let _slot = slot;
             match acceptor {
-                None => connection(tcp, app, name, peer).await,
+                None => connection(tcp, app, name, peer, protocol).await,
                 Some(a) => match tokio::time::timeout(HANDSHAKE, a.accept(tcp)).await {
-                    Ok(Ok(tls)) => connection(tls, app, name, peer).await,
+                    Ok(Ok(tls)) => connection(tls, app, name, peer, protocol).await,
                     Ok(Err(e)) => debug!(%peer, error = %e, "TLS handshake failed"),
                     Err(_) => debug!(%peer, "TLS handshake timed out"),
                 },
@@ -168,15 +178,38 @@ fn warn_refused(slots: &Mutex<Slots>, name: &str, source: IpAddr, reason: &str) 
     );
 }
 
-async fn connection<I>(io: I, app: axum::Router, name: &str, peer: std::net::SocketAddr)
-where
+async fn connection<I>(
+    io: I,
+    app: axum::Router,
+    name: &str,
+    peer: std::net::SocketAddr,
+    protocol: Protocol,
+) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let service = TowerToHyperService::new(app);
-    let mut b = hyper::server::conn::http1::Builder::new();
-    b.timer(TokioTimer::new())
-        .header_read_timeout(HEADER_TIMEOUT);
-    if let Err(e) = b.serve_connection(TokioIo::new(io), service).await {
+    let io = TokioIo::new(io);
+    let ended = match protocol {
+        Protocol::Http1 => {
+            let mut b = hyper::server::conn::http1::Builder::new();
+            b.timer(TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT);
+            b.serve_connection(io, service)
+                .await
+                .map_err(|e| e.to_string())
+        }
+        Protocol::Auto => {
+            let mut b =
+                hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+            b.http1()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT);
+            b.serve_connection(io, service)
+                .await
+                .map_err(|e| e.to_string())
+        }
+    };
+    if let Err(e) = ended {
         debug!(listener = name, %peer, error = %e, "connection ended with an error");
     }
 }
