@@ -17,24 +17,6 @@ use std::io;
 use futures::TryStreamExt;
 use rtnetlink::packet_route::tc::{TcAttribute, TcFilterBpfOption, TcMessage, TcOption};
 
-/// `union bpf_attr`'s `query` member (include/uapi/linux/bpf.h).
-#[repr(C)]
-#[derive(Default)]
-struct QueryAttr {
-    target_ifindex: u32,
-    attach_type: u32,
-    query_flags: u32,
-    attach_flags: u32,
-    prog_ids: u64,
-    prog_cnt: u32,
-    _pad: u32,
-    prog_attach_flags: u64,
-    link_ids: u64,
-    link_attach_flags: u64,
-    revision: u64,
-}
-
-const BPF_PROG_QUERY: libc::c_long = 16;
 const BPF_TCX_INGRESS: u32 = 46;
 const BPF_TCX_EGRESS: u32 = 47;
 /// More programs than any datapath stacks on one hook; a longer chain is reported as such.
@@ -42,27 +24,12 @@ const MAX_CHAIN: usize = 64;
 
 /// Program ids on a tcx hook, in run order (empty when none is attached).
 pub fn tcx_chain(ifindex: u32, ingress: bool) -> io::Result<Vec<u32>> {
-    let mut ids = vec![0u32; MAX_CHAIN];
-    let mut attr = QueryAttr {
-        target_ifindex: ifindex,
-        attach_type: if ingress {
-            BPF_TCX_INGRESS
-        } else {
-            BPF_TCX_EGRESS
-        },
-        prog_ids: ids.as_mut_ptr() as u64,
-        prog_cnt: MAX_CHAIN as u32,
-        ..Default::default()
+    let attach_type = if ingress {
+        BPF_TCX_INGRESS
+    } else {
+        BPF_TCX_EGRESS
     };
-    // SAFETY: `attr` is the query member of bpf_attr and `prog_ids` points to MAX_CHAIN
-    // u32s that outlive the call.
-    match unsafe { super::sys_bpf::bpf(BPF_PROG_QUERY, &mut attr) } {
-        // ENOSPC: a chain longer than MAX_CHAIN; the first MAX_CHAIN ids are still filled.
-        Err(e) if e.raw_os_error() != Some(libc::ENOSPC) => return Err(e),
-        _ => {}
-    }
-    ids.truncate((attr.prog_cnt as usize).min(MAX_CHAIN));
-    Ok(ids)
+    super::sys_bpf::prog_query(ifindex, attach_type, MAX_CHAIN)
 }
 
 /// Program ids of the cls_bpf filters on a clsact hook, in run order. Filters of other
