@@ -165,7 +165,7 @@ impl Inventory {
                     m.identity_relists
                         .with_label_values(&[s.label(), why.label()])
                         .inc();
-                    if health.relisting(s, why) == Transition::RelistStarted {
+                    if health.relisting(s) == Transition::RelistStarted {
                         info!(
                             source = s.label(),
                             reason = why.label(),

@@ -5,11 +5,11 @@
 //! stream and its own-node watch are (and the index itself says it is current).
 
 use std::{
-    collections::{BTreeMap, BTreeSet},
+    collections::{btree_map::Entry, BTreeMap, BTreeSet},
     time::{Duration, Instant},
 };
 
-use super::watch::{Reason, Source};
+use super::watch::Source;
 
 /// What changed about one source, for a log line.
 #[derive(Debug, PartialEq, Eq)]
@@ -64,16 +64,16 @@ impl Health {
         self.current.contains(&s)
     }
 
-    pub fn relisting(&mut self, s: Source, _why: Reason) -> Transition {
+    pub fn relisting(&mut self, s: Source) -> Transition {
         self.current.remove(&s);
-        match self.listing.insert(s, Instant::now()) {
+        match self.listing.entry(s) {
             // A retry keeps the first attempt's start, so the completion says how long
             // the source really was away.
-            Some(first) => {
-                self.listing.insert(s, first);
-                Transition::Quiet
+            Entry::Occupied(_) => Transition::Quiet,
+            Entry::Vacant(v) => {
+                v.insert(Instant::now());
+                Transition::RelistStarted
             }
-            None => Transition::RelistStarted,
         }
     }
 
@@ -117,17 +117,14 @@ mod tests {
     fn current_only_when_every_source_is() {
         let mut h = Health::new(vec![PODS, NODES]);
         assert!(!h.ready() && h.stale());
-        assert_eq!(h.relisting(PODS, Reason::Start), Transition::RelistStarted);
+        assert_eq!(h.relisting(PODS), Transition::RelistStarted);
         assert!(matches!(h.synced(PODS), Transition::RelistCompleted(_)));
         assert!(!h.ready() && h.stale(), "nodes not listed yet");
-        h.relisting(NODES, Reason::Start);
+        h.relisting(NODES);
         h.synced(NODES);
         assert!(h.ready() && !h.stale());
         // One kind relists after a 410: stale until it completes, whatever the others do.
-        assert_eq!(
-            h.relisting(PODS, Reason::Expired),
-            Transition::RelistStarted
-        );
+        assert_eq!(h.relisting(PODS), Transition::RelistStarted);
         assert_eq!(h.available(NODES), Transition::Quiet, "already current");
         assert_eq!(
             h.available(PODS),
@@ -135,11 +132,7 @@ mod tests {
             "a relist ends with synced"
         );
         assert!(h.stale() && h.ready());
-        assert_eq!(
-            h.relisting(PODS, Reason::Expired),
-            Transition::Quiet,
-            "a retry"
-        );
+        assert_eq!(h.relisting(PODS), Transition::Quiet, "a retry");
         assert!(matches!(h.synced(PODS), Transition::RelistCompleted(_)));
         assert!(!h.stale());
     }
@@ -147,7 +140,7 @@ mod tests {
     #[test]
     fn a_watch_down_then_resumed_is_current_again_without_a_relist() {
         let mut h = Health::new(vec![PODS]);
-        h.relisting(PODS, Reason::Start);
+        h.relisting(PODS);
         h.synced(PODS);
         assert_eq!(h.unavailable(PODS), Transition::Lost);
         assert_eq!(h.unavailable(PODS), Transition::Quiet);
