@@ -3,6 +3,7 @@
 //! Data flows one way: `datapath` (kernel maps) → `flow` (table) → `export` (metrics, API).
 
 pub mod access;
+pub mod backoff;
 pub mod classify;
 pub mod cli;
 pub mod config;

@@ -216,7 +216,7 @@ async fn fetch_following<T: DeserializeOwned>(
     args: &FlowsArgs,
 ) -> anyhow::Result<Option<Vec<T>>> {
     let mut waiting = false;
-    let mut backoff = Duration::from_millis(250);
+    let mut backoff = crate::backoff::Backoff::up_to(Duration::from_secs(5));
     loop {
         match fetch(client, url, token, args.timeout).await {
             Ok(rows) => {
@@ -230,10 +230,9 @@ async fn fetch_following<T: DeserializeOwned>(
                     eprintln!("tenantflow: {e}; retrying until it answers (Ctrl-C stops)");
                     waiting = true;
                 }
-                if wait_or_closed(backoff).await {
+                if wait_or_closed(backoff.delay()).await {
                     return Ok(None);
                 }
-                backoff = (backoff * 2).min(Duration::from_secs(5));
             }
             Err(e) => return Err(e),
         }

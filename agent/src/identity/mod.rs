@@ -1,7 +1,6 @@
 //! Who owns an address: pods, namespaces, nodes and services from the Kubernetes API (or an
 //! offline snapshot of it), and the tenant each namespace belongs to.
 
-mod backoff;
 pub mod client;
 pub mod health;
 pub mod list;

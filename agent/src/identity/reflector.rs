@@ -21,8 +21,9 @@ use tokio::sync::mpsc::Sender;
 use tokio_util::{compat::FuturesAsyncReadCompatExt, io::SyncIoBridge};
 use tracing::{debug, warn};
 
+use crate::backoff::Backoff;
+
 use super::{
-    backoff::Backoff,
     list::{self, DecodeError},
     watch::{InitialList, Reason, Source, WatchEvent, Watched},
     Change, IdentityError,
@@ -99,7 +100,7 @@ impl<K: Watched> Reflector<K> {
             }
             // Relists in a row (a server that expires every watch) and failed steps back
             // off; a watch that delivered anything reset the backoff.
-            tokio::time::sleep(self.backoff.next()).await;
+            tokio::time::sleep(self.backoff.delay()).await;
         }
     }
 
@@ -264,7 +265,7 @@ impl<K: Watched> Reflector<K> {
                     if self.unavailable(why).await.is_err() {
                         return Failure::Stopped;
                     }
-                    tokio::time::sleep(self.backoff.next()).await;
+                    tokio::time::sleep(self.backoff.delay()).await;
                 }
                 Some(f) => return f,
             }

@@ -43,7 +43,8 @@ enum Broken {
     Closed,
 }
 
-const BACKOFF_MIN: Duration = Duration::from_millis(250);
+/// The longest wait between reconnections; a stream that lived longer than this was
+/// healthy, and the next failure starts the backoff over.
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
 
 /// The service account token the agent shows the index (re-read at every connection:
@@ -77,7 +78,7 @@ pub async fn follow(
         }
     };
     let mut at = Position::default();
-    let mut backoff = BACKOFF_MIN;
+    let mut backoff = crate::backoff::Backoff::up_to(BACKOFF_MAX);
     for url in urls.iter().cycle() {
         let began = std::time::Instant::now();
         // Bounded and never blocking, like every file the agent reads.
@@ -100,10 +101,9 @@ pub async fn follow(
         }
         // A stream that lived a while was healthy: start the backoff over.
         if began.elapsed() > BACKOFF_MAX {
-            backoff = BACKOFF_MIN;
+            backoff.reset();
         }
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(BACKOFF_MAX);
+        tokio::time::sleep(backoff.delay()).await;
     }
 }
 

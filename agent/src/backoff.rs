@@ -1,30 +1,35 @@
-//! Retry delays for the API: doubling from 250 ms to a cap of 15 s, each drawn with jitter
-//! (between half and all of the step), so thousands of agents that lost the API server
-//! together do not come back in lockstep, and one that comes back is caught within
-//! seconds, not minutes.
+//! Retry delays: doubling from 250 ms to a cap, each drawn with jitter (between half and
+//! all of the step), so thousands of agents that lost the API server or the index together
+//! do not come back in lockstep, and one that comes back is caught within the cap.
 
 use std::time::Duration;
 
 const FIRST: Duration = Duration::from_millis(250);
-/// The longest wait: recovery is noticed at most this long after the API returns.
+/// The API watches' cap: recovery is noticed at most this long after the API returns.
 pub const CAP: Duration = Duration::from_secs(15);
 
 #[derive(Debug)]
 pub struct Backoff {
     step: Duration,
+    cap: Duration,
 }
 
 impl Default for Backoff {
     fn default() -> Self {
-        Self { step: FIRST }
+        Self::up_to(CAP)
     }
 }
 
 impl Backoff {
+    /// Delays that grow to at most `cap`.
+    pub fn up_to(cap: Duration) -> Self {
+        Self { step: FIRST, cap }
+    }
+
     /// The next delay, and the step after it doubles.
-    pub fn next(&mut self) -> Duration {
+    pub fn delay(&mut self) -> Duration {
         let step = self.step;
-        self.step = (step * 2).min(CAP);
+        self.step = (step * 2).min(self.cap);
         let half = step / 2;
         half + Duration::from_nanos(fastrand::u64(0..=half.as_nanos() as u64))
     }
@@ -44,7 +49,7 @@ mod tests {
         let mut b = Backoff::default();
         let mut step = FIRST;
         for _ in 0..12 {
-            let d = b.next();
+            let d = b.delay();
             assert!(
                 d >= step / 2 && d <= step,
                 "{d:?} within [{:?}, {step:?}]",
@@ -52,8 +57,12 @@ mod tests {
             );
             step = (step * 2).min(CAP);
         }
-        assert!(b.next() <= CAP);
+        assert!(b.delay() <= CAP);
         b.reset();
-        assert!(b.next() <= FIRST);
+        assert!(b.delay() <= FIRST);
+        let mut small = Backoff::up_to(Duration::from_secs(1));
+        for _ in 0..8 {
+            assert!(small.delay() <= Duration::from_secs(1));
+        }
     }
 }
