@@ -209,6 +209,21 @@ pub fn notrack(ns: &str, proto: &str, dir: &str, port: u16) {
     );
 }
 
+/// A `/proc/<pid>/status` field in KiB (`VmRSS`, `VmHWM`: the peak a memory limit kills
+/// on); panics when the process or field is not there.
+pub fn proc_status_kib(pid: u32, field: &str) -> u64 {
+    proc_status(pid, field).unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
+}
+
+/// As [`proc_status_kib`], None once the process is gone (a zombie has no memory fields).
+pub fn proc_status(pid: u32, field: &str) -> Option<u64> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+}
+
 /// Poll `f` until it returns Some or `timeout` passes. Used only to wait for the agent's
 /// next harvest; the assertion that follows is always exact.
 pub fn eventually<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {

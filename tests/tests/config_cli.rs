@@ -309,19 +309,30 @@ fn check_peak(dir: &std::path::Path, snapshot: &std::path::Path) -> (u64, String
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let mut out = String::new();
-    std::io::Read::read_to_string(child.stdout.as_mut().unwrap(), &mut out).unwrap();
-    // The process is a zombie until waited for: its peak is still readable.
-    let status =
-        std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap_or_default();
-    let peak = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse::<u64>().ok())
-        .unwrap_or(0)
-        * 1024;
-    assert!(child.wait().unwrap().success(), "{out}");
-    (peak, out)
+    let mut stdout = child.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut out = String::new();
+        std::io::Read::read_to_string(&mut stdout, &mut out).unwrap();
+        out
+    });
+    // VmHWM only grows: its last reading while the process lives is its peak, up to the
+    // last few milliseconds (printing the answer). A zombie has none, and a reaped child's
+    // ru_maxrss counts the test process it was forked from.
+    let pid = child.id();
+    let mut peak_kib = 0;
+    let status = loop {
+        if let Some(kib) = tenantflow_tests::proc_status(pid, "VmHWM") {
+            peak_kib = kib;
+        }
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    };
+    let out = reader.join().unwrap();
+    assert!(status.success(), "{out}");
+    assert!(peak_kib > 0, "no peak RSS read for check-config");
+    (peak_kib * 1024, out)
 }
 
 /// A snapshot is decoded item by item by a parser that builds no tree: peak memory grows
@@ -342,6 +353,7 @@ fn snapshot_memory_follows_the_file_not_a_yaml_tree_of_it() {
         "{out}"
     );
     let (big_peak, out) = check_peak(&dir, &big);
+    eprintln!("snapshot peaks: {small_peak} -> {big_peak} bytes, file growth {growth}");
     assert!(
         out.contains("identity snapshot: 1600 Pod, 10 Namespace"),
         "{out}"
