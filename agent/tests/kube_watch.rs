@@ -64,9 +64,14 @@ async fn answer_with(
     uri
 }
 
+/// The cluster-wide pod reflector, listing from the watch cache.
 fn pods(client: Client, tx: mpsc::Sender<WatchEvent>) {
+    pods_listing(InitialList::Cache, client, tx);
+}
+
+fn pods_listing(list: InitialList, client: Client, tx: mpsc::Sender<WatchEvent>) {
     let setup = Setup {
-        list: InitialList::Cache,
+        list,
         fields: None,
         source: Source::Api(Kind::Pod),
         sweeps: true,
@@ -373,17 +378,7 @@ const INVALID: &str = r#"{"kind":"Status","apiVersion":"v1","metadata":{},"statu
 async fn a_refused_watch_list_falls_back_to_a_cache_list() {
     let (svc, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
     let (tx, mut rx) = mpsc::channel(64);
-    let setup = Setup {
-        list: InitialList::Streaming,
-        fields: None,
-        source: Source::Api(Kind::Pod),
-        sweeps: true,
-    };
-    tokio::spawn(reflector::run(
-        Api::<Slim<Pod>>::all(Client::new(svc, "default")),
-        setup,
-        tx,
-    ));
+    pods_listing(InitialList::Streaming, Client::new(svc, "default"), tx);
     let server = tokio::spawn(async move {
         let (req, send) = handle.next_request().await.expect("a watch-list");
         let uri = req.uri().to_string();

@@ -31,13 +31,7 @@ pub struct Peaks {
 
 /// Peak RSS (VmHWM) of a process, in bytes.
 pub fn peak_rss(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
-    let kb: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
-        .expect("VmHWM");
-    kb * 1024
+    crate::proc_status_kib(pid, "VmHWM") * 1024
 }
 
 /// A network namespace with an uplink (one end of a veth pair), removed on drop.
@@ -111,6 +105,21 @@ pub fn ready_agent(ns: &str, extra: &[&str], kubeconfig: &str) -> (Agent, Durati
     (agent, started.elapsed())
 }
 
+/// Start an agent in `ns` following the index at `addr` (with the token the synthetic API
+/// grants `/v1/identity`) and wait until it is ready.
+pub fn ready_follower(ns: &str, addr: &str, kubeconfig: &str) -> (Agent, Duration) {
+    let token = std::env::temp_dir().join(format!("tf-follower-token-{ns}"));
+    std::fs::write(&token, format!("{AGENT}\n")).unwrap();
+    let url = format!("http://{addr}");
+    let extra = [
+        "--identity-index",
+        url.as_str(),
+        "--identity-index-token-file",
+        token.to_str().unwrap(),
+    ];
+    ready_agent(ns, &extra, kubeconfig)
+}
+
 /// Measure the index and a direct-mode agent (and a follower, if `follower`) at `pods`.
 pub fn measure(pods: u64, tag: &str, follower: bool) -> Peaks {
     let ns = Netns::new(prefix(&format!("pk{tag}")));
@@ -129,16 +138,7 @@ pub fn measure(pods: u64, tag: &str, follower: bool) -> Peaks {
     let index = (peak_rss(ix.pid()), started.elapsed());
     let list_bytes = api.stats("index").bytes;
     let follower = follower.then(|| {
-        let token = std::env::temp_dir().join(format!("tf-peak-token-{}", ns.0));
-        std::fs::write(&token, format!("{AGENT}\n")).unwrap();
-        let url = format!("http://{addr}");
-        let extra = [
-            "--identity-index",
-            url.as_str(),
-            "--identity-index-token-file",
-            token.to_str().unwrap(),
-        ];
-        let (agent, took) = ready_agent(&ns.0, &extra, kubeconfig);
+        let (agent, took) = ready_follower(&ns.0, &addr, kubeconfig);
         let pods_seen = agent.metric("tenantflow_metadata_objects{kind=\"pod\",source=\"index\"}");
         assert_eq!(pods_seen, Some(pods as f64), "{}", agent.log_text());
         (peak_rss(agent.pid().unwrap()), took)

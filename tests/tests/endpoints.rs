@@ -439,12 +439,7 @@ fn exposed_records_answer_each_caller_with_what_rbac_grants() {
 }
 
 fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap()
+    tenantflow_tests::proc_status_kib(pid, "VmRSS")
 }
 
 /// 200 concurrent record requests and a client that never finishes its request: each

@@ -366,16 +366,7 @@ fn real_agents_in_both_modes_recover_exactly_and_are_stale_while_their_source_is
     // Index mode: the index's staleness reaches the agent.
     let addr = format!("127.0.0.1:{}", free_port());
     let _ix = Index::start(&api, &addr, Some(&ns.0), None, "rcag");
-    let token = std::env::temp_dir().join(format!("tf-rcag-token-{}", ns.0));
-    std::fs::write(&token, format!("{AGENT}\n")).unwrap();
-    let url = format!("http://{addr}");
-    let extra = [
-        "--identity-index",
-        url.as_str(),
-        "--identity-index-token-file",
-        token.to_str().unwrap(),
-    ];
-    let (agent, _) = identity_peak::ready_agent(&ns.0, &extra, kubeconfig);
+    let (agent, _) = identity_peak::ready_follower(&ns.0, &addr, kubeconfig);
     let current = |m: &str, source: &str| {
         sample(
             m,

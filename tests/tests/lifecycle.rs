@@ -420,13 +420,7 @@ fn an_edge_file_that_is_no_regular_file_is_refused_without_blocking_or_reading()
             log.contains(&format!("edge file {}: {why}", file.display())),
             "{log}"
         );
-        let rss_kib: u64 =
-            std::fs::read_to_string(format!("/proc/{}/status", agent.pid().unwrap()))
-                .unwrap()
-                .lines()
-                .find_map(|l| l.strip_prefix("VmHWM:"))
-                .and_then(|v| v.split_whitespace().next()?.parse().ok())
-                .unwrap();
+        let rss_kib = tenantflow_tests::proc_status_kib(agent.pid().unwrap(), "VmHWM");
         assert!(rss_kib < 256 * 1024, "{why}: peak {rss_kib} KiB");
         assert_eq!(
             agent.stop_with(libc::SIGTERM),

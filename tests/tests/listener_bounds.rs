@@ -14,12 +14,7 @@ use std::{
 use tenantflow_tests::{agent::counts, eventually, lab, traffic, udp_from_pod, Agent};
 
 fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap()
+    tenantflow_tests::proc_status_kib(pid, "VmRSS")
 }
 
 /// Enter network namespace `ns` on this thread.

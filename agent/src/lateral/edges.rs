@@ -377,6 +377,11 @@ mod tests {
     }
 
     fn edges(learning_s: u64, max: usize, file: Option<PathBuf>) -> Edges {
+        open(learning_s, max, file).0
+    }
+
+    /// The set and the file problem it reported, if any.
+    fn open(learning_s: u64, max: usize, file: Option<PathBuf>) -> (Edges, Option<EdgeFileError>) {
         Edges::open(
             &Registry::new(),
             EdgeConfig {
@@ -386,7 +391,6 @@ mod tests {
             },
         )
         .unwrap()
-        .0
     }
 
     #[test]
@@ -426,15 +430,7 @@ mod tests {
         assert!(!again.walk(&k, &t), "known from the file");
 
         std::fs::write(&path, b"TFEDGE01garbage").unwrap();
-        let (fresh, problem) = Edges::open(
-            &Registry::new(),
-            EdgeConfig {
-                learning: Duration::ZERO,
-                max_edges: 100,
-                file: Some(path.clone()),
-            },
-        )
-        .unwrap();
+        let (fresh, problem) = open(0, 100, Some(path.clone()));
         let msg = problem.expect("reported").to_string();
         assert!(
             msg.contains(&path.display().to_string()) && msg.contains("moved to"),
@@ -467,15 +463,7 @@ mod tests {
                 "it is 4294967296 bytes, over the limit of 67108864",
             ),
         ] {
-            let (mut e, problem) = Edges::open(
-                &Registry::new(),
-                EdgeConfig {
-                    learning: Duration::ZERO,
-                    max_edges: 100,
-                    file: Some(path.clone()),
-                },
-            )
-            .unwrap();
+            let (mut e, problem) = open(0, 100, Some(path.clone()));
             let msg = problem.expect("reported").to_string();
             assert!(
                 msg.starts_with(&format!("edge file {}: {why}", path.display())),
