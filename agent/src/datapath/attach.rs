@@ -361,20 +361,7 @@ pub async fn remove_clsact(indexes: &[u32]) {
 }
 
 async fn filters_left(handle: &rtnetlink::Handle, index: u32) -> Result<usize, rtnetlink::Error> {
-    use futures::TryStreamExt;
-    let ingress: Vec<_> = handle
-        .traffic_filter(index as i32)
-        .get()
-        .ingress()
-        .execute()
-        .try_collect()
-        .await?;
-    let egress: Vec<_> = handle
-        .traffic_filter(index as i32)
-        .get()
-        .egress()
-        .execute()
-        .try_collect()
-        .await?;
+    let ingress = super::legacy::dump(handle, index, true).await?;
+    let egress = super::legacy::dump(handle, index, false).await?;
     Ok(ingress.len() + egress.len())
 }

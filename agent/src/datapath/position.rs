@@ -14,8 +14,7 @@
 
 use std::io;
 
-use futures::TryStreamExt;
-use rtnetlink::packet_route::tc::{TcAttribute, TcFilterBpfOption, TcMessage, TcOption};
+use rtnetlink::packet_route::tc::{TcFilterBpfOption, TcMessage};
 
 const BPF_TCX_INGRESS: u32 = 46;
 const BPF_TCX_EGRESS: u32 = 47;
@@ -39,9 +38,7 @@ pub async fn legacy_chain(
     ifindex: u32,
     ingress: bool,
 ) -> Result<Vec<u32>, rtnetlink::Error> {
-    let mut req = handle.traffic_filter(ifindex as i32).get();
-    req = if ingress { req.ingress() } else { req.egress() };
-    let msgs: Vec<TcMessage> = req.execute().try_collect().await?;
+    let msgs = super::legacy::dump(handle, ifindex, ingress).await?;
     Ok(order_filters(&msgs))
 }
 
@@ -59,16 +56,11 @@ fn order_filters(msgs: &[TcMessage]) -> Vec<u32> {
 }
 
 fn prog_id(m: &TcMessage) -> u32 {
-    m.attributes
-        .iter()
-        .find_map(|a| match a {
-            TcAttribute::Options(opts) => opts.iter().find_map(|o| match o {
-                TcOption::Bpf(TcFilterBpfOption::ProgId(id)) => Some(*id),
-                _ => None,
-            }),
-            _ => None,
-        })
-        .unwrap_or(0)
+    super::legacy::bpf_option(m, |o| match o {
+        TcFilterBpfOption::ProgId(id) => Some(*id),
+        _ => None,
+    })
+    .unwrap_or(0)
 }
 
 /// The id the kernel gave a loaded program (what the chains above list).
@@ -81,7 +73,7 @@ pub fn program_id(prog: &aya::programs::SchedClassifier) -> io::Result<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rtnetlink::packet_route::tc::{TcFilterBpf, TcHandle};
+    use rtnetlink::packet_route::tc::{TcAttribute, TcFilterBpf, TcHandle, TcOption};
 
     fn filter(prio: u16, handle: u32, id: Option<u32>) -> TcMessage {
         let mut m = TcMessage::default();
