@@ -146,7 +146,7 @@ impl Inventory {
         m.metadata_stale.set(stale as i64);
         // A snapshot (no source to wait for) is current with its file, which is watched.
         if !stale {
-            m.metadata_last_sync.set(unix_now());
+            m.metadata_last_sync.set(crate::flow::unix_seconds() as i64);
         }
         shared.set_ready(health.ready());
         if let Some(j) = &self.journal {
@@ -211,8 +211,11 @@ impl Inventory {
     /// Direct mode is the small-cluster mode: past [`DIRECT_MODE_PODS`] an agent says so
     /// (every agent listing every pod is what loads the API server).
     fn advise_index_mode(&self, s: Source, store: &Store) {
+        if s != Source::Api(Kind::Pod) || self.journal.is_some() {
+            return;
+        }
         let pods = store.counts().get(&Kind::Pod).copied().unwrap_or(0);
-        if s == Source::Api(Kind::Pod) && self.journal.is_none() && pods > DIRECT_MODE_PODS {
+        if pods > DIRECT_MODE_PODS {
             warn!(
                 pods,
                 "identity: direct mode at this cluster size makes every agent list and watch every pod; \
@@ -268,13 +271,6 @@ impl Inventory {
         drop(store);
         shared.set_tenant_namespaces(by_tenant);
     }
-}
-
-fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_secs() as i64
 }
 
 /// Give the memory a swapped-out snapshot (and its parse, on the reload thread) held back

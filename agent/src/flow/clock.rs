@@ -14,6 +14,14 @@ pub fn monotonic_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
+/// Wall-clock Unix time in whole seconds (what timestamp gauges and persisted state carry).
+pub fn unix_seconds() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs()
+}
+
 /// Offset between the two clocks, sampled once per harvest so suspend/NTP steps are followed.
 #[derive(Clone, Copy, Debug)]
 pub struct WallClock {

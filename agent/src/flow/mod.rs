@@ -10,7 +10,7 @@ mod tracker;
 mod tuple;
 mod view;
 
-pub use clock::{monotonic_ns, WallClock};
+pub use clock::{monotonic_ns, unix_seconds, WallClock};
 pub use connection::{Connection, Counts, Sighting};
 pub use outcome::{decide as decide_outcome, Outcome, Seen, ANSWER_WITHIN_NS};
 pub use table::FlowEntry;

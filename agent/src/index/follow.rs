@@ -4,7 +4,7 @@
 //! inventory stays in use and the agent says so; it reconnects with backoff, to the next
 //! replica address each time, and resumes from its version when the index still can.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use futures::StreamExt;
 use tokio::sync::mpsc::Sender;
@@ -107,13 +107,6 @@ pub async fn follow(
     }
 }
 
-fn now_s() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_secs() as i64
-}
-
 /// One stream, until it breaks. `at` advances with every frame applied.
 async fn stream(
     client: &reqwest::Client,
@@ -154,7 +147,7 @@ async fn stream(
             Some(Err(e)) => return e.into(),
             None => return Broken::Ended,
         };
-        m.last_frame.set(now_s());
+        m.last_frame.set(crate::flow::unix_seconds() as i64);
         buf.extend_from_slice(&chunk);
         let mut start = 0;
         while let Some(end) = buf[start..].iter().position(|&b| b == b'\n') {

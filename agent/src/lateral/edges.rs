@@ -17,7 +17,7 @@ use std::{
     collections::HashMap,
     io::Write as _,
     path::{Path, PathBuf},
-    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant},
 };
 
 use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry};
@@ -82,13 +82,6 @@ pub struct Edges {
     evicted: IntCounter,
     learning: IntGauge,
     file_errors: IntCounter,
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_secs()
 }
 
 /// FNV-1a, 64 bits: stable across builds and versions, so a persisted set stays valid.
@@ -157,7 +150,7 @@ impl Edges {
         let mut e = Self {
             cfg,
             edges: HashMap::new(),
-            learning_since: unix_now(),
+            learning_since: crate::flow::unix_seconds(),
             dirty: true,
             last_save: None,
             new_edges,
@@ -221,7 +214,7 @@ impl Edges {
 
     /// Record that a connection walked this edge; true if it is new (after learning).
     pub fn walk(&mut self, k: &Classification, t: &FlowTuple) -> bool {
-        self.walk_at(k, t, unix_now())
+        self.walk_at(k, t, crate::flow::unix_seconds())
     }
 
     fn walk_at(&mut self, k: &Classification, t: &FlowTuple, now: u64) -> bool {
