@@ -149,6 +149,34 @@ struct Parts {
     items: Option<Vec<Object>>,
 }
 
+/// A scalar where a visitor wants a mapping or a sequence: not this shape, so the
+/// visitor's default value (no kind, no items array), judged by the caller.
+macro_rules! not_this_shape {
+    () => {
+        fn visit_unit<E>(self) -> Result<Self::Value, E> {
+            Ok(Default::default())
+        }
+        fn visit_none<E>(self) -> Result<Self::Value, E> {
+            Ok(Default::default())
+        }
+        fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+            Ok(Default::default())
+        }
+        fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+            Ok(Default::default())
+        }
+        fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+            Ok(Default::default())
+        }
+        fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+            Ok(Default::default())
+        }
+        fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
+            Ok(Default::default())
+        }
+    };
+}
+
 /// The first bad object, carried out of the parser (which only knows its own errors).
 struct Top<'a> {
     failure: &'a mut Option<IdentityError>,
@@ -188,27 +216,7 @@ impl<'de> Visitor<'de> for Top<'_> {
         while seq.next_element::<IgnoredAny>()?.is_some() {}
         Ok(Parts::default())
     }
-    fn visit_unit<E>(self) -> Result<Parts, E> {
-        Ok(Parts::default())
-    }
-    fn visit_none<E>(self) -> Result<Parts, E> {
-        Ok(Parts::default())
-    }
-    fn visit_bool<E>(self, _: bool) -> Result<Parts, E> {
-        Ok(Parts::default())
-    }
-    fn visit_i64<E>(self, _: i64) -> Result<Parts, E> {
-        Ok(Parts::default())
-    }
-    fn visit_u64<E>(self, _: u64) -> Result<Parts, E> {
-        Ok(Parts::default())
-    }
-    fn visit_f64<E>(self, _: f64) -> Result<Parts, E> {
-        Ok(Parts::default())
-    }
-    fn visit_str<E>(self, _: &str) -> Result<Parts, E> {
-        Ok(Parts::default())
-    }
+    not_this_shape!();
 }
 
 /// `items`, decoded and checked one at a time; not an array: None.
@@ -248,27 +256,7 @@ impl<'de> Visitor<'de> for Items<'_> {
         while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
         Ok(None)
     }
-    fn visit_unit<E>(self) -> Result<Self::Value, E> {
-        Ok(None)
-    }
-    fn visit_none<E>(self) -> Result<Self::Value, E> {
-        Ok(None)
-    }
-    fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
-        Ok(None)
-    }
-    fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
-        Ok(None)
-    }
-    fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
-        Ok(None)
-    }
-    fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
-        Ok(None)
-    }
-    fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
-        Ok(None)
-    }
+    not_this_shape!();
 }
 
 /// The API never lists one object twice; a file that does was concatenated or edited, and
