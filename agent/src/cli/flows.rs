@@ -185,10 +185,9 @@ async fn fetch_all<T: DeserializeOwned>(
             anyhow::anyhow!("the agent's next-page marker {next:?} is not a record id: is --agent a tenantflow agent?")
         })?;
         // Pages move forward by record id; a marker that does not is a loop.
-        if after.is_some_and(|a| next <= a) {
+        if let Some(a) = after.filter(|&a| next <= a) {
             anyhow::bail!(
-                "the agent sent next-page marker {next} after {}: pages would repeat forever; stopping (is --agent a tenantflow agent?)",
-                after.unwrap_or_default()
+                "the agent sent next-page marker {next} after {a}: pages would repeat forever; stopping (is --agent a tenantflow agent?)"
             );
         }
         after = Some(next);
@@ -196,16 +195,9 @@ async fn fetch_all<T: DeserializeOwned>(
 }
 
 /// A failure that may pass (the agent restarting, busy, briefly unreachable).
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
 struct Transient(String);
-
-impl std::fmt::Display for Transient {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for Transient {}
 
 /// With --follow, an agent that restarts is waited for (said once on stderr) instead of
 /// ending the follow; None when stdout closed meanwhile.
