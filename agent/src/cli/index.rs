@@ -112,7 +112,7 @@ async fn run_async(args: IndexArgs) -> anyhow::Result<()> {
     // No snapshot file to reload.
     let (_, reload) = tokio::sync::mpsc::unbounded_channel();
     tokio::spawn(inventory.run(rx, reload, shared.clone()));
-    let conns = export::conn_metrics(&shared);
+    let conns = export::listener::ConnMetrics::from(&shared.metrics);
     let app = followers.merge(export::public_router(shared, export::metrics_route()));
     info!(listen = %args.listen, "index: serving followers");
     // The same bounded accept loop as the agent's listeners, speaking HTTP/2 too (agents

@@ -149,7 +149,7 @@ pub async fn serve(
             super::guarded::path_authorized::<KubeReview>,
         ));
     }
-    let conns = conn_metrics(&shared);
+    let conns = super::listener::ConnMetrics::from(&shared.metrics);
     let app = public_router(shared, metrics_route);
     let tls = guarded.map(|(_, tls)| tls);
     super::listener::serve(
@@ -163,13 +163,6 @@ pub async fn serve(
     .await
 }
 
-pub fn conn_metrics(shared: &Shared) -> super::listener::ConnMetrics {
-    super::listener::ConnMetrics {
-        open: shared.metrics.http_connections.clone(),
-        refused: shared.metrics.http_refused.clone(),
-    }
-}
-
 /// Flow records name every tenant's pods, addresses and processes: served on a listener of
 /// their own, on loopback (reached with `kubectl exec` or `kubectl port-forward`), or on the
 /// node address behind TLS and Kubernetes authorization (`guard`).
@@ -178,7 +171,7 @@ pub async fn serve_records(
     shared: Arc<Shared>,
     exposed: Option<(Arc<Guard<KubeReview>>, Arc<rustls::ServerConfig>)>,
 ) -> std::io::Result<()> {
-    let conns = conn_metrics(&shared);
+    let conns = super::listener::ConnMetrics::from(&shared.metrics);
     let (app, tls) = match exposed {
         None => (records_router::<KubeReview>(shared, None), None),
         Some((guard, tls)) => (records_router(shared, Some(guard)), Some(tls)),

@@ -55,6 +55,15 @@ pub struct ConnMetrics {
     pub refused: IntCounterVec,
 }
 
+impl From<&super::AgentMetrics> for ConnMetrics {
+    fn from(m: &super::AgentMetrics) -> Self {
+        Self {
+            open: m.http_connections.clone(),
+            refused: m.http_refused.clone(),
+        }
+    }
+}
+
 /// Who holds how many connections now.
 struct Slots {
     total: usize,

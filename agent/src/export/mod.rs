@@ -17,8 +17,8 @@ pub use event::{ConnEvent, EventKind};
 pub use flow_log::{FlowLog, FlowLogConfig, LogFilter, RecordType};
 pub use flow_metrics::{FlowMetrics, FlowMetricsConfig, OVERFLOW};
 pub use http::{
-    bind, conn_metrics, metrics_route, public_router, records_router, serve, serve_records,
-    FlowQuery, MAX_RECORDS, NEXT_AFTER,
+    bind, metrics_route, public_router, records_router, serve, serve_records, FlowQuery,
+    MAX_RECORDS, NEXT_AFTER,
 };
 pub use metrics::AgentMetrics;
 pub use nat_mappings::NatMappings;
