@@ -75,6 +75,26 @@ fn relists(m: &str, source: &str, reason: &str) -> (Option<f64>, Option<f64>) {
 
 const KINDS: [&str; 4] = ["pods", "namespaces", "nodes", "services"];
 
+/// Wait until every kind has started `want.0` lists for `reason` and completed `want.1`
+/// lists in all: each kind learns its version is gone on its own watch, in its own time,
+/// so the follower converging on pods says nothing of services.
+fn wait_relisted(ix: &Index, reason: &str, want: (f64, f64)) {
+    let want = (Some(want.0), Some(want.1));
+    let done = eventually(Duration::from_secs(60), || {
+        let m = index_metrics(ix);
+        KINDS
+            .iter()
+            .all(|k| relists(&m, k, reason) == want)
+            .then_some(())
+    });
+    let m = index_metrics(ix);
+    assert!(
+        done.is_some(),
+        "{reason} relists, want {want:?}: {:?}",
+        KINDS.map(|k| relists(&m, k, reason))
+    );
+}
+
 fn converge(f: &Follower, truth: &BTreeMap<String, String>, within: Duration) -> View {
     eventually(within, || {
         let v = f.view();
@@ -172,6 +192,7 @@ fn the_index_and_its_followers_recover_exactly_from_every_expired_version_path()
     api.set_down(false);
     let truth = api.generated_pods();
     assert_eq!(truth.len(), 3_000 - 40 + 20);
+    wait_relisted(&ix, "expired", (1.0, 2.0));
     converge(&f, &truth, Duration::from_secs(60));
     wait_stale(&ix, &f, false);
     let m = index_metrics(&ix);
@@ -197,6 +218,7 @@ fn the_index_and_its_followers_recover_exactly_from_every_expired_version_path()
     }
     api.force_gone();
     let truth = api.generated_pods();
+    wait_relisted(&ix, "expired", (2.0, 3.0));
     converge(&f, &truth, Duration::from_secs(60));
     wait_stale(&ix, &f, false);
     let m = index_metrics(&ix);
@@ -209,6 +231,7 @@ fn the_index_and_its_followers_recover_exactly_from_every_expired_version_path()
     api.restore_backwards(30);
     let truth = api.generated_pods();
     assert_eq!(truth.len(), 3_000 - 80 + 20);
+    wait_relisted(&ix, "too_large", (1.0, 4.0));
     converge(&f, &truth, Duration::from_secs(60));
     wait_stale(&ix, &f, false);
     let m = index_metrics(&ix);

@@ -84,12 +84,18 @@ struct Reflector<K: Watched> {
 
 impl<K: Watched> Reflector<K> {
     async fn run(&mut self) {
+        let src = self.setup.source;
         let mut reason = Reason::Start;
+        // Each attempt is announced before any wait: from then until `Synced` the source
+        // is not current, however long the backoff before the list.
+        if self.send(WatchEvent::Relisting(src, reason)).await.is_err() {
+            return;
+        }
         loop {
             match self.list_then_watch(reason).await {
                 Failure::Stopped => return,
                 Failure::Relist(r) => {
-                    debug!(source = ?self.setup.source, reason = r.label(), "identity: version gone, listing again");
+                    debug!(source = ?src, reason = r.label(), "identity: version gone, listing again");
                     reason = r;
                 }
                 Failure::Down(why) => {
@@ -98,18 +104,19 @@ impl<K: Watched> Reflector<K> {
                     }
                 }
             }
+            if self.send(WatchEvent::Relisting(src, reason)).await.is_err() {
+                return;
+            }
             // Relists in a row (a server that expires every watch) and failed steps back
             // off; a watch that delivered anything reset the backoff.
             tokio::time::sleep(self.backoff.delay()).await;
         }
     }
 
-    /// One cycle: list, then watch until the version is gone or the server is.
+    /// One cycle (announced by the caller): list, then watch until the version is gone or
+    /// the server is.
     async fn list_then_watch(&mut self, reason: Reason) -> Failure {
         let src = self.setup.source;
-        if self.send(WatchEvent::Relisting(src, reason)).await.is_err() {
-            return Failure::Stopped;
-        }
         if self.setup.sweeps && self.change(Change::Relist(K::KIND)).await.is_err() {
             return Failure::Stopped;
         }
