@@ -24,6 +24,14 @@ pub const CACHE_SET_BITS: u32 = 12;
 pub const CACHE_SETS: u32 = 1 << CACHE_SET_BITS;
 /// Ways per set: two halve the evictions of flows that collide in a direct-mapped cache.
 pub const CACHE_WAYS: usize = 2;
+/// Entries of the TCP connection-generation table (a shared, not per-CPU, array): a SYN or
+/// SYN-ACK writes the connection's initiator ISN under a hash of its key, and every later
+/// packet of that key reads it into [`crate::FlowKey::generation`]. 64 Ki entries (512 KiB):
+/// many more than live handshakes, so a long connection's entry is rarely taken by another
+/// SYN (when it is, its later packets count under generation 0 and the agent folds them
+/// into the connection that holds the tuple).
+pub const CONN_GEN_ENTRIES: u32 = 1 << 16;
+
 /// Ring buffer for evicted slots: 8 MiB holds ~75,000 records (112 bytes each with the
 /// ring's header). Once the cache is warm every new flow evicts one per observation point.
 pub const EVICTIONS_BYTES: u32 = 8 << 20;

@@ -1,5 +1,11 @@
 //! The flow key and counters of the kernel flow cache.
 
+/// IP protocol numbers the kernel programs and the agent both name: one definition.
+pub const IPPROTO_ICMP: u8 = 1;
+pub const IPPROTO_TCP: u8 = 6;
+pub const IPPROTO_UDP: u8 = 17;
+pub const IPPROTO_ICMPV6: u8 = 58;
+
 /// Which hook saw the packet. Values are stable: they appear in the map key.
 #[repr(u8)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -32,7 +38,12 @@ pub struct FlowKey {
     pub dst_addr: [u64; 2],
     pub src_port: u16,
     pub dst_port: u16,
-    pub _pad1: u32,
+    /// TCP: the initiator's initial sequence number of the connection this packet belongs
+    /// to, learnt from its SYN (or the SYN-ACK acknowledging it) through
+    /// [`crate::CONN_GEN_ENTRIES`]; 0 when unknown (the connection predates the programs, or
+    /// a colliding flow's SYN took its entry). Two connections that reuse one 5-tuple so get
+    /// different keys, hence different slots and records. 0 for other protocols.
+    pub generation: u32,
 }
 
 /// Hashed as its six 64-bit words: one write each instead of one per field, on the
@@ -49,11 +60,24 @@ impl core::hash::Hash for FlowKey {
         state.write_u64(self.src_addr[1]);
         state.write_u64(self.dst_addr[0]);
         state.write_u64(self.dst_addr[1]);
-        state.write_u64(self.src_port as u64 | (self.dst_port as u64) << 16);
+        state.write_u64(
+            self.src_port as u64 | (self.dst_port as u64) << 16 | (self.generation as u64) << 32,
+        );
     }
 }
 
 impl FlowKey {
+    /// The same observation point of the same 5-tuple, whatever the connection generation.
+    pub fn same_place(&self, o: &FlowKey) -> bool {
+        FlowKey {
+            generation: 0,
+            ..*self
+        } == FlowKey {
+            generation: 0,
+            ..*o
+        }
+    }
+
     /// Address bytes in network order (IPv4 in the first four).
     pub fn addr_bytes(words: &[u64; 2]) -> [u8; 16] {
         let mut out = [0u8; 16];

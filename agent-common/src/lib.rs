@@ -16,9 +16,12 @@ mod user;
 
 pub use cache::{
     Evicted, FlowSet, FlowSlot, CACHE_SETS, CACHE_SET_BITS, CACHE_WAYS, CLOCK_TICK_MS,
-    EVICTIONS_BYTES, EVICTIONS_WAKE_BYTES,
+    CONN_GEN_ENTRIES, EVICTIONS_BYTES, EVICTIONS_WAKE_BYTES,
 };
 pub use counters::Counter;
-pub use flow::{Direction, FlowKey, FlowStats, MARK_ICMP_ERROR, MARK_OPENED};
+pub use flow::{
+    Direction, FlowKey, FlowStats, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP,
+    MARK_ICMP_ERROR, MARK_OPENED,
+};
 pub use process::{SockOwner, MAX_SOCKETS};
 pub use service::{SvcAddr, SvcTuple, MAX_SERVICE_SOCKETS};

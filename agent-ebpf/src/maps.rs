@@ -2,7 +2,8 @@
 
 use agent_common::{
     counters::COUNTER_SLOTS, Counter, Evicted, FlowKey, FlowSet, SockOwner, SvcAddr, SvcTuple,
-    CACHE_SETS, EVICTIONS_BYTES, EVICTIONS_WAKE_BYTES, MAX_SERVICE_SOCKETS, MAX_SOCKETS,
+    CACHE_SETS, CONN_GEN_ENTRIES, EVICTIONS_BYTES, EVICTIONS_WAKE_BYTES, MAX_SERVICE_SOCKETS,
+    MAX_SOCKETS,
 };
 use aya_ebpf::{
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
@@ -14,6 +15,12 @@ use aya_ebpf::{
 /// atomics, an array so the lookup is an inlined address computation.
 #[map(name = "TF_FLOW_CACHE")]
 pub static FLOW_CACHE: PerCpuArray<FlowSet> = PerCpuArray::with_max_entries(CACHE_SETS, 0);
+
+/// TCP connection generations (see `agent_common::CONN_GEN_ENTRIES`): `tag << 32 | isn`
+/// under a hash of the flow key. Shared by all CPUs, because one connection's packets land
+/// on several: each must find the generation its SYN wrote wherever it runs.
+#[map(name = "TF_CONN_GEN")]
+pub static CONN_GEN: Array<u64> = Array::with_max_entries(CONN_GEN_ENTRIES, 0);
 
 /// Final counters of slots taken over by another flow.
 #[map(name = "TF_EVICTIONS")]

@@ -16,14 +16,11 @@ use network_types::eth::EthHdr;
 
 const ETH_P_IP: u16 = 0x0800;
 const ETH_P_IPV6: u16 = 0x86DD;
+pub use agent_common::{IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP};
 const IPPROTO_HOPOPTS: u8 = 0;
-const IPPROTO_ICMP: u8 = 1;
-pub const IPPROTO_TCP: u8 = 6;
-pub const IPPROTO_UDP: u8 = 17;
 const IPPROTO_ROUTING: u8 = 43;
 const IPPROTO_FRAGMENT: u8 = 44;
 const IPPROTO_AH: u8 = 51;
-const IPPROTO_ICMPV6: u8 = 58;
 const IPPROTO_DSTOPTS: u8 = 60;
 /// Extension headers walked before giving up; real traffic rarely has more than two.
 const MAX_IPV6_EXT: usize = 6;
@@ -57,7 +54,7 @@ fn join(w: &[u16]) -> u64 {
     w[0] as u64 | (w[1] as u64) << 16 | (w[2] as u64) << 32 | (w[3] as u64) << 48
 }
 
-const TCP_SYN: u8 = 0x02;
+pub const TCP_SYN: u8 = 0x02;
 const TCP_ACK: u8 = 0x10;
 
 /// A TCP SYN without ACK: the opener's first packet.
@@ -88,6 +85,9 @@ pub struct Parsed {
     /// connection is read from `tcp_flags` where needed, so the hot path carries one value
     /// fewer.
     pub syn_seq: u32,
+    /// A SYN's or SYN-ACK's initiator ISN (the SYN's sequence number, the SYN-ACK's
+    /// acknowledgment minus one), else 0: the connection generation both directions share.
+    pub isn: u32,
     /// `agent_common::MARK_*` bits this packet sets on its flow (0 for almost every packet,
     /// so the hot path tests one value).
     pub marks: u8,
@@ -126,7 +126,7 @@ pub fn parse(ctx: &TcContext) -> Outcome {
         dst_addr: [0; 2],
         src_port: 0,
         dst_port: 0,
-        _pad1: 0,
+        generation: 0,
     };
     let l3_off = EthHdr::LEN;
     let parsed = match ether_type {
@@ -143,6 +143,7 @@ pub fn parse(ctx: &TcContext) -> Outcome {
         hdr_len: l4_off - l3_off,
         tcp_flags: 0,
         syn_seq: 0,
+        isn: 0,
         marks: 0,
     };
     if has_l4 && parse_l4(ctx, l4_off, &mut parsed).is_none() {
@@ -224,7 +225,12 @@ fn parse_l4(ctx: &TcContext, off: usize, p: &mut Parsed) -> Option<()> {
             if opens(p.tcp_flags) {
                 // Words 2-3 are the sequence number, already loaded with the header.
                 p.syn_seq = (u16::from_be(tcp[2]) as u32) << 16 | u16::from_be(tcp[3]) as u32;
+                p.isn = p.syn_seq;
                 p.marks = MARK_OPENED;
+            } else if p.tcp_flags & TCP_SYN != 0 {
+                // A SYN-ACK: words 4-5 acknowledge the initiator's ISN + 1.
+                let ack = (u16::from_be(tcp[4]) as u32) << 16 | u16::from_be(tcp[5]) as u32;
+                p.isn = ack.wrapping_sub(1);
             }
             p.hdr_len += ((lo(tcp[6]) >> 4) as usize) * 4;
         }

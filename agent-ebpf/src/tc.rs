@@ -1,7 +1,8 @@
 //! TC classifier entry points: thin wrappers that never influence the packet's fate.
 
 use agent_common::{
-    Counter, Direction, Evicted, FlowKey, FlowSet, FlowStats, CACHE_WAYS, MARK_OPENED,
+    Counter, Direction, Evicted, FlowKey, FlowSet, FlowStats, CACHE_WAYS, CONN_GEN_ENTRIES,
+    MARK_OPENED,
 };
 use aya_ebpf::{
     bindings::TC_ACT_UNSPEC,
@@ -13,8 +14,8 @@ use aya_ebpf::{
 use core::ptr::write_volatile;
 
 use crate::{
-    maps::{bump, evict, hash_seed, idle_ns, now, set_mask, FLOW_CACHE, SOCK_FLOWS},
-    parse::{parse, Outcome, Parsed},
+    maps::{bump, evict, hash_seed, idle_ns, now, set_mask, CONN_GEN, FLOW_CACHE, SOCK_FLOWS},
+    parse::{parse, Outcome, Parsed, IPPROTO_TCP, TCP_SYN},
 };
 
 /// Attached at TC ingress of pod veths and uplinks.
@@ -74,7 +75,17 @@ fn record(ctx: &TcContext, dir: Direction, mut p: Parsed) {
     let now = now();
 
     let words = &words_of(&p.key);
-    let set_index = set_of(words);
+    let h = hash(words);
+    let set_index = (h >> 32) as u32 & set_mask();
+    // The generation's bits of the key's last word (0 for all but TCP): folded into the
+    // compare, so every other packet's key words stay as the parser built them.
+    let generation_bits = if p.key.proto == IPPROTO_TCP {
+        let generation = generation(h, &p);
+        p.key.generation = generation;
+        (generation as u64) << 32
+    } else {
+        0
+    };
     let Some(set) = FLOW_CACHE.get_ptr_mut(set_index) else {
         return;
     };
@@ -82,7 +93,7 @@ fn record(ctx: &TcContext, dir: Direction, mut p: Parsed) {
     let set = unsafe { &mut *set };
     for way in 0..CACHE_WAYS {
         let s = &mut set.ways[way];
-        if s.stats.packets != 0 && same_key(key_words(&s.key), words) {
+        if s.stats.packets != 0 && same_key(key_words(&s.key), words, generation_bits) {
             let st = &mut s.stats;
             // Back after the agent expired it: a new record, as with a fresh slot.
             if now.wrapping_sub(st.last_seen_ns) > idle_ns() {
@@ -100,7 +111,8 @@ fn record(ctx: &TcContext, dir: Direction, mut p: Parsed) {
             if p.marks != 0 {
                 st.marks |= p.marks;
                 if p.marks & MARK_OPENED != 0 {
-                    // A SYN on a live slot: the tuple was reused by a new connection.
+                    // A retransmitted SYN, or one after the agent reloaded the programs (a
+                    // new connection on the tuple has another generation, so another key).
                     st.syn_seq = p.syn_seq;
                 }
             }
@@ -156,9 +168,11 @@ fn occupy(set: &mut FlowSet, set_index: u32, p: &Parsed, segs: u64, bytes: u64, 
     }
 }
 
-/// The key's six words built in registers from its fields. Loading them back from the
-/// stack instead would read each of words 0 and 5 through one 8-byte load over several
-/// narrower stores the parser just made, which store forwarding cannot serve.
+/// The key's six words built in registers from its fields (generation included, which is
+/// 0 where [`record`] builds them: it adds the generation to the compare instead). Loading
+/// them back from the stack instead would read each of words 0 and 5 through one 8-byte
+/// load over several narrower stores the parser just made, which store forwarding cannot
+/// serve.
 #[inline(always)]
 fn words_of(k: &FlowKey) -> [u64; 6] {
     [
@@ -170,7 +184,7 @@ fn words_of(k: &FlowKey) -> [u64; 6] {
         k.src_addr[1],
         k.dst_addr[0],
         k.dst_addr[1],
-        k.src_port as u64 | (k.dst_port as u64) << 16,
+        k.src_port as u64 | (k.dst_port as u64) << 16 | (k.generation as u64) << 32,
     ]
 }
 
@@ -182,24 +196,61 @@ fn key_words(key: &FlowKey) -> &[u64; 6] {
     unsafe { &*(key as *const FlowKey as *const [u64; 6]) }
 }
 
-/// Word-wise key equality. `==` on the arrays compiles to a call to a byte-at-a-time
-/// `memcmp` (~430 instructions for 48 bytes); XOR-OR of the six words is eleven.
+/// Word-wise equality of a slot's key `a` with the packet's words `b` plus its generation
+/// bits (`b[5]` has them clear). `==` on the arrays compiles to a call to a byte-at-a-time
+/// `memcmp` (~430 instructions for 48 bytes); XOR-OR of the six words is twelve.
 #[inline(always)]
-fn same_key(a: &[u64; 6], b: &[u64; 6]) -> bool {
-    ((a[0] ^ b[0]) | (a[1] ^ b[1]) | (a[2] ^ b[2]) | (a[3] ^ b[3]) | (a[4] ^ b[4]) | (a[5] ^ b[5]))
+fn same_key(a: &[u64; 6], b: &[u64; 6], generation_bits: u64) -> bool {
+    ((a[0] ^ b[0])
+        | (a[1] ^ b[1])
+        | (a[2] ^ b[2])
+        | (a[3] ^ b[3])
+        | (a[4] ^ b[4])
+        | (a[5] ^ b[5] ^ generation_bits))
         == 0
 }
 
-/// Seeded multiplicative hash: four independent products, so the CPU overlaps them (a
-/// chain of six dependent multiplies cost more), taking the product's well-mixed top 32
-/// bits, masked to the sets the agent sized the cache to.
+/// The TCP connection generation of this packet's key: a SYN or SYN-ACK records its
+/// initiator ISN under the key's hash; any other packet reads it back if the entry's tag
+/// says it is this key's (else 0: unknown). Index and tag come from one more mixing step
+/// of the key's hash, from disjoint bits of it: the hash's low bits depend only on the
+/// inputs' low bits (two IPv4 keys that differ only in an address's last two bytes share
+/// its low 48), and a tag that overlapped the index would leave only its other bits to
+/// tell keys of one index apart (a wrong generation in about 65,000 such pairs, which CI
+/// caught as one split connection in 20,000). A wrong generation now needs two keys with
+/// the same 16-bit index and the same 32-bit tag.
+#[inline(always)]
+fn generation(h: u64, p: &Parsed) -> u32 {
+    let m = (h ^ (h >> 29)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    let index = (m >> 48) as u32 & (CONN_GEN_ENTRIES - 1);
+    let tag = (m >> 16) as u32 | 1;
+    let Some(cell) = CONN_GEN.get_ptr_mut(index) else {
+        return 0;
+    };
+    if p.tcp_flags & TCP_SYN != 0 {
+        // SAFETY: an aligned 8-byte store into a shared array value: atomic on the JITs'
+        // targets, so readers on other CPUs see the old or the new entry, never a mix.
+        unsafe { write_volatile(cell, (tag as u64) << 32 | p.isn as u64) };
+        return p.isn;
+    }
+    // SAFETY: as above, an aligned 8-byte load.
+    let entry = unsafe { core::ptr::read_volatile(cell) };
+    if (entry >> 32) as u32 == tag {
+        entry as u32
+    } else {
+        0
+    }
+}
+
+/// Seeded multiplicative hash of the key's words (generation bits clear): four independent
+/// products, so the CPU overlaps them (a chain of six dependent multiplies cost more). Its
+/// well-mixed top 32 bits pick the set, masked to the sets the agent sized the cache to.
 /// Addresses pair up source-low with destination-high so IPv4 tuples map bijectively.
 #[inline(always)]
-fn set_of(w: &[u64; 6]) -> u32 {
+fn hash(w: &[u64; 6]) -> u64 {
     let seed = hash_seed();
-    let h = (w[0] ^ seed).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+    (w[0] ^ seed).wrapping_mul(0x9E37_79B9_7F4A_7C15)
         ^ (w[1] ^ w[3].rotate_left(32)).wrapping_mul(0xC2B2_AE3D_27D4_EB4F)
         ^ (w[2] ^ w[4].rotate_left(32)).wrapping_mul(0x1656_67B1_9E37_79F9)
-        ^ (w[5] ^ seed.rotate_left(32)).wrapping_mul(0xD6E8_FEB8_6659_FD93);
-    (h >> 32) as u32 & set_mask()
+        ^ (w[5] ^ seed.rotate_left(32)).wrapping_mul(0xD6E8_FEB8_6659_FD93)
 }

@@ -22,11 +22,10 @@ use tenantflow::{
     config::Config,
     datapath::{Delta, Harvest, Role},
     export::{AgentMetrics, FlowMetrics, FlowMetricsConfig, NatMappings, Shared},
-    flow::{monotonic_ns, FlowTuple, PROTO_UDP},
-    identity::{snapshot, Name, Store},
-    inventory::SharedStore,
+    identity::{snapshot, Name, SharedStore, Store},
     lateral::{EdgeConfig, Edges, Fanout, FanoutConfig},
     nat::{Mechanism, NatEntry, NatEvent},
+    net::{monotonic_ns, FlowTuple, PROTO_UDP},
     pipeline::{Pipeline, Sinks},
 };
 
@@ -78,7 +77,7 @@ fn key(ifindex: u32, direction: Direction, src: Ipv4Addr, sport: u16, dport: u16
         dst_addr: ip_word(REMOTE),
         src_port: sport,
         dst_port: dport,
-        _pad1: 0,
+        generation: 0,
     }
 }
 

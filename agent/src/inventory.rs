@@ -5,7 +5,7 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard},
+    sync::Arc,
     time::Duration,
 };
 
@@ -20,7 +20,7 @@ use crate::{
         reload::Reloaded,
         tenant,
         watch::{Source, WatchEvent},
-        Kind, Store,
+        Kind, SharedStore, Store,
     },
     index::journal::Journal,
 };
@@ -36,26 +36,6 @@ const DIRECT_MODE_PODS: usize = 30_000;
 /// How many watch events may wait for the identity task before the watchers are made
 /// to wait (backpressure on the API stream; nothing is dropped).
 pub const QUEUE: usize = 8192;
-
-/// The identity store as the harvest reads it and the identity task writes it.
-#[derive(Clone, Default)]
-pub struct SharedStore(Arc<RwLock<Store>>);
-
-impl SharedStore {
-    pub fn new(store: Store) -> Self {
-        Self(Arc::new(RwLock::new(store)))
-    }
-
-    /// A consistent view for one harvest. A panic elsewhere never poisons identity: the
-    /// store is only ever changed by whole `apply` calls.
-    pub fn read(&self) -> RwLockReadGuard<'_, Store> {
-        self.0.read().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    fn write(&self) -> RwLockWriteGuard<'_, Store> {
-        self.0.write().unwrap_or_else(PoisonError::into_inner)
-    }
-}
 
 /// What the identity task needs to know besides the changes themselves.
 pub struct Inventory {
@@ -146,7 +126,7 @@ impl Inventory {
         m.metadata_stale.set(stale as i64);
         // A snapshot (no source to wait for) is current with its file, which is watched.
         if !stale {
-            m.metadata_last_sync.set(crate::flow::unix_seconds() as i64);
+            m.metadata_last_sync.set(crate::net::unix_seconds() as i64);
         }
         shared.set_ready(health.ready());
         if let Some(j) = &self.journal {

@@ -8,6 +8,7 @@ pub mod classify;
 pub mod cli;
 pub mod config;
 pub mod datapath;
+pub mod event;
 pub mod export;
 pub mod flow;
 #[cfg(test)]
@@ -18,7 +19,9 @@ pub mod input;
 pub mod inventory;
 pub mod lateral;
 pub mod logging;
+pub mod metric;
 pub mod nat;
+pub mod net;
 pub mod pipeline;
 pub mod process;
 pub mod shutdown;

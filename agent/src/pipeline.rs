@@ -14,14 +14,13 @@ use crate::{
     classify::{Classification, SharedClasses},
     config::Config,
     datapath::{Harvest, Harvester, Interfaces},
-    export::{ConnEvent, ConnectionView, EventKind, FlowLog, FlowMetrics, NatMappings, Shared},
-    flow::{
-        decide_outcome, monotonic_ns, ConnId, ConnTable, FastSet, FlowView, Outcome, Seen, Settled,
-        WallClock,
-    },
-    inventory::SharedStore,
+    event::{ConnEvent, EventKind},
+    export::{ConnectionView, FlowLog, FlowMetrics, NatMappings, Shared},
+    flow::{decide_outcome, ConnId, ConnTable, Counts, FlowView, Outcome, Seen, Settled},
+    identity::{SharedStore, Store},
     lateral::{Edges, Fanout},
     nat::{Mechanism, NatEvent, NatTable},
+    net::{monotonic_ns, FastSet, WallClock},
     process::{Attribution, ProcessInfo},
 };
 
@@ -32,6 +31,10 @@ pub struct Sinks {
     pub log: Option<FlowLog>,
     pub fanout: Fanout,
 }
+
+/// A connection with an event this harvest: its kind, the counts not yet reported and
+/// whether it was reclassified since its last event.
+type Due = (ConnId, EventKind, (Counts, Counts), bool);
 
 /// What the pipeline attaches to each connection of the table.
 #[derive(Debug, Default)]
@@ -181,7 +184,13 @@ impl Pipeline {
                 views.extend(t.extra.view.clone());
                 continue;
             };
-            let mut v = ConnectionView::new(t.id, &t.conn, Classification::clone(class), &clock);
+            let mut v = ConnectionView::new(
+                t.id,
+                &t.conn,
+                t.sightings().iter(),
+                Classification::clone(class),
+                &clock,
+            );
             v.process = t.extra.process.as_deref().cloned();
             v.outcome = t.extra.outcome;
             v.new_edge = t.extra.new_edge;
@@ -205,9 +214,30 @@ impl Pipeline {
         let m = &shared.metrics;
         let identity = self.identity.clone();
         let store = identity.read();
+        self.classify_touched(&settled, &store);
+        let decided = self.decide_outcomes(&settled, stopping);
+        let due = self.due_events(&settled, &decided, stopping);
+        for reason in &settled.misses {
+            m.nat_join_misses
+                .with_label_values(&[reason.as_str()])
+                .inc();
+        }
+        self.emit(&due, &decided, &store, shared);
+        for id in &settled.ending {
+            self.undecided.remove(id);
+        }
+        let gone = self.table.remove_ended(&settled.ending);
+        if let Some(a) = &mut self.processes {
+            a.forget(&gone);
+        }
+    }
+
+    /// (Re)classify the connections this harvest touched, and those whose addresses'
+    /// owners changed in the inventory; attach processes to new ones.
+    fn classify_touched(&mut self, settled: &Settled, store: &Store) {
         let version = store.version();
         let procs = match &mut self.processes {
-            Some(a) if !settled.started.is_empty() => a.read(&store),
+            Some(a) if !settled.started.is_empty() => a.read(store),
             _ => Default::default(),
         };
         let mut touched: Vec<ConnId> = settled
@@ -241,7 +271,7 @@ impl Pipeline {
                 continue;
             };
             if t.extra.class.is_none() || t.nat_changed || revisit.contains(&id) {
-                let k = classify::classify(&self.config, &store, &t.conn);
+                let k = classify::classify(&self.config, store, &t.conn);
                 t.extra.reclassified |= t.extra.class.as_deref() != Some(&k);
                 t.extra.class = Some(self.classes.share(k));
                 t.nat_changed = false;
@@ -255,7 +285,16 @@ impl Pipeline {
             }
             t.extra.view = None;
         }
-        let decided = self.decide_outcomes(&settled, stopping);
+    }
+
+    /// Every connection with an event this harvest, its kind, and the counts and
+    /// reclassification it carries (taken from the connection: each is handed out once).
+    fn due_events(
+        &mut self,
+        settled: &Settled,
+        decided: &FastSet<ConnId>,
+        stopping: bool,
+    ) -> Vec<Due> {
         let last = if stopping {
             EventKind::Shutdown
         } else {
@@ -289,11 +328,12 @@ impl Pipeline {
             late.sort_unstable();
             due.extend(late.into_iter().map(|id| take(id, EventKind::Update)));
         }
-        for reason in &settled.misses {
-            m.nat_join_misses
-                .with_label_values(&[reason.as_str()])
-                .inc();
-        }
+        due
+    }
+
+    /// The events, as the sinks read them: metrics, NAT mappings, fan-out, the flow log.
+    fn emit(&mut self, due: &[Due], decided: &FastSet<ConnId>, store: &Store, shared: &Shared) {
+        let m = &shared.metrics;
         let events: Vec<ConnEvent> = due
             .iter()
             .filter_map(|&(id, kind, delta, reclassified)| {
@@ -302,6 +342,7 @@ impl Pipeline {
                     kind,
                     id,
                     conn: &t.conn,
+                    sightings: t.sightings(),
                     class: t.extra.class.as_deref()?,
                     process: t.extra.process.as_deref(),
                     reclassified,
@@ -313,7 +354,7 @@ impl Pipeline {
             })
             .collect();
         let wall = Instant::now();
-        self.sinks.metrics.observe(&events, &store, wall);
+        self.sinks.metrics.observe(&events, store, wall);
         self.sinks.nat_mappings.observe(&events);
         self.sinks.fanout.observe(&events, wall);
         if let Some(log) = &mut self.sinks.log {
@@ -324,14 +365,6 @@ impl Pipeline {
                     warn!(error = %e, "flow log write failed");
                 }
             }
-        }
-        drop(events);
-        for id in &settled.ending {
-            self.undecided.remove(id);
-        }
-        let gone = self.table.remove_ended(&settled.ending);
-        if let Some(a) = &mut self.processes {
-            a.forget(&gone);
         }
     }
 

@@ -14,7 +14,7 @@ pub fn udp_key(port: u16) -> FlowKey {
         dst_addr: [0x0200_000a, 0],
         src_port: port,
         dst_port: 53,
-        _pad1: 0,
+        generation: 0,
     }
 }
 
@@ -37,8 +37,9 @@ pub fn egress_view() -> crate::export::ConnectionView {
     use crate::{
         classify::classify,
         config::Config,
-        flow::{test_tuple, Connection, Counts, Sighting, WallClock, PROTO_TCP},
+        flow::{Connection, Counts, Sighting},
         identity::{snapshot, Store},
+        net::{test_tuple, WallClock, PROTO_TCP},
     };
     let store = Store::from_objects(
         snapshot::parse(
@@ -64,7 +65,7 @@ pub fn egress_view() -> crate::export::ConnectionView {
         packets: 2,
         bytes: 150,
     };
-    c.sightings.push(Sighting {
+    let seen = Sighting {
         ifindex: 4,
         iface: "veth10".into(),
         role: Some(crate::datapath::Role::Pod),
@@ -72,9 +73,9 @@ pub fn egress_view() -> crate::export::ConnectionView {
         forward: true,
         post_nat: false,
         counts: c.forward,
-    });
+    };
     let k = classify(&Config::default(), &store, &c);
-    crate::export::ConnectionView::new(1, &c, k, &WallClock::now())
+    crate::export::ConnectionView::new(1, &c, [seen], k, &WallClock::now())
 }
 
 /// An endpoint of this kind with nothing else known.
@@ -84,8 +85,8 @@ pub fn identity(kind: crate::classify::EndpointKind) -> crate::classify::Endpoin
 
 /// A classification to overwrite fields of (two internet addresses, nothing flagged).
 pub fn classification() -> crate::classify::Classification {
-    let c = crate::flow::Connection::new(crate::flow::test_tuple(
-        crate::flow::PROTO_TCP,
+    let c = crate::flow::Connection::new(crate::net::test_tuple(
+        crate::net::PROTO_TCP,
         "198.51.100.1",
         40000,
         "203.0.113.10",

@@ -153,6 +153,21 @@ impl Agent {
             .find_map(|l| l.strip_prefix(name_and_labels)?.trim().parse().ok())
     }
 
+    /// Harvests the agent has finished (its harvest-duration histogram's count).
+    pub fn harvests(&self) -> u64 {
+        self.metric("tenantflow_harvest_duration_seconds_count")
+            .expect("harvest count exported") as u64
+    }
+
+    /// Wait until `n` more harvests have finished: to assert that something stays as it is.
+    pub fn wait_harvests(&self, n: u64) {
+        let start = self.harvests();
+        let done = eventually(Duration::from_secs(10 + 2 * n), || {
+            (self.harvests() >= start + n).then_some(())
+        });
+        assert!(done.is_some(), "{n} more harvests did not finish");
+    }
+
     /// Send `sig` and wait for exit; returns the exit code.
     pub fn stop_with(&mut self, sig: i32) -> Option<i32> {
         match self.terminate(sig)? {
@@ -270,9 +285,38 @@ pub fn wait_connection(
 }
 
 /// (packets, bytes) of a connection's `forward` or `reply` counts.
+/// A connection record with exactly this 5-tuple.
+pub fn is_tuple(c: &Value, proto: &str, src: &str, sport: u16, dst: &str, dport: u16) -> bool {
+    c["proto"] == proto
+        && c["src"] == src
+        && c["src_port"] == sport
+        && c["dst"] == dst
+        && c["dst_port"] == dport
+}
+
+/// A record's `snat` or `dnat` as `ip:port` (`[ip]:port` for IPv6), as peers print theirs.
+pub fn endpoint(v: &Value) -> Option<String> {
+    (!v.is_null()).then(|| {
+        let ip: std::net::IpAddr = v["ip"].as_str().unwrap().parse().unwrap();
+        std::net::SocketAddr::new(ip, v["port"].as_u64().unwrap() as u16).to_string()
+    })
+}
+
 pub fn counts(c: &Value, dir: &str) -> (u64, u64) {
     (
         c[dir]["packets"].as_u64().unwrap(),
         c[dir]["bytes"].as_u64().unwrap(),
     )
+}
+
+/// The flow log's final (`end`) records of connections to `port`, complete lines only: the
+/// agent may be writing the last one.
+pub fn ended_records(log: &std::path::Path, port: u16) -> Vec<Value> {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let complete = &text[..text.rfind('\n').map_or(0, |i| i + 1)];
+    complete
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).expect("flow log line is JSON"))
+        .filter(|r| r["type"] == "end" && r["dst_port"] == port)
+        .collect()
 }

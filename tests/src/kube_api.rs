@@ -40,6 +40,8 @@ const BASE_RV: u64 = 1000;
 #[derive(Clone, Debug, Default)]
 pub struct ClientStats {
     pub requests: u64,
+    /// Requests refused with an error status (the server down, a 410, a version ahead).
+    pub refused: u64,
     pub bytes: u64,
     pub watches_open: u64,
     /// Every watch request: `kind?fieldSelector` (empty selector: cluster-wide).
@@ -603,7 +605,15 @@ fn serve(conn: TcpStream, st: &(Mutex<Model>, Condvar)) -> std::io::Result<()> {
             conn.write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n")?;
             continue;
         };
-        if let Some((status, body)) = refusal(&req, &mut st.0.lock().unwrap()) {
+        let refused = {
+            let mut m = st.0.lock().unwrap();
+            let r = refusal(&req, &mut m);
+            if r.is_some() {
+                m.clients.entry(req.token.clone()).or_default().refused += 1;
+            }
+            r
+        };
+        if let Some((status, body)) = refused {
             write!(
                 conn,
                 "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",

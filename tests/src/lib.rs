@@ -139,6 +139,31 @@ pub fn tcx_hooks(ns: &str) -> Vec<(String, String, String)> {
     v
 }
 
+/// Send `n` UDP datagrams of `size` bytes from `bind` in `ns` to `to`, received in `rx_ns`;
+/// returns the sender address:port the receiver saw (what a firewall would see).
+pub fn udp_seen_as(ns: &str, bind: &str, rx_ns: &str, to: &str, n: u64, size: u64) -> String {
+    let rx = traffic_bg(rx_ns, &["udp-recv", to, &n.to_string(), "--peers"]);
+    traffic(
+        ns,
+        &[
+            "udp-send",
+            to,
+            &n.to_string(),
+            &size.to_string(),
+            "--bind",
+            bind,
+        ],
+    );
+    let out = finish(rx);
+    out.lines()
+        .nth(1)
+        .expect("receiver saw a sender")
+        .split(' ')
+        .next()
+        .unwrap()
+        .to_owned()
+}
+
 /// Start the traffic generator in the background (servers); the child is returned.
 pub fn traffic_bg(ns: &str, args: &[&str]) -> std::process::Child {
     let child = Command::new("ip")
@@ -151,27 +176,93 @@ pub fn traffic_bg(ns: &str, args: &[&str]) -> std::process::Child {
     // A server must be bound before a client connects: a fixed pause lost that race on a
     // loaded machine (a refused connect), so wait until the socket is there.
     let proto = match args.first().copied() {
-        Some("tcp-serve" | "tcp-sink" | "relay") => Some("-ltn"),
+        Some("tcp-serve" | "tcp-sink" | "tcp-reuse-serve" | "relay") => Some("-ltn"),
         Some("udp-recv") => Some("-lun"),
         _ => None,
     };
-    match (proto, args.get(1)) {
-        (Some(flags), Some(bind)) => {
-            let bound = eventually(Duration::from_secs(10), || {
-                let out = Command::new("ip")
-                    .args(["netns", "exec", ns, "ss", "-H", flags, "src", bind])
-                    .output()
-                    .ok()?;
-                (!out.stdout.is_empty()).then_some(())
-            });
-            assert!(
-                bound.is_some(),
-                "tf-traffic {args:?} in {ns} never bound {bind}"
-            );
-        }
-        _ => std::thread::sleep(Duration::from_millis(150)),
+    // A client needs no wait: a test that depends on its progress waits for that.
+    if let (Some(flags), Some(bind)) = (proto, args.get(1)) {
+        wait_bound(ns, flags, bind);
     }
     child
+}
+
+/// `ss` lines in `ns` for `args` (a state and filter), header left out.
+fn ss(ns: &str, args: &[&str]) -> Vec<String> {
+    let out = Command::new("ip")
+        .args(["netns", "exec", ns, "ss", "-H"])
+        .args(args)
+        .output()
+        .expect("ss runs");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Wait until a socket in `ns` is bound to `bind` (`ss` flags: `-ltn` TCP listening,
+/// `-lun` UDP): a client started before its server would be refused.
+pub fn wait_bound(ns: &str, flags: &str, bind: &str) {
+    let bound = eventually(Duration::from_secs(10), || {
+        (!ss(ns, &[flags, "src", bind]).is_empty()).then_some(())
+    });
+    assert!(bound.is_some(), "nothing in {ns} ever bound {bind}");
+}
+
+/// Wait until a TCP connection on local `port` in `ns` is established (e.g. opened before
+/// the agent starts).
+pub fn wait_established(ns: &str, port: u16) {
+    let filter = format!("( sport = :{port} )");
+    let up = eventually(Duration::from_secs(10), || {
+        (!ss(ns, &["-tn", "state", "established", &filter]).is_empty()).then_some(())
+    });
+    assert!(
+        up.is_some(),
+        "no established TCP connection on port {port} in {ns}"
+    );
+}
+
+/// Wait until every TCP connection on local `port` in `ns` has exchanged its last segment:
+/// each is gone (its final ACK arrived) or in TIME-WAIT (it sent the final ACK). Segment
+/// counters read after this on both ends are final.
+pub fn wait_tcp_closed(ns: &str, port: u16) {
+    let filter = format!("( sport = :{port} )");
+    let mut open = Vec::new();
+    let done = eventually(Duration::from_secs(10), || {
+        open = ss(
+            ns,
+            &[
+                "-tan",
+                "state",
+                "connected",
+                "exclude",
+                "time-wait",
+                &filter,
+            ],
+        );
+        open.is_empty().then_some(())
+    });
+    assert!(
+        done.is_some(),
+        "TCP on port {port} in {ns} never closed: {open:?}"
+    );
+}
+
+/// Count the lines `child` prints, from a background reader (the child's stdout is taken):
+/// a test waits for a server's n-th line instead of sleeping.
+pub fn count_lines(
+    child: &mut std::process::Child,
+) -> std::sync::Arc<std::sync::atomic::AtomicU64> {
+    use std::io::BufRead as _;
+    let out = child.stdout.take().expect("child stdout is piped");
+    let lines = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let n = lines.clone();
+    std::thread::spawn(move || {
+        for _ in std::io::BufReader::new(out).lines() {
+            n.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    });
+    lines
 }
 
 /// Wait for a background generator and return its stdout.
@@ -222,6 +313,14 @@ pub fn proc_status(pid: u32, field: &str) -> Option<u64> {
         .lines()
         .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
+}
+
+/// Unix time in whole seconds, as the agent's timestamp metrics carry it.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("the clock is after 1970")
+        .as_secs()
 }
 
 /// Poll `f` until it returns Some or `timeout` passes. Used only to wait for the agent's

@@ -29,3 +29,10 @@ pub fn delta(before: &HashMap<String, u64>, after: &HashMap<String, u64>, key: &
     };
     get(after) - get(before)
 }
+
+/// IP bytes of `segs` TCP segments carrying `payload` bytes behind `ip_hdr`-byte IP
+/// headers: one SYN or SYN-ACK with a 40-byte TCP header, the rest 32 bytes (timestamps
+/// on, as Linux defaults).
+pub fn tcp_bytes(segs: u64, payload: u64, ip_hdr: u64) -> u64 {
+    segs * ip_hdr + 40 + (segs - 1) * 32 + payload
+}

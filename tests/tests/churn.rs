@@ -7,10 +7,12 @@
 //! shrunk so every connection is evicted mid-flight, when conntrack events come late,
 //! and when its event socket overflows.
 
-use std::{collections::HashMap, path::PathBuf, time::Duration};
+use std::{collections::HashMap, time::Duration};
 
 use serde_json::Value;
-use tenantflow_tests::{eventually, finish, in_ns, lab, traffic_bg, Agent, LabGuard, Topology};
+use tenantflow_tests::{
+    agent::ended_records, eventually, finish, in_ns, lab, traffic_bg, Agent, LabGuard, Topology,
+};
 use xtask::lab::topology::INTERNET_HOST;
 
 const PORT: u16 = 9100;
@@ -60,18 +62,6 @@ fn conntrack(node: &str) -> HashMap<(String, u64), Accounted> {
     all
 }
 
-/// The flow log's final records of connections to the churn port (complete lines only:
-/// the agent may be writing the last one).
-fn ended(log: &PathBuf) -> Vec<Value> {
-    let text = std::fs::read_to_string(log).unwrap_or_default();
-    let complete = &text[..text.rfind('\n').map_or(0, |i| i + 1)];
-    complete
-        .lines()
-        .map(|l| serde_json::from_str::<Value>(l).expect("flow log line is JSON"))
-        .filter(|r| r["type"] == "end" && r["dst_port"] == PORT)
-        .collect()
-}
-
 fn counts(r: &Value, dir: &str) -> (u64, u64) {
     (
         r[dir]["packets"].as_u64().unwrap(),
@@ -79,9 +69,15 @@ fn counts(r: &Value, dir: &str) -> (u64, u64) {
     )
 }
 
-/// Sum of every sample of a metric family whose labels contain each of `labels`.
+/// Sum of every sample of a metric family whose labels contain each of `labels`. The
+/// family must be exported (its HELP line): an absent one fails instead of reading as 0.
 fn metric_sum(agent: &Agent, family: &str, labels: &[&str]) -> u64 {
     let (_, body) = agent.get("/metrics").expect("metrics");
+    assert!(
+        body.lines()
+            .any(|l| l.starts_with(&format!("# HELP {family} "))),
+        "{family} is not exported"
+    );
     body.lines()
         .filter(|l| l.starts_with(&format!("{family}{{")) && labels.iter().all(|x| l.contains(x)))
         .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap() as u64)
@@ -177,12 +173,16 @@ fn churn(tag: &str, per_pod: u32, idle: &str, extra: &[&str]) -> Churn {
     );
     let mut records = Vec::new();
     eventually(Duration::from_secs(120), || {
-        records = ended(&log);
+        records = ended_records(&log, PORT);
         (records.len() >= total as usize).then_some(())
     });
-    // One more harvest and idle period: anything extra (a phantom) would show by now.
-    std::thread::sleep(Duration::from_secs(5));
-    records = ended(&log);
+    // One more idle period and harvest: anything extra (a phantom) would show by now.
+    let idle_s: u64 = idle
+        .strip_suffix('s')
+        .and_then(|n| n.parse().ok())
+        .expect("idle timeout in whole seconds, e.g. 3s");
+    agent.wait_harvests(idle_s + 2);
+    records = ended_records(&log, PORT);
     if std::env::var_os("TF_KEEP_LOG").is_none() {
         let _ = std::fs::remove_file(&log);
     }
@@ -403,11 +403,12 @@ fn restart_mid_connection(tag: &str, signal: i32) {
     let after = conntrack(&node);
     let mut records = Vec::new();
     eventually(Duration::from_secs(30), || {
-        records = ended(&log_b);
+        records = ended_records(&log_b, PORT);
         (records.len() >= total).then_some(())
     });
-    std::thread::sleep(Duration::from_secs(4));
-    records = ended(&log_b);
+    // One more idle period (3 s) and harvest: a record twice would show by now.
+    b.wait_harvests(5);
+    records = ended_records(&log_b, PORT);
     assert_eq!(
         records.len(),
         total,

@@ -164,12 +164,12 @@ fn every_panel_query_returns_data_from_the_lab() {
     let prom = Prometheus::start(&t.node_ns(1), "127.0.0.1:9990", &[rules]);
     every_kind_of_traffic(&lab);
     // Let rate() windows hold a few scrapes of the new counters.
-    eventually(Duration::from_secs(15), || {
-        let r = prom.query(r#"tenantflow_flow_bytes_total{egress="mediated"}"#);
+    eventually(Duration::from_secs(20), || {
+        let r = prom
+            .query(r#"count_over_time(tenantflow_flow_bytes_total{egress="mediated"}[1m]) >= 3"#);
         (!r.is_empty()).then_some(())
     })
-    .expect("mediated egress scraped");
-    std::thread::sleep(Duration::from_secs(3));
+    .expect("mediated egress scraped three times");
 
     let mut failures = Vec::new();
     let mut checked = 0;

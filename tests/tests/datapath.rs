@@ -8,7 +8,7 @@ use serde_json::Value;
 use tenantflow_tests::{
     agent::{wait_connection, wait_flow, wait_packets},
     agent_bin, eventually, finish, in_ns, lab, lab_model, per_model, snmp, traffic, traffic_bg,
-    Agent, Model,
+    wait_bound, wait_tcp_closed, Agent, Model,
 };
 
 /// Predicate for one direction of a 5-tuple as the /flows API reports it.
@@ -26,12 +26,6 @@ fn tuple(
             && f["dst_port"] == dport
             && sport.is_none_or(|p| f["src_port"] == p)
     }
-}
-
-/// IP bytes of `segs` TCP segments carrying `payload` bytes: one SYN or SYN-ACK with a
-/// 40-byte TCP header, the rest 32 bytes (timestamps on, as Linux defaults).
-fn tcp_bytes(segs: u64, payload: u64, ip_hdr: u64) -> u64 {
-    segs * ip_hdr + 40 + (segs - 1) * 32 + payload
 }
 
 fn exchanges(v6: bool, model: Model) {
@@ -159,11 +153,12 @@ fn exchanges(v6: bool, model: Model) {
     );
     assert_eq!(got.trim(), "3000");
     assert_eq!(finish(srv).trim(), "1000");
-    std::thread::sleep(Duration::from_millis(300));
+    wait_tcp_closed(&ns1, 7001);
+    wait_tcp_closed(&ns2, 7000);
     let up_segs = snmp::delta(&c0, &snmp::read(&ns1), "Tcp:OutSegs");
     let down_segs = snmp::delta(&s0, &snmp::read(&ns2), "Tcp:OutSegs");
-    let up = (up_segs, tcp_bytes(up_segs, 1000, ip_hdr));
-    let down = (down_segs, tcp_bytes(down_segs, 3000, ip_hdr));
+    let up = (up_segs, snmp::tcp_bytes(up_segs, 1000, ip_hdr));
+    let down = (down_segs, snmp::tcp_bytes(down_segs, 3000, ip_hdr));
     let c2s = tuple("tcp", a.clone(), Some(7001), b.clone(), 7000);
     let s2c = tuple("tcp", b.clone(), Some(7000), a.clone(), 7001);
     assert_eq!(
@@ -409,7 +404,7 @@ fn observer_drops_nothing_under_iperf3_load() {
         .stdout(std::process::Stdio::null())
         .spawn()
         .expect("iperf3 server (cargo xtask setup installs iperf3)");
-    std::thread::sleep(Duration::from_millis(300));
+    wait_bound(&ns2, "-ltn", &format!("{}:5201", web2.ip()));
     in_ns(
         &ns1,
         &[
@@ -431,7 +426,9 @@ fn observer_drops_nothing_under_iperf3_load() {
     );
     let out = server.wait_with_output().expect("iperf3 server");
     assert!(out.status.success());
-    std::thread::sleep(Duration::from_millis(300));
+    // The server exits only after iperf3's end-of-test exchange on its control
+    // connection, several round trips after the last datagram: every datagram has
+    // passed INPUT by then.
     let counted = in_ns(&ns2, &["iptables", "-w", "-nvx", "-L", "INPUT", "1"]);
     let arrived: u64 = counted
         .split_whitespace()

@@ -180,7 +180,8 @@ fn tcx_moves_back_first_after_a_chain_ender_goes_ahead_and_again_after_it_reatta
     // A program placed last is behind the observer: nothing to move.
     remove(&lab, Placement::TcxFirst);
     place(&lab, Placement::TcxLast);
-    std::thread::sleep(Duration::from_millis(600));
+    // Three hook checks' worth: harvests and hook checks both run every 200 ms here.
+    agent.wait_harvests(3);
     assert_eq!(moves(&agent, "displaced"), 2.0 * hooks(&lab));
     exact_round(&lab, &agent, 4);
 }
@@ -248,7 +249,8 @@ fn a_netlink_observer_behind_a_tcx_program_says_so(model: Model) {
         5,
         100,
     );
-    std::thread::sleep(Duration::from_millis(1000));
+    // Five harvests later, anything an observer had seen would be in the table.
+    agent.wait_harvests(5);
     assert_eq!(
         agent.observations("").len(),
         0,

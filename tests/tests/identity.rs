@@ -366,8 +366,11 @@ fn snapshot_rewrites_are_applied_whole_and_off_the_harvest_path() {
 
     let after = before + 30_002.0;
     tenantflow_tests::eventually(std::time::Duration::from_secs(60), || {
-        seen.insert(pods(&agent) as u64);
-        (pods(&agent) == after).then_some(())
+        // One reading per round: reading twice let the reload land between the reading
+        // kept and the one checked, and the test missed the count it waited for.
+        let now = pods(&agent);
+        seen.insert(now as u64);
+        (now == after).then_some(())
     });
     assert_eq!(pods(&agent), after);
     assert_eq!(

@@ -13,7 +13,7 @@ use tenantflow_tests::{
     eventually,
     index_process::Index,
     kube_api::{KubeApi, Size},
-    lab, udp_from_pod, Agent,
+    lab, udp_from_pod, unix_now, Agent,
 };
 
 fn pod_of(c: &Value, end: &str) -> (String, String, String) {
@@ -204,7 +204,12 @@ fn run(mode: Mode) {
     });
     assert!(stale.is_some(), "{}", agent.log_text());
     let last = m("tenantflow_identity_index_last_frame_timestamp_seconds").unwrap();
-    std::thread::sleep(Duration::from_secs(3));
+    // Whole seconds pass (the timestamp is in seconds) while the follower retries a dead
+    // index: no frame may be recorded meanwhile.
+    eventually(Duration::from_secs(10), || {
+        (unix_now() > last as u64 + 2).then_some(())
+    })
+    .expect("the clock moves");
     assert_eq!(
         m("tenantflow_identity_index_last_frame_timestamp_seconds"),
         Some(last),

@@ -12,7 +12,7 @@ use tenantflow_tests::{
     index_follower::{Follower, View},
     index_process::{free_port, Index},
     kube_api::{pod_ip, KubeApi, Size},
-    require_root,
+    require_root, unix_now,
 };
 
 /// The agents' token, which the synthetic API's RBAC grants `get` on /v1/identity.
@@ -175,9 +175,14 @@ fn the_index_and_its_followers_recover_exactly_from_every_expired_version_path()
     for id in 3_000..3_020 {
         api.create_pod(&pod_ip(id));
     }
-    // Long enough for the failing watches to retry several times (the last-sync time
-    // is in whole seconds): it must not move while the source is down.
-    std::thread::sleep(Duration::from_millis(2_500));
+    // The failing watches retry several times, and a whole second passes (the last-sync
+    // time is in whole seconds): it must not move while the source is down.
+    let refused = api.stats("index").refused;
+    eventually(Duration::from_secs(30), || {
+        (api.stats("index").refused >= refused + 3 && unix_now() > synced_at as u64 + 1)
+            .then_some(())
+    })
+    .expect("the index's watches keep retrying while the API is down");
     let m = index_metrics(&ix);
     assert_eq!(
         sample(&m, "tenantflow_metadata_last_sync_timestamp_seconds", &[]),

@@ -111,10 +111,13 @@ fn the_index_reaches_ready_at_200k_pods_and_stays_exact_through_churn_and_a_410(
     assert_eq!(relisted, 8, "{:?}", api.stats("index").lists);
     let bytes_per_delta = views[0].delta_bytes as f64 / views[0].deltas as f64;
     eprintln!("bytes_per_delta={bytes_per_delta:.0}");
-    assert_eq!(
-        index.metric("tenantflow_metadata_objects{kind=\"pod\",source=\"kubernetes\"}"),
-        Some(199_950.0)
-    );
+    // The index's gauge follows its inventory's next publish, which may come after the
+    // followers have the deltas: wait for it, then assert it exactly.
+    let objects = "tenantflow_metadata_objects{kind=\"pod\",source=\"kubernetes\"}";
+    tenantflow_tests::eventually(std::time::Duration::from_secs(10), || {
+        (index.metric(objects) == Some(199_950.0)).then_some(())
+    });
+    assert_eq!(index.metric(objects), Some(199_950.0));
     drop(index);
 }
 

@@ -54,7 +54,6 @@ fn normal(lab: &LabGuard, from: &[(&str, u32)]) {
         &t.pod_ns(web2),
         &["tcp-sink", &to, "--conns", &total.to_string()],
     );
-    std::thread::sleep(Duration::from_millis(200));
     for (pod, n) in from {
         for _ in 0..*n {
             traffic(&t.pod_ns(t.pod(pod)), &["tcp-send", &to, "100"]);
@@ -281,7 +280,7 @@ fn fan_out_of_ten_thousand_destinations_stays_within_its_size() {
     let mut last = None;
     let estimate = eventually(Duration::from_secs(30), || {
         let now = agent.metric(series);
-        std::thread::sleep(Duration::from_millis(1500));
+        agent.wait_harvests(1);
         let settled = now.is_some() && now == agent.metric(series) && now == last;
         last = now;
         now.filter(|_| settled)

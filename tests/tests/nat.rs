@@ -2,59 +2,17 @@
 //! conntrack port remapping), ClusterIP DNAT across two backends, no translation inside
 //! the cluster, connections older than the agent, and counted join misses.
 
-use std::{collections::BTreeMap, time::Duration};
+use std::{collections::BTreeMap, sync::atomic::Ordering::SeqCst, time::Duration};
 
 use serde_json::Value;
 use tenantflow_tests::{
-    agent::{counts, wait_connection},
-    eventually, finish, lab, lab_model, notrack, per_model, snmp, traffic, traffic_bg, Agent,
-    Model,
+    agent::{counts, endpoint, is_tuple, wait_connection},
+    count_lines, eventually, finish, lab, lab_model, notrack, per_model, snmp, traffic, traffic_bg,
+    udp_seen_as, wait_established, wait_tcp_closed, Agent, Model,
 };
 use xtask::lab::topology::INTERNET_HOST;
 
 const NODE1: &str = "10.224.0.4";
-
-fn is(c: &Value, proto: &str, src: &str, sport: u16, dst: &str, dport: u16) -> bool {
-    c["proto"] == proto
-        && c["src"] == src
-        && c["src_port"] == sport
-        && c["dst"] == dst
-        && c["dst_port"] == dport
-}
-
-fn endpoint(v: &Value) -> Option<String> {
-    (!v.is_null()).then(|| format!("{}:{}", v["ip"].as_str().unwrap(), v["port"]))
-}
-
-/// Bytes of `segs` TCP segments with `payload` bytes over IPv4 (see datapath.rs).
-fn tcp_bytes(segs: u64, payload: u64) -> u64 {
-    segs * 20 + 40 + (segs - 1) * 32 + payload
-}
-
-/// Send `n` UDP datagrams of `size` bytes from `bind` in `ns` to `to`, received in `rx_ns`;
-/// returns the sender address:port the receiver saw (what a firewall would see).
-fn udp_seen_as(ns: &str, bind: &str, rx_ns: &str, to: &str, n: u64, size: u64) -> String {
-    let rx = traffic_bg(rx_ns, &["udp-recv", to, &n.to_string(), "--peers"]);
-    traffic(
-        ns,
-        &[
-            "udp-send",
-            to,
-            &n.to_string(),
-            &size.to_string(),
-            "--bind",
-            bind,
-        ],
-    );
-    let out = finish(rx);
-    out.lines()
-        .nth(1)
-        .expect("receiver saw a sender")
-        .split(' ')
-        .next()
-        .unwrap()
-        .to_owned()
-}
 
 per_model!(
     pod_to_internet_udp_and_tcp_carry_pod_and_node_addresses,
@@ -81,7 +39,7 @@ fn pod_to_internet_udp_and_tcp_carry_pod_and_node_addresses(model: Model) {
     );
     let udp = wait_connection(
         &agent,
-        |c| is(c, "udp", &jobs.ip(), 6000, INTERNET_HOST, 5353),
+        |c| is_tuple(c, "udp", &jobs.ip(), 6000, INTERNET_HOST, 5353),
         |c| counts(c, "forward") == (5, 640) && !c["snat"].is_null(),
     );
     assert_eq!(
@@ -134,13 +92,17 @@ fn pod_to_internet_udp_and_tcp_carry_pod_and_node_addresses(model: Model) {
     );
     let out = finish(srv);
     let peer = out.split_whitespace().nth(1).unwrap().to_owned();
-    std::thread::sleep(Duration::from_millis(300));
+    wait_tcp_closed(&ns, 6001);
+    wait_tcp_closed(&t.internet_ns(), 443);
     let up = snmp::delta(&c0, &snmp::read(&ns), "Tcp:OutSegs");
     let down = snmp::delta(&s0, &snmp::read(&t.internet_ns()), "Tcp:OutSegs");
-    let want = ((up, tcp_bytes(up, 1000)), (down, tcp_bytes(down, 3000)));
+    let want = (
+        (up, snmp::tcp_bytes(up, 1000, 20)),
+        (down, snmp::tcp_bytes(down, 3000, 20)),
+    );
     let tcp = wait_connection(
         &agent,
-        |c| is(c, "tcp", &jobs.ip(), 6001, INTERNET_HOST, 443),
+        |c| is_tuple(c, "tcp", &jobs.ip(), 6001, INTERNET_HOST, 443),
         |c| (counts(c, "forward"), counts(c, "reply")) == want,
     );
     assert_eq!((counts(&tcp, "forward"), counts(&tcp, "reply")), want);
@@ -199,7 +161,7 @@ fn same_source_port_from_two_pods_gets_two_records_with_their_own_post_snat_port
     for (pod, packets) in [(web, 3u64), (jobs, 4u64)] {
         let c = wait_connection(
             &agent,
-            |c| is(c, "udp", &pod.ip(), 7777, INTERNET_HOST, 5353),
+            |c| is_tuple(c, "udp", &pod.ip(), 7777, INTERNET_HOST, 5353),
             |c| counts(c, "forward").0 == packets && !c["snat"].is_null(),
         );
         assert_eq!(counts(&c, "forward"), (packets, packets * (20 + 8 + 60)));
@@ -258,15 +220,27 @@ fn cluster_ip_records_carry_vip_and_the_backend_that_served_them(model: Model) {
             ],
         );
     }
-    std::thread::sleep(Duration::from_millis(300));
+    // Each server prints a line per connection it finished: wait for all of them, and
+    // for every connection's last segment, before reading the oracles.
+    let printed: Vec<_> = servers
+        .into_iter()
+        .map(|(p, mut child)| {
+            let lines = count_lines(&mut child);
+            (p, child, lines)
+        })
+        .collect();
+    let total = || printed.iter().map(|(_, _, n)| n.load(SeqCst)).sum::<u64>();
+    eventually(Duration::from_secs(10), || {
+        (total() == conns_total).then_some(())
+    })
+    .unwrap_or_else(|| panic!("servers finished {} of {conns_total} connections", total()));
     let mut served = BTreeMap::new();
-    for (p, mut child) in servers {
+    for (p, mut child, lines) in printed {
+        wait_tcp_closed(&t.pod_ns(&p), 8080);
         // SAFETY: signalling our own child.
         unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
         let _ = child.wait();
-        let mut out = String::new();
-        std::io::Read::read_to_string(child.stdout.as_mut().unwrap(), &mut out).unwrap();
-        served.insert(p.ip(), out.lines().count() as u64);
+        served.insert(p.ip(), lines.load(SeqCst));
     }
     assert_eq!(served.values().sum::<u64>(), conns_total);
     assert!(
@@ -458,13 +432,14 @@ fn connection_opened_before_the_agent_started_still_gets_its_mapping() {
             "4000",
         ],
     );
-    std::thread::sleep(Duration::from_millis(300));
+    // Established before the agent starts: its NEW event came before anyone listened.
+    wait_established(&t.pod_ns(jobs), 6100);
     let agent = Agent::start(&t.node_ns(1), &[]);
     assert_eq!(finish(client).trim(), "500");
     let peer = finish(srv).split_whitespace().nth(1).unwrap().to_owned();
     let c = wait_connection(
         &agent,
-        |c| is(c, "tcp", &jobs.ip(), 6100, INTERNET_HOST, 8443),
+        |c| is_tuple(c, "tcp", &jobs.ip(), 6100, INTERNET_HOST, 8443),
         |c| !c["snat"].is_null() && counts(c, "forward").0 > 0,
     );
     assert_eq!(endpoint(&c["snat"]).as_deref(), Some(peer.as_str()));
@@ -498,7 +473,7 @@ fn a_connection_conntrack_never_sees_is_counted_as_a_join_miss() {
     assert_eq!(finish(rx).trim(), "2");
     let c = wait_connection(
         &agent,
-        |c| is(c, "udp", &web1.ip(), 9998, &web2.ip(), 9999),
+        |c| is_tuple(c, "udp", &web1.ip(), 9998, &web2.ip(), 9999),
         |_| true,
     );
     assert_eq!(c["nat_joined"], false);
@@ -522,8 +497,9 @@ fn a_connection_conntrack_never_sees_is_counted_as_a_join_miss() {
         "miss not counted: {:?}",
         agent.metric(none)
     );
-    // Exactly once, with its reason; the other reasons stay 0.
-    std::thread::sleep(Duration::from_millis(1500));
+    // Exactly once, with its reason, and still once two harvests later; the other
+    // reasons stay 0.
+    agent.wait_harvests(2);
     assert_eq!(agent.metric(none), Some(1.0));
     for other in ["late", "lost"] {
         let series = format!("tenantflow_nat_join_misses_total{{reason=\"{other}\"}}");
@@ -563,7 +539,7 @@ fn pod_to_vnet_keeps_the_pod_address_only_under_azure_cni(model: Model) {
     );
     let c = wait_connection(
         &agent,
-        |c| is(c, "udp", &jobs.ip(), 9201, &node2, 9200),
+        |c| is_tuple(c, "udp", &jobs.ip(), 9201, &node2, 9200),
         |c| counts(c, "forward") == (4, 4 * 58) && c["snat"].is_null() != snat,
     );
     assert_eq!(counts(&c, "forward"), (4, 4 * 58));

@@ -5,8 +5,6 @@
 //! as an ICMP flow of its own). Each record carries its outcome, the `/flows` filter finds it,
 //! and `tenantflow_connection_attempts_total` counts each attempt exactly once.
 
-use std::time::Duration;
-
 use serde_json::Value;
 use tenantflow_tests::{
     agent::wait_connection, finish, in_ns, lab, lab_agent, traffic, traffic_bg,
@@ -139,8 +137,8 @@ fn each_attempt_carries_its_outcome_and_is_counted_once() {
         .filter(|c| c["proto"] == "icmp")
         .collect();
     assert_eq!(icmp.len(), 1, "only the ping: {icmp:#?}");
-    // Given up on 3 s after the first SYN, and 3 s after the datagrams.
-    std::thread::sleep(Duration::from_millis(3200));
+    // Given up on 3 s after the first SYN, and 3 s after the datagrams (`by_port` waits
+    // for the outcome).
     assert_eq!(by_port(7003, "unanswered")["outcome"], "unanswered");
     assert_eq!(by_port(7004, "unreplied")["outcome"], "unreplied");
 
@@ -151,7 +149,21 @@ fn each_attempt_carries_its_outcome_and_is_counted_once() {
         .map(|c| c["dst_port"].as_u64().unwrap())
         .collect();
     failed.sort_unstable();
-    assert_eq!(failed, [7002, 7003, 7005, 7006]);
+    assert_eq!(
+        failed,
+        [7002, 7003, 7005, 7006],
+        "{:#?}",
+        agent
+            .connections("")
+            .iter()
+            .map(|c| (
+                c["dst_port"].clone(),
+                c["outcome"].clone(),
+                c["src"].clone(),
+                c["id"].clone()
+            ))
+            .collect::<Vec<_>>()
+    );
 
     // Each counted once, by source namespace, destination tenant and kind, outcome.
     let exported: Vec<String> = agent

@@ -55,6 +55,9 @@ struct Sample {
     /// The socket-LB egress hook (cgroup_skb) per UDP datagram of the client, which runs
     /// in the pods' cgroup.
     svc_ns_per_run: Option<f64>,
+    /// The TC programs per TCP skb (a GSO super-packet is one run): the path that also
+    /// looks up the connection generation.
+    tcp_ns_per_run: Option<f64>,
     udp_pps: f64,
     tcp_bps: f64,
 }
@@ -114,9 +117,10 @@ impl Bench {
             for cfg in [Config::Baseline, Config::Floor, Config::Agent] {
                 let s = self.one(cfg)?;
                 eprintln!(
-                    "bench: round {r} {cfg:?}: ns/run={} svc_ns/run={} udp_pps={:.0} tcp_gbps={:.3}",
+                    "bench: round {r} {cfg:?}: ns/run={} svc_ns/run={} tcp_ns/run={} udp_pps={:.0} tcp_gbps={:.3}",
                     s.ns_per_run.map_or("-".into(), |v| format!("{v:.1}")),
                     s.svc_ns_per_run.map_or("-".into(), |v| format!("{v:.1}")),
+                    s.tcp_ns_per_run.map_or("-".into(), |v| format!("{v:.1}")),
                     s.udp_pps,
                     s.tcp_bps / 1e9
                 );
@@ -153,7 +157,9 @@ impl Bench {
         let udp_pps = self.iperf(&["-u", "-b", "0", "-l", "64"])?;
         let after = run_stats(&ids)?;
         let svc_after = run_stats(&svc)?;
+        let tcp_before = run_stats(&ids)?;
         let tcp_bps = self.iperf(&[])?;
+        let tcp_after = run_stats(&ids)?;
         if let Some(a) = agent.as_mut() {
             // SAFETY: signalling our own child.
             unsafe { libc::kill(a.id() as i32, libc::SIGTERM) };
@@ -161,9 +167,11 @@ impl Bench {
         }
         let ns_per_run = per_run(&ids, before, after);
         let svc_ns_per_run = per_run(&svc, svc_before, svc_after);
+        let tcp_ns_per_run = per_run(&ids, tcp_before, tcp_after);
         Ok(Sample {
             ns_per_run,
             svc_ns_per_run,
+            tcp_ns_per_run,
             udp_pps,
             tcp_bps,
         })
@@ -355,6 +363,11 @@ fn report(samples: &[(Config, Sample)]) {
     println!("floor_ns_per_packet={floor:.1}");
     println!("ns_per_packet={agent:.1}");
     println!("overhead_ns_per_packet={:.1}", agent - floor);
+    let tcp_floor = pick(Config::Floor, |s| s.tcp_ns_per_run);
+    let tcp_agent = pick(Config::Agent, |s| s.tcp_ns_per_run);
+    println!("tcp_floor_ns_per_skb={tcp_floor:.1}");
+    println!("tcp_ns_per_skb={tcp_agent:.1}");
+    println!("tcp_overhead_ns_per_skb={:.1}", tcp_agent - tcp_floor);
     println!("socket_lb_egress_floor_ns_per_packet={svc_floor:.1}");
     println!("socket_lb_egress_ns_per_packet={svc:.1}");
     println!(

@@ -2,381 +2,77 @@
 //! can assert what the observer must have counted. Runs inside a namespace via `ip netns exec`.
 
 use std::{
-    io::{Read, Write},
-    net::{Shutdown, SocketAddr, TcpListener, TcpStream, UdpSocket},
+    net::{SocketAddr, TcpStream, UdpSocket},
     time::Duration,
 };
 
 use anyhow::{Context as _, Result};
 use clap::Subcommand;
 
+mod reuse;
+mod tcp;
+mod udp;
+
 #[derive(Debug, Subcommand)]
 pub enum TrafficCmd {
     /// Send COUNT datagrams of SIZE payload bytes to TO.
-    UdpSend {
-        to: SocketAddr,
-        count: u32,
-        size: usize,
-        /// Source address:port (fixes the 5-tuple).
-        #[arg(long)]
-        bind: Option<SocketAddr>,
-        /// Pause between datagrams, in microseconds.
-        #[arg(long, default_value_t = 0)]
-        gap_us: u64,
-    },
+    UdpSend(udp::UdpSend),
     /// Send one datagram of SIZE payload bytes to each of FLOWS consecutive ports from
     /// TO's port up: FLOWS distinct flows of exactly one packet each.
-    UdpSpray {
-        to: SocketAddr,
-        flows: u16,
-        size: usize,
-        #[arg(long)]
-        bind: Option<SocketAddr>,
-    },
+    UdpSpray(udp::UdpSpray),
     /// Keep FLOWS UDP flows active for SECONDS: every second one datagram of SIZE bytes per
     /// flow, from SOURCES sockets to consecutive ports from TO's port up (the scale bench).
-    UdpFlows {
-        to: SocketAddr,
-        flows: u32,
-        seconds: u64,
-        #[arg(long, default_value_t = 4)]
-        sources: u32,
-        #[arg(long, default_value_t = 16)]
-        size: usize,
-    },
+    UdpFlows(udp::UdpFlows),
     /// Receive COUNT datagrams on BIND (or until TIMEOUT_MS of silence); print how many.
-    UdpRecv {
-        bind: SocketAddr,
-        count: u32,
-        #[arg(long, default_value_t = 3000)]
-        timeout_ms: u64,
-        /// Also print one `ADDR:PORT COUNT` line per sender (what a firewall would see).
-        #[arg(long)]
-        peers: bool,
-    },
+    UdpRecv(udp::UdpRecv),
     /// Accept CONNS connections on BIND; from each read to EOF, answer REPLY bytes, close.
-    TcpServe {
-        bind: SocketAddr,
-        reply: usize,
-        #[arg(long, default_value_t = 1)]
-        conns: u32,
-        /// Print `BYTES ADDR:PORT` per connection instead of `BYTES`.
-        #[arg(long)]
-        peers: bool,
-    },
+    TcpServe(tcp::TcpServe),
     /// Connect to TO, send BYTES, half-close, read the answer to EOF; print bytes read.
-    TcpSend {
-        to: SocketAddr,
-        bytes: usize,
-        #[arg(long)]
-        bind: Option<SocketAddr>,
-        /// Keep the connection open this long (ms) before sending (for mid-flow starts).
-        #[arg(long, default_value_t = 0)]
-        hold_ms: u64,
-    },
+    TcpSend(tcp::TcpSend),
     /// Try to connect to TO within TIMEOUT_MS and close; print `connected`, `refused` or
     /// `timeout` (how an attempt went, from the client's side).
-    TcpTry {
-        to: SocketAddr,
-        #[arg(long, default_value_t = 1000)]
-        timeout_ms: u64,
-    },
+    TcpTry(tcp::TcpTry),
     /// Try every port FIRST..=LAST of ADDR (a port scan, 32 at a time), each within
     /// TIMEOUT_MS; print `connected=N refused=N timeout=N`.
-    TcpProbe {
-        addr: std::net::IpAddr,
-        first: u16,
-        last: u16,
-        #[arg(long, default_value_t = 1000)]
-        timeout_ms: u64,
-    },
+    TcpProbe(tcp::TcpProbe),
     /// Open COUNT short connections to TO one after another: connect, send BYTES, close.
     /// Prints how many completed.
-    TcpChurn {
-        to: SocketAddr,
-        count: u32,
-        bytes: usize,
-    },
+    TcpChurn(tcp::TcpChurn),
     /// Open COUNT connections to TO and keep them all open: send BYTES on each, wait until
     /// the file GO exists, send BYTES on each again, close all. Prints how many completed.
-    TcpHold {
-        to: SocketAddr,
-        count: u32,
-        bytes: usize,
-        #[arg(long)]
-        go: std::path::PathBuf,
-    },
+    TcpHold(tcp::TcpHold),
     /// Accept connections on BIND until killed (or CONNS), reading each to EOF (each on its
     /// own thread, so held connections do not block others) and closing: the far end of
     /// `tcp-churn` and `tcp-hold`.
-    TcpSink {
-        bind: SocketAddr,
-        #[arg(long)]
-        conns: Option<u32>,
-    },
+    TcpSink(tcp::TcpSink),
+    /// Open COUNT connections to TO one after another, all from source BIND (one 5-tuple
+    /// reused), connection i carrying DSCP i+1 and a line of BYTES+i bytes; even ones end with
+    /// FINs, odd ones are aborted with a RST. Pauses PAUSE_MS after every PAUSE_EVERY. The far
+    /// end is `tcp-reuse-serve`. Prints how many completed.
+    TcpReuse(reuse::TcpReuse),
+    /// Accept CONNS connections on BIND one at a time: echo each one's line, then close
+    /// first (FIN) or wait for the client's abort, as the line's first byte asks.
+    TcpReuseServe(reuse::TcpReuseServe),
     /// Accept connections on BIND and relay each to TO (an egress gateway or proxy).
-    Relay {
-        bind: SocketAddr,
-        to: SocketAddr,
-        #[arg(long, default_value_t = 1)]
-        conns: u32,
-    },
+    Relay(tcp::Relay),
 }
 
 pub fn run(cmd: TrafficCmd) -> Result<()> {
     match cmd {
-        TrafficCmd::UdpSend {
-            to,
-            count,
-            size,
-            bind,
-            gap_us,
-        } => {
-            let sock = udp_sender(bind, &to)?;
-            let payload = vec![0x5au8; size];
-            for _ in 0..count {
-                sock.send_to(&payload, to)
-                    .with_context(|| format!("send to {to}"))?;
-                if gap_us > 0 {
-                    std::thread::sleep(Duration::from_micros(gap_us));
-                }
-            }
-            Ok(())
-        }
-        TrafficCmd::UdpSpray {
-            to,
-            flows,
-            size,
-            bind,
-        } => {
-            let sock = udp_sender(bind, &to)?;
-            let payload = vec![0x5au8; size];
-            for i in 0..flows {
-                let mut dst = to;
-                let port = to
-                    .port()
-                    .checked_add(i)
-                    .with_context(|| format!("{flows} ports from {to} pass 65535"))?;
-                dst.set_port(port);
-                sock.send_to(&payload, dst)
-                    .with_context(|| format!("send to {dst}"))?;
-            }
-            Ok(())
-        }
-        TrafficCmd::UdpFlows {
-            to,
-            flows,
-            seconds,
-            sources,
-            size,
-        } => {
-            let sources = sources.max(1);
-            let per = flows.div_ceil(sources);
-            anyhow::ensure!(
-                u32::from(to.port()) + per <= 65536,
-                "{flows} flows from {sources} sockets need {per} ports above {to}: add --sources"
-            );
-            let socks = (0..sources)
-                .map(|_| udp_sender(None, &to))
-                .collect::<Result<Vec<_>>>()?;
-            let payload = vec![0x5au8; size];
-            let start = std::time::Instant::now();
-            for round in 0..seconds {
-                for i in 0..flows {
-                    let mut dst = to;
-                    dst.set_port(to.port() + (i / sources) as u16);
-                    // A full socket buffer drops a datagram: that flow still stays active.
-                    let _ = socks[(i % sources) as usize].send_to(&payload, dst);
-                }
-                let next = start + Duration::from_secs(round + 1);
-                std::thread::sleep(next.saturating_duration_since(std::time::Instant::now()));
-            }
-            Ok(())
-        }
-        TrafficCmd::UdpRecv {
-            bind,
-            count,
-            timeout_ms,
-            peers,
-        } => {
-            let sock = UdpSocket::bind(bind).with_context(|| format!("bind {bind}"))?;
-            sock.set_read_timeout(Some(Duration::from_millis(timeout_ms)))?;
-            let mut buf = vec![0u8; 65536];
-            let mut got = 0u32;
-            let mut from: std::collections::BTreeMap<SocketAddr, u32> = Default::default();
-            while got < count {
-                match sock.recv_from(&mut buf) {
-                    Ok((_, peer)) => {
-                        got += 1;
-                        *from.entry(peer).or_default() += 1;
-                    }
-                    Err(_) => break,
-                }
-            }
-            println!("{got}");
-            if peers {
-                for (peer, n) in from {
-                    println!("{peer} {n}");
-                }
-            }
-            Ok(())
-        }
-        TrafficCmd::TcpServe {
-            bind,
-            reply,
-            conns,
-            peers,
-        } => {
-            let listener = TcpListener::bind(bind).with_context(|| format!("bind {bind}"))?;
-            for _ in 0..conns {
-                let (mut s, peer) = listener.accept()?;
-                let mut sink = Vec::new();
-                let served = s
-                    .read_to_end(&mut sink)
-                    .and_then(|_| s.write_all(&vec![0xa5u8; reply]))
-                    .and_then(|()| s.shutdown(Shutdown::Write));
-                // A peer that hung up early (a port scan) must not stop the server.
-                if let Err(e) = served {
-                    eprintln!("{peer}: {e}");
-                    continue;
-                }
-                // Wait for the peer's close so our FIN is acknowledged before we exit.
-                let _ = s.read(&mut [0u8; 1]);
-                if peers {
-                    println!("{} {peer}", sink.len());
-                } else {
-                    println!("{}", sink.len());
-                }
-            }
-            Ok(())
-        }
-        TrafficCmd::TcpSend {
-            to,
-            bytes,
-            bind,
-            hold_ms,
-        } => {
-            let mut s = connect(to, bind)?;
-            std::thread::sleep(Duration::from_millis(hold_ms));
-            s.write_all(&vec![0x5au8; bytes])?;
-            s.shutdown(Shutdown::Write)?;
-            let mut answer = Vec::new();
-            s.read_to_end(&mut answer)?;
-            println!("{}", answer.len());
-            Ok(())
-        }
-        TrafficCmd::TcpTry { to, timeout_ms } => {
-            println!("{}", try_connect(to, timeout_ms)?);
-            Ok(())
-        }
-        TrafficCmd::TcpProbe {
-            addr,
-            first,
-            last,
-            timeout_ms,
-        } => {
-            let ports: Vec<u16> = (first..=last).collect();
-            let mut counts = [0u32; 3];
-            for chunk in ports.chunks(32) {
-                let tries: Vec<_> = chunk
-                    .iter()
-                    .map(|&p| {
-                        std::thread::spawn(move || {
-                            try_connect(SocketAddr::new(addr, p), timeout_ms)
-                        })
-                    })
-                    .collect();
-                for t in tries {
-                    let said = t
-                        .join()
-                        .map_err(|_| anyhow::anyhow!("probe thread panicked"))??;
-                    counts[match said {
-                        "connected" => 0,
-                        "refused" => 1,
-                        _ => 2,
-                    }] += 1;
-                }
-            }
-            println!(
-                "connected={} refused={} timeout={}",
-                counts[0], counts[1], counts[2]
-            );
-            Ok(())
-        }
-        TrafficCmd::TcpChurn { to, count, bytes } => {
-            let payload = vec![0x5au8; bytes];
-            for i in 0..count {
-                let mut s =
-                    TcpStream::connect(to).with_context(|| format!("connection {i} to {to}"))?;
-                s.write_all(&payload)?;
-                s.shutdown(Shutdown::Write)?;
-                // Wait for the server's close, so no segment is still in flight when we report.
-                let _ = s.read(&mut [0u8; 1]);
-            }
-            println!("{count}");
-            Ok(())
-        }
-        TrafficCmd::TcpHold {
-            to,
-            count,
-            bytes,
-            go,
-        } => {
-            let payload = vec![0x5au8; bytes];
-            let mut open = Vec::new();
-            for i in 0..count {
-                let mut s =
-                    TcpStream::connect(to).with_context(|| format!("connection {i} to {to}"))?;
-                s.write_all(&payload)?;
-                open.push(s);
-            }
-            while !go.exists() {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            for mut s in open {
-                s.write_all(&payload)?;
-                s.shutdown(Shutdown::Write)?;
-                let _ = s.read(&mut [0u8; 1]);
-            }
-            println!("{count}");
-            Ok(())
-        }
-        TrafficCmd::TcpSink { bind, conns } => {
-            let listener = TcpListener::bind(bind).with_context(|| format!("bind {bind}"))?;
-            let mut n = 0u32;
-            let mut readers = Vec::new();
-            while conns.is_none_or(|c| n < c) {
-                let (mut s, _) = listener.accept()?;
-                readers.push(std::thread::spawn(move || {
-                    let mut sink = Vec::new();
-                    let _ = s.read_to_end(&mut sink);
-                }));
-                readers.retain(|r| !r.is_finished());
-                n += 1;
-            }
-            for r in readers {
-                let _ = r.join();
-            }
-            Ok(())
-        }
-        TrafficCmd::Relay { bind, to, conns } => {
-            let listener = TcpListener::bind(bind).with_context(|| format!("bind {bind}"))?;
-            for _ in 0..conns {
-                let (mut client, _) = listener.accept()?;
-                let mut upstream =
-                    TcpStream::connect(to).with_context(|| format!("connect {to}"))?;
-                let mut req = Vec::new();
-                client.read_to_end(&mut req)?;
-                upstream.write_all(&req)?;
-                upstream.shutdown(Shutdown::Write)?;
-                let mut resp = Vec::new();
-                upstream.read_to_end(&mut resp)?;
-                client.write_all(&resp)?;
-                client.shutdown(Shutdown::Write)?;
-                let _ = client.read(&mut [0u8; 1]);
-            }
-            Ok(())
-        }
+        TrafficCmd::UdpSend(c) => c.run(),
+        TrafficCmd::UdpSpray(c) => c.run(),
+        TrafficCmd::UdpFlows(c) => c.run(),
+        TrafficCmd::UdpRecv(c) => c.run(),
+        TrafficCmd::TcpServe(c) => c.run(),
+        TrafficCmd::TcpSend(c) => c.run(),
+        TrafficCmd::TcpTry(c) => c.run(),
+        TrafficCmd::TcpProbe(c) => c.run(),
+        TrafficCmd::TcpChurn(c) => c.run(),
+        TrafficCmd::TcpHold(c) => c.run(),
+        TrafficCmd::TcpSink(c) => c.run(),
+        TrafficCmd::TcpReuse(c) => c.run(),
+        TrafficCmd::TcpReuseServe(c) => c.run(),
+        TrafficCmd::Relay(c) => c.run(),
     }
 }
 
@@ -399,6 +95,12 @@ fn connect(to: SocketAddr, bind: Option<SocketAddr>) -> Result<TcpStream> {
     let Some(local) = bind else {
         return TcpStream::connect(to).with_context(|| format!("connect {to}"));
     };
+    connect_from(to, local, None)
+}
+
+/// Connect from `local`, with IP_TOS (IPv4) or IPV6_TCLASS set to `tos` first, so every
+/// packet of the connection (its SYN too) carries it.
+fn connect_from(to: SocketAddr, local: SocketAddr, tos: Option<u8>) -> Result<TcpStream> {
     let domain = if to.is_ipv4() {
         libc::AF_INET
     } else {
@@ -417,6 +119,19 @@ fn connect(to: SocketAddr, bind: Option<SocketAddr>) -> Result<TcpStream> {
             (&one as *const libc::c_int).cast(),
             4,
         );
+        if let Some(tos) = tos {
+            let v = libc::c_int::from(tos);
+            let (level, name) = if to.is_ipv4() {
+                (libc::IPPROTO_IP, libc::IP_TOS)
+            } else {
+                (libc::IPPROTO_IPV6, libc::IPV6_TCLASS)
+            };
+            anyhow::ensure!(
+                libc::setsockopt(fd, level, name, (&v as *const libc::c_int).cast(), 4) == 0,
+                "set traffic class: {}",
+                std::io::Error::last_os_error()
+            );
+        }
         let (la, ll) = sockaddr(local);
         anyhow::ensure!(
             libc::bind(fd, la.as_ptr().cast(), ll) == 0,

@@ -4,7 +4,10 @@
 
 use std::collections::BTreeSet;
 
-use crate::{classify::EndpointIdentity, export::ConnectionView};
+use crate::{
+    classify::{Classification, EndpointIdentity},
+    process::ProcessInfo,
+};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Scope {
@@ -22,21 +25,19 @@ impl Scope {
         }
     }
 
-    /// At least one end (or the Service backend) is the caller's.
-    pub fn admits(&self, c: &ConnectionView) -> bool {
-        let k = &c.class;
+    /// At least one end (or the Service backend) of a record so classified is the caller's.
+    pub fn admits(&self, k: &Classification) -> bool {
         self.owns(&k.src_identity)
             || self.owns(&k.dst_identity)
             || k.backend_identity.as_ref().is_some_and(|b| self.owns(b))
     }
 
-    /// The record as this caller may see it (call only for admitted records).
-    pub fn redact(&self, c: &ConnectionView) -> ConnectionView {
-        let mut out = c.clone();
+    /// Reduce a record's identities and process to what this caller may see (call only
+    /// for admitted records). Takes the parts, not the record: the export layer asks.
+    pub fn redact(&self, k: &mut Classification, process: &mut Option<ProcessInfo>) {
         if *self == Scope::All {
-            return out;
+            return;
         }
-        let k = &mut out.class;
         for e in [&mut k.src_identity, &mut k.dst_identity]
             .into_iter()
             .chain(k.backend_identity.as_mut())
@@ -46,16 +47,15 @@ impl Scope {
             }
         }
         // A process is the caller's only when its cgroup is one of the caller's pods.
-        let own_process = out.process.as_ref().is_some_and(|p| {
+        let own_process = process.as_ref().is_some_and(|p| {
             p.pod.as_ref().is_some_and(|pod| {
                 let ns = pod.split('/').next().unwrap_or("");
                 matches!(self, Scope::Namespaces(set) if set.contains(ns))
             })
         });
         if !own_process {
-            out.process = None;
+            *process = None;
         }
-        out
     }
 }
 
@@ -69,10 +69,16 @@ fn reduce(e: &mut EndpointIdentity) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{process::ProcessInfo, test_support::egress_view};
+    use crate::{export::ConnectionView, test_support::egress_view};
 
     fn alpha() -> Scope {
         Scope::Namespaces(["alpha-web".to_owned()].into())
+    }
+
+    fn redacted(s: &Scope, c: &ConnectionView) -> ConnectionView {
+        let mut out = c.clone();
+        s.redact(&mut out.class, &mut out.process);
+        out
     }
 
     #[test]
@@ -82,8 +88,8 @@ mod tests {
         c.class.dst_identity.namespace = Some("beta-api".into());
         c.class.dst_identity.tenant = Some("beta".into());
         c.class.dst_identity.workload = Some("ReplicaSet/api-rs".into());
-        assert!(alpha().admits(&c));
-        let r = alpha().redact(&c);
+        assert!(alpha().admits(&c.class));
+        let r = redacted(&alpha(), &c);
         assert_eq!(
             r.class.src_identity, c.class.src_identity,
             "own end untouched"
@@ -104,15 +110,15 @@ mod tests {
             (c.dst, c.dst_port),
             "the address its pod used"
         );
-        assert_eq!(Scope::All.redact(&c), c);
+        assert_eq!(redacted(&Scope::All, &c), c);
     }
 
     #[test]
     fn other_tenants_connections_are_not_admitted() {
         let c = egress_view();
         let beta = Scope::Namespaces(["beta-api".to_owned()].into());
-        assert!(!beta.admits(&c));
-        assert!(Scope::All.admits(&c));
+        assert!(!beta.admits(&c.class));
+        assert!(Scope::All.admits(&c.class));
     }
 
     #[test]
@@ -126,10 +132,10 @@ mod tests {
             pod: pod.map(str::to_owned),
         };
         c.process = Some(p(None));
-        assert_eq!(alpha().redact(&c).process, None, "a host process");
+        assert_eq!(redacted(&alpha(), &c).process, None, "a host process");
         c.process = Some(p(Some("beta-api/api-1")));
-        assert_eq!(alpha().redact(&c).process, None);
+        assert_eq!(redacted(&alpha(), &c).process, None);
         c.process = Some(p(Some("alpha-web/web-1")));
-        assert_eq!(alpha().redact(&c).process, c.process);
+        assert_eq!(redacted(&alpha(), &c).process, c.process);
     }
 }

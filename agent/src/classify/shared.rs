@@ -8,7 +8,7 @@
 use std::sync::Arc;
 
 use super::Classification;
-use crate::flow::FastSet;
+use crate::net::FastSet;
 
 #[derive(Debug, Default)]
 pub struct SharedClasses {

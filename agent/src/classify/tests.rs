@@ -2,8 +2,9 @@
 
 use super::*;
 use crate::{
-    flow::{Connection, FlowTuple, PROTO_ICMP, PROTO_TCP},
+    flow::Connection,
     identity::snapshot,
+    net::{FlowTuple, PROTO_ICMP, PROTO_TCP},
 };
 
 const INVENTORY: &str = r#"

@@ -5,7 +5,7 @@ use std::{fmt::Write as _, path::PathBuf};
 
 use clap::Args;
 
-use super::agent::UsageError;
+use super::UsageError;
 use crate::{
     config::Config,
     identity::{resolve_tenant, snapshot, Store},

@@ -8,16 +8,17 @@ use anyhow::Context as _;
 use clap::Args;
 use tracing::info;
 
-use super::agent::UsageError;
+use super::UsageError;
 use crate::{
     access::{Guard, KubeReview},
     export::{self, guarded::path_authorized, AgentMetrics, Shared},
+    identity::SharedStore,
     identity::{watch, Store},
     index::{
         journal::{Journal, JournalMetrics},
         serve,
     },
-    inventory::{self, Inventory, SharedStore},
+    inventory::{self, Inventory},
     pipeline::gateway_label_keys,
     shutdown::Shutdown,
 };

@@ -1,17 +1,17 @@
 //! Command-line interface: `agent` runs the observer, `flows` queries a running one.
 
 mod agent;
-mod bounds;
 mod check_config;
 mod flows;
 mod hooks;
 mod index;
-mod summary;
+mod usage;
 
 use clap::{Parser, Subcommand};
 
 pub use agent::AgentArgs;
 pub use flows::FlowsArgs;
+pub use usage::UsageError;
 
 use crate::{datapath::DatapathError, logging::LogArgs};
 
@@ -70,7 +70,7 @@ fn block_on<F: std::future::Future<Output = anyhow::Result<()>>>(f: F) -> anyhow
 /// The config file given, else the built-in defaults; a bad file is bad input.
 fn load_config(path: Option<&std::path::Path>) -> anyhow::Result<crate::config::Config> {
     Ok(match path {
-        Some(p) => crate::config::Config::load(p).map_err(|e| agent::UsageError(e.to_string()))?,
+        Some(p) => crate::config::Config::load(p).map_err(|e| UsageError(e.to_string()))?,
         None => crate::config::Config::default(),
     })
 }
@@ -80,7 +80,7 @@ pub fn exit_code(e: &anyhow::Error) -> i32 {
     if e.chain().any(|c| {
         c.downcast_ref::<DatapathError>()
             .is_some_and(DatapathError::is_usage)
-            || c.downcast_ref::<agent::UsageError>().is_some()
+            || c.downcast_ref::<UsageError>().is_some()
     }) {
         EXIT_USAGE
     } else {

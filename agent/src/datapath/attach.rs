@@ -9,7 +9,10 @@
 //! (cls_bpf runs the newest filter of a priority first). A program ahead of an observer
 //! that ends the chain, as Cilium's do, would blind it; `stay_first` keeps it there.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    sync::Arc,
+};
 
 use aya::{
     programs::{
@@ -52,7 +55,7 @@ impl AttachMode {
 /// One observed interface.
 #[derive(Debug)]
 pub struct Attached {
-    pub name: crate::identity::Name,
+    pub name: Arc<str>,
     pub role: Role,
     /// None only while putting it back first failed; the next position check retries.
     pub(super) ingress: Option<SchedClassifierLinkId>,

@@ -11,7 +11,7 @@ use aya::{
 use tracing::warn;
 
 use super::{map_err, take_map, DatapathError};
-use crate::flow::monotonic_ns;
+use crate::net::monotonic_ns;
 
 const CLOCK_MAP: &str = "TF_CLOCK";
 

@@ -10,7 +10,7 @@
 
 use agent_common::{Evicted, FlowKey, FlowSlot, FlowStats};
 
-use crate::flow::FastMap as HashMap;
+use crate::net::FastMap as HashMap;
 
 /// Harvests a displaced occupation waits for its eviction record before it is dropped: the
 /// record is lost only if the kernel says so (`evictions_lost`), which it already counts.

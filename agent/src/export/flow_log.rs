@@ -14,10 +14,12 @@ use std::{
 use clap::ValueEnum;
 use serde::Serialize;
 
-use super::{ConnEvent, ConnectionView, EventKind};
+use super::ConnectionView;
+use crate::event::{ConnEvent, EventKind};
 use crate::{
     classify::{Classification, Egress},
-    flow::{ConnId, Outcome, WallClock},
+    flow::{ConnId, Outcome},
+    net::WallClock,
 };
 
 /// Which connections are logged.
@@ -218,7 +220,7 @@ impl FlowLog {
                 self.open.remove(&ev.id);
             }
             if self.cfg.filter.admits(ev) {
-                out.push((kind, ev.view(clock)));
+                out.push((kind, ConnectionView::of_event(ev, clock)));
             }
         }
         self.write(out)
@@ -250,8 +252,9 @@ mod tests {
     use crate::{
         classify::classify,
         config::Config,
-        flow::{Connection, FlowTuple, PROTO_UDP},
+        flow::Connection,
         identity::Store,
+        net::{FlowTuple, PROTO_UDP},
     };
 
     /// Connection `i` (source port 10000 + i) to `dst`, classified without an inventory.
@@ -274,6 +277,7 @@ mod tests {
                 kind,
                 id: c.tuple.sport as u64,
                 conn: c,
+                sightings: crate::flow::Sightings::NONE,
                 class: k,
                 process: None,
                 reclassified: false,

@@ -18,7 +18,8 @@ use super::{ConnectionView, Shared};
 use crate::{
     access::{Guard, KubeReview, Review, Scope},
     classify::{Egress, FlowClass},
-    flow::{FlowView, Protocol},
+    flow::FlowView,
+    net::Protocol,
 };
 
 /// Filters accepted by `/flows` and `/observations`; unknown parameters are rejected
@@ -271,7 +272,7 @@ async fn flows(
     let mut out: Vec<Arc<ConnectionView>> = s.flows(|all| {
         all.iter()
             .filter(|c| q.after.is_none_or(|a| c.id > a))
-            .filter(|c| scope.admits(c) && q.matches_connection(c))
+            .filter(|c| scope.admits(&c.class) && q.matches_connection(c))
             .cloned()
             .collect()
     });
@@ -279,7 +280,11 @@ async fn flows(
     let next = (out.len() > limit).then(|| out[limit - 1].id);
     out.truncate(limit);
     // Redacted and encoded as the client reads, a chunk at a time.
-    let body = super::json_stream::array(out, move |c| scope.redact(c));
+    let body = super::json_stream::array(out, move |c| {
+        let mut c = ConnectionView::clone(c);
+        scope.redact(&mut c.class, &mut c.process);
+        c
+    });
     let mut resp = ([(header::CONTENT_TYPE, "application/json")], body).into_response();
     if let Some(n) = next {
         resp.headers_mut()

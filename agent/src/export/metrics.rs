@@ -5,6 +5,7 @@ use prometheus::{
 };
 
 use crate::datapath::KernelCounters;
+use crate::metric::{register, STATIC};
 
 pub struct AgentMetrics {
     pub registry: Registry,
@@ -50,90 +51,83 @@ pub struct AgentMetrics {
 }
 
 fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
-    let c = IntCounter::new(name, help).expect("static metric definition");
-    r.register(Box::new(c.clone()))
-        .expect("metric registered once");
-    c
+    register(r, IntCounter::new(name, help)).expect(STATIC)
 }
 
 fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
-    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("static metric definition");
-    r.register(Box::new(c.clone()))
-        .expect("metric registered once");
-    c
+    register(r, IntCounterVec::new(Opts::new(name, help), labels)).expect(STATIC)
 }
 
 fn gauge_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
-    let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("static metric definition");
-    r.register(Box::new(g.clone()))
-        .expect("metric registered once");
-    g
+    register(r, IntGaugeVec::new(Opts::new(name, help), labels)).expect(STATIC)
 }
 
 fn gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
-    let g = IntGauge::new(name, help).expect("static metric definition");
-    r.register(Box::new(g.clone()))
-        .expect("metric registered once");
-    g
+    register(r, IntGauge::new(name, help)).expect(STATIC)
 }
 
 impl AgentMetrics {
     /// Registers every metric once; the definitions are static, so failure is a bug.
     pub fn new(attach_mode: &str, nat_mechanism: &str) -> Self {
         let r = Registry::new();
-        let build = IntGaugeVec::new(
-            Opts::new("tenantflow_build_info", "Agent build; always 1."),
-            &["version", "attach_mode"],
+        let build = register(
+            &r,
+            IntGaugeVec::new(
+                Opts::new("tenantflow_build_info", "Agent build; always 1."),
+                &["version", "attach_mode"],
+            ),
         )
-        .expect("static metric definition");
-        r.register(Box::new(build.clone()))
-            .expect("metric registered once");
+        .expect(STATIC);
         build
             .with_label_values(&[env!("CARGO_PKG_VERSION"), attach_mode])
             .set(1);
-        let mechanism = IntGaugeVec::new(
-            Opts::new(
-                "tenantflow_nat_mechanism",
-                "Active NAT source (conntrack or none); always 1 for the active one.",
+        let mechanism = register(
+            &r,
+            IntGaugeVec::new(
+                Opts::new(
+                    "tenantflow_nat_mechanism",
+                    "Active NAT source (conntrack or none); always 1 for the active one.",
+                ),
+                &["mechanism"],
             ),
-            &["mechanism"],
         )
-        .expect("static metric definition");
-        r.register(Box::new(mechanism.clone()))
-            .expect("metric registered once");
+        .expect(STATIC);
         mechanism.with_label_values(&[nat_mechanism]).set(1);
-        let attached_interfaces = IntGaugeVec::new(
-            Opts::new(
-                "tenantflow_attached_interfaces",
-                "Interfaces the observers are attached to, by role (uplink, pod).",
+        let attached_interfaces = register(
+            &r,
+            IntGaugeVec::new(
+                Opts::new(
+                    "tenantflow_attached_interfaces",
+                    "Interfaces the observers are attached to, by role (uplink, pod).",
+                ),
+                &["role"],
             ),
-            &["role"],
         )
-        .expect("static metric definition");
-        r.register(Box::new(attached_interfaces.clone()))
-            .expect("metric registered once");
-        let harvest_duration = Histogram::with_opts(
-            HistogramOpts::new(
-                "tenantflow_harvest_duration_seconds",
-                "Time to read and fold the kernel flow map once.",
-            )
-            .buckets(vec![
-                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
-            ]),
-        )
-        .expect("static metric definition");
-        r.register(Box::new(harvest_duration.clone()))
-            .expect("metric registered once");
-        let metadata_objects = IntGaugeVec::new(
-            Opts::new(
-                "tenantflow_metadata_objects",
-                "Kubernetes objects in the identity inventory, by kind.",
+        .expect(STATIC);
+        let harvest_duration = register(
+            &r,
+            Histogram::with_opts(
+                HistogramOpts::new(
+                    "tenantflow_harvest_duration_seconds",
+                    "Time to read and fold the kernel flow map once.",
+                )
+                .buckets(vec![
+                    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+                ]),
             ),
-            &["kind", "source"],
         )
-        .expect("static metric definition");
-        r.register(Box::new(metadata_objects.clone()))
-            .expect("metric registered once");
+        .expect(STATIC);
+        let metadata_objects = register(
+            &r,
+            IntGaugeVec::new(
+                Opts::new(
+                    "tenantflow_metadata_objects",
+                    "Kubernetes objects in the identity inventory, by kind.",
+                ),
+                &["kind", "source"],
+            ),
+        )
+        .expect(STATIC);
         Self {
             process_attribution: gauge(
                 &r,
@@ -274,7 +268,9 @@ impl AgentMetrics {
                 "Times conntrack events were lost (socket overrun); each triggers a resync dump.",
             ),
             hook_moves: {
-                let v = IntCounterVec::new(
+                let v = register(
+                &r,
+                IntCounterVec::new(
                     Opts::new(
                         "tenantflow_hook_moves_total",
                         "Times an observer was put back first on a hook, by direction and reason: \
@@ -282,10 +278,9 @@ impl AgentMetrics {
                          filter was gone while the interface stayed).",
                     ),
                     &["direction", "reason"],
-                )
-                .expect("static metric definition");
-                r.register(Box::new(v.clone()))
-                    .expect("metric registered once");
+                ),
+            )
+                .expect(STATIC);
                 for d in ["ingress", "egress"] {
                     for reason in ["displaced", "removed"] {
                         v.with_label_values(&[d, reason]);
@@ -300,7 +295,9 @@ impl AgentMetrics {
                  ahead of it can hide packets from it.",
             ),
             nat_join_misses: {
-                let v = IntCounterVec::new(
+                let v = register(
+                &r,
+                IntCounterVec::new(
                     Opts::new(
                         "tenantflow_nat_join_misses_total",
                         "Pod TCP/UDP connections that ended without a timely conntrack join, once \
@@ -308,10 +305,9 @@ impl AgentMetrics {
                          were lost during its life), none (conntrack never knew it).",
                     ),
                     &["reason"],
-                )
-                .expect("static metric definition");
-                r.register(Box::new(v.clone()))
-                    .expect("metric registered once");
+                ),
+            )
+                .expect(STATIC);
                 for reason in crate::flow::MissReason::ALL {
                     v.with_label_values(&[reason.as_str()]);
                 }

@@ -1,7 +1,6 @@
 //! What leaves the agent: Prometheus metrics and the HTTP API. Sinks read shared state and
 //! never reach back into the datapath.
 
-mod event;
 mod flow_log;
 mod flow_metrics;
 pub mod guarded;
@@ -13,7 +12,6 @@ mod nat_mappings;
 mod record;
 mod state;
 
-pub use event::{ConnEvent, EventKind};
 pub use flow_log::{FlowLog, FlowLogConfig, LogFilter, RecordType};
 pub use flow_metrics::{FlowMetrics, FlowMetricsConfig, OVERFLOW};
 pub use http::{

@@ -6,8 +6,9 @@ use std::collections::{HashMap, HashSet};
 
 use prometheus::{IntCounter, IntGaugeVec, Opts, Registry};
 
-use super::{ConnEvent, EventKind};
+use crate::event::{ConnEvent, EventKind};
 use crate::flow::ConnId;
+use crate::metric::{register, STATIC};
 
 const LABELS: [&str; 10] = [
     "proto",
@@ -34,23 +35,25 @@ pub struct NatMappings {
 
 impl NatMappings {
     pub fn new(r: &Registry, max: usize) -> Self {
-        let info = IntGaugeVec::new(
+        let info = register(
+        r,
+        IntGaugeVec::new(
             Opts::new(
                 "tenantflow_snat_mapping_info",
                 "Open connections this node masqueraded: the post-SNAT source (what firewalls see) and the pod behind it. Always 1.",
             ),
             &LABELS,
-        )
-        .expect("static metric definition");
-        r.register(Box::new(info.clone()))
-            .expect("metric registered once");
-        let overflow = IntCounter::new(
+        ),
+    )
+        .expect(STATIC);
+        let overflow = register(
+        r,
+        IntCounter::new(
             "tenantflow_snat_mappings_dropped_total",
             "SNAT mappings not exported because --metrics-max-nat-mappings was reached (still in /flows and the flow log).",
-        )
-        .expect("static metric definition");
-        r.register(Box::new(overflow.clone()))
-            .expect("metric registered once");
+        ),
+    )
+        .expect(STATIC);
         Self {
             info,
             overflow,
@@ -99,7 +102,7 @@ fn labels(ev: &ConnEvent) -> Option<Vec<String>> {
     let t = &ev.conn.tuple;
     let src = &ev.class.src_identity;
     Some(vec![
-        crate::flow::Protocol::from(t.proto).to_string(),
+        crate::net::Protocol::from(t.proto).to_string(),
         ip.to_string(),
         port.to_string(),
         t.dst.to_string(),

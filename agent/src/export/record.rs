@@ -6,7 +6,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     classify::Classification,
-    flow::{ConnId, Connection, Counts, Protocol, Sighting, WallClock},
+    event::ConnEvent,
+    flow::{ConnId, Connection, Counts, Sighting},
+    net::{Protocol, WallClock},
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -76,14 +78,29 @@ pub struct ConnectionView {
 }
 
 /// Forward sightings first, each direction by counting preference.
-fn sorted(s: &[Sighting]) -> Vec<&Sighting> {
-    let mut v: Vec<&Sighting> = s.iter().collect();
+fn sorted(s: impl IntoIterator<Item = Sighting>) -> Vec<Sighting> {
+    let mut v: Vec<Sighting> = s.into_iter().collect();
     v.sort_by_key(|s| (!s.forward, s.rank()));
     v
 }
 
 impl ConnectionView {
-    pub fn new(id: ConnId, c: &Connection, class: Classification, clock: &WallClock) -> Self {
+    /// The full record of an event (what the flow log writes and `/flows` returns).
+    pub fn of_event(ev: &ConnEvent, clock: &WallClock) -> Self {
+        let mut v = Self::new(ev.id, ev.conn, ev.sightings.iter(), ev.class.clone(), clock);
+        v.process = ev.process.cloned();
+        v.outcome = ev.outcome;
+        v.new_edge = ev.new_edge;
+        v
+    }
+
+    pub fn new(
+        id: ConnId,
+        c: &Connection,
+        sightings: impl IntoIterator<Item = Sighting>,
+        class: Classification,
+        clock: &WallClock,
+    ) -> Self {
         let ep = |x: Option<(IpAddr, u16)>| x.map(|(ip, port)| Endpoint { ip, port });
         Self {
             id,
@@ -98,7 +115,7 @@ impl ConnectionView {
             snat_inferred: c.snat_inferred,
             forward: c.forward,
             reply: c.reply,
-            sightings: sorted(&c.sightings)
+            sightings: sorted(sightings)
                 .into_iter()
                 .map(|s| SightingView {
                     iface: s.iface.to_string(),

@@ -5,8 +5,8 @@
 
 use std::net::IpAddr;
 
-use super::FlowTuple;
 use crate::datapath::Role;
+use crate::net::FlowTuple;
 
 /// Packets and bytes of one direction.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -84,11 +84,10 @@ pub struct Connection {
     /// `snat` was inferred by pairing the uplink's post-SNAT sighting with the pod's,
     /// because conntrack never told (its events were lost or late).
     pub snat_inferred: bool,
-    /// Counted once per direction, at the preferred sighting.
+    /// Counted once per direction, at the preferred sighting (the connection table's
+    /// observation points are the sightings: [`super::Tracked::sightings`]).
     pub forward: Counts,
     pub reply: Counts,
-    /// In the order they were first seen (records sort them: forward first, by rank).
-    pub sightings: Vec<Sighting>,
     pub first_seen_ns: u64,
     pub last_seen_ns: u64,
     pub tcp_flags: u8,
@@ -109,7 +108,6 @@ impl Connection {
             snat_inferred: false,
             forward: Counts::default(),
             reply: Counts::default(),
-            sightings: Vec::new(),
             first_seen_ns: u64::MAX,
             last_seen_ns: 0,
             tcp_flags: 0,
@@ -117,21 +115,5 @@ impl Connection {
             rep_flags: 0,
             rep_icmp_error: false,
         }
-    }
-
-    /// Recompute what derives from the sightings: counting points, times, flags.
-    pub fn settle(&mut self, times: (u64, u64), tcp_flags: u8) {
-        let pick = |fwd: bool| {
-            self.sightings
-                .iter()
-                .filter(|s| s.forward == fwd)
-                .min_by_key(|s| s.rank())
-                .map(|s| s.counts)
-                .unwrap_or_default()
-        };
-        self.forward = pick(true);
-        self.reply = pick(false);
-        (self.first_seen_ns, self.last_seen_ns) = times;
-        self.tcp_flags = tcp_flags;
     }
 }

@@ -15,7 +15,8 @@
 //!    address. TCP connections that began before the agent and that conntrack does not
 //!    know end here.
 
-use super::{FlowEntry, FlowTuple, PROTO_TCP};
+use super::FlowEntry;
+use crate::net::{FlowTuple, PROTO_TCP};
 
 const TCP_SYN: u8 = 0x02;
 
@@ -72,7 +73,7 @@ pub fn ports_say_client(t: &FlowTuple) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::flow::{test_tuple as tu, PROTO_ICMP, PROTO_UDP};
+    use crate::net::{test_tuple as tu, PROTO_ICMP, PROTO_UDP};
 
     fn e(first: u64, flags: u8) -> FlowEntry {
         FlowEntry::observed(1, 60, first, first, flags)

@@ -5,14 +5,12 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{PROTO_TCP, PROTO_UDP};
+use crate::net::{PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP};
 
 const FIN: u8 = 0x01;
 const SYN: u8 = 0x02;
 const RST: u8 = 0x04;
 const ACK: u8 = 0x10;
-const PROTO_ICMP: u8 = 1;
-const PROTO_ICMPV6: u8 = 58;
 
 /// An attempt with no answer this long is given up on: Linux retransmits a SYN after 1 s
 /// and 3 s, and a UDP or ICMP answer comes well within that or not at all.

@@ -18,10 +18,8 @@
 use agent_common::{Direction, FlowKey};
 use smallvec::SmallVec;
 
-use super::{
-    connection::rank, initiator, Connection, Counts, FastMap as HashMap, FastSet as HashSet,
-    FlowEntry, FlowTuple, Sighting, PROTO_TCP, PROTO_UDP,
-};
+use super::{connection::rank, initiator, Connection, Counts, FlowEntry, Sighting};
+use crate::net::{FastMap as HashMap, FastSet as HashSet, FlowTuple, PROTO_TCP, PROTO_UDP};
 use crate::{
     datapath::{Delta, Role, NO_SLOT},
     identity::Name,
@@ -66,14 +64,49 @@ impl MissReason {
 /// hundred thousand.
 type Loose = SmallVec<[(FlowKey, FlowEntry); 1]>;
 
-/// One observation point of a connection and its totals.
+/// One observation point of a connection and its totals. Keys of the same place that
+/// differ only in generation (see [`FlowKey::generation`]) fold into one point.
 #[derive(Clone, Debug)]
 struct Point {
     key: FlowKey,
     entry: FlowEntry,
+    /// The interface's name when the point was first settled (shared with every point on
+    /// it); `None` until then.
+    iface: Option<Name>,
     role: Option<Role>,
     forward: bool,
     post_nat: bool,
+}
+
+impl Point {
+    fn sighting(&self) -> Sighting {
+        Sighting {
+            ifindex: self.key.ifindex,
+            iface: self.iface.clone().unwrap_or_else(|| Name::from("")),
+            role: self.role,
+            ingress: self.key.direction == Direction::Ingress as u8,
+            forward: self.forward,
+            post_nat: self.post_nat,
+            counts: Counts {
+                packets: self.entry.packets,
+                bytes: self.entry.bytes,
+            },
+        }
+    }
+}
+
+/// A connection's observation points as users see them: built only when a record is (a
+/// copy kept per connection cost ~100 bytes each at node scale).
+#[derive(Clone, Copy, Debug)]
+pub struct Sightings<'a>(&'a [Point]);
+
+impl<'a> Sightings<'a> {
+    /// For records built without a table (tests).
+    pub const NONE: Sightings<'static> = Sightings(&[]);
+
+    pub fn iter(self) -> impl Iterator<Item = Sighting> + 'a {
+        self.0.iter().map(Point::sighting)
+    }
 }
 
 /// A connection and what the table knows about reporting it. `A` is what the pipeline
@@ -85,6 +118,9 @@ pub struct Tracked<A> {
     pub extra: A,
     /// Its NAT translation changed since the last settle: classification inputs changed.
     pub nat_changed: bool,
+    /// TCP: the initiator's ISN that tells this connection from others on its tuple (0:
+    /// unknown). See [`generation`].
+    generation: u32,
     /// Inline: nearly every connection has one or two (pod veth, uplink).
     points: SmallVec<[Point; 2]>,
     reported: bool,
@@ -105,6 +141,11 @@ impl<A> Tracked<A> {
         let d = (self.conn.forward.since(f), self.conn.reply.since(r));
         self.exported = (f.max(self.conn.forward), r.max(self.conn.reply));
         d
+    }
+
+    /// Its observation points as the record shows them.
+    pub fn sightings(&self) -> Sightings<'_> {
+        Sightings(&self.points)
     }
 
     /// Totals per observation point: the `/observations` view.
@@ -147,8 +188,15 @@ pub struct TableStats {
 pub struct ConnTable<A> {
     /// Boxed: a table slot then costs a pointer, not a whole connection, while empty.
     conns: HashMap<ConnId, Box<Tracked<A>>>,
-    by_key: HashMap<FlowKey, ConnId>,
+    /// Every observation point key (each generation of a place too) → its connection.
+    by_key: KeyIndex,
+    /// The newest connection of each tuple.
     by_tuple: HashMap<FlowTuple, ConnId>,
+    /// Connections a newer one on their tuple superseded, until they are removed: late
+    /// deltas of their generation still find them.
+    older: HashMap<(FlowTuple, u32), ConnId>,
+    /// Superseded connections not yet ended.
+    retired: Vec<ConnId>,
     /// Per cache slot (dense, as [`Delta::slot`]): the connection and point index its
     /// flow was last added to, packed `id << 8 | index` (0: none). Checked, never trusted.
     hints: Vec<u64>,
@@ -162,9 +210,13 @@ pub struct ConnTable<A> {
     /// A NAT source (conntrack) is active: hold uplink-only halves and count misses.
     nat_source: bool,
     loss_epoch: u64,
-    /// `loss_epoch` when the previous harvest closed: a connection first harvested now
-    /// may have opened (and lost its NEW event) any time since.
+    /// `loss_epoch` when the previous harvest closed, and the one before: a connection
+    /// first harvested now may have opened (and lost its NEW event) any time since the
+    /// older one. One harvest of slack: the conntrack reader learns of an overflow only at
+    /// its next read, and a busy node's harvest reads the cache set by set, so a loss can
+    /// be noticed a harvest before the first sighting of a connection it hit.
     epoch_before: u64,
+    epoch_older: u64,
     resync_pending: bool,
 }
 
@@ -172,8 +224,10 @@ impl<A: Default> ConnTable<A> {
     pub fn new(nat_source: bool) -> Self {
         Self {
             conns: HashMap::default(),
-            by_key: HashMap::default(),
+            by_key: KeyIndex::default(),
             by_tuple: HashMap::default(),
+            older: HashMap::default(),
+            retired: Vec::new(),
             hints: Vec::new(),
             unreported: HashSet::default(),
             changed: Vec::new(),
@@ -183,6 +237,7 @@ impl<A: Default> ConnTable<A> {
             nat_source,
             loss_epoch: 0,
             epoch_before: 0,
+            epoch_older: 0,
             resync_pending: false,
         }
     }
@@ -232,495 +287,6 @@ impl<A: Default> ConnTable<A> {
         self.conns.values().map(|t| &**t)
     }
 
-    /// Fold one harvest's deltas in: known observation points add up, new ones attach to
-    /// their connection (through conntrack's tuples, or the tuple and its reverse), and
-    /// flows that belong to nothing yet become connections.
-    pub fn apply(&mut self, deltas: &[Delta], nat: &NatTable, role: impl Fn(u32) -> Option<Role>) {
-        // Deltas of flows no connection has yet: gathered, then sorted and merged per key
-        // below (a burst of new connections costs one flat vector, not a growing map).
-        let mut unknown: Vec<&Delta> = Vec::new();
-        for d in deltas {
-            let hinted = self.hints.get(d.slot as usize).copied().unwrap_or(0);
-            let (id, point) = (hinted >> 8, (hinted & 0xff) as usize);
-            // The slot's flow went here last time: check the key where it points instead
-            // of looking it up (one table walk fewer per delta at node scale).
-            let hit = (hinted != 0)
-                .then(|| self.conns.get_mut(&id))
-                .flatten()
-                .filter(|t| t.points.get(point).is_some_and(|p| p.key == d.key));
-            let (id, t, i) = match hit {
-                Some(t) => (id, t, point),
-                None => {
-                    let Some(&id) = self.by_key.get(&d.key) else {
-                        unknown.push(d);
-                        continue;
-                    };
-                    let t = self.conns.get_mut(&id).expect("indexed connection");
-                    let Some(i) = t.points.iter().position(|p| p.key == d.key) else {
-                        continue;
-                    };
-                    (id, t, i)
-                }
-            };
-            t.points[i].entry.add(&d.stats);
-            if !t.dirty {
-                t.dirty = true;
-                self.changed.push(id);
-            }
-            if d.slot != NO_SLOT && !d.evicted && i < 0x100 {
-                let slot = d.slot as usize;
-                if slot >= self.hints.len() {
-                    self.hints.resize(slot + 1, 0);
-                }
-                self.hints[slot] = id << 8 | i as u64;
-            }
-        }
-        let mut fresh: Vec<(FlowKey, FlowEntry)> = Vec::with_capacity(unknown.len());
-        fresh.extend(unknown.iter().map(|d| {
-            let mut e = FlowEntry::default();
-            e.add(&d.stats);
-            (d.key, e)
-        }));
-        fresh.sort_unstable_by_key(|f| f.0);
-        // One flow on several CPUs: one entry.
-        fresh.dedup_by(|later, kept| {
-            let same = later.0 == kept.0;
-            if same {
-                kept.1.merge(&later.1);
-            }
-            same
-        });
-        let mut loose: HashMap<FlowTuple, Loose> = HashMap::default();
-        for (key, entry) in fresh {
-            let tuple = FlowTuple::from(&key);
-            let r = role(key.ifindex);
-            if let Some((e, side)) = nat.lookup(&tuple) {
-                let id = self.joined(&e);
-                self.attach(id, key, entry, r, side);
-            } else if let Some(&id) = self.by_tuple.get(&tuple) {
-                self.attach(id, key, entry, r, Side::ForwardPre);
-            } else if let Some(&id) = tuple.reversed().and_then(|rv| self.by_tuple.get(&rv)) {
-                self.attach(id, key, entry, r, Side::ReplyPre);
-            } else {
-                loose.entry(tuple).or_default().push((key, entry));
-            }
-        }
-        self.place_new(loose, role);
-    }
-
-    /// New connections: both directions seen in this harvest are decided together.
-    fn place_new(
-        &mut self,
-        mut loose: HashMap<FlowTuple, Loose>,
-        role: impl Fn(u32) -> Option<Role>,
-    ) {
-        let mut tuples: Vec<FlowTuple> = loose.keys().copied().collect();
-        tuples.sort();
-        for t in tuples {
-            let Some(points) = loose.remove(&t) else {
-                continue; // taken as the reverse of an earlier one
-            };
-            let rev = t.reversed();
-            let rev_points = rev.and_then(|r| loose.remove(&r)).unwrap_or_default();
-            let merged = |ps: &[(FlowKey, FlowEntry)]| {
-                ps.iter().fold(FlowEntry::default(), |mut acc, (_, e)| {
-                    acc.merge(e);
-                    acc
-                })
-            };
-            let rev_entry = (!rev_points.is_empty()).then(|| merged(&rev_points));
-            let (t_opens, _) = initiator::decide(&t, &merged(&points), rev_entry.as_ref());
-            let tuple = match (t_opens, rev) {
-                (false, Some(r)) => r,
-                _ => t,
-            };
-            let id = self.create(tuple);
-            for (key, entry, fwd) in points
-                .into_iter()
-                .map(|(k, e)| (k, e, tuple == t))
-                .chain(rev_points.into_iter().map(|(k, e)| (k, e, tuple != t)))
-            {
-                let side = if fwd {
-                    Side::ForwardPre
-                } else {
-                    Side::ReplyPre
-                };
-                self.attach(id, key, entry, role(key.ifindex), side);
-            }
-        }
-    }
-
-    fn create(&mut self, tuple: FlowTuple) -> ConnId {
-        let id = self.next_id;
-        self.next_id += 1;
-        self.conns.insert(
-            id,
-            Box::new(Tracked {
-                id,
-                conn: Connection::new(tuple),
-                extra: A::default(),
-                nat_changed: false,
-                points: SmallVec::new(),
-                reported: false,
-                first_round: self.round,
-                joined_round: None,
-                loss_epoch: self.epoch_before,
-                exported: Default::default(),
-                late: false,
-                dirty: false,
-            }),
-        );
-        self.by_tuple.insert(tuple, id);
-        self.unreported.insert(id);
-        id
-    }
-
-    fn attach(
-        &mut self,
-        id: ConnId,
-        key: FlowKey,
-        entry: FlowEntry,
-        role: Option<Role>,
-        side: Side,
-    ) {
-        let t = self.conns.get_mut(&id).expect("connection exists");
-        t.points.push(Point {
-            key,
-            entry,
-            role,
-            forward: side.is_forward(),
-            post_nat: matches!(side, Side::ForwardPost | Side::ReplyPost),
-        });
-        self.by_key.insert(key, id);
-        self.touch(id);
-    }
-
-    /// The connection conntrack's entry names (created under its original tuple if new).
-    fn joined(&mut self, e: &NatEntry) -> ConnId {
-        let id = match self.by_tuple.get(&e.orig) {
-            Some(&id) => id,
-            None => self.create(e.orig),
-        };
-        self.mark_joined(id, e);
-        id
-    }
-
-    fn mark_joined(&mut self, id: ConnId, e: &NatEntry) {
-        let round = self.round;
-        let t = self.conns.get_mut(&id).expect("connection exists");
-        let c = &mut t.conn;
-        if !c.nat_joined || c.snat != e.snat() || c.dnat != e.dnat() {
-            c.nat_joined = true;
-            c.snat_inferred = false;
-            c.snat = e.snat();
-            c.dnat = e.dnat();
-            t.nat_changed = true;
-            t.joined_round.get_or_insert(round);
-            self.touch(id);
-        }
-    }
-
-    /// Conntrack entries that arrived since the last harvest: connections placed under any
-    /// of their tuples before conntrack spoke are re-keyed to the original tuple, merged,
-    /// and their observation points re-sided.
-    pub fn join(&mut self, fresh: &[NatEntry], nat: &NatTable) {
-        for e in fresh {
-            let Some(sightings) = e.sightings() else {
-                continue;
-            };
-            let mut found: Vec<ConnId> = Vec::new();
-            for (tuple, _) in sightings {
-                if let Some(&id) = self.by_tuple.get(&tuple) {
-                    if !found.contains(&id) {
-                        found.push(id);
-                    }
-                }
-            }
-            let Some(&first) = found.first() else {
-                continue;
-            };
-            let target = match self.by_tuple.get(&e.orig) {
-                Some(&id) => id,
-                None => {
-                    self.rekey(first, e.orig);
-                    first
-                }
-            };
-            for id in found.into_iter().filter(|id| *id != target) {
-                self.absorb(id, target);
-            }
-            self.mark_joined(target, e);
-            let t = self.conns.get_mut(&target).expect("connection exists");
-            for p in &mut t.points {
-                if let Some((pe, side)) = nat.lookup(&FlowTuple::from(&p.key)) {
-                    if pe.orig == e.orig {
-                        p.forward = side.is_forward();
-                        p.post_nat = matches!(side, Side::ForwardPost | Side::ReplyPost);
-                    }
-                }
-            }
-        }
-    }
-
-    fn rekey(&mut self, id: ConnId, tuple: FlowTuple) {
-        let t = self.conns.get_mut(&id).expect("connection exists");
-        if self.by_tuple.get(&t.conn.tuple) == Some(&id) {
-            self.by_tuple.remove(&t.conn.tuple);
-        }
-        t.conn.tuple = tuple;
-        self.by_tuple.insert(tuple, id);
-        self.touch(id);
-    }
-
-    /// Move `from`'s observation points into `into`. A `from` already reported cannot be
-    /// taken back: it ends as it is, and `into` counts a late join.
-    fn absorb(&mut self, from: ConnId, into: ConnId) {
-        let Some(src) = self.conns.get_mut(&from) else {
-            return;
-        };
-        let points = std::mem::take(&mut src.points);
-        let (src_tuple, src_reported, src_round, src_epoch) = (
-            src.conn.tuple,
-            src.reported,
-            src.first_round,
-            src.loss_epoch,
-        );
-        if self.by_tuple.get(&src_tuple) == Some(&from) {
-            self.by_tuple.remove(&src_tuple);
-        }
-        self.unreported.remove(&from);
-        if src_reported {
-            self.orphans.push(from);
-        } else {
-            self.conns.remove(&from);
-        }
-        for p in &points {
-            self.by_key.insert(p.key, into);
-        }
-        let dst = self.conns.get_mut(&into).expect("connection exists");
-        dst.points.extend(points);
-        dst.first_round = dst.first_round.min(src_round);
-        dst.loss_epoch = dst.loss_epoch.min(src_epoch);
-        dst.late |= src_reported;
-        self.touch(into);
-    }
-
-    fn expects_join(&self, t: &Tracked<A>) -> bool {
-        let local = |ip: &std::net::IpAddr| match ip {
-            std::net::IpAddr::V4(v) => v.is_link_local() || v.is_multicast() || v.is_broadcast(),
-            std::net::IpAddr::V6(v) => v.is_multicast() || v.is_unicast_link_local(),
-        };
-        let c = &t.conn;
-        self.nat_source
-            && (c.tuple.proto == PROTO_TCP || c.tuple.proto == PROTO_UDP)
-            && !local(&c.tuple.src)
-            && !local(&c.tuple.dst)
-            && t.at_pod()
-    }
-
-    /// Held back: it may be the post-SNAT half of a pod's connection.
-    fn held(&self, t: &Tracked<A>) -> bool {
-        self.nat_source
-            && !t.conn.nat_joined
-            && (t.conn.tuple.proto == PROTO_TCP || t.conn.tuple.proto == PROTO_UDP)
-            && !t.at_pod()
-    }
-
-    /// Close a harvest: report what may be reported, refresh what changed, end what went
-    /// idle (a connection is never ended before it has been reported).
-    pub fn settle(
-        &mut self,
-        now_ns: u64,
-        idle_ns: u64,
-        iface: impl Fn(u32) -> Option<Name>,
-    ) -> Settled {
-        let mut out = Settled::default();
-        let limit = if self.resync_pending {
-            RESYNC_HOLD
-        } else {
-            JOIN_WINDOW
-        };
-        let mut overdue = Vec::new();
-        let mut pending: Vec<ConnId> = self.unreported.iter().copied().collect();
-        pending.sort_unstable();
-        for id in pending {
-            let t = &self.conns[&id];
-            if self.held(t) {
-                if self.round - t.first_round < limit {
-                    continue;
-                }
-                overdue.push(id);
-            } else {
-                self.report(id, &mut out);
-            }
-        }
-        self.pair_overdue(overdue, &mut out);
-        self.refresh_changed(&mut out, &iface);
-        let orphans: HashSet<ConnId> = self.orphans.drain(..).collect();
-        out.ending.extend(orphans.iter().copied());
-        let mut idle = Vec::new();
-        let mut stats = TableStats::default();
-        for t in self.conns.values() {
-            stats.points += t.points.len();
-            if !t.reported {
-                stats.held += 1;
-                continue;
-            }
-            stats.reported += 1;
-            if !t.conn.nat_joined
-                && self.round - t.first_round >= JOIN_WINDOW
-                && self.expects_join(t)
-            {
-                stats.unjoined += 1;
-            }
-            if now_ns.saturating_sub(t.conn.last_seen_ns) > idle_ns && !orphans.contains(&t.id) {
-                idle.push(t.id);
-            }
-        }
-        out.stats = stats;
-        idle.sort_unstable();
-        for id in idle {
-            out.misses.extend(self.miss(&self.conns[&id]));
-            out.ending.push(id);
-        }
-        self.round += 1;
-        self.epoch_before = self.loss_epoch;
-        out
-    }
-
-    /// The agent is stopping: everything open is reported and ends.
-    pub fn drain(&mut self, iface: impl Fn(u32) -> Option<Name>) -> Settled {
-        let mut out = Settled::default();
-        let mut pending: Vec<ConnId> = self.unreported.iter().copied().collect();
-        pending.sort_unstable();
-        for id in pending {
-            self.report(id, &mut out);
-        }
-        self.refresh_changed(&mut out, &iface);
-        self.orphans.clear();
-        let mut all: Vec<ConnId> = self.conns.keys().copied().collect();
-        all.sort_unstable();
-        for id in all {
-            out.misses.extend(self.miss(&self.conns[&id]));
-            out.ending.push(id);
-        }
-        out
-    }
-
-    /// Put a connection on the list of those to refresh at the next settle.
-    fn touch(&mut self, id: ConnId) {
-        if let Some(t) = self.conns.get_mut(&id) {
-            if !t.dirty {
-                t.dirty = true;
-                self.changed.push(id);
-            }
-        }
-    }
-
-    /// Rebuild changed connections; reported ones that did not just start are updates.
-    fn refresh_changed(&mut self, out: &mut Settled, iface: &impl Fn(u32) -> Option<Name>) {
-        let started: HashSet<ConnId> = out.started.iter().copied().collect();
-        let mut changed = std::mem::take(&mut self.changed);
-        changed.sort_unstable();
-        for id in changed {
-            let Some(t) = self.conns.get_mut(&id) else {
-                continue;
-            };
-            t.dirty = false;
-            refresh(t, iface);
-            if t.reported && !started.contains(&id) {
-                out.updated.push(id);
-            }
-        }
-    }
-
-    fn report(&mut self, id: ConnId, out: &mut Settled) {
-        self.unreported.remove(&id);
-        if let Some(t) = self.conns.get_mut(&id) {
-            t.reported = true;
-            self.touch(id);
-            out.started.push(id);
-        }
-    }
-
-    fn miss(&self, t: &Tracked<A>) -> Option<MissReason> {
-        if !self.expects_join(t) {
-            return None;
-        }
-        match t.joined_round {
-            Some(j) if t.late || j >= t.first_round + JOIN_WINDOW => Some(MissReason::Late),
-            Some(_) => None,
-            None if t.loss_epoch != self.loss_epoch => Some(MissReason::Lost),
-            None => Some(MissReason::None),
-        }
-    }
-
-    /// Held connections whose join never came: pair each with the unjoined pod
-    /// connection it belongs to (the same TCP SYN sequence number, which NAT keeps; else
-    /// the same source port, which masquerade keeps when it can; else the only one with
-    /// the same forward count), or report it as what it is.
-    fn pair_overdue(&mut self, overdue: Vec<ConnId>, out: &mut Settled) {
-        if overdue.is_empty() {
-            return;
-        }
-        let mut candidates: HashMap<(u8, std::net::IpAddr, u16), Vec<ConnId>> = HashMap::default();
-        for t in self.conns.values() {
-            if !t.conn.nat_joined && t.at_pod() && !t.points.iter().any(|p| p.post_nat) {
-                let k = (t.conn.tuple.proto, t.conn.tuple.dst, t.conn.tuple.dport);
-                candidates.entry(k).or_default().push(t.id);
-            }
-        }
-        for id in overdue {
-            let held = &self.conns[&id];
-            let tu = held.conn.tuple;
-            let (fwd, seq) = (forward_counts(held), syn_seq(held));
-            let pick = candidates
-                .get_mut(&(tu.proto, tu.dst, tu.dport))
-                .and_then(|ids| {
-                    let conns = &self.conns;
-                    let unique = |f: &dyn Fn(&Tracked<A>) -> bool| {
-                        let hits: Vec<usize> =
-                            (0..ids.len()).filter(|&i| f(&conns[&ids[i]])).collect();
-                        (hits.len() == 1).then(|| hits[0])
-                    };
-                    let by_seq = || unique(&|c| seq != 0 && syn_seq(c) == seq);
-                    let by_port = || {
-                        unique(&|c| c.conn.tuple.sport == tu.sport && c.conn.tuple.src != tu.src)
-                    };
-                    let by_count = || unique(&|c| forward_counts(c) == fwd);
-                    let i = by_seq().or_else(by_port).or_else(by_count)?;
-                    Some(ids.swap_remove(i))
-                });
-            match pick {
-                Some(pod) => self.pair(id, pod),
-                None => self.report(id, out),
-            }
-        }
-    }
-
-    /// `held` is the post-SNAT half of `pod`: its points become `pod`'s post-NAT points
-    /// and its source becomes `pod`'s inferred SNAT.
-    fn pair(&mut self, held: ConnId, pod: ConnId) {
-        let post = self.conns[&held].conn.tuple;
-        self.absorb(held, pod);
-        let t = self.conns.get_mut(&pod).expect("connection exists");
-        for p in &mut t.points {
-            if FlowTuple::from(&p.key) == post
-                || post
-                    .reversed()
-                    .is_some_and(|r| r == FlowTuple::from(&p.key))
-            {
-                p.post_nat = true;
-            }
-        }
-        let c = &mut t.conn;
-        if (post.src, post.sport) != (c.tuple.src, c.tuple.sport) {
-            c.snat = Some((post.src, post.sport));
-            c.snat_inferred = true;
-            t.nat_changed = true;
-        }
-    }
-
     /// The counts not yet handed to sinks (forward, reply); afterwards they are.
     pub fn take_delta(&mut self, id: ConnId) -> (Counts, Counts) {
         self.conns
@@ -734,12 +300,10 @@ impl<A: Default> ConnTable<A> {
     pub fn remove_ended(&mut self, ended: &[ConnId]) -> Vec<FlowKey> {
         let mut keys = Vec::new();
         for id in ended {
+            self.unindex(*id);
             let Some(t) = self.conns.remove(id) else {
                 continue;
             };
-            if self.by_tuple.get(&t.conn.tuple) == Some(id) {
-                self.by_tuple.remove(&t.conn.tuple);
-            }
             for p in t.points {
                 if self.by_key.get(&p.key) == Some(id) {
                     self.by_key.remove(&p.key);
@@ -752,80 +316,12 @@ impl<A: Default> ConnTable<A> {
     }
 }
 
-fn forward_counts<A>(t: &Tracked<A>) -> Counts {
-    t.points
-        .iter()
-        .filter(|p| p.forward)
-        .min_by_key(|p| {
-            rank(
-                p.role,
-                p.key.direction == Direction::Ingress as u8,
-                p.key.ifindex,
-            )
-        })
-        .map(|p| Counts {
-            packets: p.entry.packets,
-            bytes: p.entry.bytes,
-        })
-        .unwrap_or_default()
-}
+mod generation;
+mod intake;
+mod join;
+mod key_index;
+mod settle;
 
-/// The opening SYN's sequence number, as the initiator's side saw it (0: unknown).
-fn syn_seq<A>(t: &Tracked<A>) -> u32 {
-    t.points
-        .iter()
-        .find(|p| p.forward && p.entry.syn_seq != 0)
-        .map_or(0, |p| p.entry.syn_seq)
-}
-
-/// Rebuild the user-facing connection from its observation points: counts in place when
-/// the points are the ones it already shows (the common case), the sightings anew when
-/// points were added or moved.
-fn refresh<A>(t: &mut Tracked<A>, iface: &impl Fn(u32) -> Option<Name>) {
-    let mut first = u64::MAX;
-    let mut last = 0;
-    let mut flags = 0;
-    let same = t.conn.sightings.len() == t.points.len()
-        && t.conn.sightings.iter().zip(&t.points).all(|(s, p)| {
-            s.ifindex == p.key.ifindex && s.ingress == (p.key.direction == Direction::Ingress as u8)
-        });
-    if !same {
-        t.conn.sightings = t
-            .points
-            .iter()
-            .map(|p| Sighting {
-                ifindex: p.key.ifindex,
-                iface: iface(p.key.ifindex).unwrap_or_else(|| Name::from("")),
-                role: p.role,
-                ingress: p.key.direction == Direction::Ingress as u8,
-                forward: p.forward,
-                post_nat: p.post_nat,
-                counts: Counts::default(),
-            })
-            .collect();
-    }
-    let (mut fwd_flags, mut rep_flags, mut rep_icmp_error) = (0u8, 0u8, false);
-    for (s, p) in t.conn.sightings.iter_mut().zip(&t.points) {
-        first = first.min(p.entry.first_seen_ns);
-        last = last.max(p.entry.last_seen_ns);
-        flags |= p.entry.tcp_flags;
-        if p.forward {
-            fwd_flags |= p.entry.tcp_flags;
-        } else {
-            rep_flags |= p.entry.tcp_flags;
-            rep_icmp_error |= p.entry.icmp_error;
-        }
-        s.forward = p.forward;
-        s.post_nat = p.post_nat;
-        s.counts = Counts {
-            packets: p.entry.packets,
-            bytes: p.entry.bytes,
-        };
-    }
-    t.conn.settle((first, last), flags);
-    (t.conn.fwd_flags, t.conn.rep_flags) = (fwd_flags, rep_flags);
-    t.conn.rep_icmp_error = rep_icmp_error;
-}
-
+use key_index::KeyIndex;
 #[cfg(test)]
 mod tests;

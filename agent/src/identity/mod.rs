@@ -7,6 +7,7 @@ pub mod list;
 mod objects;
 pub mod reflector;
 pub mod reload;
+mod shared;
 pub mod slim;
 pub mod snapshot;
 mod store;
@@ -14,6 +15,7 @@ pub mod tenant;
 pub mod watch;
 
 pub use objects::{Labels, Name, NamespaceMeta, NodeMeta, Object, PodLabels, PodMeta, ServiceMeta};
+pub use shared::SharedStore;
 pub use store::{Change, Kind, Owner, Store};
 pub use tenant::{resolve as resolve_tenant, Tenant};
 

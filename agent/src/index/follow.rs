@@ -147,7 +147,7 @@ async fn stream(
             Some(Err(e)) => return e.into(),
             None => return Broken::Ended,
         };
-        m.last_frame.set(crate::flow::unix_seconds() as i64);
+        m.last_frame.set(crate::net::unix_seconds() as i64);
         buf.extend_from_slice(&chunk);
         let mut start = 0;
         while let Some(end) = buf[start..].iter().position(|&b| b == b'\n') {

@@ -14,10 +14,8 @@ use prometheus::{IntCounterVec, IntGauge, Opts, Registry};
 use tokio::sync::{broadcast, watch};
 
 use super::protocol::{Frame, Position};
-use crate::{
-    identity::{Change, Store},
-    inventory::SharedStore,
-};
+use crate::identity::{Change, SharedStore, Store};
+use crate::metric::register;
 
 /// One versioned change, encoded once for every follower.
 #[derive(Clone, Debug)]
@@ -60,40 +58,50 @@ impl JournalMetrics {
     }
 
     pub fn new(r: &Registry) -> prometheus::Result<Self> {
-        let followers = IntGauge::new(
-            "tenantflow_index_followers",
-            "Agents following the index now.",
-        )?;
-        let version = IntGauge::new(
-            "tenantflow_index_version",
-            "Version of the index's inventory (one per change).",
-        )?;
-        let bytes = IntCounterVec::new(
-            Opts::new(
-                "tenantflow_index_sent_bytes_total",
-                "Bytes sent to followers, by part of the stream.",
+        let followers = register(
+            r,
+            IntGauge::new(
+                "tenantflow_index_followers",
+                "Agents following the index now.",
             ),
-            &["part"],
         )?;
-        let frames = IntCounterVec::new(
-            Opts::new(
-                "tenantflow_index_sent_frames_total",
-                "Frames sent to followers, by part of the stream.",
+        let version = register(
+            r,
+            IntGauge::new(
+                "tenantflow_index_version",
+                "Version of the index's inventory (one per change).",
             ),
-            &["part"],
         )?;
-        let starts = IntCounterVec::new(
-            Opts::new(
-                "tenantflow_index_streams_total",
-                "Follower streams started: `resume` (deltas only) or `resync` (snapshot).",
+        let bytes = register(
+            r,
+            IntCounterVec::new(
+                Opts::new(
+                    "tenantflow_index_sent_bytes_total",
+                    "Bytes sent to followers, by part of the stream.",
+                ),
+                &["part"],
             ),
-            &["start"],
         )?;
-        r.register(Box::new(followers.clone()))?;
-        r.register(Box::new(version.clone()))?;
-        r.register(Box::new(bytes.clone()))?;
-        r.register(Box::new(frames.clone()))?;
-        r.register(Box::new(starts.clone()))?;
+        let frames = register(
+            r,
+            IntCounterVec::new(
+                Opts::new(
+                    "tenantflow_index_sent_frames_total",
+                    "Frames sent to followers, by part of the stream.",
+                ),
+                &["part"],
+            ),
+        )?;
+        let starts = register(
+            r,
+            IntCounterVec::new(
+                Opts::new(
+                    "tenantflow_index_streams_total",
+                    "Follower streams started: `resume` (deltas only) or `resync` (snapshot).",
+                ),
+                &["start"],
+            ),
+        )?;
         Ok(Self {
             followers,
             version,

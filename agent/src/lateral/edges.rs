@@ -24,9 +24,10 @@ use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 use thiserror::Error;
 
 use super::principal;
+use crate::metric::register;
 use crate::{
     classify::{Classification, EndpointIdentity, EndpointKind},
-    flow::FlowTuple,
+    net::FlowTuple,
 };
 
 const MAGIC: &[u8; 8] = b"TFEDGE01";
@@ -121,36 +122,42 @@ impl Edges {
         r: &Registry,
         cfg: EdgeConfig,
     ) -> prometheus::Result<(Self, Option<EdgeFileError>)> {
-        let new_edges = IntCounterVec::new(
+        let new_edges = register(r, IntCounterVec::new(
             Opts::new(
                 "tenantflow_new_edges_total",
                 "Connections that walked a (source workload -> destination workload or external kind, port) edge never seen before, after the learning period.",
             ),
             &["src_tenant", "dst_tenant", "cross_tenant"],
+        ))?;
+        let size = register(
+            r,
+            IntGauge::new("tenantflow_edges", "Edges known (at most --edge-limit)."),
         )?;
-        let size = IntGauge::new("tenantflow_edges", "Edges known (at most --edge-limit).")?;
-        let evicted = IntCounter::new(
-            "tenantflow_edges_evicted_total",
-            "Edges forgotten because --edge-limit was reached (least recently used first).",
+        let evicted = register(
+            r,
+            IntCounter::new(
+                "tenantflow_edges_evicted_total",
+                "Edges forgotten because --edge-limit was reached (least recently used first).",
+            ),
         )?;
-        let learning = IntGauge::new(
-            "tenantflow_edge_learning",
-            "1 while edges are learned without being flagged (--edge-learning after the first start).",
+        let learning = register(
+            r,
+            IntGauge::new(
+                "tenantflow_edge_learning",
+                "1 while edges are learned without being flagged (--edge-learning after the first start).",
+            ),
         )?;
-        let file_errors = IntCounter::new(
-            "tenantflow_edge_file_errors_total",
-            "Edge file reads or writes that failed (the log names the file and the fix).",
+        let file_errors = register(
+            r,
+            IntCounter::new(
+                "tenantflow_edge_file_errors_total",
+                "Edge file reads or writes that failed (the log names the file and the fix).",
+            ),
         )?;
-        for c in [&size, &learning] {
-            r.register(Box::new(c.clone()))?;
-        }
-        r.register(Box::new(new_edges.clone()))?;
-        r.register(Box::new(evicted.clone()))?;
-        r.register(Box::new(file_errors.clone()))?;
         let mut e = Self {
             cfg,
             edges: HashMap::new(),
-            learning_since: crate::flow::unix_seconds(),
+            learning_since: crate::net::unix_seconds(),
             dirty: true,
             last_save: None,
             new_edges,
@@ -214,7 +221,7 @@ impl Edges {
 
     /// Record that a connection walked this edge; true if it is new (after learning).
     pub fn walk(&mut self, k: &Classification, t: &FlowTuple) -> bool {
-        self.walk_at(k, t, crate::flow::unix_seconds())
+        self.walk_at(k, t, crate::net::unix_seconds())
     }
 
     fn walk_at(&mut self, k: &Classification, t: &FlowTuple, now: u64) -> bool {
@@ -348,7 +355,7 @@ mod tests {
     use super::*;
     use crate::{
         classify::{EndpointIdentity, EndpointKind},
-        flow::{test_tuple, PROTO_TCP},
+        net::{test_tuple, PROTO_TCP},
     };
 
     fn pod(ns: &str, w: &str, tenant: &str) -> EndpointIdentity {

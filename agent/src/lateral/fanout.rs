@@ -21,10 +21,11 @@ use super::{
     distinct::{fingerprint, Distinct, MAX_BYTES},
     principal,
 };
+use crate::metric::register;
 use crate::{
     classify::{Classification, EndpointKind},
-    export::{ConnEvent, EventKind},
-    flow::FlowTuple,
+    event::{ConnEvent, EventKind},
+    net::FlowTuple,
 };
 
 /// Slots per window.
@@ -145,29 +146,31 @@ impl Fanout {
         if cfg.workload_labels {
             labels.push("src_workload");
         }
-        let gauge = IntGaugeVec::new(
+        let gauge = register(r, IntGaugeVec::new(
             Opts::new(
                 "tenantflow_fanout_destinations",
                 "Distinct destinations (address, port, protocol) the busiest source workload of a namespace opened connections to within --fanout-window (exact up to 256, else within about 3% at one standard error).",
             ),
             &labels,
+        ))?;
+        let state_bytes = register(
+            r,
+            IntGauge::new(
+                "tenantflow_fanout_state_bytes",
+                "Bytes of fan-out sketches held (at most 6 KiB per source).",
+            ),
         )?;
-        let state_bytes = IntGauge::new(
-            "tenantflow_fanout_state_bytes",
-            "Bytes of fan-out sketches held (at most 6 KiB per source).",
+        let tracked = register(
+            r,
+            IntGauge::new(
+                "tenantflow_fanout_sources",
+                "Source workloads whose fan-out is tracked (at most --fanout-max-sources).",
+            ),
         )?;
-        let tracked = IntGauge::new(
-            "tenantflow_fanout_sources",
-            "Source workloads whose fan-out is tracked (at most --fanout-max-sources).",
-        )?;
-        let replaced = IntCounter::new(
+        let replaced = register(r, IntCounter::new(
             "tenantflow_fanout_sources_replaced_total",
             "Sources dropped for a new one because --fanout-max-sources was reached (their counts restart).",
-        )?;
-        r.register(Box::new(gauge.clone()))?;
-        r.register(Box::new(state_bytes.clone()))?;
-        r.register(Box::new(tracked.clone()))?;
-        r.register(Box::new(replaced.clone()))?;
+        ))?;
         Ok(Self {
             cfg,
             sources: HashMap::new(),
@@ -273,7 +276,7 @@ mod tests {
         for i in 0..60_000u32 {
             // Spread over the whole window: every slot goes dense.
             w.advance(t0 + Duration::from_millis(i as u64), slot);
-            let t = crate::flow::test_tuple(crate::flow::PROTO_UDP, "10.0.0.1", 1, "10.0.0.2", 1);
+            let t = crate::net::test_tuple(crate::net::PROTO_UDP, "10.0.0.1", 1, "10.0.0.2", 1);
             let t = FlowTuple {
                 dst: std::net::IpAddr::V4((0x0a00_0000 + i).into()),
                 ..t

@@ -32,7 +32,7 @@ use tracing::warn;
 
 use super::{NatEntry, NatEvent};
 use crate::datapath::{BatchAttr, BPF_MAP_LOOKUP_BATCH};
-use crate::flow::{FlowTuple, PROTO_TCP, PROTO_UDP};
+use crate::net::{FlowTuple, PROTO_TCP, PROTO_UDP};
 
 /// One of Cilium's SNAT maps: where it is pinned and the sizes this reader understands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -317,7 +317,7 @@ pub fn spawn(maps: Vec<SnatMap>, tx: UnboundedSender<NatEvent>, every: Duration)
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::flow::test_tuple as t;
+    use crate::net::test_tuple as t;
 
     fn v4_key(d: [u8; 4], s: [u8; 4], dport: u16, sport: u16, proto: u8, flags: u8) -> Vec<u8> {
         let mut k = Vec::new();

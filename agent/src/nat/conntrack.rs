@@ -23,7 +23,7 @@ use tokio::sync::mpsc::UnboundedSender;
 use tracing::{debug, warn};
 
 use super::NatEntry;
-use crate::flow::{FlowTuple, PROTO_ICMP, PROTO_ICMPV6};
+use crate::net::{FlowTuple, PROTO_ICMP, PROTO_ICMPV6};
 
 /// Multicast groups of nfnetlink_conntrack.
 const NFNLGRP_CONNTRACK_NEW: u32 = 1;

@@ -2,7 +2,7 @@
 
 use std::net::IpAddr;
 
-use crate::flow::FlowTuple;
+use crate::net::FlowTuple;
 
 /// Where a sighting sits relative to the translation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
@@ -71,8 +71,8 @@ impl NatEntry {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::flow::test_tuple as t;
-    use crate::flow::{PROTO_ICMP, PROTO_TCP};
+    use crate::net::test_tuple as t;
+    use crate::net::{PROTO_ICMP, PROTO_TCP};
 
     #[test]
     fn masquerade_to_the_internet_is_snat_only() {

@@ -4,13 +4,20 @@
 //! itself; after translation they carry the reply tuple or its reverse, so one more index
 //! by reply tuple finds them, needed only for entries that translate (most on a node
 //! translate nothing: pod-to-pod on the same network).
+//!
+//! Entries live once, in a slab; both indexes hold 4-byte slot numbers (at 100k
+//! masqueraded connections 14 MiB instead of 24 with tuple-keyed maps).
+
+use std::hash::BuildHasher;
+
+use hashbrown::HashTable;
 
 use super::{NatEntry, Side};
-use crate::flow::{FastMap as HashMap, FastSet, FlowTuple};
+use crate::net::{FastSet, FlowTuple};
 
 #[derive(Debug)]
-struct State {
-    /// The reply tuple (the original one is the key).
+struct Slot {
+    orig: FlowTuple,
     reply: FlowTuple,
     /// Monotonic ns of the DESTROY event: kept a while so late harvests still join.
     destroyed_at: Option<u64>,
@@ -19,15 +26,35 @@ struct State {
     external: bool,
 }
 
+impl Slot {
+    fn entry(&self) -> NatEntry {
+        NatEntry {
+            orig: self.orig,
+            reply: self.reply,
+        }
+    }
+}
+
 /// Conntrack entries by original tuple, plus a lookup from the translated tuples.
 #[derive(Debug, Default)]
 pub struct NatTable {
-    by_orig: HashMap<FlowTuple, State>,
-    /// Reply tuple → original tuple, for entries whose reply is not the original reversed.
-    by_reply: HashMap<FlowTuple, FlowTuple>,
+    slots: Vec<Option<Slot>>,
+    /// Empty slots, reused before the slab grows.
+    free: Vec<u32>,
+    by_orig: HashTable<u32>,
+    /// Reply tuple → slot, for entries whose reply is not the original reversed.
+    by_reply: HashTable<u32>,
+    hasher: foldhash::fast::RandomState,
     /// Entries added or changed since [`NatTable::take_fresh`]: the connection table
     /// joins exactly these, not the whole table, each harvest.
     fresh: Vec<NatEntry>,
+}
+
+/// Which tuple of a slot an index keys on.
+#[derive(Clone, Copy)]
+enum By {
+    Orig,
+    Reply,
 }
 
 impl NatTable {
@@ -41,6 +68,64 @@ impl NatTable {
 
     pub fn is_empty(&self) -> bool {
         self.by_orig.is_empty()
+    }
+
+    fn slot(&self, i: u32) -> &Slot {
+        self.slots[i as usize]
+            .as_ref()
+            .expect("indexed slot is live")
+    }
+
+    fn find(&self, by: By, t: &FlowTuple) -> Option<u32> {
+        let (index, h) = (self.index(by), self.hasher.hash_one(t));
+        index
+            .find(h, |&i| match by {
+                By::Orig => self.slot(i).orig == *t,
+                By::Reply => self.slot(i).reply == *t,
+            })
+            .copied()
+    }
+
+    fn index(&self, by: By) -> &HashTable<u32> {
+        match by {
+            By::Orig => &self.by_orig,
+            By::Reply => &self.by_reply,
+        }
+    }
+
+    /// Index slot `i` under its `by` tuple.
+    fn link(&mut self, by: By, i: u32) {
+        let Self {
+            slots,
+            by_orig,
+            by_reply,
+            hasher,
+            ..
+        } = self;
+        let key = |j: u32| {
+            let s = slots[j as usize].as_ref().expect("indexed slot is live");
+            match by {
+                By::Orig => s.orig,
+                By::Reply => s.reply,
+            }
+        };
+        let index = match by {
+            By::Orig => by_orig,
+            By::Reply => by_reply,
+        };
+        index.insert_unique(hasher.hash_one(key(i)), i, |&j| hasher.hash_one(key(j)));
+    }
+
+    /// Drop slot `i` from the `by` index under tuple `t`, if it is there.
+    fn unlink(&mut self, by: By, i: u32, t: &FlowTuple) {
+        let h = self.hasher.hash_one(t);
+        let index = match by {
+            By::Orig => &mut self.by_orig,
+            By::Reply => &mut self.by_reply,
+        };
+        if let Ok(e) = index.find_entry(h, |&j| j == i) {
+            e.remove();
+        }
     }
 
     /// Add or refresh an entry (NEW event or dump).
@@ -57,20 +142,42 @@ impl NatTable {
         if entry.sightings().is_none() {
             return;
         }
-        if let Some(old) = self.by_orig.remove(&entry.orig) {
-            self.unindex(&entry.orig, &old.reply);
-        }
+        let slot = Slot {
+            orig: entry.orig,
+            reply: entry.reply,
+            destroyed_at: None,
+            external,
+        };
+        let i = match self.find(By::Orig, &entry.orig) {
+            Some(i) => {
+                let old = self.slot(i).reply;
+                self.unlink(By::Reply, i, &old);
+                self.slots[i as usize] = Some(slot);
+                i
+            }
+            None => {
+                let i = match self.free.pop() {
+                    Some(i) => {
+                        self.slots[i as usize] = Some(slot);
+                        i
+                    }
+                    None => {
+                        self.slots.push(Some(slot));
+                        u32::try_from(self.slots.len() - 1).expect("fewer than 2^32 entries")
+                    }
+                };
+                self.link(By::Orig, i);
+                i
+            }
+        };
         if entry.translates() {
-            self.by_reply.insert(entry.reply, entry.orig);
+            // The newest entry owns a reply tuple (conntrack reuses one only after the
+            // old entry is gone).
+            if let Some(j) = self.find(By::Reply, &entry.reply) {
+                self.unlink(By::Reply, j, &entry.reply);
+            }
+            self.link(By::Reply, i);
         }
-        self.by_orig.insert(
-            entry.orig,
-            State {
-                reply: entry.reply,
-                destroyed_at: None,
-                external,
-            },
-        );
         self.fresh.push(entry);
     }
 
@@ -81,8 +188,10 @@ impl NatTable {
 
     /// A DESTROY event: the mapping stays until [`NatTable::gc`] drops it.
     pub fn destroy(&mut self, orig: &FlowTuple, now_ns: u64) {
-        if let Some(s) = self.by_orig.get_mut(orig) {
-            s.destroyed_at.get_or_insert(now_ns);
+        if let Some(i) = self.find(By::Orig, orig) {
+            if let Some(s) = self.slots[i as usize].as_mut() {
+                s.destroyed_at.get_or_insert(now_ns);
+            }
         }
     }
 
@@ -91,10 +200,11 @@ impl NatTable {
     pub fn resync(&mut self, entries: Vec<NatEntry>, now_ns: u64) {
         let fresh: FastSet<FlowTuple> = entries.iter().map(|e| e.orig).collect();
         let gone: Vec<FlowTuple> = self
-            .by_orig
+            .slots
             .iter()
-            .filter(|(k, s)| !s.external && !fresh.contains(*k))
-            .map(|(k, _)| *k)
+            .flatten()
+            .filter(|s| !s.external && !fresh.contains(&s.orig))
+            .map(|s| s.orig)
             .collect();
         for k in gone {
             self.destroy(&k, now_ns);
@@ -106,47 +216,38 @@ impl NatTable {
 
     /// Forget entries destroyed more than `keep_ns` ago.
     pub fn gc(&mut self, now_ns: u64, keep_ns: u64) {
-        let old: Vec<FlowTuple> = self
-            .by_orig
-            .iter()
-            .filter(|(_, s)| {
-                s.destroyed_at
-                    .is_some_and(|d| now_ns.saturating_sub(d) > keep_ns)
-            })
-            .map(|(k, _)| *k)
-            .collect();
-        for k in old {
-            if let Some(s) = self.by_orig.remove(&k) {
-                self.unindex(&k, &s.reply);
+        for i in 0..self.slots.len() {
+            let Some(s) = &self.slots[i] else {
+                continue;
+            };
+            if s.destroyed_at
+                .is_none_or(|d| now_ns.saturating_sub(d) <= keep_ns)
+            {
+                continue;
             }
-        }
-    }
-
-    fn unindex(&mut self, orig: &FlowTuple, reply: &FlowTuple) {
-        if self.by_reply.get(reply) == Some(orig) {
-            self.by_reply.remove(reply);
+            let (orig, reply) = (s.orig, s.reply);
+            let i = i as u32;
+            self.unlink(By::Orig, i, &orig);
+            self.unlink(By::Reply, i, &reply);
+            self.slots[i as usize] = None;
+            self.free.push(i);
         }
     }
 
     /// The entry a packet with this tuple belongs to, and on which side it was seen.
     pub fn lookup(&self, tuple: &FlowTuple) -> Option<(NatEntry, Side)> {
-        let entry = |orig: &FlowTuple| {
-            self.by_orig.get(orig).map(|s| NatEntry {
-                orig: *orig,
-                reply: s.reply,
-            })
-        };
+        let at = |by, t: &FlowTuple| self.find(by, t).map(|i| self.slot(i).entry());
         let rev = tuple.reversed();
-        if let Some(e) = entry(tuple) {
+        if let Some(e) = at(By::Orig, tuple) {
             return Some((e, Side::ForwardPre));
         }
-        if let Some(e) = rev.as_ref().and_then(entry) {
+        if let Some(e) = rev.as_ref().and_then(|r| at(By::Orig, r)) {
             return Some((e, Side::ReplyPre));
         }
-        if let Some(e) = self.by_reply.get(tuple).and_then(entry) {
+        if let Some(e) = at(By::Reply, tuple) {
             return Some((e, Side::ReplyPost));
         }
-        let e = rev.and_then(|r| self.by_reply.get(&r)).and_then(entry)?;
+        let e = rev.and_then(|r| at(By::Reply, &r))?;
         Some((e, Side::ForwardPost))
     }
 }
@@ -154,7 +255,7 @@ impl NatTable {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::flow::PROTO_UDP;
+    use crate::net::PROTO_UDP;
 
     fn t(src: &str, sport: u16, dst: &str, dport: u16) -> FlowTuple {
         FlowTuple {
@@ -240,6 +341,28 @@ mod tests {
         nt.gc(201, 100);
         assert!(nt.is_empty());
         assert!(nt.lookup(&snat().orig).is_none());
+    }
+
+    #[test]
+    fn a_slot_freed_by_gc_serves_the_next_entry_and_only_it() {
+        let mut nt = NatTable::new();
+        nt.insert(snat());
+        nt.destroy(&snat().orig, 0);
+        nt.gc(10, 5);
+        let next = NatEntry {
+            orig: t("10.244.1.12", 7000, "203.0.113.10", 53),
+            reply: t("203.0.113.10", 53, "10.224.0.4", 7000),
+        };
+        nt.insert(next);
+        assert_eq!(
+            (nt.len(), nt.slots.len()),
+            (1, 1),
+            "the freed slot was reused"
+        );
+        for gone in [snat().orig, snat().reply] {
+            assert!(nt.lookup(&gone).is_none());
+        }
+        assert_eq!(nt.lookup(&next.reply), Some((next, Side::ReplyPost)));
     }
 
     #[test]

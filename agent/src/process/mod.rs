@@ -17,8 +17,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     datapath::{self, DatapathError},
-    flow::FlowTuple,
     identity::Store,
+    net::FlowTuple,
 };
 
 const PROGRAMS: [&str; 4] = ["tf_connect4", "tf_connect6", "tf_sendmsg4", "tf_sendmsg6"];
@@ -41,7 +41,7 @@ pub struct ProcessInfo {
 /// Load the cgroup hooks and attach them to the cgroup2 root (bpf links: they go with the
 /// agent's process, even on kill -9).
 pub fn attach(ebpf: &mut Ebpf, root: &std::path::Path) -> Result<(), DatapathError> {
-    let dir = open_cgroup(root)?;
+    let dir = datapath::cgroup_hooks::open(root)?;
     for name in PROGRAMS {
         let prog: &mut CgroupSockAddr = datapath::program(ebpf, name)?;
         prog.load().map_err(datapath::load_err(name))?;
@@ -51,32 +51,6 @@ pub fn attach(ebpf: &mut Ebpf, root: &std::path::Path) -> Result<(), DatapathErr
             .map_err(datapath::load_err(name))?;
     }
     Ok(())
-}
-
-/// A cgroup v2 directory, opened for attaching programs to it.
-pub(crate) fn open_cgroup(path: &std::path::Path) -> Result<std::fs::File, DatapathError> {
-    let dir = std::fs::File::open(path).map_err(|e| DatapathError::Cgroup {
-        path: path.display().to_string(),
-        message: e.to_string(),
-    })?;
-    if !is_cgroup2(&dir) {
-        return Err(DatapathError::Cgroup {
-            path: path.display().to_string(),
-            message: "not a cgroup v2 directory (give the cgroup2 mount, e.g. /sys/fs/cgroup)"
-                .into(),
-        });
-    }
-    Ok(dir)
-}
-
-/// A directory on a cgroup2 filesystem: anything else would only fail later, inside the
-/// kernel's attach, with an error that names neither the path nor the cause.
-fn is_cgroup2(dir: &std::fs::File) -> bool {
-    const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
-    // SAFETY: fstatfs on a descriptor we own into a zeroed struct it fills.
-    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
-    let ok = unsafe { libc::fstatfs(std::os::fd::AsRawFd::as_raw_fd(dir), &mut st) } == 0;
-    ok && st.f_type as i64 == CGROUP2_SUPER_MAGIC && dir.metadata().is_ok_and(|m| m.is_dir())
 }
 
 /// The cgroup2 root of this machine: from our own mounts, else from init's mounts reached

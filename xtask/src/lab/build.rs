@@ -20,6 +20,11 @@ pub fn build(t: &Topology) -> Result<()> {
     for ns in t.all_netns() {
         ip(&["netns", "add", &ns])?;
         ip(&["-n", &ns, "link", "set", "lo", "up"])?;
+        // No duplicate address detection on the interfaces to come: while a link-local
+        // address is tentative (a second) the node cannot resolve neighbours, and the
+        // first IPv6 packets of a fresh lab waited and were retransmitted.
+        sysctl(&ns, "net.ipv6.conf.default.accept_dad=0")?;
+        sysctl(&ns, "net.ipv6.conf.all.accept_dad=0")?;
     }
     fabric(t)?;
     for n in 1..=t.nodes.len() as u8 {
@@ -94,6 +99,12 @@ fn fabric(t: &Topology) -> Result<()> {
         "via",
         topology::INTERNET_GW,
     ])?;
+    let gw6 = format!("{}/64", topology::INTERNET_GW6);
+    let host6 = format!("{}/64", topology::INTERNET_HOST6);
+    ip(&["-n", &v, "addr", "add", &gw6, "dev", "inet", "nodad"])?;
+    ip(&["-n", &inet, "addr", "add", &host6, "dev", "eth0", "nodad"])?;
+    let via6 = ["route", "add", "default", "via", topology::INTERNET_GW6];
+    ip(&[&["-n", &inet, "-6"][..], &via6[..]].concat())?;
     Ok(())
 }
 
@@ -386,11 +397,20 @@ fn pod(t: &Topology, p: &Pod) -> Result<()> {
 }
 
 /// kube-proxy (iptables mode) rules for every Service: PREROUTING for pods, OUTPUT for
-/// host processes, a random split across backends, DNAT to the chosen one.
+/// host processes, a random split across backends, DNAT to the chosen one. The kubenet
+/// lab is dual-stack: its Services get the same rules for their IPv6 ClusterIP.
 fn kube_proxy(t: &Topology, n: u8) -> Result<()> {
+    kube_proxy_family(t, n, false)?;
+    if t.model == Model::Kubenet {
+        kube_proxy_family(t, n, true)?;
+    }
+    Ok(())
+}
+
+fn kube_proxy_family(t: &Topology, n: u8, v6: bool) -> Result<()> {
     let ns = t.node_ns(n);
-    let ipt =
-        |args: &[&str]| in_ns(&ns, &[&["iptables", "-t", "nat"][..], args].concat()).map(drop);
+    let tool = if v6 { "ip6tables" } else { "iptables" };
+    let ipt = |args: &[&str]| in_ns(&ns, &[&[tool, "-t", "nat"][..], args].concat()).map(drop);
     ipt(&["-N", "KUBE-SERVICES"])?;
     ipt(&["-I", "PREROUTING", "-j", "KUBE-SERVICES"])?;
     ipt(&["-I", "OUTPUT", "-j", "KUBE-SERVICES"])?;
@@ -402,7 +422,11 @@ fn kube_proxy(t: &Topology, n: u8) -> Result<()> {
             "-A",
             "KUBE-SERVICES",
             "-d",
-            &format!("{}/32", s.vip),
+            &if v6 {
+                format!("{}/128", s.vip6)
+            } else {
+                format!("{}/32", s.vip)
+            },
             "-p",
             "tcp",
             "--dport",
@@ -414,7 +438,11 @@ fn kube_proxy(t: &Topology, n: u8) -> Result<()> {
         for (bi, b) in s.backends.iter().enumerate() {
             let sep = format!("KUBE-SEP-{si}-{bi}");
             ipt(&["-N", &sep])?;
-            let to = format!("{}:{}", t.pod(b).ip(), s.target_port);
+            let to = if v6 {
+                format!("[{}]:{}", t.pod(b).ip6(), s.target_port)
+            } else {
+                format!("{}:{}", t.pod(b).ip(), s.target_port)
+            };
             ipt(&[
                 "-A",
                 &sep,

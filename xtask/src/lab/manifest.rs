@@ -69,10 +69,15 @@ pub fn snapshot(t: &Topology) -> Value {
         }));
     }
     for s in &t.services {
+        let ips = if t.model == topology::Model::Kubenet {
+            json!([s.vip, s.vip6])
+        } else {
+            json!([s.vip])
+        };
         items.push(json!({
             "apiVersion": "v1", "kind": "Service",
             "metadata": {"name": s.name, "namespace": s.namespace},
-            "spec": {"type": "ClusterIP", "clusterIP": s.vip, "clusterIPs": [s.vip],
+            "spec": {"type": "ClusterIP", "clusterIP": s.vip, "clusterIPs": ips,
                 "ports": [{"port": s.port, "targetPort": s.target_port, "protocol": "TCP"}]},
         }));
     }
@@ -107,7 +112,13 @@ egress:
             }
             v.join(", ")
         },
-        svc = topology::SERVICE_CIDR,
+        svc = {
+            let mut v = vec![topology::SERVICE_CIDR.to_owned()];
+            if t.model == topology::Model::Kubenet {
+                v.push(format!("\"{}\"", topology::SERVICE_CIDR6));
+            }
+            v.join(", ")
+        },
         exempt = topology::PRIVATE_ENDPOINT_CIDR,
     )
 }

@@ -8,7 +8,7 @@
 //! lab's bpffs directory; [`remove`] unpins it and removes the cgroups.
 
 use std::{
-    net::Ipv4Addr,
+    net::{Ipv4Addr, Ipv6Addr},
     path::{Path, PathBuf},
 };
 
@@ -23,8 +23,12 @@ const BPF_PROG_TYPE_CGROUP_SOCK_ADDR: u32 = 18;
 const BPF_CGROUP_INET4_CONNECT: u32 = 10;
 const BPF_CGROUP_UDP4_SENDMSG: u32 = 14;
 const BPF_CGROUP_UDP4_RECVMSG: u32 = 19;
+const BPF_CGROUP_INET6_CONNECT: u32 = 11;
+const BPF_CGROUP_UDP6_SENDMSG: u32 = 15;
+const BPF_CGROUP_UDP6_RECVMSG: u32 = 20;
 /// `struct bpf_sock_addr` offsets.
 const USER_IP4: i16 = 4;
+const USER_IP6: i16 = 8;
 const USER_PORT: i16 = 24;
 
 /// The cgroup the stand-in is attached to, under the cgroup2 mount `root`.
@@ -48,13 +52,62 @@ pub fn enable(
 ) -> Result<PathBuf> {
     let pods = pods(root, prefix);
     std::fs::create_dir_all(&pods).with_context(|| format!("creating {}", pods.display()))?;
-    for (attach, from, to, pin) in [
-        (BPF_CGROUP_INET4_CONNECT, vip, backend, "socket-lb"),
-        (BPF_CGROUP_UDP4_SENDMSG, vip, backend, "socket-lb-sendmsg"),
-        (BPF_CGROUP_UDP4_RECVMSG, backend, vip, "socket-lb-recvmsg"),
-    ] {
+    attach_all(
+        root,
+        prefix,
+        [
+            (BPF_CGROUP_INET4_CONNECT, rewrite(vip, backend), "socket-lb"),
+            (
+                BPF_CGROUP_UDP4_SENDMSG,
+                rewrite(vip, backend),
+                "socket-lb-sendmsg",
+            ),
+            (
+                BPF_CGROUP_UDP4_RECVMSG,
+                rewrite(backend, vip),
+                "socket-lb-recvmsg",
+            ),
+        ],
+    )?;
+    Ok(pods)
+}
+
+/// As [`enable`], for an IPv6 ClusterIP (a dual-stack Service): connect6, sendmsg6 and
+/// recvmsg6 programs on the same cgroup. [`enable`] must have run first (it creates it).
+pub fn enable6(
+    root: &Path,
+    prefix: &str,
+    vip: (Ipv6Addr, u16),
+    backend: (Ipv6Addr, u16),
+) -> Result<()> {
+    attach_all(
+        root,
+        prefix,
+        [
+            (
+                BPF_CGROUP_INET6_CONNECT,
+                rewrite6(vip, backend),
+                "socket-lb6",
+            ),
+            (
+                BPF_CGROUP_UDP6_SENDMSG,
+                rewrite6(vip, backend),
+                "socket-lb-sendmsg6",
+            ),
+            (
+                BPF_CGROUP_UDP6_RECVMSG,
+                rewrite6(backend, vip),
+                "socket-lb-recvmsg6",
+            ),
+        ],
+    )
+}
+
+/// Load each (attach type, program, pin name) and link it to the stand-in's cgroup.
+fn attach_all(root: &Path, prefix: &str, progs: [(u32, Vec<u64>, &str); 3]) -> Result<()> {
+    for (attach, insns, pin) in progs {
         let prog = load_typed(
-            &rewrite(from, to),
+            &insns,
             "lab_sock_lb",
             BPF_PROG_TYPE_CGROUP_SOCK_ADDR,
             attach,
@@ -66,7 +119,33 @@ pub fn enable(
             &pin_dir(prefix).join(pin),
         )?;
     }
-    Ok(pods)
+    Ok(())
+}
+
+/// The address's four words as 4-byte loads of `user_ip6` give them.
+fn wire6(a: Ipv6Addr) -> [i32; 4] {
+    let o = a.octets();
+    let w = |i: usize| u32::from_le_bytes([o[i], o[i + 1], o[i + 2], o[i + 3]]) as i32;
+    [w(0), w(4), w(8), w(12)]
+}
+
+/// A sock_addr program turning `from` into `to` (user_ip6/user_port), allowing the call.
+fn rewrite6((ip, port): (Ipv6Addr, u16), (to_ip, to_port): (Ipv6Addr, u16)) -> Vec<u64> {
+    let mut a = Asm::default();
+    a.op(MOV_X, 6, 1, 0, 0);
+    for (i, w) in wire6(ip).into_iter().enumerate() {
+        a.op(LDX_W, 2, 6, USER_IP6 + 4 * i as i16, 0);
+        a.out_if(JNE32_K, 2, w);
+    }
+    a.op(LDX_W, 2, 6, USER_PORT, 0);
+    a.out_if(JNE32_K, 2, wire16(port));
+    for (i, w) in wire6(to_ip).into_iter().enumerate() {
+        a.op(MOV_K, 2, 0, 0, w);
+        a.op(STX_W, 6, 2, USER_IP6 + 4 * i as i16, 0);
+    }
+    a.op(MOV_K, 2, 0, 0, wire16(to_port));
+    a.op(STX_W, 6, 2, USER_PORT, 0);
+    a.finish_with(1)
 }
 
 /// A sock_addr program turning `from` into `to` (user_ip4/user_port), allowing the call.

@@ -8,15 +8,21 @@
 
 /// Cluster-wide pod CIDR (kubenet default on AKS).
 pub const POD_CIDR: &str = "10.244.0.0/16";
-pub const POD_CIDR6: &str = "fd00:244::/48";
+/// Cluster-wide IPv6 pod range: each node takes a /64 from it (fd00:244:N::/64).
+pub const POD_CIDR6: &str = "fd00:244::/32";
 /// Service CIDR (AKS default).
 pub const SERVICE_CIDR: &str = "10.0.0.0/16";
+/// IPv6 Service CIDR of the dual-stack (kubenet) lab: a /108, as AKS dual-stack uses.
+pub const SERVICE_CIDR6: &str = "fd00:10::/108";
 /// VNet router (Azure fabric) on the node subnet.
 pub const VNET_GW: &str = "10.224.0.1";
 pub const VNET_GW6: &str = "fd00:224::1";
 /// The "internet" host outside the VNet.
 pub const INTERNET_HOST: &str = "203.0.113.10";
 pub const INTERNET_GW: &str = "203.0.113.1";
+/// The internet host's IPv6 address (documentation prefix) and its router.
+pub const INTERNET_HOST6: &str = "2001:db8:113::10";
+pub const INTERNET_GW6: &str = "2001:db8:113::1";
 /// Azure platform endpoints, answered by the fabric namespace.
 pub const IMDS: &str = "169.254.169.254";
 pub const WIRESERVER: &str = "168.63.129.16";
@@ -123,6 +129,8 @@ pub struct Service {
     pub name: String,
     pub namespace: String,
     pub vip: String,
+    /// The IPv6 ClusterIP (programmed in the dual-stack kubenet lab only).
+    pub vip6: String,
     pub port: u16,
     pub target_port: u16,
     /// Names of the backend pods.
@@ -176,6 +184,7 @@ impl Topology {
             name: "web".into(),
             namespace: "alpha-web".into(),
             vip: "10.0.0.10".into(),
+            vip6: "fd00:10::a".into(),
             port: 80,
             target_port: 8080,
             backends: vec!["web-1".into(), "web-2".into()],

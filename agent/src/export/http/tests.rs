@@ -3,7 +3,7 @@
 use axum::{extract::Query, http::Uri};
 
 use super::*;
-use crate::{flow::PROTO_UDP, test_support::egress_view as egress};
+use crate::{net::PROTO_UDP, test_support::egress_view as egress};
 
 fn query(q: &str) -> Result<FlowQuery, (StatusCode, String)> {
     let uri: Uri = format!("/flows{q}").parse().unwrap();

@@ -8,7 +8,7 @@ use netlink_packet_netfilter::{
 use rtnetlink::packet_core::{DefaultNla, DoneMessage, NetlinkMessage, NetlinkPayload};
 
 use super::*;
-use crate::flow::{test_tuple as t, PROTO_TCP};
+use crate::net::{test_tuple as t, PROTO_TCP};
 
 fn ends(src: &str, dst: &str) -> Tuple {
     Tuple::Ip(vec![

@@ -4,7 +4,8 @@
 
 use std::time::Duration;
 
-use super::agent::{AgentArgs, UsageError};
+use super::AgentArgs;
+use crate::cli::UsageError;
 
 const MIN_HARVEST: Duration = Duration::from_millis(10);
 const HOUR: Duration = Duration::from_secs(3600);

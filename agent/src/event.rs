@@ -2,10 +2,9 @@
 //! with the counts it had not reported before. Sinks keep no copy of connections to diff,
 //! and build a full record only when they write one.
 
-use super::ConnectionView;
 use crate::{
     classify::Classification,
-    flow::{ConnId, Connection, Counts, Outcome, WallClock},
+    flow::{ConnId, Connection, Counts, Outcome, Sightings},
     process::ProcessInfo,
 };
 
@@ -32,6 +31,8 @@ pub struct ConnEvent<'a> {
     pub kind: EventKind,
     pub id: ConnId,
     pub conn: &'a Connection,
+    /// Its observation points, for the record.
+    pub sightings: Sightings<'a>,
     /// Identities, class and verdicts as they are now.
     pub class: &'a Classification,
     pub process: Option<&'a ProcessInfo>,
@@ -45,15 +46,4 @@ pub struct ConnEvent<'a> {
     pub decided: bool,
     /// The first answered connection on its edge since learning ended.
     pub new_edge: bool,
-}
-
-impl ConnEvent<'_> {
-    /// The full record (what the flow log writes and `/flows` returns).
-    pub fn view(&self, clock: &WallClock) -> ConnectionView {
-        let mut v = ConnectionView::new(self.id, self.conn, self.class.clone(), clock);
-        v.process = self.process.cloned();
-        v.outcome = self.outcome;
-        v.new_edge = self.new_edge;
-        v
-    }
 }

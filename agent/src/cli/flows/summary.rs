@@ -118,7 +118,7 @@ pub fn summarize(conns: &[ConnectionView]) -> Vec<SummaryRow> {
         }
         row.bytes += c.forward.bytes + c.reply.bytes;
         row.new_edges += u64::from(c.new_edge);
-        for v in super::flows::verdict_list(k) {
+        for v in super::render::verdict_list(k) {
             if !row.verdicts.contains(&v) {
                 row.verdicts.push(v);
             }
@@ -188,7 +188,7 @@ pub fn render(rows: &[SummaryRow]) -> String {
             },
         ]);
     }
-    super::flows::align(table)
+    super::render::align(table)
 }
 
 #[cfg(test)]

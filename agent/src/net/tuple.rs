@@ -6,12 +6,7 @@ use std::net::IpAddr;
 use agent_common::FlowKey;
 use serde::Serialize;
 
-use super::view::addr;
-
-pub const PROTO_ICMP: u8 = 1;
-pub const PROTO_TCP: u8 = 6;
-pub const PROTO_UDP: u8 = 17;
-pub const PROTO_ICMPV6: u8 = 58;
+use super::{addr, PROTO_ICMP, PROTO_ICMPV6};
 
 /// One direction of a flow. For ICMP/ICMPv6 `sport` is the echo id and `dport` is
 /// `type << 8 | code`, exactly as the kernel programs key it.
@@ -90,6 +85,7 @@ pub fn t(proto: u8, src: &str, sport: u16, dst: &str, dport: u16) -> FlowTuple {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::net::PROTO_TCP;
 
     #[test]
     fn reverses_ports_for_tcp_and_udp() {
