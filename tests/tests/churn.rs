@@ -132,13 +132,36 @@ fn clients(
     let n = per_pod.to_string();
     let started = pods
         .iter()
-        .map(|p| {
+        .enumerate()
+        .map(|(i, p)| {
+            let ns = t.pod_ns(t.pod(p));
+            disjoint_ports(&ns, i);
             let mut args = vec![client[0], &to, &n];
             args.extend_from_slice(&client[1..]);
-            traffic_bg(&t.pod_ns(t.pod(p)), &args)
+            traffic_bg(&ns, &args)
         })
         .collect();
     (sink, started)
+}
+
+/// Gives the `i`th client pod its own 10,000 ephemeral ports. Two pods connecting from
+/// the same port at the same moment race in the node's masquerade: both unconfirmed
+/// conntrack entries pick the same mapping and the kernel drops the loser's SYN at
+/// confirmation, taking its conntrack entry (and that SYN's count) with it; the client
+/// retransmits. The agent rightly counts both SYNs the pod sent, but the oracle would
+/// then hold one packet fewer. Disjoint ranges keep every original port unique on the
+/// node, so the masquerade keeps it and never races (a real cluster sees this race as
+/// `insert_failed` in `conntrack -S`).
+fn disjoint_ports(pod_ns: &str, i: usize) {
+    let low = 30_000 + 10_000 * i;
+    let range = format!("net.ipv4.ip_local_port_range={low} {}", low + 9_999);
+    in_ns(pod_ns, &["sysctl", "-qw", &range]);
+}
+
+/// The node's conntrack statistics, shown when counts differ: `insert_failed` or `drop`
+/// above 0 means the node dropped packets the pods sent (and the agent counted).
+fn conntrack_stats(node: &str) -> String {
+    in_ns(node, &["conntrack", "-S"])
 }
 
 /// A record's (pod address, pod port): what conntrack's entries are keyed by.
@@ -228,8 +251,9 @@ impl Churn {
         let shown: Vec<_> = wrong.iter().take(5).collect();
         assert!(
             wrong.is_empty(),
-            "{} records differ, e.g. {shown:#?}",
-            wrong.len()
+            "{} records differ, e.g. {shown:#?}\nnode conntrack -S:\n{}",
+            wrong.len(),
+            conntrack_stats(&self._lab.topo.node_ns(1))
         );
         let twice: Vec<_> = seen.iter().filter(|(_, n)| **n != 1).collect();
         assert!(
@@ -428,12 +452,19 @@ fn restart_mid_connection(tag: &str, signal: i32) {
             ),
             now.snat
         );
+        let stats = || conntrack_stats(&node);
         assert_eq!(
             counts(r, "forward"),
             sub(now.forward, then.forward),
-            "{key:?}"
+            "{key:?}\n{}",
+            stats()
         );
-        assert_eq!(counts(r, "reply"), sub(now.reply, then.reply), "{key:?}");
+        assert_eq!(
+            counts(r, "reply"),
+            sub(now.reply, then.reply),
+            "{key:?}\n{}",
+            stats()
+        );
     }
     assert_eq!(
         metric_sum(
@@ -458,8 +489,19 @@ fn restart_mid_connection(tag: &str, signal: i32) {
         for r in &old {
             let key = key(r);
             assert_eq!(r["type"], "shutdown");
-            assert_eq!(counts(r, "forward"), before[&key].forward, "{key:?}");
-            assert_eq!(counts(r, "reply"), before[&key].reply, "{key:?}");
+            let stats = || conntrack_stats(&node);
+            assert_eq!(
+                counts(r, "forward"),
+                before[&key].forward,
+                "{key:?}\n{}",
+                stats()
+            );
+            assert_eq!(
+                counts(r, "reply"),
+                before[&key].reply,
+                "{key:?}\n{}",
+                stats()
+            );
         }
     } else {
         assert!(old.is_empty(), "kill -9 writes nothing: {}", old.len());
