@@ -40,6 +40,15 @@ impl Prometheus {
     /// As [`Prometheus::start`], with more settings for the scrape job (`job` is YAML at the
     /// job's indentation, e.g. `    scheme: https\n`).
     pub fn start_with(ns: &str, target: &str, rules: &[PathBuf], job: &str) -> Self {
+        let jobs = format!(
+            "  - job_name: tenantflow\n{job}    static_configs:\n      - targets: ['{target}']\n        labels: {{node: lab-node1, cluster: lab, app_kubernetes_io_name: tenantflow}}\n"
+        );
+        Self::start_jobs(ns, rules, &jobs)
+    }
+
+    /// Start Prometheus in `ns` with `jobs` (YAML list items under `scrape_configs:`),
+    /// scraping and evaluating `rules` every second.
+    pub fn start_jobs(ns: &str, rules: &[PathBuf], jobs: &str) -> Self {
         let bin = which("prometheus");
         let dir = std::env::temp_dir().join(format!("{ns}-prometheus"));
         let _ = std::fs::remove_dir_all(&dir);
@@ -49,7 +58,7 @@ impl Prometheus {
             .map(|r| format!("  - {}", r.display()))
             .collect();
         let config = format!(
-            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files:\n{}\nscrape_configs:\n  - job_name: tenantflow\n{job}    static_configs:\n      - targets: ['{target}']\n        labels: {{node: lab-node1}}\n",
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files:\n{}\nscrape_configs:\n{jobs}",
             if rule_files.is_empty() { "  []".to_owned() } else { rule_files.join("\n") }
         );
         let cfg = dir.join("prometheus.yml");

@@ -7,6 +7,7 @@ use std::{path::PathBuf, process::Command};
 
 use serde::Deserialize;
 use serde_json::{json, Value};
+use tenantflow_tests::helm_api::HelmApi;
 use xtask::tools;
 
 /// AKS-supported minor versions (late 2026) that kubernetes-validate has strict schemas for.
@@ -62,14 +63,8 @@ fn documents(yaml: &str) -> Vec<Value> {
         .collect()
 }
 
-const ALL_ON: [&str; 6] = [
-    "--set",
-    "prometheusRule.enabled=true",
-    "--set",
-    "serviceMonitor.enabled=true",
-    "--set",
-    "podMonitor.enabled=true",
-];
+/// The Prometheus Operator flavor: a PodMonitor and the PrometheusRule on top of the rest.
+const ALL_ON: [&str; 2] = ["--set", "monitoring.flavor=prometheus-operator"];
 
 #[test]
 fn helm_lint_passes() {
@@ -97,7 +92,6 @@ fn rendered_objects_validate_strictly_for_every_aks_version() {
             "configmap",
             "clusterrole",
             "clusterrolebinding",
-            "service",
             "daemonset",
         ] {
             assert!(
@@ -112,7 +106,7 @@ fn rendered_objects_validate_strictly_for_every_aks_version() {
             .lines()
             .filter(|l| l.contains("Couldn't find schema"))
             .collect();
-        assert_eq!(skipped.len(), 3, "{out}");
+        assert_eq!(skipped.len(), 2, "{out}");
         assert!(
             skipped
                 .iter()
@@ -142,7 +136,7 @@ fn find<'a>(docs: &'a [Value], kind: &str) -> &'a Value {
 
 #[test]
 fn the_daemonset_has_least_privilege() {
-    let docs = documents(&helm_template(&ALL_ON));
+    let docs = documents(&helm_template(&[]));
     let ds = find(&docs, "DaemonSet");
     let pod = &ds["spec"]["template"]["spec"];
     assert_eq!(
@@ -479,9 +473,7 @@ fn metrics_auth_renders_https_probes_monitors_and_review_rights() {
         "--set",
         "agent.metrics.auth=true",
         "--set",
-        "serviceMonitor.enabled=true",
-        "--set",
-        "podMonitor.enabled=true",
+        "monitoring.flavor=prometheus-operator",
     ]);
     let docs = documents(&yaml);
     let c = &find(&docs, "DaemonSet")["spec"]["template"]["spec"]["containers"][0];
@@ -495,11 +487,10 @@ fn metrics_auth_renders_https_probes_monitors_and_review_rights() {
     }
     assert_eq!(c["livenessProbe"]["httpGet"]["scheme"], "HTTPS");
     assert_eq!(c["readinessProbe"]["httpGet"]["scheme"], "HTTPS");
-    let sm = &find(&docs, "ServiceMonitor")["spec"]["endpoints"][0];
-    assert_eq!(sm["scheme"], "https");
-    assert_eq!(sm["tlsConfig"]["serverName"], "tenantflow-agent");
-    assert_eq!(sm["tlsConfig"]["ca"]["secret"]["name"], "tenantflow-tls");
     let pm = &find(&docs, "PodMonitor")["spec"]["podMetricsEndpoints"][0];
+    assert_eq!(pm["scheme"], "https");
+    assert_eq!(pm["tlsConfig"]["serverName"], "tenantflow-agent");
+    assert_eq!(pm["tlsConfig"]["ca"]["secret"]["name"], "tenantflow-tls");
     assert_eq!(
         pm["authorization"]["credentials"]["name"],
         "prometheus-token"
@@ -597,5 +588,296 @@ fn index_mode_adds_a_least_privilege_deployment_and_narrows_the_agents_rbac() {
         for (k, v) in sel.as_object().unwrap() {
             assert_eq!(&labels[k], v, "{k}");
         }
+    }
+}
+
+fn args_of(docs: &[Value]) -> Vec<String> {
+    find(docs, "DaemonSet")["spec"]["template"]["spec"]["containers"][0]["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// One value picks how Prometheus finds the agents. Each flavor renders exactly its
+/// objects, every object validates strictly, and the CRD flavors give the agents the
+/// labels the alert rules select on (`app_kubernetes_io_name`, job `tenantflow`).
+#[test]
+fn each_monitoring_flavor_renders_only_its_objects() {
+    let kinds = |docs: &[Value]| -> Vec<(String, String)> {
+        docs.iter()
+            .filter(|d| d["kind"] == "PodMonitor" || d["kind"] == "PrometheusRule")
+            .map(|d| {
+                (
+                    d["apiVersion"].as_str().unwrap().to_owned(),
+                    d["kind"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect()
+    };
+    let annotated = |docs: &[Value]| {
+        find(docs, "DaemonSet")["spec"]["template"]["metadata"]["annotations"]
+            ["prometheus.io/scrape"]
+            == "true"
+    };
+    let operator = ("monitoring.coreos.com/v1".to_owned(), "PodMonitor".into());
+    let rule = (
+        "monitoring.coreos.com/v1".to_owned(),
+        "PrometheusRule".into(),
+    );
+    let azure = ("azmonitoring.coreos.com/v1".to_owned(), "PodMonitor".into());
+    for (flavor, want, annotations) in [
+        ("annotations", vec![], true),
+        ("prometheus-operator", vec![operator.clone(), rule], false),
+        ("azure", vec![azure.clone()], false),
+        ("none", vec![], false),
+    ] {
+        let yaml = helm_template(&["--set", &format!("monitoring.flavor={flavor}")]);
+        let docs = documents(&yaml);
+        assert_eq!(kinds(&docs), want, "{flavor}");
+        assert_eq!(annotated(&docs), annotations, "{flavor}");
+        validates_strictly(flavor, &yaml);
+    }
+    // The two PodMonitors are the same but for the group and Azure's label limits.
+    let pm = |flavor: &str| {
+        find(
+            &documents(&helm_template(&[
+                "--set",
+                &format!("monitoring.flavor={flavor}"),
+            ])),
+            "PodMonitor",
+        )["spec"]
+            .clone()
+    };
+    let (mut az, op) = (pm("azure"), pm("prometheus-operator"));
+    for (limit, v) in [
+        ("labelLimit", 63),
+        ("labelNameLengthLimit", 511),
+        ("labelValueLengthLimit", 1023),
+    ] {
+        assert_eq!(az.as_object_mut().unwrap().remove(limit), Some(json!(v)));
+    }
+    assert_eq!(az, op);
+    assert_eq!(
+        op["podTargetLabels"],
+        json!(["app.kubernetes.io/name", "app.kubernetes.io/instance"])
+    );
+    assert_eq!(
+        op["podMetricsEndpoints"][0]["relabelings"][0],
+        json!({"targetLabel": "job", "replacement": "tenantflow"})
+    );
+    // With the index, it gets its own monitor and job.
+    let docs = documents(&helm_template(&[
+        "--set",
+        "monitoring.flavor=azure",
+        "--set",
+        "index.enabled=true",
+    ]));
+    let jobs: Vec<&Value> = docs
+        .iter()
+        .filter(|d| d["kind"] == "PodMonitor")
+        .map(|d| &d["spec"]["podMetricsEndpoints"][0]["relabelings"][0]["replacement"])
+        .collect();
+    assert_eq!(jobs, [&json!("tenantflow"), &json!("tenantflow-index")]);
+}
+
+/// Values of the older chart fail the render, naming what replaced them, instead of
+/// being ignored; so does a flavor that does not exist.
+#[test]
+fn removed_monitoring_values_and_unknown_flavors_are_refused_by_name() {
+    for (set, want) in [
+        (
+            "serviceMonitor.enabled=true",
+            "serviceMonitor was replaced by monitoring.flavor=prometheus-operator",
+        ),
+        (
+            "prometheusScrapeAnnotations=false",
+            "prometheusScrapeAnnotations was replaced by monitoring.flavor=annotations",
+        ),
+        (
+            "monitoring.flavor=azure-monitor",
+            "monitoring.flavor \"azure-monitor\": use annotations, azure",
+        ),
+    ] {
+        let (code, out) = run(Command::new(tool(tools::helm())).args([
+            "template",
+            "tenantflow",
+            "deploy/helm/tenantflow",
+            "--set",
+            set,
+        ]));
+        assert_ne!(code, 0, "{set}");
+        assert!(out.contains(want), "{set}: {out}");
+    }
+}
+
+/// By default nothing on /metrics names a pod or workload: the SNAT-mapping family and
+/// workload labels come only with tokens, or with an explicit acceptance.
+#[test]
+fn default_metrics_carry_no_pod_or_workload_names() {
+    let names = |args: &[String]| -> Vec<String> {
+        args.iter()
+            .filter(|a| {
+                a.starts_with("--metrics-max-nat-mappings")
+                    || *a == "--metrics-workload-labels"
+                    || *a == "--metrics-public-names"
+            })
+            .cloned()
+            .collect()
+    };
+    assert!(names(&args_of(&documents(&helm_template(&[])))).is_empty());
+    assert_eq!(
+        names(&args_of(&documents(&helm_template(&[
+            "--set",
+            "agent.metrics.auth=true"
+        ])))),
+        ["--metrics-max-nat-mappings=2000"]
+    );
+    assert_eq!(
+        names(&args_of(&documents(&helm_template(&[
+            "--set",
+            "agent.metrics.publicNames=true",
+            "--set",
+            "agent.metrics.workloadLabels=true",
+        ])))),
+        [
+            "--metrics-max-nat-mappings=2000",
+            "--metrics-public-names",
+            "--metrics-workload-labels"
+        ]
+    );
+    let (code, out) = run(Command::new(tool(tools::helm())).args([
+        "template",
+        "tenantflow",
+        "deploy/helm/tenantflow",
+        "--set",
+        "agent.metrics.workloadLabels=true",
+    ]));
+    assert_ne!(code, 0);
+    assert!(
+        out.contains("agent.metrics.workloadLabels puts workload names on /metrics"),
+        "{out}"
+    );
+}
+
+/// `helm template --dry-run=server` against `api`: what helm install and upgrade render,
+/// with the chart's `lookup` reading that cluster.
+fn render_against(api: &HelmApi, extra: &[&str]) -> String {
+    let (code, out) = run(Command::new(tool(tools::helm()))
+        .env("KUBECONFIG", api.kubeconfig())
+        .args([
+            "template",
+            "tenantflow",
+            "deploy/helm/tenantflow",
+            "--namespace",
+            "tenantflow",
+            "--dry-run=server",
+            "--disable-openapi-validation",
+        ])
+        .args(extra));
+    assert_eq!(code, 0, "helm template --dry-run=server: {out}");
+    out
+}
+
+/// The generated CA and certificate survive an upgrade: the upgrade's render finds the
+/// Secret the install made and renders it, and the DaemonSet's TLS checksum, unchanged,
+/// so clients keep trusting the CA and the agents do not roll. Without the Secret (a
+/// plain `helm template`) a new CA is made and the checksum moves: the control.
+#[test]
+fn an_upgrade_keeps_the_generated_ca_and_does_not_roll_the_agents() {
+    let auth = ["--set", "agent.metrics.auth=true"];
+    let install = render_against(&HelmApi::start(vec![]), &auth);
+    let docs = documents(&install);
+    let mut secret = find(&docs, "Secret").clone();
+    // What helm stores on an object it owns; an upgrade refuses to adopt one without it.
+    secret["metadata"]["annotations"] = json!({
+        "meta.helm.sh/release-name": "tenantflow",
+        "meta.helm.sh/release-namespace": "tenantflow",
+    });
+    let api = HelmApi::start(vec![(
+        "/api/v1/namespaces/tenantflow/secrets/tenantflow-tls".into(),
+        secret,
+    )]);
+    let upgrade = render_against(&api, &auth);
+    assert!(
+        install == upgrade,
+        "the upgrade rendered a different Secret or checksum"
+    );
+    let checksum = |d: &[Value]| {
+        find(d, "DaemonSet")["spec"]["template"]["metadata"]["annotations"]["checksum/tls"].clone()
+    };
+    let ca = |d: &[Value]| find(d, "Secret")["data"]["ca.crt"].clone();
+    let fresh = documents(&helm_template(&auth));
+    assert_ne!(
+        ca(&fresh),
+        ca(&docs),
+        "a render without the Secret makes a new CA"
+    );
+    assert_ne!(checksum(&fresh), checksum(&docs));
+    assert!(checksum(&docs).as_str().unwrap().len() == 64);
+}
+
+/// Azure Managed Prometheus' rule groups come from the same rules file: the committed ARM
+/// template is what `cargo xtask rule-group` makes of it today, and it holds exactly the
+/// file's alerts with the same expressions, durations and labels.
+#[test]
+fn the_azure_rule_groups_are_the_rules_file() {
+    let rules_text = std::fs::read_to_string(root().join(xtask::rule_group::RULES)).unwrap();
+    let committed: Value = serde_json::from_str(
+        &std::fs::read_to_string(root().join(xtask::rule_group::OUT)).unwrap(),
+    )
+    .unwrap();
+    assert!(
+        committed == xtask::rule_group::generate(&rules_text).unwrap(),
+        "{} is stale: run `cargo xtask rule-group`",
+        xtask::rule_group::OUT
+    );
+    let rules: Value = serde_norway::from_str(&rules_text).unwrap();
+    let from_file: Vec<(String, String, String, Value)> = rules["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|g| g["rules"].as_array().unwrap())
+        .map(|r| {
+            (
+                r["alert"].as_str().unwrap().to_owned(),
+                r["expr"].as_str().unwrap().to_owned(),
+                r["for"].as_str().unwrap_or("").to_owned(),
+                r["labels"].clone(),
+            )
+        })
+        .collect();
+    let minutes = |f: &str| f.trim_end_matches('m').to_owned();
+    let from_azure: Vec<(String, String, String, Value)> = committed["resources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .inspect(|g| {
+            assert_eq!(g["type"], "Microsoft.AlertsManagement/prometheusRuleGroups");
+            assert_eq!(
+                g["properties"]["clusterName"],
+                "[parameters('clusterName')]"
+            );
+        })
+        .flat_map(|g| g["properties"]["rules"].as_array().unwrap())
+        .map(|r| {
+            (
+                r["alert"].as_str().unwrap().to_owned(),
+                r["expression"].as_str().unwrap().to_owned(),
+                r["for"].as_str().unwrap_or("").to_owned(),
+                r["labels"].clone(),
+            )
+        })
+        .collect();
+    assert_eq!(from_azure.len(), from_file.len());
+    assert_eq!(from_file.len(), 14);
+    for (file, azure) in from_file.iter().zip(&from_azure) {
+        assert_eq!((&file.0, &file.1, &file.3), (&azure.0, &azure.1, &azure.3));
+        let want_for = match file.2.as_str() {
+            "" => String::new(),
+            f => format!("PT{}M", minutes(f)),
+        };
+        assert_eq!(want_for, azure.2, "{}: for", file.0);
     }
 }

@@ -80,6 +80,9 @@ pub fn run(args: DemoArgs) -> Result<()> {
         .arg(manifest::config_path(&lab.topo.prefix))
         // A fresh lab has no history to learn: the first minute is the learning period.
         .args(["--edge-learning", LEARNING])
+        // The NAT lookup dashboard's SNAT mappings name pods; this /metrics is on the
+        // node's loopback, out of every pod's reach.
+        .arg("--metrics-public-names")
         .stderr(log)
         .spawn()?;
     let mut procs = Procs(vec![agent]);

@@ -4,6 +4,7 @@
 pub mod exec;
 pub mod image;
 pub mod lab;
+pub mod rule_group;
 pub mod setup;
 pub mod tools;
 pub mod traffic;

@@ -62,6 +62,10 @@ enum Cmd {
         #[arg(long, default_value_t = 20)]
         rounds: usize,
     },
+    /// The alert rules as Azure Monitor Prometheus rule groups (an ARM template), for Azure
+    /// Managed Prometheus, which does not read PrometheusRules: writes
+    /// deploy/azure/tenantflow-rule-groups.json from the chart's rules file.
+    RuleGroup,
     /// Exact lab traffic (run inside a namespace with `ip netns exec`).
     #[command(subcommand, hide = true)]
     Traffic(xtask::traffic::TrafficCmd),
@@ -133,6 +137,11 @@ fn main() -> Result<()> {
                 &rounds.to_string(),
             ],
         ),
+        Cmd::RuleGroup => {
+            let out = xtask::rule_group::write()?;
+            println!("wrote {}", out.display());
+            Ok(())
+        }
         Cmd::Traffic(cmd) => xtask::traffic::run(cmd),
     }
 }

@@ -81,9 +81,14 @@ pub struct AgentArgs {
     /// This node's name (written on flow-log records). Default: $NODE_NAME, else hostname.
     #[arg(long, env = "NODE_NAME")]
     pub node_name: Option<String>,
-    /// Add src_workload/dst_workload labels to flow metrics (more series).
+    /// Add src_workload/dst_workload labels to flow metrics (more series). Names other
+    /// tenants' workloads: needs --metrics-auth kubernetes or --metrics-public-names.
     #[arg(long)]
     pub metrics_workload_labels: bool,
+    /// Accept pod and workload names (--metrics-workload-labels,
+    /// --metrics-max-nat-mappings) on a /metrics that anyone reaching --listen can read.
+    #[arg(long)]
+    pub metrics_public_names: bool,
     /// Most series per flow-metric family; beyond it traffic is counted in `_overflow`.
     #[arg(long, default_value_t = 10_000)]
     pub metrics_max_series: usize,
@@ -91,8 +96,10 @@ pub struct AgentArgs {
     #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
     pub metrics_grace: Duration,
     /// Most open SNAT mappings exported as tenantflow_snat_mapping_info (0 turns it off).
-    #[arg(long, default_value_t = 2_000)]
-    pub metrics_max_nat_mappings: usize,
+    /// Default: 2000 with --metrics-auth kubernetes, else off: the family names the pod
+    /// behind each mapping.
+    #[arg(long, value_name = "N")]
+    pub metrics_max_nat_mappings: Option<usize>,
     /// Write the JSON flow log to FILE (`-` for stdout). Default: no flow log.
     #[arg(long, value_name = "FILE")]
     pub flow_log: Option<String>,
@@ -160,6 +167,27 @@ pub struct AgentArgs {
     /// ENOBUFS and a resync).
     #[arg(long, hide = true)]
     pub test_conntrack_rcvbuf: Option<usize>,
+}
+
+/// SNAT mappings exported when /metrics is behind tokens and no limit was given.
+const NAT_MAPPINGS_WITH_AUTH: usize = 2_000;
+
+impl AgentArgs {
+    /// Whether /metrics may carry pod and workload names: only when reading it takes a
+    /// token, or when the operator accepted them being public.
+    pub fn metrics_names_allowed(&self) -> bool {
+        self.metrics_auth == AuthMode::Kubernetes || self.metrics_public_names
+    }
+
+    /// Most SNAT mappings on /metrics: the flag, else on only where names are allowed.
+    pub fn nat_mappings_limit(&self) -> usize {
+        self.metrics_max_nat_mappings
+            .unwrap_or(if self.metrics_names_allowed() {
+                NAT_MAPPINGS_WITH_AUTH
+            } else {
+                0
+            })
+    }
 }
 
 /// Who may read a listener's data.

@@ -106,10 +106,29 @@ pub fn check(a: &AgentArgs) -> Result<(), UsageError> {
             )));
         }
     }
+    names_on_metrics(a)?;
     if let Some(d) = a.test_conntrack_delay {
         within("--test-conntrack-delay", d, Duration::ZERO, HOUR, "3s")?;
     }
     Ok(())
+}
+
+/// Pod and workload names on a /metrics anyone on the network can read would show every
+/// tenant the others' pods: asked for without tokens, they are refused with both ways out.
+fn names_on_metrics(a: &AgentArgs) -> Result<(), UsageError> {
+    if a.metrics_names_allowed() {
+        return Ok(());
+    }
+    let asked = match a.metrics_max_nat_mappings {
+        Some(n) if n > 0 => format!("--metrics-max-nat-mappings {n}"),
+        _ if a.metrics_workload_labels => "--metrics-workload-labels".to_owned(),
+        _ => return Ok(()),
+    };
+    Err(UsageError(format!(
+        "{asked} puts pod or workload names on /metrics, which anyone who reaches \
+         --listen can read: add --metrics-auth kubernetes (tokens and TLS), or \
+         --metrics-public-names to accept that every tenant sees them"
+    )))
 }
 
 #[cfg(test)]
@@ -125,6 +144,34 @@ mod tests {
             a: AgentArgs,
         }
         T::parse_from(std::iter::once("t").chain(extra.iter().copied())).a
+    }
+
+    #[test]
+    fn names_on_an_open_metrics_endpoint_need_tokens_or_consent() {
+        let nat = ["--metrics-max-nat-mappings", "10"];
+        for flags in [&nat[..], &["--metrics-workload-labels"]] {
+            let e = check(&args(flags)).unwrap_err().0;
+            assert!(e.starts_with(flags[0]), "{e}");
+            assert!(e.contains("--metrics-auth kubernetes"), "{e}");
+            assert!(e.contains("--metrics-public-names"), "{e}");
+            for way_out in [
+                &["--metrics-public-names"][..],
+                &["--metrics-auth", "kubernetes"],
+            ] {
+                let both: Vec<&str> = flags.iter().chain(way_out).copied().collect();
+                assert!(check(&args(&both)).is_ok(), "{both:?}");
+            }
+        }
+        let off = args(&["--metrics-max-nat-mappings", "0"]);
+        assert!(check(&off).is_ok());
+        assert_eq!(args(&[]).nat_mappings_limit(), 0, "off by default");
+        let authed = args(&["--metrics-auth", "kubernetes"]);
+        assert_eq!(authed.nat_mappings_limit(), 2_000);
+        assert_eq!(
+            args(&["--metrics-public-names"]).nat_mappings_limit(),
+            2_000
+        );
+        assert_eq!(off.nat_mappings_limit(), 0);
     }
 
     #[test]

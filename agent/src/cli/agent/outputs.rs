@@ -141,7 +141,7 @@ pub(super) fn sinks(
     }
     let sinks = Sinks {
         metrics,
-        nat_mappings: NatMappings::new(registry, args.metrics_max_nat_mappings),
+        nat_mappings: NatMappings::new(registry, args.nat_mappings_limit()),
         log,
         fanout,
     };

@@ -30,3 +30,47 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- default "default" .Values.serviceAccount.name -}}
 {{- end -}}
 {{- end -}}
+
+{{- define "tenantflow.tlsSecret" -}}
+{{- .Values.agent.tls.secretName | default (printf "%s-tls" (include "tenantflow.fullname" .)) -}}
+{{- end -}}
+
+{{- /* Values an older chart had: refused with what replaced them, never silently ignored. */ -}}
+{{- define "tenantflow.checkRemovedValues" -}}
+{{- range $old, $new := dict "serviceMonitor" "monitoring.flavor=prometheus-operator (a PodMonitor)" "podMonitor" "monitoring.flavor=prometheus-operator or azure" "prometheusRule" "monitoring.rules (with monitoring.flavor=prometheus-operator)" "prometheusScrapeAnnotations" "monitoring.flavor=annotations" }}
+{{- if hasKey $.Values $old }}
+{{- fail (printf "%s was replaced by %s (docs/deploy-aks.md#monitoring)" $old $new) }}
+{{- end }}
+{{- end }}
+{{- end -}}
+
+{{- /* The generated TLS Secret's data: the one already in the cluster when there is one
+(helm install/upgrade), else a new CA and certificate. Made once per render and kept in
+.Values, so the Secret and the DaemonSet's checksum see the same certificate. */ -}}
+{{- define "tenantflow.tlsData" -}}
+{{- if not (hasKey .Values "tenantflowRenderedTLS") }}
+{{- $name := include "tenantflow.fullname" . }}
+{{- $found := lookup "v1" "Secret" .Release.Namespace (printf "%s-tls" $name) }}
+{{- $data := dict }}
+{{- if and $found $found.data (hasKey $found.data "tls.crt") (hasKey $found.data "tls.key") (hasKey $found.data "ca.crt") }}
+{{- $data = pick $found.data "tls.crt" "tls.key" "ca.crt" }}
+{{- else }}
+{{- $ca := genCA (printf "%s-ca" $name) 3650 }}
+{{- $cert := genSignedCert (printf "%s-agent" $name) (list "127.0.0.1") (list (printf "%s-agent" $name) "localhost") 3650 $ca }}
+{{- $data = dict "tls.crt" ($cert.Cert | b64enc) "tls.key" ($cert.Key | b64enc) "ca.crt" ($ca.Cert | b64enc) }}
+{{- end }}
+{{- $_ := set .Values "tenantflowRenderedTLS" (toYaml $data) }}
+{{- end }}
+{{- get .Values "tenantflowRenderedTLS" }}
+{{- end -}}
+
+{{- /* Changes when the agents' certificate Secret is replaced by a new one, so the
+DaemonSet rolls; a Secret kept across an upgrade gives the same value. cert-manager and
+user Secrets renew in place: the agents reload those files. */ -}}
+{{- define "tenantflow.tlsChecksum" -}}
+{{- if or .Values.agent.tls.secretName .Values.agent.tls.certManager.issuerRef -}}
+in-place
+{{- else -}}
+{{- include "tenantflow.tlsData" . | sha256sum -}}
+{{- end -}}
+{{- end -}}
