@@ -3,11 +3,11 @@
 //! itself (`kubectl exec`, `kubectl port-forward`) reads them; exposing records on a
 //! non-loopback address is refused.
 
-use std::process::Command;
+use std::{process::Command, time::Duration};
 
 use tenantflow_tests::{
     agent::{counts, wait_connection, RECORDS},
-    agent_bin, lab, netns_http, udp_from_pod, Agent,
+    agent_bin, eventually, lab, netns_http, udp_from_pod, Agent,
 };
 
 #[test]
@@ -615,4 +615,225 @@ fn metrics_behind_a_token_are_scraped_by_prometheus() {
         ]
     );
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The exposure flags of the chart's default DaemonSet (`helm template` with no values):
+/// who can reach which listener, and what /metrics may name.
+fn chart_default_exposure() -> (String, Vec<String>) {
+    let out = Command::new(xtask::tools::helm())
+        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+        .args([
+            "template",
+            "tenantflow",
+            "deploy/helm/tenantflow",
+            "-n",
+            "tenantflow",
+        ])
+        .output()
+        .expect("helm: run `cargo xtask setup`");
+    assert!(out.status.success());
+    let yaml = String::from_utf8(out.stdout).unwrap();
+    let args: Vec<String> = yaml
+        .lines()
+        .skip_while(|l| !l.contains("kind: DaemonSet"))
+        .skip_while(|l| l.trim() != "args:")
+        .skip(1)
+        .take_while(|l| l.trim_start().starts_with("- "))
+        .map(|l| l.trim_start().trim_start_matches("- ").to_owned())
+        .collect();
+    let listen = args
+        .iter()
+        .find_map(|a| a.strip_prefix("--listen="))
+        .expect("the chart sets --listen")
+        .to_owned();
+    let exposure = args
+        .into_iter()
+        .filter(|a| {
+            a.starts_with("--flows-") && !a.starts_with("--flows-log")
+                || a.starts_with("--metrics-")
+        })
+        .collect();
+    (listen, exposure)
+}
+
+/// Every lab pod name that appears in `body`.
+fn pod_names_in(t: &xtask::lab::Topology, body: &str) -> Vec<String> {
+    t.pods
+        .iter()
+        .filter(|p| body.contains(&format!("\"{}\"", p.name)))
+        .map(|p| p.name.clone())
+        .collect()
+}
+
+/// With the chart's default values, a pod of tenant beta that reads its node's metrics and
+/// records ports learns no pod name of tenant alpha, which has an open masqueraded flow
+/// on that node. The control: the same agent with names accepted shows alpha's pod (in
+/// `tenantflow_snat_mapping_info`) to that same reader.
+#[test]
+fn with_the_charts_defaults_a_tenant_pod_reads_no_other_tenants_pod_names() {
+    let lab = lab("epn");
+    let t = &lab.topo;
+    let node = t.node_ns(1);
+    let cfg = xtask::lab::manifest::config_path(&t.prefix);
+    let (listen, exposure) = chart_default_exposure();
+    assert_eq!(listen, "0.0.0.0:9990");
+    assert_eq!(
+        exposure,
+        [
+            "--flows-listen=127.0.0.1:9991",
+            "--metrics-max-series=10000",
+            "--metrics-grace=5m"
+        ],
+        "no name-bearing flag by default"
+    );
+    let beta = t.pod_ns(t.pod("api-1"));
+    let internet = format!("{}:5300", xtask::lab::topology::INTERNET_HOST);
+    let read = |sport: u16, extra: &[&str]| {
+        let mut args = vec!["--config", cfg.to_str().unwrap()];
+        args.extend(exposure.iter().map(String::as_str));
+        args.extend_from_slice(extra);
+        let mut agent = Agent::start_on(&node, &listen, "200ms", &args);
+        let sent = udp_from_pod(&lab, "jobs-1", sport, &t.internet_ns(), &internet, 2, 10);
+        wait_connection(
+            &agent,
+            |c| c["src_port"] == sport,
+            |c| counts(c, "forward") == sent,
+        );
+        agent.wait_harvests(2);
+        let mut seen = Vec::new();
+        for addr in [t.node(1).pod_gw(), t.node(1).ip()] {
+            let (status, body) =
+                netns_http::get(&beta, &format!("{addr}:9990"), "/metrics").unwrap();
+            assert_eq!(status, 200);
+            assert!(body.contains("tenantflow_ready 1"));
+            seen.extend(pod_names_in(t, &body));
+            let refused = netns_http::get(&beta, &format!("{addr}:9991"), "/flows").unwrap_err();
+            assert_eq!(refused.kind(), std::io::ErrorKind::ConnectionRefused);
+        }
+        agent.stop_with(libc::SIGTERM);
+        seen
+    };
+    assert_eq!(
+        read(4310, &["--metrics-public-names"]),
+        ["jobs-1", "jobs-1"],
+        "the control: names accepted, alpha's pod is on /metrics at both addresses"
+    );
+    assert_eq!(
+        read(4311, &[]),
+        Vec::<String>::new(),
+        "chart defaults: no pod name"
+    );
+}
+
+/// Points `live/..data` at `dir` the way the kubelet updates a Secret volume: files are
+/// `live/<name> -> ..data/<name>`, and `..data` is replaced in one rename.
+fn project_secret(live: &std::path::Path, dir: &std::path::Path) {
+    std::fs::create_dir_all(live).unwrap();
+    let tmp = live.join("..data_tmp");
+    let _ = std::fs::remove_file(&tmp);
+    std::os::unix::fs::symlink(dir, &tmp).unwrap();
+    std::fs::rename(&tmp, live.join("..data")).unwrap();
+    for f in ["tls.crt", "tls.key"] {
+        let link = live.join(f);
+        if link.symlink_metadata().is_err() {
+            std::os::unix::fs::symlink(format!("..data/{f}"), link).unwrap();
+        }
+    }
+}
+
+/// A renewed or replaced certificate is served without a restart: the agent's files are a
+/// projected Secret; after the kubelet-style swap to a certificate from another CA, clients
+/// trusting the new CA get through within a few reload intervals and the old CA no longer
+/// verifies, by the same agent process. A swap to a pair that does not belong together is
+/// counted as failed and the last good certificate stays served.
+#[test]
+fn a_replaced_certificate_is_served_without_a_restart() {
+    use std::collections::BTreeMap;
+    use tenantflow_tests::kube_auth::{Grant, KubeAuth};
+
+    let lab = lab("tlsr");
+    let t = &lab.topo;
+    let node = t.node_ns(1);
+    let base = std::env::temp_dir().join(format!("tf-tls-reload-{}", std::process::id()));
+    let (a, b, mixed, live) = (
+        base.join("a"),
+        base.join("b"),
+        base.join("m"),
+        base.join("live"),
+    );
+    for d in [&a, &b, &mixed] {
+        std::fs::create_dir_all(d).unwrap();
+    }
+    let (ca_a, _, key_a) = certificate(&a, &lab);
+    let (ca_b, cert_b, _) = certificate(&b, &lab);
+    std::fs::copy(&cert_b, mixed.join("tls.crt")).unwrap();
+    std::fs::copy(&key_a, mixed.join("tls.key")).unwrap();
+    project_secret(&live, &a);
+
+    let tokens: BTreeMap<String, Grant> = [(
+        "prom".to_owned(),
+        Grant {
+            user: "system:serviceaccount:monitoring:prometheus".into(),
+            namespaces: None,
+            metrics: true,
+        },
+    )]
+    .into();
+    let api = KubeAuth::start(&node, 16444, tokens);
+    let cfg = xtask::lab::manifest::config_path(&t.prefix);
+    let kubeconfig = api.kubeconfig.display().to_string();
+    let (cert, key) = (live.join("tls.crt"), live.join("tls.key"));
+    let mut agent = Agent::spawn_env(
+        &node,
+        "0.0.0.0:9990",
+        "200ms",
+        &[
+            "--config",
+            cfg.to_str().unwrap(),
+            "--metrics-auth",
+            "kubernetes",
+            "--tls-cert",
+            cert.to_str().unwrap(),
+            "--tls-key",
+            key.to_str().unwrap(),
+            "--tls-reload-interval",
+            "1s",
+        ],
+        &[("KUBECONFIG", kubeconfig.as_str())],
+    );
+    let pid = agent.pid();
+    let client = t.pod_ns(t.pod("api-1"));
+    let url = |path: &str| format!("https://{}:9990{path}", t.node(1).pod_gw());
+    let health = |ca: &str| https_get(&client, ca, None, &url("/healthz")).0;
+    let reloads = |result: &str| -> Option<f64> {
+        let (code, body) = https_get(&client, &ca_b, Some("prom"), &url("/metrics"));
+        assert_eq!(code, 200, "{body}");
+        let series = format!("tenantflow_tls_reloads_total{{result=\"{result}\"}} ");
+        body.lines()
+            .find_map(|l| l.strip_prefix(&series))
+            .map(|v| v.parse().unwrap())
+    };
+    let served = |ca: &str| {
+        eventually(Duration::from_secs(15), || {
+            (health(ca) == 200).then_some(())
+        })
+    };
+    assert!(served(&ca_a).is_some(), "the first certificate is served");
+    assert_eq!(health(&ca_b), 0, "another CA does not verify it");
+
+    project_secret(&live, &b);
+    assert!(served(&ca_b).is_some(), "the new certificate within 15 s");
+    assert_eq!(health(&ca_a), 0, "the old CA no longer verifies");
+    assert_eq!(reloads("replaced"), Some(1.0));
+
+    project_secret(&live, &mixed);
+    let failed = eventually(Duration::from_secs(15), || {
+        (reloads("failed") == Some(1.0)).then_some(())
+    });
+    assert!(failed.is_some(), "a mismatched pair is counted as failed");
+    assert_eq!(health(&ca_b), 200, "the last good certificate stays served");
+    assert_eq!(reloads("replaced"), Some(1.0));
+    assert!(agent.exited().is_none(), "the same agent throughout");
+    assert_eq!(agent.pid(), pid);
+    let _ = std::fs::remove_dir_all(&base);
 }

@@ -33,6 +33,7 @@ pub struct AgentMetrics {
     pub identity_queue: IntGauge,
     pub http_connections: IntGaugeVec,
     pub http_refused: IntCounterVec,
+    pub tls_reloads: IntCounterVec,
     pub identity_relists: IntCounterVec,
     pub identity_relists_completed: IntCounterVec,
     pub identity_source_current: IntGaugeVec,
@@ -177,6 +178,14 @@ impl AgentMetrics {
                 "Connections closed at once because the listener was at its cap: \
                  `per_source` (256 open from one address) or `total` (1024).",
                 &["listener", "reason"],
+            ),
+            tls_reloads: counter_vec(
+                &r,
+                "tenantflow_tls_reloads_total",
+                "Changes of the TLS certificate files seen while running: `replaced` (served \
+                 from then on) or `failed` (not a usable pair; the previous one is still \
+                 served).",
+                &["result"],
             ),
             identity_relists: counter_vec(
                 &r,

@@ -70,6 +70,10 @@ pub struct AgentArgs {
     /// PEM private key of --tls-cert.
     #[arg(long, value_name = "FILE")]
     pub tls_key: Option<std::path::PathBuf>,
+    /// How often the --tls-cert and --tls-key files are re-read: a renewed or replaced
+    /// Secret is served from the next read on, without a restart.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub tls_reload_interval: Duration,
     /// How long a token review or access decision is reused (a revoked token or binding
     /// stops working within this).
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]

@@ -48,6 +48,13 @@ pub fn check(a: &AgentArgs) -> Result<(), UsageError> {
         "1s",
     )?;
     within(
+        "--tls-reload-interval",
+        a.tls_reload_interval,
+        Duration::from_secs(1),
+        HOUR,
+        "10s",
+    )?;
+    within(
         "--auth-cache-ttl",
         a.auth_cache_ttl,
         Duration::from_secs(1),

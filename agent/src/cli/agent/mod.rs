@@ -41,7 +41,7 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
 async fn run_async(args: AgentArgs) -> anyhow::Result<()> {
     let shutdown = Shutdown::install().context("installing SIGTERM/SIGINT handlers")?;
     bounds::check(&args)?;
-    let (metrics_guard, exposed) = access(&args).await?;
+    let access = access(&args).await?;
     // Before anything is attached or removed: a second agent must not touch the first's hooks.
     let _lock = datapath::lock_agent().map_err(|e| UsageError(e.to_string()))?;
     let (listener, records_listener) = bind(&args).await?;
@@ -83,12 +83,16 @@ async fn run_async(args: AgentArgs) -> anyhow::Result<()> {
         .set(i64::from(processes.is_some()));
     let mut socket_lb = undo_on_err(attach_socket_lb(&mut dp.loaded.ebpf, &args), &mut dp).await?;
     publish_attachments(&shared, &dp.attachments);
-    let server = tokio::spawn(export::serve(listener, shared.clone(), metrics_guard));
+    let server = tokio::spawn(export::serve(listener, shared.clone(), access.metrics));
     let records_server = tokio::spawn(export::serve_records(
         records_listener,
         shared.clone(),
-        exposed,
+        access.records,
     ));
+    let cert_watch = access.cert.map(|cert| {
+        let reloads = shared.metrics.tls_reloads.clone();
+        tokio::spawn(cert.watch(args.tls_reload_interval, reloads))
+    });
     info!(listen = %args.listen, flows_listen = %args.flows_listen, interfaces = dp.attachments.len(), "ready");
 
     let (sinks, edges) = undo_on_err(sinks(&args, &shared, flow_log), &mut dp).await?;
@@ -129,6 +133,9 @@ async fn run_async(args: AgentArgs) -> anyhow::Result<()> {
     pipeline.shutdown(&dp.attachments, &shared);
     server.abort();
     records_server.abort();
+    if let Some(w) = cert_watch {
+        w.abort();
+    }
     detach(&mut dp).await;
     info!("detached from all interfaces");
     outcome

@@ -9,7 +9,7 @@ use tracing::{info, warn};
 use super::{sources::node_name, AgentArgs, AuthMode};
 use crate::cli::UsageError;
 use crate::{
-    access::{Guard, KubeReview},
+    access::{tls::ReloadingCert, Guard, KubeReview},
     export::{self, FlowLog, FlowLogConfig, FlowMetrics, FlowMetricsConfig, NatMappings, Shared},
     lateral::{EdgeConfig, Edges, Fanout, FanoutConfig},
     pipeline::Sinks,
@@ -38,7 +38,7 @@ pub(super) async fn bind(
 /// The listeners' protection: (metrics, records). Records: none on loopback, TLS and
 /// Kubernetes review otherwise; metrics: open unless asked. One guard (one decision cache)
 /// serves both. Every inconsistent combination is bad input naming the fix.
-pub(super) async fn access(args: &AgentArgs) -> anyhow::Result<(Guarded, Guarded)> {
+pub(super) async fn access(args: &AgentArgs) -> anyhow::Result<Access> {
     if args.flows_auth == AuthMode::None && !args.flows_listen.ip().is_loopback() {
         return Err(UsageError(format!(
             "--flows-listen {}: flow records name every tenant's pods, addresses and processes, \
@@ -50,7 +50,7 @@ pub(super) async fn access(args: &AgentArgs) -> anyhow::Result<(Guarded, Guarded
         .into());
     }
     if args.flows_auth == AuthMode::None && args.metrics_auth == AuthMode::None {
-        return Ok((None, None));
+        return Ok(Access::default());
     }
     let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) else {
         return Err(UsageError(
@@ -60,7 +60,9 @@ pub(super) async fn access(args: &AgentArgs) -> anyhow::Result<(Guarded, Guarded
         )
         .into());
     };
-    let tls = crate::access::tls::load(cert, key).map_err(|e| UsageError(e.to_string()))?;
+    let usage = |e: crate::access::tls::TlsError| UsageError(e.to_string());
+    let cert = ReloadingCert::load(cert, key).map_err(usage)?;
+    let tls = cert.server_config().map_err(usage)?;
     let client = kube::Client::try_default().await.map_err(|e| {
         UsageError(format!(
             "--flows-auth / --metrics-auth kubernetes: no Kubernetes API client ({e}): run in \
@@ -76,7 +78,11 @@ pub(super) async fn access(args: &AgentArgs) -> anyhow::Result<(Guarded, Guarded
         records = records.is_some(),
         "listeners behind TLS and Kubernetes authorization"
     );
-    Ok((metrics, records))
+    Ok(Access {
+        metrics,
+        records,
+        cert: Some(cert),
+    })
 }
 
 pub(super) fn open_flow_log(args: &AgentArgs) -> anyhow::Result<Option<FlowLog>> {
@@ -100,7 +106,15 @@ pub(super) fn open_flow_log(args: &AgentArgs) -> anyhow::Result<Option<FlowLog>>
     Ok(Some(log))
 }
 
-type Guarded = Option<(Arc<Guard<KubeReview>>, Arc<rustls::ServerConfig>)>;
+pub(super) type Guarded = Option<(Arc<Guard<KubeReview>>, Arc<rustls::ServerConfig>)>;
+
+/// The listeners' access checks, and the certificate they share (re-read while running).
+#[derive(Default)]
+pub(super) struct Access {
+    pub metrics: Guarded,
+    pub records: Guarded,
+    pub cert: Option<Arc<ReloadingCert>>,
+}
 
 /// Where connection events go: flow metrics, NAT mappings, the flow log, fan-out; and the
 /// new-edge detector with its saved set.
