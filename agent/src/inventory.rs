@@ -177,6 +177,10 @@ impl Inventory {
                 WatchEvent::Unavailable(s, e) => {
                     if health.unavailable(s) == Transition::Lost {
                         warn!(source = s.label(), error = %e, "identity: source unavailable, keeping the last-known inventory");
+                    } else if !health.has_listed(s) {
+                        // Never reached: often configuration (an address, a CA, RBAC), so
+                        // every retry says why, not only the first.
+                        warn!(source = s.label(), error = %e, "identity: source not reached yet");
                     } else {
                         debug!(source = s.label(), error = %e, "identity: still unavailable");
                     }

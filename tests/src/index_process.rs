@@ -14,6 +14,15 @@ pub struct Index {
     pub addr: String,
     netns: Option<String>,
     log: std::path::PathBuf,
+    /// The CA its TLS listener is verified with, when it serves TLS.
+    ca: Option<String>,
+}
+
+/// The index's certificate files and the CA that signed them.
+pub struct IndexTls<'a> {
+    pub cert: &'a str,
+    pub key: &'a str,
+    pub ca: &'a str,
 }
 
 /// A free port on the host's loopback (inside a fresh lab namespace every port is free).
@@ -35,6 +44,18 @@ impl Index {
         config: Option<&std::path::Path>,
         tag: &str,
     ) -> Self {
+        Self::start_tls(api, addr, netns, config, tag, None)
+    }
+
+    /// As [`Index::start`], serving TLS with `tls` when given.
+    pub fn start_tls(
+        api: &KubeApi,
+        addr: &str,
+        netns: Option<&str>,
+        config: Option<&std::path::Path>,
+        tag: &str,
+        tls: Option<IndexTls>,
+    ) -> Self {
         let log = std::env::temp_dir().join(format!("tf-index-{tag}-{}.log", std::process::id()));
         let mut cmd = match netns {
             Some(ns) => {
@@ -48,6 +69,9 @@ impl Index {
         if let Some(c) = config {
             cmd.arg("--config").arg(c);
         }
+        if let Some(t) = &tls {
+            cmd.args(["--tls-cert", t.cert, "--tls-key", t.key]);
+        }
         let child = cmd
             .env("KUBECONFIG", api.kubeconfig("index"))
             .stdout(Stdio::null())
@@ -59,6 +83,7 @@ impl Index {
             addr: addr.to_owned(),
             netns: netns.map(str::to_owned),
             log,
+            ca: tls.map(|t| t.ca.to_owned()),
         };
         ix.wait_ready(Duration::from_secs(180));
         ix
@@ -74,6 +99,9 @@ impl Index {
     }
 
     pub fn get(&self, path: &str) -> Option<(u16, String)> {
+        if let Some(ca) = &self.ca {
+            return self.get_tls(ca, path);
+        }
         if let Some(ns) = &self.netns {
             return netns_http::get(ns, &self.addr, path).ok();
         }
@@ -88,6 +116,37 @@ impl Index {
             head.split_whitespace().nth(1)?.parse().ok()?,
             body.to_owned(),
         ))
+    }
+
+    /// GET over TLS with curl (in the index's namespace), trusting `ca`.
+    fn get_tls(&self, ca: &str, path: &str) -> Option<(u16, String)> {
+        let url = format!("https://{}{path}", self.addr);
+        let curl = [
+            "curl",
+            "-sS",
+            "--max-time",
+            "5",
+            "--cacert",
+            ca,
+            "-w",
+            "\n%{http_code}",
+        ];
+        let mut cmd = match &self.netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).args(curl);
+                c
+            }
+            None => {
+                let mut c = Command::new(curl[0]);
+                c.args(&curl[1..]);
+                c
+            }
+        };
+        let out = cmd.arg(url).output().ok()?;
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, code) = text.rsplit_once('\n')?;
+        Some((code.trim().parse().ok()?, body.to_owned()))
     }
 
     /// One sample of its /metrics, by exact name and labels.

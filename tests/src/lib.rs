@@ -2,6 +2,7 @@
 //! namespace a test makes carries its own prefix and is removed by a guard on drop.
 
 pub mod agent;
+pub mod certs;
 pub mod helm_api;
 pub mod identity_peak;
 pub mod index_follower;

@@ -64,7 +64,12 @@ fn documents(yaml: &str) -> Vec<Value> {
 }
 
 /// The Prometheus Operator flavor: a PodMonitor and the PrometheusRule on top of the rest.
-const ALL_ON: [&str; 2] = ["--set", "monitoring.flavor=prometheus-operator"];
+const ALL_ON: [&str; 4] = [
+    "--set",
+    "monitoring.flavor=prometheus-operator",
+    "--set",
+    "namespace.create=true",
+];
 
 #[test]
 fn helm_lint_passes() {
@@ -88,6 +93,7 @@ fn rendered_objects_validate_strictly_for_every_aks_version() {
         assert_eq!(code, 0, "kubernetes {v}: {out}");
         let minor = v.trim_end_matches(".0");
         for kind in [
+            "namespace",
             "serviceaccount",
             "configmap",
             "clusterrole",
@@ -121,10 +127,31 @@ fn rendered_objects_validate_strictly_for_every_aks_version() {
 fn the_committed_manifest_is_the_rendered_chart() {
     let committed =
         std::fs::read_to_string(root().join("deploy/manifests/tenantflow.yaml")).unwrap();
-    let rendered = helm_template(&[]);
+    let rendered = helm_template(&["--set", "namespace.create=true"]);
     assert!(
         committed == rendered,
-        "deploy/manifests/tenantflow.yaml is stale: regenerate it with\n  helm template tenantflow deploy/helm/tenantflow --namespace tenantflow > deploy/manifests/tenantflow.yaml"
+        "deploy/manifests/tenantflow.yaml is stale: regenerate it with\n  helm template tenantflow deploy/helm/tenantflow --namespace tenantflow --set namespace.create=true > deploy/manifests/tenantflow.yaml"
+    );
+    // Applied to a fresh cluster, the namespace comes first, with the PSA level the agent
+    // needs, and survives an uninstall.
+    let docs = documents(&committed);
+    assert_eq!(docs[0]["kind"], "Namespace");
+    assert_eq!(docs[0]["metadata"]["name"], "tenantflow");
+    for mode in ["enforce", "audit", "warn"] {
+        assert_eq!(
+            docs[0]["metadata"]["labels"][format!("pod-security.kubernetes.io/{mode}")],
+            "privileged"
+        );
+    }
+    assert_eq!(
+        docs[0]["metadata"]["annotations"]["helm.sh/resource-policy"],
+        "keep"
+    );
+    assert!(
+        documents(&helm_template(&[]))
+            .iter()
+            .all(|d| d["kind"] != "Namespace"),
+        "helm install finds its namespace; the chart does not make it by default"
     );
 }
 
@@ -541,9 +568,26 @@ fn index_mode_adds_a_least_privilege_deployment_and_narrows_the_agents_rbac() {
     let args = ds["spec"]["template"]["spec"]["containers"][0]["args"]
         .as_array()
         .unwrap();
+    // Over TLS, verified with the chart's CA: the token never crosses in clear text.
     assert!(args.contains(&json!(
-        "--identity-index=http://tenantflow-index.tenantflow.svc:9993"
+        "--identity-index=https://tenantflow-index.tenantflow.svc:9993"
     )));
+    assert!(args.contains(&json!(
+        "--identity-index-ca=/run/tenantflow/tls/ca.crt"
+    )));
+    let tls_volume = ds["spec"]["template"]["spec"]["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == "tls")
+        .unwrap();
+    assert_eq!(
+        tls_volume["secret"]["items"],
+        json!([{"key": "ca.crt", "path": "ca.crt"}]),
+        "agents that only follow get the CA, not the key"
+    );
+    let secret = by_name("Secret", "tenantflow-tls");
+    assert_eq!(secret["type"], "kubernetes.io/tls");
     // The index: read-only on the four kinds, and reviewing followers' tokens.
     assert_eq!(
         by_name("ClusterRole", "tenantflow-index")["rules"],
@@ -573,6 +617,25 @@ fn index_mode_adds_a_least_privilege_deployment_and_narrows_the_agents_rbac() {
                "capabilities": {"drop": ["ALL"]}})
     );
     assert_eq!(c["args"][1], "index");
+    for want in [
+        "--metrics-listen=0.0.0.0:9994",
+        "--tls-cert=/run/tenantflow/tls/tls.crt",
+        "--tls-key=/run/tenantflow/tls/tls.key",
+    ] {
+        assert!(c["args"].as_array().unwrap().contains(&json!(want)), "{want}");
+    }
+    assert_eq!(c["readinessProbe"]["httpGet"]["port"], "metrics");
+    // Only its two ports in; only DNS and the API server out.
+    let np = &by_name("NetworkPolicy", "tenantflow-index")["spec"];
+    assert_eq!(np["policyTypes"], json!(["Ingress", "Egress"]));
+    assert_eq!(
+        np["ingress"],
+        json!([{"ports": [{"port": 9993, "protocol": "TCP"}, {"port": 9994, "protocol": "TCP"}]}])
+    );
+    assert_eq!(
+        np["egress"][1]["ports"],
+        json!([{"port": 443, "protocol": "TCP"}, {"port": 6443, "protocol": "TCP"}])
+    );
     // Its pods never match the DaemonSet's selector, and the Service and budget find them.
     let ds_sel = &ds["spec"]["selector"]["matchLabels"];
     let labels = &dep["spec"]["template"]["metadata"]["labels"];

@@ -10,8 +10,10 @@ use std::time::Duration;
 use serde_json::Value;
 use tenantflow_tests::{
     agent::{counts, wait_connection, LISTEN},
+    agent_bin,
+    certs::certificate,
     eventually,
-    index_process::Index,
+    index_process::{Index, IndexTls},
     kube_api::{KubeApi, Size},
     lab, udp_from_pod, unix_now, Agent,
 };
@@ -232,4 +234,125 @@ fn run(mode: Mode) {
     });
     assert!(back.is_some(), "{}", agent.log_text());
     assert_eq!(api.stats("agent").watches_open, 1);
+}
+
+/// Followers' tokens never cross the network in clear text: the index serves TLS, an agent
+/// that trusts its CA follows it over https (HTTP/2 by ALPN) and holds every pod; an agent
+/// trusting another CA never connects and says why; an https index without a CA is
+/// refused before anything starts.
+#[test]
+fn followers_reach_the_index_over_tls_only_with_its_ca() {
+    let lab = lab("xt");
+    let t = &lab.topo;
+    let ns1 = t.node_ns(1);
+    let node1 = t.node(1).name.clone();
+    let items = xtask::lab::manifest::snapshot(t)["items"]
+        .as_array()
+        .unwrap()
+        .clone();
+    let size = Size {
+        pods: 200,
+        nodes: 4,
+        namespaces: 3,
+        services: 2,
+    };
+    let api = KubeApi::start(size, items, Some(&ns1));
+    api.grant(
+        "agent-sa-token",
+        "system:serviceaccount:tenantflow:tenantflow",
+        &["/v1/identity"],
+    );
+    let dir = std::env::temp_dir().join(format!("tf-index-tls-{}", t.prefix));
+    let (right, wrong) = (dir.join("right"), dir.join("wrong"));
+    std::fs::create_dir_all(&right).unwrap();
+    std::fs::create_dir_all(&wrong).unwrap();
+    let (ca, cert, key) = certificate(&right, &lab);
+    let (other_ca, _, _) = certificate(&wrong, &lab);
+    let token_file = dir.join("token");
+    std::fs::write(&token_file, "agent-sa-token\n").unwrap();
+    let cfg = std::fs::read_to_string(xtask::lab::manifest::config_path(&t.prefix)).unwrap();
+    let cfg: String = cfg
+        .lines()
+        .filter(|l| !l.contains("snapshot:") && *l != "identity:")
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let cfg_path = dir.join("agent.yaml");
+    std::fs::write(&cfg_path, cfg).unwrap();
+    let tls = IndexTls {
+        cert: &cert,
+        key: &key,
+        ca: &ca,
+    };
+    let _index = Index::start_tls(
+        &api,
+        "127.0.0.1:9993",
+        Some(&ns1),
+        Some(&cfg_path),
+        "tls",
+        Some(tls),
+    );
+    let kubeconfig = api.kubeconfig("agent");
+    let env = [("KUBECONFIG", kubeconfig.to_str().unwrap())];
+    let args = |ca: &str| -> Vec<String> {
+        [
+            "--config",
+            cfg_path.to_str().unwrap(),
+            "--node-name",
+            &node1,
+            "--identity-index",
+            "https://127.0.0.1:9993",
+            "--identity-index-token-file",
+            token_file.to_str().unwrap(),
+            "--identity-index-ca",
+            ca,
+        ]
+        .map(str::to_owned)
+        .to_vec()
+    };
+    let a = args(&ca);
+    let a: Vec<&str> = a.iter().map(String::as_str).collect();
+    let mut agent = Agent::start_env(&ns1, LISTEN, "200ms", &a, &env);
+    assert_eq!(
+        agent.metric("tenantflow_metadata_objects{kind=\"pod\",source=\"index\"}"),
+        Some((t.pods.len() + 200) as f64)
+    );
+    assert_eq!(
+        agent.metric("tenantflow_identity_index_connected"),
+        Some(1.0)
+    );
+    agent.stop_with(libc::SIGTERM);
+
+    let b = args(&other_ca);
+    let b: Vec<&str> = b.iter().map(String::as_str).collect();
+    let mut doubter = Agent::spawn_env(&ns1, LISTEN, "200ms", &b, &env);
+    let said = eventually(Duration::from_secs(20), || {
+        let log = doubter.log_text();
+        log.contains("identity: source not reached yet")
+            .then_some(log)
+            .filter(|l| l.contains("invalid peer certificate"))
+    });
+    assert!(
+        said.is_some(),
+        "a wrong CA is named: {}",
+        doubter.log_text()
+    );
+    assert_eq!(
+        doubter.metric("tenantflow_identity_index_connected"),
+        Some(0.0)
+    );
+    doubter.stop_with(libc::SIGTERM);
+
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", &ns1])
+        .arg(agent_bin())
+        .args(["agent", "--identity-index", "https://127.0.0.1:9993"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("an https index needs --identity-index-ca"),
+        "{err}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -104,13 +104,18 @@ impl ReloadingCert {
         Ok(Reload::Replaced)
     }
 
-    /// A server configuration that asks this resolver at every handshake.
-    pub fn server_config(self: &Arc<Self>) -> Result<Arc<rustls::ServerConfig>, TlsError> {
-        let config = rustls::ServerConfig::builder_with_provider(self.provider.clone())
+    /// A server configuration that asks this resolver at every handshake, offering `alpn`
+    /// (e.g. `h2` for the index's follower streams; none for HTTP/1.1 listeners).
+    pub fn server_config(
+        self: &Arc<Self>,
+        alpn: &[&[u8]],
+    ) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+        let mut config = rustls::ServerConfig::builder_with_provider(self.provider.clone())
             .with_safe_default_protocol_versions()
             .map_err(|e| TlsError::Pair(e.to_string()))?
             .with_no_client_auth()
             .with_cert_resolver(self.clone());
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
         Ok(Arc::new(config))
     }
 

@@ -10,7 +10,7 @@ use tracing::info;
 
 use super::UsageError;
 use crate::{
-    access::{Guard, KubeReview},
+    access::{tls::ReloadingCert, Guard, KubeReview},
     export::{self, guarded::path_authorized, AgentMetrics, Shared},
     identity::SharedStore,
     identity::{watch, Store},
@@ -31,10 +31,25 @@ pub enum FollowerAuth {
 
 #[derive(Debug, Args)]
 pub struct IndexArgs {
-    /// Where followers connect (HTTP/2 without TLS, inside the cluster), and where
-    /// /metrics, /healthz and /readyz are served.
+    /// Where followers connect (HTTP/2, over TLS with --tls-cert), and where /metrics,
+    /// /healthz and /readyz are served.
     #[arg(long, default_value = "0.0.0.0:9993")]
     pub listen: SocketAddr,
+    /// Serve /metrics, /healthz and /readyz here (plain HTTP/1.1) instead of on --listen:
+    /// with TLS on --listen, scrapers and probes then need no CA.
+    #[arg(long)]
+    pub metrics_listen: Option<SocketAddr>,
+    /// PEM certificate (chain) to serve followers over TLS: their service-account tokens
+    /// then never cross the network in clear text. Without it, plain HTTP/2.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// How often the certificate files are re-read (a renewed Secret is served without a
+    /// restart).
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub tls_reload_interval: std::time::Duration,
     /// The agents' config file: tenancy and egress-gateway selectors decide what of each
     /// pod is kept, exactly as an agent would keep it.
     #[arg(long)]
@@ -80,7 +95,19 @@ async fn run_async(args: IndexArgs) -> anyhow::Result<()> {
             args.listen
         ))
     })?;
+    let metrics_listener = match args.metrics_listen {
+        Some(addr) => Some(export::bind(addr).await.map_err(|e| {
+            UsageError(format!(
+                "--metrics-listen {addr}: cannot bind ({e}); pick a free address"
+            ))
+        })?),
+        None => None,
+    };
+    let (cert, tls) = tls(&args)?;
     let shared = Arc::new(Shared::new(AgentMetrics::new("none", "none")));
+    if let Some(c) = cert {
+        tokio::spawn(c.watch(args.tls_reload_interval, shared.metrics.tls_reloads.clone()));
+    }
     let mut store = Store::new();
     store.keep_journal();
     let store = SharedStore::new(store);
@@ -114,17 +141,59 @@ async fn run_async(args: IndexArgs) -> anyhow::Result<()> {
     let (_, reload) = tokio::sync::mpsc::unbounded_channel();
     tokio::spawn(inventory.run(rx, reload, shared.clone()));
     let conns = export::listener::ConnMetrics::from(&shared.metrics);
-    let app = followers.merge(export::public_router(shared, export::metrics_route()));
-    info!(listen = %args.listen, "index: serving followers");
-    // The same bounded accept loop as the agent's listeners, speaking HTTP/2 too (agents
-    // follow over h2c). Followers' streams end with the process; they resume elsewhere.
-    tokio::select! {
-        served = export::listener::serve("index", listener, app, None, conns, export::listener::Protocol::Auto) => {
+    let public = export::public_router(shared, export::metrics_route());
+    info!(listen = %args.listen, tls = tls.is_some(), metrics_listen = ?args.metrics_listen, "index: serving followers");
+    // Metrics and probes on their own plain listener when asked: scrapers and kubelets
+    // need no CA, and followers keep TLS to themselves.
+    let (app, public_server) = match metrics_listener {
+        Some(l) => {
+            let serve = export::listener::serve(
+                "public",
+                l,
+                public,
+                None,
+                conns.clone(),
+                export::listener::Protocol::Http1,
+            );
+            (followers, Some(tokio::spawn(serve)))
+        }
+        None => (followers.merge(public), None),
+    };
+    // The same bounded accept loop as the agent's listeners, speaking HTTP/2 too.
+    // Followers' streams end with the process; they resume elsewhere.
+    let outcome = tokio::select! {
+        served = export::listener::serve("index", listener, app, tls, conns, export::listener::Protocol::Auto) => {
             served.context("serving followers")
         }
         s = shutdown.signalled() => {
             info!(signal = s, "index: shutting down");
             Ok(())
         }
+    };
+    if let Some(p) = public_server {
+        p.abort();
     }
+    outcome
+}
+
+type Tls = (
+    Option<Arc<ReloadingCert>>,
+    Option<Arc<rustls::ServerConfig>>,
+);
+
+/// The followers' TLS from --tls-cert/--tls-key, offering HTTP/2 by ALPN.
+fn tls(args: &IndexArgs) -> Result<Tls, UsageError> {
+    if !(1..=3600).contains(&args.tls_reload_interval.as_secs()) {
+        return Err(UsageError(format!(
+            "--tls-reload-interval {}: must be from 1s to 1h (e.g. 10s)",
+            humantime::format_duration(args.tls_reload_interval)
+        )));
+    }
+    let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) else {
+        return Ok((None, None));
+    };
+    let usage = |e: crate::access::tls::TlsError| UsageError(e.to_string());
+    let cert = ReloadingCert::load(cert, key).map_err(usage)?;
+    let config = cert.server_config(&[b"h2", b"http/1.1"]).map_err(usage)?;
+    Ok((Some(cert), Some(config)))
 }

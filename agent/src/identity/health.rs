@@ -86,6 +86,11 @@ impl Health {
         }
     }
 
+    /// Whether `s` has ever completed a list.
+    pub fn has_listed(&self, s: Source) -> bool {
+        self.synced.contains(&s)
+    }
+
     pub fn unavailable(&mut self, s: Source) -> Transition {
         if self.current.remove(&s) {
             Transition::Lost

@@ -28,10 +28,26 @@ pub struct FollowMetrics {
     pub wanted_labels: std::collections::BTreeSet<String>,
 }
 
+/// An error and every cause under it, `: `-separated.
+fn causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut next = e.source();
+    while let Some(cause) = next {
+        let c = cause.to_string();
+        if !text.contains(&c) {
+            text = format!("{text}: {c}");
+        }
+        next = cause.source();
+    }
+    text
+}
+
 /// Why a stream ended.
 #[derive(Debug, thiserror::Error)]
 enum Broken {
-    #[error("{0}")]
+    /// With its causes: reqwest's own text hides them ("error sending request"), and
+    /// "invalid peer certificate: UnknownIssuer" is what tells a wrong CA apart.
+    #[error("{}", causes(.0))]
     Http(#[from] reqwest::Error),
     #[error("index answered {0}: {1}")]
     Status(reqwest::StatusCode, String),
@@ -51,21 +67,44 @@ const BACKOFF_MAX: Duration = Duration::from_secs(30);
 /// projected tokens rotate).
 pub const TOKEN: &str = "/var/run/secrets/kubernetes.io/serviceaccount/token";
 
-/// Follow the index at `urls` (base URLs of its replicas, tried in turn) until `tx`
-/// closes, showing the token in `token_file` (when it exists).
-pub async fn follow(
-    urls: Vec<String>,
-    token_file: std::path::PathBuf,
-    tx: Sender<WatchEvent>,
-    m: FollowMetrics,
-) {
-    let client = match reqwest::Client::builder()
+/// A CA certificate (PEM) is a few KiB.
+const CA_MAX: u64 = 1 << 20;
+
+/// The CA an `https://` index is verified with, read and parsed; the error names the file.
+pub fn read_ca(path: &std::path::Path) -> Result<reqwest::Certificate, String> {
+    let pem = crate::input::read_bytes(path, CA_MAX, "a PEM CA certificate is a few KiB")
+        .map_err(|e| format!("--identity-index-ca {}: {e}", path.display()))?;
+    reqwest::Certificate::from_pem(&pem).map_err(|e| {
+        format!(
+            "--identity-index-ca {}: not a PEM certificate ({e}); give the CA that signed the index's certificate (ca.crt of the chart's TLS Secret)",
+            path.display()
+        )
+    })
+}
+
+fn client(ca: Option<&std::path::Path>) -> Result<reqwest::Client, String> {
+    let mut b = reqwest::Client::builder()
         .http2_prior_knowledge()
         .http2_keep_alive_interval(Duration::from_secs(10))
         .http2_keep_alive_timeout(Duration::from_secs(10))
-        .connect_timeout(Duration::from_secs(5))
-        .build()
-    {
+        .connect_timeout(Duration::from_secs(5));
+    if let Some(path) = ca {
+        b = b.add_root_certificate(read_ca(path)?);
+    }
+    b.build().map_err(|e| e.to_string())
+}
+
+/// Follow the index at `urls` (base URLs of its replicas, tried in turn) until `tx`
+/// closes, showing the token in `token_file` (when it exists); `https://` replicas are
+/// verified with the CA in `ca`.
+pub async fn follow(
+    urls: Vec<String>,
+    token_file: std::path::PathBuf,
+    ca: Option<std::path::PathBuf>,
+    tx: Sender<WatchEvent>,
+    m: FollowMetrics,
+) {
+    let client = match client(ca.as_deref()) {
         Ok(c) => c,
         Err(e) => {
             let _ = tx
@@ -267,16 +306,26 @@ fn events(
     }
 }
 
-/// The replica addresses, checked before anything starts.
-pub fn check_urls(urls: &[String]) -> Result<(), String> {
+/// The replica addresses and the CA, checked before anything starts. The token shown to
+/// the index is a credential: `https://` needs the CA to verify the index with.
+pub fn check_urls(urls: &[String], ca: Option<&std::path::Path>) -> Result<(), String> {
     if urls.is_empty() {
         return Err("--identity-index: give at least one index address".into());
     }
-    match urls.iter().find(|u| !u.starts_with("http://")) {
-        Some(u) => Err(format!(
-            "--identity-index {u}: give the index's base URL (plain HTTP/2 inside the cluster), e.g. http://tenantflow-index.tenantflow.svc:9993"
+    if let Some(u) = urls
+        .iter()
+        .find(|u| !u.starts_with("http://") && !u.starts_with("https://"))
+    {
+        return Err(format!(
+            "--identity-index {u}: give the index's base URL, e.g. https://tenantflow-index.tenantflow.svc:9993"
+        ));
+    }
+    match (urls.iter().find(|u| u.starts_with("https://")), ca) {
+        (Some(u), None) => Err(format!(
+            "--identity-index {u}: an https index needs --identity-index-ca (the CA that signed its certificate)"
         )),
-        None => Ok(()),
+        (_, Some(path)) => read_ca(path).map(drop),
+        (None, None) => Ok(()),
     }
 }
 

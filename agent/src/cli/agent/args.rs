@@ -35,6 +35,10 @@ pub struct AgentArgs {
     /// URL /v1/identity). Default: the pod's service account token.
     #[arg(long, default_value = follow::TOKEN)]
     pub identity_index_token_file: std::path::PathBuf,
+    /// PEM CA that signed an `https://` index's certificate (the chart mounts ca.crt of
+    /// its TLS Secret): the token is only ever shown to an index it verifies.
+    #[arg(long, value_name = "FILE")]
+    pub identity_index_ca: Option<std::path::PathBuf>,
     /// How the Kubernetes API watchers (re)list: `cache` (from the API server's watch
     /// cache, no etcd read, one response per kind), `paged` (500 per page, may read etcd)
     /// or `streaming` (watch-list: Kubernetes 1.27+ with the WatchList feature on).

@@ -31,7 +31,8 @@ fn within(
 
 pub fn check(a: &AgentArgs) -> Result<(), UsageError> {
     if !a.identity_index.is_empty() {
-        crate::index::follow::check_urls(&a.identity_index).map_err(UsageError)?;
+        crate::index::follow::check_urls(&a.identity_index, a.identity_index_ca.as_deref())
+            .map_err(UsageError)?;
     }
     within(
         "--harvest-interval",

@@ -62,7 +62,7 @@ pub(super) async fn access(args: &AgentArgs) -> anyhow::Result<Access> {
     };
     let usage = |e: crate::access::tls::TlsError| UsageError(e.to_string());
     let cert = ReloadingCert::load(cert, key).map_err(usage)?;
-    let tls = cert.server_config().map_err(usage)?;
+    let tls = cert.server_config(&[]).map_err(usage)?;
     let client = kube::Client::try_default().await.map_err(|e| {
         UsageError(format!(
             "--flows-auth / --metrics-auth kubernetes: no Kubernetes API client ({e}): run in \

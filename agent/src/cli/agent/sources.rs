@@ -152,6 +152,7 @@ pub(super) fn spawn_watches(
             tokio::spawn(follow::follow(
                 args.identity_index.clone(),
                 args.identity_index_token_file.clone(),
+                args.identity_index_ca.clone(),
                 watch_tx,
                 metrics,
             ));

@@ -56,7 +56,9 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- $data = pick $found.data "tls.crt" "tls.key" "ca.crt" }}
 {{- else }}
 {{- $ca := genCA (printf "%s-ca" $name) 3650 }}
-{{- $cert := genSignedCert (printf "%s-agent" $name) (list "127.0.0.1") (list (printf "%s-agent" $name) "localhost") 3650 $ca }}
+{{- $index := printf "%s-index" $name }}
+{{- $sans := list (printf "%s-agent" $name) "localhost" $index (printf "%s.%s.svc" $index .Release.Namespace) (printf "%s.%s.svc.cluster.local" $index .Release.Namespace) }}
+{{- $cert := genSignedCert (printf "%s-agent" $name) (list "127.0.0.1") $sans 3650 $ca }}
 {{- $data = dict "tls.crt" ($cert.Cert | b64enc) "tls.key" ($cert.Key | b64enc) "ca.crt" ($ca.Cert | b64enc) }}
 {{- end }}
 {{- $_ := set .Values "tenantflowRenderedTLS" (toYaml $data) }}
@@ -72,5 +74,20 @@ user Secrets renew in place: the agents reload those files. */ -}}
 in-place
 {{- else -}}
 {{- include "tenantflow.tlsData" . | sha256sum -}}
+{{- end -}}
+{{- end -}}
+
+{{- /* The chart's TLS Secret is needed by the agents' guarded listeners and by the index
+(followers' tokens cross the network only over TLS). */ -}}
+{{- define "tenantflow.tlsNeeded" -}}
+{{- if or .Values.agent.records.exposed .Values.agent.metrics.auth .Values.index.enabled -}}
+true
+{{- end -}}
+{{- end -}}
+
+{{- /* The agents' own listeners use the whole Secret; index followers need only ca.crt. */ -}}
+{{- define "tenantflow.agentServesTLS" -}}
+{{- if or .Values.agent.records.exposed .Values.agent.metrics.auth -}}
+true
 {{- end -}}
 {{- end -}}
