@@ -572,9 +572,7 @@ fn index_mode_adds_a_least_privilege_deployment_and_narrows_the_agents_rbac() {
     assert!(args.contains(&json!(
         "--identity-index=https://tenantflow-index.tenantflow.svc:9993"
     )));
-    assert!(args.contains(&json!(
-        "--identity-index-ca=/run/tenantflow/tls/ca.crt"
-    )));
+    assert!(args.contains(&json!("--identity-index-ca=/run/tenantflow/tls/ca.crt")));
     let tls_volume = ds["spec"]["template"]["spec"]["volumes"]
         .as_array()
         .unwrap()
@@ -622,7 +620,10 @@ fn index_mode_adds_a_least_privilege_deployment_and_narrows_the_agents_rbac() {
         "--tls-cert=/run/tenantflow/tls/tls.crt",
         "--tls-key=/run/tenantflow/tls/tls.key",
     ] {
-        assert!(c["args"].as_array().unwrap().contains(&json!(want)), "{want}");
+        assert!(
+            c["args"].as_array().unwrap().contains(&json!(want)),
+            "{want}"
+        );
     }
     assert_eq!(c["readinessProbe"]["httpGet"]["port"], "metrics");
     // Only its two ports in; only DNS and the API server out.

@@ -453,3 +453,64 @@ fn a_cgroup_root_that_is_no_cgroup_is_bad_input() {
         assert_eq!(tcx_hooks(&node), vec![], "{root}");
     }
 }
+
+/// `tenantflow hooks --remove` in `ns`: (success, stdout, stderr).
+fn hooks_remove(ns: &str) -> (bool, String, String) {
+    let out = Command::new("ip")
+        .args(["netns", "exec", ns])
+        .arg(agent_bin())
+        .args(["hooks", "--remove"])
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A node whose agent was killed and will not start again (an OOM kill, then `helm
+/// uninstall`) is cleaned by `tenantflow hooks --remove`: it refuses while an agent runs,
+/// and after a SIGKILL in clsact mode it removes every filter the dead agent left and the
+/// qdiscs they emptied, listing nothing afterwards.
+#[test]
+fn hooks_remove_cleans_up_after_a_killed_netlink_agent_and_refuses_while_one_runs() {
+    let lab = lab("lr");
+    let node = lab.topo.node_ns(1);
+    let mut agent = Agent::start(&node, &["--attach-mode", "netlink"]);
+    let (ok, _, err) = hooks_remove(&node);
+    assert!(!ok, "refused while an agent runs");
+    assert!(err.contains("stop that agent first"), "{err}");
+    for i in NODE1_IFACES {
+        assert_eq!(
+            tc_state(&node, i),
+            (1, 1, true),
+            "{i}: the running agent's hooks stay"
+        );
+    }
+    agent.stop_with(libc::SIGKILL);
+    assert_eq!(
+        tcx_hooks(&node).len(),
+        2 * NODE1_IFACES.len(),
+        "left behind"
+    );
+    let (ok, out, err) = hooks_remove(&node);
+    assert!(ok, "{err}");
+    assert!(
+        err.contains("removed the filters of a dead agent from 6 interfaces"),
+        "{err}"
+    );
+    assert_eq!(
+        out.trim(),
+        "IFACE\tHOOK\tPROGRAM\tID",
+        "nothing listed after removal"
+    );
+    for i in NODE1_IFACES {
+        assert_eq!(tc_state(&node, i), (0, 0, false), "{i}: nothing left");
+    }
+    assert_eq!(tcx_hooks(&node), vec![]);
+    // Nothing left to remove: a second run says so and succeeds.
+    let (ok, _, err) = hooks_remove(&node);
+    assert!(ok);
+    assert!(err.contains("from 0 interfaces"), "{err}");
+}

@@ -1,7 +1,9 @@
 //! `tenantflow hooks`: the hooks of ours on each interface of this network namespace: tcx
 //! programs, and legacy clsact (cls_bpf) filters, ours or left by an agent killed in
-//! netlink mode, and (without `--iface`) our programs on the cgroup2 root. For operators ("is the agent attached here? did a crash leave anything?")
-//! and for the lifecycle tests.
+//! netlink mode, and (without `--iface`) our programs on the cgroup2 root. For operators ("is
+//! the agent attached here? did a crash leave anything?") and for the lifecycle tests.
+//! `--remove` takes away what a dead agent left: the one path for a node whose agent was
+//! killed and will not start again (e.g. after `helm uninstall`).
 
 use aya::programs::{SchedClassifier, TcAttachType};
 use clap::Args;
@@ -16,6 +18,11 @@ pub struct HooksArgs {
     /// Also list our programs on this cgroup (default: the cgroup2 root the agent uses).
     #[arg(long, value_name = "DIR")]
     pub cgroup: Option<std::path::PathBuf>,
+    /// Remove the clsact filters a killed agent left (and the clsact qdiscs they emptied),
+    /// then list what remains. Refused while an agent runs: its hooks are no leftovers.
+    /// tcx links and cgroup links die with their agent and need no removal.
+    #[arg(long)]
+    pub remove: bool,
 }
 
 pub fn run(args: HooksArgs) -> anyhow::Result<()> {
@@ -23,6 +30,28 @@ pub fn run(args: HooksArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     let links = rt.block_on(datapath::list_links())?;
+    if args.remove {
+        // Held while removing: no agent can start and attach meanwhile.
+        let _lock = datapath::lock_agent().map_err(|e| {
+            anyhow::anyhow!(
+                "hooks --remove: {e}; stop that agent first (its hooks are in use, not left over)"
+            )
+        })?;
+        let mut emptied = Vec::new();
+        for link in links
+            .iter()
+            .filter(|l| args.iface.as_ref().is_none_or(|i| *i == l.name))
+        {
+            if datapath::remove_stale_filters(&link.name) {
+                emptied.push(link.index);
+            }
+        }
+        rt.block_on(datapath::remove_clsact(&emptied));
+        eprintln!(
+            "removed the filters of a dead agent from {} interfaces",
+            emptied.len()
+        );
+    }
     let netlink = rt.block_on(async {
         let (conn, handle, _) = rtnetlink::new_connection().ok()?;
         tokio::spawn(conn);

@@ -308,7 +308,7 @@ fn add_clsact(iface: &str) -> Result<(), DatapathError> {
 
 /// A predecessor killed with SIGKILL leaves its cls_bpf filters behind; remove them by name.
 /// True if any was there.
-fn remove_stale_filters(iface: &str) -> bool {
+pub fn remove_stale_filters(iface: &str) -> bool {
     let mut removed = false;
     for (at, name) in [
         (TcAttachType::Ingress, PROG_INGRESS),

@@ -22,7 +22,7 @@ mod slots;
 mod stay_first;
 mod sys_bpf;
 
-pub use attach::{remove_clsact, AttachMode, Attached, Attachments};
+pub use attach::{remove_clsact, remove_stale_filters, AttachMode, Attached, Attachments};
 pub(crate) use batch::{BatchAttr, BPF_MAP_LOOKUP_BATCH};
 pub use clock::KernelClock;
 pub use error::DatapathError;
