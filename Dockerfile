@@ -6,20 +6,24 @@
 # (same glibc 2.36) with --build-arg RUNTIME_BASE=localhost/tenantflow-runtime-base:bookworm.
 ARG RUNTIME_BASE=gcr.io/distroless/cc-debian12
 
-# --- build: stable for the agent, nightly + rust-src + bpf-linker (LLVM 22) for the eBPF
-# object, exactly as `cargo xtask setup` prepares a developer machine.
-FROM rust:1-bookworm AS build
-ARG BPF_LINKER_VERSION=0.13.0
-RUN rustup toolchain install nightly --profile minimal --component rust-src
-# bpf-linker must link the same LLVM major as nightly rustc: use nightly's own libLLVM.
-RUN set -eux; \
-    sysroot="$(rustc +nightly --print sysroot)"; \
+# --- build: the pinned stable for the agent (rust-toolchain.toml), and the pinned nightly +
+# rust-src + bpf-linker for the eBPF object (toolchains.env), exactly as `cargo xtask
+# setup` prepares a developer machine and CI. Base images are pinned by exact version tag;
+# add their digests (`docker buildx imagetools inspect <image>`) where your registry
+# policy requires it (docs/deploy-aks.md#building-the-image).
+FROM rust:1.95.0-bookworm AS build
+COPY toolchains.env /toolchains.env
+RUN set -eux; . /toolchains.env; \
+    rustup toolchain install "$BPF_NIGHTLY" --profile minimal --component rust-src
+# bpf-linker must link the same LLVM major as the nightly's rustc: use its own libLLVM.
+RUN set -eux; . /toolchains.env; \
+    sysroot="$(rustc +"$BPF_NIGHTLY" --print sysroot)"; \
     lib="$(ls "$sysroot/lib" | grep -E '^libLLVM(\.so\.|-)' | head -n1)"; \
     mkdir -p /opt/llvm/lib; \
     ln -s "$sysroot/lib/$lib" /opt/llvm/lib/libLLVM.so; \
     ln -s "$sysroot/lib/$lib" "/opt/llvm/lib/$lib"; \
-    LLVM_PREFIX=/opt/llvm cargo +nightly install "bpf-linker@${BPF_LINKER_VERSION}" --locked \
-        --no-default-features --features llvm-22
+    LLVM_PREFIX=/opt/llvm cargo +"$BPF_NIGHTLY" install "bpf-linker@${BPF_LINKER_VERSION}" --locked \
+        --no-default-features --features "llvm-${BPF_LLVM_MAJOR}"
 WORKDIR /src
 COPY . .
 RUN cargo build --profile image --locked -p tenantflow \

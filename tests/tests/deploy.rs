@@ -404,14 +404,41 @@ fn the_dockerfile_runtime_carries_what_the_binary_needs() {
         .lines()
         .filter(|l| l.starts_with("FROM "))
         .collect();
+    // The build image carries exactly the stable toolchain rust-toolchain.toml pins.
+    let pinned: Value = serde_norway::from_str::<Value>(
+        &std::fs::read_to_string(root().join("rust-toolchain.toml"))
+            .unwrap()
+            .lines()
+            .filter(|l| l.starts_with("channel"))
+            .map(|l| l.replacen(" = ", ": ", 1))
+            .collect::<String>(),
+    )
+    .unwrap();
+    let stable = pinned["channel"].as_str().unwrap();
     assert_eq!(
         froms,
         [
-            "FROM rust:1-bookworm AS build",
+            format!("FROM rust:{stable}-bookworm AS build").as_str(),
             "FROM ${RUNTIME_BASE} AS prebuilt",
             "FROM ${RUNTIME_BASE}",
         ]
     );
+    // The eBPF toolchain comes from toolchains.env, the file setup, CI and build.rs read:
+    // no toolchain or linker version is written into the Dockerfile itself.
+    assert!(dockerfile.contains("COPY toolchains.env /toolchains.env"));
+    for floating in ["install nightly", "+nightly", "bpf-linker@0", "llvm-2"] {
+        assert!(!dockerfile.contains(floating), "{floating} in the Dockerfile");
+    }
+    let env = std::fs::read_to_string(root().join("toolchains.env")).unwrap();
+    let nightly = env
+        .lines()
+        .find_map(|l| l.strip_prefix("BPF_NIGHTLY="))
+        .unwrap();
+    assert!(
+        nightly.len() == "nightly-YYYY-MM-DD".len() && nightly.starts_with("nightly-20"),
+        "a dated nightly: {nightly}"
+    );
+    assert_eq!(xtask::setup::pinned("BPF_NIGHTLY").unwrap(), nightly);
     assert!(dockerfile.contains("COPY --from=build /out/tenantflow /usr/local/bin/tenantflow"));
     assert!(dockerfile.contains("COPY target/image/tenantflow /usr/local/bin/tenantflow"));
     assert_eq!(

@@ -36,7 +36,22 @@ pub const APT_PACKAGES: &[&str] = &[
     "catatonit",    // podman's init for --init
 ];
 
-const BPF_LINKER_VERSION: &str = "0.13.0";
+/// A `KEY=value` of toolchains.env, where the eBPF toolchain is pinned for setup, CI,
+/// agent/build.rs and the Dockerfile alike.
+pub fn pinned(key: &str) -> Result<String> {
+    include_str!("../../toolchains.env")
+        .lines()
+        .filter(|l| !l.trim_start().starts_with('#'))
+        .filter_map(|l| l.split_once('='))
+        .find(|(k, _)| k.trim() == key)
+        .map(|(_, v)| v.trim().to_owned())
+        .with_context(|| format!("toolchains.env has no {key}"))
+}
+
+/// `+nightly-YYYY-MM-DD`: the pinned nightly as a cargo/rustc toolchain argument.
+pub fn nightly_arg() -> Result<String> {
+    Ok(format!("+{}", pinned("BPF_NIGHTLY")?))
+}
 
 pub fn setup() -> Result<()> {
     apt()?;
@@ -78,34 +93,28 @@ fn apt() -> Result<()> {
 }
 
 fn rust_src() -> Result<()> {
-    let toolchains = run("rustup", &["toolchain", "list"])
-        .context("rustup is needed: the eBPF programs build with its nightly toolchain")?;
-    if !toolchains.lines().any(|l| l.starts_with("nightly")) {
-        eprintln!("setup: installing the nightly toolchain (eBPF programs need -Z build-std)");
-        run_visible(Command::new("rustup").args([
-            "toolchain",
-            "install",
-            "nightly",
-            "--profile",
-            "minimal",
-        ]))?;
-    }
+    let nightly = pinned("BPF_NIGHTLY")?;
     let installed = run(
         "rustup",
-        &["component", "list", "--toolchain", "nightly", "--installed"],
+        &["component", "list", "--toolchain", &nightly, "--installed"],
     )
-    .context("the nightly toolchain is needed to build the eBPF programs")?;
-    if installed.lines().any(|l| l.starts_with("rust-src")) {
-        eprintln!("setup: nightly rust-src present");
+    .unwrap_or_default();
+    let has = |c: &str| installed.lines().any(|l| l.starts_with(c));
+    if has("rust-src") && has("clippy") {
+        eprintln!("setup: {nightly} with rust-src and clippy present");
         return Ok(());
     }
-    eprintln!("setup: adding rust-src to nightly");
+    eprintln!("setup: installing {nightly} with rust-src and clippy (the eBPF build's pin)");
     run_visible(Command::new("rustup").args([
-        "component",
-        "add",
+        "toolchain",
+        "install",
+        &nightly,
+        "--profile",
+        "minimal",
+        "--component",
         "rust-src",
-        "--toolchain",
-        "nightly",
+        "--component",
+        "clippy",
     ]))
 }
 
@@ -120,14 +129,12 @@ fn cargo_home() -> PathBuf {
 /// bpf-linker must be built against the same LLVM major as nightly rustc. We link it
 /// against nightly's own libLLVM, so no apt LLVM is needed and the versions always match.
 fn bpf_linker() -> Result<()> {
-    let bin = cargo_home().join("bin/bpf-linker");
-    if let Ok(v) = run(bin.to_str().unwrap_or("bpf-linker"), &["--version"]) {
-        if v.contains(BPF_LINKER_VERSION) {
-            eprintln!("setup: bpf-linker {BPF_LINKER_VERSION} present");
-            return Ok(());
-        }
-    }
-    let sysroot = run("rustc", &["+nightly", "--print", "sysroot"])?;
+    let version = pinned("BPF_LINKER_VERSION")?;
+    let want_major: u32 = pinned("BPF_LLVM_MAJOR")?
+        .parse()
+        .context("toolchains.env: BPF_LLVM_MAJOR is not a number")?;
+    let nightly = nightly_arg()?;
+    let sysroot = run("rustc", &[&nightly, "--print", "sysroot"])?;
     let lib_dir = Path::new(sysroot.trim()).join("lib");
     let libllvm = std::fs::read_dir(&lib_dir)
         .with_context(|| format!("reading {}", lib_dir.display()))?
@@ -137,13 +144,15 @@ fn bpf_linker() -> Result<()> {
         .context("nightly toolchain has no libLLVM shared library")?;
     let major = llvm_major(&libllvm)
         .with_context(|| format!("cannot tell the LLVM version of {libllvm}"))?;
-    if major != 22 {
+    if major != want_major {
         bail!(
-            "nightly rustc uses LLVM {major}, but bpf-linker {BPF_LINKER_VERSION} is built here \
-             for LLVM 22: update BPF_LINKER_VERSION/feature in xtask/src/setup.rs"
+            "{nightly} rustc uses LLVM {major}, but toolchains.env pins BPF_LLVM_MAJOR={want_major}: \
+             change the pins together"
         );
     }
-    let prefix = cargo_home().join("tenantflow-llvm22");
+    // The library bpf-linker loads is the pinned nightly's, re-pointed at every setup: a
+    // linker built earlier then runs on exactly the pinned LLVM.
+    let prefix = cargo_home().join(format!("tenantflow-llvm{major}"));
     let prefix_lib = prefix.join("lib");
     std::fs::create_dir_all(&prefix_lib)?;
     for name in ["libLLVM.so".to_owned(), libllvm.clone()] {
@@ -152,18 +161,28 @@ fn bpf_linker() -> Result<()> {
         std::os::unix::fs::symlink(lib_dir.join(&libllvm), &link)
             .with_context(|| format!("linking {}", link.display()))?;
     }
-    eprintln!(
-        "setup: building bpf-linker {BPF_LINKER_VERSION} against nightly's LLVM {major} (~2 min)"
-    );
+    let bin = cargo_home().join("bin/bpf-linker");
+    if let Ok(v) = run(bin.to_str().unwrap_or("bpf-linker"), &["--version"]) {
+        if v.contains(&version) {
+            eprintln!("setup: bpf-linker {version} present");
+            return Ok(());
+        }
+    }
+    eprintln!("setup: building bpf-linker {version} against {nightly}'s LLVM {major} (~2 min)");
     run_visible(
         Command::new("cargo")
             .args([
-                "+nightly",
+                &nightly,
                 "install",
-                &format!("bpf-linker@{BPF_LINKER_VERSION}"),
+                &format!("bpf-linker@{version}"),
                 "--locked",
             ])
-            .args(["--no-default-features", "--features", "llvm-22", "--force"])
+            .args([
+                "--no-default-features",
+                "--features",
+                &format!("llvm-{major}"),
+                "--force",
+            ])
             .arg("--root")
             .arg(cargo_home())
             .env("LLVM_PREFIX", &prefix),

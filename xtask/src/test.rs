@@ -29,12 +29,12 @@ pub fn run(args: TestArgs) -> Result<()> {
     if !args.no_lint {
         cargo(&["fmt", "--all", "--check"])?;
         cargo(&["clippy", "--all-targets", "--", "-D", "warnings"])?;
-        // The kernel crate only builds for the BPF target with nightly.
+        // The kernel crate only builds for the BPF target with the pinned nightly.
         eprintln!("test: clippy on agent-ebpf (bpfel-unknown-none)");
         exec::run_visible(
             Command::new("cargo")
                 .args([
-                    "+nightly",
+                    setup::nightly_arg()?.as_str(),
                     "clippy",
                     "-p",
                     "agent-ebpf",
