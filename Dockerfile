@@ -10,7 +10,7 @@ ARG RUNTIME_BASE=gcr.io/distroless/cc-debian12
 # rust-src + bpf-linker for the eBPF object (toolchains.env), exactly as `cargo xtask
 # setup` prepares a developer machine and CI. Base images are pinned by exact version tag;
 # add their digests (`docker buildx imagetools inspect <image>`) where your registry
-# policy requires it (docs/deploy-aks.md#building-the-image).
+# policy requires it (docs/deploy-aks.md, section 1).
 FROM rust:1.95.0-bookworm AS build
 COPY toolchains.env /toolchains.env
 RUN set -eux; . /toolchains.env; \
