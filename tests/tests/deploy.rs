@@ -427,7 +427,10 @@ fn the_dockerfile_runtime_carries_what_the_binary_needs() {
     // no toolchain or linker version is written into the Dockerfile itself.
     assert!(dockerfile.contains("COPY toolchains.env /toolchains.env"));
     for floating in ["install nightly", "+nightly", "bpf-linker@0", "llvm-2"] {
-        assert!(!dockerfile.contains(floating), "{floating} in the Dockerfile");
+        assert!(
+            !dockerfile.contains(floating),
+            "{floating} in the Dockerfile"
+        );
     }
     let env = std::fs::read_to_string(root().join("toolchains.env")).unwrap();
     let nightly = env
