@@ -975,3 +975,77 @@ fn the_azure_rule_groups_are_the_rules_file() {
         assert_eq!(want_for, azure.2, "{}: for", file.0);
     }
 }
+
+/// Runs the Prometheus Operator schema check on `objects`: (exit code, output).
+fn validate_monitors(tag: &str, objects: &[&Value]) -> (i32, String) {
+    let dir = std::env::temp_dir().join(format!("tf-monitors-{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let files: Vec<PathBuf> = objects
+        .iter()
+        .enumerate()
+        .map(|(i, o)| {
+            let f = dir.join(format!("{i}.json"));
+            std::fs::write(&f, o.to_string()).unwrap();
+            f
+        })
+        .collect();
+    let out = run(Command::new("node")
+        .arg("tests/prometheus-operator/validate-monitors.mjs")
+        .args(&files)
+        .env("NODE_PATH", tools::node_modules()));
+    std::fs::remove_dir_all(&dir).unwrap();
+    out
+}
+
+/// The monitoring objects of both CRD flavors, with and without tokens and the index, are
+/// valid Prometheus Operator objects (Azure's are the same CRDs in azmonitoring.coreos.com):
+/// types, required fields and no unknown field. The check rejects a misspelt field and a
+/// wrong type, so it is no formality.
+#[test]
+fn monitoring_objects_validate_against_the_prometheus_operator_schemas() {
+    let mut all = Vec::new();
+    for flavor in ["prometheus-operator", "azure"] {
+        for extra in [
+            &[][..],
+            &[
+                "--set",
+                "agent.metrics.auth=true",
+                "--set",
+                "index.enabled=true",
+            ],
+        ] {
+            let mut args = vec!["--set".to_owned(), format!("monitoring.flavor={flavor}")];
+            args.extend(extra.iter().map(|s| s.to_string()));
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            all.extend(
+                documents(&helm_template(&args))
+                    .into_iter()
+                    .filter(|d| d["kind"] == "PodMonitor" || d["kind"] == "PrometheusRule"),
+            );
+        }
+    }
+    // operator: 1+1 and 2+1; azure: 1 and 2.
+    assert_eq!(all.len(), 8);
+    let refs: Vec<&Value> = all.iter().collect();
+    let (code, out) = validate_monitors("all", &refs);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(
+        out.lines().filter(|l| l.starts_with("ok ")).count(),
+        8,
+        "{out}"
+    );
+
+    let mut misspelt = all[0].clone();
+    misspelt["spec"]["podMetricsEndpoints"][0]["relabellings"] = json!([]);
+    let (code, out) = validate_monitors("misspelt", &[&misspelt]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("relabellings: unknown field of PodMetricsEndpoint"),
+        "{out}"
+    );
+    let mut wrong = all[0].clone();
+    wrong["spec"]["podMetricsEndpoints"][0]["interval"] = json!(30);
+    let (code, out) = validate_monitors("wrong", &[&wrong]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("interval"), "{out}");
+}

@@ -20,6 +20,9 @@ const NPM: &[&str] = &[
     "@grafana/schema@13.2.3",
     "ts-json-schema-generator@2.4.0",
     "ajv@8.20.0",
+    // The Prometheus Operator's CRD schemas: the chart's PodMonitor / PrometheusRule (and
+    // Azure's azmonitoring.coreos.com copies) are validated against them.
+    "@kubernetes-models/prometheus-operator@6.0.0",
 ];
 const KUBERNETES_VALIDATE: &str = "kubernetes-validate==1.37.0";
 
