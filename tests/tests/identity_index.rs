@@ -43,24 +43,18 @@ fn index_mode_names_pods_opens_one_watch_and_survives_the_index() {
     run(Mode::Index);
 }
 
-fn run(mode: Mode) {
-    let lab = lab(if mode == Mode::Index { "xi" } else { "xd" });
-    let t = &lab.topo;
-    let ns1 = t.node_ns(1);
-    let node1 = t.node(1).name.clone();
+/// The synthetic API in node 1's namespace with the lab's objects plus `size` generated
+/// ones, the agent's token granted /v1/identity, and the agent's config without the
+/// snapshot (identity comes from the index): (api, token file, config file).
+fn index_setup(
+    t: &xtask::lab::Topology,
+    size: Size,
+) -> (KubeApi, std::path::PathBuf, std::path::PathBuf) {
     let items = xtask::lab::manifest::snapshot(t)["items"]
         .as_array()
         .unwrap()
         .clone();
-    // The lab's objects and 1,000 generated pods on 10 other nodes.
-    let size = Size {
-        pods: 1_000,
-        nodes: 10,
-        namespaces: 5,
-        services: 5,
-    };
-    let api = KubeApi::start(size, items, Some(&ns1));
-    // The agent shows its service account token; RBAC grants it /v1/identity.
+    let api = KubeApi::start(size, items, Some(&t.node_ns(1)));
     api.grant(
         "agent-sa-token",
         "system:serviceaccount:tenantflow:tenantflow",
@@ -68,8 +62,6 @@ fn run(mode: Mode) {
     );
     let token_file = std::env::temp_dir().join(format!("tf-index-token-{}", t.prefix));
     std::fs::write(&token_file, "agent-sa-token\n").unwrap();
-    let index_addr = "127.0.0.1:9993";
-    // The agent's config without the snapshot: identity comes from the index.
     let cfg = std::fs::read_to_string(xtask::lab::manifest::config_path(&t.prefix)).unwrap();
     let cfg: String = cfg
         .lines()
@@ -78,6 +70,23 @@ fn run(mode: Mode) {
         .collect();
     let cfg_path = std::env::temp_dir().join(format!("tf-index-agent-{}.yaml", t.prefix));
     std::fs::write(&cfg_path, cfg).unwrap();
+    (api, token_file, cfg_path)
+}
+
+fn run(mode: Mode) {
+    let lab = lab(if mode == Mode::Index { "xi" } else { "xd" });
+    let t = &lab.topo;
+    let ns1 = t.node_ns(1);
+    let node1 = t.node(1).name.clone();
+    // The lab's objects and 1,000 generated pods on 10 other nodes.
+    let size = Size {
+        pods: 1_000,
+        nodes: 10,
+        namespaces: 5,
+        services: 5,
+    };
+    let (api, token_file, cfg_path) = index_setup(t, size);
+    let index_addr = "127.0.0.1:9993";
     let mut index = (mode == Mode::Index)
         .then(|| Index::start(&api, index_addr, Some(&ns1), Some(&cfg_path), "lab"));
     let kubeconfig = api.kubeconfig("agent");
@@ -246,38 +255,19 @@ fn followers_reach_the_index_over_tls_only_with_its_ca() {
     let t = &lab.topo;
     let ns1 = t.node_ns(1);
     let node1 = t.node(1).name.clone();
-    let items = xtask::lab::manifest::snapshot(t)["items"]
-        .as_array()
-        .unwrap()
-        .clone();
     let size = Size {
         pods: 200,
         nodes: 4,
         namespaces: 3,
         services: 2,
     };
-    let api = KubeApi::start(size, items, Some(&ns1));
-    api.grant(
-        "agent-sa-token",
-        "system:serviceaccount:tenantflow:tenantflow",
-        &["/v1/identity"],
-    );
+    let (api, token_file, cfg_path) = index_setup(t, size);
     let dir = std::env::temp_dir().join(format!("tf-index-tls-{}", t.prefix));
     let (right, wrong) = (dir.join("right"), dir.join("wrong"));
     std::fs::create_dir_all(&right).unwrap();
     std::fs::create_dir_all(&wrong).unwrap();
     let (ca, cert, key) = certificate(&right, &lab);
     let (other_ca, _, _) = certificate(&wrong, &lab);
-    let token_file = dir.join("token");
-    std::fs::write(&token_file, "agent-sa-token\n").unwrap();
-    let cfg = std::fs::read_to_string(xtask::lab::manifest::config_path(&t.prefix)).unwrap();
-    let cfg: String = cfg
-        .lines()
-        .filter(|l| !l.contains("snapshot:") && *l != "identity:")
-        .map(|l| format!("{l}\n"))
-        .collect();
-    let cfg_path = dir.join("agent.yaml");
-    std::fs::write(&cfg_path, cfg).unwrap();
     let tls = IndexTls {
         cert: &cert,
         key: &key,
