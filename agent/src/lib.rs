@@ -8,6 +8,7 @@ pub mod classify;
 pub mod cli;
 pub mod config;
 pub mod datapath;
+pub mod dns;
 pub mod event;
 pub mod export;
 pub mod flow;

@@ -24,6 +24,7 @@ const LAYERS: &[&[&str]] = &[
     &["datapath"],
     &["identity"],
     &["nat"],
+    &["dns"],
     &["process"],
     &["flow"],
     &["classify"],

@@ -13,6 +13,7 @@ const TARGETS: &[&str] = &[
     "nat::conntrack::tests::fuzz_conntrack_messages",
     "export::http::tests::fuzz_flows_query",
     "lateral::edges::tests::fuzz_edge_file_parser",
+    "dns::message::tests::fuzz_dns_messages",
 ];
 
 pub fn run(cases: u64) -> Result<()> {
