@@ -17,10 +17,15 @@ pub enum Counter {
     /// through the ring buffer. Steady growth means the cache is smaller than the node's
     /// flow working set (costs CPU, not accuracy).
     Evictions = 4,
+    /// DNS messages (port 53) copied to userspace.
+    DnsCaptured = 5,
+    /// DNS messages the ring had no room for: not seen by the agent (the flow itself is
+    /// still counted).
+    DnsLost = 6,
 }
 
 /// Number of slots in the counter array.
-pub const COUNTER_SLOTS: u32 = 5;
+pub const COUNTER_SLOTS: u32 = 7;
 
 impl Counter {
     /// Every counter, in index order (for harvesting and metric registration).
@@ -30,6 +35,8 @@ impl Counter {
         Counter::Unparsable,
         Counter::NonIp,
         Counter::Evictions,
+        Counter::DnsCaptured,
+        Counter::DnsLost,
     ];
 
     /// Stable snake_case name used in metrics and logs.
@@ -40,6 +47,8 @@ impl Counter {
             Counter::Unparsable => "unparsable",
             Counter::NonIp => "non_ip",
             Counter::Evictions => "evictions",
+            Counter::DnsCaptured => "dns_captured",
+            Counter::DnsLost => "dns_lost",
         }
     }
 }

@@ -17,3 +17,5 @@ unsafe impl aya::Pod for crate::Evicted {}
 unsafe impl aya::Pod for crate::SvcAddr {}
 // SAFETY: as above.
 unsafe impl aya::Pod for crate::SvcTuple {}
+// SAFETY: #[repr(C)] integers and a byte array with explicit padding.
+unsafe impl aya::Pod for crate::DnsCapture {}

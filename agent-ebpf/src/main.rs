@@ -12,6 +12,7 @@
 #![no_std]
 #![no_main]
 
+mod dns;
 mod maps;
 mod parse;
 mod service;

@@ -2,8 +2,8 @@
 
 use agent_common::{
     counters::COUNTER_SLOTS, Counter, Evicted, FlowKey, FlowSet, SockOwner, SvcAddr, SvcTuple,
-    CACHE_SETS, CONN_GEN_ENTRIES, EVICTIONS_BYTES, EVICTIONS_WAKE_BYTES, MAX_SERVICE_SOCKETS,
-    MAX_SOCKETS,
+    CACHE_SETS, CONN_GEN_ENTRIES, DNS_RING_BYTES, EVICTIONS_BYTES, EVICTIONS_WAKE_BYTES,
+    MAX_SERVICE_SOCKETS, MAX_SOCKETS,
 };
 use aya_ebpf::{
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
@@ -25,6 +25,10 @@ pub static CONN_GEN: Array<u64> = Array::with_max_entries(CONN_GEN_ENTRIES, 0);
 /// Final counters of slots taken over by another flow.
 #[map(name = "TF_EVICTIONS")]
 pub static EVICTIONS: RingBuf = RingBuf::with_byte_size(EVICTIONS_BYTES, 0);
+
+/// DNS messages (port 53) for the agent to name pods' flows with (`agent_common::dns`).
+#[map(name = "TF_DNS")]
+pub static DNS: RingBuf = RingBuf::with_byte_size(DNS_RING_BYTES, 0);
 
 /// Socket cookie → the process that connected or sent on it (cgroup hooks).
 #[map(name = "TF_SOCKS")]

@@ -69,6 +69,7 @@ fn record(ctx: &TcContext, dir: Direction, mut p: Parsed) {
     p.key.direction = dir as u8;
     // A GSO super-packet stands for `segs` wire packets, each carrying its own copy of the
     // IP + transport headers; count them the way the wire will see them.
+    crate::dns::capture(ctx, &p, len);
     let segs = if gso_segs > 1 { gso_segs as u64 } else { 1 };
     let l3_len = (len as u64).saturating_sub(p.l3_off as u64);
     let bytes = l3_len + (segs - 1) * p.hdr_len as u64;

@@ -126,6 +126,7 @@ fn harvest(connections: u32) -> Harvest {
         deltas,
         occupied: connections as usize * 2,
         counters: Default::default(),
+        dns: Vec::new(),
     }
 }
 

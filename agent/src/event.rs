@@ -46,4 +46,6 @@ pub struct ConnEvent<'a> {
     pub decided: bool,
     /// The first answered connection on its edge since learning ended.
     pub new_edge: bool,
+    /// The name the source pod resolved the destination from, when it did.
+    pub dst_fqdn: Option<&'a std::sync::Arc<str>>,
 }

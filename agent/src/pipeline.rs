@@ -14,6 +14,7 @@ use crate::{
     classify::{Classification, SharedClasses},
     config::Config,
     datapath::{Harvest, Harvester, Interfaces},
+    dns::{DnsTracker, NamesLimits},
     event::{ConnEvent, EventKind},
     export::{ConnectionView, FlowLog, FlowMetrics, NatMappings, Shared},
     flow::{decide_outcome, ConnId, ConnTable, Counts, FlowView, Outcome, Seen, Settled},
@@ -51,6 +52,9 @@ pub struct Annotation {
     outcome: Option<Outcome>,
     /// The first answered connection on its edge since learning ended.
     new_edge: bool,
+    /// The name the source pod resolved the destination from, fixed when the connection
+    /// is first classified (a TTL running out mid-connection does not take it away).
+    dst_fqdn: Option<Arc<str>>,
 }
 
 pub struct Pipeline {
@@ -72,6 +76,8 @@ pub struct Pipeline {
     undecided: std::collections::BTreeSet<ConnId>,
     /// Paths seen before, to flag new ones.
     edges: Edges,
+    /// The pods' DNS: what each resolved, to name their connections.
+    dns: DnsTracker,
 }
 
 impl Pipeline {
@@ -97,6 +103,7 @@ impl Pipeline {
             processes,
             undecided: Default::default(),
             edges,
+            dns: DnsTracker::new(NamesLimits::default()),
         }
     }
 
@@ -147,6 +154,9 @@ impl Pipeline {
         m.observe_kernel(harvest.counters);
         let idle_ns = u64::try_from(self.idle.as_nanos()).unwrap_or(u64::MAX);
         let role = |i: u32| interfaces.role(i);
+        // Before the flows: a connection opened right after its name was resolved is named
+        // when it is first classified, in this same harvest.
+        self.absorb_dns(harvest, interfaces, shared);
         self.table.apply(&harvest.deltas, &self.nat, role);
         let fresh = self.nat.take_fresh();
         self.table.join(&fresh, &self.nat);
@@ -194,6 +204,7 @@ impl Pipeline {
             v.process = t.extra.process.as_deref().cloned();
             v.outcome = t.extra.outcome;
             v.new_edge = t.extra.new_edge;
+            v.dst_fqdn = t.extra.dst_fqdn.clone();
             let v = Arc::new(v);
             t.extra.view = Some(v.clone());
             views.push(v);
@@ -270,6 +281,10 @@ impl Pipeline {
             let Some(t) = self.table.get_mut(id) else {
                 continue;
             };
+            if t.extra.class.is_none() {
+                let tu = &t.conn.tuple;
+                t.extra.dst_fqdn = self.dns.name_of(tu.src, tu.dst, Instant::now());
+            }
             if t.extra.class.is_none() || t.nat_changed || revisit.contains(&id) {
                 let k = classify::classify(&self.config, store, &t.conn);
                 t.extra.reclassified |= t.extra.class.as_deref() != Some(&k);
@@ -285,6 +300,16 @@ impl Pipeline {
             }
             t.extra.view = None;
         }
+    }
+
+    /// Take the harvest's DNS messages into the per-pod names, and publish what they were.
+    fn absorb_dns(&mut self, harvest: &Harvest, interfaces: &impl Interfaces, shared: &Shared) {
+        let now = Instant::now();
+        self.dns.expire(now);
+        self.dns.absorb(&harvest.dns, |i| interfaces.role(i), now);
+        shared
+            .metrics
+            .observe_dns(self.dns.counts, self.dns.names());
     }
 
     /// Every connection with an event this harvest, its kind, and the counts and
@@ -350,6 +375,7 @@ impl Pipeline {
                     outcome: t.extra.outcome,
                     decided: decided.contains(&id),
                     new_edge: t.extra.new_edge,
+                    dst_fqdn: t.extra.dst_fqdn.as_ref(),
                 })
             })
             .collect();

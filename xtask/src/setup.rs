@@ -28,6 +28,7 @@ pub const APT_PACKAGES: &[&str] = &[
     "python3-venv", // kubernetes-validate
     "curl",         // the scale benchmark reads the agent's metrics inside the node namespace
     "openssl",      // test certificates for the exposed records listener
+    "dnsmasq-base", // the lab's DNS server: pods resolve names before they connect
     "podman",       // runs the agent from its image in the image test
     "buildah",      // builds the image offline (cargo xtask image)
     "skopeo",       // writes the image as an OCI archive for a later push

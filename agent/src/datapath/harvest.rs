@@ -9,7 +9,9 @@
 
 use std::os::fd::{AsFd, AsRawFd, RawFd};
 
-use agent_common::{counters::COUNTER_SLOTS, Counter, Evicted, FlowSet, CACHE_WAYS};
+use agent_common::{
+    counters::COUNTER_SLOTS, Counter, DnsCapture, Evicted, FlowKey, FlowSet, CACHE_WAYS,
+};
 use aya::{
     maps::{Map, MapData, MapError, PerCpuArray, PerCpuValues, RingBuf},
     Ebpf,
@@ -28,6 +30,20 @@ const BATCH_SETS: u32 = 256;
 const CACHE_MAP: &str = "TF_FLOW_CACHE";
 const EVICTIONS_MAP: &str = "TF_EVICTIONS";
 const COUNTERS_MAP: &str = "TF_COUNTERS";
+const DNS_MAP: &str = "TF_DNS";
+
+/// Most DNS messages held between harvests (the ring itself holds ~800); past it they are
+/// dropped and counted like a full ring.
+const DNS_PENDING_MAX: usize = 65_536;
+
+/// A DNS message one of our interfaces carried (`agent_common::dns`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DnsMessage {
+    /// Addresses, ports, protocol, interface and direction of its packet.
+    pub key: FlowKey,
+    /// The transport payload, cut at `agent_common::DNS_CAPTURE_BYTES`.
+    pub payload: Vec<u8>,
+}
 
 /// Kernel health counters, cumulative since the programs were loaded.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
@@ -37,6 +53,8 @@ pub struct KernelCounters {
     pub evictions_lost: u64,
     pub unparsable: u64,
     pub non_ip: u64,
+    pub dns_captured: u64,
+    pub dns_lost: u64,
 }
 
 /// One pass over the kernel cache.
@@ -48,6 +66,8 @@ pub struct Harvest {
     /// Slots holding a flow, over all CPUs.
     pub occupied: usize,
     pub counters: KernelCounters,
+    /// DNS messages since the last harvest, oldest first.
+    pub dns: Vec<DnsMessage>,
 }
 
 pub struct Harvester {
@@ -55,18 +75,22 @@ pub struct Harvester {
     sets: u32,
     reader: BatchReader,
     evictions: RingBuf<MapData>,
+    dns: RingBuf<MapData>,
     counters: PerCpuArray<MapData, u64>,
     slots: SlotDeltas,
     cpus: usize,
     /// Deltas from eviction records drained between harvests.
     pending: Vec<Delta>,
+    pending_dns: Vec<DnsMessage>,
+    /// DNS messages dropped because `pending_dns` was full.
+    pub dns_dropped: u64,
 }
 
-/// The eviction ring's file descriptor, for waiting on it (`tokio::io::unix::AsyncFd`);
-/// valid while the [`Harvester`] it came from lives.
-pub struct EvictionsFd(RawFd);
+/// A ring's file descriptor (evictions, DNS), for waiting on it
+/// (`tokio::io::unix::AsyncFd`); valid while the [`Harvester`] it came from lives.
+pub struct RingFd(RawFd);
 
-impl AsRawFd for EvictionsFd {
+impl AsRawFd for RingFd {
     fn as_raw_fd(&self) -> RawFd {
         self.0
     }
@@ -89,10 +113,13 @@ impl Harvester {
             sets,
             reader: BatchReader::new(BATCH_SETS, size_of::<FlowSet>(), cpus),
             evictions: take_map(ebpf, EVICTIONS_MAP)?,
+            dns: take_map(ebpf, DNS_MAP)?,
             counters: take_map(ebpf, COUNTERS_MAP)?,
             slots: SlotDeltas::new(sets as usize * CACHE_WAYS),
             cpus,
             pending: Vec::new(),
+            pending_dns: Vec::new(),
+            dns_dropped: 0,
         })
     }
 
@@ -102,8 +129,34 @@ impl Harvester {
     }
 
     /// The kernel wakes this when the eviction ring is an eighth full.
-    pub fn evictions_fd(&self) -> EvictionsFd {
-        EvictionsFd(self.evictions.as_raw_fd())
+    pub fn evictions_fd(&self) -> RingFd {
+        RingFd(self.evictions.as_raw_fd())
+    }
+
+    /// The kernel wakes this for every DNS message.
+    pub fn dns_fd(&self) -> RingFd {
+        RingFd(self.dns.as_raw_fd())
+    }
+
+    /// Take every waiting DNS message into the next harvest, freeing the ring.
+    pub fn drain_dns(&mut self) {
+        while let Some(item) = self.dns.next() {
+            if item.len() < size_of::<DnsCapture>() {
+                continue;
+            }
+            if self.pending_dns.len() >= DNS_PENDING_MAX {
+                self.dns_dropped += 1;
+                continue;
+            }
+            // SAFETY: the kernel wrote a `DnsCapture` (repr(C), every bit pattern valid) at
+            // the start of the record; read_unaligned makes no alignment assumption.
+            let c: DnsCapture = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
+            let len = usize::from(c.len).min(c.data.len());
+            self.pending_dns.push(DnsMessage {
+                key: c.key,
+                payload: c.data[..len].to_vec(),
+            });
+        }
     }
 
     /// Take every waiting eviction record into the next harvest's deltas, freeing the ring.
@@ -123,6 +176,9 @@ impl Harvester {
     /// node's hundreds of thousands of deltas do not cost a fresh allocation every time.
     pub fn harvest(&mut self, out: &mut Harvest) -> Result<(), DatapathError> {
         self.drain_evictions();
+        self.drain_dns();
+        out.dns.clear();
+        out.dns.append(&mut self.pending_dns);
         out.deltas.clear();
         out.deltas.append(&mut self.pending);
         let slots = &mut self.slots;
@@ -165,6 +221,8 @@ impl Harvester {
             evictions_lost: slots[Counter::EvictionsLost as usize],
             unparsable: slots[Counter::Unparsable as usize],
             non_ip: slots[Counter::NonIp as usize],
+            dns_captured: slots[Counter::DnsCaptured as usize],
+            dns_lost: slots[Counter::DnsLost as usize],
         })
     }
 }

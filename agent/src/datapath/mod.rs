@@ -26,7 +26,7 @@ pub use attach::{remove_clsact, remove_stale_filters, AttachMode, Attached, Atta
 pub(crate) use batch::{BatchAttr, BPF_MAP_LOOKUP_BATCH};
 pub use clock::KernelClock;
 pub use error::DatapathError;
-pub use harvest::{EvictionsFd, Harvest, Harvester, KernelCounters};
+pub use harvest::{DnsMessage, Harvest, Harvester, KernelCounters, RingFd};
 pub use interfaces::Interfaces;
 pub use legacy::{filters as legacy_filters, LegacyFilter};
 pub use links::{default_route_interfaces, list_links, watch_links, Link, LinkEvent};

@@ -144,4 +144,4 @@ fn addresses(msg: &Message, asked: &str) -> Vec<(IpAddr, u32)> {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

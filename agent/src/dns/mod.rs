@@ -4,10 +4,13 @@
 //! itself becomes a signal (outside resolvers, NXDOMAIN storms, spoofed answers).
 //!
 //! `message` parses one DNS message (hickory-proto); `names` keeps, per pod, what each
-//! address was resolved from, bounded and honouring TTLs.
+//! address was resolved from, bounded and honouring TTLs; `tracker` matches answers to the
+//! pods' own queries and feeds `names`.
 
 pub mod message;
 pub mod names;
+pub mod tracker;
 
 pub use message::{parse, Answer, DnsError, Parsed, Rcode};
 pub use names::{Names, NamesLimits};
+pub use tracker::{DnsCounts, DnsTracker, NxDomain};

@@ -285,6 +285,7 @@ mod tests {
                 outcome: None,
                 decided: false,
                 new_edge: false,
+                dst_fqdn: None,
             })
             .collect()
     }

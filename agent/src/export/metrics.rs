@@ -5,6 +5,7 @@ use prometheus::{
 };
 
 use crate::datapath::KernelCounters;
+use crate::dns::DnsCounts;
 use crate::metric::{register, STATIC};
 
 pub struct AgentMetrics {
@@ -48,7 +49,14 @@ pub struct AgentMetrics {
     kernel_evictions_lost: IntCounter,
     kernel_unparsable: IntCounter,
     kernel_non_ip: IntCounter,
+    kernel_dns_captured: IntCounter,
+    kernel_dns_lost: IntCounter,
     last_kernel: std::sync::Mutex<KernelCounters>,
+    dns_messages: IntCounterVec,
+    dns_nxdomain: IntCounter,
+    dns_names: IntGauge,
+    dns_names_dropped: IntCounter,
+    last_dns: std::sync::Mutex<(DnsCounts, u64)>,
 }
 
 fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
@@ -366,7 +374,46 @@ impl AgentMetrics {
                 "tenantflow_datapath_non_ip_packets_total",
                 "Non-IP frames seen (ARP and the like).",
             ),
+            kernel_dns_captured: counter(
+                &r,
+                "tenantflow_datapath_dns_messages_total",
+                "DNS messages (port 53) the kernel programs copied to the agent.",
+            ),
+            kernel_dns_lost: counter(
+                &r,
+                "tenantflow_datapath_dns_lost_total",
+                "DNS messages the capture ring had no room for: the agent did not see them \
+                 (their packets are still counted in flows).",
+            ),
             last_kernel: std::sync::Mutex::new(KernelCounters::default()),
+            dns_messages: counter_vec(
+                &r,
+                "tenantflow_dns_messages_total",
+                "DNS messages on pod interfaces, by what became of them: `query` (a pod asked), \
+                 `answer` (it answered a pod's query and named its addresses), \
+                 `unsolicited` (an answer to no query of the pod's, e.g. spoofed: ignored), \
+                 `malformed` (not DNS: ignored), `incomplete` (a TCP message longer than what \
+                 was captured: ignored).",
+                &["kind"],
+            ),
+            dns_nxdomain: counter(
+                &r,
+                "tenantflow_dns_nxdomain_total",
+                "NXDOMAIN answers pods received (names that do not exist: typos, scans, \
+                 generated domains).",
+            ),
+            dns_names: gauge(
+                &r,
+                "tenantflow_dns_names",
+                "(pod, address) pairs with the name the pod resolved the address from.",
+            ),
+            dns_names_dropped: counter(
+                &r,
+                "tenantflow_dns_names_dropped_total",
+                "Resolved addresses not kept because the name table was full: their \
+                 connections carry no dst_fqdn.",
+            ),
+            last_dns: std::sync::Mutex::new((DnsCounts::default(), 0)),
             registry: r,
         }
     }
@@ -384,7 +431,34 @@ impl AgentMetrics {
             .inc_by(now.unparsable.saturating_sub(last.unparsable));
         self.kernel_non_ip
             .inc_by(now.non_ip.saturating_sub(last.non_ip));
+        self.kernel_dns_captured
+            .inc_by(now.dns_captured.saturating_sub(last.dns_captured));
+        self.kernel_dns_lost
+            .inc_by(now.dns_lost.saturating_sub(last.dns_lost));
         *last = now;
+    }
+
+    /// The DNS tracker's cumulative counts and its table's size.
+    pub fn observe_dns(&self, now: DnsCounts, (names, dropped): (usize, u64)) {
+        let mut last = self.last_dns.lock().unwrap_or_else(|p| p.into_inner());
+        let (was, was_dropped) = *last;
+        for (kind, n, before) in [
+            ("query", now.queries, was.queries),
+            ("answer", now.answers, was.answers),
+            ("unsolicited", now.unsolicited, was.unsolicited),
+            ("malformed", now.malformed, was.malformed),
+            ("incomplete", now.incomplete, was.incomplete),
+        ] {
+            self.dns_messages
+                .with_label_values(&[kind])
+                .inc_by(n.saturating_sub(before));
+        }
+        self.dns_nxdomain
+            .inc_by(now.nxdomain.saturating_sub(was.nxdomain));
+        self.dns_names.set(names as i64);
+        self.dns_names_dropped
+            .inc_by(dropped.saturating_sub(was_dropped));
+        *last = (now, dropped);
     }
 
     /// Text exposition of everything registered.

@@ -75,6 +75,10 @@ pub struct ConnectionView {
     /// since the learning period ended: docs/flow-log.md.
     #[serde(skip_serializing_if = "std::ops::Not::not", default)]
     pub new_edge: bool,
+    /// The name the source pod resolved the destination address from (its own DNS
+    /// answer, seen on its interface), when it did: docs/flow-log.md.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub dst_fqdn: Option<std::sync::Arc<str>>,
 }
 
 /// Forward sightings first, each direction by counting preference.
@@ -91,6 +95,7 @@ impl ConnectionView {
         v.process = ev.process.cloned();
         v.outcome = ev.outcome;
         v.new_edge = ev.new_edge;
+        v.dst_fqdn = ev.dst_fqdn.cloned();
         v
     }
 
@@ -137,6 +142,7 @@ impl ConnectionView {
             process: None,
             outcome: None,
             new_edge: false,
+            dst_fqdn: None,
         }
     }
 

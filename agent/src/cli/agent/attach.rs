@@ -22,7 +22,9 @@ use crate::{
 pub(super) struct Datapath {
     /// Declared before `harvester`, so dropped before it (fields drop in order): its fd
     /// is the harvester's ring's.
-    pub(super) evictions: AsyncFd<datapath::EvictionsFd>,
+    pub(super) evictions: AsyncFd<datapath::RingFd>,
+    /// As `evictions`: the harvester's DNS ring.
+    pub(super) dns: AsyncFd<datapath::RingFd>,
     pub(super) harvester: Harvester,
     pub(super) loaded: datapath::Loaded,
     pub(super) mode: AttachMode,
@@ -48,6 +50,9 @@ pub(super) async fn start_datapath(args: &AgentArgs) -> anyhow::Result<Datapath>
     let evictions =
         unsafe { AsyncFd::register_with_interest(harvester.evictions_fd(), Interest::READABLE) }
             .map_err(|e| anyhow::anyhow!("watching the eviction ring: {e}"))?;
+    // SAFETY: as above, for the DNS ring.
+    let dns = unsafe { AsyncFd::register_with_interest(harvester.dns_fd(), Interest::READABLE) }
+        .map_err(|e| anyhow::anyhow!("watching the DNS ring: {e}"))?;
     let mode = args.attach_mode.resolve(loaded.tcx_available);
     if mode == AttachMode::Tcx && !loaded.tcx_available {
         return Err(UsageError(
@@ -63,6 +68,7 @@ pub(super) async fn start_datapath(args: &AgentArgs) -> anyhow::Result<Datapath>
     let attachments = Attachments::new(&mut loaded.ebpf, mode, programs, loaded.tcx_available)?;
     let mut dp = Datapath {
         evictions,
+        dns,
         harvester,
         loaded,
         mode,

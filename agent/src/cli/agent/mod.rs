@@ -171,6 +171,7 @@ async fn observe(
         loaded,
         harvester,
         evictions,
+        dns,
         attachments,
         selector,
         events,
@@ -207,6 +208,13 @@ async fn observe(
                     guard.clear_ready();
                 }
                 Err(e) => break Err(anyhow::anyhow!("eviction ring wait failed: {e}")),
+            },
+            ready = dns.readable() => match ready {
+                Ok(mut guard) => {
+                    harvester.drain_dns();
+                    guard.clear_ready();
+                }
+                Err(e) => break Err(anyhow::anyhow!("DNS ring wait failed: {e}")),
             },
         }
     }

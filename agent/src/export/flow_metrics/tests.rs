@@ -55,6 +55,7 @@ fn ev<'a>(
         outcome: None,
         decided: false,
         new_edge: false,
+        dst_fqdn: None,
     }
 }
 

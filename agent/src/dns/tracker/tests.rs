@@ -1,0 +1,229 @@
+use std::net::Ipv4Addr;
+
+use agent_common::FlowKey;
+use hickory_proto::{
+    op::{Message, MessageType, OpCode, Query, ResponseCode},
+    rr::{Name, RecordType},
+};
+
+use super::*;
+use crate::dns::message::tests::{a, answer, cname};
+
+const POD: &str = "10.244.1.11";
+const OTHER_POD: &str = "10.244.1.12";
+const RESOLVER: &str = "10.0.0.10";
+const POD_IF: u32 = 4;
+const UPLINK: u32 = 2;
+
+fn words(ip: &str) -> [u64; 2] {
+    let v4: Ipv4Addr = ip.parse().unwrap();
+    let mut raw = [0u8; 16];
+    raw[..4].copy_from_slice(&v4.octets());
+    FlowKey::addr_words(&raw)
+}
+
+/// A message on `ifindex` in `dir` from src:sport to dst:dport.
+fn msg(
+    ifindex: u32,
+    dir: Direction,
+    (src, sport): (&str, u16),
+    (dst, dport): (&str, u16),
+    payload: Vec<u8>,
+) -> DnsMessage {
+    let key = FlowKey {
+        ifindex,
+        direction: dir as u8,
+        family: 4,
+        proto: 17,
+        _pad0: 0,
+        src_addr: words(src),
+        dst_addr: words(dst),
+        src_port: sport,
+        dst_port: dport,
+        generation: 0,
+    };
+    DnsMessage { key, payload }
+}
+
+fn query(id: u16, name: &str) -> Vec<u8> {
+    let mut m = Message::new(id, MessageType::Query, OpCode::Query);
+    let mut q = Query::new();
+    q.set_name(Name::from_ascii(name).unwrap())
+        .set_query_type(RecordType::A);
+    m.add_query(q);
+    m.to_vec().unwrap()
+}
+
+fn roles(i: u32) -> Option<Role> {
+    match i {
+        POD_IF => Some(Role::Pod),
+        UPLINK => Some(Role::Uplink),
+        _ => None,
+    }
+}
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+fn api_answer(id: u16) -> Vec<u8> {
+    answer(
+        id,
+        "api.example.test.",
+        vec![
+            cname("api.example.test.", 300, "edge.example.test."),
+            a("edge.example.test.", 60, [198, 51, 100, 7]),
+            a("edge.example.test.", 60, [198, 51, 100, 8]),
+        ],
+        ResponseCode::NoError,
+    )
+}
+
+#[test]
+fn an_answer_to_the_pods_own_query_names_its_addresses_for_that_pod_only() {
+    let mut d = DnsTracker::new(NamesLimits::default());
+    let now = Instant::now();
+    let msgs = [
+        msg(
+            POD_IF,
+            Direction::Ingress,
+            (POD, 40000),
+            (RESOLVER, 53),
+            query(7, "api.example.test."),
+        ),
+        msg(
+            POD_IF,
+            Direction::Egress,
+            (RESOLVER, 53),
+            (POD, 40000),
+            api_answer(7),
+        ),
+    ];
+    assert!(d.absorb(&msgs, roles, now).is_empty());
+    for addr in ["198.51.100.7", "198.51.100.8"] {
+        assert_eq!(
+            d.name_of(ip(POD), ip(addr), now).as_deref(),
+            Some("api.example.test")
+        );
+        assert_eq!(d.name_of(ip(OTHER_POD), ip(addr), now), None);
+    }
+    assert_eq!(
+        d.counts,
+        DnsCounts {
+            queries: 1,
+            answers: 1,
+            ..DnsCounts::default()
+        }
+    );
+    assert_eq!((d.names(), d.waiting()), ((2, 0), 0));
+}
+
+#[test]
+fn spoofed_malformed_and_uplink_messages_name_nothing() {
+    let mut d = DnsTracker::new(NamesLimits::default());
+    let now = Instant::now();
+    let msgs = [
+        msg(
+            POD_IF,
+            Direction::Ingress,
+            (POD, 40000),
+            (RESOLVER, 53),
+            query(7, "api.example.test."),
+        ),
+        // From another address than the one asked.
+        msg(
+            POD_IF,
+            Direction::Egress,
+            ("203.0.113.66", 53),
+            (POD, 40000),
+            api_answer(7),
+        ),
+        // The right resolver, the wrong id.
+        msg(
+            POD_IF,
+            Direction::Egress,
+            (RESOLVER, 53),
+            (POD, 40000),
+            api_answer(8),
+        ),
+        // Garbage.
+        msg(
+            POD_IF,
+            Direction::Egress,
+            (RESOLVER, 53),
+            (POD, 40000),
+            vec![0xde, 0xad],
+        ),
+        // The uplink carries no pod's own view: ignored whatever it says.
+        msg(
+            UPLINK,
+            Direction::Egress,
+            (RESOLVER, 53),
+            (POD, 40000),
+            api_answer(7),
+        ),
+    ];
+    d.absorb(&msgs, roles, now);
+    assert_eq!(d.name_of(ip(POD), ip("198.51.100.7"), now), None);
+    assert_eq!(
+        d.counts,
+        DnsCounts {
+            queries: 1,
+            unsolicited: 2,
+            malformed: 1,
+            ..DnsCounts::default()
+        }
+    );
+    // The real answer still arrives afterwards and is believed.
+    d.absorb(
+        &[msg(
+            POD_IF,
+            Direction::Egress,
+            (RESOLVER, 53),
+            (POD, 40000),
+            api_answer(7),
+        )],
+        roles,
+        now,
+    );
+    assert!(d.name_of(ip(POD), ip("198.51.100.7"), now).is_some());
+}
+
+#[test]
+fn nxdomain_is_reported_per_pod_and_unanswered_queries_expire() {
+    let mut d = DnsTracker::new(NamesLimits::default());
+    let now = Instant::now();
+    let nx = answer(9, "nope.example.test.", vec![], ResponseCode::NXDomain);
+    let got = d.absorb(
+        &[
+            msg(
+                POD_IF,
+                Direction::Ingress,
+                (POD, 40001),
+                (RESOLVER, 53),
+                query(9, "nope.example.test."),
+            ),
+            msg(POD_IF, Direction::Egress, (RESOLVER, 53), (POD, 40001), nx),
+            msg(
+                POD_IF,
+                Direction::Ingress,
+                (POD, 40002),
+                (RESOLVER, 53),
+                query(10, "x.test."),
+            ),
+        ],
+        roles,
+        now,
+    );
+    assert_eq!(
+        got,
+        [NxDomain {
+            pod: ip(POD),
+            asked: "nope.example.test".into()
+        }]
+    );
+    assert_eq!(d.counts.nxdomain, 1);
+    assert_eq!(d.waiting(), 1);
+    d.expire(now + QUERY_TIMEOUT);
+    assert_eq!(d.waiting(), 0);
+}

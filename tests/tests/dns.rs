@@ -1,0 +1,186 @@
+//! Egress by name: a real DNS server (dnsmasq) answers behind a kube-dns-like Service VIP,
+//! pods resolve with glibc (`getent`, the pod's resolv.conf pointing at the VIP) before they
+//! connect, and the agent names each connection with what its own pod resolved.
+
+use std::{path::PathBuf, process::Child};
+
+use tenantflow_tests::{
+    agent::{counts, wait_connection},
+    in_ns, lab, lab_agent, udp_from_pod, LabGuard,
+};
+use xtask::lab::topology::INTERNET_HOST;
+
+/// The kube-dns-like VIP the pods' resolv.conf names.
+const DNS_VIP: &str = "10.0.0.53";
+
+/// dnsmasq in kube-system's coredns-1 pod, reached through [`DNS_VIP`] (DNAT on both nodes
+/// for UDP and TCP, as kube-proxy programs every node), answering for `test.`: `api.example.test` is a CNAME of
+/// `edge.example.test`, which has two addresses, the lab's internet host first; TTL 30 s.
+/// Every pod of the lab gets a resolv.conf naming the VIP (`ip netns exec` mounts
+/// /etc/netns/<ns>/resolv.conf). Removed on drop.
+struct Dns {
+    server: Child,
+    dirs: Vec<PathBuf>,
+}
+
+impl Dns {
+    fn start(lab: &LabGuard) -> Self {
+        let t = &lab.topo;
+        let coredns = t.pod("coredns-1");
+        let dir = std::env::temp_dir().join(format!("{}-dns", t.prefix));
+        std::fs::create_dir_all(&dir).unwrap();
+        let hosts = dir.join("hosts");
+        std::fs::write(
+            &hosts,
+            format!("{INTERNET_HOST} edge.example.test\n198.51.100.8 edge.example.test\n"),
+        )
+        .unwrap();
+        let server = std::process::Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &t.pod_ns(coredns),
+                "dnsmasq",
+                "--keep-in-foreground",
+            ])
+            .args([
+                "--conf-file=/dev/null",
+                "--no-resolv",
+                "--no-hosts",
+                "--user=root",
+            ])
+            .arg(format!("--addn-hosts={}", hosts.display()))
+            .args([
+                "--cname=api.example.test,edge.example.test",
+                "--local=/test/",
+            ])
+            .args(["--local-ttl=30", "--bind-interfaces", "--pid-file"])
+            .arg(format!("--listen-address={}", coredns.ip()))
+            .spawn()
+            .expect("dnsmasq: run `cargo xtask setup`");
+        for (node, proto) in [1, 2]
+            .into_iter()
+            .flat_map(|n| [(t.node_ns(n), "udp"), (t.node_ns(n), "tcp")])
+        {
+            in_ns(
+                &node,
+                &[
+                    "iptables",
+                    "-t",
+                    "nat",
+                    "-I",
+                    "PREROUTING",
+                    "-d",
+                    DNS_VIP,
+                    "-p",
+                    proto,
+                    "--dport",
+                    "53",
+                    "-j",
+                    "DNAT",
+                    "--to-destination",
+                    &format!("{}:53", coredns.ip()),
+                ],
+            );
+        }
+        let mut dirs = vec![dir];
+        for p in &t.pods {
+            let etc = PathBuf::from("/etc/netns").join(t.pod_ns(p));
+            std::fs::create_dir_all(&etc).unwrap();
+            std::fs::write(etc.join("resolv.conf"), format!("nameserver {DNS_VIP}\n")).unwrap();
+            dirs.push(etc);
+        }
+        // dnsmasq answers once it is bound.
+        let ready = tenantflow_tests::eventually(std::time::Duration::from_secs(10), || {
+            resolve(lab, "coredns-2", "edge.example.test")
+                .is_some()
+                .then_some(())
+        });
+        assert!(ready.is_some(), "dnsmasq never answered");
+        Dns { server, dirs }
+    }
+}
+
+impl Drop for Dns {
+    fn drop(&mut self) {
+        let _ = self.server.kill();
+        let _ = self.server.wait();
+        for d in &self.dirs {
+            let _ = std::fs::remove_dir_all(d);
+        }
+    }
+}
+
+/// `getent ahostsv4 NAME` in `pod`'s namespace (glibc's resolver, its resolv.conf): the
+/// addresses, or None when it failed.
+fn resolve(lab: &LabGuard, pod: &str, name: &str) -> Option<Vec<String>> {
+    let t = &lab.topo;
+    let out = std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &t.pod_ns(t.pod(pod)),
+            "getent",
+            "ahostsv4",
+            name,
+        ])
+        .output()
+        .unwrap();
+    if !out.status.success() {
+        return None;
+    }
+    let mut v: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.contains("STREAM"))
+        .filter_map(|l| l.split_whitespace().next().map(str::to_owned))
+        .collect();
+    // glibc orders them by its address-selection rules; the set is what the answer gave.
+    v.sort();
+    v.dedup();
+    Some(v)
+}
+
+/// A pod resolves `api.example.test` (a CNAME and two A records) through the Service VIP and
+/// connects to the first address: its record carries the name it asked for. A second pod
+/// that dialled the same address without resolving it gets no name. The agent's DNS
+/// counters say exactly what it saw.
+#[test]
+fn a_connection_carries_the_name_its_own_pod_resolved_and_no_other_pods() {
+    let lab = lab("dn");
+    let t = &lab.topo;
+    let agent = lab_agent(&lab, 1, &[]);
+    let _dns = Dns::start(&lab);
+    let warmed = agent.metric("tenantflow_dns_messages_total{kind=\"query\"}");
+    assert_eq!(
+        resolve(&lab, "web-1", "api.example.test"),
+        Some(vec!["198.51.100.8".to_owned(), INTERNET_HOST.to_owned()])
+    );
+    let to = format!("{INTERNET_HOST}:5300");
+    let named = udp_from_pod(&lab, "web-1", 4400, &t.internet_ns(), &to, 3, 50);
+    let unnamed = udp_from_pod(&lab, "jobs-1", 4401, &t.internet_ns(), &to, 2, 50);
+    let web = wait_connection(
+        &agent,
+        |c| c["src_port"] == 4400,
+        |c| counts(c, "forward") == named,
+    );
+    assert_eq!(web["dst_fqdn"], "api.example.test", "{web}");
+    assert_eq!(web["src_identity"]["pod"], "web-1");
+    let jobs = wait_connection(
+        &agent,
+        |c| c["src_port"] == 4401,
+        |c| counts(c, "forward") == unnamed,
+    );
+    assert!(
+        jobs["dst_fqdn"].is_null(),
+        "jobs-1 never resolved it: {jobs}"
+    );
+    // The warm-up resolved from coredns-2, whose node's agent is not this one: node 1 saw
+    // exactly web-1's query and its answer (glibc asks A only for ahostsv4).
+    let m = |kind: &str| agent.metric(&format!("tenantflow_dns_messages_total{{kind=\"{kind}\"}}"));
+    assert_eq!(warmed, Some(0.0));
+    assert_eq!(m("query"), Some(1.0));
+    assert_eq!(m("answer"), Some(1.0));
+    assert_eq!(m("unsolicited"), Some(0.0));
+    assert_eq!(m("malformed"), Some(0.0));
+    assert_eq!(agent.metric("tenantflow_dns_names"), Some(2.0));
+}
