@@ -6,7 +6,7 @@ use std::{path::PathBuf, process::Child};
 
 use tenantflow_tests::{
     agent::{counts, wait_connection},
-    in_ns, lab, lab_agent, udp_from_pod, LabGuard,
+    agent_bin, in_ns, lab, lab_agent, udp_from_pod, LabGuard,
 };
 use xtask::lab::topology::INTERNET_HOST;
 
@@ -174,6 +174,40 @@ fn a_connection_carries_the_name_its_own_pod_resolved_and_no_other_pods() {
         jobs["dst_fqdn"].is_null(),
         "jobs-1 never resolved it: {jobs}"
     );
+    // Filters by name pattern: exactly web-1's connection; a bad pattern is a 400 naming it.
+    let ours = |body: &str| -> Vec<u64> {
+        let v: Vec<serde_json::Value> = serde_json::from_str(body).unwrap();
+        let mut ports: Vec<u64> = v
+            .iter()
+            .filter_map(|c| c["src_port"].as_u64())
+            .filter(|p| (4400..=4401).contains(p))
+            .collect();
+        ports.sort();
+        ports
+    };
+    for (q, want) in [
+        ("*.example.test", vec![4400]),
+        ("api.example.test", vec![4400]),
+        ("example.test", vec![]),
+        ("*.other.test", vec![]),
+    ] {
+        let (status, body) = agent.get_records(&format!("/flows?fqdn={q}")).unwrap();
+        assert_eq!(status, 200, "{q}: {body}");
+        assert_eq!(ours(&body), want, "fqdn={q}");
+    }
+    let (status, body) = agent.get_records("/flows?fqdn=a..b").unwrap();
+    assert_eq!(status, 400);
+    assert!(body.contains("\"a..b\" is not a name pattern"), "{body}");
+    let table = in_ns(
+        &t.node_ns(1),
+        &[
+            agent_bin().to_str().unwrap(),
+            "flows",
+            "--fqdn",
+            "*.example.test",
+        ],
+    );
+    assert!(table.contains("internet [api.example.test]"), "{table}");
     // The warm-up resolved from coredns-2, whose node's agent is not this one: node 1 saw
     // exactly web-1's query and its answer (glibc asks A only for ahostsv4).
     let m = |kind: &str| agent.metric(&format!("tenantflow_dns_messages_total{{kind=\"{kind}\"}}"));

@@ -9,8 +9,10 @@
 
 pub mod message;
 pub mod names;
+pub mod pattern;
 pub mod tracker;
 
 pub use message::{parse, Answer, DnsError, Parsed, Rcode};
 pub use names::{Names, NamesLimits};
+pub use pattern::{NamePattern, PatternError};
 pub use tracker::{DnsCounts, DnsTracker, NxDomain};

@@ -45,6 +45,9 @@ pub struct FlowQuery {
     /// Connections whose attempt went this way (established, refused, unanswered, reset,
     /// replied, unreplied).
     pub outcome: Option<crate::flow::Outcome>,
+    /// Connections whose destination the source pod resolved from a name this pattern
+    /// covers (`api.example.com`, `*.blob.core.windows.net`).
+    pub fqdn: Option<crate::dns::NamePattern>,
     /// Most records in one response (at most [`MAX_RECORDS`]); the rest follow with `after`.
     pub limit: Option<usize>,
     /// Only connections with an id above this (the `x-tenantflow-next-after` of the last page).
@@ -80,6 +83,10 @@ impl FlowQuery {
             && self.egress.is_none_or(|x| x == k.egress)
             && self.cross_tenant.is_none_or(|x| x == k.cross_tenant)
             && self.outcome.is_none_or(|o| c.outcome == Some(o))
+            && self
+                .fqdn
+                .as_ref()
+                .is_none_or(|p| c.dst_fqdn.as_deref().is_some_and(|n| p.matches(n)))
             && self.sensitive.as_ref().is_none_or(|x| match &k.sensitive {
                 Some(s) => x == "any" || x == s,
                 None => false,
@@ -102,6 +109,7 @@ impl FlowQuery {
             || self.cross_tenant.is_some()
             || self.sensitive.is_some()
             || self.outcome.is_some()
+            || self.fqdn.is_some()
     }
 
     pub fn matches(&self, f: &FlowView) -> bool {

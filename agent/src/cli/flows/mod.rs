@@ -66,6 +66,10 @@ pub struct FlowsArgs {
     /// replied, unreplied).
     #[arg(long)]
     pub outcome: Option<String>,
+    /// Only connections to a destination resolved from a name this pattern covers
+    /// (api.example.com, *.blob.core.windows.net).
+    #[arg(long, value_name = "PATTERN")]
+    pub fqdn: Option<String>,
     /// Only connections to a sensitive target (a name such as imds, or any).
     #[arg(long, num_args = 0..=1, default_missing_value = "any")]
     pub sensitive: Option<String>,
@@ -126,6 +130,7 @@ impl FlowsArgs {
         add("cross_tenant", self.cross_tenant.then(|| "true".to_owned()));
         add("sensitive", self.sensitive.clone());
         add("outcome", self.outcome.clone());
+        add("fqdn", self.fqdn.clone());
         let base = self.agent.trim_end_matches('/');
         let path = if self.observations {
             "observations"

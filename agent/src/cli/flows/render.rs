@@ -123,6 +123,11 @@ pub fn render_connections(conns: &[&ConnectionView]) -> String {
             }
             _ => who(&k.dst_identity),
         };
+        // The name the source pod resolved the destination from.
+        let to = match &c.dst_fqdn {
+            Some(n) => format!("{to} [{n}]"),
+            None => to,
+        };
         // A node-local process names itself (and its pod, for an escaped container).
         let from = match &c.process {
             Some(p) => {

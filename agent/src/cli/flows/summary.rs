@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 use crate::{
-    classify::{Classification, EndpointIdentity, EndpointKind},
+    classify::{EndpointIdentity, EndpointKind},
     export::ConnectionView,
     flow::Outcome,
 };
@@ -77,12 +77,19 @@ fn workload(id: &EndpointIdentity) -> String {
     }
 }
 
-fn destination(k: &Classification) -> String {
-    match (&k.dst_identity.kind, &k.backend_identity) {
+/// The destination workload, and the name its source resolved it from: connections to
+/// two names behind one address are two rows.
+fn destination(c: &ConnectionView) -> String {
+    let k = &c.class;
+    let to = match (&k.dst_identity.kind, &k.backend_identity) {
         (EndpointKind::Service, Some(b)) => {
             format!("{} -> {}", workload(&k.dst_identity), workload(b))
         }
         _ => workload(&k.dst_identity),
+    };
+    match &c.dst_fqdn {
+        Some(n) => format!("{to} [{n}]"),
+        None => to,
     }
 }
 
@@ -95,7 +102,7 @@ pub fn summarize(conns: &[ConnectionView]) -> Vec<SummaryRow> {
         let fold_ports = c.outcome.is_some_and(failed);
         let key = (
             workload(&k.src_identity),
-            destination(k),
+            destination(c),
             c.proto.to_string(),
             (!fold_ports).then_some(c.dst_port),
         );
