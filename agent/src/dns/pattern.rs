@@ -28,10 +28,10 @@ impl NamePattern {
             pattern: s.to_owned(),
             why,
         };
-        let lower = s.trim().trim_end_matches('.').to_ascii_lowercase();
+        let lower = s.trim().to_ascii_lowercase();
         let (wildcard, name) = match lower.strip_prefix("*.") {
-            Some(rest) => (true, rest.to_owned()),
-            None => (false, lower),
+            Some(rest) => (true, rest.trim_end_matches('.').to_owned()),
+            None => (false, lower.trim_end_matches('.').to_owned()),
         };
         if name.is_empty() {
             return Err(err("it names no domain"));
