@@ -286,7 +286,8 @@ impl Pipeline {
                 t.extra.dst_fqdn = self.dns.name_of(tu.src, tu.dst, Instant::now());
             }
             if t.extra.class.is_none() || t.nat_changed || revisit.contains(&id) {
-                let k = classify::classify(&self.config, store, &t.conn);
+                let name = t.extra.dst_fqdn.as_deref();
+                let k = classify::classify_named(&self.config, store, &t.conn, name);
                 t.extra.reclassified |= t.extra.class.as_deref() != Some(&k);
                 t.extra.class = Some(self.classes.share(k));
                 t.nat_changed = false;

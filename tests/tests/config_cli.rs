@@ -516,3 +516,36 @@ fn follow_stops_when_the_reader_leaves_even_if_nothing_changes() {
     });
     assert_eq!(ended.and_then(|s| s.code()), Some(0), "still running");
 }
+
+/// Egress rules by name and the outbound type are explained in words, each with how it
+/// is judged.
+#[test]
+fn name_rules_and_the_outbound_type_are_explained() {
+    let dir = std::env::temp_dir().join(format!("tfnames{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cfg = dir.join("config.yaml");
+    std::fs::write(
+        &cfg,
+        "egress:\n  proxies: [proxy.corp.example, 10.50.0.4:3128]\n  exempt: [\"*.blob.core.windows.net\", 10.60.0.0/16]\n  outbound_type: user_defined_routing\n",
+    )
+    .unwrap();
+    let (code, out, err) = run(&["check-config", cfg.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    for line in [
+        "egress proxy/firewall: 10.50.0.4/32 port 3128",
+        "egress proxy/firewall by name: proxy.corp.example (an address its pod resolved from such a name)",
+        "egress exempt: 10.60.0.0/16",
+        "egress exempt by name: *.blob.core.windows.net (an address its pod resolved from such a name; one dialled without resolving stays judged by address)",
+        "outbound: user-defined routing: every egress flow passes the firewall (mediated)",
+    ] {
+        assert!(out.lines().any(|l| l == line), "{line:?} in:\n{out}");
+    }
+    std::fs::write(&cfg, "egress:\n  exempt: [\"*.a.*\"]\n").unwrap();
+    let (code, _, err) = run(&["check-config", cfg.to_str().unwrap()]);
+    assert_eq!(code, 64);
+    assert!(
+        err.contains("field `egress.exempt[0]`") && err.contains("`*` is allowed only"),
+        "{err}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -6,7 +6,7 @@ use std::{path::PathBuf, process::Child};
 
 use tenantflow_tests::{
     agent::{counts, wait_connection},
-    agent_bin, in_ns, lab, lab_agent, udp_from_pod, LabGuard,
+    agent_bin, in_ns, lab, udp_from_pod, Agent, LabGuard,
 };
 use xtask::lab::topology::INTERNET_HOST;
 
@@ -141,14 +141,20 @@ fn resolve(lab: &LabGuard, pod: &str, name: &str) -> Option<Vec<String>> {
 }
 
 /// A pod resolves `api.example.test` (a CNAME and two A records) through the Service VIP and
-/// connects to the first address: its record carries the name it asked for. A second pod
-/// that dialled the same address without resolving it gets no name. The agent's DNS
-/// counters say exactly what it saw.
+/// connects to the first address: its record carries the name it asked for, and the name
+/// rule `*.example.test` makes it exempt. A second pod that dialled the same address without
+/// resolving it gets no name and stays unmediated. The agent's DNS counters are exact.
 #[test]
 fn a_connection_carries_the_name_its_own_pod_resolved_and_no_other_pods() {
     let lab = lab("dn");
     let t = &lab.topo;
-    let agent = lab_agent(&lab, 1, &[]);
+    // The lab's config, with names of example.test exempt from mediation.
+    let cfg = std::fs::read_to_string(xtask::lab::manifest::config_path(&t.prefix)).unwrap();
+    let cfg = cfg.replacen("  exempt: [", "  exempt: [\"*.example.test\", ", 1);
+    assert!(cfg.contains("*.example.test"), "{cfg}");
+    let cfg_path = std::env::temp_dir().join(format!("{}-dns-config.yaml", t.prefix));
+    std::fs::write(&cfg_path, cfg).unwrap();
+    let agent = Agent::start(&t.node_ns(1), &["--config", cfg_path.to_str().unwrap()]);
     let _dns = Dns::start(&lab);
     let warmed = agent.metric("tenantflow_dns_messages_total{kind=\"query\"}");
     assert_eq!(
@@ -174,6 +180,10 @@ fn a_connection_carries_the_name_its_own_pod_resolved_and_no_other_pods() {
         jobs["dst_fqdn"].is_null(),
         "jobs-1 never resolved it: {jobs}"
     );
+    // The same destination: exempt by the name web-1 resolved, unmediated for jobs-1,
+    // which dialled the address.
+    assert_eq!(web["egress"], "exempt");
+    assert_eq!(jobs["egress"], "unmediated");
     // Filters by name pattern: exactly web-1's connection; a bad pattern is a 400 naming it.
     let ours = |body: &str| -> Vec<u64> {
         let v: Vec<serde_json::Value> = serde_json::from_str(body).unwrap();
@@ -217,4 +227,5 @@ fn a_connection_carries_the_name_its_own_pod_resolved_and_no_other_pods() {
     assert_eq!(m("unsolicited"), Some(0.0));
     assert_eq!(m("malformed"), Some(0.0));
     assert_eq!(agent.metric("tenantflow_dns_names"), Some(2.0));
+    let _ = std::fs::remove_file(&cfg_path);
 }

@@ -49,6 +49,17 @@ pub fn addresses(c: &Connection) -> impl Iterator<Item = std::net::IpAddr> {
 }
 
 pub fn classify(config: &Config, store: &Store, c: &Connection) -> Classification {
+    classify_named(config, store, c, None)
+}
+
+/// As [`classify`], with the name the source pod resolved the destination from (egress
+/// rules by name judge it).
+pub fn classify_named(
+    config: &Config,
+    store: &Store,
+    c: &Connection,
+    dst_name: Option<&str>,
+) -> Classification {
     let t = &c.tuple;
     let src = endpoint::resolve(config, store, t.src);
     let dst = endpoint::resolve(config, store, t.dst);
@@ -62,7 +73,7 @@ pub fn classify(config: &Config, store: &Store, c: &Connection) -> Classificatio
     let tenants = verdict::tenants(&src, far);
     Classification {
         cross_tenant: verdict::is_cross_tenant(config, tenants),
-        egress: verdict::egress(config, flow_class, &src, t.dst, t.dport),
+        egress: verdict::egress(config, flow_class, &src, (t.dst, t.dport), dst_name),
         sensitive: verdict::sensitive(config, &dst, t.dst, t.dport, !t.is_icmp()),
         src_identity: src,
         dst_identity: dst,

@@ -452,3 +452,67 @@ fn platform_counts_as_cross_tenant_when_configured() {
         (TenantRelation::Platform, true)
     );
 }
+
+/// Egress rules by name judge the name the source pod resolved the destination from; an
+/// address no name covers stays judged by address; user-defined routing mediates all.
+#[test]
+fn egress_by_name_and_by_outbound_type() {
+    let store = Store::from_objects(snapshot::parse(INVENTORY).unwrap());
+    let config = Config::parse(
+        r#"
+network: {pod_cidrs: [10.244.0.0/16], service_cidrs: [10.0.0.0/16]}
+egress:
+  proxies: [proxy.corp.example]
+  exempt: ["*.blob.core.windows.net", login.microsoftonline.com, 10.60.0.0/16]
+"#,
+        "test",
+    )
+    .unwrap();
+    let c = conn(PROTO_TCP, "10.244.1.11", 40000, "20.60.12.4", 443, None);
+    let judge = |cfg: &Config, name: Option<&str>| classify_named(cfg, &store, &c, name).egress;
+    assert_eq!(
+        judge(&config, Some("acct1.blob.core.windows.net")),
+        Egress::Exempt
+    );
+    assert_eq!(
+        judge(&config, Some("login.microsoftonline.com")),
+        Egress::Exempt
+    );
+    assert_eq!(judge(&config, Some("proxy.corp.example")), Egress::Mediated);
+    assert_eq!(
+        judge(&config, Some("blob.core.windows.net")),
+        Egress::Unmediated
+    );
+    assert_eq!(judge(&config, None), Egress::Unmediated, "dialled directly");
+    let udr = Config::parse(
+        "egress: {outbound_type: user_defined_routing}\nnetwork: {pod_cidrs: [10.244.0.0/16]}\n",
+        "test",
+    )
+    .unwrap();
+    assert_eq!(judge(&udr, None), Egress::Mediated);
+    for (bad, field, says) in [
+        (
+            "egress: {exempt: [\"a..b.com\"]}",
+            "egress.exempt[0]",
+            "not a name pattern",
+        ),
+        (
+            "egress: {exempt: [\"10.0.0.0/33\"]}",
+            "egress.exempt[0]",
+            "or a name pattern",
+        ),
+        (
+            "egress: {proxies: [\"*.x.*\"]}",
+            "egress.proxies[0]",
+            "`*` is allowed only",
+        ),
+        (
+            "egress: {outbound_type: udr}",
+            "egress.outbound_type",
+            "unknown variant",
+        ),
+    ] {
+        let e = Config::parse(bad, "test").unwrap_err().to_string();
+        assert!(e.contains(field) && e.contains(says), "{bad}: {e}");
+    }
+}

@@ -68,19 +68,28 @@ impl Egress {
 }
 
 /// `src` must be the pre-SNAT identity: after SNAT every pod looks like its node.
+/// `dst_name` is the name the source pod resolved the destination from, if it did: name
+/// rules judge only that; an address no name of the pod's covers is judged by address.
 pub fn egress(
     config: &Config,
     class: FlowClass,
     src: &EndpointIdentity,
-    dst_ip: IpAddr,
-    dst_port: u16,
+    (dst_ip, dst_port): (IpAddr, u16),
+    dst_name: Option<&str>,
 ) -> Egress {
     if !class.is_egress() {
         return Egress::None;
     }
-    if src.mediator || config.proxies.iter().any(|p| p.matches(dst_ip, dst_port)) {
+    let named = |patterns: &[crate::net::NamePattern]| {
+        dst_name.is_some_and(|n| patterns.iter().any(|p| p.matches(n)))
+    };
+    if src.mediator
+        || config.outbound.mediates_all()
+        || config.proxies.iter().any(|p| p.matches(dst_ip, dst_port))
+        || named(&config.proxy_names)
+    {
         Egress::Mediated
-    } else if config.exempt.iter().any(|n| n.contains(&dst_ip)) {
+    } else if config.exempt.iter().any(|n| n.contains(&dst_ip)) || named(&config.exempt_names) {
         Egress::Exempt
     } else {
         Egress::Unmediated

@@ -99,7 +99,26 @@ pub fn explain(c: &Config, store: Option<&Store>, file: &str) -> String {
             .unwrap_or_else(|| " any port".into());
         let _ = writeln!(o, "egress proxy/firewall: {}{port}", p.net);
     }
+    for n in &c.proxy_names {
+        let _ = writeln!(
+            o,
+            "egress proxy/firewall by name: {n} (an address its pod resolved from such a name)"
+        );
+    }
     let _ = writeln!(o, "egress exempt: {}", list(&c.exempt));
+    for n in &c.exempt_names {
+        let _ = writeln!(
+            o,
+            "egress exempt by name: {n} (an address its pod resolved from such a name; one \
+             dialled without resolving stays judged by address)"
+        );
+    }
+    if c.outbound.mediates_all() {
+        let _ = writeln!(
+            o,
+            "outbound: user-defined routing: every egress flow passes the firewall (mediated)"
+        );
+    }
     for (port, name) in &c.sensitive_ports {
         let _ = writeln!(o, "sensitive: {name} = port {port} on node addresses");
     }

@@ -2,11 +2,16 @@
 //! mediation and sensitive targets. Unknown fields are rejected; every error names the
 //! field and how to fix it (exit code 64).
 
+mod egress;
 mod raw;
+
+pub use egress::Outbound;
 
 use std::{collections::BTreeMap, net::IpAddr, path::Path};
 
 use ipnet::IpNet;
+
+use crate::net::NamePattern;
 
 pub use raw::{RawConfig, DEFAULT_PLATFORM_NAMESPACES};
 
@@ -58,7 +63,13 @@ pub struct Config {
     pub private_cidrs: Vec<IpNet>,
     pub gateways: Vec<Gateway>,
     pub proxies: Vec<Endpoint>,
+    /// Names whose addresses are proxies or firewalls, judged on the name the source pod
+    /// resolved the destination from.
+    pub proxy_names: Vec<NamePattern>,
     pub exempt: Vec<IpNet>,
+    /// Names exempt from mediation, judged the same way.
+    pub exempt_names: Vec<NamePattern>,
+    pub outbound: Outbound,
     pub sensitive_ports: BTreeMap<u16, String>,
     pub sensitive_addresses: Vec<(String, IpNet)>,
 }
@@ -157,16 +168,8 @@ impl Config {
                 })
             })
             .collect::<Result<_, _>>()?;
-        let proxies = raw
-            .egress
-            .proxies
-            .iter()
-            .enumerate()
-            .map(|(i, s)| {
-                parse_endpoint(s)
-                    .map_err(|m| err(format!("egress.proxies[{i}]"), format!("{s:?} {m}")))
-            })
-            .collect::<Result<_, _>>()?;
+        let proxies = egress::proxies(&raw.egress.proxies).map_err(|(f, m)| err(f, m))?;
+        let exempt = egress::exempt(&raw.egress.exempt).map_err(|(f, m)| err(f, m))?;
         for (i, g) in raw.egress.gateways.iter().enumerate() {
             if g.namespace.is_empty() {
                 return Err(err(
@@ -207,8 +210,11 @@ impl Config {
                     labels: g.labels,
                 })
                 .collect(),
-            proxies,
-            exempt: nets("egress.exempt", &raw.egress.exempt)?,
+            proxies: proxies.addresses,
+            proxy_names: proxies.names,
+            exempt: exempt.addresses,
+            exempt_names: exempt.names,
+            outbound: raw.egress.outbound_type,
             sensitive_ports: raw.sensitive.node_ports,
             sensitive_addresses,
         })

@@ -94,9 +94,12 @@ pub struct RawGateway {
 #[serde(deny_unknown_fields, default)]
 pub struct RawEgress {
     pub gateways: Vec<RawGateway>,
-    /// `CIDR` or `CIDR:port` (IPv6: `[CIDR]:port`).
+    /// `CIDR` or `CIDR:port` (IPv6: `[CIDR]:port`), or a name pattern.
     pub proxies: Vec<String>,
+    /// CIDRs or name patterns.
     pub exempt: Vec<String>,
+    /// AKS `outboundType`; `user_defined_routing` mediates every egress flow.
+    pub outbound_type: super::egress::Outbound,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]

@@ -9,10 +9,10 @@
 
 pub mod message;
 pub mod names;
-pub mod pattern;
 pub mod tracker;
 
+/// Name patterns live in `net`: the config judges egress by them too.
+pub use crate::net::{NamePattern, PatternError};
 pub use message::{parse, Answer, DnsError, Parsed, Rcode};
 pub use names::{Names, NamesLimits};
-pub use pattern::{NamePattern, PatternError};
 pub use tracker::{DnsCounts, DnsTracker, NxDomain};
