@@ -307,10 +307,32 @@ impl Pipeline {
     fn absorb_dns(&mut self, harvest: &Harvest, interfaces: &impl Interfaces, shared: &Shared) {
         let now = Instant::now();
         self.dns.expire(now);
-        self.dns.absorb(&harvest.dns, |i| interfaces.role(i), now);
-        shared
-            .metrics
-            .observe_dns(self.dns.counts, self.dns.names());
+        let config = &self.config;
+        let signals = self.dns.absorb(
+            &harvest.dns,
+            |i| interfaces.role(i),
+            |ip| config.approved_resolver(ip),
+            now,
+        );
+        let m = &shared.metrics;
+        m.observe_dns(self.dns.counts, self.dns.names());
+        if signals.nxdomain.is_empty() && signals.unapproved.is_empty() {
+            return;
+        }
+        let store = self.identity.read();
+        let labels = |pod| {
+            let id = classify::endpoint::resolve(config, &store, pod);
+            let ns = id.namespace.unwrap_or_default();
+            (ns, id.tenant.unwrap_or_default())
+        };
+        for nx in &signals.nxdomain {
+            let (ns, tenant) = labels(nx.pod);
+            m.dns_nxdomain.with_label_values(&[&ns, &tenant]).inc();
+        }
+        for (pod, _resolver) in &signals.unapproved {
+            let (ns, tenant) = labels(*pod);
+            m.dns_unapproved.with_label_values(&[&ns, &tenant]).inc();
+        }
     }
 
     /// Every connection with an event this harvest, its kind, and the counts and

@@ -326,6 +326,8 @@ fn rbac_is_read_only_on_four_kinds() {
             "TenantflowFanoutJump",
             "TenantflowUnansweredCrossTenant",
             "TenantflowNewCrossTenantEdge",
+            "TenantflowDnsNxdomainBurst",
+            "TenantflowUnmediatedDns",
             "TenantflowAgentDown",
             "TenantflowAgentNotReady",
             "TenantflowFlowCountsLost",
@@ -346,7 +348,7 @@ fn alert_rules_pass_promtool_and_their_unit_tests() {
         "deploy/helm/tenantflow/files/tenantflow.rules.yaml",
     ]));
     assert_eq!(code, 0, "{out}");
-    assert!(out.contains("SUCCESS: 14 rules found"), "{out}");
+    assert!(out.contains("SUCCESS: 16 rules found"), "{out}");
     let (code, out) =
         run(Command::new(&promtool).args(["test", "rules", "deploy/prometheus/rules_test.yaml"]));
     assert_eq!(code, 0, "{out}");
@@ -965,7 +967,7 @@ fn the_azure_rule_groups_are_the_rules_file() {
         })
         .collect();
     assert_eq!(from_azure.len(), from_file.len());
-    assert_eq!(from_file.len(), 14);
+    assert_eq!(from_file.len(), 16);
     for (file, azure) in from_file.iter().zip(&from_azure) {
         assert_eq!((&file.0, &file.1, &file.3), (&azure.0, &azure.1, &azure.3));
         let want_for = match file.2.as_str() {

@@ -2,11 +2,13 @@
 //! pods resolve with glibc (`getent`, the pod's resolv.conf pointing at the VIP) before they
 //! connect, and the agent names each connection with what its own pod resolved.
 
-use std::{path::PathBuf, process::Child};
+use std::{path::PathBuf, process::Child, time::Duration};
 
 use tenantflow_tests::{
     agent::{counts, wait_connection},
-    agent_bin, in_ns, lab, udp_from_pod, Agent, LabGuard,
+    agent_bin, eventually, in_ns, lab, lab_agent,
+    prometheus::Prometheus,
+    udp_from_pod, Agent, LabGuard,
 };
 use xtask::lab::topology::INTERNET_HOST;
 
@@ -228,4 +230,72 @@ fn a_connection_carries_the_name_its_own_pod_resolved_and_no_other_pods() {
     assert_eq!(m("malformed"), Some(0.0));
     assert_eq!(agent.metric("tenantflow_dns_names"), Some(2.0));
     let _ = std::fs::remove_file(&cfg_path);
+}
+
+/// DNS as a signal, through a real Prometheus with the shipped rules: 50 NXDOMAIN answers in
+/// a minute to alpha-web's pod fire `TenantflowDnsNxdomainBurst` for alpha-web, and a query
+/// from alpha-jobs' pod to a resolver outside the cluster fires `TenantflowUnmediatedDns`
+/// for alpha-jobs; the counters behind them are exact.
+#[test]
+fn nxdomain_bursts_and_outside_resolvers_fire_their_alerts() {
+    let lab = lab("dnx");
+    let t = &lab.topo;
+    let agent = lab_agent(&lab, 1, &[]);
+    let _dns = Dns::start(&lab);
+    let rules = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../deploy/helm/tenantflow/files/tenantflow.rules.yaml");
+    let prom = Prometheus::start(&t.node_ns(1), "127.0.0.1:9990", &[rules]);
+    for i in 0..50 {
+        assert_eq!(
+            resolve(&lab, "web-1", &format!("nope-{i}.example.test")),
+            None
+        );
+    }
+    // jobs-1 asks the internet host, which runs no resolver: the query still left.
+    let jobs_etc = PathBuf::from("/etc/netns").join(t.pod_ns(t.pod("jobs-1")));
+    std::fs::write(
+        jobs_etc.join("resolv.conf"),
+        format!("nameserver {INTERNET_HOST}\noptions timeout:1 attempts:1\n"),
+    )
+    .unwrap();
+    assert_eq!(resolve(&lab, "jobs-1", "api.example.test"), None);
+    let series = |family: &str, ns: &str, tenant: &str| {
+        format!("{family}{{src_namespace=\"{ns}\",src_tenant=\"{tenant}\"}}")
+    };
+    let nx = series("tenantflow_dns_nxdomain_total", "alpha-web", "alpha");
+    let outside = series(
+        "tenantflow_dns_unapproved_queries_total",
+        "alpha-jobs",
+        "alpha",
+    );
+    let counted = eventually(Duration::from_secs(10), || {
+        (agent.metric(&nx) == Some(50.0) && agent.metric(&outside) == Some(1.0)).then_some(())
+    });
+    assert!(
+        counted.is_some(),
+        "{:?} {:?}",
+        agent.metric(&nx),
+        agent.metric(&outside)
+    );
+    let mut firing = Vec::new();
+    eventually(Duration::from_secs(20), || {
+        firing = prom
+            .alerts()
+            .into_iter()
+            .filter(|(name, state, _)| {
+                state == "firing"
+                    && (name.starts_with("TenantflowDns") || name == "TenantflowUnmediatedDns")
+            })
+            .map(|(name, _, l)| format!("{name} {}", l["src_namespace"]))
+            .collect();
+        firing.sort();
+        (firing.len() >= 2).then_some(())
+    });
+    assert_eq!(
+        firing,
+        [
+            "TenantflowDnsNxdomainBurst \"alpha-web\"",
+            "TenantflowUnmediatedDns \"alpha-jobs\""
+        ]
+    );
 }

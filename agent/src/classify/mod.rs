@@ -3,7 +3,7 @@
 //! classification out.
 
 mod class;
-mod endpoint;
+pub mod endpoint;
 mod shared;
 mod verdict;
 

@@ -70,6 +70,8 @@ pub struct Config {
     /// Names exempt from mediation, judged the same way.
     pub exempt_names: Vec<NamePattern>,
     pub outbound: Outbound,
+    /// Resolvers pods may ask besides addresses in `service_cidrs` (`dns.resolvers`).
+    pub dns_resolvers: Vec<IpNet>,
     pub sensitive_ports: BTreeMap<u16, String>,
     pub sensitive_addresses: Vec<(String, IpNet)>,
 }
@@ -81,6 +83,15 @@ impl Default for Config {
 }
 
 impl Config {
+    /// Whether a pod asking `ip` for names uses a resolver of the cluster's (kube-dns behind
+    /// its Service, NodeLocal DNSCache, Azure DNS, or one `dns.resolvers` names).
+    pub fn approved_resolver(&self, ip: IpAddr) -> bool {
+        self.service_cidrs
+            .iter()
+            .chain(&self.dns_resolvers)
+            .any(|n| n.contains(&ip))
+    }
+
     /// Read and validate a config file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         const MAX_CONFIG_BYTES: u64 = 1 << 20;
@@ -215,6 +226,7 @@ impl Config {
             exempt: exempt.addresses,
             exempt_names: exempt.names,
             outbound: raw.egress.outbound_type,
+            dns_resolvers: nets("dns.resolvers", &raw.dns.resolvers)?,
             sensitive_ports: raw.sensitive.node_ports,
             sensitive_addresses,
         })

@@ -25,6 +25,24 @@ pub struct RawConfig {
     pub network: RawNetwork,
     pub egress: RawEgress,
     pub sensitive: RawSensitive,
+    pub dns: RawDns,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawDns {
+    /// Resolvers pods may ask besides the cluster's own (any address in
+    /// `network.service_cidrs`, where kube-dns lives): Azure DNS and NodeLocal DNSCache by
+    /// default. A query to any other address is unmediated DNS.
+    pub resolvers: Vec<String>,
+}
+
+impl Default for RawDns {
+    fn default() -> Self {
+        Self {
+            resolvers: vec!["168.63.129.16/32".into(), "169.254.20.10/32".into()],
+        }
+    }
 }
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]

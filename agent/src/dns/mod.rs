@@ -15,4 +15,4 @@ pub mod tracker;
 pub use crate::net::{NamePattern, PatternError};
 pub use message::{parse, Answer, DnsError, Parsed, Rcode};
 pub use names::{Names, NamesLimits};
-pub use tracker::{DnsCounts, DnsTracker, NxDomain};
+pub use tracker::{DnsCounts, DnsTracker, NxDomain, Signals};

@@ -40,6 +40,8 @@ pub struct DnsCounts {
     pub incomplete: u64,
     /// Queries not remembered because too many were waiting.
     pub pending_dropped: u64,
+    /// Queries to a resolver that is not the cluster's (unmediated DNS).
+    pub unapproved: u64,
 }
 
 /// One NXDOMAIN answer a pod received: the pod and the name it asked for.
@@ -47,6 +49,14 @@ pub struct DnsCounts {
 pub struct NxDomain {
     pub pod: IpAddr,
     pub asked: Arc<str>,
+}
+
+/// What a batch of messages says about the pods, for the per-namespace signals.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Signals {
+    pub nxdomain: Vec<NxDomain>,
+    /// (pod, resolver) of each query to a resolver that is not the cluster's.
+    pub unapproved: Vec<(IpAddr, IpAddr)>,
 }
 
 #[derive(Debug, Default)]
@@ -65,15 +75,17 @@ impl DnsTracker {
     }
 
     /// Take a harvest's DNS messages, oldest first. Only those on pod interfaces count:
-    /// there the pod's own address is on the packet, before any NAT. Returns the NXDOMAIN
-    /// answers, for the per-workload signal.
+    /// there the pod's own address is on the packet, before any NAT. `approved` says
+    /// whether a resolver is the cluster's. Returns the signals, for the per-namespace
+    /// metrics.
     pub fn absorb(
         &mut self,
         msgs: &[DnsMessage],
         role: impl Fn(u32) -> Option<Role>,
+        approved: impl Fn(IpAddr) -> bool,
         now: Instant,
-    ) -> Vec<NxDomain> {
-        let mut nx = Vec::new();
+    ) -> Signals {
+        let mut out = Signals::default();
         for m in msgs {
             if role(m.key.ifindex) != Some(Role::Pod) {
                 continue;
@@ -84,6 +96,10 @@ impl DnsTracker {
             let from_pod = m.key.direction == Direction::Ingress as u8;
             match parse(&m.payload, t.proto == PROTO_TCP) {
                 Ok(Parsed::Query { id, name }) if from_pod && t.dport == DNS_PORT => {
+                    if !approved(t.dst) {
+                        self.counts.unapproved += 1;
+                        out.unapproved.push((t.src, t.dst));
+                    }
                     self.query((t.src, t.sport, t.dst, t.dport, id), name, now)
                 }
                 Ok(Parsed::Answer(a)) if !from_pod && t.sport == DNS_PORT => {
@@ -95,7 +111,7 @@ impl DnsTracker {
                     self.counts.answers += 1;
                     if a.rcode == Rcode::NxDomain {
                         self.counts.nxdomain += 1;
-                        nx.push(NxDomain {
+                        out.nxdomain.push(NxDomain {
                             pod: t.dst,
                             asked: a.asked.clone(),
                         });
@@ -108,7 +124,7 @@ impl DnsTracker {
                 Err(_) => self.counts.malformed += 1,
             }
         }
-        nx
+        out
     }
 
     fn query(&mut self, key: QueryKey, name: Arc<str>, now: Instant) {

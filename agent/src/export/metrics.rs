@@ -53,7 +53,8 @@ pub struct AgentMetrics {
     kernel_dns_lost: IntCounter,
     last_kernel: std::sync::Mutex<KernelCounters>,
     dns_messages: IntCounterVec,
-    dns_nxdomain: IntCounter,
+    pub dns_nxdomain: IntCounterVec,
+    pub dns_unapproved: IntCounterVec,
     dns_names: IntGauge,
     dns_names_dropped: IntCounter,
     last_dns: std::sync::Mutex<(DnsCounts, u64)>,
@@ -396,11 +397,19 @@ impl AgentMetrics {
                  was captured: ignored).",
                 &["kind"],
             ),
-            dns_nxdomain: counter(
+            dns_nxdomain: counter_vec(
                 &r,
                 "tenantflow_dns_nxdomain_total",
-                "NXDOMAIN answers pods received (names that do not exist: typos, scans, \
-                 generated domains).",
+                "NXDOMAIN answers pods received, by the pod's namespace and tenant (names that \
+                 do not exist: typos, scans, generated domains).",
+                &["src_namespace", "src_tenant"],
+            ),
+            dns_unapproved: counter_vec(
+                &r,
+                "tenantflow_dns_unapproved_queries_total",
+                "DNS queries pods sent to a resolver that is not the cluster's (kube-dns, \
+                 NodeLocal DNSCache, Azure DNS or dns.resolvers): unmediated DNS.",
+                &["src_namespace", "src_tenant"],
             ),
             dns_names: gauge(
                 &r,
@@ -453,8 +462,6 @@ impl AgentMetrics {
                 .with_label_values(&[kind])
                 .inc_by(n.saturating_sub(before));
         }
-        self.dns_nxdomain
-            .inc_by(now.nxdomain.saturating_sub(was.nxdomain));
         self.dns_names.set(names as i64);
         self.dns_names_dropped
             .inc_by(dropped.saturating_sub(was_dropped));

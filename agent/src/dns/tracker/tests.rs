@@ -62,6 +62,11 @@ fn roles(i: u32) -> Option<Role> {
     }
 }
 
+/// The cluster's resolver is the VIP only.
+fn cluster(ip: IpAddr) -> bool {
+    ip.to_string() == RESOLVER
+}
+
 fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()
 }
@@ -99,7 +104,7 @@ fn an_answer_to_the_pods_own_query_names_its_addresses_for_that_pod_only() {
             api_answer(7),
         ),
     ];
-    assert!(d.absorb(&msgs, roles, now).is_empty());
+    assert_eq!(d.absorb(&msgs, roles, cluster, now), Signals::default());
     for addr in ["198.51.100.7", "198.51.100.8"] {
         assert_eq!(
             d.name_of(ip(POD), ip(addr), now).as_deref(),
@@ -163,7 +168,7 @@ fn spoofed_malformed_and_uplink_messages_name_nothing() {
             api_answer(7),
         ),
     ];
-    d.absorb(&msgs, roles, now);
+    d.absorb(&msgs, roles, cluster, now);
     assert_eq!(d.name_of(ip(POD), ip("198.51.100.7"), now), None);
     assert_eq!(
         d.counts,
@@ -184,6 +189,7 @@ fn spoofed_malformed_and_uplink_messages_name_nothing() {
             api_answer(7),
         )],
         roles,
+        cluster,
         now,
     );
     assert!(d.name_of(ip(POD), ip("198.51.100.7"), now).is_some());
@@ -213,17 +219,48 @@ fn nxdomain_is_reported_per_pod_and_unanswered_queries_expire() {
             ),
         ],
         roles,
+        cluster,
         now,
     );
     assert_eq!(
-        got,
+        got.nxdomain,
         [NxDomain {
             pod: ip(POD),
             asked: "nope.example.test".into()
         }]
     );
+    assert!(got.unapproved.is_empty());
     assert_eq!(d.counts.nxdomain, 1);
     assert_eq!(d.waiting(), 1);
     d.expire(now + QUERY_TIMEOUT);
     assert_eq!(d.waiting(), 0);
+}
+
+#[test]
+fn a_query_to_a_resolver_outside_the_cluster_is_unapproved() {
+    let mut d = DnsTracker::new(NamesLimits::default());
+    let now = Instant::now();
+    let got = d.absorb(
+        &[
+            msg(
+                POD_IF,
+                Direction::Ingress,
+                (POD, 40003),
+                ("8.8.8.8", 53),
+                query(11, "a.test."),
+            ),
+            msg(
+                POD_IF,
+                Direction::Ingress,
+                (POD, 40004),
+                (RESOLVER, 53),
+                query(12, "a.test."),
+            ),
+        ],
+        roles,
+        cluster,
+        now,
+    );
+    assert_eq!(got.unapproved, [(ip(POD), ip("8.8.8.8"))]);
+    assert_eq!((d.counts.queries, d.counts.unapproved), (2, 1));
 }
