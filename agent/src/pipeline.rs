@@ -303,6 +303,11 @@ impl Pipeline {
         }
     }
 
+    /// How many names the DNS tracker keeps and for how long past their TTL.
+    pub fn set_dns_limits(&mut self, limits: NamesLimits) {
+        self.dns = DnsTracker::new(limits);
+    }
+
     /// Take the harvest's DNS messages into the per-pod names, and publish what they were.
     fn absorb_dns(&mut self, harvest: &Harvest, interfaces: &impl Interfaces, shared: &Shared) {
         let now = Instant::now();

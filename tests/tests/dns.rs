@@ -16,8 +16,10 @@ use xtask::lab::topology::INTERNET_HOST;
 const DNS_VIP: &str = "10.0.0.53";
 
 /// dnsmasq in kube-system's coredns-1 pod, reached through [`DNS_VIP`] (DNAT on both nodes
-/// for UDP and TCP, as kube-proxy programs every node), answering for `test.`: `api.example.test` is a CNAME of
-/// `edge.example.test`, which has two addresses, the lab's internet host first; TTL 30 s.
+/// for UDP and TCP, as kube-proxy programs every node), answering for `test.`:
+/// `api.example.test` is a CNAME of `edge.example.test`, which has two addresses, the lab's
+/// internet host first; `big.example.test` has 40 addresses, the internet host among them
+/// (an answer too big for plain UDP: truncated, then asked again over TCP).
 /// Every pod of the lab gets a resolv.conf naming the VIP (`ip netns exec` mounts
 /// /etc/netns/<ns>/resolv.conf). Removed on drop.
 struct Dns {
@@ -27,16 +29,22 @@ struct Dns {
 
 impl Dns {
     fn start(lab: &LabGuard) -> Self {
+        Self::start_with_ttl(lab, 30)
+    }
+
+    fn start_with_ttl(lab: &LabGuard, ttl: u32) -> Self {
         let t = &lab.topo;
         let coredns = t.pod("coredns-1");
         let dir = std::env::temp_dir().join(format!("{}-dns", t.prefix));
         std::fs::create_dir_all(&dir).unwrap();
         let hosts = dir.join("hosts");
-        std::fs::write(
-            &hosts,
-            format!("{INTERNET_HOST} edge.example.test\n198.51.100.8 edge.example.test\n"),
-        )
-        .unwrap();
+        let mut lines =
+            format!("{INTERNET_HOST} edge.example.test\n198.51.100.8 edge.example.test\n");
+        lines.push_str(&format!("{INTERNET_HOST} big.example.test\n"));
+        for i in 100..139 {
+            lines.push_str(&format!("198.51.100.{i} big.example.test\n"));
+        }
+        std::fs::write(&hosts, lines).unwrap();
         let server = std::process::Command::new("ip")
             .args([
                 "netns",
@@ -56,7 +64,8 @@ impl Dns {
                 "--cname=api.example.test,edge.example.test",
                 "--local=/test/",
             ])
-            .args(["--local-ttl=30", "--bind-interfaces", "--pid-file"])
+            .arg(format!("--local-ttl={ttl}"))
+            .args(["--bind-interfaces", "--pid-file"])
             .arg(format!("--listen-address={}", coredns.ip()))
             .spawn()
             .expect("dnsmasq: run `cargo xtask setup`");
@@ -297,5 +306,85 @@ fn nxdomain_bursts_and_outside_resolvers_fire_their_alerts() {
             "TenantflowDnsNxdomainBurst \"alpha-web\"",
             "TenantflowUnmediatedDns \"alpha-jobs\""
         ]
+    );
+}
+
+/// Sets `pod`'s resolv.conf (the test's [`Dns`] removes it).
+fn resolv_conf(lab: &LabGuard, pod: &str, text: &str) {
+    let etc = PathBuf::from("/etc/netns").join(lab.topo.pod_ns(lab.topo.pod(pod)));
+    std::fs::write(etc.join("resolv.conf"), text).unwrap();
+}
+
+/// DNS over TCP, an answer too big for UDP retried over TCP, and a TTL running out, each
+/// with its exact outcome: web-1 resolves over TCP (`use-vc`) and its connection is named;
+/// api-1's lookup of a 40-address name is truncated over UDP and asked again over TCP (two
+/// answers counted) and its connection carries that name; with a 2 s TTL and no grace, the
+/// connection jobs-1 opened in time keeps its name after the TTL ran out, while a new one
+/// opened after it gets none.
+#[test]
+fn tcp_dns_truncated_answers_and_expiring_ttls() {
+    let lab = lab("dnt");
+    let t = &lab.topo;
+    let agent = lab_agent(&lab, 1, &["--dns-name-grace", "0s"]);
+    let _dns = Dns::start_with_ttl(&lab, 2);
+    let answers = || {
+        agent
+            .metric("tenantflow_dns_messages_total{kind=\"answer\"}")
+            .unwrap()
+    };
+    let to = format!("{INTERNET_HOST}:5301");
+    let named = |sport: u16, sent: (u64, u64)| {
+        wait_connection(
+            &agent,
+            |c| c["src_port"] == sport,
+            |c| counts(c, "forward") == sent,
+        )["dst_fqdn"]
+            .clone()
+    };
+
+    resolv_conf(
+        &lab,
+        "web-1",
+        &format!("nameserver {DNS_VIP}\noptions use-vc\n"),
+    );
+    let before = answers();
+    assert!(resolve(&lab, "web-1", "api.example.test").is_some());
+    let sent = udp_from_pod(&lab, "web-1", 4500, &t.internet_ns(), &to, 1, 10);
+    assert_eq!(named(4500, sent), "api.example.test", "over TCP");
+    assert_eq!(answers() - before, 1.0);
+
+    let before = answers();
+    let big = resolve(&lab, "api-1", "big.example.test").unwrap();
+    assert_eq!(big.len(), 40, "the whole answer, over TCP");
+    let sent = udp_from_pod(&lab, "api-1", 4501, &t.internet_ns(), &to, 1, 10);
+    assert_eq!(named(4501, sent), "big.example.test");
+    assert_eq!(
+        answers() - before,
+        2.0,
+        "the truncated UDP answer and the TCP one"
+    );
+
+    assert!(resolve(&lab, "jobs-1", "api.example.test").is_some());
+    let early = udp_from_pod(&lab, "jobs-1", 4502, &t.internet_ns(), &to, 1, 10);
+    assert_eq!(named(4502, early), "api.example.test");
+    // The TTL runs out: the tracker drops jobs-1's two names (web-1's and api-1's too).
+    let expired = eventually(Duration::from_secs(10), || {
+        (agent.metric("tenantflow_dns_names") == Some(0.0)).then_some(())
+    });
+    assert!(expired.is_some(), "names expired after their 2 s TTL");
+    let more = udp_from_pod(&lab, "jobs-1", 4502, &t.internet_ns(), &to, 1, 10);
+    let c = wait_connection(
+        &agent,
+        |c| c["src_port"] == 4502,
+        |c| counts(c, "forward") == (early.0 + more.0, early.1 + more.1),
+    );
+    assert_eq!(
+        c["dst_fqdn"], "api.example.test",
+        "kept by the open connection"
+    );
+    let late = udp_from_pod(&lab, "jobs-1", 4503, &t.internet_ns(), &to, 1, 10);
+    assert!(
+        named(4503, late).is_null(),
+        "a new connection after the TTL"
     );
 }

@@ -103,6 +103,14 @@ pub struct AgentArgs {
     /// Series of a deleted namespace or workload are dropped after this.
     #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
     pub metrics_grace: Duration,
+    /// Most (pod, address) names kept from the pods' DNS answers (about 100 bytes each);
+    /// past it new ones are dropped and counted (tenantflow_dns_names_dropped_total).
+    #[arg(long, default_value_t = 65_536)]
+    pub dns_max_names: usize,
+    /// How long past its TTL a resolved name still names new connections (clients use an
+    /// address a little past its TTL).
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    pub dns_name_grace: Duration,
     /// Most open SNAT mappings exported as tenantflow_snat_mapping_info (0 turns it off).
     /// Default: 2000 with --metrics-auth kubernetes, else off: the family names the pod
     /// behind each mapping.

@@ -93,6 +93,13 @@ pub fn check(a: &AgentArgs) -> Result<(), UsageError> {
         "60s",
     )?;
     within(
+        "--dns-name-grace",
+        a.dns_name_grace,
+        Duration::ZERO,
+        HOUR,
+        "60s",
+    )?;
+    within(
         "--edge-learning",
         a.edge_learning,
         Duration::ZERO,
@@ -107,6 +114,7 @@ pub fn check(a: &AgentArgs) -> Result<(), UsageError> {
             "1024",
         ),
         ("--edge-limit", a.edge_limit, 1 << 24, "65536"),
+        ("--dns-max-names", a.dns_max_names, 1 << 24, "65536"),
     ] {
         if v == 0 || v > max {
             return Err(UsageError(format!(

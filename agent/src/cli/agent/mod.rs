@@ -105,6 +105,10 @@ async fn run_async(args: AgentArgs) -> anyhow::Result<()> {
         processes,
         edges,
     );
+    pipeline.set_dns_limits(crate::dns::NamesLimits {
+        max_entries: args.dns_max_names,
+        grace: args.dns_name_grace,
+    });
     let (watch_tx, watch_rx) = tokio::sync::mpsc::channel(inventory::QUEUE);
     spawn_watches(
         &args,
