@@ -6,8 +6,10 @@ use std::{path::PathBuf, time::Duration};
 
 use serde_json::Value;
 use tenantflow_tests::{
-    eventually, finish, in_ns, lab, lab_agent, prometheus::Prometheus, traffic, traffic_bg,
-    udp_from_pod, LabGuard,
+    dns_server::{resolv_conf, resolve, Dns},
+    eventually, finish, in_ns, lab, lab_agent,
+    prometheus::Prometheus,
+    traffic, traffic_bg, udp_from_pod, LabGuard,
 };
 use xtask::lab::topology::{IMDS, INTERNET_HOST, PRIVATE_ENDPOINT};
 
@@ -169,6 +171,16 @@ fn every_panel_query_returns_data_from_the_lab() {
         .join("../deploy/helm/tenantflow/files/tenantflow.rules.yaml");
     let prom = Prometheus::start(&t.node_ns(1), "127.0.0.1:9990", &[rules]);
     every_kind_of_traffic(&lab);
+    // DNS for the lateral-movement dashboard's DNS panels: a name that does not exist, and
+    // a query to a resolver outside the cluster.
+    let _dns = Dns::start(&lab);
+    assert_eq!(resolve(&lab, "web-1", "nope.example.test"), None);
+    resolv_conf(
+        &lab,
+        "jobs-1",
+        &format!("nameserver {INTERNET_HOST}\noptions timeout:1 attempts:1\n"),
+    );
+    assert_eq!(resolve(&lab, "jobs-1", "api.example.test"), None);
     // Let rate() windows hold a few scrapes of the new counters.
     eventually(Duration::from_secs(20), || {
         let r = prom
@@ -221,7 +233,7 @@ fn every_panel_query_returns_data_from_the_lab() {
             })
             .collect();
         firing.sort();
-        (firing.len() >= 8).then_some(())
+        (firing.len() >= 9).then_some(())
     });
     assert_eq!(
         firing,
@@ -234,6 +246,7 @@ fn every_panel_query_returns_data_from_the_lab() {
             r#"TenantflowSensitiveTargetAccess "alpha-jobs" null null "imds" "alpha">null"#,
             r#"TenantflowSensitiveTargetAccess "beta-api" null null "kubelet" "beta">null"#,
             r#"TenantflowUnansweredCrossTenant "alpha-web" null null null "alpha">"beta""#,
+            r#"TenantflowUnmediatedDns "alpha-jobs" null null null "alpha">null"#,
             r#"TenantflowUnmediatedEgress "alpha-jobs" null "azure_platform" null "alpha">null"#,
             r#"TenantflowUnmediatedEgress "alpha-jobs" null "internet" null "alpha">null"#,
         ]
@@ -243,9 +256,9 @@ fn every_panel_query_returns_data_from_the_lab() {
         "queries without data:\n{}",
         failures.join("\n")
     );
-    // 44 panel targets and 15 template variables across the five dashboards.
+    // 46 panel targets and 15 template variables across the five dashboards.
     assert_eq!(
-        checked, 59,
+        checked, 61,
         "queries checked (update when dashboards change)"
     );
 }
