@@ -14,7 +14,7 @@ use anyhow::{Context as _, Result};
 use clap::Args;
 use xtask::{
     exec,
-    lab::{compromise, manifest, topology, LabGuard, Topology},
+    lab::{compromise, dns, manifest, topology, LabGuard, Topology},
     setup,
 };
 
@@ -71,6 +71,8 @@ pub fn run(args: DemoArgs) -> Result<()> {
 
     let lab = LabGuard::up(Topology::standard(&args.prefix))?;
     let t = &lab.topo;
+    // A real DNS server: the table shows the names pods resolved before connecting.
+    let _dns = dns::DnsServer::start(t, 30)?;
     let node1 = t.node_ns(1);
     let log = std::fs::File::create("target/demo-agent.log")?;
     let agent = Command::new("ip")
@@ -137,7 +139,7 @@ pub fn run(args: DemoArgs) -> Result<()> {
     Ok(())
 }
 
-/// Long-running listeners: service backends, a DNS-like UDP sink, the internet host,
+/// Long-running listeners: service backends, the internet host,
 /// a kubelet on node 2, IMDS, a private endpoint, and the egress gateway relaying to the
 /// internet.
 fn servers(t: &Topology, me: &str, procs: &mut Procs) -> Result<()> {
@@ -164,16 +166,6 @@ fn servers(t: &Topology, me: &str, procs: &mut Procs) -> Result<()> {
             "800",
             "--conns",
             &forever,
-        ],
-    )?;
-    add(
-        pod_ns("coredns-1"),
-        &[
-            "udp-recv",
-            &format!("{}:53", t.pod("coredns-1").ip()),
-            &forever,
-            "--timeout-ms",
-            "86400000",
         ],
     )?;
     let inet = format!("{}:443", topology::INTERNET_HOST);
@@ -230,15 +222,10 @@ fn clients(t: &Topology, me: &str) -> Result<()> {
         let _ = exec::run("ip", &[&["netns", "exec", &ns, me][..], &full].concat());
     };
     let svc = &t.services[0];
-    run(
-        pod_ns("web-1"),
-        &[
-            "udp-send",
-            &format!("{}:53", t.pod("coredns-1").ip()),
-            "2",
-            "60",
-        ],
-    );
+    // Pods resolve before they connect (the lab's dnsmasq behind the kube-dns-like VIP):
+    // jobs-1's internet connection then carries the name it asked for.
+    let _ = dns::resolve(t, "jobs-1", "api.example.test");
+    let _ = dns::resolve(t, "web-1", "web.alpha-web.example.test");
     run(
         pod_ns("web-1"),
         &["tcp-send", &format!("{}:9000", t.pod("web-2").ip()), "1500"],

@@ -9,6 +9,7 @@ pub mod chain_end;
 pub mod cilium_routing;
 pub mod cilium_snat;
 pub mod compromise;
+pub mod dns;
 pub mod manifest;
 pub mod socket_lb;
 pub mod topology;
