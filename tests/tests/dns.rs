@@ -244,4 +244,23 @@ fn tcp_dns_truncated_answers_and_expiring_ttls() {
         named(4503, late).is_null(),
         "a new connection after the TTL"
     );
+    // Unmediated egress by name: one series per (namespace, name), the unnamed one in none
+    // (labels in the exposition's alphabetical order).
+    let by_name = |ns: &str, tenant: &str, name: &str| {
+        agent.metric(&format!(
+            "tenantflow_unmediated_egress_names_total{{dst_fqdn=\"{name}\",src_namespace=\"{ns}\",src_tenant=\"{tenant}\"}}"
+        ))
+    };
+    assert_eq!(by_name("alpha-web", "alpha", "api.example.test"), Some(1.0));
+    assert_eq!(by_name("beta-api", "beta", "big.example.test"), Some(1.0));
+    assert_eq!(
+        by_name("alpha-jobs", "alpha", "api.example.test"),
+        Some(1.0)
+    );
+    let (_, body) = agent.get("/metrics").unwrap();
+    let series = body
+        .lines()
+        .filter(|l| l.starts_with("tenantflow_unmediated_egress_names_total{"))
+        .count();
+    assert_eq!(series, 3, "{body}");
 }

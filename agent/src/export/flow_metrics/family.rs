@@ -9,10 +9,11 @@ pub(super) enum Family {
     Unmediated,
     Sensitive,
     Attempts,
+    UnmediatedNames,
 }
 
 impl Family {
-    pub(super) const ALL: [Family; 7] = [
+    pub(super) const ALL: [Family; 8] = [
         Family::Flows,
         Family::Bytes,
         Family::Packets,
@@ -20,6 +21,7 @@ impl Family {
         Family::Unmediated,
         Family::Sensitive,
         Family::Attempts,
+        Family::UnmediatedNames,
     ];
 
     pub(super) fn name(self) -> &'static str {
@@ -31,6 +33,7 @@ impl Family {
             Family::Unmediated => "tenantflow_unmediated_egress_flows_total",
             Family::Sensitive => "tenantflow_sensitive_flows_total",
             Family::Attempts => "tenantflow_connection_attempts_total",
+            Family::UnmediatedNames => "tenantflow_unmediated_egress_names_total",
         }
     }
 
@@ -43,6 +46,7 @@ impl Family {
             Family::Unmediated => "Egress connections that bypassed every approved gateway, proxy and firewall.",
             Family::Sensitive => "Connections to sensitive targets (IMDS, wireserver, kubelet, node SSH).",
             Family::Attempts => "Connection attempts by outcome (established, refused, unanswered, reset, replied, unreplied), counted once when the outcome is first known.",
+            Family::UnmediatedNames => "Unmediated egress connections by the name the source pod resolved the destination from (only connections with a name; capped like every family).",
         }
     }
 
@@ -66,6 +70,9 @@ impl Family {
                 "flow_class",
             ],
             Family::Unmediated => vec!["src_namespace", "src_tenant", "flow_class", "scope"],
+            // Per name only for flagged egress: the one family whose cardinality grows with
+            // the internet, so it stays inside --metrics-max-series like the others.
+            Family::UnmediatedNames => vec!["src_namespace", "src_tenant", "dst_fqdn"],
             // The node name is bounded by the cluster size; IMDS/wireserver are fixed.
             Family::Sensitive => vec![
                 "src_namespace",

@@ -127,7 +127,7 @@ impl FlowMetrics {
             if ev.kind == EventKind::Start {
                 let base = self.base(k);
                 self.inc(Family::Flows, base, 1);
-                self.flagged(k);
+                self.flagged(k, ev.dst_fqdn.map(|n| &**n));
             }
             if let (true, Some(outcome)) = (ev.decided, ev.outcome) {
                 self.attempt(k, outcome);
@@ -190,7 +190,7 @@ impl FlowMetrics {
         }
     }
 
-    fn flagged(&mut self, k: &Classification) {
+    fn flagged(&mut self, k: &Classification, dst_fqdn: Option<&str>) {
         let src = &k.src_identity;
         let w = self.cfg.workload_labels;
         let ns = label(src.namespace.as_deref());
@@ -222,6 +222,13 @@ impl FlowMetrics {
                 l.push(label(src.workload.as_deref()));
             }
             self.inc(Family::Unmediated, (l, refs(&[src])), 1);
+            if let Some(name) = dst_fqdn {
+                let mut l = vec![ns.clone(), tenant.clone(), name.to_owned()];
+                if w {
+                    l.push(label(src.workload.as_deref()));
+                }
+                self.inc(Family::UnmediatedNames, (l, refs(&[src])), 1);
+            }
         }
         if let Some(target) = &k.sensitive {
             let node = match k.dst_identity.kind {
