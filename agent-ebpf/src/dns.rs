@@ -3,7 +3,9 @@
 //! Every other packet pays two port compares. A full ring drops the copy (counted), never
 //! the packet.
 
-use agent_common::{Counter, DnsCapture, DNS_CAPTURE_BYTES, DNS_PORT, IPPROTO_TCP, IPPROTO_UDP};
+use agent_common::{
+    Counter, DnsCapture, DNS_CAPTURE_BYTES, DNS_PORT, IPPROTO_TCP, IPPROTO_UDP, MARK_ICMP_ERROR,
+};
 use aya_ebpf::{cty::c_void, helpers::bpf_skb_load_bytes, programs::TcContext};
 
 use crate::{
@@ -17,7 +19,9 @@ pub fn capture(ctx: &TcContext, p: &Parsed, skb_len: u32) {
     if p.key.src_port != DNS_PORT && p.key.dst_port != DNS_PORT {
         return;
     }
-    if p.key.proto != IPPROTO_UDP && p.key.proto != IPPROTO_TCP {
+    // An ICMP error about a DNS packet is keyed as the flow it answers: not a message.
+    if (p.key.proto != IPPROTO_UDP && p.key.proto != IPPROTO_TCP) || p.marks & MARK_ICMP_ERROR != 0
+    {
         return;
     }
     let off = p.l3_off + p.hdr_len;

@@ -282,8 +282,9 @@ impl Pipeline {
                 continue;
             };
             if t.extra.class.is_none() {
-                let tu = &t.conn.tuple;
-                t.extra.dst_fqdn = self.dns.name_of(tu.src, tu.dst, Instant::now());
+                t.extra.dst_fqdn = t
+                    .initiator_pod_ifindex()
+                    .and_then(|pod| self.dns.name_of(pod, t.conn.tuple.dst, Instant::now()));
             }
             if t.extra.class.is_none() || t.nat_changed || revisit.contains(&id) {
                 let name = t.extra.dst_fqdn.as_deref();

@@ -8,9 +8,9 @@ use tenantflow_tests::{
     agent::{counts, wait_connection},
     agent_bin,
     dns_server::{resolv_conf, resolve, Dns, DNS_VIP},
-    eventually, in_ns, lab, lab_agent,
+    eventually, finish, in_ns, lab, lab_agent,
     prometheus::Prometheus,
-    udp_from_pod, Agent,
+    traffic, traffic_bg, udp_from_pod, Agent,
 };
 use xtask::lab::topology::INTERNET_HOST;
 
@@ -263,4 +263,100 @@ fn tcp_dns_truncated_answers_and_expiring_ttls() {
         .filter(|l| l.starts_with("tenantflow_unmediated_egress_names_total{"))
         .count();
     assert_eq!(series, 3, "{body}");
+}
+
+/// What must not name a flow, each with its exact count: a forged answer from another
+/// address to a pod that asked nothing (`unsolicited`), garbage from port 53 (`malformed`);
+/// and AAAA: a pod that resolved an IPv6 name gets it on its IPv6 connection.
+#[test]
+fn spoofed_and_malformed_answers_name_nothing_and_aaaa_names_ipv6() {
+    let lab = lab("dns6");
+    let t = &lab.topo;
+    let agent = lab_agent(&lab, 1, &[]);
+    let _dns = Dns::start(&lab);
+    let kind = |k: &str| {
+        agent
+            .metric(&format!("tenantflow_dns_messages_total{{kind=\"{k}\"}}"))
+            .unwrap()
+    };
+    // coredns-2 (node 2) sends the garbage: dnsmasq holds coredns-1's port 53.
+    let (api1, jobs1, coredns) = (t.pod("api-1"), t.pod("jobs-1"), t.pod("coredns-2"));
+    // api-1 forges an answer to jobs-1, which asked nothing: evil.example.test is the
+    // internet host.
+    traffic(
+        &t.pod_ns(api1),
+        &[
+            "dns-answer",
+            &format!("{}:33333", jobs1.ip()),
+            "--bind",
+            &format!("{}:53", api1.ip()),
+            "--name",
+            "evil.example.test",
+            "--addr",
+            INTERNET_HOST,
+        ],
+    );
+    // Garbage from the DNS server's own port 53 to web-1.
+    traffic(
+        &t.pod_ns(coredns),
+        &[
+            "udp-send",
+            &format!("{}:33334", t.pod("web-1").ip()),
+            "1",
+            "20",
+            "--bind",
+            &format!("{}:53", coredns.ip()),
+        ],
+    );
+    let counted = eventually(Duration::from_secs(10), || {
+        (kind("unsolicited") == 1.0 && kind("malformed") == 1.0).then_some(())
+    });
+    assert!(
+        counted.is_some(),
+        "unsolicited {} malformed {}",
+        kind("unsolicited"),
+        kind("malformed")
+    );
+    let to = format!("{INTERNET_HOST}:5303");
+    let sent = udp_from_pod(&lab, "jobs-1", 4600, &t.internet_ns(), &to, 1, 10);
+    let c = wait_connection(
+        &agent,
+        |c| c["src_port"] == 4600,
+        |c| counts(c, "forward") == sent,
+    );
+    assert!(
+        c["dst_fqdn"].is_null(),
+        "the forged answer named nothing: {c}"
+    );
+    assert_eq!(kind("answer"), 0.0);
+    assert_eq!(agent.metric("tenantflow_dns_names"), Some(0.0));
+
+    // AAAA over the kube-dns VIP (IPv4 transport), then an IPv6 connection.
+    let web1 = t.pod("web-1");
+    let out = in_ns(
+        &t.pod_ns(web1),
+        &["getent", "ahostsv6", "edge6.example.test"],
+    );
+    assert!(out.contains(xtask::lab::topology::INTERNET_HOST6), "{out}");
+    let to6 = format!("[{}]:5304", xtask::lab::topology::INTERNET_HOST6);
+    let rx = traffic_bg(&t.internet_ns(), &["udp-recv", &to6, "2"]);
+    traffic(
+        &t.pod_ns(web1),
+        &[
+            "udp-send",
+            &to6,
+            "2",
+            "30",
+            "--bind",
+            &format!("[{}]:4601", web1.ip6()),
+        ],
+    );
+    assert_eq!(finish(rx).trim(), "2");
+    let c = wait_connection(
+        &agent,
+        |c| c["src_port"] == 4601,
+        |c| counts(c, "forward").0 == 2,
+    );
+    assert_eq!(c["dst_fqdn"], "edge6.example.test", "{c}");
+    assert_eq!(c["dst"], xtask::lab::topology::INTERNET_HOST6);
 }

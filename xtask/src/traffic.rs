@@ -25,6 +25,9 @@ pub enum TrafficCmd {
     UdpFlows(udp::UdpFlows),
     /// Receive COUNT datagrams on BIND (or until TIMEOUT_MS of silence); print how many.
     UdpRecv(udp::UdpRecv),
+    /// Send one DNS answer (one A record for NAME) from BIND to TO, asked or not: a
+    /// spoofing attempt's packet.
+    DnsAnswer(udp::DnsAnswer),
     /// Accept CONNS connections on BIND; from each read to EOF, answer REPLY bytes, close.
     TcpServe(tcp::TcpServe),
     /// Connect to TO, send BYTES, half-close, read the answer to EOF; print bytes read.
@@ -63,6 +66,7 @@ pub fn run(cmd: TrafficCmd) -> Result<()> {
         TrafficCmd::UdpSpray(c) => c.run(),
         TrafficCmd::UdpFlows(c) => c.run(),
         TrafficCmd::UdpRecv(c) => c.run(),
+        TrafficCmd::DnsAnswer(c) => c.run(),
         TrafficCmd::TcpServe(c) => c.run(),
         TrafficCmd::TcpSend(c) => c.run(),
         TrafficCmd::TcpTry(c) => c.run(),

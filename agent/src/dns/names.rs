@@ -1,6 +1,8 @@
 //! Per pod, the name each address was resolved from: "which name did *this* pod ask for
 //! when it got this address". Another pod that dialled the same address without resolving
-//! it gets no name. Entries live for the answer's TTL plus a grace period (clients keep
+//! it gets no name. A pod is its interface (the host side of its veth): a dual-stack pod
+//! resolves over one family and connects over the other, and both are the same veth;
+//! the kernel does not reuse an interface index soon. Entries live for the answer's TTL plus a grace period (clients keep
 //! using an address a little past its TTL, and a connection opened just before expiry
 //! keeps the name it started with); the total is capped and what does not fit is counted.
 
@@ -38,7 +40,8 @@ struct Entry {
 
 #[derive(Debug, Default)]
 pub struct Names {
-    by_pod: FastMap<IpAddr, FastMap<IpAddr, Entry>>,
+    /// Pod interface (ifindex) → address → name.
+    by_pod: FastMap<u32, FastMap<IpAddr, Entry>>,
     entries: usize,
     limits: NamesLimits,
     /// Addresses not kept because the cap was reached (`tenantflow_dns_names_dropped_total`).
@@ -55,7 +58,7 @@ impl Names {
 
     /// Remember what `answer` told `pod`. A newer answer for an address replaces the older
     /// name. Returns how many addresses were kept.
-    pub fn learn(&mut self, pod: IpAddr, answer: &Answer, now: Instant) -> usize {
+    pub fn learn(&mut self, pod: u32, answer: &Answer, now: Instant) -> usize {
         let mut kept = 0;
         for &(addr, ttl) in &answer.addrs {
             let expires = now + Duration::from_secs(ttl.into()) + self.limits.grace;
@@ -86,7 +89,7 @@ impl Names {
     }
 
     /// The name `pod` resolved `addr` from, while it is still valid.
-    pub fn name_of(&self, pod: IpAddr, addr: IpAddr, now: Instant) -> Option<Arc<str>> {
+    pub fn name_of(&self, pod: u32, addr: IpAddr, now: Instant) -> Option<Arc<str>> {
         let e = self.by_pod.get(&pod)?.get(&addr)?;
         (now <= e.expires).then(|| e.name.clone())
     }
@@ -131,8 +134,8 @@ mod tests {
         }
     }
 
-    const POD: &str = "10.244.1.11";
-    const OTHER_POD: &str = "10.244.1.12";
+    const POD: u32 = 11;
+    const OTHER_POD: u32 = 12;
 
     #[test]
     fn a_name_is_the_resolving_pods_only_and_lives_for_ttl_plus_grace() {
@@ -142,7 +145,7 @@ mod tests {
         };
         let mut n = Names::new(limits);
         let t0 = Instant::now();
-        let pod = POD.parse().unwrap();
+        let pod = POD;
         let api = answer(
             "api.example.test",
             &[("198.51.100.7", 30), ("198.51.100.8", 30)],
@@ -153,7 +156,7 @@ mod tests {
             n.name_of(pod, addr, t0).as_deref(),
             Some("api.example.test")
         );
-        assert_eq!(n.name_of(OTHER_POD.parse().unwrap(), addr, t0), None);
+        assert_eq!(n.name_of(OTHER_POD, addr, t0), None);
         let at = |s| t0 + Duration::from_secs(s);
         assert!(n.name_of(pod, addr, at(35)).is_some(), "within the grace");
         assert_eq!(n.name_of(pod, addr, at(36)), None, "past TTL and grace");
@@ -168,7 +171,7 @@ mod tests {
             grace: Duration::ZERO,
         });
         let t0 = Instant::now();
-        let pod = POD.parse().unwrap();
+        let pod = POD;
         n.learn(pod, &answer("a.test", &[("192.0.2.1", 10)]), t0);
         n.learn(pod, &answer("b.test", &[("192.0.2.1", 10)]), t0);
         assert_eq!(

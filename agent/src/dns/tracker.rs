@@ -94,6 +94,17 @@ impl DnsTracker {
             // The host side of a pod's veth: ingress is what the pod sent, egress what it
             // receives.
             let from_pod = m.key.direction == Direction::Ingress as u8;
+            // Only the pod as a client: its queries out, answers to it. A pod serving DNS
+            // (CoreDNS) sees the mirror image of its clients' traffic, which names nothing
+            // and would count every message twice.
+            let as_client = if from_pod {
+                t.dport == DNS_PORT
+            } else {
+                t.sport == DNS_PORT
+            };
+            if !as_client {
+                continue;
+            }
             match parse(&m.payload, t.proto == PROTO_TCP) {
                 Ok(Parsed::Query { id, name }) if from_pod && t.dport == DNS_PORT => {
                     if !approved(t.dst) {
@@ -116,10 +127,10 @@ impl DnsTracker {
                             asked: a.asked.clone(),
                         });
                     }
-                    self.names.learn(t.dst, &a, now);
+                    self.names.learn(m.key.ifindex, &a, now);
                 }
-                // A pod serving DNS itself (CoreDNS): its own traffic names nothing.
-                Ok(_) => {}
+                // A query arriving at the pod or an answer it sends: not a client's message.
+                Ok(_) => self.counts.malformed += 1,
                 Err(DnsError::Incomplete { .. }) => self.counts.incomplete += 1,
                 Err(_) => self.counts.malformed += 1,
             }
@@ -146,8 +157,8 @@ impl DnsTracker {
         self.names.expire(now);
     }
 
-    /// The name `pod` resolved `addr` from, while valid.
-    pub fn name_of(&self, pod: IpAddr, addr: IpAddr, now: Instant) -> Option<Arc<str>> {
+    /// The name the pod behind interface `pod` resolved `addr` from, while valid.
+    pub fn name_of(&self, pod: u32, addr: IpAddr, now: Instant) -> Option<Arc<str>> {
         self.names.name_of(pod, addr, now)
     }
 

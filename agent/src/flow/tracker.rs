@@ -153,6 +153,19 @@ impl<A> Tracked<A> {
         self.points.iter().map(|p| (&p.key, &p.entry))
     }
 
+    /// The pod interface the initiator sent from (its veth's host-side ingress), when a
+    /// pod opened the connection on this node.
+    pub fn initiator_pod_ifindex(&self) -> Option<u32> {
+        self.points
+            .iter()
+            .find(|p| {
+                p.role == Some(Role::Pod)
+                    && p.forward
+                    && p.key.direction == Direction::Ingress as u8
+            })
+            .map(|p| p.key.ifindex)
+    }
+
     fn at_pod(&self) -> bool {
         self.points.iter().any(|p| p.role == Some(Role::Pod))
     }

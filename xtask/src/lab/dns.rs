@@ -6,7 +6,7 @@ use std::{path::PathBuf, process::Child};
 
 use anyhow::{Context, Result};
 
-use super::topology::{Topology, INTERNET_HOST};
+use super::topology::{Topology, INTERNET_HOST, INTERNET_HOST6};
 use crate::exec::in_ns;
 
 /// The kube-dns-like VIP the pods' resolv.conf names.
@@ -16,7 +16,8 @@ pub const DNS_VIP: &str = "10.0.0.53";
 /// kube-proxy programs every node), answering for `test.`: `api.example.test` is a CNAME
 /// of `edge.example.test`, which has two addresses, the lab's internet host first;
 /// `big.example.test` has 40 addresses, the internet host among them (an answer too big for
-/// plain UDP: truncated, then asked again over TCP); other names in `test.` do not exist.
+/// plain UDP: truncated, then asked again over TCP); `edge6.example.test` is the internet
+/// host's IPv6 address (AAAA); other names in `test.` do not exist.
 /// Every pod of the lab gets a resolv.conf naming the VIP (`ip netns exec` mounts
 /// /etc/netns/<ns>/resolv.conf). Stopped and removed on drop.
 pub struct DnsServer {
@@ -33,6 +34,7 @@ impl DnsServer {
         let hosts = dir.join("hosts");
         let mut lines =
             format!("{INTERNET_HOST} edge.example.test\n198.51.100.8 edge.example.test\n");
+        lines.push_str(&format!("{INTERNET_HOST6} edge6.example.test\n"));
         lines.push_str(&format!("{INTERNET_HOST} big.example.test\n"));
         for i in 100..139 {
             lines.push_str(&format!("198.51.100.{i} big.example.test\n"));

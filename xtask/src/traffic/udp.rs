@@ -182,3 +182,49 @@ impl UdpRecv {
         Ok(())
     }
 }
+
+/// `tf-traffic dns-answer`: see [`super::TrafficCmd`].
+#[derive(Debug, Args)]
+pub struct DnsAnswer {
+    /// Where the answer goes (a pod's query port).
+    pub to: SocketAddr,
+    /// Source address:port of the answer (e.g. a pod's own address, port 53).
+    #[arg(long)]
+    pub bind: SocketAddr,
+    /// The DNS message id.
+    #[arg(long, default_value_t = 4242)]
+    pub id: u16,
+    /// The name answered for.
+    #[arg(long)]
+    pub name: String,
+    /// The IPv4 address the answer gives.
+    #[arg(long)]
+    pub addr: std::net::Ipv4Addr,
+}
+
+impl DnsAnswer {
+    pub fn run(self) -> Result<()> {
+        let sock = udp_sender(Some(self.bind), &self.to)?;
+        let msg = a_answer(self.id, &self.name, self.addr);
+        sock.send_to(&msg, self.to)
+            .with_context(|| format!("send to {}", self.to))?;
+        Ok(())
+    }
+}
+
+/// A DNS answer (RFC 1035 wire format) giving `name` one A record, TTL 300.
+fn a_answer(id: u16, name: &str, addr: std::net::Ipv4Addr) -> Vec<u8> {
+    // Header: id, QR|RD|RA, one question, one answer.
+    let mut m = id.to_be_bytes().to_vec();
+    m.extend_from_slice(&[0x81, 0x80, 0, 1, 0, 1, 0, 0, 0, 0]);
+    for label in name.trim_end_matches('.').split('.') {
+        m.push(label.len() as u8);
+        m.extend_from_slice(label.as_bytes());
+    }
+    // Root, type A, class IN; the answer names the question by pointer (offset 12).
+    m.extend_from_slice(&[0, 0, 1, 0, 1, 0xc0, 12, 0, 1, 0, 1]);
+    m.extend_from_slice(&300u32.to_be_bytes());
+    m.extend_from_slice(&4u16.to_be_bytes());
+    m.extend_from_slice(&addr.octets());
+    m
+}

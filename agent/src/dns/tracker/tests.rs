@@ -10,9 +10,9 @@ use super::*;
 use crate::dns::message::tests::{a, answer, cname};
 
 const POD: &str = "10.244.1.11";
-const OTHER_POD: &str = "10.244.1.12";
 const RESOLVER: &str = "10.0.0.10";
 const POD_IF: u32 = 4;
+const OTHER_IF: u32 = 5;
 const UPLINK: u32 = 2;
 
 fn words(ip: &str) -> [u64; 2] {
@@ -107,10 +107,10 @@ fn an_answer_to_the_pods_own_query_names_its_addresses_for_that_pod_only() {
     assert_eq!(d.absorb(&msgs, roles, cluster, now), Signals::default());
     for addr in ["198.51.100.7", "198.51.100.8"] {
         assert_eq!(
-            d.name_of(ip(POD), ip(addr), now).as_deref(),
+            d.name_of(POD_IF, ip(addr), now).as_deref(),
             Some("api.example.test")
         );
-        assert_eq!(d.name_of(ip(OTHER_POD), ip(addr), now), None);
+        assert_eq!(d.name_of(OTHER_IF, ip(addr), now), None);
     }
     assert_eq!(
         d.counts,
@@ -169,7 +169,7 @@ fn spoofed_malformed_and_uplink_messages_name_nothing() {
         ),
     ];
     d.absorb(&msgs, roles, cluster, now);
-    assert_eq!(d.name_of(ip(POD), ip("198.51.100.7"), now), None);
+    assert_eq!(d.name_of(POD_IF, ip("198.51.100.7"), now), None);
     assert_eq!(
         d.counts,
         DnsCounts {
@@ -192,7 +192,7 @@ fn spoofed_malformed_and_uplink_messages_name_nothing() {
         cluster,
         now,
     );
-    assert!(d.name_of(ip(POD), ip("198.51.100.7"), now).is_some());
+    assert!(d.name_of(POD_IF, ip("198.51.100.7"), now).is_some());
 }
 
 #[test]
