@@ -12,6 +12,11 @@ pub const DNS_CAPTURE_BYTES: usize = 1232;
 /// counts) more, however fast pods query.
 pub const DNS_RING_BYTES: u32 = 1 << 20;
 
+/// The agent is woken once this much waits in the ring (it drains the ring at every
+/// harvest anyway, before it reads the flows, which is when names are needed): a DNS flood
+/// costs one wakeup per ~200 messages, not one each.
+pub const DNS_WAKE_BYTES: u32 = DNS_RING_BYTES / 4;
+
 /// The service port that marks DNS.
 pub const DNS_PORT: u16 = 53;
 

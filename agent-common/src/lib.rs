@@ -20,7 +20,7 @@ pub use cache::{
     CONN_GEN_ENTRIES, EVICTIONS_BYTES, EVICTIONS_WAKE_BYTES,
 };
 pub use counters::Counter;
-pub use dns::{DnsCapture, DNS_CAPTURE_BYTES, DNS_PORT, DNS_RING_BYTES};
+pub use dns::{DnsCapture, DNS_CAPTURE_BYTES, DNS_PORT, DNS_RING_BYTES, DNS_WAKE_BYTES};
 pub use flow::{
     Direction, FlowKey, FlowStats, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP,
     MARK_ICMP_ERROR, MARK_OPENED,

@@ -4,9 +4,15 @@
 //! the packet.
 
 use agent_common::{
-    Counter, DnsCapture, DNS_CAPTURE_BYTES, DNS_PORT, IPPROTO_TCP, IPPROTO_UDP, MARK_ICMP_ERROR,
+    Counter, DnsCapture, DNS_CAPTURE_BYTES, DNS_PORT, DNS_WAKE_BYTES, IPPROTO_TCP, IPPROTO_UDP,
+    MARK_ICMP_ERROR,
 };
-use aya_ebpf::{cty::c_void, helpers::bpf_skb_load_bytes, programs::TcContext};
+use aya_ebpf::{
+    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
+    cty::c_void,
+    helpers::bpf_skb_load_bytes,
+    programs::TcContext,
+};
 
 use crate::{
     maps::{bump, DNS},
@@ -74,7 +80,12 @@ pub fn capture(ctx: &TcContext, p: &Parsed, skb_len: u32) {
     if loaded == 0 {
         // SAFETY: as above.
         unsafe { (*c).len = want as u16 };
-        entry.submit(0);
+        let flags = if DNS.query(BPF_RB_AVAIL_DATA as u64) >= DNS_WAKE_BYTES as u64 {
+            BPF_RB_FORCE_WAKEUP
+        } else {
+            BPF_RB_NO_WAKEUP
+        };
+        entry.submit(flags as u64);
         bump(Counter::DnsCaptured);
     } else {
         entry.discard(0);

@@ -58,6 +58,9 @@ struct Sample {
     /// The TC programs per TCP skb (a GSO super-packet is one run): the path that also
     /// looks up the connection generation.
     tcp_ns_per_run: Option<f64>,
+    /// The TC programs per UDP datagram to port 53: every one is copied to the DNS ring
+    /// (or, when a flood fills it, counted lost).
+    dns_ns_per_run: Option<f64>,
     udp_pps: f64,
     tcp_bps: f64,
 }
@@ -117,10 +120,11 @@ impl Bench {
             for cfg in [Config::Baseline, Config::Floor, Config::Agent] {
                 let s = self.one(cfg)?;
                 eprintln!(
-                    "bench: round {r} {cfg:?}: ns/run={} svc_ns/run={} tcp_ns/run={} udp_pps={:.0} tcp_gbps={:.3}",
+                    "bench: round {r} {cfg:?}: ns/run={} svc_ns/run={} tcp_ns/run={} dns_ns/run={} udp_pps={:.0} tcp_gbps={:.3}",
                     s.ns_per_run.map_or("-".into(), |v| format!("{v:.1}")),
                     s.svc_ns_per_run.map_or("-".into(), |v| format!("{v:.1}")),
                     s.tcp_ns_per_run.map_or("-".into(), |v| format!("{v:.1}")),
+                    s.dns_ns_per_run.map_or("-".into(), |v| format!("{v:.1}")),
                     s.udp_pps,
                     s.tcp_bps / 1e9
                 );
@@ -160,6 +164,9 @@ impl Bench {
         let tcp_before = run_stats(&ids)?;
         let tcp_bps = self.iperf(&[])?;
         let tcp_after = run_stats(&ids)?;
+        let dns_before = run_stats(&ids)?;
+        self.iperf(&["-u", "-b", "0", "-l", "64", "-p", "53"])?;
+        let dns_after = run_stats(&ids)?;
         if let Some(a) = agent.as_mut() {
             // SAFETY: signalling our own child.
             unsafe { libc::kill(a.id() as i32, libc::SIGTERM) };
@@ -168,10 +175,12 @@ impl Bench {
         let ns_per_run = per_run(&ids, before, after);
         let svc_ns_per_run = per_run(&svc, svc_before, svc_after);
         let tcp_ns_per_run = per_run(&ids, tcp_before, tcp_after);
+        let dns_ns_per_run = per_run(&ids, dns_before, dns_after);
         Ok(Sample {
             ns_per_run,
             svc_ns_per_run,
             tcp_ns_per_run,
+            dns_ns_per_run,
             udp_pps,
             tcp_bps,
         })
@@ -233,6 +242,12 @@ impl Bench {
     fn iperf(&self, extra: &[&str]) -> Result<f64> {
         let t = &self.lab.topo;
         let (web1, web2) = (t.pod("web-1"), t.pod("web-2"));
+        // The server listens where the client sends (`-p`, e.g. 53 for the DNS path).
+        let port: Vec<&str> = extra
+            .iter()
+            .position(|a| *a == "-p")
+            .map(|i| extra[i..=i + 1].to_vec())
+            .unwrap_or_default();
         let server = Command::new("ip")
             .args([
                 "netns",
@@ -246,6 +261,7 @@ impl Bench {
                 "-A",
                 "1",
             ])
+            .args(&port)
             .stdout(Stdio::null())
             .spawn()?;
         std::thread::sleep(Duration::from_millis(200));
@@ -374,6 +390,11 @@ fn report(samples: &[(Config, Sample)]) {
         "socket_lb_egress_overhead_ns_per_packet={:.1}",
         svc - svc_floor
     );
+    let dns_floor = pick(Config::Floor, |s| s.dns_ns_per_run);
+    let dns_agent = pick(Config::Agent, |s| s.dns_ns_per_run);
+    println!("dns_floor_ns_per_packet={dns_floor:.1}");
+    println!("dns_ns_per_packet={dns_agent:.1}");
+    println!("dns_overhead_ns_per_packet={:.1}", dns_agent - dns_floor);
     println!("throughput_ratio={:.3}", agent_tcp / base_tcp);
 }
 
