@@ -516,3 +516,23 @@ egress:
         assert!(e.contains(field) && e.contains(says), "{bad}: {e}");
     }
 }
+
+/// Azure DNS shares the wireserver's address: DNS to it is not a sensitive access, other
+/// ports are.
+#[test]
+fn dns_to_azure_dns_is_not_a_wireserver_visit() {
+    let store = Store::from_objects(snapshot::parse(INVENTORY).unwrap());
+    let config = Config::parse(CONFIG, "test").unwrap();
+    let to = |proto, port| {
+        classify(
+            &config,
+            &store,
+            &conn(proto, "10.244.1.11", 40000, "168.63.129.16", port, None),
+        )
+        .sensitive
+    };
+    assert_eq!(to(17, 53), None);
+    assert_eq!(to(PROTO_TCP, 53), None);
+    assert_eq!(to(PROTO_TCP, 80).as_deref(), Some("wireserver"));
+    assert_eq!(to(PROTO_TCP, 32526).as_deref(), Some("wireserver"));
+}

@@ -105,6 +105,11 @@ pub fn sensitive(
     dst_port: u16,
     has_ports: bool,
 ) -> Option<String> {
+    // Azure DNS answers on the wireserver's address: asking a resolver of the cluster's on
+    // port 53 is name resolution, not a visit to the wireserver.
+    if has_ports && dst_port == 53 && config.approved_resolver(dst_ip) {
+        return None;
+    }
     if let Some((name, _)) = config
         .sensitive_addresses
         .iter()
