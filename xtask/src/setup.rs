@@ -106,7 +106,7 @@ fn rust_src() -> Result<()> {
         return Ok(());
     }
     eprintln!("setup: installing {nightly} with rust-src and clippy (the eBPF build's pin)");
-    run_visible(Command::new("rustup").args([
+    let installed = run_visible(Command::new("rustup").args([
         "toolchain",
         "install",
         &nightly,
@@ -116,7 +116,42 @@ fn rust_src() -> Result<()> {
         "rust-src",
         "--component",
         "clippy",
-    ]))
+    ]));
+    match installed {
+        Ok(()) => Ok(()),
+        // No route to the toolchain server: a machine image's undated `nightly` of the
+        // very same date is the pinned toolchain, so it stands in (it must already carry
+        // rust-src and clippy).
+        Err(e) => same_date_nightly(&nightly).map_err(|why| e.context(why)),
+    }
+}
+
+/// Make `nightly-DATE` the installed `nightly` when that one is of DATE.
+fn same_date_nightly(pinned: &str) -> Result<(), String> {
+    let date = pinned.trim_start_matches("nightly-");
+    let home = std::env::var_os("RUSTUP_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var("HOME").unwrap_or_else(|_| "/root".into())).join(".rustup")
+        });
+    let toolchains = home.join("toolchains");
+    let host = "x86_64-unknown-linux-gnu";
+    let undated = toolchains.join(format!("nightly-{host}"));
+    let manifest =
+        std::fs::read_to_string(undated.join("lib/rustlib/multirust-channel-manifest.toml"))
+            .map_err(|e| format!("no installed nightly to stand in for {pinned} ({e})"))?;
+    if !manifest
+        .lines()
+        .any(|l| l.trim() == format!("date = \"{date}\""))
+    {
+        return Err(format!(
+            "the installed nightly is not of {date}: install {pinned} (rustup toolchain install {pinned})"
+        ));
+    }
+    std::os::unix::fs::symlink(&undated, toolchains.join(format!("{pinned}-{host}")))
+        .map_err(|e| format!("linking the installed nightly as {pinned}: {e}"))?;
+    eprintln!("setup: the installed nightly is of {date}: used as {pinned}");
+    Ok(())
 }
 
 fn cargo_home() -> PathBuf {
