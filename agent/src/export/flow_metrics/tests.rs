@@ -363,3 +363,45 @@ fn workload_labels_are_opt_in() {
         Some(1)
     );
 }
+
+/// Unmediated egress with a resolved name gets one series per (namespace, name); with
+/// workload labels the series carries the source workload too (same arity as registered).
+#[test]
+fn unmediated_egress_is_counted_by_name_too() {
+    let store = inventory(&["alpha-web"]);
+    let config = Config::parse(
+        "network: {pod_cidrs: [10.244.0.0/16], service_cidrs: [10.0.0.0/16]}\n",
+        "test",
+    )
+    .unwrap();
+    let c = Connection::new(FlowTuple {
+        proto: PROTO_TCP,
+        src: "10.244.1.10".parse().unwrap(),
+        sport: 40000,
+        dst: "203.0.113.10".parse().unwrap(),
+        dport: 443,
+    });
+    let k = classify(&config, &store, &c);
+    assert_eq!(k.egress, crate::classify::Egress::Unmediated);
+    let pair = (c, k);
+    let name: std::sync::Arc<str> = "api.example.test".into();
+    for workloads in [false, true] {
+        let r = Registry::new();
+        let mut m = FlowMetrics::new(
+            &r,
+            FlowMetricsConfig {
+                workload_labels: workloads,
+                ..Default::default()
+            },
+        );
+        let mut e = ev(&pair, EventKind::Start, 1, (1, 60), (0, 0));
+        e.dst_fqdn = Some(&name);
+        m.observe(&[e], &store, Instant::now());
+        let want = if workloads {
+            "tenantflow_unmediated_egress_names_total{dst_fqdn=\"api.example.test\",src_namespace=\"alpha-web\",src_tenant=\"alpha\",src_workload=\"ReplicaSet/rs0\"}"
+        } else {
+            "tenantflow_unmediated_egress_names_total{dst_fqdn=\"api.example.test\",src_namespace=\"alpha-web\",src_tenant=\"alpha\"}"
+        };
+        assert_eq!(value(&r, want), Some(1), "workloads={workloads}");
+    }
+}
