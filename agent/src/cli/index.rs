@@ -84,6 +84,8 @@ async fn run_async(args: IndexArgs) -> anyhow::Result<()> {
         )
         .into());
     }
+    // Flags and certificate files first: bad input is named before the API is asked.
+    let (cert, tls) = tls(&args)?;
     let client = crate::identity::client::connect().await.map_err(|e| {
         UsageError(format!(
             "the index needs the Kubernetes API ({e}): run it in the cluster with its service account, or set KUBECONFIG"
@@ -103,7 +105,6 @@ async fn run_async(args: IndexArgs) -> anyhow::Result<()> {
         })?),
         None => None,
     };
-    let (cert, tls) = tls(&args)?;
     let shared = Arc::new(Shared::new(AgentMetrics::new("none", "none")));
     if let Some(c) = cert {
         tokio::spawn(c.watch(args.tls_reload_interval, shared.metrics.tls_reloads.clone()));
@@ -183,12 +184,13 @@ type Tls = (
 
 /// The followers' TLS from --tls-cert/--tls-key, offering HTTP/2 by ALPN.
 fn tls(args: &IndexArgs) -> Result<Tls, UsageError> {
-    if !(1..=3600).contains(&args.tls_reload_interval.as_secs()) {
-        return Err(UsageError(format!(
-            "--tls-reload-interval {}: must be from 1s to 1h (e.g. 10s)",
-            humantime::format_duration(args.tls_reload_interval)
-        )));
-    }
+    super::usage::within(
+        "--tls-reload-interval",
+        args.tls_reload_interval,
+        std::time::Duration::from_secs(1),
+        std::time::Duration::from_secs(3600),
+        "10s",
+    )?;
     let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) else {
         return Ok((None, None));
     };

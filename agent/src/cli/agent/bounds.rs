@@ -5,29 +5,11 @@
 use std::time::Duration;
 
 use super::AgentArgs;
-use crate::cli::UsageError;
+use crate::cli::{usage::within, UsageError};
 
 const MIN_HARVEST: Duration = Duration::from_millis(10);
 const HOUR: Duration = Duration::from_secs(3600);
 const DAY: Duration = Duration::from_secs(24 * 3600);
-
-fn within(
-    flag: &str,
-    v: Duration,
-    lo: Duration,
-    hi: Duration,
-    e_g: &str,
-) -> Result<(), UsageError> {
-    if v < lo || v > hi {
-        return Err(UsageError(format!(
-            "{flag} {}: must be from {} to {} (e.g. {e_g})",
-            humantime::format_duration(v),
-            humantime::format_duration(lo),
-            humantime::format_duration(hi),
-        )));
-    }
-    Ok(())
-}
 
 pub fn check(a: &AgentArgs) -> Result<(), UsageError> {
     if !a.identity_index.is_empty() {
