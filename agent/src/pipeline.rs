@@ -277,6 +277,7 @@ impl Pipeline {
         }
         touched.sort_unstable();
         touched.dedup();
+        let now = Instant::now();
         for id in touched {
             let Some(t) = self.table.get_mut(id) else {
                 continue;
@@ -284,7 +285,7 @@ impl Pipeline {
             if t.extra.class.is_none() {
                 t.extra.dst_fqdn = t
                     .initiator_pod_ifindex()
-                    .and_then(|pod| self.dns.name_of(pod, t.conn.tuple.dst, Instant::now()));
+                    .and_then(|pod| self.dns.name_of(pod, t.conn.tuple.dst, now));
             }
             if t.extra.class.is_none() || t.nat_changed || revisit.contains(&id) {
                 let name = t.extra.dst_fqdn.as_deref();
