@@ -3,6 +3,7 @@
 
 pub mod agent;
 pub mod certs;
+pub mod chart;
 pub mod dns_server;
 pub mod helm_api;
 pub mod identity_peak;

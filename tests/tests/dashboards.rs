@@ -167,8 +167,7 @@ fn every_panel_query_returns_data_from_the_lab() {
         1,
         &["--edge-learning", "0s", "--metrics-public-names"],
     );
-    let rules = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../deploy/helm/tenantflow/files/tenantflow.rules.yaml");
+    let rules = tenantflow_tests::chart::rules_file();
     let prom = Prometheus::start(&t.node_ns(1), "127.0.0.1:9990", &[rules]);
     every_kind_of_traffic(&lab);
     // DNS for the lateral-movement dashboard's DNS panels: a name that does not exist, and

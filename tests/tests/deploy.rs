@@ -5,17 +5,15 @@
 
 use std::{path::PathBuf, process::Command};
 
-use serde::Deserialize;
 use serde_json::{json, Value};
-use tenantflow_tests::helm_api::HelmApi;
+use tenantflow_tests::{
+    chart::{agent_args as args_of, documents, find, root, template as helm_template},
+    helm_api::HelmApi,
+};
 use xtask::tools;
 
 /// AKS-supported minor versions (late 2026) that kubernetes-validate has strict schemas for.
 const KUBERNETES_VERSIONS: [&str; 4] = ["1.32.0", "1.33.0", "1.34.0", "1.35.0"];
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
-}
 
 fn tool(path: PathBuf) -> PathBuf {
     assert!(
@@ -40,27 +38,6 @@ fn run(cmd: &mut Command) -> (i32, String) {
             String::from_utf8_lossy(&out.stderr)
         ),
     )
-}
-
-fn helm_template(extra: &[&str]) -> String {
-    let (code, out) = run(Command::new(tool(tools::helm()))
-        .args([
-            "template",
-            "tenantflow",
-            "deploy/helm/tenantflow",
-            "--namespace",
-            "tenantflow",
-        ])
-        .args(extra));
-    assert_eq!(code, 0, "helm template: {out}");
-    out
-}
-
-fn documents(yaml: &str) -> Vec<Value> {
-    serde_norway::Deserializer::from_str(yaml)
-        .map(|d| Value::deserialize(d).expect("rendered YAML parses"))
-        .filter(|v| !v.is_null())
-        .collect()
 }
 
 /// The Prometheus Operator flavor: a PodMonitor and the PrometheusRule on top of the rest.
@@ -153,12 +130,6 @@ fn the_committed_manifest_is_the_rendered_chart() {
             .all(|d| d["kind"] != "Namespace"),
         "helm install finds its namespace; the chart does not make it by default"
     );
-}
-
-fn find<'a>(docs: &'a [Value], kind: &str) -> &'a Value {
-    docs.iter()
-        .find(|d| d["kind"] == kind)
-        .unwrap_or_else(|| panic!("no {kind} rendered"))
 }
 
 #[test]
@@ -685,15 +656,6 @@ fn index_mode_adds_a_least_privilege_deployment_and_narrows_the_agents_rbac() {
             assert_eq!(&labels[k], v, "{k}");
         }
     }
-}
-
-fn args_of(docs: &[Value]) -> Vec<String> {
-    find(docs, "DaemonSet")["spec"]["template"]["spec"]["containers"][0]["args"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|a| a.as_str().unwrap().to_owned())
-        .collect()
 }
 
 /// One value picks how Prometheus finds the agents. Each flavor renders exactly its

@@ -114,8 +114,7 @@ fn nxdomain_bursts_and_outside_resolvers_fire_their_alerts() {
     let t = &lab.topo;
     let agent = lab_agent(&lab, 1, &[]);
     let _dns = Dns::start(&lab);
-    let rules = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../deploy/helm/tenantflow/files/tenantflow.rules.yaml");
+    let rules = tenantflow_tests::chart::rules_file();
     let prom = Prometheus::start(&t.node_ns(1), "127.0.0.1:9990", &[rules]);
     for i in 0..50 {
         assert_eq!(

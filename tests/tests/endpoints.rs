@@ -541,27 +541,8 @@ fn metrics_behind_a_token_are_scraped_by_prometheus() {
 /// The exposure flags of the chart's default DaemonSet (`helm template` with no values):
 /// who can reach which listener, and what /metrics may name.
 fn chart_default_exposure() -> (String, Vec<String>) {
-    let out = Command::new(xtask::tools::helm())
-        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
-        .args([
-            "template",
-            "tenantflow",
-            "deploy/helm/tenantflow",
-            "-n",
-            "tenantflow",
-        ])
-        .output()
-        .expect("helm: run `cargo xtask setup`");
-    assert!(out.status.success());
-    let yaml = String::from_utf8(out.stdout).unwrap();
-    let args: Vec<String> = yaml
-        .lines()
-        .skip_while(|l| !l.contains("kind: DaemonSet"))
-        .skip_while(|l| l.trim() != "args:")
-        .skip(1)
-        .take_while(|l| l.trim_start().starts_with("- "))
-        .map(|l| l.trim_start().trim_start_matches("- ").to_owned())
-        .collect();
+    use tenantflow_tests::chart::{agent_args, documents, template};
+    let args = agent_args(&documents(&template(&[])));
     let listen = args
         .iter()
         .find_map(|a| a.strip_prefix("--listen="))

@@ -5,7 +5,7 @@
 //! new edges are flagged exactly once, also across an agent restart. A source reaching
 //! 10,000 destinations keeps its fan-out state within its documented size.
 
-use std::{collections::BTreeMap, path::PathBuf, time::Duration};
+use std::{collections::BTreeMap, time::Duration};
 
 use serde_json::Value;
 use tenantflow_tests::{
@@ -13,11 +13,6 @@ use tenantflow_tests::{
     Agent, LabGuard,
 };
 use xtask::lab::compromise::{self, DROPPED, KUBELET, OPEN, SCAN};
-
-fn rules() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../deploy/helm/tenantflow/files/tenantflow.rules.yaml")
-}
 
 /// `connections` from `src` once every one has an outcome, keyed by (destination, port).
 fn outcomes_from(agent: &Agent, src: &str, want: usize) -> BTreeMap<(String, u64), Value> {
@@ -81,7 +76,11 @@ fn a_compromised_pod_is_seen_probing_and_new_edges_are_flagged_once() {
         edge_file.to_str().unwrap(),
     ];
     let mut agent = lab_agent(&lab, 1, &flags);
-    let prom = Prometheus::start(&t.node_ns(1), "127.0.0.1:9990", &[rules()]);
+    let prom = Prometheus::start(
+        &t.node_ns(1),
+        "127.0.0.1:9990",
+        &[tenantflow_tests::chart::rules_file()],
+    );
     let tf = traffic_bin();
     let tf = [tf.to_str().unwrap()];
     let (web1, api1, api2) = (

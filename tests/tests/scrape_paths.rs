@@ -8,41 +8,21 @@
 //! series per path, all 0 once the agent stops; another app's pod scraped the same way is
 //! never selected.
 
-use std::{path::PathBuf, process::Command, time::Duration};
+use std::time::Duration;
 
-use serde::Deserialize;
 use serde_json::Value;
-use tenantflow_tests::{eventually, lab, lab_agent, prometheus::Prometheus};
-use xtask::tools;
+use tenantflow_tests::{
+    chart::{documents, find, rules_file, template},
+    eventually, lab, lab_agent,
+    prometheus::Prometheus,
+};
 
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
+/// The chart's objects with `monitoring.flavor` set.
 fn rendered(flavor: &str) -> Vec<Value> {
-    let out = Command::new(tools::helm())
-        .current_dir(root())
-        .args(["template", "tenantflow", "deploy/helm/tenantflow", "-n"])
-        .args([
-            "tenantflow",
-            "--set",
-            &format!("monitoring.flavor={flavor}"),
-        ])
-        .output()
-        .expect("helm: run `cargo xtask setup`");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_norway::Deserializer::from_slice(&out.stdout)
-        .map(|d| Value::deserialize(d).unwrap())
-        .filter(|v| !v.is_null())
-        .collect()
-}
-
-fn find<'a>(docs: &'a [Value], kind: &str) -> &'a Value {
-    docs.iter().find(|d| d["kind"] == kind).unwrap()
+    documents(&template(&[
+        "--set",
+        &format!("monitoring.flavor={flavor}"),
+    ]))
 }
 
 /// A label or annotation name as Kubernetes service discovery writes it in `__meta_*`.
@@ -151,8 +131,8 @@ fn pod_monitor_job(pm: &Value, targets: &str) -> String {
 
 /// The expression of `alert` in the shipped rules file.
 fn alert_expr(alert: &str) -> String {
-    let path = root().join("deploy/helm/tenantflow/files/tenantflow.rules.yaml");
-    let rules: Value = serde_norway::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let text = std::fs::read_to_string(rules_file()).unwrap();
+    let rules: Value = serde_norway::from_str(&text).unwrap();
     rules["groups"]
         .as_array()
         .unwrap()
