@@ -45,6 +45,22 @@ fn msg(
     DnsMessage { key, payload }
 }
 
+/// A query the pod sent from `sport` to the cluster's resolver.
+fn asked(sport: u16, id: u16, name: &str) -> DnsMessage {
+    msg(
+        POD_IF,
+        Direction::Ingress,
+        (POD, sport),
+        (RESOLVER, 53),
+        query(id, name),
+    )
+}
+
+/// An answer from `from`'s port 53 to the pod's port `sport`.
+fn answered(from: &str, sport: u16, payload: Vec<u8>) -> DnsMessage {
+    msg(POD_IF, Direction::Egress, (from, 53), (POD, sport), payload)
+}
+
 fn query(id: u16, name: &str) -> Vec<u8> {
     let mut m = Message::new(id, MessageType::Query, OpCode::Query);
     let mut q = Query::new();
@@ -89,20 +105,8 @@ fn an_answer_to_the_pods_own_query_names_its_addresses_for_that_pod_only() {
     let mut d = DnsTracker::new(NamesLimits::default());
     let now = Instant::now();
     let msgs = [
-        msg(
-            POD_IF,
-            Direction::Ingress,
-            (POD, 40000),
-            (RESOLVER, 53),
-            query(7, "api.example.test."),
-        ),
-        msg(
-            POD_IF,
-            Direction::Egress,
-            (RESOLVER, 53),
-            (POD, 40000),
-            api_answer(7),
-        ),
+        asked(40000, 7, "api.example.test."),
+        answered(RESOLVER, 40000, api_answer(7)),
     ];
     assert_eq!(d.absorb(&msgs, roles, cluster, now), Signals::default());
     for addr in ["198.51.100.7", "198.51.100.8"] {
@@ -128,37 +132,13 @@ fn spoofed_malformed_and_uplink_messages_name_nothing() {
     let mut d = DnsTracker::new(NamesLimits::default());
     let now = Instant::now();
     let msgs = [
-        msg(
-            POD_IF,
-            Direction::Ingress,
-            (POD, 40000),
-            (RESOLVER, 53),
-            query(7, "api.example.test."),
-        ),
+        asked(40000, 7, "api.example.test."),
         // From another address than the one asked.
-        msg(
-            POD_IF,
-            Direction::Egress,
-            ("203.0.113.66", 53),
-            (POD, 40000),
-            api_answer(7),
-        ),
+        answered("203.0.113.66", 40000, api_answer(7)),
         // The right resolver, the wrong id.
-        msg(
-            POD_IF,
-            Direction::Egress,
-            (RESOLVER, 53),
-            (POD, 40000),
-            api_answer(8),
-        ),
+        answered(RESOLVER, 40000, api_answer(8)),
         // Garbage.
-        msg(
-            POD_IF,
-            Direction::Egress,
-            (RESOLVER, 53),
-            (POD, 40000),
-            vec![0xde, 0xad],
-        ),
+        answered(RESOLVER, 40000, vec![0xde, 0xad]),
         // The uplink carries no pod's own view: ignored whatever it says.
         msg(
             UPLINK,
@@ -181,13 +161,7 @@ fn spoofed_malformed_and_uplink_messages_name_nothing() {
     );
     // The real answer still arrives afterwards and is believed.
     d.absorb(
-        &[msg(
-            POD_IF,
-            Direction::Egress,
-            (RESOLVER, 53),
-            (POD, 40000),
-            api_answer(7),
-        )],
+        &[answered(RESOLVER, 40000, api_answer(7))],
         roles,
         cluster,
         now,
@@ -202,21 +176,9 @@ fn nxdomain_is_reported_per_pod_and_unanswered_queries_expire() {
     let nx = answer(9, "nope.example.test.", vec![], ResponseCode::NXDomain);
     let got = d.absorb(
         &[
-            msg(
-                POD_IF,
-                Direction::Ingress,
-                (POD, 40001),
-                (RESOLVER, 53),
-                query(9, "nope.example.test."),
-            ),
-            msg(POD_IF, Direction::Egress, (RESOLVER, 53), (POD, 40001), nx),
-            msg(
-                POD_IF,
-                Direction::Ingress,
-                (POD, 40002),
-                (RESOLVER, 53),
-                query(10, "x.test."),
-            ),
+            asked(40001, 9, "nope.example.test."),
+            answered(RESOLVER, 40001, nx),
+            asked(40002, 10, "x.test."),
         ],
         roles,
         cluster,
@@ -249,13 +211,7 @@ fn a_query_to_a_resolver_outside_the_cluster_is_unapproved() {
                 ("8.8.8.8", 53),
                 query(11, "a.test."),
             ),
-            msg(
-                POD_IF,
-                Direction::Ingress,
-                (POD, 40004),
-                (RESOLVER, 53),
-                query(12, "a.test."),
-            ),
+            asked(40004, 12, "a.test."),
         ],
         roles,
         cluster,
