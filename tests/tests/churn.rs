@@ -145,12 +145,11 @@ fn clients(
 }
 
 /// Gives the `i`th client pod its own 10,000 ephemeral ports. Two pods connecting from
-/// the same port at the same moment race in the node's masquerade: both unconfirmed
+/// the same port at the same moment can race in the node's masquerade: both unconfirmed
 /// conntrack entries pick the same mapping and the kernel drops the loser's SYN at
-/// confirmation, taking its conntrack entry (and that SYN's count) with it; the client
-/// retransmits. The agent rightly counts both SYNs the pod sent, but the oracle would
-/// then hold one packet fewer. Disjoint ranges keep every original port unique on the
-/// node, so the masquerade keeps it and never races (a real cluster sees this race as
+/// confirmation, taking its conntrack entry (and that SYN's count) with it, while the agent
+/// rightly counted it. Disjoint ranges keep every original port unique on the node, so
+/// the masquerade keeps it and never races (a real cluster sees this race as
 /// `insert_failed` in `conntrack -S`).
 fn disjoint_ports(pod_ns: &str, i: usize) {
     let low = 30_000 + 10_000 * i;
@@ -158,10 +157,29 @@ fn disjoint_ports(pod_ns: &str, i: usize) {
     in_ns(pod_ns, &["sysctl", "-qw", &range]);
 }
 
-/// The node's conntrack statistics, shown when counts differ: `insert_failed` or `drop`
-/// above 0 means the node dropped packets the pods sent (and the agent counted).
-fn conntrack_stats(node: &str) -> String {
-    in_ns(node, &["conntrack", "-S"])
+/// What the conntrack oracle cannot see, shown when counts differ: packets the node
+/// dropped after the agent counted them (`insert_failed`, `drop`), and SYNs the pods
+/// retransmitted (conntrack does not account a retransmitted SYN; the agent counts every
+/// packet the pod sent), with the listen drops that usually cause them.
+fn oracle_blind_spots(t: &Topology) -> String {
+    let nstat = |ns: &str, counter: &str| {
+        let out = in_ns(ns, &["nstat", "-az", counter]);
+        let n = out
+            .lines()
+            .find_map(|l| l.strip_prefix(counter))
+            .and_then(|rest| rest.split_whitespace().next())
+            .unwrap_or("?")
+            .to_owned();
+        format!("{ns} {counter}={n}\n")
+    };
+    let mut out = format!(
+        "node conntrack -S:\n{}",
+        in_ns(&t.node_ns(1), &["conntrack", "-S"])
+    );
+    for pod in &t.pods {
+        out += &nstat(&t.pod_ns(pod), "TcpExtTCPSynRetrans");
+    }
+    out + &nstat(&t.internet_ns(), "TcpExtListenDrops")
 }
 
 /// A record's (pod address, pod port): what conntrack's entries are keyed by.
@@ -251,9 +269,9 @@ impl Churn {
         let shown: Vec<_> = wrong.iter().take(5).collect();
         assert!(
             wrong.is_empty(),
-            "{} records differ, e.g. {shown:#?}\nnode conntrack -S:\n{}",
+            "{} records differ, e.g. {shown:#?}\n{}",
             wrong.len(),
-            conntrack_stats(&self._lab.topo.node_ns(1))
+            oracle_blind_spots(&self._lab.topo)
         );
         let twice: Vec<_> = seen.iter().filter(|(_, n)| **n != 1).collect();
         assert!(
@@ -452,7 +470,7 @@ fn restart_mid_connection(tag: &str, signal: i32) {
             ),
             now.snat
         );
-        let stats = || conntrack_stats(&node);
+        let stats = || oracle_blind_spots(t);
         assert_eq!(
             counts(r, "forward"),
             sub(now.forward, then.forward),
@@ -489,7 +507,7 @@ fn restart_mid_connection(tag: &str, signal: i32) {
         for r in &old {
             let key = key(r);
             assert_eq!(r["type"], "shutdown");
-            let stats = || conntrack_stats(&node);
+            let stats = || oracle_blind_spots(t);
             assert_eq!(
                 counts(r, "forward"),
                 before[&key].forward,

@@ -94,6 +94,25 @@ fn unspecified(to: &SocketAddr) -> SocketAddr {
     }
 }
 
+/// Listen on `bind` with a deep accept queue. std listens with a backlog of 128: when
+/// hundreds of clients connect at once the server drops a SYN (`ListenOverflows`) and the
+/// client retransmits it a second later. The observer rightly counts both SYNs, but
+/// conntrack, the tests' oracle, does not account a retransmitted SYN, so the exact
+/// comparison would fail for a reason that is the traffic's, not the observer's.
+fn listen(bind: SocketAddr) -> Result<std::net::TcpListener> {
+    let listener = std::net::TcpListener::bind(bind).with_context(|| format!("bind {bind}"))?;
+    // Calling listen() again on a listening socket only changes its backlog (capped by
+    // net.core.somaxconn, 4096 by default).
+    // SAFETY: a plain syscall on a descriptor the listener owns.
+    let rc = unsafe { libc::listen(std::os::fd::AsRawFd::as_raw_fd(&listener), 4096) };
+    anyhow::ensure!(
+        rc == 0,
+        "listen {bind}: {}",
+        std::io::Error::last_os_error()
+    );
+    Ok(listener)
+}
+
 /// Connect, optionally from a fixed source address:port (std has no bind-before-connect).
 fn connect(to: SocketAddr, bind: Option<SocketAddr>) -> Result<TcpStream> {
     let Some(local) = bind else {

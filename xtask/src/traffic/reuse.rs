@@ -5,7 +5,7 @@
 
 use std::{
     io::{BufRead, BufReader, Read, Write},
-    net::{SocketAddr, TcpListener, TcpStream},
+    net::{SocketAddr, TcpStream},
     time::Duration,
 };
 
@@ -91,7 +91,7 @@ fn abort(s: &TcpStream) -> Result<()> {
 }
 
 pub fn serve(bind: SocketAddr, conns: u32) -> Result<()> {
-    let listener = TcpListener::bind(bind).with_context(|| format!("bind {bind}"))?;
+    let listener = super::listen(bind)?;
     for _ in 0..conns {
         let (s, _) = listener.accept()?;
         let mut r = BufReader::new(s);

@@ -2,7 +2,7 @@
 
 use std::{
     io::{Read, Write},
-    net::{Shutdown, SocketAddr, TcpListener, TcpStream},
+    net::{Shutdown, SocketAddr, TcpStream},
     time::Duration,
 };
 
@@ -31,7 +31,7 @@ impl TcpServe {
             conns,
             peers,
         } = self;
-        let listener = TcpListener::bind(bind).with_context(|| format!("bind {bind}"))?;
+        let listener = listen(bind)?;
         for _ in 0..conns {
             let (mut s, peer) = listener.accept()?;
             let mut sink = Vec::new();
@@ -219,7 +219,7 @@ pub struct TcpSink {
 impl TcpSink {
     pub fn run(self) -> Result<()> {
         let Self { bind, conns } = self;
-        let listener = TcpListener::bind(bind).with_context(|| format!("bind {bind}"))?;
+        let listener = listen(bind)?;
         let mut n = 0u32;
         let mut readers = Vec::new();
         while conns.is_none_or(|c| n < c) {
@@ -250,7 +250,7 @@ pub struct Relay {
 impl Relay {
     pub fn run(self) -> Result<()> {
         let Self { bind, to, conns } = self;
-        let listener = TcpListener::bind(bind).with_context(|| format!("bind {bind}"))?;
+        let listener = listen(bind)?;
         for _ in 0..conns {
             let (mut client, _) = listener.accept()?;
             let mut upstream = TcpStream::connect(to).with_context(|| format!("connect {to}"))?;
