@@ -176,6 +176,7 @@ fn pipeline(shared: &Shared) -> Pipeline {
             metrics,
             nat_mappings: NatMappings::new(r, 2_000),
             log: None,
+            otlp: None,
             fanout,
         },
         None,

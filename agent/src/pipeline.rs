@@ -16,7 +16,7 @@ use crate::{
     datapath::{Harvest, Harvester, Interfaces},
     dns::{DnsTracker, NamesLimits},
     event::{ConnEvent, EventKind},
-    export::{ConnectionView, FlowLog, FlowMetrics, NatMappings, Shared},
+    export::{otlp::Otlp, ConnectionView, FlowLog, FlowMetrics, NatMappings, Shared},
     flow::{decide_outcome, ConnId, ConnTable, Counts, FlowView, Outcome, Seen, Settled},
     identity::{SharedStore, Store},
     lateral::{Edges, Fanout},
@@ -30,6 +30,7 @@ pub struct Sinks {
     pub metrics: FlowMetrics,
     pub nat_mappings: NatMappings,
     pub log: Option<FlowLog>,
+    pub otlp: Option<Otlp>,
     pub fanout: Fanout,
 }
 
@@ -413,6 +414,9 @@ impl Pipeline {
         self.sinks.metrics.observe(&events, store, wall);
         self.sinks.nat_mappings.observe(&events);
         self.sinks.fanout.observe(&events, wall);
+        if let Some(otlp) = &mut self.sinks.otlp {
+            otlp.observe(&events, wall, &WallClock::now());
+        }
         if let Some(log) = &mut self.sinks.log {
             match log.observe(&events, wall, &WallClock::now()) {
                 Ok(n) => m.flow_log_records.inc_by(n),

@@ -12,6 +12,7 @@ pub mod index_process;
 pub mod kube_api;
 pub mod kube_auth;
 pub mod netns_http;
+pub mod otlp_receiver;
 pub mod prometheus;
 pub mod snmp;
 

@@ -4,49 +4,16 @@
 //! file rotated by size; schema in docs/flow-log.md.
 
 use std::{
-    collections::HashMap,
     fs::{File, OpenOptions},
     io::{BufWriter, Write},
     path::{Path, PathBuf},
     time::{Duration, Instant, SystemTime},
 };
 
-use clap::ValueEnum;
 use serde::Serialize;
 
-use super::ConnectionView;
-use crate::event::{ConnEvent, EventKind};
-use crate::{
-    classify::{Classification, Egress},
-    flow::{ConnId, Outcome},
-    net::WallClock,
-};
-
-/// Which connections are logged.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
-pub enum LogFilter {
-    #[default]
-    All,
-    /// Cross-tenant, unmediated egress, sensitive-target, failed (refused, unanswered)
-    /// and new-edge connections only: what a security team acts on.
-    Flagged,
-}
-
-impl LogFilter {
-    fn admits(self, ev: &ConnEvent) -> bool {
-        let k: &Classification = ev.class;
-        match self {
-            LogFilter::All => true,
-            LogFilter::Flagged => {
-                k.cross_tenant
-                    || k.egress == Egress::Unmediated
-                    || k.sensitive.is_some()
-                    || ev.new_edge
-                    || matches!(ev.outcome, Some(Outcome::Refused | Outcome::Unanswered))
-            }
-        }
-    }
-}
+use super::{ConnectionView, LogFilter, RecordType, Selection};
+use crate::{event::ConnEvent, net::WallClock};
 
 #[derive(Clone, Debug)]
 pub struct FlowLogConfig {
@@ -61,18 +28,6 @@ pub struct FlowLogConfig {
     pub update_interval: Duration,
     /// Node name written on every record.
     pub node: String,
-}
-
-/// Why a record was written.
-#[derive(Clone, Copy, Debug, Serialize, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
-pub enum RecordType {
-    /// Still open; counters so far.
-    Update,
-    /// Idle for the idle timeout, or closed: final counters.
-    End,
-    /// Still open when the agent stopped: counters so far, nothing lost.
-    Shutdown,
 }
 
 #[derive(Serialize)]
@@ -157,10 +112,9 @@ impl Sink {
 }
 
 pub struct FlowLog {
-    cfg: FlowLogConfig,
+    node: String,
     sink: Sink,
-    /// Open connections: when they started or were last written as an update.
-    open: HashMap<ConnId, Instant>,
+    selection: Selection,
     records: u64,
 }
 
@@ -180,49 +134,25 @@ impl FlowLog {
             }
         };
         Ok(Self {
-            cfg,
+            selection: Selection::new(cfg.filter, cfg.update_interval),
+            node: cfg.node,
             sink,
-            open: HashMap::new(),
             records: 0,
         })
     }
 
-    /// One harvest's events: ends (and shutdowns) are written; connections open for an
-    /// update interval since their start or last update get an update.
+    /// One harvest's events, as [`Selection`] picks them.
     pub fn observe(
         &mut self,
         events: &[ConnEvent],
         now: Instant,
         clock: &WallClock,
     ) -> std::io::Result<u64> {
-        let mut out = Vec::new();
-        for ev in events {
-            let kind = match ev.kind {
-                EventKind::Start => {
-                    self.open.insert(ev.id, now);
-                    continue;
-                }
-                EventKind::Update => match self.open.get_mut(&ev.id) {
-                    Some(since) if now.duration_since(*since) >= self.cfg.update_interval => {
-                        *since = now;
-                        RecordType::Update
-                    }
-                    Some(_) => continue,
-                    None => {
-                        self.open.insert(ev.id, now);
-                        continue;
-                    }
-                },
-                EventKind::End => RecordType::End,
-                EventKind::Shutdown => RecordType::Shutdown,
-            };
-            if ev.kind.is_final() {
-                self.open.remove(&ev.id);
-            }
-            if self.cfg.filter.admits(ev) {
-                out.push((kind, ConnectionView::of_event(ev, clock)));
-            }
-        }
+        let out = self
+            .selection
+            .pick(events, now)
+            .map(|(kind, ev)| (kind, ConnectionView::of_event(ev, clock)))
+            .collect();
         self.write(out)
     }
 
@@ -233,7 +163,7 @@ impl FlowLog {
             let mut line = serde_json::to_vec(&Record {
                 kind: *kind,
                 time: time.clone(),
-                node: &self.cfg.node,
+                node: &self.node,
                 flow,
             })
             .map_err(std::io::Error::other)?;
@@ -250,9 +180,11 @@ impl FlowLog {
 mod tests {
     use super::*;
     use crate::{
-        classify::classify,
+        classify::{classify, Classification},
         config::Config,
+        event::EventKind,
         flow::Connection,
+        flow::Outcome,
         identity::Store,
         net::{FlowTuple, PROTO_UDP},
     };

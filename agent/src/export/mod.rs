@@ -9,10 +9,12 @@ mod json_stream;
 pub mod listener;
 mod metrics;
 mod nat_mappings;
+pub mod otlp;
 mod record;
+mod selection;
 mod state;
 
-pub use flow_log::{FlowLog, FlowLogConfig, LogFilter, RecordType};
+pub use flow_log::{FlowLog, FlowLogConfig};
 pub use flow_metrics::{FlowMetrics, FlowMetricsConfig, OVERFLOW};
 pub use http::{
     bind, metrics_route, public_router, records_router, serve, serve_records, FlowQuery,
@@ -21,4 +23,5 @@ pub use http::{
 pub use metrics::AgentMetrics;
 pub use nat_mappings::NatMappings;
 pub use record::{ConnectionView, Endpoint, SightingView};
+pub use selection::{LogFilter, RecordType, Selection};
 pub use state::Shared;

@@ -131,6 +131,8 @@ pub struct AgentArgs {
     /// Long-lived connections get an `update` record this often.
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
     pub flow_log_update_interval: Duration,
+    #[command(flatten)]
+    pub otlp: super::otlp_args::OtlpArgs,
     /// cgroup v2 root to attach the process-attribution hooks to (the host's, mounted
     /// into the container). Default: the cgroup2 mount of /proc/self/mountinfo.
     #[arg(long, value_name = "DIR")]

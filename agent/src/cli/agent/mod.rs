@@ -9,6 +9,7 @@ use tracing::info;
 mod args;
 mod attach;
 mod bounds;
+mod otlp_args;
 mod outputs;
 mod sources;
 
@@ -16,7 +17,7 @@ use attach::{
     attach_processes, attach_socket_lb, detach, mode_name, on_link_event, publish_attachments,
     publish_positions, rtnetlink_handle, start_datapath, undo_on_err, Datapath,
 };
-use outputs::{access, bind, open_flow_log, sinks};
+use outputs::{access, bind, open_flow_log, otlp, sinks};
 use sources::{identity_sources, load_identity, node_name, probe_nat, spawn_watches};
 
 pub use args::{AgentArgs, AuthMode};
@@ -95,7 +96,9 @@ async fn run_async(args: AgentArgs) -> anyhow::Result<()> {
     });
     info!(listen = %args.listen, flows_listen = %args.flows_listen, interfaces = dp.attachments.len(), "ready");
 
-    let (sinks, edges) = undo_on_err(sinks(&args, &shared, flow_log), &mut dp).await?;
+    let (otlp, otlp_sender) = undo_on_err(otlp(&args, &node, &shared), &mut dp).await?;
+    let (sinks, edges) = undo_on_err(sinks(&args, &shared, flow_log, otlp), &mut dp).await?;
+    let otlp_task = otlp_sender.map(|s| (s.closer(), tokio::spawn(s.run())));
     let mut pipeline = Pipeline::new(
         mechanism,
         args.idle_timeout,
@@ -135,6 +138,12 @@ async fn run_async(args: AgentArgs) -> anyhow::Result<()> {
     identity_task.abort();
     shared.set_ready(false);
     pipeline.shutdown(&dp.attachments, &shared);
+    // The pipeline's end closes the OTLP queue; the sender sends what is left in time.
+    drop(pipeline);
+    if let Some((closer, task)) = otlp_task {
+        closer.cancel();
+        let _ = tokio::time::timeout(args.otlp.otlp_shutdown_timeout * 2, task).await;
+    }
     server.abort();
     records_server.abort();
     if let Some(w) = cert_watch {

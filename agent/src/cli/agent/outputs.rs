@@ -10,7 +10,11 @@ use super::{sources::node_name, AgentArgs, AuthMode};
 use crate::cli::UsageError;
 use crate::{
     access::{tls::ReloadingCert, Guard, KubeReview},
-    export::{self, FlowLog, FlowLogConfig, FlowMetrics, FlowMetricsConfig, NatMappings, Shared},
+    export::{
+        self,
+        otlp::{self, Otlp, OtlpMetrics},
+        FlowLog, FlowLogConfig, FlowMetrics, FlowMetricsConfig, NatMappings, Shared,
+    },
     lateral::{EdgeConfig, Edges, Fanout, FanoutConfig},
     pipeline::Sinks,
 };
@@ -106,6 +110,22 @@ pub(super) fn open_flow_log(args: &AgentArgs) -> anyhow::Result<Option<FlowLog>>
     Ok(Some(log))
 }
 
+/// The OTLP exporter (the harvest's side and the sender task), when configured.
+pub(super) fn otlp(
+    args: &AgentArgs,
+    node: &str,
+    shared: &Shared,
+) -> anyhow::Result<(Option<Otlp>, Option<otlp::Sender>)> {
+    let Some(cfg) = args.otlp.config(node, args.flow_log_update_interval)? else {
+        return Ok((None, None));
+    };
+    let metrics = OtlpMetrics::new(&shared.metrics.registry).context("registering OTLP metrics")?;
+    let endpoint = cfg.endpoint.clone();
+    let (o, sender) = Otlp::new(cfg, metrics).map_err(|e| UsageError(e.to_string()))?;
+    info!(%endpoint, "exporting flow records over OTLP");
+    Ok((Some(o), Some(sender)))
+}
+
 pub(super) type Guarded = Option<(Arc<Guard<KubeReview>>, Arc<rustls::ServerConfig>)>;
 
 /// The listeners' access checks, and the certificate they share (re-read while running).
@@ -122,6 +142,7 @@ pub(super) fn sinks(
     args: &AgentArgs,
     shared: &Shared,
     log: Option<FlowLog>,
+    otlp: Option<Otlp>,
 ) -> anyhow::Result<(Sinks, Edges)> {
     let registry = &shared.metrics.registry;
     let metrics = FlowMetrics::new(
@@ -157,6 +178,7 @@ pub(super) fn sinks(
         metrics,
         nat_mappings: NatMappings::new(registry, args.nat_mappings_limit()),
         log,
+        otlp,
         fanout,
     };
     Ok((sinks, edges))
