@@ -36,6 +36,15 @@ pub struct Received {
 /// restarts).
 pub type Inbox = Arc<Mutex<Vec<Received>>>;
 
+/// How a receiver is stricter than plain gRPC and HTTP.
+#[derive(Clone, Debug, Default)]
+pub struct Options {
+    /// Serve gRPC over TLS with this (certificate PEM, key PEM).
+    pub tls: Option<(String, String)>,
+    /// Refuse requests without this header (name, value): gRPC UNAUTHENTICATED, HTTP 401.
+    pub require: Option<(String, String)>,
+}
+
 pub struct Receiver {
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -113,7 +122,7 @@ fn store(inbox: &Inbox, req: ExportLogsServiceRequest) {
     }
 }
 
-struct Grpc(Inbox);
+struct Grpc(Inbox, Option<(String, String)>);
 
 #[tonic::async_trait]
 impl LogsService for Grpc {
@@ -121,13 +130,26 @@ impl LogsService for Grpc {
         &self,
         req: tonic::Request<ExportLogsServiceRequest>,
     ) -> Result<tonic::Response<ExportLogsServiceResponse>, tonic::Status> {
+        if let Some((name, value)) = &self.1 {
+            let got = req
+                .metadata()
+                .get(name.as_str())
+                .and_then(|v| v.to_str().ok());
+            if got != Some(value.as_str()) {
+                return Err(tonic::Status::unauthenticated(
+                    "missing or wrong credentials",
+                ));
+            }
+        }
         store(&self.0, req.into_inner());
         Ok(tonic::Response::new(ExportLogsServiceResponse::default()))
     }
 }
 
+type HttpState = (Inbox, Option<(String, String)>);
+
 async fn http_export(
-    axum::extract::State(inbox): axum::extract::State<Inbox>,
+    axum::extract::State((inbox, require)): axum::extract::State<HttpState>,
     headers: axum::http::HeaderMap,
     body: axum::body::Bytes,
 ) -> (
@@ -136,6 +158,11 @@ async fn http_export(
     Vec<u8>,
 ) {
     let ct = [("content-type", "application/x-protobuf")];
+    if let Some((name, value)) = &require {
+        if headers.get(name.as_str()).and_then(|v| v.to_str().ok()) != Some(value.as_str()) {
+            return (axum::http::StatusCode::UNAUTHORIZED, ct, Vec::new());
+        }
+    }
     if headers.get("content-type").and_then(|v| v.to_str().ok()) != Some("application/x-protobuf") {
         return (
             axum::http::StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -160,6 +187,17 @@ impl Receiver {
     /// OTLP/gRPC on `grpc` and OTLP/HTTP on `http`, inside netns `ns`; listening when this
     /// returns.
     pub fn start(ns: &str, grpc: SocketAddr, http: SocketAddr, inbox: Inbox) -> Self {
+        Self::start_with(ns, grpc, http, inbox, Options::default())
+    }
+
+    /// As [`Receiver::start`], with TLS and a required header as `opts` says.
+    pub fn start_with(
+        ns: &str,
+        grpc: SocketAddr,
+        http: SocketAddr,
+        inbox: Inbox,
+        opts: Options,
+    ) -> Self {
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let (ready_tx, ready) = std::sync::mpsc::channel();
         let ns = ns.to_owned();
@@ -179,9 +217,18 @@ impl Receiver {
                 ready_tx.send(()).unwrap();
                 let app = axum::Router::new()
                     .route("/v1/logs", axum::routing::post(http_export))
-                    .with_state(inbox.clone());
-                let grpc_server = tonic::transport::Server::builder()
-                    .add_service(LogsServiceServer::new(Grpc(inbox)))
+                    .with_state((inbox.clone(), opts.require.clone()));
+                let mut builder = tonic::transport::Server::builder();
+                if let Some((cert, key)) = &opts.tls {
+                    builder = builder
+                        .tls_config(
+                            tonic::transport::ServerTlsConfig::new()
+                                .identity(tonic::transport::Identity::from_pem(cert, key)),
+                        )
+                        .expect("receiver TLS");
+                }
+                let grpc_server = builder
+                    .add_service(LogsServiceServer::new(Grpc(inbox, opts.require)))
                     .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(g));
                 let http_server = axum::serve(h, app);
                 tokio::select! {

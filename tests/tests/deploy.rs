@@ -258,6 +258,54 @@ fn cilium_snat_mounts_the_hosts_bpffs_read_only() {
 }
 
 #[test]
+fn otlp_export_keeps_header_secrets_out_of_the_pod_spec_and_mounts_the_ca() {
+    let values = [
+        "--set",
+        "agent.otlp.endpoint=https://otel.observability:4317",
+        "--set",
+        "agent.otlp.headersSecret.name=otlp-key",
+        "--set",
+        "agent.otlp.caConfigMap.name=otel-ca",
+        "--set",
+        "clusterName=prod-weu",
+    ];
+    let yaml = helm_template(&values);
+    validates_strictly("otlp", &yaml);
+    let docs = documents(&yaml);
+    let args = args_of(&docs);
+    for want in [
+        "--otlp-endpoint=https://otel.observability:4317",
+        "--otlp-ca=/run/tenantflow/otlp-ca/ca.crt",
+        "--otlp-filter=flagged",
+    ] {
+        assert!(args.contains(&want.to_owned()), "{want} in {args:?}");
+    }
+    let pod = &find(&docs, "DaemonSet")["spec"]["template"]["spec"];
+    let env = pod["containers"][0]["env"].as_array().unwrap();
+    let headers = env
+        .iter()
+        .find(|e| e["name"] == "TENANTFLOW_OTLP_HEADERS")
+        .expect("headers from the Secret");
+    assert_eq!(
+        headers["valueFrom"]["secretKeyRef"],
+        json!({"name": "otlp-key", "key": "headers"})
+    );
+    assert!(env
+        .iter()
+        .any(|e| e["name"] == "TENANTFLOW_CLUSTER_NAME" && e["value"] == "prod-weu"));
+    let vol = pod["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == "otlp-ca")
+        .expect("the CA volume");
+    assert_eq!(vol["configMap"]["name"], "otel-ca");
+    // Off by default: no flag, no volume.
+    let plain = documents(&helm_template(&[]));
+    assert!(!args_of(&plain).iter().any(|a| a.starts_with("--otlp")));
+}
+
+#[test]
 fn rbac_is_read_only_on_four_kinds() {
     let docs = documents(&helm_template(&ALL_ON));
     let roles: Vec<&Value> = docs

@@ -9,8 +9,9 @@ use std::{collections::BTreeMap, net::SocketAddr, path::Path, time::Duration};
 use serde_json::Value;
 use tenantflow_tests::{
     agent::counts,
-    eventually, lab, lab_agent,
-    otlp_receiver::{silent, Inbox, Received, Receiver},
+    agent::LISTEN,
+    certs, chart, eventually, lab, lab_agent,
+    otlp_receiver::{silent, Inbox, Options, Received, Receiver},
     traffic, udp_from_pod, Agent, LabGuard,
 };
 use xtask::lab::topology::INTERNET_HOST;
@@ -170,7 +171,21 @@ fn every_record_of_known_traffic_arrives_once_over_grpc_with_the_flow_logs_field
     let inbox = Inbox::default();
     let _rx = Receiver::start(&node, addr(GRPC), addr(HTTP), inbox.clone());
     let log = std::env::temp_dir().join(format!("{}-flows.json", t.prefix));
-    let agent = start(&lab, &log, &["--otlp-endpoint", &format!("http://{GRPC}")]);
+    // The chart's own OTLP flags, as a DaemonSet with these values would run.
+    let endpoint = format!("agent.otlp.endpoint=http://{GRPC}");
+    let docs = chart::documents(&chart::template(&[
+        "--set",
+        &endpoint,
+        "--set",
+        "agent.otlp.filter=all",
+    ]));
+    let otlp_args: Vec<String> = chart::agent_args(&docs)
+        .into_iter()
+        .filter(|a| a.starts_with("--otlp-"))
+        .collect();
+    assert_eq!(otlp_args.len(), 6, "{otlp_args:?}");
+    let otlp_args: Vec<&str> = otlp_args.iter().map(String::as_str).collect();
+    let agent = start(&lab, &log, &otlp_args);
     udp_from_pod(
         &lab,
         "jobs-1",
@@ -447,5 +462,109 @@ fn a_collector_that_never_answers_costs_counted_drops_and_nothing_else() {
             .contains("OTLP records not sent in time are dropped"),
         "what could not be sent is said"
     );
+    let _ = std::fs::remove_file(&log);
+}
+
+/// The agent on node 1 with OTLP headers from the environment, as the chart passes a
+/// Secret's value, and flagged records only on both sinks.
+fn start_with_headers(lab: &LabGuard, log: &Path, headers: &str, extra: &[&str]) -> Agent {
+    let _ = std::fs::remove_file(log);
+    let cfg = xtask::lab::manifest::config_path(&lab.topo.prefix);
+    let mut args = vec![
+        "--config",
+        cfg.to_str().unwrap(),
+        "--flow-log",
+        log.to_str().unwrap(),
+        "--flow-log-filter",
+        "flagged",
+        "--otlp-filter",
+        "flagged",
+        "--idle-timeout",
+        "1s",
+    ];
+    args.extend_from_slice(extra);
+    Agent::start_env(
+        &lab.topo.node_ns(1),
+        LISTEN,
+        "200ms",
+        &args,
+        &[("TENANTFLOW_OTLP_HEADERS", headers)],
+    )
+}
+
+#[test]
+fn tls_and_a_bearer_header_reach_the_collector_and_a_wrong_token_is_counted_as_rejected() {
+    let lab = lab("ok");
+    let t = &lab.topo;
+    let node = t.node_ns(1);
+    let dir = std::env::temp_dir().join(format!("{}-otlp-tls", t.prefix));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (ca, cert, key) = certs::certificate(&dir, &lab);
+    let inbox = Inbox::default();
+    let _rx = Receiver::start_with(
+        &node,
+        addr(GRPC),
+        addr(HTTP),
+        inbox.clone(),
+        Options {
+            tls: Some((
+                std::fs::read_to_string(&cert).unwrap(),
+                std::fs::read_to_string(&key).unwrap(),
+            )),
+            require: Some(("authorization".into(), "Bearer lab-token".into())),
+        },
+    );
+    let log = std::env::temp_dir().join(format!("{}-flows.json", t.prefix));
+    let tls = [
+        "--otlp-endpoint",
+        "https://127.0.0.1:4317",
+        "--otlp-ca",
+        &ca,
+    ];
+    let mut agent = start_with_headers(&lab, &log, "authorization=Bearer lab-token", &tls);
+    spray(&lab, "jobs-1", 7401, 6300, 3);
+    let delivered = eventually(Duration::from_secs(15), || {
+        let a = accounts(&agent);
+        (ends(&log, 7401).len() == 3 && a.queued == 0 && a.exported == a.written).then_some(a)
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "delivered over TLS: {:?}\n{}",
+            accounts(&agent),
+            agent.log_text()
+        )
+    });
+    assert_eq!(
+        delivered.written, 3,
+        "the three flagged records: {delivered:?}"
+    );
+    let got = inbox.lock().unwrap().clone();
+    assert_eq!(got.len(), 3);
+    let mut ports: Vec<i64> = got
+        .iter()
+        .map(|r| r.attributes["destination.port"].as_i64().unwrap())
+        .collect();
+    ports.sort_unstable();
+    assert_eq!(ports, [6300, 6301, 6302]);
+    agent.stop_with(libc::SIGTERM);
+
+    // A wrong token: the collector refuses, the records are counted, never retried forever.
+    let agent = start_with_headers(&lab, &log, "authorization=Bearer stale", &tls);
+    spray(&lab, "jobs-1", 7402, 6400, 3);
+    let refused = eventually(Duration::from_secs(15), || {
+        let a = accounts(&agent);
+        (ends(&log, 7402).len() == 3 && a.queued == 0).then_some(a)
+    })
+    .unwrap_or_else(|| panic!("refused records counted: {:?}", accounts(&agent)));
+    assert_eq!(refused.exported, 0);
+    assert_eq!(refused.other_drops, 3, "rejected: {refused:?}");
+    assert!(
+        metric(
+            &agent,
+            "tenantflow_otlp_export_failures_total{retryable=\"false\"}"
+        ) >= 1
+    );
+    assert_eq!(inbox.lock().unwrap().len(), 3, "nothing more arrived");
+    let _ = std::fs::remove_dir_all(&dir);
     let _ = std::fs::remove_file(&log);
 }
