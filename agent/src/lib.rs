@@ -25,6 +25,7 @@ pub mod nat;
 pub mod net;
 pub mod pipeline;
 pub mod process;
+pub mod relay;
 pub mod shutdown;
 #[cfg(test)]
 mod test_support;

@@ -33,6 +33,7 @@ const LAYERS: &[&[&str]] = &[
     &["access"],
     &["export"],
     &["index"],
+    &["relay"],
     &["inventory"],
     &["pipeline"],
     &["cli"],

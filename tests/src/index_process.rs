@@ -56,6 +56,19 @@ impl Index {
         tag: &str,
         tls: Option<IndexTls>,
     ) -> Self {
+        Self::start_with(api, addr, netns, config, tag, tls, &[])
+    }
+
+    /// As [`Index::start_tls`], with `extra` flags (e.g. the relay's).
+    pub fn start_with(
+        api: &KubeApi,
+        addr: &str,
+        netns: Option<&str>,
+        config: Option<&std::path::Path>,
+        tag: &str,
+        tls: Option<IndexTls>,
+        extra: &[&str],
+    ) -> Self {
         let log = std::env::temp_dir().join(format!("tf-index-{tag}-{}.log", std::process::id()));
         let mut cmd = match netns {
             Some(ns) => {
@@ -72,6 +85,7 @@ impl Index {
         if let Some(t) = &tls {
             cmd.args(["--tls-cert", t.cert, "--tls-key", t.key]);
         }
+        cmd.args(extra);
         let child = cmd
             .env("KUBECONFIG", api.kubeconfig("index"))
             .stdout(Stdio::null())

@@ -305,6 +305,92 @@ fn otlp_export_keeps_header_secrets_out_of_the_pod_spec_and_mounts_the_ca() {
     assert!(!args_of(&plain).iter().any(|a| a.starts_with("--otlp")));
 }
 
+/// The `--flag` names of `tenantflow <command> --help`.
+fn known_flags(command: &str) -> Vec<String> {
+    let out = Command::new(tenantflow_tests::agent_bin())
+        .args([command, "--help"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .filter_map(|w| w.strip_prefix("--"))
+        .map(|w| {
+            format!(
+                "--{}",
+                w.trim_end_matches([',', '.'])
+                    .split(['=', ' ', '<'])
+                    .next()
+                    .unwrap()
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn the_index_relays_all_node_queries_when_records_are_exposed_and_its_flags_exist() {
+    let yaml = helm_template(&[
+        "--set",
+        "index.enabled=true",
+        "--set",
+        "agent.records.exposed=true",
+        "--set",
+        "agent.otlp.endpoint=http://otel:4317",
+    ]);
+    validates_strictly("relay", &yaml);
+    let docs = documents(&yaml);
+    let index = docs
+        .iter()
+        .find(|d| d["kind"] == "Deployment")
+        .expect("the index Deployment");
+    let args: Vec<String> = index["spec"]["template"]["spec"]["containers"][0]["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap().to_owned())
+        .collect();
+    for want in [
+        "--agent-records-port=9991",
+        "--agent-ca=/run/tenantflow/tls/ca.crt",
+        "--agent-server-name=tenantflow-agent",
+    ] {
+        assert!(args.contains(&want.to_owned()), "{want} in {args:?}");
+    }
+    let policy = docs
+        .iter()
+        .find(|d| d["kind"] == "NetworkPolicy" && d["metadata"]["name"] == "tenantflow-index")
+        .unwrap();
+    assert!(
+        policy["spec"]["egress"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["ports"] == json!([{"port": 9991, "protocol": "TCP"}])),
+        "egress to the agents' records port"
+    );
+    // Every flag the chart renders is one the binary knows.
+    let (index_flags, agent_flags) = (known_flags("index"), known_flags("agent"));
+    for (rendered, known) in [(&args, &index_flags), (&args_of(&docs), &agent_flags)] {
+        for a in rendered.iter().filter(|a| a.starts_with("--")) {
+            let flag = a.split('=').next().unwrap();
+            if flag == "--log-format" {
+                continue; // global, before the subcommand
+            }
+            assert!(
+                known.iter().any(|k| k == flag),
+                "{flag} is not a flag of the binary"
+            );
+        }
+    }
+    // Without exposed records there is nothing to relay to.
+    let plain = documents(&helm_template(&["--set", "index.enabled=true"]));
+    let d = plain.iter().find(|d| d["kind"] == "Deployment").unwrap();
+    assert!(!d["spec"]["template"]["spec"]["containers"][0]["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|a| a.as_str().unwrap().starts_with("--agent-")));
+}
+
 #[test]
 fn rbac_is_read_only_on_four_kinds() {
     let docs = documents(&helm_template(&ALL_ON));

@@ -69,6 +69,59 @@ pub struct IndexArgs {
     /// taking a full snapshot.
     #[arg(long, default_value_t = 64 << 20)]
     pub resume_bytes: usize,
+    #[command(flatten)]
+    pub relay: RelayArgs,
+}
+
+/// `/v1/flows`: one query relayed to every node's agent (docs/all-nodes.md).
+#[derive(Debug, Args)]
+pub struct RelayArgs {
+    /// The agents' records port (their --flows-listen), asked at each node's address.
+    #[arg(long, default_value_t = 9991)]
+    pub agent_records_port: u16,
+    /// PEM CA the agents' records certificates chain to: the relay then speaks https to
+    /// them (agents with --flows-auth kubernetes serve TLS). Without it, plain http.
+    #[arg(long, value_name = "FILE")]
+    pub agent_ca: Option<PathBuf>,
+    /// The name the agents' certificate carries (the chart's: <release>-agent); without
+    /// it each node's address must be in the certificate.
+    #[arg(long, value_name = "NAME", requires = "agent_ca")]
+    pub agent_server_name: Option<String>,
+    /// Nodes asked at once, at most.
+    #[arg(long, default_value_t = 32)]
+    pub relay_concurrency: usize,
+    /// One node's whole answer, at most; a node slower than this is named as timed out.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    pub relay_timeout: std::time::Duration,
+    /// Records in one relayed answer, at most (more are counted as omitted).
+    #[arg(long, default_value_t = 100_000)]
+    pub relay_max_records: usize,
+}
+
+impl RelayArgs {
+    fn relay(&self) -> Result<crate::relay::Relay, UsageError> {
+        super::usage::within(
+            "--relay-timeout",
+            self.relay_timeout,
+            std::time::Duration::from_millis(100),
+            std::time::Duration::from_secs(600),
+            "5s",
+        )?;
+        if self.relay_concurrency == 0 || self.relay_max_records == 0 {
+            return Err(UsageError(
+                "--relay-concurrency and --relay-max-records must be at least 1".into(),
+            ));
+        }
+        crate::relay::Relay::new(crate::relay::RelayConfig {
+            port: self.agent_records_port,
+            ca: self.agent_ca.clone(),
+            server_name: self.agent_server_name.clone(),
+            concurrency: self.relay_concurrency,
+            timeout: self.relay_timeout,
+            max_records: self.relay_max_records,
+        })
+        .map_err(|e| UsageError(e.to_string()))
+    }
 }
 
 pub fn run(args: IndexArgs) -> anyhow::Result<()> {
@@ -86,6 +139,7 @@ async fn run_async(args: IndexArgs) -> anyhow::Result<()> {
     }
     // Flags and certificate files first: bad input is named before the API is asked.
     let (cert, tls) = tls(&args)?;
+    let relay = Arc::new(args.relay.relay()?);
     let client = crate::identity::client::connect().await.map_err(|e| {
         UsageError(format!(
             "the index needs the Kubernetes API ({e}): run it in the cluster with its service account, or set KUBECONFIG"
@@ -112,6 +166,7 @@ async fn run_async(args: IndexArgs) -> anyhow::Result<()> {
     let mut store = Store::new();
     store.keep_journal();
     let store = SharedStore::new(store);
+    let relayed = crate::relay::route::router(relay, store.clone());
     let journal = Arc::new(Journal::new(
         store.clone(),
         args.resume_bytes,
@@ -137,6 +192,8 @@ async fn run_async(args: IndexArgs) -> anyhow::Result<()> {
             path_authorized::<KubeReview>,
         ));
     }
+    // Outside the followers' review: each agent reviews the caller's own token.
+    let followers = followers.merge(relayed);
     watch::spawn_all(client, args.initial_list, tx);
     // No snapshot file to reload.
     let (_, reload) = tokio::sync::mpsc::unbounded_channel();

@@ -8,6 +8,13 @@ use serde::de::DeserializeOwned;
 
 use super::FlowsArgs;
 use crate::cli::UsageError;
+use crate::relay::pages::{fetch_all, Hints, Transient};
+
+/// The CLI's flags, named in its failures.
+pub(super) const HINTS: Hints = Hints {
+    address: "--agent",
+    tls: "--cacert, --tls-server-name",
+};
 
 /// Every page of `url` (the agent pages large answers; see `x-tenantflow-next-after`),
 /// within `deadline` for all of them together: a server that pages forever or drips its
@@ -18,7 +25,7 @@ pub(super) async fn fetch<T: DeserializeOwned>(
     token: Option<&str>,
     deadline: Duration,
 ) -> anyhow::Result<Vec<T>> {
-    match tokio::time::timeout(deadline, fetch_all(client, url, token)).await {
+    match tokio::time::timeout(deadline, fetch_all(client, url, token, HINTS)).await {
         Ok(r) => r,
         Err(_) => anyhow::bail!(
             "the agent at {url} did not answer in time: one answer, every page of it, must arrive within --timeout {}",
@@ -26,42 +33,6 @@ pub(super) async fn fetch<T: DeserializeOwned>(
         ),
     }
 }
-
-pub(super) async fn fetch_all<T: DeserializeOwned>(
-    client: &reqwest::Client,
-    url: &str,
-    token: Option<&str>,
-) -> anyhow::Result<Vec<T>> {
-    let mut all = Vec::new();
-    let mut after: Option<u64> = None;
-    loop {
-        let page_url = match after {
-            None => url.to_owned(),
-            Some(a) if url.contains('?') => format!("{url}&after={a}"),
-            Some(a) => format!("{url}?after={a}"),
-        };
-        let (page, next) = fetch_page(client, &page_url, token).await?;
-        all.extend(page);
-        let Some(next) = next else {
-            return Ok(all);
-        };
-        let next: u64 = next.parse().map_err(|_| {
-            anyhow::anyhow!("the agent's next-page marker {next:?} is not a record id: is --agent a tenantflow agent?")
-        })?;
-        // Pages move forward by record id; a marker that does not is a loop.
-        if let Some(a) = after.filter(|&a| next <= a) {
-            anyhow::bail!(
-                "the agent sent next-page marker {next} after {a}: pages would repeat forever; stopping (is --agent a tenantflow agent?)"
-            );
-        }
-        after = Some(next);
-    }
-}
-
-/// A failure that may pass (the agent restarting, busy, briefly unreachable).
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub(super) struct Transient(String);
 
 /// With --follow, an agent that restarts is waited for (said once on stderr) instead of
 /// ending the follow; None when stdout closed meanwhile.
@@ -121,84 +92,6 @@ pub(super) fn stdout_closed() -> bool {
     // SAFETY: one pollfd on our own stdout, no wait.
     let n = unsafe { libc::poll(&mut p, 1, 0) };
     n == 1 && p.revents & (libc::POLLERR | libc::POLLHUP) != 0
-}
-
-/// Most bytes one page may carry: a full page of 10,000 records is about 12 MB.
-pub(super) const MAX_PAGE_BYTES: usize = 64 << 20;
-
-/// The body, at most [`MAX_PAGE_BYTES`]: an endless or huge answer is an error, not memory.
-pub(super) async fn body(resp: reqwest::Response, url: &str) -> anyhow::Result<Vec<u8>> {
-    use futures::StreamExt as _;
-    let mut out = Vec::new();
-    let mut chunks = resp.bytes_stream();
-    while let Some(c) = chunks.next().await {
-        let c = c.with_context(|| format!("reading the answer from {url}"))?;
-        if out.len() + c.len() > MAX_PAGE_BYTES {
-            anyhow::bail!(
-                "the agent at {url} sent more than {} MiB in one page: not a tenantflow agent, or a broken one (--agent)",
-                MAX_PAGE_BYTES >> 20
-            );
-        }
-        out.extend_from_slice(&c);
-    }
-    Ok(out)
-}
-
-pub(super) async fn fetch_page<T: DeserializeOwned>(
-    client: &reqwest::Client,
-    url: &str,
-    token: Option<&str>,
-) -> anyhow::Result<(Vec<T>, Option<String>)> {
-    let mut req = client.get(url);
-    if let Some(t) = token {
-        req = req.bearer_auth(t);
-    }
-    let resp = req.send().await.map_err(|e| {
-        // The innermost cause says what really failed (refused, certificate, timeout).
-        let mut cause: &dyn std::error::Error = &e;
-        while let Some(next) = cause.source() {
-            cause = next;
-        }
-        let tls = cause.to_string().to_lowercase().contains("certificate");
-        let why = if e.is_timeout() {
-            "it did not answer in time"
-        } else if tls {
-            "its TLS certificate was not accepted (--cacert, --tls-server-name)"
-        } else if e.is_connect() {
-            "nothing accepted the connection: is the agent running there?"
-        } else {
-            "the request failed"
-        };
-        anyhow::Error::new(Transient(format!(
-            "cannot reach the agent at {url}: {why} (--agent) ({e}: {cause})"
-        )))
-    })?;
-    let status = resp.status();
-    if !status.is_success() {
-        let body = resp.text().await.unwrap_or_default();
-        let hint = match status.as_u16() {
-            401 if token.is_none() => {
-                " (this agent checks tokens: pass --token-file, or use a kubeconfig with a token)"
-            }
-            401 => " (the token in --token-file was refused)",
-            403 => " (ask for a namespace you may read: --namespace or --tenant)",
-            _ => "",
-        };
-        let msg = format!("agent answered {status}: {}{hint}", body.trim());
-        // Busy, starting or restarting: worth waiting for with --follow.
-        if status.is_server_error() {
-            return Err(anyhow::Error::new(Transient(msg)));
-        }
-        anyhow::bail!(msg);
-    }
-    let next = resp
-        .headers()
-        .get(crate::export::NEXT_AFTER)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
-    let bytes = body(resp, url).await?;
-    let rows = serde_json::from_slice(&bytes).context("agent sent malformed JSON")?;
-    Ok((rows, next))
 }
 
 /// Connecting is bounded (and answering by `--timeout`): an agent port that accepts and
@@ -272,17 +165,15 @@ pub(super) fn client(args: &FlowsArgs) -> anyhow::Result<reqwest::Client> {
         })?;
         b = b.add_root_certificate(cert);
         if let Some(name) = &args.tls_server_name {
-            let url = reqwest::Url::parse(&args.agent)?;
+            let url = reqwest::Url::parse(args.base())?;
             let addr = url
                 .socket_addrs(|| Some(443))
                 .ok()
                 .and_then(|a| a.into_iter().next())
-                .ok_or_else(|| {
-                    UsageError(format!("--agent {}: cannot resolve its host", args.agent))
-                })?;
+                .ok_or_else(|| UsageError(format!("{}: cannot resolve its host", args.base())))?;
             b = b.resolve(name, addr);
         }
-    } else if args.agent.starts_with("https:") {
+    } else if args.base().starts_with("https:") {
         return Err(UsageError(
             "an https --agent needs --cacert: the CA that signed the agent's certificate (the \
              chart's tenantflow-records-tls Secret holds it as ca.crt)"

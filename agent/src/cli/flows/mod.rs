@@ -1,5 +1,6 @@
 //! `tenantflow flows`: query a running agent, the way `hubble observe` users expect.
 
+mod all_nodes;
 mod client;
 mod render;
 mod summary;
@@ -109,9 +110,27 @@ pub struct FlowsArgs {
     /// chart's certificate names the listener, e.g. tenantflow-records, not each node).
     #[arg(long, value_name = "NAME")]
     pub tls_server_name: Option<String>,
+    /// Ask every node at once, through the identity index (--index): the answers are
+    /// merged with a NODE column, and nodes that did not answer are named on stderr. Your
+    /// token goes to each node's agent, which answers with what it lets you read.
+    #[arg(long, conflicts_with_all = ["follow", "observations"])]
+    pub all_nodes: bool,
+    /// Base URL of the identity index for --all-nodes (the chart's
+    /// https://tenantflow-index.tenantflow.svc:9993, or a port-forward to it); --cacert and
+    /// --tls-server-name then apply to it.
+    #[arg(long, env = "TENANTFLOW_INDEX", value_name = "URL")]
+    pub index: Option<String>,
 }
 
 impl FlowsArgs {
+    /// Who is asked: the index with --all-nodes, else the agent.
+    fn base(&self) -> &str {
+        match (&self.index, self.all_nodes) {
+            (Some(index), true) => index,
+            _ => &self.agent,
+        }
+    }
+
     fn url(&self) -> String {
         let mut params = Vec::new();
         let mut add = |k: &str, v: Option<String>| {
@@ -131,8 +150,10 @@ impl FlowsArgs {
         add("sensitive", self.sensitive.clone());
         add("outcome", self.outcome.clone());
         add("fqdn", self.fqdn.clone());
-        let base = self.agent.trim_end_matches('/');
-        let path = if self.observations {
+        let base = self.base().trim_end_matches('/');
+        let path = if self.all_nodes {
+            crate::relay::route::PATH.trim_start_matches('/')
+        } else if self.observations {
             "observations"
         } else {
             "flows"
@@ -172,6 +193,23 @@ async fn run_async(args: FlowsArgs) -> anyhow::Result<()> {
             args.agent
         ))
         .into());
+    }
+    if args.all_nodes {
+        match &args.index {
+            None => {
+                return Err(super::UsageError(
+                    "--all-nodes asks through the identity index: give --index URL (or TENANTFLOW_INDEX), e.g. https://tenantflow-index.tenantflow.svc:9993".into(),
+                )
+                .into())
+            }
+            Some(i) if reqwest::Url::parse(i).is_err() => {
+                return Err(super::UsageError(format!(
+                    "--index {i:?}: not a URL; give one like https://tenantflow-index.tenantflow.svc:9993"
+                ))
+                .into())
+            }
+            Some(_) => return all_nodes::show(&args).await,
+        }
     }
     if args.observations {
         show::<FlowView>(&args).await
