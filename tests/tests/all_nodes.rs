@@ -149,7 +149,7 @@ fn one_query_reaches_every_node_with_the_callers_scope_and_names_a_silent_node()
     };
     let api = KubeApi::start(none, items, Some(&t.node_ns(1)));
     let cfg = index_config(t);
-    let _index = Index::start_with(
+    let index = Index::start_with(
         &api,
         INDEX,
         Some(&t.node_ns(1)),
@@ -225,6 +225,25 @@ fn one_query_reaches_every_node_with_the_callers_scope_and_names_a_silent_node()
     for (port, node) in &seen_on {
         assert_eq!(&by_port[port][0]["node"], *node, "port {port}");
     }
+    let counted = |what: &str| index.metric(what).unwrap_or_else(|| panic!("{what}")) as u64;
+    let node_answers = |status: &str| {
+        counted(&format!(
+            "tenantflow_relay_node_answers_total{{status=\"{status}\"}}"
+        ))
+    };
+    let before: Vec<u64> = ["ok", "denied", "timeout", "failed"]
+        .iter()
+        .map(|s| node_answers(s))
+        .collect();
+    let answered = || counted("tenantflow_relay_queries_total{result=\"answered\"}");
+    let answered_before = answered();
+    // No token: refused by the index itself, before any node is asked.
+    let (code, body) = index.get("/v1/flows").unwrap();
+    assert_eq!(code, 401, "{body}");
+    assert_eq!(
+        counted("tenantflow_relay_queries_total{result=\"no_token\"}"),
+        1
+    );
     let nodes: Vec<(&str, &str)> = answer["nodes"]
         .as_array()
         .unwrap()
@@ -296,6 +315,15 @@ fn one_query_reaches_every_node_with_the_callers_scope_and_names_a_silent_node()
     assert_eq!(by_port.keys().copied().collect::<Vec<_>>(), [4401, 4403]);
     assert_eq!(v["nodes"][1]["status"], "failed");
     assert!(err.contains("nothing accepted the connection"), "{err}");
+    // Five relayed queries since: 2 + 2 + 0 + 1 + 1 nodes answered, 2 refused the alpha
+    // reader asking for everything, one timed out, one was gone.
+    let after: Vec<u64> = ["ok", "denied", "timeout", "failed"]
+        .iter()
+        .map(|s| node_answers(s))
+        .collect();
+    let delta: Vec<u64> = after.iter().zip(&before).map(|(a, b)| a - b).collect();
+    assert_eq!(delta, [6, 2, 1, 1]);
+    assert_eq!(answered() - answered_before, 5);
     node1.stop_with(libc::SIGTERM);
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -166,7 +166,9 @@ async fn run_async(args: IndexArgs) -> anyhow::Result<()> {
     let mut store = Store::new();
     store.keep_journal();
     let store = SharedStore::new(store);
-    let relayed = crate::relay::route::router(relay, store.clone());
+    let relay_metrics = crate::relay::RelayMetrics::new(&shared.metrics.registry)
+        .context("registering relay metrics")?;
+    let relayed = crate::relay::route::router(relay, store.clone(), relay_metrics);
     let journal = Arc::new(Journal::new(
         store.clone(),
         args.resume_bytes,

@@ -4,9 +4,12 @@
 //! time per node are bounded; a node that does not answer is named in the answer instead
 //! of holding it.
 
+mod metrics;
 pub mod pages;
 pub mod route;
 mod tls;
+
+pub use metrics::RelayMetrics;
 
 use std::{net::IpAddr, path::PathBuf, sync::Arc, time::Duration};
 

@@ -11,7 +11,7 @@ use axum::{
 };
 use tokio::sync::Semaphore;
 
-use super::{targets, SharedRelay};
+use super::{targets, RelayMetrics, SharedRelay};
 use crate::identity::SharedStore;
 
 /// Where the index serves the relayed query.
@@ -25,17 +25,19 @@ struct RelayState {
     relay: SharedRelay,
     store: SharedStore,
     slots: Arc<Semaphore>,
+    metrics: RelayMetrics,
 }
 
 /// The route, for the index's router. Needs no token review of its own: each agent
 /// reviews the caller's token and scopes its answer.
-pub fn router(relay: SharedRelay, store: SharedStore) -> Router {
+pub fn router(relay: SharedRelay, store: SharedStore, metrics: RelayMetrics) -> Router {
     Router::new()
         .route(PATH, get(flows))
         .with_state(RelayState {
             relay,
             store,
             slots: Arc::new(Semaphore::new(IN_FLIGHT)),
+            metrics,
         })
 }
 
@@ -58,12 +60,14 @@ async fn flows(State(s): State<RelayState>, headers: HeaderMap, uri: Uri) -> Res
         .map(|t| t.trim().to_owned())
         .filter(|t| !t.is_empty())
     else {
+        s.metrics.query("no_token");
         return refuse(
             StatusCode::UNAUTHORIZED,
             "no bearer token: each node's agent decides what the caller may read, so the caller's token is required",
         );
     };
     let Ok(_slot) = s.slots.clone().try_acquire_owned() else {
+        s.metrics.query("busy");
         return refuse(
             StatusCode::SERVICE_UNAVAILABLE,
             "the index is relaying as many queries as it allows; try again shortly",
@@ -71,6 +75,7 @@ async fn flows(State(s): State<RelayState>, headers: HeaderMap, uri: Uri) -> Res
     };
     let targets = targets(&s.store.read());
     if targets.is_empty() {
+        s.metrics.query("no_nodes");
         return refuse(
             StatusCode::SERVICE_UNAVAILABLE,
             "the index knows no nodes yet (its inventory is still listing)",
@@ -80,6 +85,12 @@ async fn flows(State(s): State<RelayState>, headers: HeaderMap, uri: Uri) -> Res
         Some(q) if !q.is_empty() => format!("/flows?{q}"),
         _ => "/flows".to_owned(),
     };
+    let timer = s.metrics.duration.start_timer();
     let merged = s.relay.query(targets, &path, Some(&token)).await;
+    timer.observe_duration();
+    s.metrics.query("answered");
+    for n in &merged.nodes {
+        s.metrics.node(n.status);
+    }
     Json(merged).into_response()
 }
