@@ -25,6 +25,20 @@ pub struct IndexTls<'a> {
     pub ca: &'a str,
 }
 
+/// The lab's agent config without its snapshot, for the index and the agents following
+/// it: identity then comes from the (synthetic) API.
+pub fn config_without_snapshot(t: &xtask::lab::Topology) -> std::path::PathBuf {
+    let cfg = std::fs::read_to_string(xtask::lab::manifest::config_path(&t.prefix)).unwrap();
+    let cfg: String = cfg
+        .lines()
+        .filter(|l| !l.contains("snapshot:") && *l != "identity:")
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let p = std::env::temp_dir().join(format!("tf-index-agent-{}.yaml", t.prefix));
+    std::fs::write(&p, cfg).unwrap();
+    p
+}
+
 /// A free port on the host's loopback (inside a fresh lab namespace every port is free).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

@@ -24,19 +24,6 @@ use xtask::lab::topology::INTERNET_HOST;
 
 const INDEX: &str = "127.0.0.1:9993";
 
-/// The lab's config without its snapshot: the index watches the (synthetic) API.
-fn index_config(t: &xtask::lab::Topology) -> std::path::PathBuf {
-    let cfg = std::fs::read_to_string(xtask::lab::manifest::config_path(&t.prefix)).unwrap();
-    let cfg: String = cfg
-        .lines()
-        .filter(|l| !l.contains("snapshot:") && *l != "identity:")
-        .map(|l| format!("{l}\n"))
-        .collect();
-    let p = std::env::temp_dir().join(format!("{}-index.yaml", t.prefix));
-    std::fs::write(&p, cfg).unwrap();
-    p
-}
-
 fn grants() -> BTreeMap<String, Grant> {
     [
         (
@@ -148,7 +135,7 @@ fn one_query_reaches_every_node_with_the_callers_scope_and_names_a_silent_node()
         services: 0,
     };
     let api = KubeApi::start(none, items, Some(&t.node_ns(1)));
-    let cfg = index_config(t);
+    let cfg = tenantflow_tests::index_process::config_without_snapshot(t);
     let index = Index::start_with(
         &api,
         INDEX,

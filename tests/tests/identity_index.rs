@@ -62,15 +62,11 @@ fn index_setup(
     );
     let token_file = std::env::temp_dir().join(format!("tf-index-token-{}", t.prefix));
     std::fs::write(&token_file, "agent-sa-token\n").unwrap();
-    let cfg = std::fs::read_to_string(xtask::lab::manifest::config_path(&t.prefix)).unwrap();
-    let cfg: String = cfg
-        .lines()
-        .filter(|l| !l.contains("snapshot:") && *l != "identity:")
-        .map(|l| format!("{l}\n"))
-        .collect();
-    let cfg_path = std::env::temp_dir().join(format!("tf-index-agent-{}.yaml", t.prefix));
-    std::fs::write(&cfg_path, cfg).unwrap();
-    (api, token_file, cfg_path)
+    (
+        api,
+        token_file,
+        tenantflow_tests::index_process::config_without_snapshot(t),
+    )
 }
 
 fn run(mode: Mode) {
