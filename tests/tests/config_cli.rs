@@ -117,6 +117,62 @@ fn bad_config_and_bad_snapshot_exit_64_naming_the_field() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+#[test]
+fn bad_otlp_and_all_node_flags_exit_64_naming_the_flag_and_the_fix() {
+    let cases: [(&[&str], &str); 5] = [
+        (
+            &["--otlp-endpoint", "https://otel:4317"],
+            "--otlp-endpoint https://otel:4317: https needs --otlp-ca",
+        ),
+        (
+            &["--otlp-endpoint", "otel:4317"],
+            "--otlp-endpoint otel:4317: it must start with http:// or https://",
+        ),
+        (
+            &[
+                "--otlp-endpoint",
+                "http://otel:4317",
+                "--otlp-header",
+                "authorization: Bearer s3cret",
+            ],
+            "--otlp-header authorization: expected NAME=VALUE",
+        ),
+        (
+            &[
+                "--otlp-endpoint",
+                "https://otel:4317",
+                "--otlp-ca",
+                "/nonexistent/ca.crt",
+            ],
+            "--otlp-ca /nonexistent/ca.crt:",
+        ),
+        (
+            &["--otlp-endpoint", "http://otel:4317", "--otlp-queue", "0"],
+            "--otlp-queue and --otlp-batch must be at least 1",
+        ),
+    ];
+    for (flags, want) in cases {
+        let mut args = vec!["agent", "--listen", "127.0.0.1:0"];
+        args.extend_from_slice(flags);
+        let (code, _, err) = run(&args);
+        assert_eq!(code, 64, "{flags:?}: {err}");
+        assert!(err.contains(want), "{flags:?}\n got: {err}\nwant: {want}");
+        assert!(
+            !err.contains("s3cret"),
+            "a header value is never echoed: {err}"
+        );
+    }
+    let (code, _, err) = run(&["flows", "--all-nodes"]);
+    assert_eq!(code, 64, "{err}");
+    assert!(
+        err.contains("give --index URL (or TENANTFLOW_INDEX)"),
+        "{err}"
+    );
+    let (code, _, err) = run(&["flows", "--all-nodes", "--index", "nowhere"]);
+    assert_eq!(code, 64, "{err}");
+    assert!(err.contains("--index \"nowhere\": not a URL"), "{err}");
+}
+
 /// A port that accepts connections and never answers, on loopback.
 fn silent_server() -> (std::net::TcpListener, String) {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

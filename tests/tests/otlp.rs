@@ -568,3 +568,30 @@ fn tls_and_a_bearer_header_reach_the_collector_and_a_wrong_token_is_counted_as_r
     let _ = std::fs::remove_dir_all(&dir);
     let _ = std::fs::remove_file(&log);
 }
+
+/// docs/otlp.md's Collector configuration hangs together: every pipeline component is
+/// defined, and its OTLP receiver listens where the agent sends by default.
+#[test]
+fn the_documented_collector_config_is_complete() {
+    let doc = include_str!("../../docs/otlp.md");
+    let yaml = doc
+        .split("```yaml\n")
+        .find(|b| b.starts_with("receivers:"))
+        .and_then(|b| b.split("```").next())
+        .expect("a Collector config in docs/otlp.md");
+    let cfg: Value = serde_norway::from_str(yaml).unwrap();
+    let logs = &cfg["service"]["pipelines"]["logs"];
+    for kind in ["receivers", "processors", "exporters"] {
+        let used = logs[kind].as_array().unwrap();
+        assert!(!used.is_empty(), "{kind}");
+        for c in used {
+            let name = c.as_str().unwrap();
+            assert!(!cfg[kind][name].is_null(), "{kind}.{name} used but not defined");
+        }
+    }
+    assert_eq!(
+        cfg["receivers"]["otlp"]["protocols"]["grpc"]["endpoint"],
+        "0.0.0.0:4317"
+    );
+    assert_eq!(logs["exporters"], serde_json::json!(["azuremonitor", "file"]));
+}

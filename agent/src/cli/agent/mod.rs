@@ -42,6 +42,12 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
 async fn run_async(args: AgentArgs) -> anyhow::Result<()> {
     let shutdown = Shutdown::install().context("installing SIGTERM/SIGINT handlers")?;
     bounds::check(&args)?;
+    if let Some(cfg) = args
+        .otlp
+        .config(&node_name(&args), args.flow_log_update_interval)?
+    {
+        export::otlp::validate(&cfg).map_err(|e| UsageError(e.to_string()))?;
+    }
     let access = access(&args).await?;
     // Before anything is attached or removed: a second agent must not touch the first's hooks.
     let _lock = datapath::lock_agent().map_err(|e| UsageError(e.to_string()))?;

@@ -84,6 +84,12 @@ pub struct Sender {
     closing: CancellationToken,
 }
 
+/// Checks `cfg` as [`Otlp::new`] would (endpoint, CA file, headers), without starting
+/// anything: bad flags are named before the agent attaches.
+pub fn validate(cfg: &OtlpConfig) -> Result<(), OtlpError> {
+    transport::Transport::new(cfg).map(drop)
+}
+
 impl Otlp {
     /// The producer and the sender task for `cfg`; nothing is sent until the task runs.
     pub fn new(cfg: OtlpConfig, metrics: OtlpMetrics) -> Result<(Self, Sender), OtlpError> {
