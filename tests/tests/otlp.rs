@@ -586,12 +586,18 @@ fn the_documented_collector_config_is_complete() {
         assert!(!used.is_empty(), "{kind}");
         for c in used {
             let name = c.as_str().unwrap();
-            assert!(!cfg[kind][name].is_null(), "{kind}.{name} used but not defined");
+            assert!(
+                !cfg[kind][name].is_null(),
+                "{kind}.{name} used but not defined"
+            );
         }
     }
     assert_eq!(
         cfg["receivers"]["otlp"]["protocols"]["grpc"]["endpoint"],
         "0.0.0.0:4317"
     );
-    assert_eq!(logs["exporters"], serde_json::json!(["azuremonitor", "file"]));
+    assert_eq!(
+        logs["exporters"],
+        serde_json::json!(["azuremonitor", "file"])
+    );
 }

@@ -35,7 +35,7 @@ pub struct OtlpArgs {
     /// Which connections are sent (as the flow log's --flow-log-filter).
     #[arg(long, value_enum, default_value = "all")]
     pub otlp_filter: LogFilter,
-    /// Records waiting for the collector, at most (about 2 KiB each); past it new records
+    /// Records waiting for the collector, at most (about 1.5 KiB each, encoded); past it new records
     /// are dropped and counted (tenantflow_otlp_records_dropped_total{reason="queue_full"}).
     #[arg(long, default_value_t = 4096)]
     pub otlp_queue: usize,

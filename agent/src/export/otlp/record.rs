@@ -149,3 +149,44 @@ fn any(v: &Value) -> Option<Av> {
         }),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prost::Message as _;
+
+    #[test]
+    fn a_record_names_the_tuple_by_convention_and_stays_small_on_the_queue() {
+        let mut view = crate::test_support::egress_view();
+        // Two observation points, as a masqueraded connection has.
+        view.sightings.push(view.sightings[0].clone());
+        let r = log_record(RecordType::End, &view, true, SystemTime::now());
+        let attr = |k: &str| {
+            r.attributes
+                .iter()
+                .find(|a| a.key == k)
+                .and_then(|a| a.value.as_ref()?.value.clone())
+        };
+        assert_eq!(
+            attr("source.address"),
+            Some(Av::StringValue("10.244.1.10".into()))
+        );
+        assert_eq!(attr("destination.port"), Some(Av::IntValue(443)));
+        assert_eq!(
+            attr("network.transport"),
+            Some(Av::StringValue("tcp".into()))
+        );
+        assert_eq!(attr("k8s.pod.name"), Some(Av::StringValue("web-1".into())));
+        assert_eq!(attr("tenantflow.snat.port"), Some(Av::IntValue(40001)));
+        assert_eq!(attr("tenantflow.type"), Some(Av::StringValue("end".into())));
+        assert_eq!(
+            attr("src"),
+            None,
+            "the 5-tuple only under its convention name"
+        );
+        assert_eq!(r.severity_text, "WARN");
+        // What the queue holds per record, encoded (docs/otlp.md: about 1.5 KiB).
+        let len = r.encoded_len();
+        assert!((1000..2048).contains(&len), "{len} bytes encoded");
+    }
+}

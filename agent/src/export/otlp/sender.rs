@@ -5,12 +5,14 @@
 
 use std::time::Duration;
 
+use bytes::Bytes;
 use opentelemetry_proto::tonic::{
     collector::logs::v1::ExportLogsServiceRequest,
     common::v1::{any_value::Value as Av, AnyValue, InstrumentationScope, KeyValue},
     logs::v1::{LogRecord, ResourceLogs, ScopeLogs},
     resource::v1::Resource,
 };
+use prost::Message as _;
 use tokio::{sync::mpsc, time::Instant};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -23,7 +25,8 @@ const MAX_BACKOFF: Duration = Duration::from_secs(10);
 
 pub struct Task {
     transport: Transport,
-    rx: mpsc::Receiver<LogRecord>,
+    /// Encoded LogRecords, decoded a batch at a time.
+    rx: mpsc::Receiver<Bytes>,
     metrics: OtlpMetrics,
     closing: CancellationToken,
     resource: Resource,
@@ -35,7 +38,7 @@ impl Task {
     pub fn new(
         cfg: &OtlpConfig,
         transport: Transport,
-        rx: mpsc::Receiver<LogRecord>,
+        rx: mpsc::Receiver<Bytes>,
         metrics: OtlpMetrics,
         closing: CancellationToken,
     ) -> Self {
@@ -85,8 +88,23 @@ impl Task {
                     Err(_) => break,
                 }
             }
-            let n = batch.len() as u64;
-            let req = self.request(batch);
+            // Encoded by this process a moment ago: decoding does not fail, and if it
+            // ever did the record would be counted, not lost silently.
+            let records: Vec<LogRecord> = batch
+                .iter()
+                .filter_map(|b| LogRecord::decode(b.as_ref()).ok())
+                .collect();
+            let broken = (batch.len() - records.len()) as u64;
+            if broken > 0 {
+                self.metrics.dropped("rejected").inc_by(broken);
+                self.metrics.queued.sub(broken as i64);
+            }
+            drop(batch);
+            let n = records.len() as u64;
+            if n == 0 {
+                continue;
+            }
+            let req = self.request(records);
             loop {
                 if deadline.is_some_and(|d| Instant::now() >= d) {
                     self.lost(n);
