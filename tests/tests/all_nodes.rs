@@ -247,6 +247,17 @@ fn one_query_reaches_every_node_with_the_callers_scope_and_names_a_silent_node()
     assert!(lines[0].starts_with("NODE"), "{table}");
     assert!(lines[1].starts_with(&n2), "{table}");
 
+    // --summary folds every node's records the same way as one node's.
+    let (code, out, err) = all_nodes(
+        t,
+        "admin-token",
+        &["--summary", "--port", "4404", "-o", "json"],
+    );
+    assert_eq!(code, 0, "{err}");
+    let rows: Vec<Value> = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    assert_eq!(rows.len(), 1, "{out}");
+    assert_eq!(rows[0]["connections"], 1, "{out}");
+
     // Tenant alpha's reader asking for alpha: alpha's two connections, from both nodes.
     let (code, out, err) = all_nodes(t, "alpha-token", &["--tenant", "alpha", "-o", "json"]);
     assert_eq!(code, 0, "{err}");
@@ -302,15 +313,16 @@ fn one_query_reaches_every_node_with_the_callers_scope_and_names_a_silent_node()
     assert_eq!(by_port.keys().copied().collect::<Vec<_>>(), [4401, 4403]);
     assert_eq!(v["nodes"][1]["status"], "failed");
     assert!(err.contains("nothing accepted the connection"), "{err}");
-    // Five relayed queries since: 2 + 2 + 0 + 1 + 1 nodes answered, 2 refused the alpha
-    // reader asking for everything, one timed out, one was gone.
+    // Six relayed queries since: 2 + 2 + 2 + 0 + 1 + 1 nodes answered (table, summary,
+    // alpha, alpha unscoped, stopped, gone), 2 refused the alpha reader asking for
+    // everything, one timed out, one was gone.
     let after: Vec<u64> = ["ok", "denied", "timeout", "failed"]
         .iter()
         .map(|s| node_answers(s))
         .collect();
     let delta: Vec<u64> = after.iter().zip(&before).map(|(a, b)| a - b).collect();
-    assert_eq!(delta, [6, 2, 1, 1]);
-    assert_eq!(answered() - answered_before, 5);
+    assert_eq!(delta, [8, 2, 1, 1]);
+    assert_eq!(answered() - answered_before, 6);
     node1.stop_with(libc::SIGTERM);
     let _ = std::fs::remove_dir_all(&dir);
 }
