@@ -11,14 +11,26 @@ mod tls;
 
 pub use metrics::RelayMetrics;
 
-use std::{net::IpAddr, path::PathBuf, sync::Arc, time::Duration};
+use std::{
+    net::IpAddr,
+    path::PathBuf,
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
 
 use futures::StreamExt as _;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::identity::{Object, Store};
-use pages::{fetch_all, Hints};
+use pages::{fetch_while, Hints};
+
+/// Records per page asked of each agent: what the relay holds beyond its budget is at most
+/// one such page per node being read.
+const PAGE: usize = 1_000;
 
 /// The index's flags, named in per-node failures.
 const HINTS: Hints = Hints {
@@ -40,7 +52,8 @@ pub struct RelayConfig {
     pub concurrency: usize,
     /// One node's whole answer (every page), at most.
     pub timeout: Duration,
-    /// Records in one merged answer, at most (the rest is counted in `omitted`).
+    /// Records in one merged answer, at most: nodes stop being read past it, and what is
+    /// left out is said (`truncated`, `omitted`).
     pub max_records: usize,
 }
 
@@ -87,9 +100,12 @@ pub struct NodeAnswer {
 pub struct Merged {
     pub nodes: Vec<NodeAnswer>,
     pub records: Vec<Value>,
-    /// Records left out past `max_records`.
+    /// Records read but left out past `max_records`.
     #[serde(default)]
     pub omitted: usize,
+    /// Nodes whose further pages were not read because the answer was full.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub truncated: Vec<String>,
 }
 
 pub struct Relay {
@@ -129,16 +145,33 @@ impl Relay {
         path_and_query: &str,
         token: Option<&str>,
     ) -> Merged {
+        // Pages of PAGE records, unless the caller chose a size.
+        let paged = if path_and_query.contains("limit=") {
+            path_and_query.to_owned()
+        } else if path_and_query.contains('?') {
+            format!("{path_and_query}&limit={PAGE}")
+        } else {
+            format!("{path_and_query}?limit={PAGE}")
+        };
+        // Records read so far over every node: past the budget no node reads another page.
+        let read = AtomicUsize::new(0);
+        let (read, paged) = (&read, &paged);
+        let budget = self.cfg.max_records;
         let asks = futures::stream::iter(targets.into_iter().map(|t| {
             let host = match t.addr {
                 IpAddr::V4(a) => a.to_string(),
                 IpAddr::V6(a) => format!("[{a}]"),
             };
-            let url = format!("{}://{host}:{}{path_and_query}", self.scheme, self.cfg.port);
+            let url = format!("{}://{host}:{}{paged}", self.scheme, self.cfg.port);
             async move {
+                let seen = AtomicUsize::new(0);
+                let more = |so_far: usize| {
+                    let new = so_far - seen.swap(so_far, Ordering::Relaxed);
+                    read.fetch_add(new, Ordering::Relaxed) + new < budget
+                };
                 let got = tokio::time::timeout(
                     self.cfg.timeout,
-                    fetch_all::<Value>(&self.client, &url, token, HINTS),
+                    fetch_while::<Value>(&self.client, &url, token, HINTS, more),
                 )
                 .await;
                 (t.node, got)
@@ -167,7 +200,12 @@ impl Relay {
                     };
                     (status, Vec::new(), Some(text))
                 }
-                Ok(Ok(records)) => (NodeStatus::Ok, records, None),
+                Ok(Ok((records, cut))) => {
+                    if cut {
+                        merged.truncated.push(node.clone());
+                    }
+                    (NodeStatus::Ok, records, None)
+                }
             };
             let mut kept = 0;
             for mut r in records {
@@ -189,6 +227,7 @@ impl Relay {
             });
         }
         merged.nodes.sort_by(|a, b| a.node.cmp(&b.node));
+        merged.truncated.sort();
         merged
     }
 }
@@ -225,6 +264,72 @@ pub type SharedRelay = Arc<Relay>;
 mod tests {
     use super::*;
     use crate::identity::NodeMeta;
+
+    /// A stand-in agent on `ip`:`port` with `n` records, paged like the real one.
+    async fn fake_agent(ip: &str, port: u16, n: u64) {
+        use axum::{extract::Query, http::HeaderMap, routing::get, Json, Router};
+        #[derive(serde::Deserialize)]
+        struct Q {
+            limit: usize,
+            after: Option<u64>,
+        }
+        let app = Router::new().route(
+            "/flows",
+            get(move |Query(q): Query<Q>| async move {
+                let from = q.after.map_or(0, |a| a + 1);
+                let ids: Vec<u64> = (from..n).take(q.limit).collect();
+                let mut h = HeaderMap::new();
+                if let Some(&last) = ids.last().filter(|&&l| l + 1 < n) {
+                    h.insert(crate::export::NEXT_AFTER, last.to_string().parse().unwrap());
+                }
+                let body: Vec<Value> = ids.iter().map(|i| serde_json::json!({"id": i})).collect();
+                (h, Json(body))
+            }),
+        );
+        let l = tokio::net::TcpListener::bind((ip, port)).await.unwrap();
+        tokio::spawn(async move { axum::serve(l, app).await });
+    }
+
+    #[tokio::test]
+    async fn a_full_answer_stops_reading_and_says_which_nodes_had_more() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        fake_agent("127.0.0.1", port, 2_500).await;
+        fake_agent("127.0.0.2", port, 2_500).await;
+        let relay = Relay::new(RelayConfig {
+            port,
+            ca: None,
+            server_name: None,
+            concurrency: 2,
+            timeout: Duration::from_secs(5),
+            max_records: 1_500,
+        })
+        .unwrap();
+        let targets = vec![
+            Target {
+                node: "a".into(),
+                addr: "127.0.0.1".parse().unwrap(),
+            },
+            Target {
+                node: "b".into(),
+                addr: "127.0.0.2".parse().unwrap(),
+            },
+        ];
+        let m = relay.query(targets, "/flows", Some("t")).await;
+        assert_eq!(m.records.len(), 1_500, "the answer is full");
+        // Each node stops after the page that filled it: at most one page each beyond.
+        let read = m.records.len() + m.omitted;
+        assert!((2_000..=3_000).contains(&read), "{read} read");
+        assert_eq!(m.truncated, ["a", "b"], "both had pages left");
+        assert!(m.nodes.iter().all(|n| n.status == NodeStatus::Ok));
+        assert!(m
+            .records
+            .iter()
+            .all(|r| r["node"] == "a" || r["node"] == "b"));
+    }
 
     fn node(name: &str, ips: &[&str]) -> Object {
         Object::Node(NodeMeta {

@@ -29,6 +29,18 @@ pub async fn fetch_all<T: DeserializeOwned>(
     token: Option<&str>,
     hints: Hints,
 ) -> anyhow::Result<Vec<T>> {
+    Ok(fetch_while(client, url, token, hints, |_| true).await?.0)
+}
+
+/// Pages of `url` while `more(records so far)` says so; true in the second place when it
+/// stopped with pages left.
+pub async fn fetch_while<T: DeserializeOwned>(
+    client: &reqwest::Client,
+    url: &str,
+    token: Option<&str>,
+    hints: Hints,
+    more: impl Fn(usize) -> bool,
+) -> anyhow::Result<(Vec<T>, bool)> {
     let mut all = Vec::new();
     let mut after: Option<u64> = None;
     loop {
@@ -40,8 +52,11 @@ pub async fn fetch_all<T: DeserializeOwned>(
         let (page, next) = fetch_page(client, &page_url, token, hints).await?;
         all.extend(page);
         let Some(next) = next else {
-            return Ok(all);
+            return Ok((all, false));
         };
+        if !more(all.len()) {
+            return Ok((all, true));
+        }
         let next: u64 = next.parse().map_err(|_| {
             anyhow::anyhow!(
                 "the agent's next-page marker {next:?} is not a record id: is {} a tenantflow agent?",

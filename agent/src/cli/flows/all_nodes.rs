@@ -42,10 +42,15 @@ pub(super) async fn show(args: &FlowsArgs) -> anyhow::Result<()> {
             n.error.as_deref().unwrap_or("")
         );
     }
-    if merged.omitted > 0 {
+    if merged.omitted > 0 || !merged.truncated.is_empty() {
         eprintln!(
-            "tenantflow: {} more records left out by the index's --relay-max-records: narrow the query",
-            merged.omitted
+            "tenantflow: the answer is full (the index's --relay-max-records): {} records left out{}; narrow the query",
+            merged.omitted,
+            if merged.truncated.is_empty() {
+                String::new()
+            } else {
+                format!(", and more not read from {}", merged.truncated.join(", "))
+            }
         );
     }
     let answered = merged
