@@ -20,6 +20,7 @@ pub mod input;
 pub mod inventory;
 pub mod lateral;
 pub mod logging;
+pub mod memory;
 pub mod metric;
 pub mod nat;
 pub mod net;

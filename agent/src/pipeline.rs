@@ -13,7 +13,7 @@ use crate::{
     classify,
     classify::{Classification, SharedClasses},
     config::Config,
-    datapath::{Harvest, Harvester, Interfaces},
+    datapath::{Delta, Harvest, Harvester, Interfaces},
     dns::{DnsTracker, NamesLimits},
     event::{ConnEvent, EventKind},
     export::{otlp::Otlp, ConnectionView, FlowLog, FlowMetrics, NatMappings, Shared},
@@ -135,8 +135,11 @@ impl Pipeline {
         let m = &shared.metrics;
         let timer = m.harvest_duration.start_timer();
         let mut harvest = std::mem::take(&mut self.harvest);
-        match harvester.harvest(&mut harvest) {
-            Ok(()) => self.ingest(&harvest, interfaces, shared),
+        // Known points add up while the cache is read; new flows wait for the whole read.
+        let mut unknown = Vec::new();
+        let table = &mut self.table;
+        match harvester.harvest_with(&mut harvest, |batch| table.apply_known(batch, &mut unknown)) {
+            Ok(()) => self.settle_harvest(&harvest, &unknown, interfaces, shared),
             Err(e) => {
                 m.harvest_errors.inc();
                 warn!(error = %e, "harvest failed");
@@ -146,9 +149,23 @@ impl Pipeline {
         timer.observe_duration();
     }
 
-    /// Everything a harvest does after reading the kernel: pure userspace, so it is
-    /// benchmarked on its own (`agent/benches/harvest.rs`).
+    /// Everything a harvest does after reading the kernel, on deltas read in full: pure
+    /// userspace, so it is benchmarked on its own (`agent/benches/harvest.rs`).
     pub fn ingest(&mut self, harvest: &Harvest, interfaces: &impl Interfaces, shared: &Shared) {
+        let mut unknown = Vec::new();
+        self.table.apply_known(&harvest.deltas, &mut unknown);
+        self.settle_harvest(harvest, &unknown, interfaces, shared);
+    }
+
+    /// After the known points are applied: DNS names, new flows placed, NAT joins,
+    /// settling, and what the sinks see.
+    fn settle_harvest(
+        &mut self,
+        harvest: &Harvest,
+        unknown: &[Delta],
+        interfaces: &impl Interfaces,
+        shared: &Shared,
+    ) {
         let m = &shared.metrics;
         let now = monotonic_ns();
         m.flow_map_entries.set(harvest.occupied as i64);
@@ -158,7 +175,7 @@ impl Pipeline {
         // Before the flows: a connection opened right after its name was resolved is named
         // when it is first classified, in this same harvest.
         self.absorb_dns(harvest, interfaces, shared);
-        self.table.apply(&harvest.deltas, &self.nat, role);
+        self.table.place_unknown(unknown, &self.nat, role);
         let fresh = self.nat.take_fresh();
         self.table.join(&fresh, &self.nat);
         // Keep mappings of closed connections as long as their counters may still be shown.

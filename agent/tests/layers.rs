@@ -19,6 +19,7 @@ const LAYERS: &[&[&str]] = &[
         "input",
         "yaml_shape",
         "logging",
+        "memory",
     ],
     &["config"],
     &["datapath"],

@@ -25,7 +25,7 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 4)]
     pub seconds: u64,
     /// Node scale instead: many pod interfaces and concurrently active connections; prints
-    /// connections=, harvest_ms_p99=, rss_mib=, attach_N_ms= last.
+    /// connections=, harvest_ms_p99=, rss_mib= (peak), steady_rss_mib=, attach_N_ms= last.
     #[arg(long)]
     pub scale: bool,
     /// With --scale: concurrently active connections.

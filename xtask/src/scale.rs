@@ -109,7 +109,9 @@ fn measure(
     let wall = t0.elapsed().as_secs_f64();
     let connections = metric(node, "tenantflow_connections")?;
     let lost = metric(node, "tenantflow_datapath_evictions_lost_total")?;
-    let rss_mib = peak_rss_kib(pid)? as f64 / 1024.0;
+    let rss_mib = status_kib(pid, "VmHWM:")? as f64 / 1024.0;
+    // After the burst that placed every connection: what a node shows most of the time.
+    let steady_rss_mib = status_kib(pid, "VmRSS:")? as f64 / 1024.0;
     let _ = traffic.wait();
 
     let ticks = exec::run("getconf", &["CLK_TCK"])?.trim().parse::<f64>()?;
@@ -125,6 +127,7 @@ fn measure(
     println!("connections={connections}");
     println!("harvest_ms_p99={p99_ms}");
     println!("rss_mib={rss_mib:.1}");
+    println!("steady_rss_mib={steady_rss_mib:.1}");
     println!("attach_{pods}_ms={attach_ms:.1}");
     Ok(())
 }
@@ -236,13 +239,14 @@ fn cpu_ticks(pid: u32) -> Result<u64> {
     Ok(f[11].parse::<u64>()? + f[12].parse::<u64>()?)
 }
 
-fn peak_rss_kib(pid: u32) -> Result<u64> {
+/// A `/proc/<pid>/status` field in KiB (`VmHWM:` peak, `VmRSS:` now).
+fn status_kib(pid: u32, field: &str) -> Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .find_map(|l| l.strip_prefix(field))
         .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
-        .context("no VmHWM")
+        .with_context(|| format!("no {field} in /proc/{pid}/status"))
 }
 
 /// `tenantflow_harvest_duration_seconds` as scraped.

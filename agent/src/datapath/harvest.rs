@@ -27,6 +27,9 @@ use super::{
 /// Sets per batch syscall: 256 × 192 bytes × CPUs of buffer (3 MiB on a 64-vCPU node).
 const BATCH_SETS: u32 = 256;
 
+/// Deltas handed on at once while the cache is read (about 400 KiB).
+const BATCH_DELTAS: usize = 4_096;
+
 const CACHE_MAP: &str = "TF_FLOW_CACHE";
 const EVICTIONS_MAP: &str = "TF_EVICTIONS";
 const COUNTERS_MAP: &str = "TF_COUNTERS";
@@ -81,6 +84,8 @@ pub struct Harvester {
     cpus: usize,
     /// Deltas from eviction records drained between harvests.
     pending: Vec<Delta>,
+    /// Deltas read from the cache, handed on every [`BATCH_DELTAS`].
+    batch: Vec<Delta>,
     pending_dns: Vec<DnsMessage>,
     /// DNS messages dropped because `pending_dns` was full.
     pub dns_dropped: u64,
@@ -118,6 +123,7 @@ impl Harvester {
             slots: SlotDeltas::new(sets as usize * CACHE_WAYS),
             cpus,
             pending: Vec::new(),
+            batch: Vec::with_capacity(BATCH_DELTAS + CACHE_WAYS),
             pending_dns: Vec::new(),
             dns_dropped: 0,
         })
@@ -172,17 +178,34 @@ impl Harvester {
         }
     }
 
-    /// Read the cache into `out`, replacing what it held; its buffer is kept, so a busy
-    /// node's hundreds of thousands of deltas do not cost a fresh allocation every time.
+    /// Read the cache into `out`, replacing what it held (its buffer is kept).
     pub fn harvest(&mut self, out: &mut Harvest) -> Result<(), DatapathError> {
+        let mut deltas = std::mem::take(&mut out.deltas);
+        deltas.clear();
+        let read = self.harvest_with(out, |batch| deltas.extend_from_slice(batch));
+        out.deltas = deltas;
+        read
+    }
+
+    /// Read the cache, handing its deltas to `each` a batch at a time (eviction records
+    /// first) instead of keeping them: at node scale one vector of every active point
+    /// would be tens of MiB held from one harvest to the next. `out` gets the rest of the
+    /// harvest (DNS messages, occupancy, counters); its `deltas` are left empty.
+    pub fn harvest_with(
+        &mut self,
+        out: &mut Harvest,
+        mut each: impl FnMut(&[Delta]),
+    ) -> Result<(), DatapathError> {
         self.drain_evictions();
         self.drain_dns();
         out.dns.clear();
         out.dns.append(&mut self.pending_dns);
         out.deltas.clear();
-        out.deltas.append(&mut self.pending);
+        each(&self.pending);
+        self.pending.clear();
         let slots = &mut self.slots;
-        let deltas = &mut out.deltas;
+        let batch = &mut self.batch;
+        batch.clear();
         self.reader
             .read_all(self.cache.fd().as_fd(), self.sets, |set, cpu, bytes| {
                 // SAFETY: the kernel wrote one FlowSet (repr(C), every bit pattern valid) per
@@ -190,7 +213,11 @@ impl Harvester {
                 let value: FlowSet = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
                 for (way, slot) in value.ways.iter().enumerate() {
                     let index = set * CACHE_WAYS as u32 + way as u32;
-                    deltas.extend(slots.observed(cpu as u32, index, slot));
+                    batch.extend(slots.observed(cpu as u32, index, slot));
+                }
+                if batch.len() >= BATCH_DELTAS {
+                    each(batch);
+                    batch.clear();
                 }
             })
             .map_err(|e| DatapathError::Map {
@@ -200,6 +227,8 @@ impl Harvester {
                     io_error: e,
                 }),
             })?;
+        each(batch);
+        batch.clear();
         self.slots.end_round();
         out.occupied = self.slots.occupied();
         out.counters = self.read_counters()?;

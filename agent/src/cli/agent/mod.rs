@@ -160,6 +160,9 @@ async fn run_async(args: AgentArgs) -> anyhow::Result<()> {
     outcome
 }
 
+/// How often freed heap goes back to the system (`crate::memory`).
+const TRIM_INTERVAL: Duration = Duration::from_secs(10);
+
 /// A harvest this overdue means the loop is stuck: ten intervals, at least 10 s (well inside
 /// the chart's liveness probe: three failures 20 s apart).
 fn stall_limit(harvest: Duration) -> Duration {
@@ -183,6 +186,8 @@ async fn observe(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut hook_check = tokio::time::interval(args.hook_check_interval);
     hook_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut trim = tokio::time::interval(TRIM_INTERVAL);
+    trim.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let nl = rtnetlink_handle(dp.mode);
     let signal = shutdown.signalled();
     tokio::pin!(signal);
@@ -217,6 +222,7 @@ async fn observe(
                 harvest_now(pipeline, harvester, attachments, nat_rx, socket_lb, shared);
                 shared.mark_harvest();
             }
+            _ = trim.tick() => crate::memory::release_free_heap(),
             _ = hook_check.tick() => {
                 let positions = attachments.stay_first(&mut loaded.ebpf, nl.as_ref()).await;
                 publish_positions(shared, &positions);

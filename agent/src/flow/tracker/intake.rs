@@ -9,9 +9,16 @@ impl<A: Default> ConnTable<A> {
     /// their connection (through conntrack's tuples, or the tuple and its reverse), and
     /// flows that belong to nothing yet become connections.
     pub fn apply(&mut self, deltas: &[Delta], nat: &NatTable, role: impl Fn(u32) -> Option<Role>) {
-        // Deltas of flows no connection has yet: gathered, then sorted and merged per key
-        // below (a burst of new connections costs one flat vector, not a growing map).
-        let mut unknown: Vec<&Delta> = Vec::new();
+        let mut unknown = Vec::new();
+        self.apply_known(deltas, &mut unknown);
+        self.place_unknown(&unknown, nat, role);
+    }
+
+    /// Known observation points add up; deltas of flows no connection has yet are copied to
+    /// `unknown`, to be placed together once the whole harvest is read
+    /// ([`ConnTable::place_unknown`]). Called a batch at a time while the kernel cache is
+    /// read, so a node's active points never sit in one vector.
+    pub fn apply_known(&mut self, deltas: &[Delta], unknown: &mut Vec<Delta>) {
         for d in deltas {
             let hinted = self.hints.get(d.slot as usize).copied().unwrap_or(0);
             let (id, point) = (hinted >> 8, (hinted & 0xff) as usize);
@@ -25,7 +32,7 @@ impl<A: Default> ConnTable<A> {
                 Some(t) => (id, t, point),
                 None => {
                     let Some(&id) = self.by_key.get(&d.key) else {
-                        unknown.push(d);
+                        unknown.push(*d);
                         continue;
                     };
                     let t = self.conns.get_mut(&id).expect("indexed connection");
@@ -48,6 +55,17 @@ impl<A: Default> ConnTable<A> {
                 self.hints[slot] = id << 8 | i as u64;
             }
         }
+    }
+
+    /// A whole harvest's deltas of flows no connection had: sorted and merged per key (a
+    /// burst of new connections costs one flat vector, not a growing map), then joined to
+    /// their connections or placed as new ones, both directions decided together.
+    pub fn place_unknown(
+        &mut self,
+        unknown: &[Delta],
+        nat: &NatTable,
+        role: impl Fn(u32) -> Option<Role>,
+    ) {
         let mut fresh: Vec<(FlowKey, FlowEntry)> = Vec::with_capacity(unknown.len());
         fresh.extend(unknown.iter().map(|d| {
             let mut e = FlowEntry::default();
