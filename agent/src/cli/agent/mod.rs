@@ -17,7 +17,7 @@ use attach::{
     attach_processes, attach_socket_lb, detach, mode_name, on_link_event, publish_attachments,
     publish_positions, rtnetlink_handle, start_datapath, undo_on_err, Datapath,
 };
-use outputs::{access, bind, open_flow_log, otlp, sinks};
+use outputs::{access, bind, open_flow_log, sinks, start_otlp};
 use sources::{identity_sources, load_identity, node_name, probe_nat, spawn_watches};
 
 pub use args::{AgentArgs, AuthMode};
@@ -42,19 +42,19 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
 async fn run_async(args: AgentArgs) -> anyhow::Result<()> {
     let shutdown = Shutdown::install().context("installing SIGTERM/SIGINT handlers")?;
     bounds::check(&args)?;
-    if let Some(cfg) = args
+    let node = node_name(&args);
+    let otlp = args
         .otlp
-        .config(&node_name(&args), args.flow_log_update_interval)?
-    {
-        export::otlp::validate(&cfg).map_err(|e| UsageError(e.to_string()))?;
-    }
+        .config(&node, args.flow_log_update_interval)?
+        .map(export::otlp::prepare)
+        .transpose()
+        .map_err(|e| UsageError(e.to_string()))?;
     let access = access(&args).await?;
     // Before anything is attached or removed: a second agent must not touch the first's hooks.
     let _lock = datapath::lock_agent().map_err(|e| UsageError(e.to_string()))?;
     let (listener, records_listener) = bind(&args).await?;
     let config = super::load_config(args.config.as_deref())?;
     let (reload_tx, reload_rx) = tokio::sync::mpsc::unbounded_channel();
-    let node = node_name(&args);
     let (mut store, source, kube_client) =
         load_identity(&config, &args.identity_index, reload_tx).await?;
     if source != "snapshot" {
@@ -102,7 +102,7 @@ async fn run_async(args: AgentArgs) -> anyhow::Result<()> {
     });
     info!(listen = %args.listen, flows_listen = %args.flows_listen, interfaces = dp.attachments.len(), "ready");
 
-    let (otlp, otlp_sender) = undo_on_err(otlp(&args, &node, &shared), &mut dp).await?;
+    let (otlp, otlp_sender) = undo_on_err(start_otlp(otlp, &shared), &mut dp).await?;
     let (sinks, edges) = undo_on_err(sinks(&args, &shared, flow_log, otlp), &mut dp).await?;
     let otlp_task = otlp_sender.map(|s| (s.closer(), tokio::spawn(s.run())));
     let mut pipeline = Pipeline::new(

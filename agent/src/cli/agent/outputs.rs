@@ -111,18 +111,16 @@ pub(super) fn open_flow_log(args: &AgentArgs) -> anyhow::Result<Option<FlowLog>>
 }
 
 /// The OTLP exporter (the harvest's side and the sender task), when configured.
-pub(super) fn otlp(
-    args: &AgentArgs,
-    node: &str,
+pub(super) fn start_otlp(
+    prepared: Option<otlp::Prepared>,
     shared: &Shared,
 ) -> anyhow::Result<(Option<Otlp>, Option<otlp::Sender>)> {
-    let Some(cfg) = args.otlp.config(node, args.flow_log_update_interval)? else {
+    let Some(prepared) = prepared else {
         return Ok((None, None));
     };
     let metrics = OtlpMetrics::new(&shared.metrics.registry).context("registering OTLP metrics")?;
-    let endpoint = cfg.endpoint.clone();
-    let (o, sender) = Otlp::new(cfg, metrics).map_err(|e| UsageError(e.to_string()))?;
-    info!(%endpoint, "exporting flow records over OTLP");
+    info!(endpoint = %prepared.endpoint(), "exporting flow records over OTLP");
+    let (o, sender) = Otlp::new(prepared, metrics);
     Ok((Some(o), Some(sender)))
 }
 

@@ -81,22 +81,36 @@ pub struct Otlp {
     metrics: OtlpMetrics,
 }
 
-/// The sender's side, run by [`Sender::run`] until [`Sender::close`] and the queue drains.
+/// The sender's side, run by [`Sender::run`] until its [`Sender::closer`] is cancelled and
+/// the queue is sent (or the shutdown timeout passes).
 pub struct Sender {
     task: sender::Task,
     closing: CancellationToken,
 }
 
-/// Checks `cfg` as [`Otlp::new`] would (endpoint, CA file, headers), without starting
-/// anything: bad flags are named before the agent attaches.
-pub fn validate(cfg: &OtlpConfig) -> Result<(), OtlpError> {
-    transport::Transport::new(cfg).map(drop)
+/// An exporter's settings with its transport built (endpoint, CA file and headers
+/// checked): made before the agent attaches, so bad flags are named first.
+pub struct Prepared {
+    cfg: OtlpConfig,
+    transport: transport::Transport,
+}
+
+/// Checks `cfg` and builds its transport; nothing connects yet.
+pub fn prepare(cfg: OtlpConfig) -> Result<Prepared, OtlpError> {
+    let transport = transport::Transport::new(&cfg)?;
+    Ok(Prepared { cfg, transport })
+}
+
+impl Prepared {
+    pub fn endpoint(&self) -> &str {
+        &self.cfg.endpoint
+    }
 }
 
 impl Otlp {
-    /// The producer and the sender task for `cfg`; nothing is sent until the task runs.
-    pub fn new(cfg: OtlpConfig, metrics: OtlpMetrics) -> Result<(Self, Sender), OtlpError> {
-        let transport = transport::Transport::new(&cfg)?;
+    /// The producer and the sender task; nothing is sent until the task runs.
+    pub fn new(prepared: Prepared, metrics: OtlpMetrics) -> (Self, Sender) {
+        let Prepared { cfg, transport } = prepared;
         let (tx, rx) = mpsc::channel(cfg.queue.max(1));
         metrics.queue_capacity.set(cfg.queue as i64);
         let closing = CancellationToken::new();
@@ -106,7 +120,7 @@ impl Otlp {
             tx,
             metrics,
         };
-        Ok((otlp, Sender { task, closing }))
+        (otlp, Sender { task, closing })
     }
 
     /// One harvest's events: each record is converted and queued, or counted as dropped
