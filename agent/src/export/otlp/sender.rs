@@ -75,8 +75,7 @@ impl Task {
             let first = tokio::select! {
                 r = self.rx.recv() => r,
                 _ = self.closing.cancelled(), if deadline.is_none() => {
-                    deadline = Some(Instant::now() + self.shutdown_timeout);
-                    self.rx.close();
+                    deadline = Some(self.close());
                     continue;
                 }
             };
@@ -94,11 +93,7 @@ impl Task {
                 .iter()
                 .filter_map(|b| LogRecord::decode(b.as_ref()).ok())
                 .collect();
-            let broken = (batch.len() - records.len()) as u64;
-            if broken > 0 {
-                self.metrics.dropped("rejected").inc_by(broken);
-                self.metrics.queued.sub(broken as i64);
-            }
+            self.dropped((batch.len() - records.len()) as u64, "rejected");
             drop(batch);
             let n = records.len() as u64;
             if n == 0 {
@@ -124,8 +119,8 @@ impl Task {
                         backoff.reset();
                         let rejected = rejected.min(n);
                         self.metrics.exported.inc_by(n - rejected);
-                        self.metrics.dropped("rejected").inc_by(rejected);
-                        self.metrics.queued.sub(n as i64);
+                        self.metrics.queued.sub((n - rejected) as i64);
+                        self.dropped(rejected, "rejected");
                         if rejected > 0 {
                             warn!(rejected, "OTLP collector rejected part of a batch");
                         }
@@ -135,8 +130,7 @@ impl Task {
                         self.metrics.failure(f.retryable).inc();
                         if !f.retryable {
                             warn!(records = n, reason = %f.reason, "OTLP collector refused a batch; dropped");
-                            self.metrics.dropped("rejected").inc_by(n);
-                            self.metrics.queued.sub(n as i64);
+                            self.dropped(n, "rejected");
                             break;
                         }
                         let wait = backoff.delay();
@@ -144,8 +138,7 @@ impl Task {
                         tokio::select! {
                             _ = tokio::time::sleep(wait) => {}
                             _ = self.closing.cancelled(), if deadline.is_none() => {
-                                deadline = Some(Instant::now() + self.shutdown_timeout);
-                                self.rx.close();
+                                deadline = Some(self.close());
                             }
                         }
                     }
@@ -158,13 +151,25 @@ impl Task {
         );
     }
 
+    /// The agent is stopping: nothing more is queued, and sending ends at the returned
+    /// deadline.
+    fn close(&mut self) -> Instant {
+        self.rx.close();
+        Instant::now() + self.shutdown_timeout
+    }
+
     /// `n` records the stopping agent could not send in time.
     fn lost(&mut self, n: u64) {
         warn!(
             records = n,
             "agent stopping: OTLP records not sent in time are dropped"
         );
-        self.metrics.dropped("shutdown").inc_by(n);
+        self.dropped(n, "shutdown");
+    }
+
+    /// `n` queued records that will not be sent, counted under `reason`.
+    fn dropped(&self, n: u64, reason: &str) {
+        self.metrics.dropped(reason).inc_by(n);
         self.metrics.queued.sub(n as i64);
     }
 
