@@ -55,8 +55,13 @@ impl RelayMetrics {
         for r in RESULTS {
             m.queries.with_label_values(&[r]);
         }
-        for s in ["ok", "denied", "timeout", "failed"] {
-            m.nodes.with_label_values(&[s]);
+        for s in [
+            NodeStatus::Ok,
+            NodeStatus::Denied,
+            NodeStatus::Timeout,
+            NodeStatus::Failed,
+        ] {
+            m.nodes.with_label_values(&[s.as_str()]);
         }
         Ok(m)
     }
@@ -66,12 +71,6 @@ impl RelayMetrics {
     }
 
     pub fn node(&self, status: NodeStatus) {
-        let s = match status {
-            NodeStatus::Ok => "ok",
-            NodeStatus::Denied => "denied",
-            NodeStatus::Timeout => "timeout",
-            NodeStatus::Failed => "failed",
-        };
-        self.nodes.with_label_values(&[s]).inc();
+        self.nodes.with_label_values(&[status.as_str()]).inc();
     }
 }

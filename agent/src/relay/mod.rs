@@ -85,6 +85,18 @@ pub enum NodeStatus {
     Failed,
 }
 
+impl NodeStatus {
+    /// As serialized: the relay's metric label and what the CLI prints.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NodeStatus::Ok => "ok",
+            NodeStatus::Denied => "denied",
+            NodeStatus::Timeout => "timeout",
+            NodeStatus::Failed => "failed",
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeAnswer {
     pub node: String,
@@ -336,6 +348,18 @@ mod tests {
             name: name.into(),
             ips: ips.iter().map(|i| i.parse().unwrap()).collect(),
         })
+    }
+
+    #[test]
+    fn a_status_is_named_alike_in_json_metrics_and_the_cli() {
+        for s in [
+            NodeStatus::Ok,
+            NodeStatus::Denied,
+            NodeStatus::Timeout,
+            NodeStatus::Failed,
+        ] {
+            assert_eq!(serde_json::to_value(s).unwrap(), s.as_str());
+        }
     }
 
     #[test]

@@ -34,11 +34,10 @@ pub(super) async fn show(args: &FlowsArgs) -> anyhow::Result<()> {
             )
         })??;
     for n in merged.nodes.iter().filter(|n| n.status != NodeStatus::Ok) {
-        let status = serde_json::to_value(n.status)?;
         eprintln!(
             "tenantflow: node {} did not answer ({}): {}",
             n.node,
-            status.as_str().unwrap_or_default(),
+            n.status.as_str(),
             n.error.as_deref().unwrap_or("")
         );
     }

@@ -83,7 +83,6 @@ pub fn log_record(
 
 /// One line a person reads in a log view: `tcp 10.0.0.1:4242 -> 203.0.113.9:443 pod_to_egress`.
 fn summary(v: &ConnectionView) -> String {
-    let class = serde_json::to_value(v.class.flow_class).unwrap_or(Value::Null);
     let proto = serde_json::to_value(v.proto).unwrap_or(Value::Null);
     format!(
         "{} {} -> {} {}",
@@ -93,7 +92,7 @@ fn summary(v: &ConnectionView) -> String {
             .unwrap_or_else(|| proto.to_string()),
         std::net::SocketAddr::new(v.src, v.src_port),
         std::net::SocketAddr::new(v.dst, v.dst_port),
-        class.as_str().unwrap_or_default()
+        v.class.flow_class.as_str()
     )
 }
 
