@@ -64,7 +64,8 @@ pub struct KernelCounters {
 #[derive(Debug, Default)]
 pub struct Harvest {
     /// New traffic since the last harvest, per flow and observation point (a flow may
-    /// appear once per CPU that carried it).
+    /// appear once per CPU that carried it), for `Pipeline::ingest` (the harvest bench).
+    /// [`Harvester::harvest_with`] hands its deltas on in batches and leaves this empty.
     pub deltas: Vec<Delta>,
     /// Slots holding a flow, over all CPUs.
     pub occupied: usize,
@@ -176,15 +177,6 @@ impl Harvester {
             let e: Evicted = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
             self.pending.extend(self.slots.evicted(&e));
         }
-    }
-
-    /// Read the cache into `out`, replacing what it held (its buffer is kept).
-    pub fn harvest(&mut self, out: &mut Harvest) -> Result<(), DatapathError> {
-        let mut deltas = std::mem::take(&mut out.deltas);
-        deltas.clear();
-        let read = self.harvest_with(out, |batch| deltas.extend_from_slice(batch));
-        out.deltas = deltas;
-        read
     }
 
     /// Read the cache, handing its deltas to `each` a batch at a time (eviction records

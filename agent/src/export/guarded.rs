@@ -94,7 +94,7 @@ pub async fn authorize<R: Review>(
     mut req: Request,
     next: Next,
 ) -> Response {
-    let token = bearer(&req);
+    let token = bearer(req.headers());
     // Only what is needed to decide; the handler validates the whole query.
     let asked = Query::<Asked>::try_from_uri(req.uri())
         .map(|Query(a)| a)
@@ -122,14 +122,18 @@ pub async fn path_authorized<R: Review>(
     next: Next,
 ) -> Response {
     let path = req.uri().path().to_owned();
-    match guard.check_path(bearer(&req).as_deref(), &path).await {
+    match guard
+        .check_path(bearer(req.headers()).as_deref(), &path)
+        .await
+    {
         Ok(()) => next.run(req).await,
         Err(d) => refusal(d),
     }
 }
 
-fn bearer(req: &Request) -> Option<String> {
-    req.headers()
+/// The bearer token of a request's `Authorization` header, if it has one.
+pub fn bearer(headers: &axum::http::HeaderMap) -> Option<String> {
+    headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))

@@ -12,7 +12,7 @@ use axum::{
 use tokio::sync::Semaphore;
 
 use super::{targets, RelayMetrics, SharedRelay};
-use crate::identity::SharedStore;
+use crate::{export::guarded::bearer, identity::SharedStore};
 
 /// Where the index serves the relayed query.
 pub const PATH: &str = "/v1/flows";
@@ -53,13 +53,7 @@ fn refuse(status: StatusCode, why: &str) -> Response {
 }
 
 async fn flows(State(s): State<RelayState>, headers: HeaderMap, uri: Uri) -> Response {
-    let Some(token) = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(|t| t.trim().to_owned())
-        .filter(|t| !t.is_empty())
-    else {
+    let Some(token) = bearer(&headers).filter(|t| !t.is_empty()) else {
         s.metrics.query("no_token");
         return refuse(
             StatusCode::UNAUTHORIZED,
