@@ -431,11 +431,12 @@ impl Pipeline {
         self.sinks.metrics.observe(&events, store, wall);
         self.sinks.nat_mappings.observe(&events);
         self.sinks.fanout.observe(&events, wall);
+        let clock = WallClock::now();
         if let Some(otlp) = &mut self.sinks.otlp {
-            otlp.observe(&events, wall, &WallClock::now());
+            otlp.observe(&events, wall, &clock);
         }
         if let Some(log) = &mut self.sinks.log {
-            match log.observe(&events, wall, &WallClock::now()) {
+            match log.observe(&events, wall, &clock) {
                 Ok(n) => m.flow_log_records.inc_by(n),
                 Err(e) => {
                     m.flow_log_errors.inc();
