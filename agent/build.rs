@@ -16,6 +16,10 @@ fn pinned(key: &str) -> anyhow::Result<String> {
 
 fn main() -> anyhow::Result<()> {
     println!("cargo:rerun-if-changed=../toolchains.env");
+    // The kernel programs include agent-common's types and sizes: a change there must
+    // rebuild them, or the agent would load an object built against the old layout.
+    // (aya-build watches agent-ebpf's own sources only.)
+    println!("cargo:rerun-if-changed=../agent-common");
     let nightly = pinned("BPF_NIGHTLY")?;
     let ebpf = aya_build::Package {
         name: "agent-ebpf",

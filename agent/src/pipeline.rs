@@ -13,11 +13,13 @@ use crate::{
     classify,
     classify::{Classification, SharedClasses},
     config::Config,
-    datapath::{Delta, Harvest, Harvester, Interfaces},
+    datapath::{Harvest, Harvester, Interfaces},
     dns::{DnsTracker, NamesLimits},
     event::{ConnEvent, EventKind},
     export::{otlp::Otlp, ConnectionView, FlowLog, FlowMetrics, NatMappings, Shared},
-    flow::{decide_outcome, ConnId, ConnTable, Counts, FlowView, Outcome, Seen, Settled},
+    flow::{
+        decide_outcome, ConnId, ConnTable, Counts, FlowView, NewPoints, Outcome, Seen, Settled,
+    },
     identity::{SharedStore, Store},
     lateral::{Edges, Fanout},
     nat::{Mechanism, NatEvent, NatTable},
@@ -62,6 +64,9 @@ pub struct Pipeline {
     table: ConnTable<Annotation>,
     /// The last harvest's buffer, reused.
     harvest: Harvest,
+    /// Points of new flows from eviction records taken between harvests
+    /// ([`Pipeline::absorb_evictions`]), placed by the next harvest.
+    unknown: NewPoints,
     classes: SharedClasses,
     /// Identity store version of the last full reclassification.
     classified_at: Option<u64>,
@@ -94,6 +99,7 @@ impl Pipeline {
         Self {
             table: ConnTable::new(mechanism != Mechanism::None),
             harvest: Harvest::default(),
+            unknown: NewPoints::new(),
             classes: SharedClasses::default(),
             classified_at: None,
             nat: NatTable::new(),
@@ -136,10 +142,10 @@ impl Pipeline {
         let timer = m.harvest_duration.start_timer();
         let mut harvest = std::mem::take(&mut self.harvest);
         // Known points add up while the cache is read; new flows wait for the whole read.
-        let mut unknown = Vec::new();
+        let mut unknown = std::mem::take(&mut self.unknown);
         let table = &mut self.table;
         match harvester.harvest_with(&mut harvest, |batch| table.apply_known(batch, &mut unknown)) {
-            Ok(()) => self.settle_harvest(&harvest, &unknown, interfaces, shared),
+            Ok(()) => self.settle_harvest(&harvest, unknown, interfaces, shared),
             Err(e) => {
                 m.harvest_errors.inc();
                 warn!(error = %e, "harvest failed");
@@ -149,12 +155,19 @@ impl Pipeline {
         timer.observe_duration();
     }
 
+    /// Eviction records that came between harvests: known points add up now, new flows
+    /// wait for the next harvest to be placed with the rest.
+    pub fn absorb_evictions(&mut self, harvester: &mut Harvester) {
+        let (table, unknown) = (&mut self.table, &mut self.unknown);
+        harvester.take_evicted(|batch| table.apply_known(batch, unknown));
+    }
+
     /// Everything a harvest does after reading the kernel, on deltas read in full: pure
     /// userspace, so it is benchmarked on its own (`agent/benches/harvest.rs`).
     pub fn ingest(&mut self, harvest: &Harvest, interfaces: &impl Interfaces, shared: &Shared) {
         let mut unknown = Vec::new();
         self.table.apply_known(&harvest.deltas, &mut unknown);
-        self.settle_harvest(harvest, &unknown, interfaces, shared);
+        self.settle_harvest(harvest, unknown, interfaces, shared);
     }
 
     /// After the known points are applied: DNS names, new flows placed, NAT joins,
@@ -162,7 +175,7 @@ impl Pipeline {
     fn settle_harvest(
         &mut self,
         harvest: &Harvest,
-        unknown: &[Delta],
+        unknown: NewPoints,
         interfaces: &impl Interfaces,
         shared: &Shared,
     ) {

@@ -34,6 +34,9 @@ pub struct BenchArgs {
     /// With --scale: pod interfaces on the node.
     #[arg(long, default_value_t = 250)]
     pub pods: u32,
+    /// With --scale: the agent's `--flow-cache-sets` (default: sized for the connections).
+    #[arg(long)]
+    pub flow_cache_sets: Option<u32>,
     /// The parser fuzz targets instead, each for --cases mutated inputs (release build).
     #[arg(long)]
     pub fuzz: bool,
@@ -90,6 +93,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
             connections: args.connections,
             pods: args.pods,
             seconds: args.seconds.max(5),
+            flow_cache_sets: args.flow_cache_sets,
         };
         return crate::scale::run(&agent_bin.to_string_lossy(), &scale);
     }

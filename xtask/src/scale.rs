@@ -26,6 +26,7 @@ pub struct ScaleArgs {
     pub connections: u32,
     pub pods: u32,
     pub seconds: u64,
+    pub flow_cache_sets: Option<u32>,
 }
 
 pub fn run(agent_bin: &str, args: &ScaleArgs) -> Result<()> {
@@ -56,9 +57,11 @@ pub fn run(agent_bin: &str, args: &ScaleArgs) -> Result<()> {
     // Sized as an operator would for this node: every active flow's two observation points
     // fit in the cache (two ways per set, one cache per CPU).
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as u32;
-    let sets = (args.connections * 2)
-        .div_ceil(2 * cpus)
-        .next_power_of_two();
+    let sets = args.flow_cache_sets.unwrap_or_else(|| {
+        (args.connections * 2)
+            .div_ceil(2 * cpus)
+            .next_power_of_two()
+    });
     eprintln!("scale: --flow-cache-sets {sets}");
     let mut agent = start_agent(agent_bin, &node, &log, sets)?;
     let result = measure(&lab, &node, &mut agent, &log, args);
@@ -102,10 +105,14 @@ fn measure(
         .context("starting the flow generator")?;
     std::thread::sleep(Duration::from_secs(WARMUP_S));
     let pid = agent.id();
+    const EVICTIONS: &str = "tenantflow_datapath_evictions_total";
+    const PACKETS: &str = "tenantflow_datapath_packets_total";
     let (cpu0, h0) = (cpu_ticks(pid)?, histogram(node)?);
+    let (ev0, pk0) = (metric(node, EVICTIONS)?, metric(node, PACKETS)?);
     let t0 = Instant::now();
     std::thread::sleep(Duration::from_secs(args.seconds));
     let (cpu1, h1) = (cpu_ticks(pid)?, histogram(node)?);
+    let (ev1, pk1) = (metric(node, EVICTIONS)?, metric(node, PACKETS)?);
     let wall = t0.elapsed().as_secs_f64();
     let connections = metric(node, "tenantflow_connections")?;
     let lost = metric(node, "tenantflow_datapath_evictions_lost_total")?;
@@ -124,6 +131,10 @@ fn measure(
     println!("attach_new_ms={attach_new_ms:.1}");
     println!("cpu_ms_per_s={cpu_ms_per_s:.1}");
     println!("harvest_ms_mean={mean_ms:.1}");
+    // Packets that took a slot from another flow: each one costs the agent an eviction
+    // record instead of a slot read.
+    println!("evictions_per_s={:.0}", (ev1 - ev0) / wall);
+    println!("packets_per_s={:.0}", (pk1 - pk0) / wall);
     println!("connections={connections}");
     println!("harvest_ms_p99={p99_ms}");
     println!("rss_mib={rss_mib:.1}");

@@ -194,13 +194,13 @@ async fn observe(
     let Datapath {
         loaded,
         harvester,
-        evictions,
         dns,
         attachments,
         selector,
         events,
         ..
     } = dp;
+    let evicted = harvester.evictions_ready();
     loop {
         tokio::select! {
             s = &mut signal => {
@@ -223,17 +223,11 @@ async fn observe(
                 shared.mark_harvest();
             }
             _ = trim.tick() => crate::memory::release_free_heap(),
+            _ = evicted.notified() => pipeline.absorb_evictions(harvester),
             _ = hook_check.tick() => {
                 let positions = attachments.stay_first(&mut loaded.ebpf, nl.as_ref()).await;
                 publish_positions(shared, &positions);
             }
-            ready = evictions.readable() => match ready {
-                Ok(mut guard) => {
-                    harvester.drain_evictions();
-                    guard.clear_ready();
-                }
-                Err(e) => break Err(anyhow::anyhow!("eviction ring wait failed: {e}")),
-            },
             ready = dns.readable() => match ready {
                 Ok(mut guard) => {
                     harvester.drain_dns();
