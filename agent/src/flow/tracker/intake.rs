@@ -85,8 +85,14 @@ impl<A: Default> ConnTable<A> {
         // taken) may hold a connection's end, and must join that connection, not found one
         // that its own start would then supersede.
         fresh.sort_by_key(|f| f.0.generation == 0);
+        // Taken from the back in that order, so the vector gives its memory back as it
+        // empties: a burst's new points are tens of MiB, and `loose` grows meanwhile.
+        fresh.reverse();
         let mut loose: HashMap<(FlowTuple, u32), Loose> = HashMap::default();
-        for (key, entry) in fresh {
+        while let Some((key, entry)) = fresh.pop() {
+            if fresh.len() < fresh.capacity() / 2 {
+                fresh.shrink_to_fit();
+            }
             let tuple = FlowTuple::from(&key);
             let r = role(key.ifindex);
             let generation = key.generation;
