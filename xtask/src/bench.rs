@@ -37,6 +37,9 @@ pub struct BenchArgs {
     /// With --scale: the agent's `--flow-cache-sets` (default: sized for the connections).
     #[arg(long)]
     pub flow_cache_sets: Option<u32>,
+    /// With --scale: the agent's `--harvest-interval`.
+    #[arg(long, default_value = "1s")]
+    pub harvest_interval: String,
     /// The parser fuzz targets instead, each for --cases mutated inputs (release build).
     #[arg(long)]
     pub fuzz: bool,
@@ -94,6 +97,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
             pods: args.pods,
             seconds: args.seconds.max(5),
             flow_cache_sets: args.flow_cache_sets,
+            harvest_interval: args.harvest_interval,
         };
         return crate::scale::run(&agent_bin.to_string_lossy(), &scale);
     }

@@ -27,6 +27,7 @@ pub struct ScaleArgs {
     pub pods: u32,
     pub seconds: u64,
     pub flow_cache_sets: Option<u32>,
+    pub harvest_interval: String,
 }
 
 pub fn run(agent_bin: &str, args: &ScaleArgs) -> Result<()> {
@@ -63,7 +64,7 @@ pub fn run(agent_bin: &str, args: &ScaleArgs) -> Result<()> {
             .next_power_of_two()
     });
     eprintln!("scale: --flow-cache-sets {sets}");
-    let mut agent = start_agent(agent_bin, &node, &log, sets)?;
+    let mut agent = start_agent(agent_bin, &node, &log, sets, &args.harvest_interval)?;
     let result = measure(&lab, &node, &mut agent, &log, args);
     // SAFETY: signalling our own child.
     unsafe { libc::kill(agent.id() as i32, libc::SIGTERM) };
@@ -169,10 +170,21 @@ fn add_veths(ns: &str, prefix: &str, n: u32) -> Result<()> {
     Ok(())
 }
 
-fn start_agent(bin: &str, node: &str, log: &std::path::Path, sets: u32) -> Result<Child> {
+fn start_agent(
+    bin: &str,
+    node: &str,
+    log: &std::path::Path,
+    sets: u32,
+    harvest_interval: &str,
+) -> Result<Child> {
     Command::new("ip")
         .args(["netns", "exec", node, bin, "agent", "--listen", LISTEN])
-        .args(["--harvest-interval", "1s", "--log-format", "json"])
+        .args([
+            "--harvest-interval",
+            harvest_interval,
+            "--log-format",
+            "json",
+        ])
         .args(["--flow-cache-sets", &sets.to_string()])
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(log)?)
