@@ -62,13 +62,21 @@ impl Evictions {
         let thread = std::thread::Builder::new()
             .name("tf-evictions".into())
             .spawn(move || {
-                let mut copied = Vec::new();
                 while !s.stop.load(Ordering::Acquire) {
                     waiter.wait(IDLE_WAIT);
                     let room = QUEUE_MAX.saturating_sub(lock(&s.queue).len());
+                    // A new vector each time, moved into the queue when that is empty:
+                    // neither keeps the capacity of a burst once it has been taken.
+                    let mut copied = Vec::new();
                     copy_out(&mut lock(&s.ring), &mut copied, room);
                     if !copied.is_empty() {
-                        lock(&s.queue).append(&mut copied);
+                        let mut queue = lock(&s.queue);
+                        if queue.is_empty() {
+                            *queue = copied;
+                        } else {
+                            queue.append(&mut copied);
+                        }
+                        drop(queue);
                         s.ready.notify_one();
                     }
                 }
@@ -87,9 +95,11 @@ impl Evictions {
 
     /// Every record not yet taken, oldest first: those the thread copied out, then what
     /// is still in the ring (emptied here too, so a harvest never waits for the thread).
-    pub fn take(&self, out: &mut Vec<Evicted>) {
-        out.append(&mut lock(&self.shared.queue));
-        copy_out(&mut lock(&self.shared.ring), out, usize::MAX);
+    /// The queue's vector itself is taken, so its capacity goes with it.
+    pub fn take(&self) -> Vec<Evicted> {
+        let mut out = std::mem::take(&mut *lock(&self.shared.queue));
+        copy_out(&mut lock(&self.shared.ring), &mut out, usize::MAX);
+        out
     }
 }
 

@@ -142,12 +142,13 @@ impl Harvester {
         self.evictions.ready()
     }
 
-    /// The eviction records waiting, as deltas handed to `each`: between harvests, so they
-    /// are added to their connections as they come instead of held until the next one.
+    /// The eviction records waiting, as deltas handed to `each` a batch at a time: between
+    /// harvests, so they are added to their connections as they come instead of held
+    /// until the next one.
     pub fn take_evicted(&mut self, mut each: impl FnMut(&[Delta])) {
         let batch = &mut self.batch;
         batch.clear();
-        take_evictions(&self.evictions, &mut self.slots, batch);
+        hand_evictions(&self.evictions, &mut self.slots, batch, &mut each);
         each(batch);
         batch.clear();
     }
@@ -174,8 +175,9 @@ impl Harvester {
     }
 
     /// Read the cache, handing its deltas to `each` a batch at a time (eviction records
-    /// first, and again between batches) instead of keeping them: at node scale one vector of every active point
-    /// would be tens of MiB held from one harvest to the next. `out` gets the rest of the
+    /// first, and again between batches) instead of keeping them: at node scale one
+    /// vector of every active point would be tens of MiB held from one harvest to the
+    /// next. `out` gets the rest of the
     /// harvest (DNS messages, occupancy, counters); its `deltas` are left empty.
     pub fn harvest_with(
         &mut self,
@@ -190,7 +192,7 @@ impl Harvester {
         let batch = &mut self.batch;
         let evictions = &self.evictions;
         batch.clear();
-        take_evictions(evictions, slots, batch);
+        hand_evictions(evictions, slots, batch, &mut each);
         self.reader
             .read_all(self.cache.fd().as_fd(), self.sets, |set, cpu, bytes| {
                 // SAFETY: the kernel wrote one FlowSet (repr(C), every bit pattern valid) per
@@ -203,7 +205,7 @@ impl Harvester {
                 if batch.len() >= BATCH_DELTAS {
                     // A node-scale read takes a while: the ring keeps being emptied
                     // meanwhile, so it can stay small without losing records.
-                    take_evictions(evictions, slots, batch);
+                    hand_evictions(evictions, slots, batch, &mut each);
                     each(batch);
                     batch.clear();
                 }
@@ -215,7 +217,7 @@ impl Harvester {
                     io_error: e,
                 }),
             })?;
-        take_evictions(evictions, slots, batch);
+        hand_evictions(evictions, slots, batch, &mut each);
         each(batch);
         batch.clear();
         self.slots.end_round();
@@ -245,10 +247,19 @@ impl Harvester {
     }
 }
 
-/// Every eviction record not yet taken, as deltas onto `out`.
-fn take_evictions(evictions: &Evictions, slots: &mut SlotDeltas, out: &mut Vec<Delta>) {
-    // Not kept between harvests: under churn it holds a harvest's worth of records.
-    let mut records = Vec::new();
-    evictions.take(&mut records);
-    out.extend(records.iter().filter_map(|e| slots.evicted(e)));
+/// Every eviction record not yet taken, as deltas onto `batch`, handing it to `each`
+/// whenever it holds [`BATCH_DELTAS`] (so a burst of records never grows it for good).
+fn hand_evictions(
+    evictions: &Evictions,
+    slots: &mut SlotDeltas,
+    batch: &mut Vec<Delta>,
+    each: &mut impl FnMut(&[Delta]),
+) {
+    for e in evictions.take() {
+        batch.extend(slots.evicted(&e));
+        if batch.len() >= BATCH_DELTAS {
+            each(batch);
+            batch.clear();
+        }
+    }
 }
