@@ -67,9 +67,6 @@ pub struct Pipeline {
     table: ConnTable<Annotation>,
     /// The last harvest's buffer, reused.
     harvest: Harvest,
-    /// Points of new flows from eviction records taken between harvests
-    /// ([`Pipeline::absorb_evictions`]), placed by the next harvest.
-    unknown: NewPoints,
     classes: SharedClasses,
     /// Identity store version of the last full reclassification.
     classified_at: Option<u64>,
@@ -102,7 +99,6 @@ impl Pipeline {
         Self {
             table: ConnTable::new(mechanism != Mechanism::None),
             harvest: Harvest::default(),
-            unknown: NewPoints::new(),
             classes: SharedClasses::default(),
             classified_at: None,
             nat: NatTable::new(),
@@ -145,7 +141,7 @@ impl Pipeline {
         let timer = m.harvest_duration.start_timer();
         let mut harvest = std::mem::take(&mut self.harvest);
         // Known points add up while the cache is read; new flows wait for the whole read.
-        let mut unknown = std::mem::take(&mut self.unknown);
+        let mut unknown = NewPoints::new();
         let table = &mut self.table;
         match harvester.harvest_with(&mut harvest, |batch| table.apply_known(batch, &mut unknown)) {
             Ok(()) => self.settle_harvest(&harvest, unknown, interfaces, shared),
@@ -156,13 +152,6 @@ impl Pipeline {
         }
         self.harvest = harvest;
         timer.observe_duration();
-    }
-
-    /// Eviction records that came between harvests: known points add up now, new flows
-    /// wait for the next harvest to be placed with the rest.
-    pub fn absorb_evictions(&mut self, harvester: &mut Harvester) {
-        let (table, unknown) = (&mut self.table, &mut self.unknown);
-        harvester.take_evicted(|batch| table.apply_known(batch, unknown));
     }
 
     /// Everything a harvest does after reading the kernel, on deltas read in full: pure

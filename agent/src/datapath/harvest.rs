@@ -137,22 +137,6 @@ impl Harvester {
         RingFd(self.dns.as_raw_fd())
     }
 
-    /// Notified when eviction records wait: [`Harvester::take_evicted`] then.
-    pub fn evictions_ready(&self) -> std::sync::Arc<tokio::sync::Notify> {
-        self.evictions.ready()
-    }
-
-    /// The eviction records waiting, as deltas handed to `each` a batch at a time: between
-    /// harvests, so they are added to their connections as they come instead of held
-    /// until the next one.
-    pub fn take_evicted(&mut self, mut each: impl FnMut(&[Delta])) {
-        let batch = &mut self.batch;
-        batch.clear();
-        hand_evictions(&self.evictions, &mut self.slots, batch, &mut each);
-        each(batch);
-        batch.clear();
-    }
-
     /// Take every waiting DNS message into the next harvest, freeing the ring.
     pub fn drain_dns(&mut self) {
         while let Some(item) = self.dns.next() {

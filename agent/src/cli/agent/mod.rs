@@ -200,7 +200,6 @@ async fn observe(
         events,
         ..
     } = dp;
-    let evicted = harvester.evictions_ready();
     loop {
         tokio::select! {
             s = &mut signal => {
@@ -223,7 +222,6 @@ async fn observe(
                 shared.mark_harvest();
             }
             _ = trim.tick() => crate::memory::release_free_heap(),
-            _ = evicted.notified() => pipeline.absorb_evictions(harvester),
             _ = hook_check.tick() => {
                 let positions = attachments.stay_first(&mut loaded.ebpf, nl.as_ref()).await;
                 publish_positions(shared, &positions);
