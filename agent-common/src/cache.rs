@@ -32,16 +32,12 @@ pub const CACHE_WAYS: usize = 2;
 /// into the connection that holds the tuple).
 pub const CONN_GEN_ENTRIES: u32 = 1 << 16;
 
-/// Ring buffer for evicted slots: 4 MiB holds ~37,000 records (112 bytes each with the
+/// Ring buffer for evicted slots: 8 MiB holds ~75,000 records (112 bytes each with the
 /// ring's header). Once the cache is warm every new flow evicts one per observation point.
-/// Not larger: the agent maps the ring's pages twice (8 MiB of its RSS), and it empties the
-/// ring between harvests (below) and between batches of a harvest's read, so the ring only
-/// has to cover the rest of a harvest (~100 ms at 100k connections; a thrashing cache
-/// measured 140,000 records/s).
-pub const EVICTIONS_BYTES: u32 = 4 << 20;
+pub const EVICTIONS_BYTES: u32 = 8 << 20;
 /// Pending bytes at which an eviction wakes the agent to drain the ring between harvests
-/// (512 KiB: ~4,700 records, an eighth of the ring).
-pub const EVICTIONS_WAKE_BYTES: u32 = 512 << 10;
+/// (1 MiB: ~9,400 records, an eighth of the ring).
+pub const EVICTIONS_WAKE_BYTES: u32 = 1 << 20;
 
 /// How often the agent writes CLOCK_MONOTONIC into the kernel's clock map: the resolution
 /// of first/last seen.

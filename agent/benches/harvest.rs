@@ -114,14 +114,12 @@ fn harvest(connections: u32) -> Harvest {
             stats,
             slot: 2 * i,
             evicted: false,
-            continued: true,
         });
         deltas.push(Delta {
             key: key(UPLINK_IF, Direction::Egress, NODE, snat_port, dport),
             stats,
             slot: 2 * i + 1,
             evicted: false,
-            continued: true,
         });
     }
     Harvest {

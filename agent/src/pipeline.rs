@@ -13,13 +13,11 @@ use crate::{
     classify,
     classify::{Classification, SharedClasses},
     config::Config,
-    datapath::{Harvest, Harvester, Interfaces},
+    datapath::{Delta, Harvest, Harvester, Interfaces},
     dns::{DnsTracker, NamesLimits},
     event::{ConnEvent, EventKind},
     export::{otlp::Otlp, ConnectionView, FlowLog, FlowMetrics, NatMappings, Shared},
-    flow::{
-        decide_outcome, ConnId, ConnTable, Counts, FlowView, NewPoints, Outcome, Seen, Settled,
-    },
+    flow::{decide_outcome, ConnId, ConnTable, Counts, FlowView, Outcome, Seen, Settled},
     identity::{SharedStore, Store},
     lateral::{Edges, Fanout},
     nat::{Mechanism, NatEvent, NatTable},
@@ -59,9 +57,6 @@ pub struct Annotation {
     /// is first classified (a TTL running out mid-connection does not take it away).
     dst_fqdn: Option<Arc<str>>,
 }
-
-/// Events handed to the sinks at once (about 2 MiB of them).
-const EMIT_CHUNK: usize = 16_384;
 
 pub struct Pipeline {
     table: ConnTable<Annotation>,
@@ -141,10 +136,10 @@ impl Pipeline {
         let timer = m.harvest_duration.start_timer();
         let mut harvest = std::mem::take(&mut self.harvest);
         // Known points add up while the cache is read; new flows wait for the whole read.
-        let mut unknown = NewPoints::new();
+        let mut unknown = Vec::new();
         let table = &mut self.table;
         match harvester.harvest_with(&mut harvest, |batch| table.apply_known(batch, &mut unknown)) {
-            Ok(()) => self.settle_harvest(&harvest, unknown, interfaces, shared),
+            Ok(()) => self.settle_harvest(&harvest, &unknown, interfaces, shared),
             Err(e) => {
                 m.harvest_errors.inc();
                 warn!(error = %e, "harvest failed");
@@ -159,7 +154,7 @@ impl Pipeline {
     pub fn ingest(&mut self, harvest: &Harvest, interfaces: &impl Interfaces, shared: &Shared) {
         let mut unknown = Vec::new();
         self.table.apply_known(&harvest.deltas, &mut unknown);
-        self.settle_harvest(harvest, unknown, interfaces, shared);
+        self.settle_harvest(harvest, &unknown, interfaces, shared);
     }
 
     /// After the known points are applied: DNS names, new flows placed, NAT joins,
@@ -167,7 +162,7 @@ impl Pipeline {
     fn settle_harvest(
         &mut self,
         harvest: &Harvest,
-        unknown: NewPoints,
+        unknown: &[Delta],
         interfaces: &impl Interfaces,
         shared: &Shared,
     ) {
@@ -410,46 +405,42 @@ impl Pipeline {
     }
 
     /// The events, as the sinks read them: metrics, NAT mappings, fan-out, the flow log.
-    /// Handed over [`EMIT_CHUNK`] at a time: at node scale every connection has an event
-    /// each harvest, and one vector of all of them was 12 MiB held at the harvest's peak.
     fn emit(&mut self, due: &[Due], decided: &FastSet<ConnId>, store: &Store, shared: &Shared) {
         let m = &shared.metrics;
-        let wall = Instant::now();
-        let clock = WallClock::now();
-        for due in due.chunks(EMIT_CHUNK) {
-            let events: Vec<ConnEvent> = due
-                .iter()
-                .filter_map(|&(id, kind, delta, reclassified)| {
-                    let t = self.table.get(id)?;
-                    Some(ConnEvent {
-                        kind,
-                        id,
-                        conn: &t.conn,
-                        sightings: t.sightings(),
-                        class: t.extra.class.as_ref()?,
-                        process: t.extra.process.as_deref(),
-                        reclassified,
-                        delta,
-                        outcome: t.extra.outcome,
-                        decided: decided.contains(&id),
-                        new_edge: t.extra.new_edge,
-                        dst_fqdn: t.extra.dst_fqdn.as_ref(),
-                    })
+        let events: Vec<ConnEvent> = due
+            .iter()
+            .filter_map(|&(id, kind, delta, reclassified)| {
+                let t = self.table.get(id)?;
+                Some(ConnEvent {
+                    kind,
+                    id,
+                    conn: &t.conn,
+                    sightings: t.sightings(),
+                    class: t.extra.class.as_deref()?,
+                    process: t.extra.process.as_deref(),
+                    reclassified,
+                    delta,
+                    outcome: t.extra.outcome,
+                    decided: decided.contains(&id),
+                    new_edge: t.extra.new_edge,
+                    dst_fqdn: t.extra.dst_fqdn.as_ref(),
                 })
-                .collect();
-            self.sinks.metrics.observe(&events, store, wall);
-            self.sinks.nat_mappings.observe(&events);
-            self.sinks.fanout.observe(&events, wall);
-            if let Some(otlp) = &mut self.sinks.otlp {
-                otlp.observe(&events, wall, &clock);
-            }
-            if let Some(log) = &mut self.sinks.log {
-                match log.observe(&events, wall, &clock) {
-                    Ok(n) => m.flow_log_records.inc_by(n),
-                    Err(e) => {
-                        m.flow_log_errors.inc();
-                        warn!(error = %e, "flow log write failed");
-                    }
+            })
+            .collect();
+        let wall = Instant::now();
+        self.sinks.metrics.observe(&events, store, wall);
+        self.sinks.nat_mappings.observe(&events);
+        self.sinks.fanout.observe(&events, wall);
+        let clock = WallClock::now();
+        if let Some(otlp) = &mut self.sinks.otlp {
+            otlp.observe(&events, wall, &clock);
+        }
+        if let Some(log) = &mut self.sinks.log {
+            match log.observe(&events, wall, &clock) {
+                Ok(n) => m.flow_log_records.inc_by(n),
+                Err(e) => {
+                    m.flow_log_errors.inc();
+                    warn!(error = %e, "flow log write failed");
                 }
             }
         }

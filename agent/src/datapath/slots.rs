@@ -14,31 +14,21 @@ use crate::net::FastMap as HashMap;
 
 /// Harvests a displaced occupation waits for its eviction record before it is dropped: the
 /// record is lost only if the kernel says so (`evictions_lost`), which it already counts.
-const DISPLACED_ROUNDS: u32 = 8;
+const DISPLACED_ROUNDS: u64 = 8;
 
 /// (CPU, slot index) of one cache slot.
 type SlotId = (u32, u32);
 
-/// What we last saw of one occupation of one slot: 24 bytes, as one exists per cache slot
-/// of every CPU (262,144 of them on a two-CPU node sized for 100k connections, twice that
-/// when every CPU has room for every flow).
-#[derive(Clone, Copy, Debug, Default)]
+/// What we last saw of one occupation of one slot.
+#[derive(Clone, Copy, Debug)]
 struct Seen {
-    /// The occupation's sequence number, low half: a slot is not re-occupied 2^32 times
-    /// between two harvests.
-    seq: u32,
-    /// A fingerprint of the flow's key, not the key: behind the sequence numbers it only
-    /// has to tell the rare torn copy from the real one.
-    key: u32,
-    /// 0: nothing seen (an occupied slot always shows at least one packet).
+    seq: u64,
+    /// A fingerprint of the flow's key, not the key: one of these exists per cache slot
+    /// of every CPU, and the fingerprint only has to tell a torn copy from the real one.
+    key: u64,
     packets: u64,
     bytes: u64,
-}
-
-impl Seen {
-    fn is_empty(&self) -> bool {
-        self.packets == 0
-    }
+    round: u64,
 }
 
 /// New traffic of one flow at one observation point since we last looked.
@@ -54,11 +44,6 @@ pub struct Delta {
     /// From an eviction record: the slot holds, or will hold, another flow, so where this
     /// one went says nothing about the slot's next delta.
     pub evicted: bool,
-    /// Read from a slot still holding the occupation it held at the last read: the only
-    /// kind of delta whose slot hint (where the slot's flow went last time) is worth a
-    /// look. A thrashing cache makes most deltas new occupations or eviction records, and
-    /// checking a stale hint costs two cache misses each.
-    pub continued: bool,
 }
 
 /// A delta with no slot to remember.
@@ -68,13 +53,12 @@ pub const NO_SLOT: u32 = u32::MAX;
 pub struct SlotDeltas {
     /// What we last saw per slot, indexed by `cpu * per_cpu + slot`: every slot is read
     /// every harvest, so a dense table beats hashing ids.
-    current: Vec<Seen>,
+    current: Vec<Option<Seen>>,
     per_cpu: usize,
     occupied: usize,
     /// Occupations a slot read showed replaced before their eviction record arrived.
-    /// With the harvest round they were displaced in (aged out by [`SlotDeltas::end_round`]).
-    displaced: HashMap<(SlotId, u32), (Seen, u32)>,
-    round: u32,
+    displaced: HashMap<(SlotId, u64), Seen>,
+    round: u64,
 }
 
 impl SlotDeltas {
@@ -96,10 +80,10 @@ impl SlotDeltas {
         u32::try_from(self.index(id)).unwrap_or(NO_SLOT)
     }
 
-    fn cell(&mut self, id: SlotId) -> &mut Seen {
+    fn cell(&mut self, id: SlotId) -> &mut Option<Seen> {
         let i = self.index(id);
         if i >= self.current.len() {
-            self.current.resize(i + 1, Seen::default());
+            self.current.resize(i + 1, None);
         }
         &mut self.current[i]
     }
@@ -113,29 +97,31 @@ impl SlotDeltas {
         let id = (cpu, slot);
         let dense = self.dense(id);
         let key = fingerprint(&s.key);
-        let seq = s.seq_begin as u32;
         let round = self.round;
         let cell = self.cell(id);
-        let old = *cell;
-        let base = if !old.is_empty() && old.seq == seq {
-            if old.key != key {
-                // Same occupation, other key: a torn copy; the next read settles it.
-                return None;
+        let base = match *cell {
+            Some(seen) if seen.seq == s.seq_begin => {
+                if seen.key != key {
+                    // Same occupation, other key: a torn copy; the next read settles it.
+                    return None;
+                }
+                Some(seen)
             }
-            Some(old)
-        } else {
-            None
+            _ => None,
         };
-        *cell = Seen {
-            seq,
+        let old = cell.replace(Seen {
+            seq: s.seq_begin,
             key,
             packets: s.stats.packets,
             bytes: s.stats.bytes,
-        };
-        if old.is_empty() {
-            self.occupied += 1;
-        } else if old.seq != seq {
-            self.displaced.insert((id, old.seq), (old, round));
+            round,
+        });
+        match old {
+            None => self.occupied += 1,
+            Some(old) if old.seq != s.seq_begin => {
+                self.displaced.insert((id, old.seq), old);
+            }
+            Some(_) => {}
         }
         delta(s.key, key, &s.stats, base.as_ref(), dense, false)
     }
@@ -143,14 +129,14 @@ impl SlotDeltas {
     /// A slot's final counters, sent by the kernel when another flow took the slot.
     pub fn evicted(&mut self, e: &Evicted) -> Option<Delta> {
         let id = (e.cpu, e.slot);
-        let seq = e.seq as u32;
         let cell = self.cell(id);
-        let base = if !cell.is_empty() && cell.seq == seq {
-            let seen = std::mem::take(cell);
-            self.occupied -= 1;
-            Some(seen)
-        } else {
-            self.displaced.remove(&(id, seq)).map(|(seen, _)| seen)
+        let base = match *cell {
+            Some(seen) if seen.seq == e.seq => {
+                *cell = None;
+                self.occupied -= 1;
+                Some(seen)
+            }
+            _ => self.displaced.remove(&(id, e.seq)),
         };
         let dense = self.dense(id);
         delta(
@@ -167,8 +153,8 @@ impl SlotDeltas {
     pub fn end_round(&mut self) {
         let round = self.round;
         self.displaced
-            .retain(|_, (_, at)| (round + 1).wrapping_sub(*at) < DISPLACED_ROUNDS);
-        self.round = self.round.wrapping_add(1);
+            .retain(|_, seen| round + 1 - seen.round < DISPLACED_ROUNDS);
+        self.round += 1;
     }
 
     /// Slots holding a flow at the last read.
@@ -177,15 +163,15 @@ impl SlotDeltas {
     }
 }
 
-fn fingerprint(key: &FlowKey) -> u32 {
+fn fingerprint(key: &FlowKey) -> u64 {
     use std::hash::BuildHasher;
-    foldhash::fast::FixedState::default().hash_one(key) as u32
+    foldhash::fast::FixedState::default().hash_one(key)
 }
 
 /// `fingerprint`: of `key`, computed once by the caller.
 fn delta(
     key: FlowKey,
-    fingerprint: u32,
+    fingerprint: u64,
     now: &FlowStats,
     base: Option<&Seen>,
     slot: u32,
@@ -210,7 +196,6 @@ fn delta(
         },
         slot,
         evicted,
-        continued: !evicted && base.is_some_and(|b| b.key == fingerprint),
     })
 }
 
@@ -259,30 +244,6 @@ mod tests {
             at(t.evicted(&evicted(1, 4, 1, 1, 3, 300))),
             Some((20, true))
         );
-    }
-
-    #[test]
-    fn only_a_slot_read_of_the_occupation_read_before_is_continued() {
-        let mut t = SlotDeltas::new(16);
-        let continued = |d: Option<Delta>| d.map(|d| d.continued);
-        assert_eq!(
-            continued(t.observed(0, 3, &slot(1, 1, 2, 200))),
-            Some(false)
-        );
-        assert_eq!(continued(t.observed(0, 3, &slot(1, 1, 4, 400))), Some(true));
-        // Another flow took the slot: its first read is not, its second is.
-        assert_eq!(continued(t.observed(0, 3, &slot(2, 2, 1, 10))), Some(false));
-        assert_eq!(continued(t.observed(0, 3, &slot(2, 2, 2, 20))), Some(true));
-        assert_eq!(
-            continued(t.evicted(&evicted(0, 3, 2, 2, 3, 30))),
-            Some(false)
-        );
-    }
-
-    #[test]
-    fn a_slot_costs_24_bytes_of_bookkeeping() {
-        // One per cache slot of every CPU: 6 MiB on a two-CPU node sized for 100k.
-        assert_eq!(size_of::<Seen>(), 24);
     }
 
     fn counts(d: Option<Delta>) -> Option<(u16, u64, u64)> {

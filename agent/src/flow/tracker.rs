@@ -59,10 +59,6 @@ impl MissReason {
     }
 }
 
-/// Points of flows no connection had, as one harvest found them (one entry per flow and
-/// CPU; [`ConnTable::place_unknown`] merges them).
-pub type NewPoints = Vec<(FlowKey, FlowEntry)>;
-
 /// Observation points of one new tuple in one harvest: inline, as a burst of new
 /// connections (an agent starting on a busy node) brings one or two per tuple by the
 /// hundred thousand.

@@ -11,20 +11,16 @@ impl<A: Default> ConnTable<A> {
     pub fn apply(&mut self, deltas: &[Delta], nat: &NatTable, role: impl Fn(u32) -> Option<Role>) {
         let mut unknown = Vec::new();
         self.apply_known(deltas, &mut unknown);
-        self.place_unknown(unknown, nat, role);
+        self.place_unknown(&unknown, nat, role);
     }
 
-    /// Known observation points add up; deltas of flows no connection has yet go to
-    /// `unknown` (already as the totals [`ConnTable::place_unknown`] merges, so a burst of
-    /// new flows is one vector, not two), to be placed together once the whole harvest is
-    /// read. Called a batch at a time while the kernel cache is read, so a node's active
-    /// points never sit in one vector.
-    pub fn apply_known(&mut self, deltas: &[Delta], unknown: &mut NewPoints) {
+    /// Known observation points add up; deltas of flows no connection has yet are copied to
+    /// `unknown`, to be placed together once the whole harvest is read
+    /// ([`ConnTable::place_unknown`]). Called a batch at a time while the kernel cache is
+    /// read, so a node's active points never sit in one vector.
+    pub fn apply_known(&mut self, deltas: &[Delta], unknown: &mut Vec<Delta>) {
         for d in deltas {
-            let hinted = match d.continued {
-                true => self.hints.get(d.slot as usize).copied().unwrap_or(0),
-                false => 0,
-            };
+            let hinted = self.hints.get(d.slot as usize).copied().unwrap_or(0);
             let (id, point) = (hinted >> 8, (hinted & 0xff) as usize);
             // The slot's flow went here last time: check the key where it points instead
             // of looking it up (one table walk fewer per delta at node scale).
@@ -36,9 +32,7 @@ impl<A: Default> ConnTable<A> {
                 Some(t) => (id, t, point),
                 None => {
                     let Some(&id) = self.by_key.get(&d.key) else {
-                        let mut e = FlowEntry::default();
-                        e.add(&d.stats);
-                        unknown.push((d.key, e));
+                        unknown.push(*d);
                         continue;
                     };
                     let t = self.conns.get_mut(&id).expect("indexed connection");
@@ -68,10 +62,16 @@ impl<A: Default> ConnTable<A> {
     /// their connections or placed as new ones, both directions decided together.
     pub fn place_unknown(
         &mut self,
-        mut fresh: NewPoints,
+        unknown: &[Delta],
         nat: &NatTable,
         role: impl Fn(u32) -> Option<Role>,
     ) {
+        let mut fresh: Vec<(FlowKey, FlowEntry)> = Vec::with_capacity(unknown.len());
+        fresh.extend(unknown.iter().map(|d| {
+            let mut e = FlowEntry::default();
+            e.add(&d.stats);
+            (d.key, e)
+        }));
         fresh.sort_unstable_by_key(|f| f.0);
         // One flow on several CPUs: one entry.
         fresh.dedup_by(|later, kept| {
@@ -85,14 +85,8 @@ impl<A: Default> ConnTable<A> {
         // taken) may hold a connection's end, and must join that connection, not found one
         // that its own start would then supersede.
         fresh.sort_by_key(|f| f.0.generation == 0);
-        // Taken from the back in that order, so the vector gives its memory back as it
-        // empties: a burst's new points are tens of MiB, and `loose` grows meanwhile.
-        fresh.reverse();
         let mut loose: HashMap<(FlowTuple, u32), Loose> = HashMap::default();
-        while let Some((key, entry)) = fresh.pop() {
-            if fresh.len() < fresh.capacity() / 2 {
-                fresh.shrink_to_fit();
-            }
+        for (key, entry) in fresh {
             let tuple = FlowTuple::from(&key);
             let r = role(key.ifindex);
             let generation = key.generation;

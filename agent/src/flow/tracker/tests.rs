@@ -59,7 +59,6 @@ fn d(ifindex: u32, dir: Direction, tu: FlowTuple, packets: u64, at: u64, flags: 
         stats: stats(packets, packets * 100, at, at, flags),
         slot: crate::datapath::NO_SLOT,
         evicted: false,
-        continued: false,
     }
 }
 
@@ -515,7 +514,6 @@ fn an_echo_request_and_its_reply_are_one_connection_in_either_harvest_order() {
 fn ds(slot: u32, ifindex: u32, dir: Direction, tu: FlowTuple, packets: u64, at: u64) -> Delta {
     Delta {
         slot,
-        continued: true,
         ..d(ifindex, dir, tu, packets, at, 0)
     }
 }
