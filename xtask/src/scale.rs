@@ -55,8 +55,10 @@ pub fn run(agent_bin: &str, args: &ScaleArgs) -> Result<()> {
         ],
     )?;
     let log = std::env::temp_dir().join("tenantflow-scale-agent.log");
-    // Sized as an operator would for this node: every active flow's two observation points
-    // fit in the cache (two ways per set, one cache per CPU).
+    // By default sized by the rule for flows that stay on their CPU: every active flow's
+    // two observation points fit in the caches of all CPUs together (two ways per set).
+    // The generator moves between CPUs, so each CPU sees them all and this cache evicts
+    // (docs/BENCHMARKS.md); --flow-cache-sets measures other sizes.
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as u32;
     let sets = args.flow_cache_sets.unwrap_or_else(|| {
         (args.connections * 2)
