@@ -33,8 +33,9 @@ pub struct ConnEvent<'a> {
     pub conn: &'a Connection,
     /// Its observation points, for the record.
     pub sightings: Sightings<'a>,
-    /// Identities, class and verdicts as they are now.
-    pub class: &'a Classification,
+    /// Identities, class and verdicts as they are now: the copy shared by every
+    /// connection that has them (sinks may key per-classification state on it).
+    pub class: &'a std::sync::Arc<Classification>,
     pub process: Option<&'a ProcessInfo>,
     /// The classification changed since this connection's previous event.
     pub reclassified: bool,

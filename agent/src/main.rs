@@ -3,15 +3,8 @@
 use clap::Parser;
 
 fn main() {
-    // One malloc arena: glibc gives each thread that allocates its own, and memory freed
-    // into a worker's arena (a conntrack dump, an HTTP answer) stays resident there. At
-    // 100k connections this is 219 -> 193 MiB of peak RSS at the same CPU
-    // (docs/BENCHMARKS.md); the agent's allocating threads are few and mostly idle.
-    #[cfg(target_env = "gnu")]
-    // SAFETY: mallopt before any other thread exists; M_ARENA_MAX takes any positive count.
-    unsafe {
-        libc::mallopt(libc::M_ARENA_MAX, 1);
-    }
+    // Before any other thread exists.
+    tenantflow::memory::configure_allocator();
     // Bad flags are bad input: exit 64 like every other (clap's own default is 2).
     let cli = match tenantflow::cli::Cli::try_parse() {
         Ok(cli) => cli,

@@ -58,6 +58,9 @@ pub struct Annotation {
     dst_fqdn: Option<Arc<str>>,
 }
 
+/// Events handed to the sinks at once (about 2 MiB of them).
+const EMIT_CHUNK: usize = 16_384;
+
 pub struct Pipeline {
     table: ConnTable<Annotation>,
     /// The last harvest's buffer, reused.
@@ -405,42 +408,46 @@ impl Pipeline {
     }
 
     /// The events, as the sinks read them: metrics, NAT mappings, fan-out, the flow log.
+    /// Handed over [`EMIT_CHUNK`] at a time: at node scale every connection has an event
+    /// each harvest, and one vector of all of them was 12 MiB held at the harvest's peak.
     fn emit(&mut self, due: &[Due], decided: &FastSet<ConnId>, store: &Store, shared: &Shared) {
         let m = &shared.metrics;
-        let events: Vec<ConnEvent> = due
-            .iter()
-            .filter_map(|&(id, kind, delta, reclassified)| {
-                let t = self.table.get(id)?;
-                Some(ConnEvent {
-                    kind,
-                    id,
-                    conn: &t.conn,
-                    sightings: t.sightings(),
-                    class: t.extra.class.as_deref()?,
-                    process: t.extra.process.as_deref(),
-                    reclassified,
-                    delta,
-                    outcome: t.extra.outcome,
-                    decided: decided.contains(&id),
-                    new_edge: t.extra.new_edge,
-                    dst_fqdn: t.extra.dst_fqdn.as_ref(),
-                })
-            })
-            .collect();
         let wall = Instant::now();
-        self.sinks.metrics.observe(&events, store, wall);
-        self.sinks.nat_mappings.observe(&events);
-        self.sinks.fanout.observe(&events, wall);
         let clock = WallClock::now();
-        if let Some(otlp) = &mut self.sinks.otlp {
-            otlp.observe(&events, wall, &clock);
-        }
-        if let Some(log) = &mut self.sinks.log {
-            match log.observe(&events, wall, &clock) {
-                Ok(n) => m.flow_log_records.inc_by(n),
-                Err(e) => {
-                    m.flow_log_errors.inc();
-                    warn!(error = %e, "flow log write failed");
+        for due in due.chunks(EMIT_CHUNK) {
+            let events: Vec<ConnEvent> = due
+                .iter()
+                .filter_map(|&(id, kind, delta, reclassified)| {
+                    let t = self.table.get(id)?;
+                    Some(ConnEvent {
+                        kind,
+                        id,
+                        conn: &t.conn,
+                        sightings: t.sightings(),
+                        class: t.extra.class.as_ref()?,
+                        process: t.extra.process.as_deref(),
+                        reclassified,
+                        delta,
+                        outcome: t.extra.outcome,
+                        decided: decided.contains(&id),
+                        new_edge: t.extra.new_edge,
+                        dst_fqdn: t.extra.dst_fqdn.as_ref(),
+                    })
+                })
+                .collect();
+            self.sinks.metrics.observe(&events, store, wall);
+            self.sinks.nat_mappings.observe(&events);
+            self.sinks.fanout.observe(&events, wall);
+            if let Some(otlp) = &mut self.sinks.otlp {
+                otlp.observe(&events, wall, &clock);
+            }
+            if let Some(log) = &mut self.sinks.log {
+                match log.observe(&events, wall, &clock) {
+                    Ok(n) => m.flow_log_records.inc_by(n),
+                    Err(e) => {
+                        m.flow_log_errors.inc();
+                        warn!(error = %e, "flow log write failed");
+                    }
                 }
             }
         }

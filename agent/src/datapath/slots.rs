@@ -14,21 +14,31 @@ use crate::net::FastMap as HashMap;
 
 /// Harvests a displaced occupation waits for its eviction record before it is dropped: the
 /// record is lost only if the kernel says so (`evictions_lost`), which it already counts.
-const DISPLACED_ROUNDS: u64 = 8;
+const DISPLACED_ROUNDS: u32 = 8;
 
 /// (CPU, slot index) of one cache slot.
 type SlotId = (u32, u32);
 
-/// What we last saw of one occupation of one slot.
-#[derive(Clone, Copy, Debug)]
+/// What we last saw of one occupation of one slot: 24 bytes, as one exists per cache slot
+/// of every CPU (262,144 of them on a two-CPU node sized for 100k connections, twice that
+/// when every CPU has room for every flow).
+#[derive(Clone, Copy, Debug, Default)]
 struct Seen {
-    seq: u64,
-    /// A fingerprint of the flow's key, not the key: one of these exists per cache slot
-    /// of every CPU, and the fingerprint only has to tell a torn copy from the real one.
-    key: u64,
+    /// The occupation's sequence number, low half: a slot is not re-occupied 2^32 times
+    /// between two harvests.
+    seq: u32,
+    /// A fingerprint of the flow's key, not the key: behind the sequence numbers it only
+    /// has to tell the rare torn copy from the real one.
+    key: u32,
+    /// 0: nothing seen (an occupied slot always shows at least one packet).
     packets: u64,
     bytes: u64,
-    round: u64,
+}
+
+impl Seen {
+    fn is_empty(&self) -> bool {
+        self.packets == 0
+    }
 }
 
 /// New traffic of one flow at one observation point since we last looked.
@@ -53,12 +63,13 @@ pub const NO_SLOT: u32 = u32::MAX;
 pub struct SlotDeltas {
     /// What we last saw per slot, indexed by `cpu * per_cpu + slot`: every slot is read
     /// every harvest, so a dense table beats hashing ids.
-    current: Vec<Option<Seen>>,
+    current: Vec<Seen>,
     per_cpu: usize,
     occupied: usize,
     /// Occupations a slot read showed replaced before their eviction record arrived.
-    displaced: HashMap<(SlotId, u64), Seen>,
-    round: u64,
+    /// With the harvest round they were displaced in (aged out by [`SlotDeltas::end_round`]).
+    displaced: HashMap<(SlotId, u32), (Seen, u32)>,
+    round: u32,
 }
 
 impl SlotDeltas {
@@ -80,10 +91,10 @@ impl SlotDeltas {
         u32::try_from(self.index(id)).unwrap_or(NO_SLOT)
     }
 
-    fn cell(&mut self, id: SlotId) -> &mut Option<Seen> {
+    fn cell(&mut self, id: SlotId) -> &mut Seen {
         let i = self.index(id);
         if i >= self.current.len() {
-            self.current.resize(i + 1, None);
+            self.current.resize(i + 1, Seen::default());
         }
         &mut self.current[i]
     }
@@ -97,31 +108,29 @@ impl SlotDeltas {
         let id = (cpu, slot);
         let dense = self.dense(id);
         let key = fingerprint(&s.key);
+        let seq = s.seq_begin as u32;
         let round = self.round;
         let cell = self.cell(id);
-        let base = match *cell {
-            Some(seen) if seen.seq == s.seq_begin => {
-                if seen.key != key {
-                    // Same occupation, other key: a torn copy; the next read settles it.
-                    return None;
-                }
-                Some(seen)
+        let old = *cell;
+        let base = if !old.is_empty() && old.seq == seq {
+            if old.key != key {
+                // Same occupation, other key: a torn copy; the next read settles it.
+                return None;
             }
-            _ => None,
+            Some(old)
+        } else {
+            None
         };
-        let old = cell.replace(Seen {
-            seq: s.seq_begin,
+        *cell = Seen {
+            seq,
             key,
             packets: s.stats.packets,
             bytes: s.stats.bytes,
-            round,
-        });
-        match old {
-            None => self.occupied += 1,
-            Some(old) if old.seq != s.seq_begin => {
-                self.displaced.insert((id, old.seq), old);
-            }
-            Some(_) => {}
+        };
+        if old.is_empty() {
+            self.occupied += 1;
+        } else if old.seq != seq {
+            self.displaced.insert((id, old.seq), (old, round));
         }
         delta(s.key, key, &s.stats, base.as_ref(), dense, false)
     }
@@ -129,14 +138,14 @@ impl SlotDeltas {
     /// A slot's final counters, sent by the kernel when another flow took the slot.
     pub fn evicted(&mut self, e: &Evicted) -> Option<Delta> {
         let id = (e.cpu, e.slot);
+        let seq = e.seq as u32;
         let cell = self.cell(id);
-        let base = match *cell {
-            Some(seen) if seen.seq == e.seq => {
-                *cell = None;
-                self.occupied -= 1;
-                Some(seen)
-            }
-            _ => self.displaced.remove(&(id, e.seq)),
+        let base = if !cell.is_empty() && cell.seq == seq {
+            let seen = std::mem::take(cell);
+            self.occupied -= 1;
+            Some(seen)
+        } else {
+            self.displaced.remove(&(id, seq)).map(|(seen, _)| seen)
         };
         let dense = self.dense(id);
         delta(
@@ -153,8 +162,8 @@ impl SlotDeltas {
     pub fn end_round(&mut self) {
         let round = self.round;
         self.displaced
-            .retain(|_, seen| round + 1 - seen.round < DISPLACED_ROUNDS);
-        self.round += 1;
+            .retain(|_, (_, at)| (round + 1).wrapping_sub(*at) < DISPLACED_ROUNDS);
+        self.round = self.round.wrapping_add(1);
     }
 
     /// Slots holding a flow at the last read.
@@ -163,15 +172,15 @@ impl SlotDeltas {
     }
 }
 
-fn fingerprint(key: &FlowKey) -> u64 {
+fn fingerprint(key: &FlowKey) -> u32 {
     use std::hash::BuildHasher;
-    foldhash::fast::FixedState::default().hash_one(key)
+    foldhash::fast::FixedState::default().hash_one(key) as u32
 }
 
 /// `fingerprint`: of `key`, computed once by the caller.
 fn delta(
     key: FlowKey,
-    fingerprint: u64,
+    fingerprint: u32,
     now: &FlowStats,
     base: Option<&Seen>,
     slot: u32,
@@ -244,6 +253,12 @@ mod tests {
             at(t.evicted(&evicted(1, 4, 1, 1, 3, 300))),
             Some((20, true))
         );
+    }
+
+    #[test]
+    fn a_slot_costs_24_bytes_of_bookkeeping() {
+        // One per cache slot of every CPU: 6 MiB on a two-CPU node sized for 100k.
+        assert_eq!(size_of::<Seen>(), 24);
     }
 
     fn counts(d: Option<Delta>) -> Option<(u16, u64, u64)> {

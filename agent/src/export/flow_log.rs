@@ -190,7 +190,7 @@ mod tests {
     };
 
     /// Connection `i` (source port 10000 + i) to `dst`, classified without an inventory.
-    fn conn(i: u16, dst: &str) -> (Connection, Classification) {
+    fn conn(i: u16, dst: &str) -> (Connection, std::sync::Arc<Classification>) {
         let c = Connection::new(FlowTuple {
             proto: PROTO_UDP,
             src: "10.244.1.10".parse().unwrap(),
@@ -199,10 +199,13 @@ mod tests {
             dport: 53,
         });
         let k = classify(&Config::default(), &Store::new(), &c);
-        (c, k)
+        (c, std::sync::Arc::new(k))
     }
 
-    fn evs(kind: EventKind, conns: &[(Connection, Classification)]) -> Vec<ConnEvent<'_>> {
+    fn evs(
+        kind: EventKind,
+        conns: &[(Connection, std::sync::Arc<Classification>)],
+    ) -> Vec<ConnEvent<'_>> {
         conns
             .iter()
             .map(|(c, k)| ConnEvent {

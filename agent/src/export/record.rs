@@ -91,7 +91,13 @@ fn sorted(s: impl IntoIterator<Item = Sighting>) -> Vec<Sighting> {
 impl ConnectionView {
     /// The full record of an event (what the flow log writes and `/flows` returns).
     pub fn of_event(ev: &ConnEvent, clock: &WallClock) -> Self {
-        let mut v = Self::new(ev.id, ev.conn, ev.sightings.iter(), ev.class.clone(), clock);
+        let mut v = Self::new(
+            ev.id,
+            ev.conn,
+            ev.sightings.iter(),
+            (**ev.class).clone(),
+            clock,
+        );
         v.process = ev.process.cloned();
         v.outcome = ev.outcome;
         v.new_edge = ev.new_edge;

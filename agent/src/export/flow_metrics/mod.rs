@@ -15,6 +15,7 @@ use series::{count, far_end, label, refs, Dir, Handles, Refs};
 
 use std::{
     collections::HashMap,
+    sync::{Arc, Weak},
     time::{Duration, Instant},
 };
 
@@ -24,7 +25,7 @@ use crate::event::{ConnEvent, EventKind};
 use crate::metric::{register, STATIC};
 use crate::{
     classify::{Classification, EndpointIdentity, EndpointKind},
-    flow::{ConnId, Counts},
+    flow::Counts,
     identity::Store,
     net::FastMap,
 };
@@ -61,8 +62,14 @@ pub struct FlowMetrics {
     overflow: IntCounterVec,
     series_gauge: IntGauge,
     last_gc: Option<Instant>,
-    /// Byte and packet series of open connections, looked up once.
-    handles: FastMap<ConnId, Handles>,
+    /// Byte and packet series per classification, looked up once: every connection with
+    /// the same classification counts into the same series, and connections share their
+    /// classification ([`crate::classify::SharedClasses`]), so this is a handful of
+    /// entries where one per connection was 6 MiB and a cache miss per event at 100k.
+    /// Keyed by the shared copy's address; the weak reference keeps that allocation (not
+    /// the classification) alive, so the address cannot be reused by another one while
+    /// the entry exists.
+    handles: FastMap<usize, (Weak<Classification>, Handles)>,
     /// Bumped whenever series are dropped: cached handles older than this are re-resolved.
     gen: u64,
 }
@@ -134,10 +141,7 @@ impl FlowMetrics {
             }
             let (fwd, rep) = ev.delta;
             if !(fwd.is_zero() && rep.is_zero()) {
-                self.add_traffic(ev, k, [fwd, rep]);
-            }
-            if ev.kind.is_final() {
-                self.handles.remove(&ev.id);
+                self.add_traffic(ev.class, [fwd, rep]);
             }
         }
         if self
@@ -145,29 +149,33 @@ impl FlowMetrics {
             .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1))
         {
             self.gc(store, now);
+            let gen = self.gen;
+            self.handles
+                .retain(|_, (k, h)| k.strong_count() > 0 && h.gen == gen);
             self.last_gc = Some(now);
         }
         self.series_gauge.set(self.series.len() as i64);
     }
 
-    /// Add a connection's new packets and bytes to its series, resolving the handles it
-    /// lacks: the steady state (handles current, every direction with traffic resolved) is
-    /// one map lookup per event.
-    fn add_traffic(&mut self, ev: &ConnEvent, k: &Classification, delta: [Counts; 2]) {
+    /// Add a connection's new packets and bytes to its classification's series, resolving
+    /// the handles it lacks: the steady state (handles current, every direction with
+    /// traffic resolved) is one lookup in a map of a few entries per event.
+    fn add_traffic(&mut self, k: &Arc<Classification>, delta: [Counts; 2]) {
         const DIRS: [&str; 2] = ["tx", "rx"];
         let gen = self.gen;
-        let current = |h: &Handles| h.gen == gen && !ev.reclassified;
+        let at = Arc::as_ptr(k) as usize;
         let ready = |h: &Handles| {
-            current(h)
+            h.gen == gen
                 && (0..2).all(|i| delta[i].is_zero() || !matches!(h.dirs[i], Dir::Unresolved))
         };
-        let capped = match self.handles.get(&ev.id).filter(|h| ready(h)) {
-            Some(h) => count(h, delta),
+        let capped = match self.handles.get(&at).filter(|(_, h)| ready(h)) {
+            Some((_, h)) => count(h, delta),
             None => {
                 let mut h = self
                     .handles
-                    .remove(&ev.id)
-                    .filter(|h| current(h))
+                    .remove(&at)
+                    .map(|(_, h)| h)
+                    .filter(|h| h.gen == gen)
                     .unwrap_or(Handles {
                         gen,
                         dirs: [Dir::Unresolved, Dir::Unresolved],
@@ -178,7 +186,7 @@ impl FlowMetrics {
                     }
                 }
                 let capped = count(&h, delta);
-                self.handles.insert(ev.id, h);
+                self.handles.insert(at, (Arc::downgrade(k), h));
                 capped
             }
         };

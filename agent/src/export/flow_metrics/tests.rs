@@ -22,7 +22,7 @@ fn inventory(namespaces: &[&str]) -> Store {
 }
 
 /// Connection `id` from pod .`src` to pod .`dst`, classified against `store`.
-fn conn(store: &Store, src: u8, dst: u8) -> (Connection, Classification) {
+fn conn(store: &Store, src: u8, dst: u8) -> (Connection, Arc<Classification>) {
     let c = Connection::new(FlowTuple {
         proto: PROTO_TCP,
         src: format!("10.244.1.{src}").parse().unwrap(),
@@ -31,12 +31,12 @@ fn conn(store: &Store, src: u8, dst: u8) -> (Connection, Classification) {
         dport: 80,
     });
     let k = classify(&Config::default(), store, &c);
-    (c, k)
+    (c, Arc::new(k))
 }
 
 /// An event of `c` (as connection `id`) carrying these deltas.
 fn ev<'a>(
-    (c, k): &'a (Connection, Classification),
+    (c, k): &'a (Connection, Arc<Classification>),
     kind: EventKind,
     id: u64,
     fwd: (u64, u64),
@@ -199,6 +199,53 @@ fn each_connection_counts_once_and_bytes_by_delta() {
         ),
         Some(560)
     );
+}
+
+#[test]
+fn connections_sharing_a_classification_share_one_cached_lookup_until_it_is_dropped() {
+    let r = Registry::new();
+    let store = inventory(&["alpha-web", "beta-api"]);
+    let mut m = FlowMetrics::new(&r, FlowMetricsConfig::default());
+    let t0 = Instant::now();
+    let a = conn(&store, 10, 11);
+    // A second connection with the same (shared) classification, another tuple.
+    let mut c2 = a.0.clone();
+    c2.tuple.sport = 40001;
+    let b = (c2, a.1.clone());
+    m.observe(
+        &[
+            ev(&a, EventKind::Start, 1, (3, 300), (1, 100)),
+            ev(&b, EventKind::Start, 2, (2, 200), (0, 0)),
+        ],
+        &store,
+        t0,
+    );
+    m.observe(
+        &[ev(&b, EventKind::Update, 2, (1, 10), (4, 40))],
+        &store,
+        t0,
+    );
+    assert_eq!(m.handles.len(), 1);
+    let bytes = |dir: &str| {
+        value(
+            &r,
+            &format!("tenantflow_flow_bytes_total{{{BASE},direction=\"{dir}\"}}"),
+        )
+    };
+    assert_eq!((bytes("tx"), bytes("rx")), (Some(510), Some(140)));
+    // Another classification gets its own; once no connection holds one, the next
+    // collection (at most once a second) forgets it.
+    let other = conn(&store, 10, 12);
+    m.observe(
+        &[ev(&other, EventKind::Start, 3, (1, 1), (0, 0))],
+        &store,
+        t0,
+    );
+    assert_eq!(m.handles.len(), 2);
+    drop(other);
+    m.observe(&[], &store, t0 + Duration::from_secs(2));
+    assert_eq!(m.handles.len(), 1);
+    assert_eq!((bytes("tx"), bytes("rx")), (Some(510), Some(140)));
 }
 
 #[test]
@@ -383,7 +430,7 @@ fn unmediated_egress_is_counted_by_name_too() {
     });
     let k = classify(&config, &store, &c);
     assert_eq!(k.egress, crate::classify::Egress::Unmediated);
-    let pair = (c, k);
+    let pair = (c, Arc::new(k));
     let name: std::sync::Arc<str> = "api.example.test".into();
     for workloads in [false, true] {
         let r = Registry::new();
