@@ -31,6 +31,13 @@ pub enum DatapathError {
          move the node to a newer image (AKS node images ship 5.15 or later)"
     )]
     KernelTooOld { found: String, min: String },
+    /// The thread that empties the eviction ring could not be set up (out of threads or
+    /// file descriptors).
+    #[error(
+        "starting the eviction-ring thread: {0}: raise the container's pids/fd limits \
+         (the agent needs a few threads and a handful of fds per interface)"
+    )]
+    Thread(#[source] io::Error),
     /// The running kernel version could not be determined.
     #[error("cannot read the kernel version ({0}): is /proc mounted?")]
     KernelVersion(String),

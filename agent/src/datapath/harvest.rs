@@ -3,15 +3,14 @@
 //!
 //! The ring is drained first so an occupation's final record usually lands before its
 //! slot is read again; the order does not matter for correctness, only for how long a
-//! displaced occupation's baseline is kept. Between harvests the agent also drains the
-//! ring whenever the kernel signals it is filling up ([`Harvester::drain_evictions`]), so
-//! churn beyond the ring's size per harvest interval loses nothing.
+//! displaced occupation's baseline is kept. A thread empties the ring whenever the kernel
+//! signals it is filling up ([`super::evictions`]), also while a harvest runs, so churn
+//! beyond the ring's size per harvest interval loses nothing; the records still reach
+//! their connections only at the start of the next harvest, as drained ring records did.
 
 use std::os::fd::{AsFd, AsRawFd, RawFd};
 
-use agent_common::{
-    counters::COUNTER_SLOTS, Counter, DnsCapture, Evicted, FlowKey, FlowSet, CACHE_WAYS,
-};
+use agent_common::{counters::COUNTER_SLOTS, Counter, DnsCapture, FlowKey, FlowSet, CACHE_WAYS};
 use aya::{
     maps::{Map, MapData, MapError, PerCpuArray, PerCpuValues, RingBuf},
     Ebpf,
@@ -19,6 +18,7 @@ use aya::{
 
 use super::{
     batch::BatchReader,
+    evictions::Evictions,
     map_err,
     slots::{Delta, SlotDeltas},
     take_map, take_raw_map, DatapathError,
@@ -78,13 +78,11 @@ pub struct Harvester {
     cache: MapData,
     sets: u32,
     reader: BatchReader,
-    evictions: RingBuf<MapData>,
+    evictions: Evictions,
     dns: RingBuf<MapData>,
     counters: PerCpuArray<MapData, u64>,
     slots: SlotDeltas,
     cpus: usize,
-    /// Deltas from eviction records drained between harvests.
-    pending: Vec<Delta>,
     /// Deltas read from the cache, handed on every [`BATCH_DELTAS`].
     batch: Vec<Delta>,
     pending_dns: Vec<DnsMessage>,
@@ -92,7 +90,7 @@ pub struct Harvester {
     pub dns_dropped: u64,
 }
 
-/// A ring's file descriptor (evictions, DNS), for waiting on it
+/// The DNS ring's file descriptor, for waiting on it
 /// (`tokio::io::unix::AsyncFd`); valid while the [`Harvester`] it came from lives.
 pub struct RingFd(RawFd);
 
@@ -118,12 +116,11 @@ impl Harvester {
             cache,
             sets,
             reader: BatchReader::new(BATCH_SETS, size_of::<FlowSet>(), cpus),
-            evictions: take_map(ebpf, EVICTIONS_MAP)?,
+            evictions: Evictions::start(take_map(ebpf, EVICTIONS_MAP)?)?,
             dns: take_map(ebpf, DNS_MAP)?,
             counters: take_map(ebpf, COUNTERS_MAP)?,
             slots: SlotDeltas::new(sets as usize * CACHE_WAYS),
             cpus,
-            pending: Vec::new(),
             batch: Vec::with_capacity(BATCH_DELTAS + CACHE_WAYS),
             pending_dns: Vec::new(),
             dns_dropped: 0,
@@ -133,11 +130,6 @@ impl Harvester {
     /// Flows the cache holds before it evicts, over all CPUs.
     pub fn capacity(&self) -> usize {
         self.sets as usize * CACHE_WAYS * self.cpus
-    }
-
-    /// The kernel wakes this when the eviction ring is an eighth full.
-    pub fn evictions_fd(&self) -> RingFd {
-        RingFd(self.evictions.as_raw_fd())
     }
 
     /// The kernel wakes this for every DNS message.
@@ -166,19 +158,6 @@ impl Harvester {
         }
     }
 
-    /// Take every waiting eviction record into the next harvest's deltas, freeing the ring.
-    pub fn drain_evictions(&mut self) {
-        while let Some(item) = self.evictions.next() {
-            if item.len() < size_of::<Evicted>() {
-                continue;
-            }
-            // SAFETY: the kernel wrote an `Evicted` (repr(C), every bit pattern valid) at the
-            // start of the record; read_unaligned makes no alignment assumption.
-            let e: Evicted = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
-            self.pending.extend(self.slots.evicted(&e));
-        }
-    }
-
     /// Read the cache, handing its deltas to `each` a batch at a time (eviction records
     /// first) instead of keeping them: at node scale one vector of every active point
     /// would be tens of MiB held from one harvest to the next. `out` gets the rest of the
@@ -188,16 +167,21 @@ impl Harvester {
         out: &mut Harvest,
         mut each: impl FnMut(&[Delta]),
     ) -> Result<(), DatapathError> {
-        self.drain_evictions();
         self.drain_dns();
         out.dns.clear();
         out.dns.append(&mut self.pending_dns);
         out.deltas.clear();
-        each(&self.pending);
-        self.pending.clear();
         let slots = &mut self.slots;
         let batch = &mut self.batch;
         batch.clear();
+        // Every record evicted since the last harvest first, as one drained ring gave them.
+        for e in self.evictions.take() {
+            batch.extend(slots.evicted(&e));
+            if batch.len() >= BATCH_DELTAS {
+                each(batch);
+                batch.clear();
+            }
+        }
         self.reader
             .read_all(self.cache.fd().as_fd(), self.sets, |set, cpu, bytes| {
                 // SAFETY: the kernel wrote one FlowSet (repr(C), every bit pattern valid) per

@@ -9,6 +9,7 @@ mod caps;
 pub mod cgroup_hooks;
 mod clock;
 mod error;
+mod evictions;
 mod harvest;
 mod interfaces;
 mod legacy;

@@ -21,9 +21,7 @@ use crate::{
 /// The kernel side, loaded and attached to the interfaces present at start.
 pub(super) struct Datapath {
     /// Declared before `harvester`, so dropped before it (fields drop in order): its fd
-    /// is the harvester's ring's.
-    pub(super) evictions: AsyncFd<datapath::RingFd>,
-    /// As `evictions`: the harvester's DNS ring.
+    /// is the harvester's DNS ring's. (The eviction ring has a thread of its own.)
     pub(super) dns: AsyncFd<datapath::RingFd>,
     pub(super) harvester: Harvester,
     pub(super) loaded: datapath::Loaded,
@@ -45,12 +43,8 @@ pub(super) async fn start_datapath(args: &AgentArgs) -> anyhow::Result<Datapath>
     let mut loaded = datapath::load(programs, args.idle_timeout, args.flow_cache_sets)?;
     KernelClock::start(&mut loaded.ebpf)?.spawn();
     let harvester = Harvester::new(&mut loaded.ebpf)?;
-    // SAFETY: the fd belongs to the harvester's ring buffer, which outlives this AsyncFd
-    // (see `Datapath`) and never closes or replaces it.
-    let evictions =
-        unsafe { AsyncFd::register_with_interest(harvester.evictions_fd(), Interest::READABLE) }
-            .map_err(|e| anyhow::anyhow!("watching the eviction ring: {e}"))?;
-    // SAFETY: as above, for the DNS ring.
+    // SAFETY: the fd belongs to the harvester's DNS ring buffer, which outlives this
+    // AsyncFd (see `Datapath`) and never closes or replaces it.
     let dns = unsafe { AsyncFd::register_with_interest(harvester.dns_fd(), Interest::READABLE) }
         .map_err(|e| anyhow::anyhow!("watching the DNS ring: {e}"))?;
     let mode = args.attach_mode.resolve(loaded.tcx_available);
@@ -67,7 +61,6 @@ pub(super) async fn start_datapath(args: &AgentArgs) -> anyhow::Result<Datapath>
     let (initial, events) = datapath::watch_links().await?;
     let attachments = Attachments::new(&mut loaded.ebpf, mode, programs, loaded.tcx_available)?;
     let mut dp = Datapath {
-        evictions,
         dns,
         harvester,
         loaded,

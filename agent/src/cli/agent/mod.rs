@@ -194,7 +194,6 @@ async fn observe(
     let Datapath {
         loaded,
         harvester,
-        evictions,
         dns,
         attachments,
         selector,
@@ -227,13 +226,6 @@ async fn observe(
                 let positions = attachments.stay_first(&mut loaded.ebpf, nl.as_ref()).await;
                 publish_positions(shared, &positions);
             }
-            ready = evictions.readable() => match ready {
-                Ok(mut guard) => {
-                    harvester.drain_evictions();
-                    guard.clear_ready();
-                }
-                Err(e) => break Err(anyhow::anyhow!("eviction ring wait failed: {e}")),
-            },
             ready = dns.readable() => match ready {
                 Ok(mut guard) => {
                     harvester.drain_dns();
