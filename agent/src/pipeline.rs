@@ -17,7 +17,9 @@ use crate::{
     dns::{DnsTracker, NamesLimits},
     event::{ConnEvent, EventKind},
     export::{otlp::Otlp, ConnectionView, FlowLog, FlowMetrics, NatMappings, Shared},
-    flow::{decide_outcome, ConnId, ConnTable, Counts, FlowView, Outcome, Seen, Settled},
+    flow::{
+        decide_outcome, ConnId, ConnTable, Counts, FlowView, Outcome, Seen, Settled, WARM_AHEAD,
+    },
     identity::{SharedStore, Store},
     lateral::{Edges, Fanout},
     nat::{Mechanism, NatEvent, NatTable},
@@ -299,7 +301,8 @@ impl Pipeline {
         touched.sort_unstable();
         touched.dedup();
         let now = Instant::now();
-        for id in touched {
+        for (i, &id) in touched.iter().enumerate() {
+            self.table.warm_ahead(&touched, i);
             let Some(t) = self.table.get_mut(id) else {
                 continue;
             };
@@ -379,7 +382,7 @@ impl Pipeline {
         // Each event takes the connection's unreported counts and its reclassified flag
         // (cleared here: the event carries it).
         let table = &mut self.table;
-        let mut take = |id: ConnId, kind: EventKind| {
+        let take = |table: &mut ConnTable<Annotation>, id: ConnId, kind: EventKind| {
             let (delta, reclassified) = table.get_mut(id).map_or_else(Default::default, |t| {
                 (t.take_delta(), std::mem::take(&mut t.extra.reclassified))
             });
@@ -391,7 +394,10 @@ impl Pipeline {
             (&settled.updated, EventKind::Update),
             (&settled.ending, last),
         ] {
-            due.extend(ids.iter().map(|&id| take(id, kind)));
+            for (i, &id) in ids.iter().enumerate() {
+                table.warm_ahead(ids, i);
+                due.push(take(table, id, kind));
+            }
         }
         // An attempt decided without new packets (given up on) still gets an event.
         if !decided.is_empty() {
@@ -402,7 +408,10 @@ impl Pipeline {
                 .collect();
             let mut late: Vec<ConnId> = decided.difference(&has_event).copied().collect();
             late.sort_unstable();
-            due.extend(late.into_iter().map(|id| take(id, EventKind::Update)));
+            due.extend(
+                late.into_iter()
+                    .map(|id| take(table, id, EventKind::Update)),
+            );
         }
         due
     }
@@ -417,7 +426,11 @@ impl Pipeline {
         for due in due.chunks(EMIT_CHUNK) {
             let events: Vec<ConnEvent> = due
                 .iter()
-                .filter_map(|&(id, kind, delta, reclassified)| {
+                .enumerate()
+                .filter_map(|(i, &(id, kind, delta, reclassified))| {
+                    if let Some(ahead) = due.get(i + WARM_AHEAD) {
+                        self.table.warm(ahead.0);
+                    }
                     let t = self.table.get(id)?;
                     Some(ConnEvent {
                         kind,
@@ -464,7 +477,8 @@ impl Pipeline {
         ids.sort_unstable();
         ids.dedup();
         let mut decided = FastSet::default();
-        for id in ids {
+        for (i, &id) in ids.iter().enumerate() {
+            self.table.warm_ahead(&ids, i);
             let Some(t) = self.table.get_mut(id) else {
                 self.undecided.remove(&id);
                 continue;

@@ -333,8 +333,10 @@ mod generation;
 mod intake;
 mod join;
 mod key_index;
+mod prefetch;
 mod settle;
 
 use key_index::KeyIndex;
+pub use prefetch::AHEAD as WARM_AHEAD;
 #[cfg(test)]
 mod tests;

@@ -4,6 +4,9 @@
 
 use super::*;
 
+/// Deltas whose connections are fetched into cache together before they are applied.
+const LOOKAHEAD: usize = 16;
+
 impl<A: Default> ConnTable<A> {
     /// Fold one harvest's deltas in: known observation points add up, new ones attach to
     /// their connection (through conntrack's tuples, or the tuple and its reverse), and
@@ -19,6 +22,26 @@ impl<A: Default> ConnTable<A> {
     /// ([`ConnTable::place_unknown`]). Called a batch at a time while the kernel cache is
     /// read, so a node's active points never sit in one vector.
     pub fn apply_known(&mut self, deltas: &[Delta], unknown: &mut Vec<Delta>) {
+        for group in deltas.chunks(LOOKAHEAD) {
+            self.prefetch_hinted(group);
+            self.apply_group(group, unknown);
+        }
+    }
+
+    /// Start loading the connections a group of deltas' hints name. The lookups are
+    /// independent of each other, so the CPU overlaps their cache misses here instead of
+    /// taking them one after another in [`Self::apply_group`] (at node scale every delta's
+    /// connection is a miss: the table is far larger than the cache).
+    fn prefetch_hinted(&self, group: &[Delta]) {
+        for d in group {
+            let hinted = self.hints.get(d.slot as usize).copied().unwrap_or(0);
+            if hinted != 0 {
+                self.warm(hinted >> 8);
+            }
+        }
+    }
+
+    fn apply_group(&mut self, deltas: &[Delta], unknown: &mut Vec<Delta>) {
         for d in deltas {
             let hinted = self.hints.get(d.slot as usize).copied().unwrap_or(0);
             let (id, point) = (hinted >> 8, (hinted & 0xff) as usize);

@@ -65,7 +65,11 @@ impl<A: Default> ConnTable<A> {
         }
         let mut idle = Vec::new();
         let mut stats = TableStats::default();
+        let mut ahead = self.conns.values().skip(super::prefetch::AHEAD);
         for t in self.conns.values() {
+            if let Some(next) = ahead.next() {
+                super::prefetch::warm_tracked(next);
+            }
             stats.points += t.points.len();
             if !t.reported {
                 stats.held += 1;
@@ -133,7 +137,8 @@ impl<A: Default> ConnTable<A> {
         let started: HashSet<ConnId> = out.started.iter().copied().collect();
         let mut changed = std::mem::take(&mut self.changed);
         changed.sort_unstable();
-        for id in changed {
+        for (i, &id) in changed.iter().enumerate() {
+            self.warm_ahead(&changed, i);
             let Some(t) = self.conns.get_mut(&id) else {
                 continue;
             };
