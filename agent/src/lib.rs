@@ -25,6 +25,7 @@ pub mod metric;
 pub mod nat;
 pub mod net;
 pub mod pipeline;
+pub mod prefetch;
 pub mod process;
 pub mod relay;
 pub mod shutdown;

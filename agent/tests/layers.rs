@@ -20,6 +20,7 @@ const LAYERS: &[&[&str]] = &[
         "yaml_shape",
         "logging",
         "memory",
+        "prefetch",
     ],
     &["config"],
     &["datapath"],

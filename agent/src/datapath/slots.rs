@@ -135,6 +135,14 @@ impl SlotDeltas {
         delta(s.key, key, &s.stats, base.as_ref(), dense, false)
     }
 
+    /// Start loading what [`Self::evicted`] will read for `e`: eviction records come in
+    /// no slot order, so each is a cache miss on its slot's bookkeeping otherwise.
+    pub fn warm(&self, e: &Evicted) {
+        if let Some(seen) = self.current.get(self.index((e.cpu, e.slot))) {
+            crate::prefetch::prefetch(std::ptr::from_ref(seen).cast());
+        }
+    }
+
     /// A slot's final counters, sent by the kernel when another flow took the slot.
     pub fn evicted(&mut self, e: &Evicted) -> Option<Delta> {
         let id = (e.cpu, e.slot);

@@ -32,11 +32,16 @@ impl<A: Default> ConnTable<A> {
     /// independent of each other, so the CPU overlaps their cache misses here instead of
     /// taking them one after another in [`Self::apply_group`] (at node scale every delta's
     /// connection is a miss: the table is far larger than the cache).
+    /// An eviction record's slot has usually changed hands since it was read, so its hint
+    /// rarely names its flow: its connection is found through the key index, warmed here
+    /// the same way.
     fn prefetch_hinted(&self, group: &[Delta]) {
         for d in group {
             let hinted = self.hints.get(d.slot as usize).copied().unwrap_or(0);
-            if hinted != 0 {
+            if hinted != 0 && !d.evicted {
                 self.warm(hinted >> 8);
+            } else if let Some(&id) = self.by_key.get(&d.key) {
+                self.warm(id);
             }
         }
     }

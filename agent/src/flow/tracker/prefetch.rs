@@ -1,26 +1,11 @@
-//! Cache warming for passes over many connections. At node scale the table is far larger
-//! than the CPU's caches, so each connection a harvest touches costs a miss on its hash
-//! bucket and another on its boxed state; taken one after another they were most of a
-//! harvest. Looking a few connections ahead and asking the CPU to load them overlaps those
-//! misses. Only hints: nothing here changes what any pass computes.
+//! Cache warming for passes over many connections ([`crate::prefetch`]): each connection a
+//! harvest touches costs a miss on its hash bucket and another on its boxed state.
 
 use super::{ConnId, ConnTable, Tracked};
+use crate::prefetch::prefetch;
 
 /// How far ahead a pass over connection ids warms the connections it will visit.
 pub const AHEAD: usize = 8;
-
-/// Ask the CPU to load the cache line at `at`. Never faults, whatever the address.
-#[inline(always)]
-pub(super) fn prefetch(at: *const u8) {
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: PREFETCHT0 only hints the cache: it reads nothing the program sees and does
-    // not fault on any address.
-    unsafe {
-        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(at.cast())
-    };
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = at;
-}
 
 /// Start loading the parts of `t` the harvest's passes read: its identity and connection
 /// (first lines), its observation points, and the flags after them.
