@@ -160,8 +160,16 @@ pub(crate) fn ensure_bpffs() -> Result<()> {
     mount_bpffs(Path::new(BPFFS))
 }
 
+/// Held while checking for and mounting a bpffs: tests run in parallel threads, and two
+/// that both found none mounted stacked a second bpffs over the first, hiding the pin
+/// directory the first had just made (a fresh CI machine has none at /sys/fs/bpf).
+static MOUNTING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// A bpffs mounted at `dir` (mounted now unless one already is).
 pub(crate) fn mount_bpffs(dir: &Path) -> Result<()> {
+    let _one_at_a_time = MOUNTING
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     if is_bpffs(dir) {
         return Ok(());
     }
