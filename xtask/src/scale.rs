@@ -82,7 +82,7 @@ fn measure(
     args: &ScaleArgs,
 ) -> Result<()> {
     let t = &lab.topo;
-    wait_ready(node)?;
+    wait_ready(node, agent, log)?;
     let attach_ms = attach_span_ms(log)?;
     let pods = metric(node, "tenantflow_attached_interfaces{role=\"pod\"}")? as u32;
     // One more pod interface while the agent runs: how soon is it observed?
@@ -194,14 +194,34 @@ fn start_agent(
         .context("starting the agent")
 }
 
-fn wait_ready(node: &str) -> Result<()> {
+/// Waits for the agent's readiness; if it exits first (a flag it rejects, say), the error
+/// carries the agent's own last words instead of a bare timeout.
+fn wait_ready(node: &str, agent: &mut Child, log: &std::path::Path) -> Result<()> {
     for _ in 0..600 {
         if http(node, "/readyz").is_ok_and(|b| b.starts_with("ready")) {
             return Ok(());
         }
+        if let Some(status) = agent.try_wait()? {
+            bail!(
+                "the agent exited ({status}) before it was ready; its log {}:\n{}",
+                log.display(),
+                log_tail(log)
+            );
+        }
         std::thread::sleep(Duration::from_millis(50));
     }
-    bail!("agent not ready within 30 s")
+    bail!(
+        "agent not ready within 30 s; its log {}:\n{}",
+        log.display(),
+        log_tail(log)
+    )
+}
+
+/// The last lines of the agent's log, for an error message.
+fn log_tail(log: &std::path::Path) -> String {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(5)..].join("\n")
 }
 
 fn http(node: &str, path: &str) -> Result<String> {
