@@ -16,7 +16,9 @@ use crate::{
     datapath::{Delta, Harvest, Harvester, Interfaces},
     dns::{DnsTracker, NamesLimits},
     event::{ConnEvent, EventKind},
-    export::{otlp::Otlp, ConnectionView, FlowLog, FlowMetrics, NatMappings, Shared},
+    export::{
+        otlp::Otlp, ConnectionView, FlowLog, FlowMetrics, NamespaceSeries, NatMappings, Shared,
+    },
     flow::{
         decide_outcome, ConnId, ConnTable, Counts, FlowView, Outcome, Seen, Settled, WARM_AHEAD,
     },
@@ -84,6 +86,8 @@ pub struct Pipeline {
     edges: Edges,
     /// The pods' DNS: what each resolved, to name their connections.
     dns: DnsTracker,
+    /// The DNS counters' namespace series, dropped when their namespace is deleted.
+    dns_series: NamespaceSeries,
 }
 
 impl Pipeline {
@@ -96,6 +100,7 @@ impl Pipeline {
         processes: Option<Attribution>,
         edges: Edges,
     ) -> Self {
+        let dns_series = NamespaceSeries::new(sinks.metrics.grace());
         Self {
             table: ConnTable::new(mechanism != Mechanism::None),
             harvest: Harvest::default(),
@@ -110,6 +115,7 @@ impl Pipeline {
             undecided: Default::default(),
             edges,
             dns: DnsTracker::new(NamesLimits::default()),
+            dns_series,
         }
     }
 
@@ -347,7 +353,11 @@ impl Pipeline {
         );
         let m = &shared.metrics;
         m.observe_dns(self.dns.counts, self.dns.names());
-        if signals.nxdomain.is_empty() && signals.unapproved.is_empty() {
+        let wall = Instant::now();
+        if signals.nxdomain.is_empty()
+            && signals.unapproved.is_empty()
+            && !self.dns_series.due(wall)
+        {
             return;
         }
         let store = self.identity.read();
@@ -358,11 +368,15 @@ impl Pipeline {
         };
         for nx in &signals.nxdomain {
             let (ns, tenant) = labels(nx.pod);
-            m.dns_nxdomain.with_label_values(&[&ns, &tenant]).inc();
+            self.dns_series.inc(&m.dns_nxdomain, &ns, &tenant);
         }
         for (pod, _resolver) in &signals.unapproved {
             let (ns, tenant) = labels(*pod);
-            m.dns_unapproved.with_label_values(&[&ns, &tenant]).inc();
+            self.dns_series.inc(&m.dns_unapproved, &ns, &tenant);
+        }
+        if self.dns_series.due(wall) {
+            self.dns_series
+                .gc(&store, wall, &[&m.dns_nxdomain, &m.dns_unapproved]);
         }
     }
 

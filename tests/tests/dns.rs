@@ -12,7 +12,7 @@ use tenantflow_tests::{
     prometheus::Prometheus,
     traffic, traffic_bg, udp_from_pod, Agent,
 };
-use xtask::lab::topology::INTERNET_HOST;
+use xtask::lab::{manifest, topology::INTERNET_HOST};
 
 /// A pod resolves `api.example.test` (a CNAME and two A records) through the Service VIP and
 /// connects to the first address: its record carries the name it asked for, and the name
@@ -112,7 +112,8 @@ fn a_connection_carries_the_name_its_own_pod_resolved_and_no_other_pods() {
 fn nxdomain_bursts_and_outside_resolvers_fire_their_alerts() {
     let lab = lab("dnx");
     let t = &lab.topo;
-    let agent = lab_agent(&lab, 1, &[]);
+    // A short grace: the last step deletes a namespace and waits for its series to go.
+    let agent = lab_agent(&lab, 1, &["--metrics-grace", "2s"]);
     let _dns = Dns::start(&lab);
     let rules = tenantflow_tests::chart::rules_file();
     let prom = Prometheus::start(&t.node_ns(1), "127.0.0.1:9990", &[rules]);
@@ -169,6 +170,26 @@ fn nxdomain_bursts_and_outside_resolvers_fire_their_alerts() {
             "TenantflowUnmediatedDns \"alpha-jobs\""
         ]
     );
+    // alpha-web is deleted from the cluster: its NXDOMAIN series goes once the grace
+    // period has passed, alpha-jobs' unapproved-resolver series stays as it was.
+    let mut snap = manifest::snapshot(t);
+    snap["items"].as_array_mut().unwrap().retain(|o| {
+        o["metadata"]["namespace"] != "alpha-web" && o["metadata"]["name"] != "alpha-web"
+    });
+    std::fs::write(
+        manifest::snapshot_path(&t.prefix),
+        serde_json::to_string(&snap).unwrap(),
+    )
+    .unwrap();
+    let gone = eventually(Duration::from_secs(15), || {
+        agent.metric(&nx).is_none().then_some(())
+    });
+    assert!(
+        gone.is_some(),
+        "{nx} still exported: {:?}",
+        agent.metric(&nx)
+    );
+    assert_eq!(agent.metric(&outside), Some(1.0));
 }
 
 /// DNS over TCP, an answer too big for UDP retried over TCP, and a TTL running out, each

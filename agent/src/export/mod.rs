@@ -8,6 +8,7 @@ mod http;
 mod json_stream;
 pub mod listener;
 mod metrics;
+mod namespace_series;
 mod nat_mappings;
 pub mod otlp;
 mod record;
@@ -21,6 +22,7 @@ pub use http::{
     MAX_RECORDS, NEXT_AFTER,
 };
 pub use metrics::AgentMetrics;
+pub use namespace_series::NamespaceSeries;
 pub use nat_mappings::NatMappings;
 pub use record::{ConnectionView, Endpoint, SightingView};
 pub use selection::{LogFilter, RecordType, Selection};

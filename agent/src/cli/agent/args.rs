@@ -100,7 +100,8 @@ pub struct AgentArgs {
     /// Most series per flow-metric family; beyond it traffic is counted in `_overflow`.
     #[arg(long, default_value_t = 10_000)]
     pub metrics_max_series: usize,
-    /// Series of a deleted namespace or workload are dropped after this.
+    /// Series of a deleted namespace or workload (flow families, DNS counters) are dropped
+    /// after this.
     #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
     pub metrics_grace: Duration,
     /// Most (pod, address) names kept from the pods' DNS answers (about 100 bytes each);

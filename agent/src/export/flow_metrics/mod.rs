@@ -128,6 +128,12 @@ impl FlowMetrics {
     /// connection (and its flags), every event adds the packets and bytes it carries.
     /// A connection's byte and packet series are looked up once (and again only when its
     /// classification changes or series were dropped), not for every event.
+    /// How long series of a deleted namespace stay: the agent's other namespace-labelled
+    /// series ([`super::NamespaceSeries`]) keep them as long.
+    pub fn grace(&self) -> Duration {
+        self.cfg.grace
+    }
+
     pub fn observe(&mut self, events: &[ConnEvent], store: &Store, now: Instant) {
         for ev in events {
             let k = ev.class;
