@@ -172,15 +172,7 @@ fn nxdomain_bursts_and_outside_resolvers_fire_their_alerts() {
     );
     // alpha-web is deleted from the cluster: its NXDOMAIN series goes once the grace
     // period has passed, alpha-jobs' unapproved-resolver series stays as it was.
-    let mut snap = manifest::snapshot(t);
-    snap["items"].as_array_mut().unwrap().retain(|o| {
-        o["metadata"]["namespace"] != "alpha-web" && o["metadata"]["name"] != "alpha-web"
-    });
-    std::fs::write(
-        manifest::snapshot_path(&t.prefix),
-        serde_json::to_string(&snap).unwrap(),
-    )
-    .unwrap();
+    manifest::write_without_namespace(t, "alpha-web").unwrap();
     let gone = eventually(Duration::from_secs(15), || {
         agent.metric(&nx).is_none().then_some(())
     });

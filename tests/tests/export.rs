@@ -252,15 +252,7 @@ fn flow_log_carries_both_nat_sides_and_deleted_namespaces_leave_the_metrics() {
     assert!(eventually(Duration::from_secs(5), || (beta_lines(&agent) == 4).then_some(())).is_some(),
         "flows_total, bytes and packets (tx) and cross_tenant_flows_total for alpha-web -> beta-api: got {}", beta_lines(&agent));
     // …until beta-api is deleted from the cluster and the grace period passes.
-    let mut snap = manifest::snapshot(t);
-    snap["items"].as_array_mut().unwrap().retain(|o| {
-        o["metadata"]["namespace"] != "beta-api" && o["metadata"]["name"] != "beta-api"
-    });
-    std::fs::write(
-        manifest::snapshot_path(&t.prefix),
-        serde_json::to_string(&snap).unwrap(),
-    )
-    .unwrap();
+    manifest::write_without_namespace(t, "beta-api").unwrap();
     let gone = eventually(Duration::from_secs(10), || {
         (beta_lines(&agent) == 0).then_some(())
     });

@@ -12,6 +12,29 @@ use crate::{identity::Store, net::FastMap};
 /// How often deleted namespaces are looked for: one lookup per series each time.
 const GC_EVERY: Duration = Duration::from_secs(1);
 
+/// Whether a series whose referent is `gone` (or not) has been gone for the whole grace
+/// period, keeping `gone_since` current: set at the first miss (which never drops, so a
+/// referent is seen missing twice), cleared when it is back. Shared with the flow
+/// families' series ([`super::FlowMetrics`]).
+pub(super) fn past_grace(
+    gone: bool,
+    gone_since: &mut Option<Instant>,
+    now: Instant,
+    grace: Duration,
+) -> bool {
+    if !gone {
+        *gone_since = None;
+        return false;
+    }
+    match gone_since {
+        None => {
+            *gone_since = Some(now);
+            false
+        }
+        Some(t) => now.duration_since(*t) >= grace,
+    }
+}
+
 pub struct NamespaceSeries {
     /// (namespace, tenant) of every series counted into, and since when its namespace
     /// has been missing from the inventory.
@@ -52,12 +75,8 @@ impl NamespaceSeries {
         }
         let grace = self.grace;
         self.labels.retain(|(namespace, tenant), gone_since| {
-            if namespace.is_empty() || store.namespace(namespace).is_some() {
-                *gone_since = None;
-                return true;
-            }
-            let since = *gone_since.get_or_insert(now);
-            if now.duration_since(since) < grace {
+            let gone = !namespace.is_empty() && store.namespace(namespace).is_none();
+            if !past_grace(gone, gone_since, now, grace) {
                 return true;
             }
             for vec in vecs {

@@ -18,6 +18,20 @@ pub fn snapshot_path(prefix: &str) -> PathBuf {
     dir(prefix).join("snapshot.yaml")
 }
 
+/// Rewrite the lab's snapshot as the cluster is once `namespace` and everything in it are
+/// deleted (an agent following the file picks the change up).
+pub fn write_without_namespace(t: &Topology, namespace: &str) -> Result<()> {
+    let mut snap = snapshot(t);
+    if let Some(items) = snap["items"].as_array_mut() {
+        items.retain(|o| {
+            o["metadata"]["namespace"] != namespace && o["metadata"]["name"] != namespace
+        });
+    }
+    let path = snapshot_path(&t.prefix);
+    std::fs::write(&path, serde_json::to_string(&snap)?)
+        .with_context(|| format!("writing {}", path.display()))
+}
+
 pub fn config_path(prefix: &str) -> PathBuf {
     dir(prefix).join("config.yaml")
 }

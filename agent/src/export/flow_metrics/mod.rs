@@ -124,16 +124,16 @@ impl FlowMetrics {
         }
     }
 
-    /// Fold one harvest's connection events into the counters: a start counts the
-    /// connection (and its flags), every event adds the packets and bytes it carries.
-    /// A connection's byte and packet series are looked up once (and again only when its
-    /// classification changes or series were dropped), not for every event.
     /// How long series of a deleted namespace stay: the agent's other namespace-labelled
     /// series ([`super::NamespaceSeries`]) keep them as long.
     pub fn grace(&self) -> Duration {
         self.cfg.grace
     }
 
+    /// Fold one harvest's connection events into the counters: a start counts the
+    /// connection (and its flags), every event adds the packets and bytes it carries.
+    /// A connection's byte and packet series are looked up once (and again only when its
+    /// classification changes or series were dropped), not for every event.
     pub fn observe(&mut self, events: &[ConnEvent], store: &Store, now: Instant) {
         for ev in events {
             let k = ev.class;

@@ -148,11 +148,8 @@ impl FlowMetrics {
             let gone = r.namespaces.iter().any(|n| store.namespace(n).is_none())
                 || (self.cfg.workload_labels
                     && r.workloads.iter().any(|(n, w)| !store.has_workload(n, w)));
-            match (gone, r.gone_since) {
-                (false, _) => r.gone_since = None,
-                (true, None) => r.gone_since = Some(now),
-                (true, Some(t)) if now.duration_since(t) >= grace => drop.push(key.clone()),
-                (true, Some(_)) => {}
+            if crate::export::namespace_series::past_grace(gone, &mut r.gone_since, now, grace) {
+                drop.push(key.clone());
             }
         }
         if !drop.is_empty() {
