@@ -6,11 +6,13 @@
 //! Evidence, strongest first (docs/flow-log.md lists the same order):
 //! 1. TCP: the direction that carried a SYN without ACK (a kernel bit, not OR-ed flags);
 //!    failing that, the one that carried the SYN-ACK is the responder;
-//! 2. ICMP echo: the request's direction;
-//! 3. only one direction seen so far (UDP and other datagrams): that one, since a reply
+//! 2. an ICMP error (the kernel keys it as the flow it answers): the direction that carried
+//!    one, and the other did not, is the responder's, since an error answers a packet;
+//! 3. ICMP echo: the request's direction;
+//! 4. only one direction seen so far (UDP and other datagrams): that one, since a reply
 //!    cannot precede its request;
-//! 4. both seen, at different times: the earlier one;
-//! 5. the port rule, a pure function of the tuple (so it can never flip): the higher port
+//! 5. both seen, at different times: the earlier one;
+//! 6. the port rule, a pure function of the tuple (so it can never flip): the higher port
 //!    is the client's (ephemeral ports sit above service ports); equal ports, the higher
 //!    address. TCP connections that began before the agent and that conntrack does not
 //!    know end here.
@@ -46,6 +48,14 @@ pub fn decide(t: &FlowTuple, te: &FlowEntry, rev: Option<&FlowEntry>) -> (bool, 
             (false, true) => return (true, Evidence::Answer),
             _ => {}
         }
+    }
+    // Timestamps tie within a clock tick, and a datagram to a closed port is answered
+    // within one: without this, equal ports (7005 -> 7005) fell to the port rule and the
+    // refusing side became the initiator of a "replied" flow.
+    match (te.icmp_error, rev.is_some_and(|r| r.icmp_error)) {
+        (true, false) => return (false, Evidence::Answer),
+        (false, true) => return (true, Evidence::Answer),
+        _ => {}
     }
     if t.is_icmp() {
         let ty = (t.dport >> 8) as u8;
@@ -118,6 +128,37 @@ mod tests {
                 assert_eq!(got, (false, Evidence::Ports));
             }
         }
+    }
+
+    #[test]
+    fn the_side_an_icmp_error_came_from_is_the_responder_even_within_one_tick() {
+        // Equal ports and equal timestamps: the port rule alone would pick the higher
+        // address, the side that refused.
+        let datagram = tu(PROTO_UDP, "10.244.1.10", 7005, "10.244.2.12", 7005);
+        let refusal = datagram.reversed().unwrap();
+        let mut error = e(5, 0);
+        error.icmp_error = true;
+        assert_eq!(
+            decide(&refusal, &error, Some(&e(5, 0))),
+            (false, Evidence::Answer)
+        );
+        assert_eq!(
+            decide(&datagram, &e(5, 0), Some(&error)),
+            (true, Evidence::Answer)
+        );
+        assert_eq!(
+            decide(&refusal, &error, None),
+            (false, Evidence::Answer),
+            "the error alone still names the side it answers"
+        );
+        // Errors both ways say nothing; the next rule decides (equal ports: the higher
+        // address).
+        let mut other = e(5, 0);
+        other.icmp_error = true;
+        assert_eq!(
+            decide(&refusal, &error, Some(&other)),
+            (true, Evidence::Ports)
+        );
     }
 
     #[test]
