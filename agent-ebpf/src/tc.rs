@@ -87,10 +87,12 @@ fn record(ctx: &TcContext, dir: Direction, mut p: Parsed) {
     } else {
         0
     };
-    let Some(set) = FLOW_CACHE.get_ptr_mut(set_index) else {
+    // SAFETY: helper without preconditions.
+    let cpu = unsafe { bpf_get_smp_processor_id() };
+    let Some(set) = FLOW_CACHE.get_ptr_mut(cpu * (set_mask() + 1) + set_index) else {
         return;
     };
-    // SAFETY: per-CPU value, only this CPU writes it while the program runs.
+    // SAFETY: this CPU's row: only this CPU writes it, and not concurrently with itself.
     let set = unsafe { &mut *set };
     for way in 0..CACHE_WAYS {
         let s = &mut set.ways[way];
@@ -120,7 +122,7 @@ fn record(ctx: &TcContext, dir: Direction, mut p: Parsed) {
             return;
         }
     }
-    occupy(set, set_index, &p, segs, bytes, now);
+    occupy(set, cpu, set_index, &p, segs, bytes, now);
     if dir == Direction::Egress {
         remember_socket(ctx, &p.key);
     }
@@ -128,7 +130,15 @@ fn record(ctx: &TcContext, dir: Direction, mut p: Parsed) {
 
 /// A miss: take an empty way, else the least recently seen one (its counts go to userspace).
 #[inline(always)]
-fn occupy(set: &mut FlowSet, set_index: u32, p: &Parsed, segs: u64, bytes: u64, now: u64) {
+fn occupy(
+    set: &mut FlowSet,
+    cpu: u32,
+    set_index: u32,
+    p: &Parsed,
+    segs: u64,
+    bytes: u64,
+    now: u64,
+) {
     let w = &set.ways;
     let way = if w[0].stats.packets == 0 {
         0
@@ -143,8 +153,7 @@ fn occupy(set: &mut FlowSet, set_index: u32, p: &Parsed, segs: u64, bytes: u64, 
             key: s.key,
             stats: s.stats,
             seq: s.seq_begin,
-            // SAFETY: helper without preconditions.
-            cpu: unsafe { bpf_get_smp_processor_id() },
+            cpu,
             slot: set_index * CACHE_WAYS as u32 + way as u32,
         });
     }

@@ -60,6 +60,12 @@ pub enum DatapathError {
     /// The possible-CPU list (sizes per-CPU map reads) could not be read.
     #[error("reading /sys/devices/system/cpu/possible: {0}: is /sys mounted?")]
     Cpus(#[source] std::io::Error),
+    /// The flow cache's sets times the CPUs do not fit a map's 32-bit entry count.
+    #[error(
+        "--flow-cache-sets {sets} on {cpus} CPUs is more entries than a BPF map holds: \
+         pass a smaller --flow-cache-sets (the default sizing fits any node)"
+    )]
+    CacheTooLarge { sets: u32, cpus: usize },
     /// A map operation failed.
     #[error("map {map}: {source}")]
     Map {

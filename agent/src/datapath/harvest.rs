@@ -1,5 +1,6 @@
-//! Read the kernel flow cache: drain the eviction ring, then read every slot of every CPU,
-//! and turn both into per-flow deltas (see [`super::slots`]).
+//! Read the kernel flow cache: drain the eviction ring, then read every slot of every CPU
+//! in place ([`super::cache_map`]), and turn both into per-flow deltas (see
+//! [`super::slots`]).
 //!
 //! The ring is drained first so an occupation's final record usually lands before its
 //! slot is read again; the order does not matter for correctness, only for how long a
@@ -12,20 +13,17 @@ use std::os::fd::{AsFd, AsRawFd, RawFd};
 
 use agent_common::{counters::COUNTER_SLOTS, Counter, DnsCapture, FlowKey, FlowSet, CACHE_WAYS};
 use aya::{
-    maps::{Map, MapData, MapError, PerCpuArray, PerCpuValues, RingBuf},
+    maps::{Array, Map, MapData, MapError, PerCpuArray, PerCpuValues, RingBuf},
     Ebpf,
 };
 
 use super::{
-    batch::BatchReader,
+    cache_map::CacheMap,
     evictions::Evictions,
     map_err,
     slots::{Delta, SlotDeltas},
     take_map, take_raw_map, DatapathError,
 };
-
-/// Sets per batch syscall: 256 × 192 bytes × CPUs of buffer (3 MiB on a 64-vCPU node).
-const BATCH_SETS: u32 = 256;
 
 /// How far ahead of the eviction record being applied its slot's bookkeeping is loaded.
 const RECORDS_AHEAD: usize = 8;
@@ -80,7 +78,7 @@ pub struct Harvest {
 pub struct Harvester {
     cache: MapData,
     sets: u32,
-    reader: BatchReader,
+    reader: CacheMap,
     evictions: Evictions,
     dns: RingBuf<MapData>,
     counters: PerCpuArray<MapData, u64>,
@@ -108,17 +106,18 @@ impl Harvester {
     pub fn new(ebpf: &mut Ebpf) -> Result<Self, DatapathError> {
         let cache = take_raw_map(ebpf, CACHE_MAP)?;
         let cpus = aya::util::nr_cpus().map_err(|(_, e)| DatapathError::Cpus(e))?;
-        // Checks the value size against FlowSet before the raw batch reads rely on it.
-        let sets = PerCpuArray::<_, FlowSet>::try_from(&cache)
+        // Checks the value size against FlowSet before the in-place reads rely on it.
+        let rows = Array::<_, FlowSet>::try_from(&cache)
             .map_err(map_err(CACHE_MAP))?
             .len();
-        let Map::PerCpuArray(cache) = cache else {
+        let sets = rows / cpus.max(1) as u32;
+        let Map::Array(cache) = cache else {
             return Err(map_err(CACHE_MAP)(MapError::InvalidMapType { map_type: 0 }));
         };
         Ok(Self {
             cache,
             sets,
-            reader: BatchReader::new(BATCH_SETS, size_of::<FlowSet>(), cpus),
+            reader: CacheMap::new(sets as usize, cpus),
             evictions: Evictions::start(take_map(ebpf, EVICTIONS_MAP)?)?,
             dns: take_map(ebpf, DNS_MAP)?,
             counters: take_map(ebpf, COUNTERS_MAP)?,
@@ -190,14 +189,8 @@ impl Harvester {
             }
         }
         self.reader
-            .read_all(self.cache.fd().as_fd(), self.sets, |set, cpu, bytes| {
-                // SAFETY: the kernel wrote one FlowSet (repr(C), every bit pattern valid) per
-                // CPU stride; the stride is at least its size (checked in `new`).
-                let value: FlowSet = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
-                for (way, slot) in value.ways.iter().enumerate() {
-                    let index = set * CACHE_WAYS as u32 + way as u32;
-                    batch.extend(slots.observed(cpu as u32, index, slot));
-                }
+            .read_all(self.cache.fd().as_fd(), |cpu, index, slot| {
+                batch.extend(slots.observed(cpu, index, slot));
                 if batch.len() >= BATCH_DELTAS {
                     each(batch);
                     batch.clear();
@@ -206,7 +199,7 @@ impl Harvester {
             .map_err(|e| DatapathError::Map {
                 map: CACHE_MAP,
                 source: MapError::SyscallError(aya::sys::SyscallError {
-                    call: "bpf_map_lookup_batch",
+                    call: "mmap",
                     io_error: e,
                 }),
             })?;

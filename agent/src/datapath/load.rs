@@ -68,11 +68,17 @@ pub fn load(programs: Programs, idle: Duration, sets: u32) -> Result<Loaded, Dat
     let seed = hash_seed();
     let idle_ns = u64::try_from(idle.as_nanos()).unwrap_or(u64::MAX);
     let set_mask: u32 = sets.max(1) - 1;
+    // One row of sets per possible CPU (the programs index rows by CPU id).
+    let cpus = aya::util::nr_cpus().map_err(|(_, e)| DatapathError::Cpus(e))?;
+    let rows = u32::try_from(cpus)
+        .ok()
+        .and_then(|c| c.checked_mul(sets.max(1)))
+        .ok_or(DatapathError::CacheTooLarge { sets, cpus })?;
     let mut ebpf = EbpfLoader::new()
         .override_global("TF_HASH_SEED", &seed, true)
         .override_global("TF_IDLE_NS", &idle_ns, true)
         .override_global("TF_SET_MASK", &set_mask, true)
-        .map_max_entries("TF_FLOW_CACHE", sets.max(1))
+        .map_max_entries("TF_FLOW_CACHE", rows)
         .load(aya::include_bytes_aligned!(concat!(
             env!("OUT_DIR"),
             "/tenantflow"

@@ -5,6 +5,7 @@
 
 mod attach;
 mod batch;
+mod cache_map;
 mod caps;
 pub mod cgroup_hooks;
 mod clock;
