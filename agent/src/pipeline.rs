@@ -88,6 +88,9 @@ pub struct Pipeline {
     dns: DnsTracker,
     /// The DNS counters' namespace series, dropped when their namespace is deleted.
     dns_series: NamespaceSeries,
+    /// Deltas of eviction records folded between harvests whose flow no connection has
+    /// yet: placed with the next harvest's new flows, as if that harvest had read them.
+    unplaced: Vec<Delta>,
 }
 
 impl Pipeline {
@@ -116,6 +119,7 @@ impl Pipeline {
             edges,
             dns: DnsTracker::new(NamesLimits::default()),
             dns_series,
+            unplaced: Vec::new(),
         }
     }
 
@@ -147,10 +151,10 @@ impl Pipeline {
         let timer = m.harvest_duration.start_timer();
         let mut harvest = std::mem::take(&mut self.harvest);
         // Known points add up while the cache is read; new flows wait for the whole read.
-        let mut unknown = Vec::new();
+        let mut unknown = std::mem::take(&mut self.unplaced);
         let table = &mut self.table;
         match harvester.harvest_with(&mut harvest, |batch| table.apply_known(batch, &mut unknown)) {
-            Ok(()) => self.settle_harvest(&harvest, &unknown, interfaces, shared),
+            Ok(()) => self.settle_harvest(&harvest, &mut unknown, interfaces, shared),
             Err(e) => {
                 m.harvest_errors.inc();
                 warn!(error = %e, "harvest failed");
@@ -160,12 +164,23 @@ impl Pipeline {
         timer.observe_duration();
     }
 
+    /// Between harvests: eviction records add to the connections their flows already have,
+    /// exactly as the next harvest would have added them first (nothing else changes the
+    /// table between harvests, and a harvest applies records before it reads the cache);
+    /// records of flows without a connection wait for that harvest, which places new
+    /// flows together. Keeps a thrashing cache's records from piling up for a whole
+    /// harvest interval.
+    pub fn fold_evictions(&mut self, harvester: &mut Harvester) {
+        let (table, unplaced) = (&mut self.table, &mut self.unplaced);
+        harvester.fold_evictions(|batch| table.apply_known(batch, unplaced));
+    }
+
     /// Everything a harvest does after reading the kernel, on deltas read in full: pure
     /// userspace, so it is benchmarked on its own (`agent/benches/harvest.rs`).
     pub fn ingest(&mut self, harvest: &Harvest, interfaces: &impl Interfaces, shared: &Shared) {
         let mut unknown = Vec::new();
         self.table.apply_known(&harvest.deltas, &mut unknown);
-        self.settle_harvest(harvest, &unknown, interfaces, shared);
+        self.settle_harvest(harvest, &mut unknown, interfaces, shared);
     }
 
     /// After the known points are applied: DNS names, new flows placed, NAT joins,
@@ -173,7 +188,7 @@ impl Pipeline {
     fn settle_harvest(
         &mut self,
         harvest: &Harvest,
-        unknown: &[Delta],
+        unknown: &mut [Delta],
         interfaces: &impl Interfaces,
         shared: &Shared,
     ) {

@@ -6,7 +6,8 @@
 //! measured sending 140,000 records a second, so the ring would have to hold a whole
 //! harvest's worth: 8 MiB of ring mapped twice into the agent. This thread copies the
 //! records out whenever the kernel signals the ring is an eighth full (or every 100 ms),
-//! so the ring stays small; the next harvest takes them, as it took drained ring records.
+//! so the ring stays small; the agent's loop folds them into their connections every
+//! 250 ms and at the start of every harvest (`Harvester::fold_evictions`).
 
 use std::{
     os::fd::{AsRawFd, RawFd},
@@ -23,7 +24,7 @@ use aya::maps::{MapData, RingBuf};
 
 use super::DatapathError;
 
-/// Most records held between harvests (~100 MiB). Past it the thread stops copying, the
+/// Most records held between folds (~100 MiB). Past it the thread stops copying, the
 /// ring fills, and the kernel counts what it could not write as `evictions_lost` (alerted
 /// on): a harvest stalled for many seconds must not take the node's memory with it.
 const QUEUE_MAX: usize = 1_000_000;

@@ -163,6 +163,11 @@ async fn run_async(args: AgentArgs) -> anyhow::Result<()> {
 /// How often freed heap goes back to the system (`crate::memory`).
 const TRIM_INTERVAL: Duration = Duration::from_secs(10);
 
+/// How often eviction records are added to their connections between harvests
+/// ([`Pipeline::fold_evictions`]): at most this long's records wait in memory, whatever
+/// the harvest interval.
+const FOLD_INTERVAL: Duration = Duration::from_millis(250);
+
 /// A harvest this overdue means the loop is stuck: ten intervals, at least 10 s (well inside
 /// the chart's liveness probe: three failures 20 s apart).
 fn stall_limit(harvest: Duration) -> Duration {
@@ -188,6 +193,8 @@ async fn observe(
     hook_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut trim = tokio::time::interval(TRIM_INTERVAL);
     trim.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut fold = tokio::time::interval(FOLD_INTERVAL);
+    fold.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let nl = rtnetlink_handle(dp.mode);
     let signal = shutdown.signalled();
     tokio::pin!(signal);
@@ -222,6 +229,7 @@ async fn observe(
                 shared.mark_harvest();
             }
             _ = trim.tick() => crate::memory::release_free_heap(),
+            _ = fold.tick() => pipeline.fold_evictions(harvester),
             _ = hook_check.tick() => {
                 let positions = attachments.stay_first(&mut loaded.ebpf, nl.as_ref()).await;
                 publish_positions(shared, &positions);

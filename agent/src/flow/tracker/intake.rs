@@ -14,7 +14,7 @@ impl<A: Default> ConnTable<A> {
     pub fn apply(&mut self, deltas: &[Delta], nat: &NatTable, role: impl Fn(u32) -> Option<Role>) {
         let mut unknown = Vec::new();
         self.apply_known(deltas, &mut unknown);
-        self.place_unknown(&unknown, nat, role);
+        self.place_unknown(&mut unknown, nat, role);
     }
 
     /// Known observation points add up; deltas of flows no connection has yet are copied to
@@ -85,34 +85,35 @@ impl<A: Default> ConnTable<A> {
         }
     }
 
-    /// A whole harvest's deltas of flows no connection had: sorted and merged per key (a
-    /// burst of new connections costs one flat vector, not a growing map), then joined to
-    /// their connections or placed as new ones, both directions decided together.
+    /// A whole harvest's deltas of flows no connection had: sorted and merged per key in
+    /// place (a burst of new connections, an agent starting on a node with 100k of them,
+    /// costs the one vector of deltas, not a growing map nor a second vector of merged
+    /// entries), then joined to their connections or placed as new ones, both directions
+    /// decided together.
     pub fn place_unknown(
         &mut self,
-        unknown: &[Delta],
+        unknown: &mut [Delta],
         nat: &NatTable,
         role: impl Fn(u32) -> Option<Role>,
     ) {
-        let mut fresh: Vec<(FlowKey, FlowEntry)> = Vec::with_capacity(unknown.len());
-        fresh.extend(unknown.iter().map(|d| {
-            let mut e = FlowEntry::default();
-            e.add(&d.stats);
-            (d.key, e)
-        }));
-        fresh.sort_unstable_by_key(|f| f.0);
-        // One flow on several CPUs: one entry.
-        fresh.dedup_by(|later, kept| {
-            let same = later.0 == kept.0;
-            if same {
-                kept.1.merge(&later.1);
-            }
-            same
-        });
-        // Points of a known generation first: a point of unknown generation (its entry was
-        // taken) may hold a connection's end, and must join that connection, not found one
-        // that its own start would then supersede.
-        fresh.sort_by_key(|f| f.0.generation == 0);
+        unknown.sort_unstable_by_key(|d| d.key);
+        // One flow on several CPUs: one entry. Points of a known generation first: a point
+        // of unknown generation (its entry was taken) may hold a connection's end, and
+        // must join that connection, not found one that its own start would then
+        // supersede.
+        let merged = |known_generation: bool| {
+            unknown
+                .chunk_by(|a, b| a.key == b.key)
+                .filter(move |g| (g[0].key.generation != 0) == known_generation)
+                .map(|g| {
+                    let mut e = FlowEntry::default();
+                    for d in g {
+                        e.add(&d.stats);
+                    }
+                    (g[0].key, e)
+                })
+        };
+        let fresh = merged(true).chain(merged(false));
         let mut loose: HashMap<(FlowTuple, u32), Loose> = HashMap::default();
         for (key, entry) in fresh {
             let tuple = FlowTuple::from(&key);
