@@ -13,14 +13,15 @@ use crate::{
     classify,
     classify::{Classification, SharedClasses},
     config::Config,
-    datapath::{Delta, Harvest, Harvester, Interfaces},
+    datapath::{Harvest, Harvester, Interfaces},
     dns::{DnsTracker, NamesLimits},
     event::{ConnEvent, EventKind},
     export::{
         otlp::Otlp, ConnectionView, FlowLog, FlowMetrics, NamespaceSeries, NatMappings, Shared,
     },
     flow::{
-        decide_outcome, ConnId, ConnTable, Counts, FlowView, Outcome, Seen, Settled, WARM_AHEAD,
+        decide_outcome, ConnId, ConnTable, Counts, FlowView, NewFlows, Outcome, Seen, Settled,
+        WARM_AHEAD,
     },
     identity::{SharedStore, Store},
     lateral::{Edges, Fanout},
@@ -90,7 +91,7 @@ pub struct Pipeline {
     dns_series: NamespaceSeries,
     /// Deltas of eviction records folded between harvests whose flow no connection has
     /// yet: placed with the next harvest's new flows, as if that harvest had read them.
-    unplaced: Vec<Delta>,
+    unplaced: NewFlows,
 }
 
 impl Pipeline {
@@ -119,7 +120,7 @@ impl Pipeline {
             edges,
             dns: DnsTracker::new(NamesLimits::default()),
             dns_series,
-            unplaced: Vec::new(),
+            unplaced: NewFlows::default(),
         }
     }
 
@@ -178,7 +179,7 @@ impl Pipeline {
     /// Everything a harvest does after reading the kernel, on deltas read in full: pure
     /// userspace, so it is benchmarked on its own (`agent/benches/harvest.rs`).
     pub fn ingest(&mut self, harvest: &Harvest, interfaces: &impl Interfaces, shared: &Shared) {
-        let mut unknown = Vec::new();
+        let mut unknown = NewFlows::default();
         self.table.apply_known(&harvest.deltas, &mut unknown);
         self.settle_harvest(harvest, &mut unknown, interfaces, shared);
     }
@@ -188,7 +189,7 @@ impl Pipeline {
     fn settle_harvest(
         &mut self,
         harvest: &Harvest,
-        unknown: &mut [Delta],
+        unknown: &mut NewFlows,
         interfaces: &impl Interfaces,
         shared: &Shared,
     ) {

@@ -12,7 +12,7 @@ pub use connection::{Connection, Counts, Sighting};
 pub use outcome::{decide as decide_outcome, Outcome, Seen, ANSWER_WITHIN_NS};
 pub use table::FlowEntry;
 pub use tracker::{
-    ConnId, ConnTable, MissReason, Settled, Sightings, TableStats, Tracked, JOIN_WINDOW,
+    ConnId, ConnTable, MissReason, NewFlows, Settled, Sightings, TableStats, Tracked, JOIN_WINDOW,
     RESYNC_HOLD, WARM_AHEAD,
 };
 pub use view::FlowView;

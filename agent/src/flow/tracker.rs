@@ -333,10 +333,12 @@ mod generation;
 mod intake;
 mod join;
 mod key_index;
+mod new_flows;
 mod prefetch;
 mod settle;
 
 use key_index::KeyIndex;
+pub use new_flows::NewFlows;
 pub use prefetch::AHEAD as WARM_AHEAD;
 #[cfg(test)]
 mod tests;

@@ -12,7 +12,7 @@ impl<A: Default> ConnTable<A> {
     /// their connection (through conntrack's tuples, or the tuple and its reverse), and
     /// flows that belong to nothing yet become connections.
     pub fn apply(&mut self, deltas: &[Delta], nat: &NatTable, role: impl Fn(u32) -> Option<Role>) {
-        let mut unknown = Vec::new();
+        let mut unknown = NewFlows::default();
         self.apply_known(deltas, &mut unknown);
         self.place_unknown(&mut unknown, nat, role);
     }
@@ -21,7 +21,7 @@ impl<A: Default> ConnTable<A> {
     /// `unknown`, to be placed together once the whole harvest is read
     /// ([`ConnTable::place_unknown`]). Called a batch at a time while the kernel cache is
     /// read, so a node's active points never sit in one vector.
-    pub fn apply_known(&mut self, deltas: &[Delta], unknown: &mut Vec<Delta>) {
+    pub fn apply_known(&mut self, deltas: &[Delta], unknown: &mut NewFlows) {
         for group in deltas.chunks(LOOKAHEAD) {
             self.prefetch_hinted(group);
             self.apply_group(group, unknown);
@@ -46,7 +46,7 @@ impl<A: Default> ConnTable<A> {
         }
     }
 
-    fn apply_group(&mut self, deltas: &[Delta], unknown: &mut Vec<Delta>) {
+    fn apply_group(&mut self, deltas: &[Delta], unknown: &mut NewFlows) {
         for d in deltas {
             let hinted = self.hints.get(d.slot as usize).copied().unwrap_or(0);
             let (id, point) = (hinted >> 8, (hinted & 0xff) as usize);
@@ -60,7 +60,7 @@ impl<A: Default> ConnTable<A> {
                 Some(t) => (id, t, point),
                 None => {
                     let Some(&id) = self.by_key.get(&d.key) else {
-                        unknown.push(*d);
+                        unknown.push(d);
                         continue;
                     };
                     let t = self.conns.get_mut(&id).expect("indexed connection");
@@ -85,37 +85,20 @@ impl<A: Default> ConnTable<A> {
         }
     }
 
-    /// A whole harvest's deltas of flows no connection had: sorted and merged per key in
-    /// place (a burst of new connections, an agent starting on a node with 100k of them,
-    /// costs the one vector of deltas, not a growing map nor a second vector of merged
-    /// entries), then joined to their connections or placed as new ones, both directions
-    /// decided together.
+    /// A whole harvest's flows no connection had ([`NewFlows`]: each once, merged), joined
+    /// to their connections or placed as new ones, both directions decided together.
+    /// Points of a known generation first: a point of unknown generation (its entry was
+    /// taken) may hold a connection's end, and must join that connection, not found one
+    /// that its own start would then supersede.
     pub fn place_unknown(
         &mut self,
-        unknown: &mut [Delta],
+        unknown: &mut NewFlows,
         nat: &NatTable,
         role: impl Fn(u32) -> Option<Role>,
     ) {
-        unknown.sort_unstable_by_key(|d| d.key);
-        // One flow on several CPUs: one entry. Points of a known generation first: a point
-        // of unknown generation (its entry was taken) may hold a connection's end, and
-        // must join that connection, not found one that its own start would then
-        // supersede.
-        let merged = |known_generation: bool| {
-            unknown
-                .chunk_by(|a, b| a.key == b.key)
-                .filter(move |g| (g[0].key.generation != 0) == known_generation)
-                .map(|g| {
-                    let mut e = FlowEntry::default();
-                    for d in g {
-                        e.add(&d.stats);
-                    }
-                    (g[0].key, e)
-                })
-        };
-        let fresh = merged(true).chain(merged(false));
+        let fresh = unknown.take_merged();
         let mut loose: HashMap<(FlowTuple, u32), Loose> = HashMap::default();
-        for (key, entry) in fresh {
+        for (key, entry) in NewFlows::placing_order(&fresh) {
             let tuple = FlowTuple::from(&key);
             let r = role(key.ifindex);
             let generation = key.generation;
