@@ -1,4 +1,5 @@
-//! The kernel flow cache: a per-CPU, set-associative array of flow slots.
+//! The kernel flow cache: a set-associative array of flow slots with one row of sets per
+//! CPU, each row written only by its CPU, read by the agent in place (mapped).
 //!
 //! Why not a hash map: a per-CPU LRU hash lookup/update measured 70–100 ns per packet here,
 //! most of the programs' cost. An array slot chosen by hashing the key costs a handful of
@@ -9,17 +10,17 @@
 //! Slot protocol (userspace reads slots while the kernel updates them):
 //! - a slot with `stats.packets == 0` is empty;
 //! - on (re)occupation the kernel writes `seq_begin`, then key and stats, then `seq_end`,
-//!   each store volatile so they stay in that order; the syscall that copies the slot out
-//!   reads memory in ascending order, so `seq_end` is read first and `seq_begin` last: a copy
-//!   with `seq_begin == seq_end` was not torn by an occupation (on hosts that keep stores
-//!   in order: x86-64 TSO; elsewhere a rare torn copy is caught by the delta checks);
+//!   each store volatile so they stay in that order; the agent reads `seq_end` first, then
+//!   key and stats, then `seq_begin` (volatile, with acquire fences between): a copy with
+//!   `seq_begin == seq_end` was not torn by an occupation (on hosts that keep stores in
+//!   order: x86-64 TSO; elsewhere a rare torn copy is caught by the delta checks);
 //! - the sequence numbers count occupations of the slot: they tell userspace whether the
 //!   flow it saw last harvest still owns the slot.
 
 use crate::{FlowKey, FlowStats};
 
 /// Sets per CPU as a power of two (the hash's top bits pick the set). 4,096 sets × 2 ways =
-/// 8,192 flows per CPU before eviction; 768 KiB per CPU.
+/// 8,192 flows per CPU before eviction; 832 KiB per CPU.
 pub const CACHE_SET_BITS: u32 = 12;
 pub const CACHE_SETS: u32 = 1 << CACHE_SET_BITS;
 /// Ways per set: two halve the evictions of flows that collide in a direct-mapped cache.
