@@ -159,6 +159,9 @@ impl Pipeline {
             Err(e) => {
                 m.harvest_errors.inc();
                 warn!(error = %e, "harvest failed");
+                // What was read before the failure is already accounted as read: its new
+                // flows wait for the next harvest instead of being dropped.
+                self.unplaced = unknown;
             }
         }
         self.harvest = harvest;
