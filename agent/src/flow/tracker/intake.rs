@@ -17,8 +17,8 @@ impl<A: Default> ConnTable<A> {
         self.place_unknown(&mut unknown, nat, role);
     }
 
-    /// Known observation points add up; deltas of flows no connection has yet are copied to
-    /// `unknown`, to be placed together once the whole harvest is read
+    /// Known observation points add up; deltas of flows no connection has yet go to
+    /// `unknown` (merged per flow there), to be placed together once the whole harvest is read
     /// ([`ConnTable::place_unknown`]). Called a batch at a time while the kernel cache is
     /// read, so a node's active points never sit in one vector.
     pub fn apply_known(&mut self, deltas: &[Delta], unknown: &mut NewFlows) {
