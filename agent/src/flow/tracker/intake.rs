@@ -96,9 +96,8 @@ impl<A: Default> ConnTable<A> {
         nat: &NatTable,
         role: impl Fn(u32) -> Option<Role>,
     ) {
-        let fresh = unknown.take_merged();
         let mut loose: HashMap<(FlowTuple, u32), Loose> = HashMap::default();
-        for (key, entry) in NewFlows::placing_order(&fresh) {
+        for (key, entry) in unknown.take_for_placing() {
             let tuple = FlowTuple::from(&key);
             let r = role(key.ifindex);
             let generation = key.generation;

@@ -1,15 +1,18 @@
 //! Deltas of flows no connection has yet, held until a harvest places them together
-//! ([`super::ConnTable::place_unknown`]): merged per key in place whenever they have
-//! doubled, so what they cost is bounded by the flows, not by how often each one was seen.
+//! ([`super::ConnTable::place_unknown`]): merged per key in place whenever they have grown
+//! by half, so what they cost is bounded by the flows, not by how often each one was seen.
 //! An agent starting on a node with 100k connections sees every one of them here, from
 //! every CPU's slot and from eviction records folded in over a whole harvest interval
-//! (at a 5 s interval that was 187 MiB of peak RSS before they were merged).
+//! (at a 5 s interval that was 187 MiB of peak RSS before they were merged). They are
+//! handed to placing one at a time and their memory given back as they go, so the
+//! connections they become do not sit beside a full copy of them.
 
 use agent_common::FlowKey;
 
 use crate::{datapath::Delta, flow::FlowEntry};
 
-/// Held entries below this are never merged early (~5.5 MiB of them).
+/// Held entries below this are never merged early (~5.5 MiB of them); also the step by
+/// which [`Placing`] gives memory back.
 const MERGE_FROM: usize = 65_536;
 
 #[derive(Debug, Default)]
@@ -26,15 +29,19 @@ impl NewFlows {
         self.points.push((d.key, e));
         if self.points.len() >= self.merge_at.max(MERGE_FROM) {
             self.merge();
-            self.merge_at = self.points.len() * 2;
+            // Half again, not double: what is resident is what was pushed, and a burst of
+            // 200k flows would otherwise grow to 400k entries (35 MiB) before merging.
+            let held = self.points.len();
+            self.merge_at = held + (held / 2).max(MERGE_FROM);
         }
     }
 
-    /// Sort by key and fold every key's entries into one. Merging is what placing does
-    /// anyway (one flow seen on several CPUs, or in several eviction records, is one
-    /// point), so merging early changes nothing placed.
+    /// Sort into placing order, reversed (see [`Placing`]) and fold every key's entries
+    /// into one. Merging is what placing does anyway (one flow seen on several CPUs, or in
+    /// several eviction records, is one point), so merging early changes nothing placed.
     fn merge(&mut self) {
-        self.points.sort_unstable_by_key(|p| p.0);
+        self.points
+            .sort_unstable_by_key(|p| std::cmp::Reverse(placing_rank(&p.0)));
         self.points.dedup_by(|later, kept| {
             let same = later.0 == kept.0;
             if same {
@@ -54,22 +61,44 @@ impl NewFlows {
         self.points.is_empty()
     }
 
-    /// Every held flow once, merged, in key order. Leaves this empty.
-    pub fn take_merged(&mut self) -> Vec<(FlowKey, FlowEntry)> {
+    /// Every held flow once, merged, in the order placing needs. Leaves this empty.
+    pub fn take_for_placing(&mut self) -> Placing {
         self.merge();
         self.merge_at = 0;
-        std::mem::take(&mut self.points)
+        Placing {
+            reversed: std::mem::take(&mut self.points),
+        }
+    }
+}
+
+/// The order placing needs: points of a known generation first, then those of unknown
+/// generation (see `place_unknown`), each in key order.
+fn placing_rank(key: &FlowKey) -> (bool, FlowKey) {
+    (key.generation == 0, *key)
+}
+
+/// Merged new flows in placing order. Held reversed and popped, and the memory of those
+/// handed out given back every [`MERGE_FROM`], so a burst's copy shrinks while its
+/// connections are built (a large vector is its own mapping: shrinking it is a `mremap`,
+/// not a copy).
+#[derive(Debug)]
+pub struct Placing {
+    reversed: Vec<(FlowKey, FlowEntry)>,
+}
+
+impl Iterator for Placing {
+    type Item = (FlowKey, FlowEntry);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let p = self.reversed.pop()?;
+        if self.reversed.len().is_multiple_of(MERGE_FROM) {
+            self.reversed.shrink_to_fit();
+        }
+        Some(p)
     }
 
-    /// `merged` (from [`Self::take_merged`]) in the order placing needs: points of a known
-    /// generation first, then those of unknown generation (see `place_unknown`), each in
-    /// key order. Two passes, not a stable sort: that would copy half of a burst.
-    pub fn placing_order(
-        merged: &[(FlowKey, FlowEntry)],
-    ) -> impl Iterator<Item = (FlowKey, FlowEntry)> + '_ {
-        let known = merged.iter().filter(|p| p.0.generation != 0);
-        let unknown = merged.iter().filter(|p| p.0.generation == 0);
-        known.chain(unknown).copied()
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        (self.reversed.len(), Some(self.reversed.len()))
     }
 }
 
@@ -100,8 +129,8 @@ mod tests {
         ] {
             n.push(&d);
         }
-        let merged = n.take_merged();
-        let out: Vec<_> = NewFlows::placing_order(&merged)
+        let out: Vec<_> = n
+            .take_for_placing()
             .map(|(k, e)| {
                 (
                     k.src_port,
@@ -127,9 +156,13 @@ mod tests {
             for f in 0..flows {
                 n.push(&delta(f, 0, 1, 10 + r));
             }
-            assert!(n.len() < MERGE_FROM, "held {}", n.len());
+            assert!(
+                n.len() < usize::from(flows) + MERGE_FROM,
+                "held {}",
+                n.len()
+            );
         }
-        let out = n.take_merged();
+        let out: Vec<_> = n.take_for_placing().collect();
         assert_eq!(out.len(), usize::from(flows));
         assert!(out
             .iter()
@@ -137,5 +170,45 @@ mod tests {
         assert!(out
             .iter()
             .all(|(_, e)| e.first_seen_ns == 10 && e.last_seen_ns == 10 + rounds - 1 + 5));
+    }
+
+    #[test]
+    fn a_burst_is_held_within_half_again_and_handed_back_as_placed() {
+        let mut n = NewFlows::default();
+        let flows = 100_000u64;
+        let mut most = 0;
+        for _round in 0..3 {
+            for f in 0..flows {
+                let mut d = delta(0, 0, 1, 10);
+                d.key.src_addr[0] = f;
+                n.push(&d);
+                most = most.max(n.len());
+            }
+        }
+        // Merged at 65,536 and at 131,072 (to 100,000), then whenever 65,536 more (at
+        // least half again) are held; the most seen is one short of that. Doubling would
+        // have held 199,999.
+        assert_eq!(most, 100_000 + MERGE_FROM - 1);
+        let mut placing = n.take_for_placing();
+        assert_eq!(placing.size_hint(), (100_000, Some(100_000)));
+        let held = placing.reversed.capacity();
+        let mut next_key = 0;
+        let mut take = |placing: &mut Placing, count: usize| {
+            for _ in 0..count {
+                let (k, e) = placing.next().expect("held");
+                assert_eq!(
+                    (k.src_addr[0], e.packets),
+                    (next_key, 3),
+                    "key order, merged"
+                );
+                next_key += 1;
+            }
+        };
+        take(&mut placing, 100_000 - MERGE_FROM - 1);
+        assert_eq!(placing.reversed.capacity(), held, "not yet a step");
+        take(&mut placing, 1);
+        assert_eq!(placing.reversed.capacity(), MERGE_FROM, "given back");
+        take(&mut placing, MERGE_FROM);
+        assert!(placing.next().is_none());
     }
 }
