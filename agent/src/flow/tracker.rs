@@ -23,7 +23,7 @@ use crate::net::{FastMap as HashMap, FastSet as HashSet, FlowTuple, PROTO_TCP, P
 use crate::{
     datapath::{Delta, Role, NO_SLOT},
     identity::Name,
-    nat::{NatEntry, NatTable, Side},
+    nat::{Fresh, NatEntry, NatTable, Side},
 };
 
 /// Stable for the life of a connection; never reused by this agent process.

@@ -14,7 +14,7 @@ mod table;
 
 pub use conntrack::{spawn_conntrack, Faults, NatError, NatEvent};
 pub use entry::{NatEntry, Side};
-pub use table::NatTable;
+pub use table::{Fresh, NatTable};
 
 /// Which NAT source is active (exported as a metric label and logged at start-up).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]

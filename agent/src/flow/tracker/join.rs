@@ -33,8 +33,8 @@ impl<A: Default> ConnTable<A> {
     /// Conntrack entries that arrived since the last harvest: connections placed under any
     /// of their tuples before conntrack spoke are re-keyed to the original tuple, merged,
     /// and their observation points re-sided.
-    pub fn join(&mut self, fresh: &[NatEntry], nat: &NatTable) {
-        for e in fresh {
+    pub fn join(&mut self, fresh: &Fresh, nat: &NatTable) {
+        for e in fresh.entries(nat) {
             let Some(sightings) = e.sightings() else {
                 continue;
             };
@@ -63,7 +63,7 @@ impl<A: Default> ConnTable<A> {
                     self.absorb(id, into);
                 }
             }
-            self.mark_joined(target, e);
+            self.mark_joined(target, &e);
             let t = self.conns.get_mut(&target).expect("connection exists");
             for p in &mut t.points {
                 if let Some((pe, side)) = nat.lookup(&FlowTuple::from(&p.key)) {
