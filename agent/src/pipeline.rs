@@ -275,13 +275,12 @@ impl Pipeline {
         let store = identity.read();
         self.classify_touched(&settled, &store);
         let decided = self.decide_outcomes(&settled, stopping);
-        let due = self.due_events(&settled, &decided, stopping);
         for reason in &settled.misses {
             m.nat_join_misses
                 .with_label_values(&[reason.as_str()])
                 .inc();
         }
-        self.emit(&due, &decided, &store, shared);
+        self.emit_due(&settled, &decided, stopping, &store, shared);
         for id in &settled.ending {
             self.undecided.remove(id);
         }
@@ -399,101 +398,96 @@ impl Pipeline {
         }
     }
 
-    /// Every connection with an event this harvest, its kind, and the counts and
-    /// reclassification it carries (taken from the connection: each is handed out once).
-    fn due_events(
+    /// Every connection with an event this harvest, with its kind and the counts and
+    /// reclassification it carries (taken from the connection: each is handed out once),
+    /// handed to the sinks [`EMIT_CHUNK`] at a time as they are taken: at node scale every
+    /// connection has an event each harvest, and all of them at once were 6 MiB of the
+    /// harvest's peak.
+    fn emit_due(
         &mut self,
         settled: &Settled,
         decided: &FastSet<ConnId>,
         stopping: bool,
-    ) -> Vec<Due> {
+        store: &Store,
+        shared: &Shared,
+    ) {
         let last = if stopping {
             EventKind::Shutdown
         } else {
             EventKind::End
         };
-        // Each event takes the connection's unreported counts and its reclassified flag
-        // (cleared here: the event carries it).
-        let table = &mut self.table;
-        let take = |table: &mut ConnTable<Annotation>, id: ConnId, kind: EventKind| {
-            let (delta, reclassified) = table.get_mut(id).map_or_else(Default::default, |t| {
-                (t.take_delta(), std::mem::take(&mut t.extra.reclassified))
-            });
-            (id, kind, delta, reclassified)
-        };
-        let mut due = Vec::new();
+        // An attempt decided without new packets (given up on) still gets an event.
+        let late = late_decided(settled, decided);
+        let total = settled.started.len() + settled.updated.len() + settled.ending.len();
+        let mut due: Vec<Due> = Vec::with_capacity((total + late.len()).min(EMIT_CHUNK));
         for (ids, kind) in [
             (&settled.started, EventKind::Start),
             (&settled.updated, EventKind::Update),
             (&settled.ending, last),
+            (&late, EventKind::Update),
         ] {
             for (i, &id) in ids.iter().enumerate() {
-                table.warm_ahead(ids, i);
-                due.push(take(table, id, kind));
+                self.table.warm_ahead(ids, i);
+                // The event takes the connection's unreported counts and its reclassified
+                // flag (cleared here: the event carries it).
+                let (delta, reclassified) =
+                    self.table.get_mut(id).map_or_else(Default::default, |t| {
+                        (t.take_delta(), std::mem::take(&mut t.extra.reclassified))
+                    });
+                due.push((id, kind, delta, reclassified));
+                if due.len() == EMIT_CHUNK {
+                    self.emit(&due, decided, store, shared);
+                    due.clear();
+                }
             }
         }
-        // An attempt decided without new packets (given up on) still gets an event.
-        if !decided.is_empty() {
-            let has_event: FastSet<ConnId> = due
-                .iter()
-                .map(|d| d.0)
-                .filter(|id| decided.contains(id))
-                .collect();
-            let mut late: Vec<ConnId> = decided.difference(&has_event).copied().collect();
-            late.sort_unstable();
-            due.extend(
-                late.into_iter()
-                    .map(|id| take(table, id, EventKind::Update)),
-            );
+        if !due.is_empty() {
+            self.emit(&due, decided, store, shared);
         }
-        due
     }
 
-    /// The events, as the sinks read them: metrics, NAT mappings, fan-out, the flow log.
-    /// Handed over [`EMIT_CHUNK`] at a time: at node scale every connection has an event
-    /// each harvest, and one vector of all of them was 12 MiB held at the harvest's peak.
+    /// One chunk of events, as the sinks read them: metrics, NAT mappings, fan-out, the
+    /// flow log.
     fn emit(&mut self, due: &[Due], decided: &FastSet<ConnId>, store: &Store, shared: &Shared) {
         let m = &shared.metrics;
         let wall = Instant::now();
         let clock = WallClock::now();
-        for due in due.chunks(EMIT_CHUNK) {
-            let events: Vec<ConnEvent> = due
-                .iter()
-                .enumerate()
-                .filter_map(|(i, &(id, kind, delta, reclassified))| {
-                    if let Some(ahead) = due.get(i + WARM_AHEAD) {
-                        self.table.warm(ahead.0);
-                    }
-                    let t = self.table.get(id)?;
-                    Some(ConnEvent {
-                        kind,
-                        id,
-                        conn: &t.conn,
-                        sightings: t.sightings(),
-                        class: t.extra.class.as_ref()?,
-                        process: t.extra.process.as_deref(),
-                        reclassified,
-                        delta,
-                        outcome: t.extra.outcome,
-                        decided: decided.contains(&id),
-                        new_edge: t.extra.new_edge,
-                        dst_fqdn: t.extra.dst_fqdn.as_ref(),
-                    })
+        let events: Vec<ConnEvent> = due
+            .iter()
+            .enumerate()
+            .filter_map(|(i, &(id, kind, delta, reclassified))| {
+                if let Some(ahead) = due.get(i + WARM_AHEAD) {
+                    self.table.warm(ahead.0);
+                }
+                let t = self.table.get(id)?;
+                Some(ConnEvent {
+                    kind,
+                    id,
+                    conn: &t.conn,
+                    sightings: t.sightings(),
+                    class: t.extra.class.as_ref()?,
+                    process: t.extra.process.as_deref(),
+                    reclassified,
+                    delta,
+                    outcome: t.extra.outcome,
+                    decided: decided.contains(&id),
+                    new_edge: t.extra.new_edge,
+                    dst_fqdn: t.extra.dst_fqdn.as_ref(),
                 })
-                .collect();
-            self.sinks.metrics.observe(&events, store, wall);
-            self.sinks.nat_mappings.observe(&events);
-            self.sinks.fanout.observe(&events, wall);
-            if let Some(otlp) = &mut self.sinks.otlp {
-                otlp.observe(&events, wall, &clock);
-            }
-            if let Some(log) = &mut self.sinks.log {
-                match log.observe(&events, wall, &clock) {
-                    Ok(n) => m.flow_log_records.inc_by(n),
-                    Err(e) => {
-                        m.flow_log_errors.inc();
-                        warn!(error = %e, "flow log write failed");
-                    }
+            })
+            .collect();
+        self.sinks.metrics.observe(&events, store, wall);
+        self.sinks.nat_mappings.observe(&events);
+        self.sinks.fanout.observe(&events, wall);
+        if let Some(otlp) = &mut self.sinks.otlp {
+            otlp.observe(&events, wall, &clock);
+        }
+        if let Some(log) = &mut self.sinks.log {
+            match log.observe(&events, wall, &clock) {
+                Ok(n) => m.flow_log_records.inc_by(n),
+                Err(e) => {
+                    m.flow_log_errors.inc();
+                    warn!(error = %e, "flow log write failed");
                 }
             }
         }
@@ -563,6 +557,25 @@ impl Pipeline {
         self.report(settled, true, shared);
         self.save_edges(true, shared);
     }
+}
+
+/// Connections whose outcome became known this harvest without an event of their own
+/// (no new packets, no start or end), in id order.
+fn late_decided(settled: &Settled, decided: &FastSet<ConnId>) -> Vec<ConnId> {
+    if decided.is_empty() {
+        return Vec::new();
+    }
+    let has_event: FastSet<ConnId> = settled
+        .started
+        .iter()
+        .chain(&settled.updated)
+        .chain(&settled.ending)
+        .filter(|id| decided.contains(id))
+        .copied()
+        .collect();
+    let mut late: Vec<ConnId> = decided.difference(&has_event).copied().collect();
+    late.sort_unstable();
+    late
 }
 
 /// The pod label keys classification reads: those of the egress-gateway selectors.
