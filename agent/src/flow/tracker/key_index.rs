@@ -13,19 +13,20 @@ use super::ConnId;
 #[derive(Default)]
 pub(super) struct KeyIndex {
     /// (fingerprint, connection), placed by the fingerprint's low half: it is already a
-    /// seeded hash, so it is not hashed again.
-    ids: HashTable<(u128, ConnId)>,
+    /// seeded hash, so it is not hashed again. The fingerprint is two `u64`s, not a
+    /// `u128`: its 16-byte alignment would pad each slot to 32 bytes.
+    ids: HashTable<([u64; 2], ConnId)>,
     seeds: (foldhash::fast::RandomState, foldhash::fast::RandomState),
 }
 
 /// Where a fingerprint sits in the table.
-fn place(print: u128) -> u64 {
-    print as u64
+fn place(print: [u64; 2]) -> u64 {
+    print[1]
 }
 
 impl KeyIndex {
-    fn print(&self, key: &FlowKey) -> u128 {
-        u128::from(self.seeds.0.hash_one(key)) << 64 | u128::from(self.seeds.1.hash_one(key))
+    fn print(&self, key: &FlowKey) -> [u64; 2] {
+        [self.seeds.0.hash_one(key), self.seeds.1.hash_one(key)]
     }
 
     pub(super) fn get(&self, key: &FlowKey) -> Option<&ConnId> {
