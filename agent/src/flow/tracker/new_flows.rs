@@ -11,9 +11,11 @@ use agent_common::FlowKey;
 
 use crate::{datapath::Delta, flow::FlowEntry};
 
-/// Held entries below this are never merged early (~5.5 MiB of them); also the step by
-/// which [`Placing`] gives memory back.
+/// Held entries below this are never merged early (~5.5 MiB of them).
 const MERGE_FROM: usize = 65_536;
+
+/// [`Placing`] gives memory back whenever this many more (1.4 MiB) have been handed out.
+const GIVE_BACK: usize = 16_384;
 
 #[derive(Debug, Default)]
 pub struct NewFlows {
@@ -72,13 +74,24 @@ impl NewFlows {
 }
 
 /// The order placing needs: points of a known generation first, then those of unknown
-/// generation (see `place_unknown`), each in key order.
-fn placing_rank(key: &FlowKey) -> (bool, FlowKey) {
-    (key.generation == 0, *key)
+/// generation (see `place_unknown`). Within each, by the connection's ports (the higher,
+/// then the lower) before the rest of the key, so a connection's points mostly come
+/// together: NAT keeps the client's port (masquerade keeps the source port unless it
+/// clashes, DNAT keeps the client's), and a connection's sightings on both pods' veths
+/// carry the same ports. Its memory is then given back while the connections it becomes
+/// are built, not after the last of them (in plain key order every uplink point, which
+/// founds a connection, came before every pod point, which joins one).
+fn placing_rank(key: &FlowKey) -> (bool, u8, u16, u16, FlowKey) {
+    let (low, high) = if key.src_port <= key.dst_port {
+        (key.src_port, key.dst_port)
+    } else {
+        (key.dst_port, key.src_port)
+    };
+    (key.generation == 0, key.proto, high, low, *key)
 }
 
 /// Merged new flows in placing order. Held reversed and popped, and the memory of those
-/// handed out given back every [`MERGE_FROM`], so a burst's copy shrinks while its
+/// handed out given back every [`GIVE_BACK`], so a burst's copy shrinks while its
 /// connections are built (a large vector is its own mapping: shrinking it is a `mremap`,
 /// not a copy).
 #[derive(Debug)]
@@ -91,7 +104,7 @@ impl Iterator for Placing {
 
     fn next(&mut self) -> Option<Self::Item> {
         let p = self.reversed.pop()?;
-        if self.reversed.len().is_multiple_of(MERGE_FROM) {
+        if self.reversed.len().is_multiple_of(GIVE_BACK) {
             self.reversed.shrink_to_fit();
         }
         Some(p)
@@ -204,11 +217,43 @@ mod tests {
                 next_key += 1;
             }
         };
-        take(&mut placing, 100_000 - MERGE_FROM - 1);
+        let step = 100_000 / GIVE_BACK * GIVE_BACK;
+        take(&mut placing, 100_000 - step - 1);
         assert_eq!(placing.reversed.capacity(), held, "not yet a step");
         take(&mut placing, 1);
-        assert_eq!(placing.reversed.capacity(), MERGE_FROM, "given back");
-        take(&mut placing, MERGE_FROM);
+        assert_eq!(placing.reversed.capacity(), step, "given back");
+        take(&mut placing, step - GIVE_BACK);
+        assert_eq!(placing.reversed.capacity(), GIVE_BACK, "given back again");
+        take(&mut placing, GIVE_BACK);
         assert!(placing.next().is_none());
+    }
+
+    #[test]
+    fn a_masqueraded_connections_points_are_placed_together() {
+        // Two connections from a pod's port 40000 and 40001 to 443, each seen at the pod's
+        // veth (ifindex 10) and, after masquerade kept its port, at the uplink (ifindex 2,
+        // the node's address): in key order both uplink points would come first.
+        let point = |ifindex: u32, src: u64, port: u16| {
+            let mut d = delta(port, 0, 1, 10);
+            d.key.ifindex = ifindex;
+            d.key.src_addr[0] = src;
+            d.key.dst_port = 443;
+            d
+        };
+        let (pod, node) = (0x0a01_f40a, 0x0400_e00a);
+        let mut n = NewFlows::default();
+        for d in [
+            point(10, pod, 40001),
+            point(2, node, 40000),
+            point(2, node, 40001),
+            point(10, pod, 40000),
+        ] {
+            n.push(&d);
+        }
+        let order: Vec<_> = n
+            .take_for_placing()
+            .map(|(k, _)| (k.src_port, k.ifindex))
+            .collect();
+        assert_eq!(order, [(40000, 2), (40000, 10), (40001, 2), (40001, 10)]);
     }
 }
