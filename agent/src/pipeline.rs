@@ -155,7 +155,13 @@ impl Pipeline {
         let mut unknown = std::mem::take(&mut self.unplaced);
         let table = &mut self.table;
         match harvester.harvest_with(&mut harvest, |batch| table.apply_known(batch, &mut unknown)) {
-            Ok(()) => self.settle_harvest(&harvest, &mut unknown, interfaces, shared),
+            Ok(()) => {
+                self.place(&harvest, &mut unknown, interfaces, shared);
+                // Placing a burst takes a while, and the ring's thread queues records all
+                // the while: fold them before settling, as between harvests.
+                self.fold_evictions(harvester);
+                self.settle_harvest(&harvest, interfaces, shared);
+            }
             Err(e) => {
                 m.harvest_errors.inc();
                 warn!(error = %e, "harvest failed");
@@ -184,30 +190,35 @@ impl Pipeline {
     pub fn ingest(&mut self, harvest: &Harvest, interfaces: &impl Interfaces, shared: &Shared) {
         let mut unknown = NewFlows::default();
         self.table.apply_known(&harvest.deltas, &mut unknown);
-        self.settle_harvest(harvest, &mut unknown, interfaces, shared);
+        self.place(harvest, &mut unknown, interfaces, shared);
+        self.settle_harvest(harvest, interfaces, shared);
     }
 
-    /// After the known points are applied: DNS names, new flows placed, NAT joins,
-    /// settling, and what the sinks see.
-    fn settle_harvest(
+    /// After the known points are applied: DNS names, then new flows placed and NAT
+    /// joins.
+    fn place(
         &mut self,
         harvest: &Harvest,
         unknown: &mut NewFlows,
         interfaces: &impl Interfaces,
         shared: &Shared,
     ) {
+        // Before the flows: a connection opened right after its name was resolved is named
+        // when it is first classified, in this same harvest.
+        self.absorb_dns(harvest, interfaces, shared);
+        self.table
+            .place_unknown(unknown, &self.nat, |i| interfaces.role(i));
+        let fresh = self.nat.take_fresh();
+        self.table.join(&fresh, &self.nat);
+    }
+
+    /// After placing: settling, and what the sinks see.
+    fn settle_harvest(&mut self, harvest: &Harvest, interfaces: &impl Interfaces, shared: &Shared) {
         let m = &shared.metrics;
         let now = monotonic_ns();
         m.flow_map_entries.set(harvest.occupied as i64);
         m.observe_kernel(harvest.counters);
         let idle_ns = u64::try_from(self.idle.as_nanos()).unwrap_or(u64::MAX);
-        let role = |i: u32| interfaces.role(i);
-        // Before the flows: a connection opened right after its name was resolved is named
-        // when it is first classified, in this same harvest.
-        self.absorb_dns(harvest, interfaces, shared);
-        self.table.place_unknown(unknown, &self.nat, role);
-        let fresh = self.nat.take_fresh();
-        self.table.join(&fresh, &self.nat);
         // Keep mappings of closed connections as long as their counters may still be shown.
         self.nat.gc(now, idle_ns.saturating_mul(2));
         let name = |i: u32| interfaces.name(i).cloned();
