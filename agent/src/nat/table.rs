@@ -294,6 +294,14 @@ mod tests {
         }
     }
 
+    /// Another pod's masqueraded flow to the same server.
+    fn other_snat() -> NatEntry {
+        NatEntry {
+            orig: t("10.244.1.11", 6000, "203.0.113.10", 53),
+            reply: t("203.0.113.10", 53, "10.224.0.4", 6000),
+        }
+    }
+
     #[test]
     fn every_sighting_finds_the_entry_with_its_side() {
         let mut nt = NatTable::new();
@@ -389,10 +397,7 @@ mod tests {
     fn resync_marks_vanished_entries_destroyed() {
         let mut nt = NatTable::new();
         nt.insert(snat());
-        let other = NatEntry {
-            orig: t("10.244.1.11", 6000, "203.0.113.10", 53),
-            reply: t("203.0.113.10", 53, "10.224.0.4", 6000),
-        };
+        let other = other_snat();
         nt.resync(vec![other], 10);
         nt.gc(20, 5);
         assert_eq!(nt.len(), 1);
@@ -412,10 +417,7 @@ mod tests {
     fn fresh_entries_are_read_as_the_table_holds_them_when_joined() {
         let mut nt = NatTable::new();
         nt.insert(snat());
-        let other = NatEntry {
-            orig: t("10.244.1.11", 6000, "203.0.113.10", 53),
-            reply: t("203.0.113.10", 53, "10.224.0.4", 6000),
-        };
+        let other = other_snat();
         nt.insert(other);
         let mut moved = snat();
         moved.reply = t("203.0.113.10", 53, "10.224.0.4", 6001);

@@ -82,12 +82,8 @@ impl NewFlows {
 /// are built, not after the last of them (in plain key order every uplink point, which
 /// founds a connection, came before every pod point, which joins one).
 fn placing_rank(key: &FlowKey) -> (bool, u8, u16, u16, FlowKey) {
-    let (low, high) = if key.src_port <= key.dst_port {
-        (key.src_port, key.dst_port)
-    } else {
-        (key.dst_port, key.src_port)
-    };
-    (key.generation == 0, key.proto, high, low, *key)
+    let (a, b) = (key.src_port, key.dst_port);
+    (key.generation == 0, key.proto, a.max(b), a.min(b), *key)
 }
 
 /// Merged new flows in placing order. Held reversed and popped, and the memory of those
